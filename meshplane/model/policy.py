@@ -1,0 +1,118 @@
+"""Per-service traffic policy: how a proxy connects to, balances over and protects a service.
+
+Owns the policy's shape and its validation. Durations are float seconds. Must not know Envoy's
+field names; the translators map these onto clusters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class LoadBalancing(StrEnum):
+    ROUND_ROBIN = "round_robin"
+    LEAST_REQUEST = "least_request"
+    RING_HASH = "ring_hash"
+    MAGLEV = "maglev"
+    RANDOM = "random"
+
+    @property
+    def is_consistent_hash(self) -> bool:
+        return self in (LoadBalancing.RING_HASH, LoadBalancing.MAGLEV)
+
+
+@dataclass(frozen=True, slots=True)
+class HashKey:
+    """What a consistent-hash balancer hashes on: one header, one cookie, or the client's address."""
+
+    header: str = ""
+    cookie: str = ""
+    source_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """Upper bounds Envoy enforces per upstream cluster (Envoy's defaults apply where None)."""
+
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive health: eject hosts that keep failing."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int | None = None
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+
+
+class HealthCheckProtocol(StrEnum):
+    HTTP = "http"
+    TCP = "tcp"
+    GRPC = "grpc"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checking of every endpoint."""
+
+    protocol: HealthCheckProtocol = HealthCheckProtocol.HTTP
+    path: str = "/healthz"
+    interval: float = 10.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """Everything a service's owner may tune about how proxies reach it.
+
+    `locality_failover`: when the proxy's locality is known, prefer endpoints in its zone, then its
+    region, then anywhere (Envoy priorities); when off, every ready endpoint is equal.
+    """
+
+    connect_timeout: float = 1.0
+    load_balancing: LoadBalancing = LoadBalancing.ROUND_ROBIN
+    hash_key: HashKey | None = None
+    circuit_breakers: CircuitBreakers | None = None
+    outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
+    locality_failover: bool = True
+
+    def problems(self, where: str) -> list[str]:
+        found = []
+        if not 0 < self.connect_timeout <= 300:
+            found.append(f"{where}: connect_timeout must be within (0, 300] seconds")
+        if self.load_balancing.is_consistent_hash and self.hash_key is None:
+            found.append(f"{where}: {self.load_balancing} needs a hash_key (header, cookie or source_ip)")
+        if self.hash_key is not None:
+            chosen = sum((bool(self.hash_key.header), bool(self.hash_key.cookie), self.hash_key.source_ip))
+            if chosen != 1:
+                found.append(f"{where}: hash_key must name exactly one of header, cookie, source_ip")
+        if self.circuit_breakers is not None:
+            for name in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+                value = getattr(self.circuit_breakers, name)
+                if value is not None and value < 0:
+                    found.append(f"{where}: circuit_breakers.{name} must not be negative")
+        if (od := self.outlier_detection) is not None:
+            if od.consecutive_5xx < 1:
+                found.append(f"{where}: outlier_detection.consecutive_5xx must be at least 1")
+            if od.interval <= 0 or od.base_ejection_time <= 0:
+                found.append(f"{where}: outlier_detection interval and base_ejection_time must be positive")
+            if not 0 <= od.max_ejection_percent <= 100:
+                found.append(f"{where}: outlier_detection.max_ejection_percent must be within 0-100")
+        if (hc := self.health_check) is not None:
+            if hc.interval <= 0 or hc.timeout <= 0:
+                found.append(f"{where}: health_check interval and timeout must be positive")
+            if hc.unhealthy_threshold < 1 or hc.healthy_threshold < 1:
+                found.append(f"{where}: health_check thresholds must be at least 1")
+            if hc.protocol is HealthCheckProtocol.HTTP and not hc.path.startswith("/"):
+                found.append(f"{where}: health_check.path must start with '/'")
+        return found

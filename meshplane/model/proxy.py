@@ -1,0 +1,43 @@
+"""Who is asking: the kinds of proxy meshplane serves and what sets one apart from another.
+
+Owns `ProxyRole` and `ProxyGroup`: every proxy of one group gets byte-identical config, so the
+server builds and serialises it once per group. Fields that do not change a proxy's config must
+stay out of the group, or every proxy becomes its own group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from meshplane.model.services import Locality
+
+DEFAULT_OUTBOUND_PORT = 15001
+
+
+class ProxyRole(StrEnum):
+    """`sidecar`: an Envoy beside an app in the cluster, sending its outbound traffic.
+    `grpc`: a proxyless gRPC client (grpcio's xds:/// resolver), one api_listener per service.
+    """
+
+    SIDECAR = "sidecar"
+    GRPC = "grpc"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ProxyGroup:
+    """The part of a proxy's identity that decides its config.
+
+    `locality` decides endpoint priorities; `outbound_port` the sidecar's listener port.
+    """
+
+    role: ProxyRole = ProxyRole.SIDECAR
+    locality: Locality = field(default_factory=Locality)
+    outbound_port: int = DEFAULT_OUTBOUND_PORT
+
+    def __str__(self) -> str:
+        where = "/".join(part for part in (self.locality.region, self.locality.zone) if part) or "-"
+        text = f"{self.role}@{where}"
+        if self.role is ProxyRole.SIDECAR and self.outbound_port != DEFAULT_OUTBOUND_PORT:
+            text += f":{self.outbound_port}"
+        return text

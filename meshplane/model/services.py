@@ -1,0 +1,186 @@
+"""Services and their endpoints, as every source describes them.
+
+Owns: the shape of a service (ports, protocol, host names, traffic policy) and of an endpoint
+(address, port, locality, health, weight). Must not know where they came from (Kubernetes,
+policy files, device registrations) nor how Envoy spells them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from meshplane.model.policy import TrafficPolicy
+
+# RFC 1123 label, as Kubernetes requires of service names and namespaces.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A host name as a client may send it in a Host header (no port), letters, digits, '-', '.', '*' first.
+_HOST_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+
+
+def is_dns_label(value: str) -> bool:
+    """True when `value` is an RFC 1123 label (what Kubernetes accepts as a name or namespace)."""
+    return bool(_DNS_LABEL.match(value))
+
+
+def is_host_name(value: str) -> bool:
+    """True when `value` may stand in a virtual host's domains (optionally a leading `*.` wildcard)."""
+    return bool(_HOST_NAME.match(value))
+
+
+class Protocol(StrEnum):
+    """What a service port speaks; decides cluster options and which listeners carry it."""
+
+    HTTP1 = "http1"
+    HTTP2 = "http2"
+    GRPC = "grpc"
+    TCP = "tcp"
+
+    @property
+    def is_http(self) -> bool:
+        return self is not Protocol.TCP
+
+    @property
+    def needs_http2_upstream(self) -> bool:
+        return self in (Protocol.HTTP2, Protocol.GRPC)
+
+
+class EndpointHealth(StrEnum):
+    """An endpoint's condition, after Kubernetes' EndpointSlice conditions.
+
+    READY: takes new traffic. SERVING: answers but is not ready (e.g. published not-ready).
+    TERMINATING: serving while it drains; kept only for in-flight work, at the lowest priority.
+    UNHEALTHY: neither ready nor serving.
+    """
+
+    READY = "ready"
+    SERVING = "serving"
+    TERMINATING = "terminating"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Locality:
+    """Where something runs. Empty strings mean unknown at that level."""
+
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+    @property
+    def is_known(self) -> bool:
+        return bool(self.region or self.zone or self.sub_zone)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A reference to a service by namespace and name."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of a service. `name` is how endpoints and routes refer to it."""
+
+    name: str
+    port: int
+    protocol: Protocol = Protocol.HTTP1
+
+    def problems(self, where: str) -> list[str]:
+        found = []
+        if not _PORT_NAME.match(self.name):
+            found.append(f"{where}: port name {self.name!r} must be a lowercase DNS label of at most 15 chars")
+        if not 1 <= self.port <= 65535:
+            found.append(f"{where}: port {self.port} is out of range 1-65535")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One address serving one port of a service. `port_name` matches a `ServicePort.name`."""
+
+    address: str
+    port: int
+    port_name: str
+    locality: Locality = field(default_factory=Locality)
+    health: EndpointHealth = EndpointHealth.READY
+    weight: int = 1
+
+    def problems(self, where: str) -> list[str]:
+        found = []
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            found.append(f"{where}: endpoint address {self.address!r} is not an IP address")
+        if not 1 <= self.port <= 65535:
+            found.append(f"{where}: endpoint port {self.port} is out of range 1-65535")
+        if not 1 <= self.weight <= 128:
+            found.append(f"{where}: endpoint weight {self.weight} is out of range 1-128")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A named, addressable backend with its ports, endpoints and traffic policy.
+
+    `hosts` are extra names clients may use beyond the ones derived from name and namespace.
+    `origin` says where it was declared (a file path, `kubernetes`), for error messages only.
+    """
+
+    name: str
+    namespace: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[Endpoint, ...] = ()
+    hosts: tuple[str, ...] = ()
+    policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+    origin: str = ""
+
+    @property
+    def ref(self) -> ServiceRef:
+        return ServiceRef(self.namespace, self.name)
+
+    def port(self, name_or_number: str | int | None) -> ServicePort | None:
+        """The port named or numbered so; with None, the service's only (or first) port."""
+        if name_or_number is None:
+            return self.ports[0] if self.ports else None
+        for port in self.ports:
+            if port.name == name_or_number or port.port == name_or_number:
+                return port
+        return None
+
+    def problems(self) -> list[str]:
+        where = f"service {self.namespace}/{self.name}" + (f" ({self.origin})" if self.origin else "")
+        found = []
+        if not is_dns_label(self.name):
+            found.append(f"{where}: name must be a lowercase RFC 1123 label")
+        if not is_dns_label(self.namespace):
+            found.append(f"{where}: namespace must be a lowercase RFC 1123 label")
+        if not self.ports:
+            found.append(f"{where}: declares no ports")
+        seen_names: set[str] = set()
+        seen_numbers: set[int] = set()
+        for port in self.ports:
+            found += port.problems(where)
+            if port.name in seen_names:
+                found.append(f"{where}: port name {port.name!r} is declared twice")
+            if port.port in seen_numbers:
+                found.append(f"{where}: port {port.port} is declared twice")
+            seen_names.add(port.name)
+            seen_numbers.add(port.port)
+        for endpoint in self.endpoints:
+            found += endpoint.problems(where)
+            if endpoint.port_name not in seen_names:
+                found.append(f"{where}: endpoint {endpoint.address} names unknown port {endpoint.port_name!r}")
+        for host in self.hosts:
+            if not is_host_name(host):
+                found.append(f"{where}: host {host!r} is not a valid host name")
+        found += self.policy.problems(where)
+        return found

@@ -1,0 +1,1 @@
+"""Envoy xDS: the model translated into Envoy resources, snapshotted, cached and served over gRPC."""

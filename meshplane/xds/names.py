@@ -1,0 +1,47 @@
+"""Every Envoy resource name meshplane produces. One function per kind of name.
+
+These names are contracts between producer and consumer: the name a cluster gives for its EDS
+service and the name its ClusterLoadAssignment carries come from the same function here, and so
+do a listener's RDS name and the RouteConfiguration's. Never build such a name anywhere else.
+"""
+
+from __future__ import annotations
+
+from meshplane.model import ServicePort, ServiceRef
+
+
+def cluster_name(service: ServiceRef, port: ServicePort) -> str:
+    """The cluster (and its EDS service name) for one port of a service: `name.namespace:port`."""
+    return f"{service.name}.{service.namespace}:{port.port}"
+
+
+def endpoints_name(service: ServiceRef, port: ServicePort) -> str:
+    """The ClusterLoadAssignment name an EDS cluster asks for; equal to the cluster's name."""
+    return cluster_name(service, port)
+
+
+def outbound_listener_name(port: int) -> str:
+    """The sidecar's outbound HTTP listener on `port`."""
+    return f"outbound_http_{port}"
+
+
+def outbound_route_name(port: int) -> str:
+    """The RouteConfiguration the sidecar's outbound HTTP listener on `port` asks for over RDS."""
+    return f"outbound_http_{port}"
+
+
+def grpc_listener_name(host: str, port: int) -> str:
+    """The api_listener a proxyless gRPC client asks for when dialling `xds:///host:port`.
+
+    gRPC takes the target's path as the listener name literally, so this must be exactly `host:port`.
+    """
+    return f"{host}:{port}"
+
+
+def grpc_route_name(service: ServiceRef, port: ServicePort) -> str:
+    """The RouteConfiguration shared by every api_listener name of one gRPC service port."""
+    return f"grpc/{service.name}.{service.namespace}:{port.port}"
+
+
+def virtual_host_name(service: ServiceRef, port: ServicePort) -> str:
+    return f"{service.name}.{service.namespace}:{port.port}"
