@@ -23,6 +23,7 @@ from meshplane.model.routes import (
     RouteTable,
     WeightedBackend,
 )
+from meshplane.model.secrets import TlsCertificate, TrustBundle, UpstreamTls
 from meshplane.model.services import (
     Endpoint,
     EndpointHealth,
@@ -63,7 +64,10 @@ __all__ = [
     "Service",
     "ServicePort",
     "ServiceRef",
+    "TlsCertificate",
     "TrafficPolicy",
+    "TrustBundle",
+    "UpstreamTls",
     "WeightedBackend",
     "is_dns_label",
     "is_host_name",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshplane.model.routes import RouteTable, WeightedBackend
+from meshplane.model.secrets import TlsCertificate, TrustBundle
 from meshplane.model.services import Service, ServiceRef
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
@@ -20,18 +21,24 @@ class Mesh:
 
     services: tuple[Service, ...] = ()
     routes: tuple[RouteTable, ...] = ()
+    certificates: tuple[TlsCertificate, ...] = ()
+    trust_bundles: tuple[TrustBundle, ...] = ()
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 
     @staticmethod
     def of(
         services: list[Service] | tuple[Service, ...],
         routes: list[RouteTable] | tuple[RouteTable, ...] = (),
+        certificates: list[TlsCertificate] | tuple[TlsCertificate, ...] = (),
+        trust_bundles: list[TrustBundle] | tuple[TrustBundle, ...] = (),
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
     ) -> Mesh:
-        """A mesh with its parts in canonical order (services by namespace/name, routes by name)."""
+        """A mesh with its parts in canonical order (services by namespace/name, others by name)."""
         return Mesh(
             services=tuple(sorted(services, key=lambda s: (s.namespace, s.name))),
             routes=tuple(sorted(routes, key=lambda r: r.name)),
+            certificates=tuple(sorted(certificates, key=lambda c: c.name)),
+            trust_bundles=tuple(sorted(trust_bundles, key=lambda b: b.name)),
             cluster_domain=cluster_domain,
         )
 
@@ -68,6 +75,7 @@ class Mesh:
             if (twin := by_ref.get(service.ref)) is not None:
                 found.append(f"service {service.ref} is defined twice: in {twin.origin} and in {service.origin}")
             by_ref[service.ref] = service
+        found += self._secret_problems()
         route_names: dict[str, RouteTable] = {}
         attached: dict[ServiceRef, RouteTable] = {}
         for table in self.routes:
@@ -88,6 +96,30 @@ class Mesh:
                 for backend in rule.backends:
                     where = f"route {table.name} ({table.origin}) rule {index + 1}"
                     found += _backend_problems(where, backend, by_ref.get(backend.service))
+        return found
+
+    def _secret_problems(self) -> list[str]:
+        found: list[str] = []
+        origins: dict[str, str] = {}
+        for secret in (*self.certificates, *self.trust_bundles):
+            found += secret.problems()
+            if secret.name in origins:
+                found.append(f"secret {secret.name} is defined twice: in {origins[secret.name]} and in {secret.origin}")
+            origins[secret.name] = secret.origin
+        certificates = {c.name for c in self.certificates}
+        bundles = {b.name for b in self.trust_bundles}
+        for service in self.services:
+            if (tls := service.tls) is None:
+                continue
+            if tls.trust not in bundles:
+                found.append(
+                    f"service {service.ref} ({service.origin}): tls.trust names unknown CA bundle {tls.trust!r}"
+                )
+            if tls.client_certificate and tls.client_certificate not in certificates:
+                found.append(
+                    f"service {service.ref} ({service.origin}): tls.client_certificate names unknown "
+                    f"certificate {tls.client_certificate!r}"
+                )
         return found
 
 

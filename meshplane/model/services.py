@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from meshplane.model.policy import TrafficPolicy
+from meshplane.model.secrets import UpstreamTls
 
 # RFC 1123 label, as Kubernetes requires of service names and namespaces.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -141,6 +142,7 @@ class Service:
     endpoints: tuple[Endpoint, ...] = ()
     hosts: tuple[str, ...] = ()
     policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+    tls: UpstreamTls | None = None
     origin: str = ""
 
     @property

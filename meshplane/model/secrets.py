@@ -1,0 +1,51 @@
+"""TLS material proxies receive over SDS, and how a service asks for TLS to its endpoints.
+
+Owns `TlsCertificate` (a certificate chain and key a proxy presents), `TrustBundle` (CA
+certificates a proxy trusts) and `UpstreamTls` (a service's TLS settings). PEM text is held in
+memory: sources read the files, translators never do. Must never appear in logs or status output:
+`__repr__` hides the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_PEM_CERT = "-----BEGIN CERTIFICATE-----"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    name: str
+    certificate_chain: str
+    private_key: str = field(repr=False)
+    origin: str = ""
+
+    def problems(self) -> list[str]:
+        where = f"secret {self.name}" + (f" ({self.origin})" if self.origin else "")
+        found = []
+        if _PEM_CERT not in self.certificate_chain:
+            found.append(f"{where}: certificate is not PEM")
+        if "PRIVATE KEY-----" not in self.private_key:
+            found.append(f"{where}: private key is not PEM")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class TrustBundle:
+    name: str
+    ca_certificates: str
+    origin: str = ""
+
+    def problems(self) -> list[str]:
+        where = f"secret {self.name}" + (f" ({self.origin})" if self.origin else "")
+        return [] if _PEM_CERT in self.ca_certificates else [f"{where}: CA bundle is not PEM"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS from proxy to a service's endpoints: verify with `trust` (a TrustBundle name), send `sni`,
+    and present `client_certificate` (a TlsCertificate name) when the service wants mTLS."""
+
+    trust: str
+    sni: str = ""
+    client_certificate: str = ""
