@@ -101,7 +101,8 @@ class Mesh:
     def _secret_problems(self) -> list[str]:
         found: list[str] = []
         origins: dict[str, str] = {}
-        for secret in (*self.certificates, *self.trust_bundles):
+        secrets: list[TlsCertificate | TrustBundle] = [*self.certificates, *self.trust_bundles]
+        for secret in secrets:
             found += secret.problems()
             if secret.name in origins:
                 found.append(f"secret {secret.name} is defined twice: in {origins[secret.name]} and in {secret.origin}")
