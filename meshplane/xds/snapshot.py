@@ -109,11 +109,23 @@ class TypeResources:
         return len(self.by_name)
 
 
+# How many distinct (type, names) selections a snapshot remembers. Streams of one group nearly
+# always ask for the same names, so a few entries serve thousands of streams.
+_MEMO_LIMIT = 256
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every type's resources for one proxy group. Equal content gives equal versions."""
+    """Every type's resources for one proxy group. Equal content gives equal versions.
+
+    `select` and `sotw_body` remember their results: the snapshot never changes, so every stream
+    asking for the same names shares one selection, one version and one encoded body.
+    """
 
     types: Mapping[TypeUrl, TypeResources] = field(default_factory=dict)
+    _memo: dict[tuple[str, TypeUrl, frozenset[str] | None], object] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @staticmethod
     def of(messages: Mapping[TypeUrl, Iterable[Message]]) -> Snapshot:
@@ -134,6 +146,35 @@ class Snapshot:
 
     def of_type(self, type_url: TypeUrl) -> TypeResources:
         return self.types.get(type_url) or TypeResources.empty(type_url)
+
+    def select(self, type_url: TypeUrl, names: frozenset[str] | None) -> tuple[str, tuple[Resource, ...]]:
+        """The resources of `type_url` named in `names` (all of them for None), and their version."""
+        key = ("select", type_url, names)
+        found = self._memo.get(key)
+        if found is not None:
+            return found  # type: ignore[return-value]
+        resources = self.of_type(type_url)
+        if names is None:
+            result = (resources.version, tuple(resources.by_name.values()))
+        else:
+            chosen = tuple(resources.by_name[name] for name in sorted(names) if name in resources.by_name)
+            result = (aggregate_version(chosen), chosen)
+        self._remember(key, result)
+        return result
+
+    def sotw_body(self, type_url: TypeUrl, names: frozenset[str] | None, chosen: tuple[Resource, ...]) -> bytes:
+        """The encoded `resources` entries of a SotW response holding `chosen` (selected by `names`)."""
+        key = ("body", type_url, names)
+        found = self._memo.get(key)
+        if isinstance(found, tuple) and found[0] is chosen:
+            return found[1]  # type: ignore[no-any-return]
+        body = b"".join(resource.sotw_entry for resource in chosen)
+        self._remember(key, (chosen, body))
+        return body
+
+    def _remember(self, key: tuple[str, TypeUrl, frozenset[str] | None], value: object) -> None:
+        if len(self._memo) < _MEMO_LIMIT:
+            self._memo[key] = value
 
     @property
     def version(self) -> str:

@@ -1,0 +1,5 @@
+import sys
+
+from meshplane.cli import main
+
+sys.exit(main())

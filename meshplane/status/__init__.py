@@ -1,0 +1,1 @@
+"""What operators read: health, readiness, and the state of sources and proxies. Never writes."""

@@ -1,0 +1,1 @@
+"""The gRPC xDS server: SotW and Delta, over ADS and the per-type services."""

@@ -1,0 +1,205 @@
+"""Incremental (Delta) xDS streams, ADS and per-type.
+
+Rules, from the xDS protocol document's "Incremental xDS" section and ../shared/XDS-PROTOCOL.md:
+- The client subscribes and unsubscribes by name; a first LDS/CDS request with no names, or "*",
+  is a wildcard subscription. Unsubscribing forgets what the client held, so a later
+  resubscription sends the resource again (go-control-plane issue 431).
+- Responses carry only resources whose version differs from what the client holds, and the names
+  it holds that are gone. `initial_resource_versions` tells what a reconnecting client holds;
+  versions are content hashes, so an unchanged resource is not sent again after a restart.
+- NACK: the resources of the rejected response are marked with their rejected versions and not
+  sent again until they change; what the client holds is rolled back.
+- Warming: Envoy does not ask again for the endpoints of a cluster that CDS changed, so every
+  EDS cluster sent in CDS has its endpoints sent too, changed or not.
+- ADS ordering as in SotW: LDS/RDS wait while CDS is unacknowledged; removed clusters are removed
+  only once the proxy acknowledged the listeners and routes of the current snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from meshplane.xds import wire
+from meshplane.xds.server.nodes import check_resource_names
+from meshplane.xds.server.stream import Stream
+from meshplane.xds.snapshot import Resource, Snapshot
+from meshplane.xds.types import ADS_ORDER, TypeUrl
+
+# DeltaDiscoveryResponse field numbers; the resources (field 2) come pre-encoded from the snapshot.
+_SYSTEM_VERSION_INFO = 1
+_TYPE_URL = 4
+_NONCE = 5
+_REMOVED_RESOURCES = 6
+_MAX_UNACKED = 64
+
+
+@dataclass(slots=True)
+class _Sent:
+    """One unacknowledged response: what the client held before it, to roll back on NACK."""
+
+    previous: dict[str, str | None]
+    versions: dict[str, str]
+    system_version: str
+
+
+@dataclass(slots=True)
+class _TypeState:
+    wildcard: bool = False
+    subscribed: set[str] = field(default_factory=set)
+    held: dict[str, str] = field(default_factory=dict)  # name -> version the client holds
+    told_absent: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)  # name -> version the client NACKed
+    unacked: dict[str, _Sent] = field(default_factory=dict)  # nonce -> what it carried
+    answered_first: bool = False
+
+
+class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
+    """One Delta stream; ADS when `fixed_type` is None."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.states: dict[TypeUrl, _TypeState] = {}
+
+    def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        track = self.attach(request.node, request.HasField("node"))
+        type_url = self.resolve_type(request.type_url)
+        check_resource_names(request.resource_names_subscribe)
+        check_resource_names(request.resource_names_unsubscribe)
+        state = self.states.get(type_url)
+        if state is None:
+            state = self.states[type_url] = _TypeState()
+            check_resource_names(request.initial_resource_versions.keys())
+            state.held.update(request.initial_resource_versions)
+            if type_url.allows_wildcard and not request.resource_names_subscribe:
+                state.wildcard = True
+        for name in request.resource_names_subscribe:
+            if name == "*":
+                state.wildcard = True
+            else:
+                state.subscribed.add(name)
+        for name in request.resource_names_unsubscribe:
+            if name == "*":
+                state.wildcard = False
+            else:
+                state.subscribed.discard(name)
+                state.held.pop(name, None)
+                state.told_absent.discard(name)
+        if request.response_nonce and (sent := state.unacked.pop(request.response_nonce, None)) is not None:
+            if request.HasField("error_detail"):
+                for name, version in sent.versions.items():
+                    state.rejected[name] = version
+                    if (before := sent.previous.get(name)) is None:
+                        state.held.pop(name, None)
+                    else:
+                        state.held[name] = before
+                self.registry.nacked(track, type_url, sent.system_version, request.error_detail.message)
+            else:
+                self.registry.acked(track, type_url, sent.system_version)
+
+    def due(self, snapshot: Snapshot) -> Iterator[bytes]:
+        order = ADS_ORDER if self.is_ads else (self.fixed_type,)
+        for type_url in order:
+            assert type_url is not None
+            state = self.states.get(type_url)
+            if state is None:
+                continue
+            if self.is_ads and type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE) and self._clusters_unacked():
+                continue
+            updates, removed = self._changes(type_url, state, snapshot)
+            if not updates and not removed and state.answered_first:
+                continue
+            state.answered_first = True
+            if type_url is TypeUrl.CLUSTER:
+                self._resend_endpoints_of(updates)
+            yield self._respond(type_url, state, updates, removed, snapshot)
+
+    def _interest(self, state: _TypeState, snapshot_names: Iterable[str]) -> set[str]:
+        names = set(state.subscribed)
+        if state.wildcard:
+            names.update(snapshot_names)
+        return names
+
+    def _changes(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[list[Resource], list[str]]:
+        current = snapshot.of_type(type_url).by_name
+        updates = []
+        for name in sorted(self._interest(state, current.keys())):
+            resource = current.get(name)
+            if resource is None:
+                continue
+            if state.held.get(name) != resource.version and state.rejected.get(name) != resource.version:
+                updates.append(resource)
+        removed = []
+        for name in sorted(state.held):
+            if name not in current and (state.wildcard or name in state.subscribed):
+                removed.append(name)
+        for name in sorted(state.subscribed - state.told_absent):
+            if name not in current and name not in state.held:
+                removed.append(name)  # tells the client a name it asked for does not exist
+        if type_url is TypeUrl.CLUSTER and self.is_ads and removed and not self._routes_current(snapshot):
+            removed = [name for name in removed if name not in state.held]  # make before break
+        return updates, removed
+
+    def _resend_endpoints_of(self, clusters: list[Resource]) -> None:
+        endpoints = self.states.get(TypeUrl.ENDPOINT)
+        if endpoints is None:
+            return
+        for resource in clusters:
+            cluster = resource.message
+            assert isinstance(cluster, cluster_pb2.Cluster)
+            if cluster.type == cluster_pb2.Cluster.EDS:
+                endpoints.held.pop(cluster.eds_cluster_config.service_name or cluster.name, None)
+
+    def _clusters_unacked(self) -> bool:
+        clusters = self.states.get(TypeUrl.CLUSTER)
+        return clusters is not None and bool(clusters.unacked)
+
+    def _routes_current(self, snapshot: Snapshot) -> bool:
+        """True when the proxy holds (and acknowledged) the current listeners and routes."""
+        for type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE):
+            state = self.states.get(type_url)
+            if state is None:
+                continue
+            if state.unacked:
+                return False
+            current = snapshot.of_type(type_url).by_name
+            for name in self._interest(state, current.keys()):
+                resource = current.get(name)
+                if resource is not None and state.held.get(name) != resource.version:
+                    return False
+        return True
+
+    def _respond(
+        self, type_url: TypeUrl, state: _TypeState, updates: list[Resource], removed: list[str], snapshot: Snapshot
+    ) -> bytes:
+        nonce = self.next_nonce()
+        system_version = snapshot.of_type(type_url).version
+        sent = _Sent(
+            previous={r.name: state.held.get(r.name) for r in updates},
+            versions={r.name: r.version for r in updates},
+            system_version=system_version,
+        )
+        state.unacked[nonce] = sent
+        if len(state.unacked) > _MAX_UNACKED:
+            # A client that never acknowledges must not grow our memory; forget its oldest response.
+            del state.unacked[next(iter(state.unacked))]
+        for resource in updates:
+            state.held[resource.name] = resource.version
+            state.rejected.pop(resource.name, None)
+            state.told_absent.discard(resource.name)
+        for name in removed:
+            state.held.pop(name, None)
+            if name in state.subscribed:
+                state.told_absent.add(name)
+        assert self.track is not None
+        self.registry.sent(self.track, type_url, system_version, nonce, len(updates))
+        return (
+            wire.string_field(_SYSTEM_VERSION_INFO, system_version)
+            + b"".join(resource.delta_entry for resource in updates)
+            + wire.string_field(_TYPE_URL, type_url.value)
+            + b"".join(wire.string_field(_REMOVED_RESOURCES, name) for name in removed)
+            + wire.string_field(_NONCE, nonce)
+        )

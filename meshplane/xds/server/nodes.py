@@ -1,0 +1,65 @@
+"""The contract between a proxy's bootstrap and meshplane: which node fields decide its config.
+
+- `node.id`: required, names the proxy on the status endpoint.
+- `node.metadata.role`: `sidecar` (default when absent) or `grpc`.
+- `node.locality` (region, zone, sub_zone): endpoint priorities prefer the proxy's zone, then region.
+- `node.metadata.outbound_port`: a sidecar's outbound listener port (default 15001).
+- `node.cluster`: the service the proxy fronts; shown on the status endpoint.
+Any other field is ignored, so proxies differing only there share one group and one snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from meshplane.model import DEFAULT_OUTBOUND_PORT, Locality, ProxyGroup, ProxyRole
+
+MAX_NAME_LENGTH = 1024
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; the stream ends with `code` and this message, others are unaffected."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def proxy_group(node: Any) -> ProxyGroup:
+    """The group of an `envoy.config.core.v3.Node`; raises ProtocolError for a node we cannot serve."""
+    if not node.id:
+        raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "the first request of a stream must carry node.id")
+    fields = node.metadata.fields
+    role_value = fields["role"].string_value if "role" in fields else ProxyRole.SIDECAR.value
+    try:
+        role = ProxyRole(role_value)
+    except ValueError:
+        roles = ", ".join(r.value for r in ProxyRole)
+        raise ProtocolError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: unknown metadata.role {role_value!r} (one of: {roles})"
+        ) from None
+    outbound_port = DEFAULT_OUTBOUND_PORT
+    if "outbound_port" in fields:
+        value = fields["outbound_port"]
+        raw = value.string_value if value.WhichOneof("kind") == "string_value" else value.number_value
+        try:
+            outbound_port = int(raw)
+        except (TypeError, ValueError):
+            outbound_port = 0
+        if not 1 <= outbound_port <= 65535 or str(raw).strip() not in (str(outbound_port), f"{outbound_port}.0"):
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: metadata.outbound_port {raw!r} is not a port"
+            )
+    locality = Locality(node.locality.region, node.locality.zone, node.locality.sub_zone)
+    return ProxyGroup(role=role, locality=locality, outbound_port=outbound_port)
+
+
+def check_resource_names(names: Any) -> None:
+    """Refuses names no resource of ours can have: empty, over 1 KiB, or with control characters."""
+    for name in names:
+        if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+            shown = repr(name[:64]) + ("…" if len(name) > 64 else "")
+            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed resource name {shown}")

@@ -1,0 +1,53 @@
+"""Debouncing on a fake clock (looptime): the loop's time jumps, so no test waits for real."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from meshplane.debounce import Debouncer
+
+
+class Runs:
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def __call__(self) -> None:
+        self.at.append(asyncio.get_running_loop().time())
+
+
+async def poke_at(debouncer: Debouncer, times: list[float]) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for at in times:
+        await asyncio.sleep(max(0.0, start + at - loop.time()))
+        debouncer.poke()
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("pokes", "expected_runs"),
+    [
+        pytest.param([0.0], [0.1], id="single-change-runs-after-quiet"),
+        pytest.param([0.0, 0.05, 0.09], [0.19], id="burst-merges-into-one"),
+        pytest.param([0.0, 0.5], [0.1, 0.6], id="separate-changes-run-separately"),
+        pytest.param([i * 0.03 for i in range(66)], [1.0, 2.02], id="steady-churn-capped-by-max-delay"),
+    ],
+)
+async def test_debounce_schedule(pokes: list[float], expected_runs: list[float]) -> None:
+    runs = Runs()
+    debouncer = Debouncer(runs, quiet=0.1, max_delay=1.0)
+    task = asyncio.create_task(debouncer.run())
+    start = asyncio.get_running_loop().time()
+    await poke_at(debouncer, pokes)
+    await asyncio.sleep(3)
+    task.cancel()
+    assert [round(t - start, 3) for t in runs.at] == pytest.approx(expected_runs, abs=0.011)
+    assert debouncer.runs == len(expected_runs)
+    assert debouncer.merged == len(pokes) - len(expected_runs)
+
+
+def test_debounce_rejects_nonsense_windows() -> None:
+    with pytest.raises(ValueError, match="quiet"):
+        Debouncer(lambda: None, quiet=0.5, max_delay=0.1)
