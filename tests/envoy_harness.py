@@ -84,11 +84,13 @@ class Envoy:
                     f"envoy exited with {self.process.returncode} while waiting for {what}:\n{self.log()}"
                 )
             try:
-                last = await check()
+                result = await check()
             except (aiohttp.ClientError, ConnectionError) as error:
-                last = error
-            if last:
-                return last  # type: ignore[return-value]
+                last = error  # not there yet (e.g. the listener is not up): try again
+            else:
+                if result:
+                    return result
+                last = result
             await asyncio.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{self.log()[-3000:]}")
 

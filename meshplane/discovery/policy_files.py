@@ -1,0 +1,351 @@
+"""The policy-file source: YAML files on disk → the last good `Mesh`, reloaded when they change.
+
+Owns finding the files (one file, or every *.yaml / *.yml below a directory, Kubernetes ConfigMap
+mounts included), reading them and the secret files they name, merging everything into one Mesh,
+and refusing the whole new content when anything is wrong: the last good mesh keeps serving and
+`status.errors` says why. Changes are noticed at once through file-system notifications (inotify,
+via watchfiles), and by polling a cheap signature of the files every `poll_interval` as a fallback
+for file systems that send no notifications (some network and FUSE mounts).
+
+Parsing is `policy_schema`'s (pure); this module does the I/O. No module-level state: everything
+lives on a `PolicyFileSource`; `run()` is a trivial loop around `load()`, which is what tests drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+import watchfiles
+
+from meshplane.discovery.policy_schema import CertificateFiles, FileRef, SecretFiles, parse_policy
+from meshplane.discovery.source_status import SourceStatus
+from meshplane.model import Mesh, RouteTable, Service, TlsCertificate, TrustBundle
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "policy-files"
+DEFAULT_MAX_FILE_SIZE = 1024 * 1024
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+# A file changed within this long before its signature was taken may change again without its
+# size or mtime showing it (coarse file-system clocks; git calls this "racily clean"), so it is
+# re-read on the next poll instead of trusted. Re-reading is harmless: equal content changes nothing.
+_RACY_WINDOW_NS = 2_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """What the signature holds of one file; all -1 when it cannot be stat'ed (e.g. missing)."""
+
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @staticmethod
+    def of(path: Path) -> FileState:
+        try:
+            stat = path.stat()  # follows symlinks: a ConfigMap swap shows as a new inode
+        except OSError:
+            return FileState(str(path), -1, -1, -1)
+        return FileState(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def find_policy_files(root: Path) -> list[Path]:
+    """`root` itself when it is a file; else every *.yaml / *.yml below it, sorted.
+
+    Names starting with "." are skipped at every level: a ConfigMap mount keeps its real files in
+    `..2024_…` directories behind a `..data` symlink and shows them through top-level symlinks,
+    which are followed. A file reached twice (through symlinks) is listed once, as first found; a
+    directory reached twice is walked once, so symlink loops end. Raises FileNotFoundError when
+    `root` does not exist, OSError when a directory cannot be listed.
+    """
+    if not root.exists():
+        raise FileNotFoundError(root)
+    if not root.is_dir():
+        return [root]
+    found: dict[str, Path] = {}
+    walked: set[str] = set()
+
+    def walk(directory: Path) -> None:
+        real = os.path.realpath(directory)
+        if real in walked:
+            return
+        walked.add(real)
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir():
+                walk(path)
+            elif path.suffix in POLICY_SUFFIXES:
+                # Files, and broken symlinks too: reading one reports it rather than skipping it silently.
+                found.setdefault(os.path.realpath(path), path)
+
+    walk(root)
+    return sorted(found.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One read of the policy: what it found, and the signature of what it read (taken before reading)."""
+
+    mesh: Mesh
+    errors: tuple[str, ...]
+    files: tuple[Path, ...]
+    secret_files: tuple[Path, ...]
+    signature: tuple[FileState, ...]
+    signed_at_ns: int
+
+    def is_racy(self) -> bool:
+        return any(state.mtime_ns >= self.signed_at_ns - _RACY_WINDOW_NS for state in self.signature)
+
+
+class _ReadError(Exception):
+    pass
+
+
+async def _read_text(path: Path, size: int, max_size: int) -> str:
+    """The file's text; `size` is from its stat, so an oversize file is refused without reading it."""
+    if size > max_size:
+        raise _ReadError(f"{size} bytes is over the limit of {max_size} bytes")
+    try:
+        async with aiofiles.open(path, "rb") as file:
+            data = await file.read(max_size + 1)
+    except OSError as error:
+        raise _ReadError(f"cannot read: {error.strerror or error}") from error
+    if len(data) > max_size:  # it grew since the stat
+        raise _ReadError(f"file is over the limit of {max_size} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _ReadError(f"not UTF-8 text (byte {error.start})") from error
+
+
+async def _read_policy(files: Sequence[Path], max_file_size: int) -> _Attempt:
+    """Read, parse, merge and validate `files` and the secret files they name."""
+    signed_at_ns = time.time_ns()
+    states = await asyncio.to_thread(lambda: [FileState.of(path) for path in files])
+    errors: list[str] = []
+    services: list[Service] = []
+    routes: list[RouteTable] = []
+    secrets: list[tuple[Path, SecretFiles]] = []
+    for path, state in zip(files, states, strict=True):
+        try:
+            text = await _read_text(path, state.size, max_file_size)
+        except _ReadError as error:
+            errors.append(f"{path}: {error}")
+            continue
+        parsed = parse_policy(text, str(path))
+        errors += parsed.errors
+        services += parsed.services
+        routes += parsed.routes
+        secrets += [(path.parent, secret) for secret in parsed.secrets]
+
+    # Secret files are relative to the directory of the policy file naming them, as found: beside a
+    # ConfigMap's symlinked policy file, `certs/ca.pem` is that ConfigMap's own `certs/ca.pem`.
+    secret_paths = list(dict.fromkeys(base / ref.path for base, secret in secrets for _, ref in _secret_files(secret)))
+    secret_states = await asyncio.to_thread(lambda: {path: FileState.of(path) for path in secret_paths})
+    texts: dict[Path, str | None] = {}
+    certificates: list[TlsCertificate] = []
+    bundles: list[TrustBundle] = []
+    unreadable: list[TlsCertificate | TrustBundle] = []
+    for base, secret in secrets:
+        pem: dict[str, str] = {}
+        for field, ref in _secret_files(secret):
+            path = base / ref.path
+            if path not in texts:
+                try:
+                    texts[path] = await _read_text(path, secret_states[path].size, max_file_size)
+                except _ReadError as error:
+                    texts[path] = None
+                    errors.append(f"{ref.origin}: secret {secret.name}: {field} {ref.path!r}: {error}")
+            pem[field] = texts[path] or ""
+        built: TlsCertificate | TrustBundle
+        if isinstance(secret, CertificateFiles):
+            built = TlsCertificate(secret.name, pem["certificate_file"], pem["key_file"], origin=secret.origin)
+            certificates.append(built)
+        else:
+            built = TrustBundle(secret.name, pem["ca_file"], origin=secret.origin)
+            bundles.append(built)
+        if any(texts[base / ref.path] is None for _, ref in _secret_files(secret)):
+            unreadable.append(built)
+
+    mesh = Mesh.of(services, routes, certificates, bundles)
+    # An unreadable secret file is reported already; the empty PEM it leaves need not be too.
+    said = set(errors) | {problem for secret in unreadable for problem in secret.problems()}
+    for problem in mesh.problems():
+        if problem not in said:
+            errors.append(problem)
+            said.add(problem)
+    return _Attempt(
+        mesh=mesh,
+        errors=tuple(errors),
+        files=tuple(files),
+        secret_files=tuple(secret_paths),
+        signature=(*states, *(secret_states[path] for path in secret_paths)),
+        signed_at_ns=signed_at_ns,
+    )
+
+
+def _secret_files(secret: SecretFiles) -> tuple[tuple[str, FileRef], ...]:
+    """The files a secret is read from, by the key that names them."""
+    if isinstance(secret, CertificateFiles):
+        return (("certificate_file", secret.certificate_file), ("key_file", secret.key_file))
+    return (("ca_file", secret.ca_file),)
+
+
+class PolicyFileSource:
+    """Serves the mesh that policy files at `path` (a file or a directory) describe.
+
+    Contract: `mesh` is the last good content (None before the first); bad content never replaces
+    it. `load()` reads only when the files' signature (path, inode, size, mtime of every policy
+    file and every secret file they name) changed, calls `on_change()` exactly when the last good
+    mesh changed, and returns whether it did. `on_change` is called synchronously from `load()`;
+    keep it cheap (poke a debouncer); its exceptions propagate. A definition that moves to another
+    line counts as a change: origins are part of the model (the snapshot downstream is unchanged).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        poll_interval: float = 1.0,
+        on_change: Callable[[], None] = lambda: None,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    ) -> None:
+        self._path = path
+        self._poll_interval = poll_interval
+        self._on_change = on_change
+        self._max_file_size = max_file_size
+        self._mesh: Mesh | None = None
+        self._served_files = 0
+        self._attempt: _Attempt | None = None
+        self._errors: tuple[str, ...] = ()
+        self._logged_errors: tuple[str, ...] = ()
+        self._last_success: float | None = None
+        self._last_attempt: float | None = None
+
+    @property
+    def mesh(self) -> Mesh | None:
+        return self._mesh
+
+    @property
+    def status(self) -> SourceStatus:
+        mesh = self._mesh or Mesh()
+        return SourceStatus(
+            name=SOURCE_NAME,
+            synced=self._mesh is not None,
+            last_success=self._last_success,
+            last_attempt=self._last_attempt,
+            errors=self._errors,
+            counts={
+                "services": len(mesh.services),
+                "routes": len(mesh.routes),
+                "secrets": len(mesh.certificates) + len(mesh.trust_bundles),
+                "files": self._served_files,
+            },
+        )
+
+    async def load(self) -> bool:
+        """Check the files once; re-read, validate and maybe adopt them. True when the mesh changed."""
+        self._last_attempt = time.time()
+        try:
+            files = await asyncio.to_thread(find_policy_files, self._path)
+        except FileNotFoundError:
+            return self._refuse((f"{self._path}: does not exist",))
+        except OSError as error:
+            return self._refuse((f"{self._path}: cannot list: {error.strerror or error}",))
+        previous = self._attempt
+        if previous is not None and not previous.is_racy() and previous.files == tuple(files):
+            watched = [*files, *previous.secret_files]
+            signature = await asyncio.to_thread(lambda: tuple(FileState.of(path) for path in watched))
+            if signature == previous.signature:
+                return self._refuse(previous.errors) if previous.errors else self._adopt(previous)
+        attempt = await _read_policy(files, self._max_file_size)
+        self._attempt = attempt
+        return self._refuse(attempt.errors) if attempt.errors else self._adopt(attempt)
+
+    async def run(self) -> None:
+        """Load, then load again on every change notification, and at least every `poll_interval`
+        seconds; returns only by cancellation."""
+        changed = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._watch(changed))
+            while True:
+                await self.load()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self._poll_interval)
+                changed.clear()
+
+    async def _watch(self, changed: asyncio.Event) -> None:
+        """Sets `changed` on every file-system event below the watched directory.
+
+        Watches the directory (a file's parent), not the files: editors and GitOps syncs replace
+        files by rename, and ConfigMap mounts swap a `..data` symlink, which a watch on the old
+        file would miss. If the directory vanishes, waits for it to come back.
+        """
+        root = self._path if self._path.is_dir() else self._path.parent
+        while True:
+            if root.is_dir():
+                try:
+                    # watchfiles batches events for `debounce` ms; ours (on the publisher) does the rest.
+                    async for _ in watchfiles.awatch(root, debounce=20, step=10, recursive=True):
+                        changed.set()
+                except (OSError, RuntimeError) as error:
+                    log.info("cannot watch %s (%s); polling every %.1f s", root, error, self._poll_interval)
+            await asyncio.sleep(self._poll_interval)
+
+    def _refuse(self, errors: tuple[str, ...]) -> bool:
+        self._errors = errors
+        if errors != self._logged_errors:
+            log.warning(
+                "policy files at %s refused (%d errors); %s:\n  %s",
+                self._path,
+                len(errors),
+                "still serving the last good content" if self._mesh is not None else "nothing to serve yet",
+                "\n  ".join(errors),
+            )
+            self._logged_errors = errors
+        return False
+
+    def _adopt(self, attempt: _Attempt) -> bool:
+        self._errors = ()
+        self._logged_errors = ()
+        self._last_success = time.time()
+        self._served_files = len(attempt.files)
+        if attempt.mesh == self._mesh:
+            return False
+        self._mesh = attempt.mesh
+        mesh = attempt.mesh
+        log.info(
+            "policy files at %s loaded: %d services, %d routes, %d secrets from %d files",
+            self._path,
+            len(mesh.services),
+            len(mesh.routes),
+            len(mesh.certificates) + len(mesh.trust_bundles),
+            len(attempt.files),
+        )
+        self._on_change()
+        return True
+
+
+async def validate_policy(path: Path, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> list[str]:
+    """Every reason the policy at `path` would be refused; [] when it is good. Logs nothing."""
+    try:
+        files = await asyncio.to_thread(find_policy_files, path)
+    except FileNotFoundError:
+        return [f"{path}: does not exist"]
+    except OSError as error:
+        return [f"{path}: cannot list: {error.strerror or error}"]
+    return list((await _read_policy(files, max_file_size)).errors)

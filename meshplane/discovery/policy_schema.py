@@ -1,0 +1,766 @@
+"""The policy-file format: YAML text in, model objects and `path:line: reason` errors out.
+
+Owns the format documented in docs/policy-files.md: its keys (`KEYS`), their types and defaults,
+durations, and every error a file can have before the model sees it. Pure: no file system, no
+clock. The caller passes the text and the name to report it under (the file's path); each model
+object's `origin` is `name:line` of its definition, so the model's own problems (ranges, names,
+duplicates across files, unknown references) point at the right file and line too.
+
+Secrets come back as file references (`CertificateFiles`, `TrustBundleFile`), not PEM: reading the
+files is I/O, which belongs to the caller (`policy_files`).
+
+Checks that the model owns (port and weight ranges, name syntax, weights adding up) stay in the
+model, so they are written once. This module reports what only it can see: YAML syntax, shapes,
+types, unknown keys, enum values, and references it can resolve locally (an endpoint's port name).
+A bad field is reported and left at its default, so one mistake does not cascade into others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from meshplane.model import (
+    RETRY_CONDITIONS,
+    CircuitBreakers,
+    Endpoint,
+    EndpointHealth,
+    HashKey,
+    HeaderMatch,
+    HeaderMatchKind,
+    HealthCheck,
+    HealthCheckProtocol,
+    LoadBalancing,
+    Locality,
+    OutlierDetection,
+    PathMatch,
+    PathMatchKind,
+    Protocol,
+    RetryPolicy,
+    RouteMatch,
+    RouteRule,
+    RouteTable,
+    Service,
+    ServicePort,
+    ServiceRef,
+    TrafficPolicy,
+    UpstreamTls,
+    WeightedBackend,
+)
+
+DEFAULT_NAMESPACE = "default"
+
+# Aliases let a small file expand into a huge tree (a "billion laughs"); the walk stops here.
+MAX_NODES = 200_000
+
+# The name a single `port:` gets, from its protocol.
+SHORTHAND_PORT_NAMES: Mapping[Protocol, str] = {
+    Protocol.HTTP1: "http",
+    Protocol.HTTP2: "http",
+    Protocol.GRPC: "grpc",
+    Protocol.TCP: "tcp",
+}
+
+# Every key the format accepts, by section. Section names are what error messages and the headings of
+# docs/policy-files.md call them; tests check that the docs describe every key listed here.
+KEYS: Mapping[str, tuple[str, ...]] = {
+    "document": ("services", "routes", "secrets"),
+    "service": ("name", "namespace", "hosts", "port", "protocol", "ports", "endpoints", "policy", "tls"),
+    "service.ports": ("name", "port", "protocol"),
+    "service.endpoints": ("address", "port", "ports", "zone", "region", "sub_zone", "health", "weight"),
+    "service.policy": (
+        "connect_timeout",
+        "load_balancing",
+        "hash_key",
+        "circuit_breakers",
+        "outlier_detection",
+        "health_check",
+        "locality_failover",
+    ),
+    "service.policy.hash_key": ("header", "cookie", "source_ip"),
+    "service.policy.circuit_breakers": ("max_connections", "max_pending_requests", "max_requests", "max_retries"),
+    "service.policy.outlier_detection": (
+        "consecutive_5xx",
+        "consecutive_gateway_failure",
+        "interval",
+        "base_ejection_time",
+        "max_ejection_percent",
+    ),
+    "service.policy.health_check": (
+        "protocol",
+        "path",
+        "interval",
+        "timeout",
+        "unhealthy_threshold",
+        "healthy_threshold",
+    ),
+    "service.tls": ("trust", "sni", "client_certificate"),
+    "route": ("name", "service", "hosts", "rules"),
+    "route.rules": ("match", "backends", "to", "timeout", "retries", "rewrite"),
+    "route.rules.match": ("path", "headers"),
+    "route.rules.match.path": ("prefix", "exact", "regex"),
+    "route.rules.match.headers": ("name", "exact", "prefix", "regex", "present", "invert"),
+    "route.rules.backends": ("service", "port", "weight"),
+    "route.rules.retries": ("on", "attempts", "per_try_timeout"),
+    "route.rules.rewrite": ("prefix",),
+    "secret": ("name", "certificate_file", "key_file", "ca_file"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A file a policy names, as written: relative paths are relative to the policy file's directory.
+    `origin` is `source:line` of the value, for errors about reading it."""
+
+    path: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    """A `TlsCertificate` to be: its PEM chain and key are in these files."""
+
+    name: str
+    certificate_file: FileRef
+    key_file: FileRef
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrustBundleFile:
+    """A `TrustBundle` to be: its PEM CA certificates are in this file."""
+
+    name: str
+    ca_file: FileRef
+    origin: str
+
+
+SecretFiles = CertificateFiles | TrustBundleFile
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedPolicy:
+    """What one policy file declares. With `errors`, the content must not be served; the objects
+    are still the best reading of the file, for further validation."""
+
+    services: tuple[Service, ...] = ()
+    routes: tuple[RouteTable, ...] = ()
+    secrets: tuple[SecretFiles, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+def parse_policy(text: str, source: str) -> ParsedPolicy:
+    """Parse every YAML document of `text`, reporting errors as `source:line: reason`."""
+    reader = _Reader(source)
+    services: list[Service] = []
+    routes: list[RouteTable] = []
+    secrets: list[SecretFiles] = []
+    try:
+        for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            if isinstance(document, ScalarNode) and document.tag == _NULL:
+                continue  # an empty document, e.g. between two `---`
+            if not isinstance(document, MappingNode):
+                reader.error(document, "a policy document must be a mapping with services, routes and/or secrets")
+                continue
+            fields = reader.mapping(document, "document")
+            if fields is None:
+                continue
+            if "services" in fields:
+                services += _each(reader, fields["services"], "services", _service)
+            if "routes" in fields:
+                routes += _each(reader, fields["routes"], "routes", _route)
+            if "secrets" in fields:
+                secrets += _each(reader, fields["secrets"], "secrets", _secret)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        reader.errors.append((line, f"{source}:{line}: invalid YAML: {error.problem or error.context}"))
+    except yaml.YAMLError as error:
+        reader.errors.append((1, f"{source}:1: invalid YAML: {error}"))
+    except _TooManyNodes:
+        reader.errors.append((1, f"{source}:1: more than {MAX_NODES} YAML nodes once aliases are expanded"))
+    return ParsedPolicy(
+        services=tuple(services),
+        routes=tuple(routes),
+        secrets=tuple(secrets),
+        # In file order; an aliased node is read once per use, but its problems are reported once.
+        errors=tuple(dict.fromkeys(text for _, text in sorted(reader.errors, key=lambda error: error[0]))),
+    )
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in `text` ("250ms", "1s", "1.5s", "2m", "1h", "1m30s"), or None when it is not a duration."""
+    text = text.strip()
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text))
+
+
+_NULL = "tag:yaml.org,2002:null"
+_STANDARD_TAG = "tag:yaml.org,2002:"
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HELP = 'use e.g. "250ms", "1s", "1.5s", "2m" or a number of seconds'
+
+_E = TypeVar("_E", bound=StrEnum)
+_T = TypeVar("_T")
+
+
+class _TooManyNodes(Exception):
+    pass
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == _NULL:
+        return "empty"
+    return repr(node.value)
+
+
+class _Reader:
+    """Reads typed values out of composed YAML nodes, collecting errors with their lines."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[tuple[int, str]] = []  # (line, "source:line: reason")
+        self._constructor = SafeConstructor()
+        self._nodes = 0
+        self._checked: set[int] = set()
+
+    def origin(self, node: Node) -> str:
+        return f"{self.source}:{node.start_mark.line + 1}"
+
+    def error(self, node: Node, reason: str) -> None:
+        self.errors.append((node.start_mark.line + 1, f"{self.origin(node)}: {reason}"))
+
+    def _visit(self) -> None:
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _TooManyNodes
+
+    def mapping(self, node: Node, section: str, keys: Collection[str] | None = None) -> dict[str, Node] | None:
+        """The mapping's values by key. Keys not in `keys` (by default KEYS[section]) are reported and left
+        out; an empty `keys` accepts any key (e.g. port names)."""
+        self._visit()
+        if not isinstance(node, MappingNode):
+            self.error(node, f"{section} must be a mapping, not {_kind(node)}")
+            return None
+        allowed = KEYS[section] if keys is None else keys
+        if id(node) not in self._checked:  # an aliased mapping is checked once (merging changes it)
+            self._checked.add(id(node))
+            self._check_keys(node, section, allowed)
+            try:
+                self._constructor.flatten_mapping(node)  # YAML merge keys: `<<: *defaults`
+            except yaml.YAMLError as error:
+                self.error(node, f"{section}: bad merge key: {getattr(error, 'problem', error)}")
+        fields: dict[str, Node] = {}
+        for key, value in node.value:
+            if isinstance(key, ScalarNode) and (not allowed or key.value in allowed):
+                fields[str(key.value)] = value
+        return fields
+
+    def _check_keys(self, node: MappingNode, section: str, allowed: Collection[str]) -> None:
+        first_line: dict[str, int] = {}
+        for key, _ in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if not isinstance(key, ScalarNode):
+                self.error(key, f"{section}: keys must be plain names, not {_kind(key)}")
+                continue
+            # The raw text: `on:` is a key here, not YAML 1.1's boolean true.
+            name = str(key.value)
+            if name in first_line:
+                self.error(key, f"{section}: duplicate key {name!r} (first at line {first_line[name]})")
+            first_line.setdefault(name, key.start_mark.line + 1)
+            if allowed and name not in allowed:
+                self.error(key, f"unknown key {name!r} in {section}{_suggest(name, allowed)}")
+
+    def items(self, node: Node, what: str) -> list[Node]:
+        self._visit()
+        if isinstance(node, SequenceNode):
+            return list(node.value)
+        self.error(node, f"{what} must be a list, not {_kind(node)}")
+        return []
+
+    def scalar(self, node: Node, what: str, expected: str) -> object:
+        """The scalar's value as YAML types it, or `_BAD` (error reported)."""
+        self._visit()
+        if not isinstance(node, ScalarNode) or node.tag == _NULL:
+            self.error(node, f"{what} must be {expected}, not {_kind(node)}")
+            return _BAD
+        if not node.tag.startswith(_STANDARD_TAG):
+            self.error(node, f"{what}: YAML tag {node.tag} is not supported")
+            return _BAD
+        try:
+            return self._constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError):
+            return str(node.value)  # e.g. an impossible date: the text it is
+
+    def string(self, node: Node, what: str) -> str | None:
+        # Any scalar's text as written: `exact: 010` means "010", `sni: true` means "true".
+        if self.scalar(node, what, "a string") is _BAD:
+            return None
+        return str(node.value)
+
+    def integer(self, node: Node, what: str) -> int | None:
+        value = self.scalar(node, what, "a whole number")
+        if value is _BAD:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        self.error(node, f"{what} must be a whole number, not {_kind(node)}")
+        return None
+
+    def boolean(self, node: Node, what: str) -> bool | None:
+        value = self.scalar(node, what, "true or false")
+        if value is _BAD:
+            return None
+        if isinstance(value, bool):
+            return value
+        self.error(node, f"{what} must be true or false, not {_kind(node)}")
+        return None
+
+    def duration(self, node: Node, what: str) -> float | None:
+        value = self.scalar(node, what, "a duration")
+        if value is _BAD:
+            return None
+        seconds: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = parse_duration(value)
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            self.error(node, f"{what}: {node.value!r} is not a duration ({_DURATION_HELP})")
+            return None
+        return seconds
+
+    def choice(self, node: Node, what: str, choices: type[_E]) -> _E | None:
+        text = self.string(node, what)
+        if text is None:
+            return None
+        for choice in choices:
+            if choice.value == text:
+                return choice
+        names = [choice.value for choice in choices]
+        self.error(node, f"{what}: {text!r} is not one of {', '.join(names)}{_suggest(text, names)}")
+        return None
+
+    def strings(self, node: Node, what: str) -> tuple[str, ...]:
+        found = (self.string(item, what) for item in self.items(node, what))
+        return tuple(text for text in found if text is not None)
+
+
+_BAD = object()
+_NO_STRINGS: tuple[str, ...] = ()
+
+
+def _suggest(word: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(choices)})"
+
+
+def _each(reader: _Reader, node: Node, what: str, parse: Callable[[_Reader, Node], _T | None]) -> list[_T]:
+    parsed = (parse(reader, item) for item in reader.items(node, what))
+    return [item for item in parsed if item is not None]
+
+
+def _optional(
+    fields: Mapping[str, Node], key: str, read: Callable[[Node, str], _T | None], what: str, default: _T
+) -> _T:
+    """The value at `key` read with `read`, or `default` when absent or wrong (the error is already reported)."""
+    node = fields.get(key)
+    if node is None:
+        return default
+    value = read(node, what)
+    return default if value is None else value
+
+
+def _required_string(reader: _Reader, node: Node, fields: Mapping[str, Node], key: str, section: str) -> str | None:
+    if key not in fields:
+        reader.error(node, f"{section} needs `{key}`")
+        return None
+    return reader.string(fields[key], f"{section}.{key}")
+
+
+# Plain sub-objects: one reader per key, the model's defaults for absent keys.
+_FieldReader = Callable[[_Reader, Node, str], object]
+
+
+def _enum_reader(choices: type[StrEnum]) -> _FieldReader:
+    return lambda reader, node, what: reader.choice(node, what, choices)
+
+
+_FIELD_READERS: Mapping[str, Mapping[str, _FieldReader]] = {
+    "service.policy.hash_key": {"header": _Reader.string, "cookie": _Reader.string, "source_ip": _Reader.boolean},
+    "service.policy.circuit_breakers": {key: _Reader.integer for key in KEYS["service.policy.circuit_breakers"]},
+    "service.policy.outlier_detection": {
+        "consecutive_5xx": _Reader.integer,
+        "consecutive_gateway_failure": _Reader.integer,
+        "interval": _Reader.duration,
+        "base_ejection_time": _Reader.duration,
+        "max_ejection_percent": _Reader.integer,
+    },
+    "service.policy.health_check": {
+        "protocol": _enum_reader(HealthCheckProtocol),
+        "path": _Reader.string,
+        "interval": _Reader.duration,
+        "timeout": _Reader.duration,
+        "unhealthy_threshold": _Reader.integer,
+        "healthy_threshold": _Reader.integer,
+    },
+    "service.tls": {"trust": _Reader.string, "sni": _Reader.string, "client_certificate": _Reader.string},
+}
+
+
+def _plain(reader: _Reader, fields: Mapping[str, Node], section: str) -> dict[str, Any]:
+    """The keyword arguments for a plain sub-object: the keys present and well-formed."""
+    readers = _FIELD_READERS[section]
+    found: dict[str, Any] = {}
+    for key, value in fields.items():
+        parsed = readers[key](reader, value, f"{section}.{key}")
+        if parsed is not None:
+            found[key] = parsed
+    return found
+
+
+# --- services ---
+
+
+def _service(reader: _Reader, node: Node) -> Service | None:
+    fields = reader.mapping(node, "service")
+    if fields is None:
+        return None
+    name = _required_string(reader, node, fields, "name", "service")
+    namespace = _optional(fields, "namespace", reader.string, "service.namespace", DEFAULT_NAMESPACE)
+    hosts = _optional(fields, "hosts", reader.strings, "service.hosts", _NO_STRINGS)
+    ports = _ports(reader, node, fields)
+    endpoints: list[Endpoint] = []
+    if "endpoints" in fields:
+        for item in reader.items(fields["endpoints"], "service.endpoints"):
+            endpoints += _endpoint(reader, item, ports)
+    policy = _policy(reader, fields["policy"]) if "policy" in fields else TrafficPolicy()
+    tls = _tls(reader, fields["tls"]) if "tls" in fields else None
+    if name is None:
+        return None
+    return Service(
+        name=name,
+        namespace=namespace,
+        ports=ports,
+        endpoints=tuple(endpoints),
+        hosts=hosts,
+        policy=policy,
+        tls=tls,
+        origin=reader.origin(node),
+    )
+
+
+def _ports(reader: _Reader, node: Node, fields: Mapping[str, Node]) -> tuple[ServicePort, ...]:
+    if "ports" in fields:
+        if "port" in fields or "protocol" in fields:
+            reader.error(node, "service: use either `port` (with `protocol`) or `ports`, not both")
+        return tuple(
+            port
+            for port in (_port(reader, item) for item in reader.items(fields["ports"], "service.ports"))
+            if port is not None
+        )
+    if "port" in fields:
+        number = reader.integer(fields["port"], "service.port")
+        protocol = _optional(
+            fields, "protocol", lambda n, w: reader.choice(n, w, Protocol), "service.protocol", Protocol.HTTP1
+        )
+        return () if number is None else (ServicePort(SHORTHAND_PORT_NAMES[protocol], number, protocol),)
+    if "protocol" in fields:
+        reader.error(fields["protocol"], "service.protocol goes with `port`; this service has none")
+    return ()
+
+
+def _port(reader: _Reader, node: Node) -> ServicePort | None:
+    fields = reader.mapping(node, "service.ports")
+    if fields is None:
+        return None
+    protocol = _optional(
+        fields, "protocol", lambda n, w: reader.choice(n, w, Protocol), "service.ports.protocol", Protocol.HTTP1
+    )
+    name = _optional(fields, "name", reader.string, "service.ports.name", SHORTHAND_PORT_NAMES[protocol])
+    if "port" not in fields:
+        reader.error(node, "service.ports needs `port`")
+        return None
+    number = reader.integer(fields["port"], "service.ports.port")
+    return None if number is None else ServicePort(name, number, protocol)
+
+
+def _endpoint(reader: _Reader, node: Node, ports: tuple[ServicePort, ...]) -> list[Endpoint]:
+    """One endpoint entry: one `Endpoint` per service port it serves."""
+    fields = reader.mapping(node, "service.endpoints")
+    if fields is None:
+        return []
+    address = _required_string(reader, node, fields, "address", "service.endpoints")
+    locality = Locality(
+        region=_optional(fields, "region", reader.string, "service.endpoints.region", ""),
+        zone=_optional(fields, "zone", reader.string, "service.endpoints.zone", ""),
+        sub_zone=_optional(fields, "sub_zone", reader.string, "service.endpoints.sub_zone", ""),
+    )
+    health = _optional(
+        fields,
+        "health",
+        lambda n, w: reader.choice(n, w, EndpointHealth),
+        "service.endpoints.health",
+        EndpointHealth.READY,
+    )
+    weight = _optional(fields, "weight", reader.integer, "service.endpoints.weight", 1)
+    targets: list[tuple[str, int]] = []  # (port name, number)
+    if "port" in fields and "ports" in fields:
+        reader.error(node, "service.endpoints: use either `port` or `ports`, not both")
+    elif "port" in fields:
+        number = reader.integer(fields["port"], "service.endpoints.port")
+        if number is not None and len(ports) == 1:
+            targets = [(ports[0].name, number)]
+        elif number is not None and ports:
+            names = ", ".join(port.name for port in ports)
+            reader.error(
+                fields["port"],
+                f"service.endpoints.port: the service has several ports ({names}); "
+                "map each with `ports: {name: number}`",
+            )
+    elif "ports" in fields:
+        mapped = reader.mapping(fields["ports"], "service.endpoints.ports", keys=())
+        known = {port.name for port in ports}
+        for port_name, value in (mapped or {}).items():
+            if port_name not in known:
+                reader.error(
+                    value,
+                    f"service.endpoints.ports: the service has no port named {port_name!r}{_suggest(port_name, known)}",
+                )
+            elif (number := reader.integer(value, f"service.endpoints.ports.{port_name}")) is not None:
+                targets.append((port_name, number))
+    else:
+        targets = [(port.name, port.port) for port in ports]  # like Kubernetes: targetPort defaults to port
+    if address is None:
+        return []
+    return [Endpoint(address, number, port_name, locality, health, weight) for port_name, number in targets]
+
+
+def _policy(reader: _Reader, node: Node) -> TrafficPolicy:
+    fields = reader.mapping(node, "service.policy")
+    if fields is None:
+        return TrafficPolicy()
+    found: dict[str, Any] = {}
+    if "connect_timeout" in fields:
+        found["connect_timeout"] = reader.duration(fields["connect_timeout"], "service.policy.connect_timeout")
+    if "load_balancing" in fields:
+        found["load_balancing"] = reader.choice(
+            fields["load_balancing"], "service.policy.load_balancing", LoadBalancing
+        )
+    if "locality_failover" in fields:
+        found["locality_failover"] = reader.boolean(fields["locality_failover"], "service.policy.locality_failover")
+    parts: Mapping[str, Callable[..., object]] = {
+        "hash_key": HashKey,
+        "circuit_breakers": CircuitBreakers,
+        "outlier_detection": OutlierDetection,
+        "health_check": HealthCheck,
+    }
+    for key, build in parts.items():
+        section = f"service.policy.{key}"
+        if key in fields and (part := reader.mapping(fields[key], section)) is not None:
+            found[key] = build(**_plain(reader, part, section))
+    return TrafficPolicy(**{key: value for key, value in found.items() if value is not None})
+
+
+def _tls(reader: _Reader, node: Node) -> UpstreamTls | None:
+    fields = reader.mapping(node, "service.tls")
+    if fields is None:
+        return None
+    if "trust" not in fields:
+        reader.error(node, "service.tls needs `trust` (the name of a CA bundle secret)")
+        return None
+    values = _plain(reader, fields, "service.tls")
+    return UpstreamTls(**values) if "trust" in values else None
+
+
+# --- routes ---
+
+
+def _service_ref(reader: _Reader, node: Node, what: str) -> ServiceRef | None:
+    text = reader.string(node, what)
+    if text is None:
+        return None
+    parts = text.split("/")
+    if len(parts) == 1 and parts[0]:
+        return ServiceRef(DEFAULT_NAMESPACE, parts[0])
+    if len(parts) == 2 and all(parts):
+        return ServiceRef(parts[0], parts[1])
+    reader.error(node, f'{what}: {text!r} is not "name" or "namespace/name"')
+    return None
+
+
+def _route(reader: _Reader, node: Node) -> RouteTable | None:
+    fields = reader.mapping(node, "route")
+    if fields is None:
+        return None
+    name = _required_string(reader, node, fields, "name", "route")
+    service = _service_ref(reader, fields["service"], "route.service") if "service" in fields else None
+    hosts = _optional(fields, "hosts", reader.strings, "route.hosts", _NO_STRINGS)
+    rules = _each(reader, fields["rules"], "route.rules", _rule) if "rules" in fields else []
+    if name is None:
+        return None
+    return RouteTable(name=name, rules=tuple(rules), service=service, hosts=hosts, origin=reader.origin(node))
+
+
+def _rule(reader: _Reader, node: Node) -> RouteRule | None:
+    fields = reader.mapping(node, "route.rules")
+    if fields is None:
+        return None
+    match = _match(reader, fields["match"]) if "match" in fields else RouteMatch()
+    if "backends" in fields and "to" in fields:
+        reader.error(node, "route.rules: `to` is another name for `backends`; use one of them")
+    backends_node = fields.get("backends", fields.get("to"))
+    backends = [] if backends_node is None else _each(reader, backends_node, "route.rules.backends", _backend)
+    timeout = _optional(fields, "timeout", reader.duration, "route.rules.timeout", None)
+    retry = _retries(reader, fields["retries"]) if "retries" in fields else None
+    rewrite: str | None = None
+    if "rewrite" in fields and (rewrites := reader.mapping(fields["rewrite"], "route.rules.rewrite")) is not None:
+        rewrite = _optional(rewrites, "prefix", reader.string, "route.rules.rewrite.prefix", None)
+    return RouteRule(match=match, backends=tuple(backends), timeout=timeout, retry=retry, prefix_rewrite=rewrite)
+
+
+def _match(reader: _Reader, node: Node) -> RouteMatch:
+    fields = reader.mapping(node, "route.rules.match")
+    if fields is None:
+        return RouteMatch()
+    path = PathMatch()
+    if "path" in fields and (paths := reader.mapping(fields["path"], "route.rules.match.path")) is not None:
+        if len(paths) != 1:
+            reader.error(fields["path"], "route.rules.match.path needs exactly one of prefix, exact, regex")
+        for key, value in paths.items():
+            if (text := reader.string(value, f"route.rules.match.path.{key}")) is not None:
+                path = PathMatch(PathMatchKind(key), text)
+    headers = _each(reader, fields["headers"], "route.rules.match.headers", _header) if "headers" in fields else []
+    return RouteMatch(path=path, headers=tuple(headers))
+
+
+def _header(reader: _Reader, node: Node) -> HeaderMatch | None:
+    section = "route.rules.match.headers"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    name = _required_string(reader, node, fields, "name", section)
+    invert = _optional(fields, "invert", reader.boolean, f"{section}.invert", False)
+    kinds = [kind for kind in HeaderMatchKind if kind.value in fields]
+    if len(kinds) != 1:
+        reader.error(node, f"{section} needs exactly one of exact, prefix, regex, present")
+        return None
+    kind = kinds[0]
+    value: str | None
+    if kind is HeaderMatchKind.PRESENT:
+        present = reader.boolean(fields["present"], f"{section}.present")
+        if present is False:
+            reader.error(fields["present"], f"{section}.present must be true; add `invert: true` to match absence")
+        value = ""
+    else:
+        value = reader.string(fields[kind.value], f"{section}.{kind.value}")
+    if name is None or value is None:
+        return None
+    return HeaderMatch(name=name, kind=kind, value=value, invert=invert)
+
+
+def _backend(reader: _Reader, node: Node) -> WeightedBackend | None:
+    section = "route.rules.backends"
+    if isinstance(node, ScalarNode):  # `to: [api]`: the whole service, weight 100
+        ref = _service_ref(reader, node, section)
+        return None if ref is None else WeightedBackend(ref)
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    if "service" not in fields:
+        reader.error(node, f"{section} needs `service`")
+        return None
+    ref = _service_ref(reader, fields["service"], f"{section}.service")
+    port: str | int | None = None
+    if "port" in fields:
+        value = reader.scalar(fields["port"], f"{section}.port", "a port name or number")
+        if isinstance(value, int) and not isinstance(value, bool):
+            port = value
+        elif value is not _BAD:
+            port = str(fields["port"].value)
+    weight = _optional(fields, "weight", reader.integer, f"{section}.weight", 100)
+    return None if ref is None else WeightedBackend(ref, port, weight)
+
+
+def _retries(reader: _Reader, node: Node) -> RetryPolicy | None:
+    section = "route.rules.retries"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    defaults = RetryPolicy()
+    on = defaults.on
+    if "on" in fields:
+        on_node = fields["on"]
+        if isinstance(on_node, SequenceNode):
+            conditions = reader.strings(on_node, f"{section}.on")
+        else:  # Envoy's own spelling: "5xx,reset,connect-failure"
+            text = reader.string(on_node, f"{section}.on")
+            conditions = tuple(part.strip() for part in (text or "").split(",") if part.strip())
+        unknown = [condition for condition in conditions if condition not in RETRY_CONDITIONS]
+        for condition in unknown:
+            hint = _suggest(condition, sorted(RETRY_CONDITIONS))
+            reader.error(on_node, f"{section}.on: unknown retry condition {condition!r}{hint}")
+        on = tuple(condition for condition in conditions if condition in RETRY_CONDITIONS)
+    return RetryPolicy(
+        on=on,
+        attempts=_optional(fields, "attempts", reader.integer, f"{section}.attempts", defaults.attempts),
+        per_try_timeout=_optional(
+            fields, "per_try_timeout", reader.duration, f"{section}.per_try_timeout", defaults.per_try_timeout
+        ),
+    )
+
+
+# --- secrets ---
+
+
+def _secret(reader: _Reader, node: Node) -> SecretFiles | None:
+    fields = reader.mapping(node, "secret")
+    if fields is None:
+        return None
+    name = _required_string(reader, node, fields, "name", "secret")
+    has_certificate = "certificate_file" in fields or "key_file" in fields
+    if has_certificate and "ca_file" in fields:
+        reader.error(
+            node, "secret: a secret is a certificate (certificate_file + key_file) or a CA bundle (ca_file), not both"
+        )
+        return None
+    if has_certificate:
+        missing = [key for key in ("certificate_file", "key_file") if key not in fields]
+        if missing:
+            reader.error(node, "secret needs both `certificate_file` and `key_file`")
+            return None
+        certificate = _file(reader, fields["certificate_file"], "secret.certificate_file")
+        key = _file(reader, fields["key_file"], "secret.key_file")
+        if name is None or certificate is None or key is None:
+            return None
+        return CertificateFiles(name, certificate, key, reader.origin(node))
+    if "ca_file" in fields:
+        ca = _file(reader, fields["ca_file"], "secret.ca_file")
+        return None if name is None or ca is None else TrustBundleFile(name, ca, reader.origin(node))
+    reader.error(node, "secret needs `certificate_file` and `key_file`, or `ca_file`")
+    return None
+
+
+def _file(reader: _Reader, node: Node, what: str) -> FileRef | None:
+    path = reader.string(node, what)
+    if path == "":
+        reader.error(node, f"{what} must not be empty")
+        return None
+    return None if path is None else FileRef(path, reader.origin(node))
