@@ -45,3 +45,13 @@ def grpc_route_name(service: ServiceRef, port: ServicePort) -> str:
 
 def virtual_host_name(service: ServiceRef, port: ServicePort) -> str:
     return f"{service.name}.{service.namespace}:{port.port}"
+
+
+def tcp_listener_name(port: int) -> str:
+    """The sidecar's outbound TCP listener on 127.0.0.1:`port`, proxying one TCP service port."""
+    return f"outbound_tcp_{port}"
+
+
+def route_table_virtual_host_name(table: str) -> str:
+    """The virtual host a route table with its own `hosts` gets in the sidecar's outbound routes."""
+    return f"route/{table}"

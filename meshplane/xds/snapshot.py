@@ -145,7 +145,8 @@ class Snapshot:
         return Snapshot(MappingProxyType(types))
 
     def of_type(self, type_url: TypeUrl) -> TypeResources:
-        return self.types.get(type_url) or TypeResources.empty(type_url)
+        found = self.types.get(type_url)  # not `or`: an empty TypeResources is falsy
+        return found if found is not None else TypeResources.empty(type_url)
 
     def select(self, type_url: TypeUrl, names: frozenset[str] | None) -> tuple[str, tuple[Resource, ...]]:
         """The resources of `type_url` named in `names` (all of them for None), and their version."""

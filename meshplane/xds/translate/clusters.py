@@ -1,0 +1,194 @@
+"""Clusters (CDS): one EDS cluster per service port, carrying the service's traffic policy and TLS.
+
+Owns how a `TrafficPolicy` and an `UpstreamTls` become Cluster fields, for Envoy and for proxyless
+gRPC, which takes a subset (https://grpc.github.io/grpc/core/md_doc_grpc_xds_features.html). Must
+stay pure; cluster and EDS names come from `meshplane.xds.names`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import http_pb2
+
+from meshplane.model import (
+    HealthCheck,
+    HealthCheckProtocol,
+    LoadBalancing,
+    Mesh,
+    Protocol,
+    ProxyGroup,
+    ProxyRole,
+    Service,
+    ServicePort,
+    TrafficPolicy,
+    UpstreamTls,
+)
+from meshplane.xds import names
+from meshplane.xds.translate import core
+
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+
+_Cluster = cluster_pb2.Cluster
+
+_ENVOY_LB_POLICY = {
+    LoadBalancing.ROUND_ROBIN: _Cluster.ROUND_ROBIN,
+    LoadBalancing.LEAST_REQUEST: _Cluster.LEAST_REQUEST,
+    LoadBalancing.RING_HASH: _Cluster.RING_HASH,
+    LoadBalancing.MAGLEV: _Cluster.MAGLEV,
+    LoadBalancing.RANDOM: _Cluster.RANDOM,
+}
+
+# gRPC (grpcio, i.e. gRPC core) accepts only ROUND_ROBIN and RING_HASH in the `lb_policy` enum and
+# NACKs the whole cluster otherwise ("LB policy is not supported": ParseLbPolicyConfig in
+# src/core/xds/grpc/xds_cluster_parser.cc); it has no least-request balancer at all. So maglev
+# degrades to its closest relative, ring hash (same hash policies, same affinity), and
+# least-request and random to round robin.
+_GRPC_LB_POLICY = {
+    LoadBalancing.ROUND_ROBIN: _Cluster.ROUND_ROBIN,
+    LoadBalancing.LEAST_REQUEST: _Cluster.ROUND_ROBIN,
+    LoadBalancing.RING_HASH: _Cluster.RING_HASH,
+    LoadBalancing.MAGLEV: _Cluster.RING_HASH,
+    LoadBalancing.RANDOM: _Cluster.ROUND_ROBIN,
+}
+
+
+def build_clusters(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
+    """Every service port's cluster for `group`, in mesh order, and warnings for what was left out."""
+    clusters: list[Any] = []
+    warnings: list[str] = []
+    for service in mesh.services:
+        for port in service.ports:
+            clusters.append(_cluster(service, port, group.role, warnings))
+    return clusters, warnings
+
+
+def _cluster(service: Service, port: ServicePort, role: ProxyRole, warnings: list[str]) -> Any:
+    policy = service.policy
+    grpc = role is ProxyRole.GRPC
+    cluster = _Cluster(
+        name=names.cluster_name(service.ref, port),
+        type=_Cluster.EDS,
+        eds_cluster_config=_Cluster.EdsClusterConfig(
+            service_name=names.endpoints_name(service.ref, port),
+            eds_config=core.ads(),
+        ),
+        connect_timeout=core.duration(policy.connect_timeout),
+        lb_policy=(_GRPC_LB_POLICY if grpc else _ENVOY_LB_POLICY)[policy.load_balancing],
+    )
+    if policy.circuit_breakers is not None:
+        cluster.circuit_breakers.CopyFrom(_circuit_breakers(policy))
+    if policy.outlier_detection is not None:
+        cluster.outlier_detection.CopyFrom(_outlier_detection(policy))
+    # gRPC does no active health checking; it would ignore the field (A27), so it is not sent.
+    if policy.health_check is not None and not grpc:
+        check = _health_check(policy.health_check, port)
+        if check is None:
+            warnings.append(
+                f"cluster {cluster.name}: the {policy.health_check.protocol} health check cannot probe "
+                f"port {port.name} ({port.protocol}); no active health check"
+            )
+        else:
+            cluster.health_checks.append(check)
+    # gRPC always speaks HTTP/2 and ignores protocol options; Envoy must be told.
+    if port.protocol.needs_http2_upstream and not grpc:
+        options = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options={},
+            ),
+        )
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(core.pack(options))
+    if service.tls is not None:
+        tls = _grpc_upstream_tls(service.tls) if grpc else _envoy_upstream_tls(service.tls, port)
+        cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
+        cluster.transport_socket.typed_config.CopyFrom(core.pack(tls))
+    return cluster
+
+
+def _circuit_breakers(policy: TrafficPolicy) -> Any:
+    assert policy.circuit_breakers is not None
+    limits = policy.circuit_breakers
+    thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds(priority=base_pb2.DEFAULT)
+    for field in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+        value: int | None = getattr(limits, field)
+        if value is not None:
+            getattr(thresholds, field).CopyFrom(core.uint32(value))
+    return circuit_breaker_pb2.CircuitBreakers(thresholds=[thresholds])
+
+
+def _outlier_detection(policy: TrafficPolicy) -> Any:
+    assert policy.outlier_detection is not None
+    od = policy.outlier_detection
+    detection = outlier_detection_pb2.OutlierDetection(
+        consecutive_5xx=core.uint32(od.consecutive_5xx),
+        interval=core.duration(od.interval),
+        base_ejection_time=core.duration(od.base_ejection_time),
+        max_ejection_percent=core.uint32(od.max_ejection_percent),
+    )
+    if od.consecutive_gateway_failure is not None:
+        detection.consecutive_gateway_failure.CopyFrom(core.uint32(od.consecutive_gateway_failure))
+        # Envoy enforces gateway-failure ejections 0% of the time unless told otherwise, which
+        # would make the setting a no-op.
+        detection.enforcing_consecutive_gateway_failure.CopyFrom(core.uint32(100))
+    return detection
+
+
+def _health_check(check: HealthCheck, port: ServicePort) -> Any | None:
+    """Envoy's active health check for `port`, or None when the protocol cannot probe that port
+    (HTTP or gRPC checks on a TCP port; gRPC checks need an HTTP/2 port)."""
+    probe = health_check_pb2.HealthCheck(
+        timeout=core.duration(check.timeout),
+        interval=core.duration(check.interval),
+        unhealthy_threshold=core.uint32(check.unhealthy_threshold),
+        healthy_threshold=core.uint32(check.healthy_threshold),
+    )
+    if check.protocol is HealthCheckProtocol.TCP:
+        probe.tcp_health_check.SetInParent()
+    elif check.protocol is HealthCheckProtocol.HTTP and port.protocol.is_http:
+        probe.http_health_check.path = check.path
+        if port.protocol.needs_http2_upstream:
+            probe.http_health_check.codec_client_type = http_pb2.HTTP2
+    elif check.protocol is HealthCheckProtocol.GRPC and port.protocol.needs_http2_upstream:
+        probe.grpc_health_check.SetInParent()
+    else:
+        return None
+    return probe
+
+
+def _envoy_upstream_tls(tls: UpstreamTls, port: ServicePort) -> Any:
+    """TLS whose CA bundle and client certificate Envoy fetches over SDS on the ADS stream."""
+    common = tls_pb2.CommonTlsContext(
+        validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=tls.trust, sds_config=core.ads()),
+    )
+    if tls.client_certificate:
+        common.tls_certificate_sds_secret_configs.append(
+            secret_pb2.SdsSecretConfig(name=tls.client_certificate, sds_config=core.ads())
+        )
+    # Announce the protocol the cluster speaks: gRPC servers (grpc-go since 1.67) refuse TLS
+    # connections that do not offer h2 in ALPN.
+    if port.protocol.needs_http2_upstream:
+        common.alpn_protocols.append("h2")
+    elif port.protocol is Protocol.HTTP1:
+        common.alpn_protocols.append("http/1.1")
+    return tls_pb2.UpstreamTlsContext(sni=tls.sni, common_tls_context=common)
+
+
+def _grpc_upstream_tls(tls: UpstreamTls) -> Any:
+    """TLS for proxyless gRPC, which NACKs SDS secret configs ("validation_context_sds_secret_config
+    unsupported": CommonTlsContext::Parse in src/core/xds/grpc/xds_common_types_parser.cc) and takes
+    its certificates from certificate providers named in its own bootstrap (gRFC A29). The provider
+    instance names are the trust bundle's and certificate's names, so a gRPC client's bootstrap
+    must define `certificate_providers` of those names."""
+    common = tls_pb2.CommonTlsContext(
+        validation_context=common_pb2.CertificateValidationContext(
+            ca_certificate_provider_instance=common_pb2.CertificateProviderPluginInstance(instance_name=tls.trust),
+        ),
+    )
+    if tls.client_certificate:
+        common.tls_certificate_provider_instance.instance_name = tls.client_certificate
+    return tls_pb2.UpstreamTlsContext(sni=tls.sni, common_tls_context=common)

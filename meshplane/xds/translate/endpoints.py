@@ -1,0 +1,116 @@
+"""Endpoints (EDS): one ClusterLoadAssignment per service port, with locality priorities.
+
+Owns how endpoints become Envoy priorities and localities. The same output serves Envoy and
+proxyless gRPC, so it keeps to what gRPC core accepts (EdsResourceParse in
+src/core/xds/grpc/xds_endpoint_parser.cc): priorities contiguous from 0, every locality with a
+non-zero weight and unique within its priority, no address twice in one assignment. Must stay pure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from typing import Any
+
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+
+from meshplane.model import Endpoint, EndpointHealth, Locality, Mesh, ProxyGroup, Service, ServicePort
+from meshplane.xds import names
+from meshplane.xds.translate import core
+
+_HEALTH = {
+    EndpointHealth.READY: health_check_pb2.HEALTHY,
+    EndpointHealth.SERVING: health_check_pb2.DEGRADED,
+    EndpointHealth.TERMINATING: health_check_pb2.DRAINING,
+    EndpointHealth.UNHEALTHY: health_check_pb2.UNHEALTHY,
+}
+
+# Tiers of preference before renumbering: the proxy's zone, its region, anywhere, then draining.
+_SAME_ZONE, _SAME_REGION, _ELSEWHERE, _TERMINATING = range(4)
+
+
+def build_endpoints(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
+    """Every service port's ClusterLoadAssignment for `group`, and warnings for endpoints left out.
+
+    A port without endpoints still gets an (empty) assignment, so its cluster never waits for one.
+    """
+    assignments: list[Any] = []
+    warnings: list[str] = []
+    for service in mesh.services:
+        for port in service.ports:
+            assignments.append(_assignment(service, port, group.locality, warnings))
+    return assignments, warnings
+
+
+def _assignment(service: Service, port: ServicePort, proxy: Locality, warnings: list[str]) -> Any:
+    name = names.endpoints_name(service.ref, port)
+    unique: dict[tuple[str, int], Endpoint] = {}
+    for endpoint in service.endpoints:
+        if endpoint.port_name != port.name:
+            continue
+        # gRPC NACKs an assignment listing one address twice; sources may repeat an endpoint
+        # (Kubernetes EndpointSlices overlap while they change). Keep the first.
+        key = (str(ipaddress.ip_address(endpoint.address)), endpoint.port)
+        if key in unique:
+            warnings.append(f"endpoints {name}: {endpoint.address}:{endpoint.port} is listed twice; kept the first")
+            continue
+        unique[key] = endpoint
+
+    failover = service.policy.locality_failover and proxy.is_known
+    tiers = {key: _tier(endpoint, proxy, failover) for key, endpoint in unique.items()}
+    # Envoy takes gaps in priorities, gRPC rejects them ("priority N empty"): number the tiers in use.
+    priority_of_tier = {tier: priority for priority, tier in enumerate(sorted(set(tiers.values())))}
+
+    groups: dict[tuple[int, Locality], list[Endpoint]] = defaultdict(list)
+    for key, endpoint in unique.items():
+        groups[(priority_of_tier[tiers[key]], endpoint.locality)].append(endpoint)
+
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    for priority, locality in sorted(groups):
+        members = sorted(groups[(priority, locality)], key=_address_order)
+        assignment.endpoints.append(
+            endpoint_components_pb2.LocalityLbEndpoints(
+                locality=base_pb2.Locality(region=locality.region, zone=locality.zone, sub_zone=locality.sub_zone),
+                priority=priority,
+                # gRPC ignores localities without a weight; Envoy uses it only with locality-weighted
+                # balancing. The sum keeps every endpoint's share what its own weight says.
+                load_balancing_weight=core.uint32(sum(e.weight for e in members)),
+                lb_endpoints=[_lb_endpoint(e) for e in members],
+            )
+        )
+    return assignment
+
+
+def _tier(endpoint: Endpoint, proxy: Locality, failover: bool) -> int:
+    """How far `endpoint` is from the proxy. An unknown zone or region never counts as a match."""
+    if endpoint.health is EndpointHealth.TERMINATING:
+        return _TERMINATING
+    if not failover:
+        return _SAME_ZONE  # every live endpoint in the first tier
+    where = endpoint.locality
+    if proxy.zone and where.zone == proxy.zone and where.region == proxy.region:
+        return _SAME_ZONE
+    if proxy.region and where.region == proxy.region:
+        return _SAME_REGION
+    return _ELSEWHERE
+
+
+def _address_order(endpoint: Endpoint) -> tuple[int, bytes, int]:
+    address = ipaddress.ip_address(endpoint.address)
+    return address.version, address.packed, endpoint.port
+
+
+def _lb_endpoint(endpoint: Endpoint) -> Any:
+    return endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(
+                    address=str(ipaddress.ip_address(endpoint.address)),  # one spelling per address
+                    port_value=endpoint.port,
+                ),
+            ),
+        ),
+        health_status=_HEALTH[endpoint.health],
+        load_balancing_weight=core.uint32(endpoint.weight),
+    )

@@ -1,0 +1,119 @@
+"""The command line, run as a user runs it: `meshplane validate` and `meshplane serve` as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.envoy_harness import REPO, free_port
+
+GOOD = "services:\n  - name: web\n    port: 8080\n    endpoints:\n      - {address: 127.0.0.1, port: 9000}\n"
+BROKEN = "services:\n  - name: web\n    port: eighty\n"
+
+
+def meshplane(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshplane", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
+def test_validate_accepts_the_examples() -> None:
+    result = meshplane("validate", "--config", "examples")
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_validate_refuses_a_broken_file_with_file_line_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "bad.yaml").write_text(BROKEN)
+    result = meshplane("validate", "--config", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{tmp_path / 'bad.yaml'}:3:" in result.stderr
+    assert "eighty" in result.stderr
+
+
+def test_config_can_come_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(GOOD)
+    result = meshplane("validate", env={"MESHPLANE_CONFIG": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_config_is_a_usage_error() -> None:
+    result = meshplane("serve", env={"MESHPLANE_CONFIG": ""})
+    assert result.returncode == 2
+    assert "--config" in result.stderr
+
+
+async def http_get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as response:
+        return response.status, await response.text()
+
+
+@pytest.mark.xdist_group("envoy")
+async def test_serve_is_not_ready_until_its_policy_is_valid_and_stops_on_sigterm(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "web.yaml").write_text(BROKEN)
+    xds_port, status_port = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meshplane",
+        "serve",
+        "--config",
+        str(policy),
+        "--xds-address",
+        f"127.0.0.1:{xds_port}",
+        env={**os.environ, "MESHPLANE_STATUS_ADDRESS": f"127.0.0.1:{status_port}", "MESHPLANE_POLL_INTERVAL": "60"},
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    base = f"http://127.0.0.1:{status_port}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            for _ in range(600):  # up to 30 s for the process to start listening
+                try:
+                    status, _ = await http_get(session, f"{base}/healthz")
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            assert status == 200
+            status, body = await http_get(session, f"{base}/readyz")
+            assert status == 503
+            assert "policy-files has not synced" in body
+            _, document = await http_get(session, f"{base}/status")
+            source = json.loads(document)["sources"][0]
+            assert source["synced"] is False
+            assert any(f"{policy / 'web.yaml'}:3:" in error for error in source["errors"])
+
+            (policy / "web.yaml").write_text(GOOD)
+            for _ in range(600):
+                status, body = await http_get(session, f"{base}/readyz")
+                if status == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 200, body
+            document = json.loads((await http_get(session, f"{base}/status"))[1])
+            assert document["ready"] is True
+            assert document["sources"][0]["errors"] == []
+            assert document["sources"][0]["counts"]["services"] == 1
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 30)
+        assert code == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
