@@ -63,7 +63,7 @@ async def test_polling_takes_over_when_notifications_are_unavailable(
     def no_notifications(*args: Any, **kwargs: Any) -> Any:
         raise OSError("inotify unavailable")
 
-    monkeypatch.setattr(policy_files.watchfiles, "awatch", no_notifications)
+    monkeypatch.setattr(policy_files.watchfiles, "watch", no_notifications)
     (tmp_path / "web.yaml").write_text(web(2001))
     changes: asyncio.Queue[None] = asyncio.Queue()
     source = PolicyFileSource(tmp_path, poll_interval=0.05, on_change=lambda: changes.put_nowait(None))

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -294,16 +295,26 @@ class PolicyFileSource:
         Watches the directory (a file's parent), not the files: editors and GitOps syncs replace
         files by rename, and ConfigMap mounts swap a `..data` symlink, which a watch on the old
         file would miss. If the directory vanishes, waits for it to come back.
+
+        The watch runs watchfiles' blocking `watch()` in a thread this coroutine owns and stops
+        through `stop` when cancelled; cancellation never waits for the thread (watchfiles'
+        `awatch` would, in a worker thread that cannot be cancelled).
         """
+        loop = asyncio.get_running_loop()
         root = self._path if self._path.is_dir() else self._path.parent
         while True:
             if root.is_dir():
+                stop = threading.Event()
+                ended = asyncio.Event()
+                thread = threading.Thread(
+                    target=_notify, args=(root, stop, loop, changed, ended), name=f"watch {root}", daemon=True
+                )
+                thread.start()
                 try:
-                    # watchfiles batches events for `debounce` ms; ours (on the publisher) does the rest.
-                    async for _ in watchfiles.awatch(root, debounce=20, step=10, recursive=True):
-                        changed.set()
-                except (OSError, RuntimeError) as error:
-                    log.info("cannot watch %s (%s); polling every %.1f s", root, error, self._poll_interval)
+                    await ended.wait()
+                finally:
+                    stop.set()
+                log.info("not watching %s any more; polling every %.1f s", root, self._poll_interval)
             await asyncio.sleep(self._poll_interval)
 
     def _refuse(self, errors: tuple[str, ...]) -> bool:
@@ -338,6 +349,25 @@ class PolicyFileSource:
         )
         self._on_change()
         return True
+
+
+def _notify(
+    root: Path, stop: threading.Event, loop: asyncio.AbstractEventLoop, changed: asyncio.Event, ended: asyncio.Event
+) -> None:
+    """The watch thread: sets `changed` (on the loop) for every batch of events until `stop` is set."""
+    try:
+        # Batches of events are collected for 20 ms; the publisher's debounce does the rest. The
+        # 500 ms timeout only bounds how long the thread takes to notice `stop`.
+        for events in watchfiles.watch(
+            root, debounce=20, step=10, rust_timeout=500, yield_on_timeout=True, stop_event=stop, recursive=True
+        ):
+            if events:
+                loop.call_soon_threadsafe(changed.set)
+    except Exception as error:  # e.g. inotify limits reached: polling carries on alone
+        log.warning("cannot watch %s for changes (%s)", root, error)
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(ended.set)
 
 
 async def validate_policy(path: Path, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> list[str]:
