@@ -6,6 +6,7 @@ field names; the translators map these onto clusters.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -87,7 +88,7 @@ class TrafficPolicy:
     locality_failover: bool = True
 
     def problems(self, where: str) -> list[str]:
-        found = []
+        found = _non_finite(where, self)
         if not 0 < self.connect_timeout <= 300:
             found.append(f"{where}: connect_timeout must be within (0, 300] seconds")
         if self.load_balancing.is_consistent_hash and self.hash_key is None:
@@ -116,3 +117,17 @@ class TrafficPolicy:
             if hc.protocol is HealthCheckProtocol.HTTP and not hc.path.startswith("/"):
                 found.append(f"{where}: health_check.path must start with '/'")
         return found
+
+
+def _non_finite(where: str, policy: TrafficPolicy) -> list[str]:
+    """NaN passes every `> 0` check and infinity most upper bounds: refuse both anywhere in the policy."""
+    parts: list[object] = [policy, policy.circuit_breakers, policy.outlier_detection, policy.health_check]
+    found = []
+    for part in parts:
+        if part is None:
+            continue
+        for name in part.__slots__:  # type: ignore[attr-defined]
+            value = getattr(part, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                found.append(f"{where}: {name} must be a finite number")
+    return found

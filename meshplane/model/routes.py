@@ -147,7 +147,7 @@ def _rule_problems(where: str, rule: RouteRule) -> list[str]:
         found.append(f"{where}: backend weights must not be negative")
     if rule.backends and sum(backend.weight for backend in rule.backends) <= 0:
         found.append(f"{where}: backend weights add up to zero")
-    if rule.timeout is not None and rule.timeout < 0:
+    if rule.timeout is not None and not 0 <= rule.timeout < float("inf"):
         found.append(f"{where}: timeout must not be negative")
     if (retry := rule.retry) is not None:
         unknown = sorted(set(retry.on) - RETRY_CONDITIONS)
@@ -163,6 +163,8 @@ def _rule_problems(where: str, rule: RouteRule) -> list[str]:
 
 
 def _regex_problems(where: str, pattern: str) -> list[str]:
+    if not pattern:
+        return [f"{where}: a regex must not be empty"]
     # Envoy uses RE2; Python's re accepts a superset, so this catches syntax errors, not RE2-only limits.
     try:
         re.compile(pattern)
