@@ -65,6 +65,7 @@ class ControlPlane:
         self.xds_port = 0
         self.status_port = 0
         self._grpc: grpc.aio.Server | None = None
+        self._services: XdsServices | None = None
         self._http: web.AppRunner | None = None
 
     def _on_source_change(self) -> None:
@@ -84,7 +85,8 @@ class ControlPlane:
         self._rebuild()
         if self.policy.mesh is None:
             log.warning("policy files are not valid yet; serving nothing until they are: %s", self.policy.status.errors)
-        self._grpc, self.xds_port = create_server(XdsServices(self.cache, self.registry), self.settings.xds_address)
+        self._services = XdsServices(self.cache, self.registry)
+        self._grpc, self.xds_port = create_server(self._services, self.settings.xds_address)
         await self._grpc.start()
         inputs = StatusInputs(
             sources=self._sources, publish_state=lambda: self.publisher.state, cache=self.cache, registry=self.registry
@@ -112,7 +114,13 @@ class ControlPlane:
 
     async def shutdown(self) -> None:
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.shutdown_grace)
+            # Refuse new streams, end open ones with OK (proxies reconnect elsewhere at once and keep
+            # serving their config meanwhile), and give responses in flight the grace period.
+            stop = asyncio.create_task(self._grpc.stop(self.settings.shutdown_grace))
+            await asyncio.sleep(0)  # let stop() refuse new RPCs before the open streams end
+            if self._services is not None:
+                self._services.close_streams()
+            await stop
             self._grpc = None
         if self._http is not None:
             await self._http.cleanup()

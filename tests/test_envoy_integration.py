@@ -8,6 +8,7 @@ started from envoy-configs/sidecar.yaml. Every test runs over Delta and over Sot
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -270,3 +271,14 @@ async def test_several_envoys_in_different_zones_get_their_own_priorities(mesh: 
     assert {await answered_by(in_b, "web") for _ in range(10)} == {"far"}
     zones = sorted((group.role.value, group.locality.zone) for group in mesh.plane.cache.groups())
     assert zones == [("sidecar", "a"), ("sidecar", "b")]
+
+
+async def test_stopping_the_control_plane_ends_streams_at_once_so_envoy_reconnects(mesh: Mesh, delta: bool) -> None:
+    web = await mesh.backend("web")
+    mesh.write("services.yaml", "services:\n" + service("web", web.port))
+    envoy = await mesh.envoy("sidecar-stop", delta)
+    await envoy.eventually(answers(envoy, "web", "web"), "traffic to web")
+    # A grace period far longer than the test's deadline: only ending the streams can make stop() return.
+    mesh.plane.settings = dataclasses.replace(mesh.plane.settings, shutdown_grace=3600)
+    await asyncio.wait_for(mesh.plane.shutdown(), 30)
+    assert await answered_by(envoy, "web") == "web"

@@ -46,18 +46,29 @@ class XdsServices:
     def __init__(self, cache: SnapshotCache, registry: StreamRegistry) -> None:
         self.cache = cache
         self.registry = registry
+        self._streams: set[Stream[Any]] = set()
+
+    def close_streams(self) -> None:
+        """Ends every open stream now. xDS streams never finish by themselves, so a graceful stop
+        that only waited for them would always wait its whole grace period; ending them with OK
+        lets each proxy reconnect at once (to another replica, or to this one restarted)."""
+        for stream in list(self._streams):
+            stream.close()
 
     def _handler(self, stream_class: type[Stream[Any]], kind: StreamKind, fixed_type: TypeUrl | None) -> Handler:
         async def serve(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
         ) -> AsyncIterator[bytes]:
             stream = stream_class(self.cache, self.registry, kind, fixed_type, context.peer())
+            self._streams.add(stream)
             try:
                 async for payload in stream.responses(requests):
                     yield payload
             except ProtocolError as error:
                 log.warning("refused stream from %s: %s", context.peer(), error.message)
                 await context.abort(error.code, error.message)
+            finally:
+                self._streams.discard(stream)
 
         return serve
 

@@ -42,6 +42,7 @@ class Stream(Generic[RequestT]):
         self.waker = asyncio.Event()
         self.inbox: deque[RequestT] = deque()
         self.client_done = False
+        self.server_closing = False
         self.track: StreamTrack | None = None
         self.subscription: CacheSubscription | None = None
         self._nonces = itertools.count(1)
@@ -85,6 +86,11 @@ class Stream(Generic[RequestT]):
         log.info("stream %d opened: node %s, group %s, %s", self.track.stream_id, node.id, group, self.kind)
         return self.track
 
+    def close(self) -> None:
+        """Ends the stream (with OK) at its next wake-up, which this causes."""
+        self.server_closing = True
+        self.waker.set()
+
     def handle(self, request: RequestT) -> None:
         raise NotImplementedError
 
@@ -109,6 +115,8 @@ class Stream(Generic[RequestT]):
                 self.waker.clear()
                 while self.inbox:
                     self.handle(self.inbox.popleft())
+                if self.server_closing:
+                    return  # the server is stopping: end with OK so the client reconnects at once
                 if self.client_done:
                     if reader.done() and (error := reader.exception()) is not None:
                         raise error
