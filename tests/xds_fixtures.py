@@ -152,6 +152,13 @@ class XdsHarness:
     channel: grpc.aio.Channel
     current: Snapshot = field(default_factory=lambda: snapshot())
 
+    port: int = 0
+
+    @property
+    def target(self) -> str:
+        """The server's `host:port`, for clients of our own."""
+        return f"127.0.0.1:{self.port}"
+
     def publish(self, new: Snapshot) -> None:
         self.current = new
         for group in self.cache.groups():
@@ -196,7 +203,7 @@ async def start_harness() -> AsyncIterator[XdsHarness]:
     server, port = create_server(XdsServices(cache, registry), "127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    harness = XdsHarness(cache, registry, channel)
+    harness = XdsHarness(cache, registry, channel, port=port)
     cache.on_group_wanted = lambda group: cache.set_snapshot(group, harness.current)
     try:
         yield harness
