@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck layers unit golden clean
+.PHONY: install run test lint typecheck layers unit golden protos clean chromium kube-apiserver
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,23 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-test: lint typecheck layers
-	$(VENV)/bin/pytest -n 2 --dist loadgroup
+# Headless Chromium renders the dashboard in tests/test_dashboard.py and tests/test_status_envoy.py:
+# Debian's package, installed only when missing (needs root, as on CI and the dev machines).
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+# A real kube-apiserver (1.20) for tests/k8s/test_kubernetes_apiserver.py, built from Debian's
+# `kubernetes` source package and cached under ~/.cache/meshplane/ (about 4 minutes the first time).
+kube-apiserver:
+	scripts/kube-apiserver.sh >/dev/null
+
+test: lint typecheck layers chromium kube-apiserver
+	MESHPLANE_REQUIRE_KUBE_APISERVER=1 $(VENV)/bin/pytest -n 2 --dist loadgroup
+
+# Regenerate meshplane/api/ (gRPC code and mypy stubs) from protos/; commit the result.
+# tests/test_edge_protos.py fails while the committed code is stale.
+protos: $(STAMP)
+	$(PY) protos/generate.py
 
 golden: $(STAMP)
 	$(VENV)/bin/pytest tests/golden --update-golden

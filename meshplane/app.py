@@ -1,9 +1,11 @@
 """The composition root: the one place where sources, the xDS pipeline and the status endpoint meet.
 
-Wiring: policy-file source → (debounced) publisher → snapshot cache → gRPC xDS server; the status
-endpoint reads the source's status, the publisher's state, the cache and the stream registry.
-Nothing is published before the source's first good load, so a restarting control plane never
-pushes an empty configuration to live proxies.
+Wiring: sources (policy files and/or Kubernetes) → inventory (merge) → (debounced) publisher →
+snapshot cache → gRPC xDS server; the status endpoint (status, dumps, metrics, dashboard) reads
+the sources' status, the publisher's state, the cache and the stream registry, through read
+functions handed to it here. Nothing is published before every enabled source has
+synced (the policy files' first good load, Kubernetes' first full list of Services and
+EndpointSlices), so a restarting control plane never pushes an empty configuration to live proxies.
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ import grpc
 from aiohttp import web
 
 from meshplane.debounce import Debouncer
+from meshplane.discovery.inventory import Inventory
+from meshplane.discovery.kubernetes import KubernetesSource
 from meshplane.discovery.policy_files import PolicyFileSource
-from meshplane.status.http import StatusInputs, status_app
+from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
+from meshplane.model import Site
+from meshplane.status.document import StatusInputs
+from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
+from meshplane.status.http import status_app
+from meshplane.status.metrics import ControlPlaneMetrics
+from meshplane.status.source_watch import SourceWatch
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.server.service import XdsServices, create_server
+from meshplane.xds.server.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.server.tracking import StreamRegistry
 
 log = logging.getLogger(__name__)
@@ -33,13 +44,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    config: Path
+    """`config` (policy files) and `kubernetes` each enable a source; at least one must be on."""
+
+    config: Path | None = None
     xds_address: str = "0.0.0.0:18000"
     status_address: str = "0.0.0.0:9900"
     poll_interval: float = 1.0
     debounce_quiet: float = 0.1
     debounce_max: float = 1.0
     shutdown_grace: float = 5.0
+    kubernetes: bool = False
+    kubeconfig: Path | None = None  # else $KUBECONFIG, ~/.kube/config, or the pod's service account
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    service_selector: str = ""
+    # Unlocks config dumps that hold secrets (their Secret resources, redacted); None: never shown.
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
+    # The edge registry (issue 4): on when set; its devices join every published mesh.
+    edge: EdgeSettings | None = None
+    # TLS on the xDS port (both or neither); with `client_ca`, mTLS and proxy identity from SANs.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -56,11 +81,54 @@ class ControlPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache = SnapshotCache()
-        self.registry = StreamRegistry()
+        self.registry = StreamRegistry(published_at=self.cache.published_monotonic)
         self.publisher = SnapshotPublisher(self.cache)
         self.debouncer = Debouncer(self._rebuild, quiet=settings.debounce_quiet, max_delay=settings.debounce_max)
-        self.policy = PolicyFileSource(
-            settings.config, poll_interval=settings.poll_interval, on_change=self._on_source_change
+        self.policy = (
+            PolicyFileSource(
+                settings.config,
+                poll_interval=settings.poll_interval,
+                on_change=self._on_source_change,
+                open_world=settings.kubernetes,
+            )
+            if settings.config is not None
+            else None
+        )
+        self.kubernetes = (
+            KubernetesSource(
+                kubeconfig=settings.kubeconfig,
+                namespaces=settings.namespaces,
+                service_selector=settings.service_selector,
+                on_change=self._on_source_change,
+            )
+            if settings.kubernetes
+            else None
+        )
+        self.inventory = Inventory()
+        self.edge = (
+            EdgeRegistryServer(settings.edge, self._sites, on_change=self._on_source_change)
+            if settings.edge is not None
+            else None
+        )
+        self.status_inputs = StatusInputs(
+            sources=self._sources,
+            publish_state=lambda: self.publisher.state,
+            cache=self.cache,
+            registry=self.registry,
+            snapshot_for=self.publisher.snapshot_for,
+            admin_token=settings.admin_token,
+        )
+        self.source_watch = SourceWatch(self._sources)
+        self.grpc_stats = GrpcStats()
+        self.metrics = ControlPlaneMetrics(
+            self.status_inputs,
+            debounce=lambda: {
+                "pokes": self.debouncer.pokes,
+                "runs": self.debouncer.runs,
+                "merged": self.debouncer.merged,
+            },
+            source_errors=lambda: self.source_watch.error_counts,
+            grpc_stats=self.grpc_stats,
         )
         self.xds_port = 0
         self.status_port = 0
@@ -73,25 +141,64 @@ class ControlPlane:
             self.debouncer.poke()
 
     def _rebuild(self) -> None:
+        """Publishes the merged mesh, once every enabled source has synced."""
+        if self.policy is not None and self.policy.mesh is None:
+            return
+        if self.kubernetes is not None and not self.kubernetes.synced:
+            return
+        content = self.kubernetes.content() if self.kubernetes is not None else None
+        mesh = self.inventory.merge(
+            self.policy.mesh if self.policy is not None else None,
+            content.services if content is not None else (),
+            content.routes if content is not None else (),
+        )
+        if self.edge is not None:
+            mesh = dataclasses.replace(mesh, devices=self.edge.devices_for(mesh))
+        self.publisher.publish(mesh)
+        self.metrics.observe_rebuild(self.publisher.state)
+
+    def _sites(self) -> dict[str, Site] | None:
+        """The edge sites of the policy files' last good load (sites come from nowhere else); None
+        before one (the registry then asks devices to retry)."""
+        if self.policy is None:
+            return {}
         mesh = self.policy.mesh
-        if mesh is not None:
-            self.publisher.publish(mesh)
+        return {site.id: site for site in mesh.sites} if mesh is not None else None
 
     def _sources(self) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(self.policy.status)]
+        sources = [source.status for source in (self.policy, self.kubernetes, self.edge) if source is not None]
+        if self.policy is not None and self.kubernetes is not None:
+            sources.append(self.inventory.status)  # merge clashes, routes left out
+        return [dataclasses.asdict(status) for status in sources]
+
+    def _tls(self) -> ReloadingCredentials | None:
+        settings = self.settings
+        if settings.tls_cert is None and settings.tls_key is None:
+            if settings.client_ca is not None:
+                raise ValueError("--client-ca needs --tls-cert and --tls-key")
+            return None
+        if settings.tls_cert is None or settings.tls_key is None:
+            raise ValueError("--tls-cert and --tls-key go together")
+        return ReloadingCredentials(TlsFiles(settings.tls_cert, settings.tls_key, settings.client_ca))
 
     async def start(self) -> None:
-        await self.policy.load()
-        self._rebuild()
-        if self.policy.mesh is None:
-            log.warning("policy files are not valid yet; serving nothing until they are: %s", self.policy.status.errors)
-        self._services = XdsServices(self.cache, self.registry)
-        self._grpc, self.xds_port = create_server(self._services, self.settings.xds_address)
+        if self.policy is None and self.kubernetes is None and self.edge is None:
+            raise ValueError("no source enabled: give policy files (config) or enable Kubernetes")
+        if self.policy is not None:
+            await self.policy.load()
+            self._rebuild()
+            if self.policy.mesh is None:
+                log.warning(
+                    "policy files are not valid yet; serving nothing until they are: %s", self.policy.status.errors
+                )
+        if self.edge is not None:
+            await self.edge.start()  # before the first rebuild that could serve its devices
+            self._rebuild()
+        self.source_watch.check()
+        self._services = InstrumentedXdsServices(self.grpc_stats, self.cache, self.registry)
+        self._grpc, self.xds_port = create_server(self._services, self.settings.xds_address, self._tls())
         await self._grpc.start()
-        inputs = StatusInputs(
-            sources=self._sources, publish_state=lambda: self.publisher.state, cache=self.cache, registry=self.registry
-        )
-        self._http = web.AppRunner(status_app(inputs), access_log=None)
+        self._http = web.AppRunner(status_app(self.status_inputs, self.metrics), access_log=None)
         await self._http.setup()
         host, port = split_address(self.settings.status_address)
         site = web.TCPSite(self._http, host, port)
@@ -105,7 +212,10 @@ class ControlPlane:
             if self._grpc is None:
                 await self.start()
             async with asyncio.TaskGroup() as group:
-                loops = [group.create_task(self.policy.run()), group.create_task(self.debouncer.run())]
+                loops = [group.create_task(self.debouncer.run()), group.create_task(self.source_watch.run())]
+                loops += [group.create_task(source.run()) for source in (self.policy, self.kubernetes) if source]
+                if self.edge is not None:
+                    loops.append(group.create_task(self.edge.run()))
                 await stop.wait()
                 for task in loops:
                     task.cancel()
@@ -125,6 +235,8 @@ class ControlPlane:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        if self.edge is not None:
+            await self.edge.shutdown(self.settings.shutdown_grace)
 
 
 async def serve(settings: Settings) -> None:

@@ -1,16 +1,17 @@
-"""`meshplane serve | validate`: the command line. Every flag can also be set by `MESHPLANE_<FLAG>`."""
+"""`meshplane serve | validate | status | config`: the command line. Flags can also be set by `MESHPLANE_<FLAG>`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from meshplane import __version__
+from meshplane.edge.console import add_devices_command, devices_command
+from meshplane.edge.options import add_edge_arguments, edge_settings
 
 
 def _env(name: str, default: str) -> str:
@@ -22,9 +23,34 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meshplane {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve xDS from policy files")
+    serve = commands.add_parser("serve", help="serve xDS from policy files and/or Kubernetes")
     serve.add_argument(
         "--config", type=Path, default=_env("CONFIG", "") or None, help="policy file or directory [MESHPLANE_CONFIG]"
+    )
+    kubernetes = serve.add_argument_group("Kubernetes discovery (docs/kubernetes.md)")
+    kubernetes.add_argument(
+        "--kubernetes",
+        action=argparse.BooleanOptionalAction,
+        default=_env("KUBERNETES", "").lower() in ("1", "true", "yes", "on"),
+        help="discover Services and EndpointSlices from Kubernetes [MESHPLANE_KUBERNETES=true]",
+    )
+    kubernetes.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=_env("KUBECONFIG", "") or None,
+        help="kubeconfig file [MESHPLANE_KUBECONFIG; else $KUBECONFIG, ~/.kube/config, or in-cluster]",
+    )
+    kubernetes.add_argument(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=None,
+        help="watch this namespace; repeat for several; all when absent [MESHPLANE_NAMESPACES, comma-separated]",
+    )
+    kubernetes.add_argument(
+        "--service-selector",
+        default=_env("SERVICE_SELECTOR", ""),
+        help="label selector for Services, e.g. 'mesh=on,tier!=batch' [MESHPLANE_SERVICE_SELECTOR]",
     )
     serve.add_argument(
         "--xds-address", default=_env("XDS_ADDRESS", "0.0.0.0:18000"), help="gRPC xDS listen address [%(default)s]"
@@ -35,6 +61,27 @@ def _parser() -> argparse.ArgumentParser:
         help="operator HTTP listen address [%(default)s]",
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text: readable lines; json: one JSON object a line [%(default)s]",
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=_env("ADMIN_TOKEN", "") or None,
+        help="token that unlocks config dumps holding secrets (prefer MESHPLANE_ADMIN_TOKEN: flags show in ps)",
+    )
+    serve.add_argument(
+        "--tls-cert", type=Path, default=_env("TLS_CERT", "") or None, help="xDS port TLS certificate (PEM)"
+    )
+    serve.add_argument("--tls-key", type=Path, default=_env("TLS_KEY", "") or None, help="its private key (PEM)")
+    serve.add_argument(
+        "--client-ca",
+        type=Path,
+        default=_env("CLIENT_CA", "") or None,
+        help="require client certificates from this CA (mTLS); proxies' roles then come from their SANs",
+    )
     serve.add_argument(
         "--poll-interval",
         type=float,
@@ -53,21 +100,92 @@ def _parser() -> argparse.ArgumentParser:
         default=float(_env("DEBOUNCE_MAX", "1.0")),
         help="but no later than this many seconds after the first [%(default)s]",
     )
+    add_edge_arguments(serve)
+
+    add_devices_command(commands)
 
     validate = commands.add_parser("validate", help="check policy files without serving; exit 1 with the reasons")
     validate.add_argument("--config", type=Path, default=_env("CONFIG", "") or None, required=False)
+    validate.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="routes may name services the files do not define (Kubernetes will); checked when serving",
+    )
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--server",
+        default=_env("SERVER", "") or "http://127.0.0.1:9900",
+        help="the control plane's status endpoint [MESHPLANE_SERVER, %(default)s]",
+    )
+    server.add_argument("--output", "-o", default="table", choices=["table", "json"], help="[%(default)s]")
+
+    status = commands.add_parser(
+        "status",
+        parents=[server],
+        help="sync state of every connected proxy, per xDS type (or of the sources: `status sources`)",
+    )
+    status.add_argument("what", nargs="?", choices=["proxies", "sources"], default="proxies")
+    status.add_argument("--role", help="only proxies of this role")
+    status.add_argument("--site", help="only proxies of this edge site")
+    status.add_argument("--stale", action="store_true", help="only proxies with a type STALE or NACKED")
+
+    config = commands.add_parser(
+        "config",
+        parents=[server],
+        help="what a proxy was last sent (NODE), or what a proxy of a kind would get now (--role, --site, --param)",
+    )
+    config.add_argument("node", nargs="?", help="node id of a connected proxy")
+    config.add_argument("--role", help="a proxy role: dump what such a proxy would get now")
+    config.add_argument("--site", help="an edge site, with --role")
+    config.add_argument(
+        "--param", action="append", default=[], metavar="FIELD=VALUE", help="another group field (e.g. zone=a)"
+    )
+    config.add_argument(
+        "--admin-token",
+        default=_env("ADMIN_TOKEN", "") or None,
+        help="include Secret resources (redacted) [MESHPLANE_ADMIN_TOKEN]",
+    )
     return parser
+
+
+def _operator_command(args: argparse.Namespace) -> int:
+    """`status` and `config`: read a running control plane's status endpoint."""
+    from meshplane.status import console
+
+    try:
+        if args.command == "status" and args.what == "sources":
+            return console.sources_command(args.server, output=args.output)
+        if args.command == "status":
+            return console.status_command(
+                args.server, role=args.role, site=args.site, stale=args.stale, output=args.output
+            )
+        group = dict(param.partition("=")[::2] for param in args.param)
+        group.update({key: value for key, value in (("role", args.role), ("site", args.site)) if value})
+        if args.node and group:
+            print("meshplane config: give NODE or a group (--role, --site, --param), not both", file=sys.stderr)
+            return 2
+        return console.config_command(args.server, args.node, group, token=args.admin_token, output=args.output)
+    except console.ConsoleError as error:
+        print(f"meshplane {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.config is None:
+    if args.command == "devices":
+        return devices_command(args)
+    if args.command in ("status", "config"):
+        return _operator_command(args)
+    if args.config is None and not (args.command == "serve" and args.kubernetes):
         print("meshplane: --config (or MESHPLANE_CONFIG) is required", file=sys.stderr)
+        if args.command == "serve":
+            print("meshplane: (or --kubernetes, to serve what Kubernetes discovery finds)", file=sys.stderr)
         return 2
     if args.command == "validate":
         from meshplane.discovery.policy_files import validate_policy
 
-        errors = asyncio.run(validate_policy(args.config))
+        errors = asyncio.run(validate_policy(args.config, open_world=args.kubernetes))
         for error in errors:
             print(error, file=sys.stderr)
         if errors:
@@ -77,10 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from meshplane.app import Settings, serve
+    from meshplane.logs import configure_logging
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(args.log_level, args.log_format)
     settings = Settings(
         config=args.config,
         xds_address=args.xds_address,
@@ -88,6 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         poll_interval=args.poll_interval,
         debounce_quiet=args.debounce_quiet,
         debounce_max=args.debounce_max,
+        kubernetes=args.kubernetes,
+        kubeconfig=args.kubeconfig,
+        namespaces=tuple(args.namespaces or [n.strip() for n in _env("NAMESPACES", "").split(",") if n.strip()]),
+        service_selector=args.service_selector,
+        admin_token=args.admin_token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+        edge=edge_settings(args),
     )
     asyncio.run(serve(settings))
     return 0

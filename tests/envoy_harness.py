@@ -141,6 +141,26 @@ def patched_bootstrap(
     return config
 
 
+def with_xds_tls(config: dict[str, Any], ca: Path, certificate: Path | None, key: Path | None) -> dict[str, Any]:
+    """`config` reaching the control plane over TLS (verifying it against `ca`), with a client
+    certificate (mTLS) when `certificate` and `key` are given."""
+    common: dict[str, Any] = {"alpn_protocols": ["h2"], "validation_context": {"trusted_ca": {"filename": str(ca)}}}
+    if certificate is not None and key is not None:
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": str(certificate)}, "private_key": {"filename": str(key)}}
+        ]
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == "meshplane":
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": common,
+                },
+            }
+    return config
+
+
 async def start_envoy(
     workdir: Path,
     xds_port: int,
@@ -151,12 +171,15 @@ async def start_envoy(
     zone: str | None = None,
     region: str | None = None,
     metadata: dict[str, Any] | None = None,
+    tls: tuple[Path, Path | None, Path | None] | None = None,
 ) -> Envoy:
     outbound_port = free_port()
     meta = {"outbound_port": outbound_port, **(metadata or {})}
     config = patched_bootstrap(
         template, xds_port=xds_port, node_id=node_id, delta=delta, metadata=meta, zone=zone, region=region
     )
+    if tls is not None:
+        config = with_xds_tls(config, *tls)
     workdir.mkdir(parents=True, exist_ok=True)
     bootstrap = workdir / f"{node_id}.yaml"
     bootstrap.write_text(yaml.safe_dump(config))

@@ -218,16 +218,24 @@ def test_extreme_durations_do_not_crash(seconds: float) -> None:
     assert 0 < cluster.outlier_detection.interval.ToNanoseconds() <= 315_576_000 * 10**9
 
 
-def test_secrets() -> None:
+def test_secrets_are_only_those_the_group_uses() -> None:
     ca = TrustBundle("mesh-ca", (DATA / "test-ca.pem").read_text())
     client = TlsCertificate(
         "client", (DATA / "test-client.pem").read_text(), (DATA / "test-client.key.pem").read_text()
     )
-    mesh = Mesh.of([], certificates=[client], trust_bundles=[ca])
+    spare = TlsCertificate("spare", client.certificate_chain, client.private_key)  # used by no service
+    secure = Service(
+        "secure",
+        "default",
+        (ServicePort("https", 443, Protocol.HTTP1),),
+        tls=UpstreamTls(trust="mesh-ca", client_certificate="client"),
+    )
+    mesh = Mesh.of([secure], certificates=[client, spare], trust_bundles=[ca])
     assert mesh.problems() == []
-    for group in (SIDECAR, GRPC):
-        secrets = {s.name: s for s in translate(mesh, group).resources[TypeUrl.SECRET]}
-        assert list(secrets) == ["client", "mesh-ca"]
-        assert secrets["client"].tls_certificate.certificate_chain.inline_string == client.certificate_chain
-        assert secrets["client"].tls_certificate.private_key.inline_string == client.private_key
-        assert secrets["mesh-ca"].validation_context.trusted_ca.inline_string == ca.ca_certificates
+    secrets = {s.name: s for s in translate(mesh, SIDECAR).resources[TypeUrl.SECRET]}
+    assert list(secrets) == ["client", "mesh-ca"]  # a key no cluster uses is never offered
+    assert secrets["client"].tls_certificate.certificate_chain.inline_string == client.certificate_chain
+    assert secrets["client"].tls_certificate.private_key.inline_string == client.private_key
+    assert secrets["mesh-ca"].validation_context.trusted_ca.inline_string == ca.ca_certificates
+    # gRPC cannot take SDS (it uses certificate providers): its group is given no secrets at all.
+    assert translate(mesh, GRPC).resources[TypeUrl.SECRET] == ()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ import watchfiles
 
 from meshplane.discovery.policy_schema import CertificateFiles, FileRef, SecretFiles, parse_policy
 from meshplane.discovery.source_status import SourceStatus
-from meshplane.model import Mesh, RouteTable, Service, TlsCertificate, TrustBundle
+from meshplane.model import Mesh, RouteTable, Service, Site, TlsCertificate, TrustBundle
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ POLICY_SUFFIXES = (".yaml", ".yml")
 # size or mtime showing it (coarse file-system clocks; git calls this "racily clean"), so it is
 # re-read on the next poll instead of trusted. Re-reading is harmless: equal content changes nothing.
 _RACY_WINDOW_NS = 2_000_000_000
+
+# How Mesh.problems() says a route names a service the mesh lacks (see `open_world`).
+_UNKNOWN_SERVICE = re.compile(r": unknown service [^ ]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +137,15 @@ async def _read_text(path: Path, size: int, max_size: int) -> str:
         raise _ReadError(f"not UTF-8 text (byte {error.start})") from error
 
 
-async def _read_policy(files: Sequence[Path], max_file_size: int) -> _Attempt:
-    """Read, parse, merge and validate `files` and the secret files they name."""
+async def _read_policy(files: Sequence[Path], max_file_size: int, open_world: bool = False) -> _Attempt:
+    """Read, parse, merge and validate `files` and the secret files they name. With `open_world`,
+    routes may name services the files do not define (another source may; the inventory checks)."""
     signed_at_ns = time.time_ns()
     states = await asyncio.to_thread(lambda: [FileState.of(path) for path in files])
     errors: list[str] = []
     services: list[Service] = []
     routes: list[RouteTable] = []
+    sites: list[Site] = []
     secrets: list[tuple[Path, SecretFiles]] = []
     for path, state in zip(files, states, strict=True):
         try:
@@ -151,6 +157,7 @@ async def _read_policy(files: Sequence[Path], max_file_size: int) -> _Attempt:
         errors += parsed.errors
         services += parsed.services
         routes += parsed.routes
+        sites += parsed.sites
         secrets += [(path.parent, secret) for secret in parsed.secrets]
 
     # Secret files are relative to the directory of the policy file naming them, as found: beside a
@@ -182,10 +189,12 @@ async def _read_policy(files: Sequence[Path], max_file_size: int) -> _Attempt:
         if any(texts[base / ref.path] is None for _, ref in _secret_files(secret)):
             unreadable.append(built)
 
-    mesh = Mesh.of(services, routes, certificates, bundles)
+    mesh = Mesh.of(services, routes, certificates, bundles, sites=sites)
     # An unreadable secret file is reported already; the empty PEM it leaves need not be too.
     said = set(errors) | {problem for secret in unreadable for problem in secret.problems()}
     for problem in mesh.problems():
+        if open_world and _UNKNOWN_SERVICE.search(problem):
+            continue
         if problem not in said:
             errors.append(problem)
             said.add(problem)
@@ -215,6 +224,8 @@ class PolicyFileSource:
     mesh changed, and returns whether it did. `on_change` is called synchronously from `load()`;
     keep it cheap (poke a debouncer); its exceptions propagate. A definition that moves to another
     line counts as a change: origins are part of the model (the snapshot downstream is unchanged).
+    With `open_world` (another source, e.g. Kubernetes, also defines services), a route naming a
+    service the files do not define is not an error here; the inventory checks the merged mesh.
     """
 
     def __init__(
@@ -224,8 +235,10 @@ class PolicyFileSource:
         poll_interval: float = 1.0,
         on_change: Callable[[], None] = lambda: None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        open_world: bool = False,
     ) -> None:
         self._path = path
+        self._open_world = open_world
         self._poll_interval = poll_interval
         self._on_change = on_change
         self._max_file_size = max_file_size
@@ -273,7 +286,7 @@ class PolicyFileSource:
             signature = await asyncio.to_thread(lambda: tuple(FileState.of(path) for path in watched))
             if signature == previous.signature:
                 return self._refuse(previous.errors) if previous.errors else self._adopt(previous)
-        attempt = await _read_policy(files, self._max_file_size)
+        attempt = await _read_policy(files, self._max_file_size, self._open_world)
         self._attempt = attempt
         return self._refuse(attempt.errors) if attempt.errors else self._adopt(attempt)
 
@@ -370,7 +383,9 @@ def _notify(
             loop.call_soon_threadsafe(ended.set)
 
 
-async def validate_policy(path: Path, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE) -> list[str]:
+async def validate_policy(
+    path: Path, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE, open_world: bool = False
+) -> list[str]:
     """Every reason the policy at `path` would be refused; [] when it is good. Logs nothing."""
     try:
         files = await asyncio.to_thread(find_policy_files, path)
@@ -378,4 +393,4 @@ async def validate_policy(path: Path, *, max_file_size: int = DEFAULT_MAX_FILE_S
         return [f"{path}: does not exist"]
     except OSError as error:
         return [f"{path}: cannot list: {error.strerror or error}"]
-    return list((await _read_policy(files, max_file_size)).errors)
+    return list((await _read_policy(files, max_file_size, open_world)).errors)

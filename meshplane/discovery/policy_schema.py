@@ -34,6 +34,7 @@ from meshplane.model import (
     CircuitBreakers,
     Endpoint,
     EndpointHealth,
+    GatewayAddress,
     HashKey,
     HeaderMatch,
     HeaderMatchKind,
@@ -52,6 +53,7 @@ from meshplane.model import (
     Service,
     ServicePort,
     ServiceRef,
+    Site,
     TrafficPolicy,
     UpstreamTls,
     WeightedBackend,
@@ -73,7 +75,7 @@ SHORTHAND_PORT_NAMES: Mapping[Protocol, str] = {
 # Every key the format accepts, by section. Section names are what error messages and the headings of
 # docs/policy-files.md call them; tests check that the docs describe every key listed here.
 KEYS: Mapping[str, tuple[str, ...]] = {
-    "document": ("services", "routes", "secrets"),
+    "document": ("services", "routes", "secrets", "sites"),
     "service": ("name", "namespace", "hosts", "port", "protocol", "ports", "endpoints", "policy", "tls"),
     "service.ports": ("name", "port", "protocol"),
     "service.endpoints": ("address", "port", "ports", "zone", "region", "sub_zone", "health", "weight"),
@@ -113,6 +115,7 @@ KEYS: Mapping[str, tuple[str, ...]] = {
     "route.rules.retries": ("on", "attempts", "per_try_timeout"),
     "route.rules.rewrite": ("prefix",),
     "secret": ("name", "certificate_file", "key_file", "ca_file"),
+    "site": ("id", "region", "zone", "gateways", "device_ranges"),
 }
 
 
@@ -156,6 +159,7 @@ class ParsedPolicy:
     routes: tuple[RouteTable, ...] = ()
     secrets: tuple[SecretFiles, ...] = ()
     errors: tuple[str, ...] = ()
+    sites: tuple[Site, ...] = ()
 
 
 def parse_policy(text: str, source: str) -> ParsedPolicy:
@@ -164,6 +168,7 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
     services: list[Service] = []
     routes: list[RouteTable] = []
     secrets: list[SecretFiles] = []
+    sites: list[Site] = []
     try:
         for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
             if isinstance(document, ScalarNode) and document.tag == _NULL:
@@ -180,6 +185,8 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
                 routes += _each(reader, fields["routes"], "routes", _route)
             if "secrets" in fields:
                 secrets += _each(reader, fields["secrets"], "secrets", _secret)
+            if "sites" in fields:
+                sites += _each(reader, fields["sites"], "sites", _site)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -192,6 +199,7 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
         services=tuple(services),
         routes=tuple(routes),
         secrets=tuple(secrets),
+        sites=tuple(sites),
         # In file order; an aliased node is read once per use, but its problems are reported once.
         errors=tuple(dict.fromkeys(text for _, text in sorted(reader.errors, key=lambda error: error[0]))),
     )
@@ -764,3 +772,38 @@ def _file(reader: _Reader, node: Node, what: str) -> FileRef | None:
         reader.error(node, f"{what} must not be empty")
         return None
     return None if path is None else FileRef(path, reader.origin(node))
+
+
+# --- sites ---
+
+
+def _site(reader: _Reader, node: Node) -> Site | None:
+    """An edge site. Gateways are `address:port` strings (IPv6 as `[addr]:port`); ranges are CIDRs.
+    The model checks the addresses and ranges themselves."""
+    fields = reader.mapping(node, "site")
+    if fields is None:
+        return None
+    site_id = _required_string(reader, node, fields, "id", "site")
+    region = _required_string(reader, node, fields, "region", "site")
+    zone = _optional(fields, "zone", reader.string, "site.zone", "")
+    gateways: list[GatewayAddress] = []
+    for item in reader.items(fields["gateways"], "site.gateways") if "gateways" in fields else ():
+        text = reader.string(item, "site.gateways")
+        if text is None:
+            continue
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            reader.error(item, f"site.gateways: {text!r} must be address:port (IPv6 as [address]:port)")
+            continue
+        gateways.append(GatewayAddress(host.removeprefix("[").removesuffix("]"), int(port)))
+    ranges = _optional(fields, "device_ranges", reader.strings, "site.device_ranges", _NO_STRINGS)
+    if site_id is None or region is None:
+        return None
+    return Site(
+        id=site_id,
+        region=region,
+        zone=zone,
+        gateways=tuple(gateways),
+        device_ranges=ranges,
+        origin=reader.origin(node),
+    )

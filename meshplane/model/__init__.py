@@ -1,5 +1,13 @@
 """The intermediate model: what sources say and translators read. Frozen dataclasses, no wire types."""
 
+from meshplane.model.devices import (
+    METADATA_ADDRESSES,
+    Device,
+    DeviceEndpoint,
+    forbidden_address_reason,
+    is_device_class,
+    is_device_id,
+)
 from meshplane.model.mesh import DEFAULT_CLUSTER_DOMAIN, Mesh
 from meshplane.model.policy import (
     CircuitBreakers,
@@ -35,14 +43,19 @@ from meshplane.model.services import (
     is_dns_label,
     is_host_name,
 )
+from meshplane.model.sites import GatewayAddress, Site, is_site_id
 
 __all__ = [
     "DEFAULT_CLUSTER_DOMAIN",
     "DEFAULT_OUTBOUND_PORT",
+    "METADATA_ADDRESSES",
     "RETRY_CONDITIONS",
     "CircuitBreakers",
+    "Device",
+    "DeviceEndpoint",
     "Endpoint",
     "EndpointHealth",
+    "GatewayAddress",
     "HashKey",
     "HeaderMatch",
     "HeaderMatchKind",
@@ -64,11 +77,16 @@ __all__ = [
     "Service",
     "ServicePort",
     "ServiceRef",
+    "Site",
     "TlsCertificate",
     "TrafficPolicy",
     "TrustBundle",
     "UpstreamTls",
     "WeightedBackend",
+    "forbidden_address_reason",
+    "is_device_class",
+    "is_device_id",
     "is_dns_label",
     "is_host_name",
+    "is_site_id",
 ]

@@ -8,22 +8,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshplane.model.devices import Device
 from meshplane.model.routes import RouteTable, WeightedBackend
 from meshplane.model.secrets import TlsCertificate, TrustBundle
 from meshplane.model.services import Service, ServiceRef
+from meshplane.model.sites import Site
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 
 @dataclass(frozen=True, slots=True)
 class Mesh:
-    """Services and route tables, each sorted by key, so equal meshes compare and translate equal."""
+    """Services and route tables, each sorted by key, so equal meshes compare and translate equal.
+
+    `sites` (edge sites, from the policy files) and `devices` (live edge registrations, sorted by
+    id) matter only to the edge roles' translators.
+    """
 
     services: tuple[Service, ...] = ()
     routes: tuple[RouteTable, ...] = ()
     certificates: tuple[TlsCertificate, ...] = ()
     trust_bundles: tuple[TrustBundle, ...] = ()
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    sites: tuple[Site, ...] = ()
+    devices: tuple[Device, ...] = ()
 
     @staticmethod
     def of(
@@ -32,15 +40,25 @@ class Mesh:
         certificates: list[TlsCertificate] | tuple[TlsCertificate, ...] = (),
         trust_bundles: list[TrustBundle] | tuple[TrustBundle, ...] = (),
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
+        sites: list[Site] | tuple[Site, ...] = (),
+        devices: list[Device] | tuple[Device, ...] = (),
     ) -> Mesh:
-        """A mesh with its parts in canonical order (services by namespace/name, others by name)."""
+        """A mesh with its parts in canonical order (services by namespace/name, others by name or id)."""
         return Mesh(
             services=tuple(sorted(services, key=lambda s: (s.namespace, s.name))),
             routes=tuple(sorted(routes, key=lambda r: r.name)),
             certificates=tuple(sorted(certificates, key=lambda c: c.name)),
             trust_bundles=tuple(sorted(trust_bundles, key=lambda b: b.name)),
             cluster_domain=cluster_domain,
+            sites=tuple(sorted(sites, key=lambda s: s.id)),
+            devices=tuple(sorted(devices, key=lambda d: d.id)),
         )
+
+    def site(self, site_id: str) -> Site | None:
+        for site in self.sites:
+            if site.id == site_id:
+                return site
+        return None
 
     def service(self, ref: ServiceRef) -> Service | None:
         for service in self.services:
@@ -76,6 +94,7 @@ class Mesh:
                 found.append(f"service {service.ref} is defined twice: in {twin.origin} and in {service.origin}")
             by_ref[service.ref] = service
         found += self._secret_problems()
+        found += self._edge_problems()
         route_names: dict[str, RouteTable] = {}
         attached: dict[ServiceRef, RouteTable] = {}
         for table in self.routes:
@@ -96,6 +115,22 @@ class Mesh:
                 for backend in rule.backends:
                     where = f"route {table.name} ({table.origin}) rule {index + 1}"
                     found += _backend_problems(where, backend, by_ref.get(backend.service))
+        return found
+
+    def _edge_problems(self) -> list[str]:
+        found: list[str] = []
+        sites: dict[str, Site] = {}
+        for site in self.sites:
+            found += site.problems()
+            if (twin := sites.get(site.id)) is not None:
+                found.append(f"site {site.id} is defined twice: in {twin.origin} and in {site.origin}")
+            sites[site.id] = site
+        seen: set[str] = set()
+        for device in self.devices:
+            found += device.problems(sites)
+            if device.id in seen:
+                found.append(f"device {device.id} is registered twice")
+            seen.add(device.id)
         return found
 
     def _secret_problems(self) -> list[str]:

@@ -134,6 +134,8 @@ class Service:
 
     `hosts` are extra names clients may use beyond the ones derived from name and namespace.
     `origin` says where it was declared (a file path, `kubernetes`), for error messages only.
+    `external_name`, when set, makes this a DNS alias (a Kubernetes `ExternalName` service): proxies
+    resolve that host name themselves and connect to it on each port; it has no endpoints.
     """
 
     name: str
@@ -144,6 +146,7 @@ class Service:
     policy: TrafficPolicy = field(default_factory=TrafficPolicy)
     tls: UpstreamTls | None = None
     origin: str = ""
+    external_name: str = ""
 
     @property
     def ref(self) -> ServiceRef:
@@ -184,5 +187,10 @@ class Service:
         for host in self.hosts:
             if not is_host_name(host):
                 found.append(f"{where}: host {host!r} is not a valid host name")
+        if self.external_name:
+            if not is_host_name(self.external_name) or self.external_name.startswith("*"):
+                found.append(f"{where}: external name {self.external_name!r} is not a valid DNS name")
+            if self.endpoints:
+                found.append(f"{where}: a service with an external name has no endpoints of its own")
         found += self.policy.problems(where)
         return found

@@ -1,111 +1,87 @@
-"""The operator HTTP endpoint: `/healthz`, `/readyz` and `/status` (JSON).
+"""The operator HTTP endpoint: the dashboard, health, readiness, status, config dumps and metrics.
 
-Read-only by construction: it is handed read functions and the server's registries, and has no
-way to change a source, a snapshot or a stream. Secrets never appear: it shows versions, names
-and counts, never resource bodies.
+- `GET /`: the dashboard (one self-contained HTML page).
+- `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 once every source has synced
+  and a configuration is published, 503 with the reasons otherwise.
+- `GET /status[?role=…&site=…&out_of_sync=true]`: JSON (docs/status-api.md).
+- `GET /config?node=ID` / `GET /config?role=…&site=…&…`: config dumps (`config_dump`).
+- `GET /metrics`: Prometheus text format.
+
+Read-only by construction: only GET (and HEAD) routes exist, and the handlers are handed read
+functions and registries with no way to change a source, a snapshot or a stream. Secret bodies
+never appear anywhere; the Secret type of a dump is shown (redacted) only with
+`Authorization: Bearer <admin token>`, compared in constant time.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import hashlib
+import hmac
+import logging
 from typing import Any
 
 from aiohttp import web
 
-from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import PublishState
-from meshplane.xds.server.tracking import Nack, StreamRegistry, StreamTrack
-from meshplane.xds.types import TypeUrl
+from meshplane.status.config_dump import DumpError, group_dump, group_from_query, node_dump
+from meshplane.status.dashboard import dashboard_html
+from meshplane.status.document import ProxyFilter, StatusInputs, proxies_by_node, readiness, status_document
+from meshplane.status.metrics import ControlPlaneMetrics
+
+log = logging.getLogger(__name__)
+
+_TRUE = ("1", "true", "yes", "on", "")
+_STATUS_PARAMETERS = frozenset({"role", "site", "out_of_sync"})
 
 
-@dataclass(frozen=True, slots=True)
-class StatusInputs:
-    """What the status endpoint reads. `sources` returns one mapping per source (name, synced, errors, …)."""
-
-    sources: Callable[[], Sequence[Mapping[str, Any]]]
-    publish_state: Callable[[], PublishState]
-    cache: SnapshotCache
-    registry: StreamRegistry
+class _Unauthorized(Exception):
+    pass
 
 
-def readiness(inputs: StatusInputs) -> list[str]:
-    """Why the control plane is not ready to serve; empty when it is."""
-    reasons = []
-    for source in inputs.sources():
-        if not source.get("synced"):
-            reasons.append(f"source {source.get('name')} has not synced")
-    if inputs.publish_state().published_at is None:
-        reasons.append("no configuration has been published yet")
-    return reasons
+def authorized(request: web.Request, token: str | None) -> bool:
+    """True with a correct bearer token, False without one; raises _Unauthorized for a wrong one
+    (a wrong token is an error to report, not a reason to quietly show less)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return False
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or token is None:
+        raise _Unauthorized
+    # Digests first, so the comparison takes the same time whatever the given token's length.
+    given_digest = hashlib.sha256(given.strip().encode()).digest()
+    if not hmac.compare_digest(given_digest, hashlib.sha256(token.encode()).digest()):
+        raise _Unauthorized
+    return True
 
 
-def _nack(nack: Nack | None) -> dict[str, Any] | None:
-    if nack is None:
-        return None
-    return {
-        "node": nack.node_id,
-        "type": nack.type_url.short,
-        "version": nack.rejected_version,
-        "message": nack.message,
-        "at": nack.at,
-    }
+def _json(document: Any, status: int = 200) -> web.Response:
+    response = web.json_response(document, status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
-def _stream(track: StreamTrack) -> dict[str, Any]:
-    types = {}
-    for type_url in TypeUrl:
-        entry = track.types.get(type_url)
-        if entry is None:
-            continue
-        types[type_url.short] = {
-            "sent_version": entry.sent_version,
-            "sent_nonce": entry.sent_nonce,
-            "acked_version": entry.acked_version,
-            "pending_nonce": entry.pending_nonce,
-            "resources": entry.resource_count,
-            "last_nack": _nack(entry.last_nack),
-        }
-    return {
-        "node": track.node_id,
-        "cluster": track.node_cluster,
-        "role": track.group.role.value,
-        "locality": dataclasses.asdict(track.group.locality),
-        "group": str(track.group),
-        "kind": track.kind.value,
-        "peer": track.peer,
-        "user_agent": track.user_agent,
-        "connected_at": track.connected_at,
-        "types": types,
-    }
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status=status)
 
 
-def status_document(inputs: StatusInputs) -> dict[str, Any]:
-    state = inputs.publish_state()
-    groups = []
-    for group, streams in inputs.cache.stream_counts().items():
-        snapshot = inputs.cache.snapshot(group)
-        groups.append(
-            {
-                "group": str(group),
-                "streams": streams,
-                "version": snapshot.version if snapshot else None,
-                "resources": {t.short: len(snapshot.of_type(t)) for t in TypeUrl} if snapshot else {},
-            }
+def status_filter(query: Any) -> ProxyFilter:
+    unknown = sorted(set(query) - _STATUS_PARAMETERS)
+    if unknown:
+        raise DumpError(f"unknown parameter(s) {', '.join(unknown)}; filters are role, site, out_of_sync")
+    return ProxyFilter(
+        role=query.get("role") or None,
+        site=query.get("site") or None,
+        out_of_sync="out_of_sync" in query and str(query.get("out_of_sync")).lower() in _TRUE,
+    )
+
+
+def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None) -> web.Application:
+    async def dashboard(request: web.Request) -> web.Response:
+        return web.Response(
+            text=dashboard_html(),
+            content_type="text/html",
+            headers={"Cache-Control": "no-store", "Content-Security-Policy": _DASHBOARD_POLICY},
         )
-    return {
-        "ready": not readiness(inputs),
-        "not_ready_reasons": readiness(inputs),
-        "sources": [dict(source) for source in inputs.sources()],
-        "publish": dataclasses.asdict(state),
-        "groups": groups,
-        "proxies": [_stream(track) for track in inputs.registry.streams()],
-        "recent_nacks": [_nack(nack) for nack in reversed(inputs.registry.recent_nacks)],
-    }
 
-
-def status_app(inputs: StatusInputs) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -116,10 +92,62 @@ def status_app(inputs: StatusInputs) -> web.Application:
         return web.Response(text="ready\n")
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(status_document(inputs))
+        try:
+            selected = status_filter(request.query)
+        except DumpError as error:
+            return _error(400, str(error))
+        return _json(status_document(inputs, selected))
+
+    async def config(request: web.Request) -> web.Response:
+        try:
+            allowed = authorized(request, inputs.admin_token)
+        except _Unauthorized:
+            return _error(401, "wrong admin token" if inputs.admin_token else "no admin token is configured")
+        query = dict(request.query)
+        node = query.pop("node", None)
+        if node is not None:
+            if query:
+                return _error(400, "node= cannot be combined with other parameters")
+            streams = proxies_by_node(inputs.registry).get(node)
+            if not streams:
+                return _error(404, f"no proxy with node id {node!r} is connected")
+            return _json(node_dump(node, streams, allowed))
+        try:
+            group = group_from_query(query)
+        except DumpError as error:
+            return _error(400, str(error))
+        try:
+            snapshot = inputs.snapshot_for(group)
+        except Exception as error:  # a translator's failure for this group must not end the endpoint
+            log.exception("config dump: cannot build the config of group %s", group)
+            return _error(500, f"cannot build the config of group {group}: {error}")
+        if snapshot is None:
+            return _error(503, "no configuration has been built yet")
+        return _json(group_dump(group, snapshot, allowed))
+
+    async def prometheus(request: web.Request) -> web.Response:
+        if metrics is None:
+            return web.Response(status=404, text="metrics are not enabled\n")
+        body, content_type = metrics.render(request.headers.get("Accept", ""))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
 
     app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status", status)
+    for path, handler in (
+        ("/", dashboard),
+        ("/healthz", healthz),
+        ("/readyz", readyz),
+        ("/status", status),
+        ("/config", config),
+        ("/metrics", prometheus),
+    ):
+        app.router.add_get(path, handler)  # GET and HEAD only: nothing here changes anything
     return app
+
+
+# The dashboard loads nothing from elsewhere, and may talk to this endpoint only.
+_DASHBOARD_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)

@@ -11,6 +11,7 @@ sources (the publisher decides content).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,9 @@ from meshplane.xds.snapshot import Snapshot
 class _GroupEntry:
     snapshot: Snapshot | None = None
     wakers: set[asyncio.Event] = field(default_factory=set)
+    # When `snapshot` became current: wall clock for operators, monotonic for push latency.
+    published_at: float | None = None
+    published_monotonic: float | None = None
 
 
 class CacheSubscription:
@@ -71,6 +75,7 @@ class SnapshotCache:
         if entry.snapshot is not None and entry.snapshot.version == snapshot.version:
             return False
         entry.snapshot = snapshot
+        entry.published_at, entry.published_monotonic = time.time(), time.monotonic()
         for waker in entry.wakers:
             waker.set()
         return True
@@ -93,6 +98,16 @@ class SnapshotCache:
         entry.wakers.discard(waker)
         if not entry.wakers:
             del self._groups[group]
+
+    def published_at(self, group: ProxyGroup) -> float | None:
+        """Wall-clock time (`time.time()`) the group's current snapshot was set; None without one."""
+        entry = self._groups.get(group)
+        return entry.published_at if entry is not None else None
+
+    def published_monotonic(self, group: ProxyGroup) -> float | None:
+        """As `published_at`, on the monotonic clock (push latency is measured from it)."""
+        entry = self._groups.get(group)
+        return entry.published_monotonic if entry is not None else None
 
     def stream_counts(self) -> dict[ProxyGroup, int]:
         return {group: len(entry.wakers) for group, entry in sorted(self._groups.items())}

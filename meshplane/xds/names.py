@@ -55,3 +55,37 @@ def tcp_listener_name(port: int) -> str:
 def route_table_virtual_host_name(table: str) -> str:
     """The virtual host a route table with its own `hosts` gets in the sidecar's outbound routes."""
     return f"route/{table}"
+
+
+# --- edge roles (edge-gateway, device, mobile) ---
+
+
+def edge_device_cluster_name(device_id: str) -> str:
+    """The edge gateway's STATIC cluster reaching one registered device of its site."""
+    return f"device/{device_id}"
+
+
+def gateway_from_devices_listener_name(port: int) -> str:
+    """The edge gateway's listener taking its site's device traffic into the cloud."""
+    return f"edge_from_devices_{port}"
+
+
+def gateway_from_devices_route_name(port: int) -> str:
+    return f"edge_from_devices_{port}"
+
+
+def gateway_to_devices_listener_name(port: int) -> str:
+    """The edge gateway's listener letting cloud services reach one device by id."""
+    return f"edge_to_devices_{port}"
+
+
+def gateway_to_devices_route_name(port: int) -> str:
+    return f"edge_to_devices_{port}"
+
+
+def device_virtual_host_name(device_id: str) -> str:
+    return f"device/{device_id}"
+
+
+# The RTDS layer Envoy Mobile asks for; its bootstrap names it (`rtds_layer.name`).
+MOBILE_RUNTIME_NAME = "meshplane"

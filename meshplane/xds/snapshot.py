@@ -9,9 +9,11 @@ its bytes among every stream that receives it. Must not know streams, nodes or s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -51,6 +53,9 @@ class Resource:
     message: Message
     sotw_entry: bytes
     delta_entry: bytes
+    # A 64-bit hash of (name, version): aggregate versions are sums of these, so replacing one
+    # resource updates its set's version in O(1) (the endpoint fast path).
+    digest: int
 
     @staticmethod
     def of(type_url: TypeUrl, name: str, message: Message) -> Resource:
@@ -69,27 +74,41 @@ class Resource:
             message=message,
             sotw_entry=wire.length_delimited(_SOTW_RESOURCES, packed),
             delta_entry=wire.length_delimited(_DELTA_RESOURCES, delta),
+            digest=int.from_bytes(hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=8).digest(), "little"),
         )
 
 
+_DIGEST_MASK = (1 << 64) - 1
+
+
+def _digest_version(total: int) -> str:
+    return format(total & _DIGEST_MASK, "016x")
+
+
 def aggregate_version(resources: Iterable[Resource]) -> str:
-    """The version of a set of resources: a hash of their sorted (name, version) pairs."""
-    digest = hashlib.blake2b(digest_size=8)
-    for resource in sorted(resources, key=lambda r: r.name):
-        digest.update(resource.name.encode())
-        digest.update(b"\0")
-        digest.update(resource.version.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    """The version of a set of resources: the sum (mod 2^64) of their (name, version) hashes.
+
+    Equal sets have equal versions whatever their order, on every replica and after restarts;
+    a sum (not a hash of the sorted list) lets `TypeResources.replacing` update it in O(changes).
+    """
+    return _digest_version(sum(resource.digest for resource in resources))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class TypeResources:
-    """Every resource of one type in a snapshot, by name, with their aggregate version."""
+    """Every resource of one type in a snapshot, by name, with their aggregate version.
+
+    A set made by `replacing` knows the set it was made from (`parent`, weakly: old sets must not
+    pile up) and the names whose resource it replaced (`changed`), so a stream that holds exactly
+    the parent can find what to send by looking at `changed` only.
+    """
 
     type_url: TypeUrl
     by_name: Mapping[str, Resource]
     version: str
+    digest_sum: int = field(default=0, compare=False)
+    parent: weakref.ref[TypeResources] | None = field(default=None, compare=False, repr=False)
+    changed: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @staticmethod
     def of(type_url: TypeUrl, resources: Iterable[Resource]) -> TypeResources:
@@ -99,7 +118,36 @@ class TypeResources:
             names = [r.name for r in ordered]
             twice = sorted({name for name in names if names.count(name) > 1})
             raise ValueError(f"{type_url.short}: resource names are not unique: {twice}")
-        return TypeResources(type_url, MappingProxyType(by_name), aggregate_version(ordered))
+        total = sum(resource.digest for resource in ordered)
+        return TypeResources(type_url, MappingProxyType(by_name), _digest_version(total), total)
+
+    def replacing(self, changed: Iterable[Resource]) -> TypeResources:
+        """A copy with the resources of the same names replaced by `changed`; the rest shared.
+
+        Costs a dict copy plus O(len(changed)): no re-sorting, no re-hashing of the others.
+        Raises KeyError for a name this set does not have (a new name is not an endpoint-only change).
+        """
+        by_name = dict(self.by_name)
+        total = self.digest_sum
+        names = []
+        for resource in changed:
+            before = by_name[resource.name]
+            if before is not resource:
+                total += resource.digest - before.digest
+                by_name[resource.name] = resource
+                names.append(resource.name)
+        return TypeResources(
+            self.type_url, MappingProxyType(by_name), _digest_version(total), total, weakref.ref(self), frozenset(names)
+        )
+
+    def changed_since(self, earlier: TypeResources) -> frozenset[str] | None:
+        """The names whose resource differs from `earlier`, when this set was made from it by
+        `replacing` (same names, some resources replaced); None when that is not known."""
+        if self is earlier:
+            return frozenset()
+        if self.parent is not None and self.parent() is earlier:
+            return self.changed
+        return None
 
     @staticmethod
     def empty(type_url: TypeUrl) -> TypeResources:
@@ -112,6 +160,10 @@ class TypeResources:
 # How many distinct (type, names) selections a snapshot remembers. Streams of one group nearly
 # always ask for the same names, so a few entries serve thousands of streams.
 _MEMO_LIMIT = 256
+_MISSING = object()
+T = TypeVar("T")
+# Whole responses kept per snapshot (each is as large as the selection it carries).
+_RESPONSE_MEMO_LIMIT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +175,8 @@ class Snapshot:
     """
 
     types: Mapping[TypeUrl, TypeResources] = field(default_factory=dict)
-    _memo: dict[tuple[str, TypeUrl, frozenset[str] | None], object] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _memo: dict[Hashable, object] = field(default_factory=dict, compare=False, repr=False)
+    _responses: dict[Hashable, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def of(messages: Mapping[TypeUrl, Iterable[Message]]) -> Snapshot:
@@ -173,7 +224,47 @@ class Snapshot:
         self._remember(key, (chosen, body))
         return body
 
-    def _remember(self, key: tuple[str, TypeUrl, frozenset[str] | None], value: object) -> None:
+    def intern_names(self, names: frozenset[str]) -> frozenset[str]:
+        """One shared set object for every stream asking for the same names.
+
+        Thousands of streams of a group subscribe to the same names; sharing the set (and its
+        strings) keeps per-stream memory flat, and makes the memo lookups above identity hits.
+        """
+        key = ("names", names)
+        found = self._memo.get(key)
+        if found is not None:
+            return found  # type: ignore[return-value]
+        self._remember(key, names)
+        return names
+
+    def known_names(self, names: frozenset[str]) -> frozenset[str] | None:
+        """The shared set equal to `names` if `intern_names` has one, else None."""
+        found = self._memo.get(("names", names))
+        return found  # type: ignore[return-value]
+
+    def shared_response(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
+        """A whole encoded response, built once for every stream that would build the same bytes.
+
+        The server decides the key (it includes everything per-stream in the bytes, such as the
+        nonce); streams of one group that are in step share one object instead of one copy each.
+        At most `_RESPONSE_MEMO_LIMIT` are kept per snapshot: they are large.
+        """
+        found = self._responses.get(key)
+        if found is None:
+            found = build()
+            if len(self._responses) < _RESPONSE_MEMO_LIMIT:
+                self._responses[key] = found
+        return found
+
+    def derived(self, key: Hashable, build: Callable[[], T]) -> T:
+        """A value the server derives from this snapshot alone, computed once (up to `_MEMO_LIMIT` kept)."""
+        found = self._memo.get(key, _MISSING)
+        if found is _MISSING:
+            found = build()
+            self._remember(key, found)
+        return found  # type: ignore[return-value]
+
+    def _remember(self, key: Hashable, value: object) -> None:
         if len(self._memo) < _MEMO_LIMIT:
             self._memo[key] = value
 

@@ -14,10 +14,12 @@ class TypeUrl(StrEnum):
     LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
     ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
     SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+    # Runtime layers (RTDS); served to Envoy Mobile (the `mobile` role) on ADS.
+    RUNTIME = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
 
     @property
     def short(self) -> str:
-        """The xDS acronym operators know: CDS, EDS, LDS, RDS, SDS."""
+        """The xDS acronym operators know: CDS, EDS, LDS, RDS, SDS, RTDS."""
         return _SHORT[self]
 
     @property
@@ -41,11 +43,20 @@ _SHORT = {
     TypeUrl.LISTENER: "LDS",
     TypeUrl.ROUTE: "RDS",
     TypeUrl.SECRET: "SDS",
+    TypeUrl.RUNTIME: "RTDS",
 }
 
 # ADS sends in this order so a proxy never references what it has not got yet: clusters before
 # their endpoints, listeners before their routes (xDS protocol, "Eventual consistency considerations").
-ADS_ORDER: tuple[TypeUrl, ...] = (TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.LISTENER, TypeUrl.ROUTE, TypeUrl.SECRET)
+# Runtime layers reference nothing, so they go last.
+ADS_ORDER: tuple[TypeUrl, ...] = (
+    TypeUrl.CLUSTER,
+    TypeUrl.ENDPOINT,
+    TypeUrl.LISTENER,
+    TypeUrl.ROUTE,
+    TypeUrl.SECRET,
+    TypeUrl.RUNTIME,
+)
 
 
 def parse_type_url(value: str) -> TypeUrl | None:

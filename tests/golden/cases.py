@@ -361,6 +361,23 @@ def tls() -> Mesh:
     )
 
 
+def external_name() -> Mesh:
+    """A Kubernetes ExternalName service (a DNS cluster, no EDS) beside an EDS one, both routable."""
+    return Mesh.of(
+        [
+            Service(
+                "payments",
+                "shop",
+                (http(port=443), ServicePort("grpc", 9090, Protocol.GRPC)),
+                external_name="payments.example.com",
+                policy=TrafficPolicy(connect_timeout=2.0),
+                origin="kubernetes",
+            ),
+            Service("web", "shop", (http(),), endpoints=(ready("10.0.0.11", 8080),), origin="kubernetes"),
+        ]
+    )
+
+
 CASES: tuple[GoldenCase, ...] = (
     GoldenCase("plain", plain(), (SIDECAR, GRPC)),
     GoldenCase("multi_port", multi_port(), (SIDECAR, ProxyGroup(outbound_port=15006), GRPC)),
@@ -377,4 +394,5 @@ CASES: tuple[GoldenCase, ...] = (
         ),
     ),
     GoldenCase("tls", tls(), (SIDECAR, GRPC)),
+    GoldenCase("external_name", external_name(), (SIDECAR, GRPC)),
 )

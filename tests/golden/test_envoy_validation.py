@@ -47,10 +47,12 @@ def validation_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
     for original in resources[TypeUrl.CLUSTER]:
         cluster = cluster_pb2.Cluster()
         cluster.CopyFrom(original)
-        assert cluster.type == cluster_pb2.Cluster.EDS
-        cluster.load_assignment.CopyFrom(endpoints[cluster.eds_cluster_config.service_name])
-        cluster.ClearField("eds_cluster_config")
-        cluster.type = cluster_pb2.Cluster.STATIC
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            cluster.load_assignment.CopyFrom(endpoints[cluster.eds_cluster_config.service_name])
+            cluster.ClearField("eds_cluster_config")
+            cluster.type = cluster_pb2.Cluster.STATIC
+        else:  # a DNS cluster (ExternalName) carries its own load assignment; validation resolves nothing
+            assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
         if cluster.HasField("transport_socket"):
             tls = tls_pb2.UpstreamTlsContext()
             assert cluster.transport_socket.typed_config.Unpack(tls)

@@ -26,7 +26,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from meshplane.xds import wire
 from meshplane.xds.server.nodes import check_resource_names
 from meshplane.xds.server.stream import Stream
-from meshplane.xds.snapshot import Resource, Snapshot
+from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
 from meshplane.xds.types import ADS_ORDER, TypeUrl
 
 # DeltaDiscoveryResponse field numbers; the resources (field 2) come pre-encoded from the snapshot.
@@ -55,6 +55,10 @@ class _TypeState:
     rejected: dict[str, str] = field(default_factory=dict)  # name -> version the client NACKed
     unacked: dict[str, _Sent] = field(default_factory=dict)  # nonce -> what it carried
     answered_first: bool = False
+    # The snapshot's set this state reflects in full (every name of interest held at its version,
+    # or rejected): the next set made from it by `replacing` is diffed by its changed names only.
+    # Forgotten (None) whenever subscriptions or what the client holds change otherwise.
+    synced_with: TypeResources | None = None
 
 
 class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
@@ -70,6 +74,8 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         check_resource_names(request.resource_names_subscribe)
         check_resource_names(request.resource_names_unsubscribe)
         state = self.states.get(type_url)
+        if state is not None and (request.resource_names_subscribe or request.resource_names_unsubscribe):
+            state.synced_with = None
         if state is None:
             state = self.states[type_url] = _TypeState()
             check_resource_names(request.initial_resource_versions.keys())
@@ -90,6 +96,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
                 state.told_absent.discard(name)
         if request.response_nonce and (sent := state.unacked.pop(request.response_nonce, None)) is not None:
             if request.HasField("error_detail"):
+                state.synced_with = None
                 for name, version in sent.versions.items():
                     state.rejected[name] = version
                     if (before := sent.previous.get(name)) is None:
@@ -124,7 +131,19 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         return names
 
     def _changes(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[list[Resource], list[str]]:
-        current = snapshot.of_type(type_url).by_name
+        resources = snapshot.of_type(type_url)
+        current = resources.by_name
+        changed = resources.changed_since(state.synced_with) if state.synced_with is not None else None
+        if changed is not None:
+            # Only replaced resources can be due: no name came or went, no subscription changed.
+            state.synced_with = resources
+            return [
+                replaced
+                for name in sorted(changed)
+                if (state.wildcard or name in state.subscribed)
+                and state.held.get(name) != (replaced := current[name]).version
+                and state.rejected.get(name) != replaced.version
+            ], []
         updates = []
         for name in sorted(self._interest(state, current.keys())):
             resource = current.get(name)
@@ -141,12 +160,17 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
                 removed.append(name)  # tells the client a name it asked for does not exist
         if type_url is TypeUrl.CLUSTER and self.is_ads and removed and not self._routes_current(snapshot):
             removed = [name for name in removed if name not in state.held]  # make before break
+            state.synced_with = None  # some removals wait
+        else:
+            state.synced_with = resources
         return updates, removed
 
     def _resend_endpoints_of(self, clusters: list[Resource]) -> None:
         endpoints = self.states.get(TypeUrl.ENDPOINT)
         if endpoints is None:
             return
+        if clusters:
+            endpoints.synced_with = None
         for resource in clusters:
             cluster = resource.message
             assert isinstance(cluster, cluster_pb2.Cluster)
@@ -195,7 +219,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             if name in state.subscribed:
                 state.told_absent.add(name)
         assert self.track is not None
-        self.registry.sent(self.track, type_url, system_version, nonce, len(updates))
+        self.registry.sent(self.track, type_url, system_version, nonce, updates, removed)
         return (
             wire.string_field(_SYSTEM_VERSION_INFO, system_version)
             + b"".join(resource.delta_entry for resource in updates)

@@ -1,7 +1,8 @@
 """The contract between a proxy's bootstrap and meshplane: which node fields decide its config.
 
 - `node.id`: required, names the proxy on the status endpoint.
-- `node.metadata.role`: `sidecar` (default when absent) or `grpc`.
+- `node.metadata.role`: `sidecar` (default when absent), `grpc`, `edge-gateway`, `device` or `mobile`.
+- `node.metadata.site`: the edge site of an `edge-gateway`, `device` or `mobile` (required for those).
 - `node.locality` (region, zone, sub_zone): endpoint priorities prefer the proxy's zone, then region.
 - `node.metadata.outbound_port`: a sidecar's outbound listener port (default 15001).
 - `node.cluster`: the service the proxy fronts; shown on the status endpoint.
@@ -14,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from meshplane.model import DEFAULT_OUTBOUND_PORT, Locality, ProxyGroup, ProxyRole
+from meshplane.model import DEFAULT_OUTBOUND_PORT, Locality, ProxyGroup, ProxyRole, is_site_id
 
 MAX_NAME_LENGTH = 1024
 
@@ -53,8 +54,16 @@ def proxy_group(node: Any) -> ProxyGroup:
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: metadata.outbound_port {raw!r} is not a port"
             )
+    site = ""
+    if role.is_edge:
+        site = fields["site"].string_value if "site" in fields else ""
+        if not is_site_id(site):
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node {node.id}: a {role} needs metadata.site, a site id (lowercase RFC 1123 label); got {site!r}",
+            )
     locality = Locality(node.locality.region, node.locality.zone, node.locality.sub_zone)
-    return ProxyGroup(role=role, locality=locality, outbound_port=outbound_port)
+    return ProxyGroup(role=role, locality=locality, outbound_port=outbound_port, site=site)
 
 
 def check_resource_names(names: Any) -> None:

@@ -16,9 +16,11 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server.delta import DeltaStream
+from meshplane.xds.server.identity import grants_of
 from meshplane.xds.server.nodes import ProtocolError
 from meshplane.xds.server.sotw import SotwStream
-from meshplane.xds.server.stream import Stream
+from meshplane.xds.server.stream import SendGate, Stream
+from meshplane.xds.server.tls import ReloadingCredentials
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.types import TypeUrl
 
@@ -36,6 +38,8 @@ _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 # Envoy sends large DiscoveryRequests only with many EDS names; 4 MiB leaves room for 10^5 names.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# Streams that may wait for the server to pick them up (gRPC core's default: 1,000 soft, 3,000 hard).
+MAX_PENDING_STREAMS = 100_000
 
 Handler = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, bytes]], AsyncIterator[bytes]]
 
@@ -43,9 +47,17 @@ Handler = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, bytes]], A
 class XdsServices:
     """Builds the gRPC handlers of every xDS service over one cache and one stream registry."""
 
-    def __init__(self, cache: SnapshotCache, registry: StreamRegistry) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        registry: StreamRegistry,
+        send_budget: int = 64 * 1024 * 1024,
+        send_hold: float = 10.0,
+    ) -> None:
         self.cache = cache
         self.registry = registry
+        # Shared by every stream: at most this many response bytes handed to gRPC and not yet sent.
+        self.send_gate = SendGate(send_budget, send_hold)
         self._streams: set[Stream[Any]] = set()
 
     def close_streams(self) -> None:
@@ -59,7 +71,8 @@ class XdsServices:
         async def serve(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
         ) -> AsyncIterator[bytes]:
-            stream = stream_class(self.cache, self.registry, kind, fixed_type, context.peer())
+            stream = stream_class(self.cache, self.registry, kind, fixed_type, context.peer(), self.send_gate)
+            stream.grants = grants_of(context.auth_context())
             self._streams.add(stream)
             try:
                 async for payload in stream.responses(requests):
@@ -105,11 +118,21 @@ class XdsServices:
         return handlers
 
 
-def create_server(services: XdsServices, address: str) -> tuple[grpc.aio.Server, int]:
+def create_server(
+    services: XdsServices, address: str, tls: ReloadingCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every xDS service, bound to `address`; returns it and the bound port.
+
+    With `tls`, the port speaks TLS (mTLS when `tls` names a client CA) with certificates reloaded
+    on renewal; without, plaintext.
 
     Keepalive settings let Envoy and gRPC clients ping every 30 s (their defaults would be
     refused as too frequent otherwise, and an idle proxy would be disconnected).
+
+    gRPC core cancels new calls the application has not picked up yet beyond 1,000 (at random,
+    all beyond 3,000): a herd of proxies (re)connecting at once would see a third of its streams
+    cancelled and reconnect again. Streams are cheap here (shared bytes, bounded sends), so they
+    queue instead (`MAX_PENDING_STREAMS`).
     """
     server = grpc.aio.server(
         options=[
@@ -118,10 +141,12 @@ def create_server(services: XdsServices, address: str) -> tuple[grpc.aio.Server,
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_STREAMS),
         ]
     )
     server.add_generic_rpc_handlers(services.generic_handlers())
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the xDS server to {address}")
     return server, port

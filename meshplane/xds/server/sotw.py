@@ -17,7 +17,7 @@ and ../shared/XDS-PROTOCOL.md:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -45,7 +45,8 @@ class _TypeState:
     acked_nonce: str = ""
     acked_version: str | None = None
     nacked_version: str | None = None
-    held: dict[str, Resource] = field(default_factory=dict)
+    # What the last response carried: the snapshot's own (shared) selection, never a per-stream copy.
+    held: tuple[Resource, ...] = ()
 
 
 class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
@@ -58,16 +59,22 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         track = self.attach(request.node, request.HasField("node"))
         type_url = self.resolve_type(request.type_url)
-        check_resource_names(request.resource_names)
         state = self.states.get(type_url)
+        names = frozenset(request.resource_names)
+        snapshot = self.subscription.snapshot if self.subscription is not None else None
+        # Every ACK repeats the names, and every stream of a group asks for the same ones: a set
+        # this stream holds, or that the snapshot has interned, was checked when it first came.
+        if state is None or names != state.names:
+            known = snapshot.known_names(names) if snapshot is not None else None
+            if known is None:
+                check_resource_names(names)
         first = state is None
         if state is None:
             state = self.states[type_url] = _TypeState()
         if request.response_nonce and request.response_nonce != state.sent_nonce:
             return  # stale: answers a response that a newer one replaced
-        names = frozenset(request.resource_names)
         names_changed = names != state.names
-        state.names = names
+        state.names = snapshot.intern_names(names) if snapshot is not None else names
         # Legacy wildcard: an empty first LDS/CDS request means "everything", and stays so while
         # the client keeps sending no names; "*" asks for everything explicitly.
         if type_url.allows_wildcard and ((first and not names) or (state.wildcard and not names)):
@@ -108,15 +115,9 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
 
     def _chosen(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[str, tuple[Resource, ...]]:
         version, chosen = snapshot.select(type_url, None if state.wildcard else state.names)
-        if type_url is TypeUrl.CLUSTER and self.is_ads and state.held:
-            current = snapshot.of_type(type_url).by_name
-            wanted = state.held if state.wildcard else {n: r for n, r in state.held.items() if n in state.names}
-            kept = [resource for name, resource in wanted.items() if name not in current]
-            if (
-                kept
-                and (state.wildcard or any(r.name in state.names for r in kept))
-                and not self._routes_current(snapshot)
-            ):
+        if type_url is TypeUrl.CLUSTER and self.is_ads and state.held and state.held is not chosen:
+            kept = [r for r in _gone(snapshot, type_url, state.held) if state.wildcard or r.name in state.names]
+            if kept and not self._routes_current(snapshot):
                 chosen = tuple(sorted((*chosen, *kept), key=lambda r: r.name))
                 version = aggregate_version(chosen)
         return version, chosen
@@ -141,13 +142,33 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
     ) -> bytes:
         nonce = self.next_nonce()
         state.sent_version, state.sent_nonce, state.needs_response = version, nonce, False
-        state.held = {resource.name: resource for resource in chosen}
+        state.held = chosen
         assert self.track is not None
-        self.registry.sent(self.track, type_url, version, nonce, len(chosen))
-        body = snapshot.sotw_body(type_url, None if state.wildcard else state.names, chosen)
-        return (
-            wire.string_field(_VERSION_INFO, version)
-            + wire.string_field(_TYPE_URL, type_url.value)
-            + wire.string_field(_NONCE, nonce)
-            + body
-        )
+        self.registry.sent(self.track, type_url, version, nonce, chosen)
+        names = None if state.wildcard else state.names
+
+        def build() -> bytes:
+            return b"".join(
+                (
+                    wire.string_field(_VERSION_INFO, version),
+                    wire.string_field(_TYPE_URL, type_url.value),
+                    wire.string_field(_NONCE, nonce),
+                    snapshot.sotw_body(type_url, names, chosen),
+                )
+            )
+
+        # Streams of a group in step (same names, same nonce counter) send the very same bytes:
+        # build them once. `version` is a hash of every (name, version) in `chosen`, so together
+        # with the nonce it decides the bytes.
+        return snapshot.shared_response(("sotw", type_url, version, nonce), build)
+
+
+def _gone(snapshot: Snapshot, type_url: TypeUrl, held: tuple[Resource, ...]) -> list[Resource]:
+    """The resources of `held` that `snapshot` no longer has (the same for every stream holding `held`)."""
+
+    def build() -> list[Resource]:
+        current = snapshot.of_type(type_url).by_name
+        return [resource for resource in held if resource.name not in current]
+
+    # `held` is the shared selection of an earlier snapshot: every stream holding it asks the same.
+    return snapshot.derived(("gone", type_url, held), build)

@@ -3,18 +3,27 @@
 Owns `StreamRegistry`: the server writes here as it sends and receives; the status endpoint and
 metrics only read. Every NACK is logged once, counted, kept on its stream and in a bounded list
 of recent NACKs (Istio's /debug/syncz, Envoy Gateway's xds_nack_total).
+
+Also kept here, because only the server sees them happen: the resources each stream was last
+sent per type (references to the snapshot's own `Resource` objects, not copies, for config dumps),
+and the push latency — from the moment a group's snapshot was published (or the stream connected,
+if later) to the proxy's ACK of it.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from meshplane.logs import redact_secrets
 from meshplane.model import ProxyGroup
+from meshplane.xds.snapshot import Resource
 from meshplane.xds.types import TypeUrl
 
 log = logging.getLogger(__name__)
@@ -27,6 +36,27 @@ class StreamKind(StrEnum):
     DELTA = "delta"
 
 
+class SyncState(StrEnum):
+    """Where one type on one proxy stands, as `istioctl proxy-status` names it.
+
+    SYNCED: the proxy acknowledged the last version sent. STALE: a version was sent and is not
+    acknowledged yet. NACKED: the proxy's answer to the last version sent was a NACK (it keeps its
+    previous config). NOT_SENT: nothing of this type was sent on any of the proxy's streams.
+    """
+
+    SYNCED = "SYNCED"
+    STALE = "STALE"
+    NACKED = "NACKED"
+    NOT_SENT = "NOT SENT"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {SyncState.NOT_SENT: 0, SyncState.SYNCED: 1, SyncState.STALE: 2, SyncState.NACKED: 3}
+
+
 @dataclass(frozen=True, slots=True)
 class Nack:
     node_id: str
@@ -36,9 +66,42 @@ class Nack:
     at: float
 
 
+# Push latency buckets (seconds): a healthy push is tens of milliseconds; a warming cluster can
+# hold an ACK for Envoy's 15 s initial fetch timeout.
+LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class DurationHistogram:
+    """Observations counted into fixed buckets (Prometheus semantics: a value lands in the first
+    bucket whose upper bound is >= it; `counts` are per bucket, not cumulative; the last is +Inf)."""
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= it), ending with (+inf, count)."""
+        running = list(itertools.accumulate(self.counts))
+        return [*zip(self.bounds, running, strict=False), (float("inf"), running[-1])]
+
+
 @dataclass(slots=True)
 class TypeTrack:
-    """One type on one stream. Versions are aggregate versions (SotW) or the system version (Delta)."""
+    """One type on one stream. Versions are aggregate versions (SotW) or the system version (Delta).
+
+    `resources` is what the proxy was sent and not told to remove: in SotW the last response's
+    selection itself (the snapshot's shared tuple: no per-stream copy), in Delta the sum of the
+    responses (a name → resource map, the same size as the Delta stream's own record of what the
+    client holds). The `*_seq` fields order sends, ACKs and NACKs on one registry without relying
+    on clock resolution.
+    """
 
     sent_version: str = ""
     sent_nonce: str = ""
@@ -48,6 +111,28 @@ class TypeTrack:
     pending_nonce: str = ""
     resource_count: int = 0
     last_nack: Nack | None = None
+    resources: tuple[Resource, ...] | dict[str, Resource] = ()
+    sent_seq: int = 0
+    acked_seq: int = 0
+    nacked_seq: int = 0
+    latency_start: float | None = None  # monotonic; set when a new version is sent, cleared by its answer
+
+    def sent_resources(self) -> tuple[Resource, ...]:
+        """What the proxy was last sent of this type, less what it was told to remove, sorted by
+        name. A NACKed response is included: this is what was sent, not what the proxy runs."""
+        if isinstance(self.resources, dict):
+            return tuple(sorted(self.resources.values(), key=lambda resource: resource.name))
+        return self.resources
+
+    @property
+    def state(self) -> SyncState:
+        if not self.sent_seq:
+            return SyncState.NOT_SENT
+        if self.nacked_seq > self.sent_seq and self.nacked_seq > self.acked_seq:
+            return SyncState.NACKED  # the answer to the latest response was a NACK
+        if not self.pending_nonce and self.acked_seq > self.sent_seq and self.acked_version == self.sent_version:
+            return SyncState.SYNCED
+        return SyncState.STALE
 
 
 @dataclass(slots=True)
@@ -60,6 +145,7 @@ class StreamTrack:
     user_agent: str
     peer: str
     connected_at: float
+    connected_monotonic: float = 0.0
     types: dict[TypeUrl, TypeTrack] = field(default_factory=dict)
 
     def of(self, type_url: TypeUrl) -> TypeTrack:
@@ -70,44 +156,95 @@ class StreamTrack:
 
 
 class StreamRegistry:
-    """Live streams and recent NACKs. Cheap enough to update on every send and every ACK."""
+    """Live streams and recent NACKs. Cheap enough to update on every send and every ACK.
 
-    def __init__(self, recent_nacks: int = 200) -> None:
+    `published_at(group)` gives the monotonic time the group's current snapshot was published
+    (the cache knows); push latency is measured from it, or from the stream's connection when
+    that is later (a proxy cannot get a snapshot before it connects).
+    """
+
+    def __init__(
+        self, recent_nacks: int = 200, published_at: Callable[[ProxyGroup], float | None] = lambda group: None
+    ) -> None:
         self._streams: dict[int, StreamTrack] = {}
         self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._published_at = published_at
         self.recent_nacks: deque[Nack] = deque(maxlen=recent_nacks)
         self.nack_counts: Counter[TypeUrl] = Counter()
         self.push_counts: Counter[TypeUrl] = Counter()
+        self.ack_counts: Counter[TypeUrl] = Counter()
+        self.opened_counts: Counter[StreamKind] = Counter()
+        self.closed_counts: Counter[StreamKind] = Counter()
+        self.push_latency: dict[TypeUrl, DurationHistogram] = {t: DurationHistogram() for t in TypeUrl}
 
     def open(
         self, kind: StreamKind, node_id: str, node_cluster: str, group: ProxyGroup, user_agent: str, peer: str
     ) -> StreamTrack:
-        track = StreamTrack(next(self._ids), kind, node_id, node_cluster, group, user_agent, peer, time.time())
+        track = StreamTrack(
+            next(self._ids), kind, node_id, node_cluster, group, user_agent, peer, time.time(), time.monotonic()
+        )
         self._streams[track.stream_id] = track
+        self.opened_counts[kind] += 1
         return track
 
     def close(self, track: StreamTrack) -> None:
-        self._streams.pop(track.stream_id, None)
+        if self._streams.pop(track.stream_id, None) is not None:
+            self.closed_counts[track.kind] += 1
 
     def streams(self) -> list[StreamTrack]:
         return sorted(self._streams.values(), key=lambda t: (t.node_id, t.stream_id))
 
-    def sent(self, track: StreamTrack, type_url: TypeUrl, version: str, nonce: str, count: int) -> None:
+    def sent(
+        self,
+        track: StreamTrack,
+        type_url: TypeUrl,
+        version: str,
+        nonce: str,
+        resources: Sequence[Resource],
+        removed: Iterable[str] | None = None,
+    ) -> None:
+        """Records a response. SotW (`removed` None): `resources` is everything the proxy now has of
+        the type, kept as given (pass the snapshot's tuple, and it is shared, not copied). Delta:
+        `resources` were added or changed and `removed` names were removed."""
         entry = track.of(type_url)
+        if removed is None:
+            entry.resources = resources if isinstance(resources, tuple) else tuple(resources)
+        else:
+            held = entry.resources if isinstance(entry.resources, dict) else {r.name: r for r in entry.resources}
+            for resource in resources:
+                held[resource.name] = resource
+            for name in removed:
+                held.pop(name, None)
+            entry.resources = held
+        if version != entry.acked_version and (version != entry.sent_version or entry.latency_start is None):
+            # A version the proxy does not have yet: its latency runs from when it could first have
+            # been pushed, the snapshot's publication or the stream's connection, whichever is later.
+            published = self._published_at(track.group)
+            entry.latency_start = max(published or 0.0, track.connected_monotonic) or time.monotonic()
         entry.sent_version, entry.sent_nonce, entry.pending_nonce = version, nonce, nonce
         entry.sent_at = time.time()
-        entry.resource_count = count
+        entry.sent_seq = next(self._seq)
+        entry.resource_count = len(entry.resources)
         self.push_counts[type_url] += 1
 
     def acked(self, track: StreamTrack, type_url: TypeUrl, version: str) -> None:
         entry = track.of(type_url)
         entry.acked_version, entry.pending_nonce = version, ""
         entry.acked_at = time.time()
+        entry.acked_seq = next(self._seq)
+        self.ack_counts[type_url] += 1
+        if entry.latency_start is not None and version == entry.sent_version:
+            self.push_latency[type_url].observe(max(0.0, time.monotonic() - entry.latency_start))
+            entry.latency_start = None
 
     def nacked(self, track: StreamTrack, type_url: TypeUrl, rejected_version: str, message: str) -> Nack:
-        nack = Nack(track.node_id, type_url, rejected_version, message, time.time())
+        # Envoy's message is shown to operators and logged: it must never carry key material.
+        nack = Nack(track.node_id, type_url, rejected_version, redact_secrets(message), time.time())
         entry = track.of(type_url)
         entry.last_nack, entry.pending_nonce = nack, ""
+        entry.nacked_seq = next(self._seq)
+        entry.latency_start = None
         self.recent_nacks.append(nack)
         self.nack_counts[type_url] += 1
         log.warning(
@@ -115,7 +252,13 @@ class StreamRegistry:
             track.node_id,
             type_url.short,
             rejected_version,
-            message,
-            extra={"node_id": track.node_id, "type": type_url.short, "version": rejected_version},
+            nack.message,
+            extra={
+                "event": "nack",
+                "node_id": track.node_id,
+                "type": type_url.short,
+                "version": rejected_version,
+                "group": str(track.group),
+            },
         )
         return nack

@@ -17,15 +17,17 @@ from typing import Any
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf.message import Message
 
-from meshplane.model import Mesh, ProxyGroup
+from meshplane.model import Mesh, ProxyGroup, ProxyRole, Service
 from meshplane.xds.translate.clusters import build_clusters
-from meshplane.xds.translate.endpoints import build_endpoints
+from meshplane.xds.translate.edge_device import build_device, build_mobile
+from meshplane.xds.translate.edge_gateway import build_gateway
+from meshplane.xds.translate.endpoints import build_endpoints, build_service_endpoints
 from meshplane.xds.translate.listeners import build_listeners
 from meshplane.xds.translate.routes import build_routes
 from meshplane.xds.translate.secrets import build_secrets
 from meshplane.xds.types import TypeUrl
 
-__all__ = ["Translation", "translate", "translate_endpoints"]
+__all__ = ["Translation", "translate", "translate_endpoints", "translate_service_endpoints"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,9 @@ class Translation:
 
 
 def translate(mesh: Mesh, group: ProxyGroup) -> Translation:
-    """Clusters, endpoints, listeners, routes and secrets for `group`."""
+    """Clusters, endpoints, listeners, routes and secrets for `group` (and runtime for `mobile`)."""
+    if group.role.is_edge:
+        return _translate_edge(mesh, group)
     clusters, cluster_warnings = build_clusters(mesh, group)
     endpoints, endpoint_warnings = build_endpoints(mesh, group)
     listeners, listener_warnings = build_listeners(mesh, group)
@@ -52,7 +56,8 @@ def translate(mesh: Mesh, group: ProxyGroup) -> Translation:
         TypeUrl.ENDPOINT: _by_name(endpoints),
         TypeUrl.LISTENER: _by_name(listeners),
         TypeUrl.ROUTE: _by_name(routes),
-        TypeUrl.SECRET: _by_name(build_secrets(mesh)),
+        TypeUrl.SECRET: _by_name(build_secrets(mesh, group)),
+        TypeUrl.RUNTIME: (),  # runtime layers are for the mobile role only
     }
     # A rule shared by several virtual hosts is translated, and warned about, once per host.
     warnings = dict.fromkeys([*cluster_warnings, *endpoint_warnings, *listener_warnings, *route_warnings])
@@ -61,8 +66,36 @@ def translate(mesh: Mesh, group: ProxyGroup) -> Translation:
 
 def translate_endpoints(mesh: Mesh, group: ProxyGroup) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
     """The endpoint fast path: only EDS, identical to `translate(mesh, group).resources[TypeUrl.ENDPOINT]`."""
+    if not _has_eds(group):
+        return ()
     endpoints, _ = build_endpoints(mesh, group)
     return _by_name(endpoints)
+
+
+def translate_service_endpoints(service: Service, group: ProxyGroup) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
+    """One service's share of `translate_endpoints(mesh, group)`, which is all services' shares
+    sorted by name. The unit of work of the endpoint fast path: one changed service, one call."""
+    if not _has_eds(group):
+        return ()
+    return _by_name(build_service_endpoints(service, group, []))
+
+
+def _has_eds(group: ProxyGroup) -> bool:
+    return group.role not in (ProxyRole.DEVICE, ProxyRole.MOBILE)  # their clusters are STATIC (Envoy Mobile has no EDS)
+
+
+_EDGE_BUILDERS = {ProxyRole.EDGE_GATEWAY: build_gateway, ProxyRole.DEVICE: build_device, ProxyRole.MOBILE: build_mobile}
+_KINDS = {"cds": TypeUrl.CLUSTER, "lds": TypeUrl.LISTENER, "rds": TypeUrl.ROUTE, "rtds": TypeUrl.RUNTIME}
+
+
+def _translate_edge(mesh: Mesh, group: ProxyGroup) -> Translation:
+    """The edge roles (see `edge_gateway` and `edge_device`); the gateway reaches the cloud over EDS."""
+    built, warnings = _EDGE_BUILDERS[group.role](mesh, group)
+    resources: dict[TypeUrl, tuple[Message, ...]] = {type_url: () for type_url in TypeUrl}
+    for kind, messages in built.items():
+        resources[_KINDS[kind]] = _by_name(messages)
+    resources[TypeUrl.ENDPOINT] = translate_endpoints(mesh, group)
+    return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
 
 
 def _by_name(messages: Iterable[Any]) -> tuple[Message, ...]:

@@ -1,5 +1,10 @@
 """Clusters (CDS): one EDS cluster per service port, carrying the service's traffic policy and TLS.
 
+A service with an `external_name` (a Kubernetes ExternalName service) gets a LOGICAL_DNS cluster
+instead: the proxy resolves the name itself and connects to it on the port, as a client of the
+Kubernetes DNS alias would. LOGICAL_DNS, not STRICT_DNS: an external name is one logical host
+(often a cloud load balancer behind many rotating addresses); gRPC also accepts only LOGICAL_DNS.
+
 Owns how a `TrafficPolicy` and an `UpstreamTls` become Cluster fields, for Envoy and for proxyless
 gRPC, which takes a subset (https://grpc.github.io/grpc/core/md_doc_grpc_xds_features.html). Must
 stay pure; cluster and EDS names come from `meshplane.xds.names`.
@@ -10,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2
@@ -73,14 +79,16 @@ def _cluster(service: Service, port: ServicePort, role: ProxyRole, warnings: lis
     grpc = role is ProxyRole.GRPC
     cluster = _Cluster(
         name=names.cluster_name(service.ref, port),
-        type=_Cluster.EDS,
-        eds_cluster_config=_Cluster.EdsClusterConfig(
-            service_name=names.endpoints_name(service.ref, port),
-            eds_config=core.ads(),
-        ),
         connect_timeout=core.duration(policy.connect_timeout),
         lb_policy=(_GRPC_LB_POLICY if grpc else _ENVOY_LB_POLICY)[policy.load_balancing],
     )
+    if service.external_name:
+        cluster.type = _Cluster.LOGICAL_DNS
+        cluster.load_assignment.CopyFrom(_dns_assignment(cluster.name, service.external_name, port.port))
+    else:
+        cluster.type = _Cluster.EDS
+        cluster.eds_cluster_config.service_name = names.endpoints_name(service.ref, port)
+        cluster.eds_cluster_config.eds_config.CopyFrom(core.ads())
     if policy.circuit_breakers is not None:
         cluster.circuit_breakers.CopyFrom(_circuit_breakers(policy))
     if policy.outlier_detection is not None:
@@ -108,6 +116,21 @@ def _cluster(service: Service, port: ServicePort, role: ProxyRole, warnings: lis
         cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
         cluster.transport_socket.typed_config.CopyFrom(core.pack(tls))
     return cluster
+
+
+def _dns_assignment(cluster_name: str, host: str, port: int) -> Any:
+    """The one endpoint of a DNS cluster: the name to resolve and the port to connect to."""
+    address = address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=address))
+                ]
+            )
+        ],
+    )
 
 
 def _circuit_breakers(policy: TrafficPolicy) -> Any:

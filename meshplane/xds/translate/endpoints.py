@@ -38,20 +38,35 @@ def build_endpoints(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]
     assignments: list[Any] = []
     warnings: list[str] = []
     for service in mesh.services:
-        for port in service.ports:
-            assignments.append(_assignment(service, port, group.locality, warnings))
+        assignments += build_service_endpoints(service, group, warnings)
     return assignments, warnings
+
+
+def build_service_endpoints(service: Service, group: ProxyGroup, warnings: list[str]) -> list[Any]:
+    """One service's share of `build_endpoints` (its ports' assignments), warnings appended to `warnings`.
+
+    It depends on the service and the group only, so the publisher's endpoint fast path translates
+    again just the services that changed.
+    """
+    if service.external_name:  # a DNS cluster carries its own load assignment; no EDS
+        return []
+    return [_assignment(service, port, group.locality, warnings) for port in service.ports]
 
 
 def _assignment(service: Service, port: ServicePort, proxy: Locality, warnings: list[str]) -> Any:
     name = names.endpoints_name(service.ref, port)
     unique: dict[tuple[str, int], Endpoint] = {}
+    # Each address parsed once (ipaddress is slow): its one spelling and its sort key.
+    parsed: dict[str, tuple[str, tuple[int, bytes]]] = {}
     for endpoint in service.endpoints:
         if endpoint.port_name != port.name:
             continue
+        if endpoint.address not in parsed:
+            address = ipaddress.ip_address(endpoint.address)
+            parsed[endpoint.address] = (str(address), (address.version, address.packed))
         # gRPC NACKs an assignment listing one address twice; sources may repeat an endpoint
         # (Kubernetes EndpointSlices overlap while they change). Keep the first.
-        key = (str(ipaddress.ip_address(endpoint.address)), endpoint.port)
+        key = (parsed[endpoint.address][0], endpoint.port)
         if key in unique:
             warnings.append(f"endpoints {name}: {endpoint.address}:{endpoint.port} is listed twice; kept the first")
             continue
@@ -68,7 +83,7 @@ def _assignment(service: Service, port: ServicePort, proxy: Locality, warnings: 
 
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     for priority, locality in sorted(groups):
-        members = sorted(groups[(priority, locality)], key=_address_order)
+        members = sorted(groups[(priority, locality)], key=lambda e: (*parsed[e.address][1], e.port))
         assignment.endpoints.append(
             endpoint_components_pb2.LocalityLbEndpoints(
                 locality=base_pb2.Locality(region=locality.region, zone=locality.zone, sub_zone=locality.sub_zone),
@@ -76,7 +91,7 @@ def _assignment(service: Service, port: ServicePort, proxy: Locality, warnings: 
                 # gRPC ignores localities without a weight; Envoy uses it only with locality-weighted
                 # balancing. The sum keeps every endpoint's share what its own weight says.
                 load_balancing_weight=core.uint32(sum(e.weight for e in members)),
-                lb_endpoints=[_lb_endpoint(e) for e in members],
+                lb_endpoints=[_lb_endpoint(e, parsed[e.address][0]) for e in members],
             )
         )
     return assignment
@@ -96,17 +111,12 @@ def _tier(endpoint: Endpoint, proxy: Locality, failover: bool) -> int:
     return _ELSEWHERE
 
 
-def _address_order(endpoint: Endpoint) -> tuple[int, bytes, int]:
-    address = ipaddress.ip_address(endpoint.address)
-    return address.version, address.packed, endpoint.port
-
-
-def _lb_endpoint(endpoint: Endpoint) -> Any:
+def _lb_endpoint(endpoint: Endpoint, spelling: str) -> Any:
     return endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=address_pb2.Address(
                 socket_address=address_pb2.SocketAddress(
-                    address=str(ipaddress.ip_address(endpoint.address)),  # one spelling per address
+                    address=spelling,  # one spelling per address (ipaddress's)
                     port_value=endpoint.port,
                 ),
             ),

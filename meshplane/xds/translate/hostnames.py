@@ -39,6 +39,28 @@ def derived_host_names(mesh: Mesh, service: Service) -> frozenset[str]:
     return frozenset(mesh.host_names(dataclasses.replace(service, hosts=())))
 
 
+class HostNames:
+    """`Mesh.host_names` and `derived_host_names` for every service of one mesh, in O(services).
+
+    `Mesh.host_names` counts the services sharing the name, a scan of the whole mesh per call:
+    quadratic over a translation (2 s for 5,000 services). Asking it of a mesh narrowed to the
+    services of that name gives the very same answer (it reads nothing else of the services), so
+    the model stays the one place that decides host names.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        same_name: dict[str, list[Service]] = {}
+        for service in mesh.services:
+            same_name.setdefault(service.name, []).append(service)
+        self._narrowed = {name: dataclasses.replace(mesh, services=tuple(group)) for name, group in same_name.items()}
+
+    def of(self, service: Service) -> tuple[str, ...]:
+        return self._narrowed[service.name].host_names(service)
+
+    def derived(self, service: Service) -> frozenset[str]:
+        return derived_host_names(self._narrowed[service.name], service)
+
+
 def grant(requests: Sequence[tuple[str, Sequence[HostClaim]]], *, what: str, fold_case: bool) -> Grants:
     """Grants every owner (a label, unique among `requests`) the names nobody before it took.
 

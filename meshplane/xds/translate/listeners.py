@@ -18,7 +18,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from meshplane.model import Mesh, Protocol, ProxyGroup, ProxyRole
 from meshplane.xds import names
 from meshplane.xds.translate import core
-from meshplane.xds.translate.hostnames import HostClaim, derived_host_names, grant
+from meshplane.xds.translate.hostnames import HostClaim, HostNames, grant
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -92,8 +92,9 @@ def _grpc_listeners(mesh: Mesh) -> tuple[list[Any], list[str]]:
     """
     requests: list[tuple[str, list[HostClaim]]] = []
     routes: dict[str, str] = {}
+    host_names = HostNames(mesh)
     for service in mesh.services:
-        derived = derived_host_names(mesh, service)
+        derived = host_names.derived(service)
         for port in service.ports:
             if port.protocol is not Protocol.GRPC:
                 continue
@@ -101,7 +102,7 @@ def _grpc_listeners(mesh: Mesh) -> tuple[list[Any], list[str]]:
             routes[owner] = names.grpc_route_name(service.ref, port)
             claims = [
                 HostClaim(names.grpc_listener_name(host, port.port), host in derived)
-                for host in mesh.host_names(service)
+                for host in host_names.of(service)
                 if not host.startswith("*")
             ]
             requests.append((owner, claims))

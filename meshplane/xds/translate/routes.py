@@ -32,7 +32,7 @@ from meshplane.model import (
 )
 from meshplane.xds import names
 from meshplane.xds.translate import core
-from meshplane.xds.translate.hostnames import HostClaim, derived_host_names, grant
+from meshplane.xds.translate.hostnames import HostClaim, HostNames, grant
 
 _rc = route_components_pb2
 
@@ -70,9 +70,10 @@ def _outbound_route_config(mesh: Mesh, outbound_port: int) -> tuple[list[Any], l
     tables = _attached_tables(mesh)
     requests: list[tuple[str, list[HostClaim]]] = []
     routes_of: dict[str, list[Any]] = {}  # by virtual host name, in the order of `requests`
+    host_names = HostNames(mesh)
     for service in mesh.services:
-        derived = derived_host_names(mesh, service)
-        hosts = mesh.host_names(service)
+        derived = host_names.derived(service)
+        hosts = host_names.of(service)
         http_ports = [port for port in service.ports if port.protocol.is_http]
         table = tables.get(service.ref)
         if table is not None and not http_ports:

@@ -1,7 +1,9 @@
-"""Secrets (SDS): every TLS certificate and CA bundle of the mesh, by name, PEM inlined.
+"""Secrets (SDS): the TLS certificates and CA bundles a proxy group's clusters use, PEM inlined.
 
-Owns the shape of the Secret resources that clusters' SDS configs name. SDS is served per name,
-so a proxy receives only the secrets it asks for. Must stay pure and never log PEM text.
+Owns the shape of the Secret resources that clusters' SDS configs name. A group is given only the
+secrets its own configuration references (services' `tls.trust` and `tls.client_certificate`), so
+a proxy cannot fetch a private key it has no use for by asking for its name; the grpc role, which
+cannot take SDS (it uses certificate providers), is given none. Must stay pure and never log PEM text.
 """
 
 from __future__ import annotations
@@ -11,11 +13,25 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
-from meshplane.model import Mesh
+from meshplane.model import Mesh, ProxyGroup, ProxyRole
 
 
-def build_secrets(mesh: Mesh) -> list[Any]:
-    """A Secret per TlsCertificate (chain and key) and per TrustBundle (trusted CAs)."""
+def referenced_secret_names(mesh: Mesh) -> frozenset[str]:
+    """Every secret name the mesh's services use for upstream TLS."""
+    names: set[str] = set()
+    for service in mesh.services:
+        if service.tls is not None:
+            names.add(service.tls.trust)
+            if service.tls.client_certificate:
+                names.add(service.tls.client_certificate)
+    return frozenset(names)
+
+
+def build_secrets(mesh: Mesh, group: ProxyGroup) -> list[Any]:
+    """A Secret per TlsCertificate (chain and key) and per TrustBundle (trusted CAs) that `group` uses."""
+    if group.role is ProxyRole.GRPC:
+        return []
+    used = referenced_secret_names(mesh)
     secrets = [
         secret_pb2.Secret(
             name=certificate.name,
@@ -25,6 +41,7 @@ def build_secrets(mesh: Mesh) -> list[Any]:
             ),
         )
         for certificate in mesh.certificates
+        if certificate.name in used
     ]
     secrets += [
         secret_pb2.Secret(
@@ -34,5 +51,6 @@ def build_secrets(mesh: Mesh) -> list[Any]:
             ),
         )
         for bundle in mesh.trust_bundles
+        if bundle.name in used
     ]
     return secrets

@@ -1,0 +1,439 @@
+"""The edge registry: validated registrations with leases, kept in memory and in a durable store.
+
+Owns the rules of issue 4:
+- a registration lives while its lease is renewed; `expire()` (run every `check_interval` by
+  `run()`) drops lapsed ones, so an expired device leaves the config within one check interval;
+- registering again is idempotent: the same device keeps its lease, its fields are replaced, and
+  a new site moves it (the old site's gateway loses it in the same rebuild);
+- a registration is acknowledged only after the store made it durable;
+- addresses must lie inside the site's ranges and never in loopback, link-local, metadata or
+  similar ranges; malformed or oversized fields are refused; every refusal says why;
+- a principal acts only on itself: a device token on its own id, a class token on devices of its
+  class (renewals and removals need the lease id too), an operator token reads and removes.
+
+Sites come from the policy files (a callable, read at each registration; None until they have
+loaded, when registrations are refused with UNAVAILABLE, which devices retry). `on_change` is called
+when the set of live devices or their fields change, never for a mere renewal, so heartbeats do not
+rebuild config. Knows no wire format; `meshplane.edge.api` maps these calls to gRPC and JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from meshplane.discovery.edge.auth import Principal, PrincipalKind
+from meshplane.discovery.edge.store import Delete, Put, Registration, RegistrationStore, Renew
+from meshplane.discovery.source_status import SourceStatus
+from meshplane.model import (
+    Device,
+    DeviceEndpoint,
+    Site,
+    forbidden_address_reason,
+    is_device_class,
+    is_device_id,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ENDPOINTS = 8
+MAX_VERSION_LENGTH = 64
+MAX_LABELS = 16
+MAX_LABEL_KEY_LENGTH = 63
+MAX_LABEL_VALUE_LENGTH = 253
+MAX_LEASE_ID_LENGTH = 64
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$")
+
+
+class ErrorCode(StrEnum):
+    """The gRPC status each refusal maps to (named as in grpc.StatusCode)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    NOT_FOUND = "NOT_FOUND"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class RegistryError(Exception):
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterInput:
+    """A registration as a device asks for it, before validation."""
+
+    device_id: str
+    device_class: str
+    site: str
+    endpoints: tuple[tuple[str, int], ...]
+    version: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ttl_seconds: float = 0
+    lease_id: str = ""
+
+
+class EventKind(StrEnum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    REMOVED = "REMOVED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    registration: Registration
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    site: str = ""
+    device_class: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, device: Device) -> bool:
+        if self.site and device.site != self.site:
+            return False
+        if self.device_class and device.device_class != self.device_class:
+            return False
+        labels = dict(device.labels)
+        return all(labels.get(key) == value for key, value in self.labels.items())
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    default_ttl: float = 30.0
+    min_ttl: float = 5.0
+    max_ttl: float = 3600.0
+    check_interval: float = 1.0
+
+    def ttl(self, requested: float) -> float:
+        if not requested:
+            return self.default_ttl
+        return min(max(requested, self.min_ttl), self.max_ttl)
+
+
+_WATCH_QUEUE = 10_000
+_OVERFLOW = object()
+
+
+class EdgeRegistry:
+    """Live registrations by device id. Use from one event loop."""
+
+    def __init__(
+        self,
+        store: RegistrationStore,
+        sites: Callable[[], Mapping[str, Site] | None],
+        *,
+        leases: LeaseSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._sites = sites
+        self.leases = leases or LeaseSettings()
+        self._clock = clock
+        self.on_change = on_change
+        self._live: dict[str, Registration] = {}
+        self._watchers: set[asyncio.Queue[object]] = set()
+        self._devices: tuple[Device, ...] | None = ()
+        self._loaded_at: float | None = None
+
+    # --- lifecycle ---
+
+    async def load(self) -> None:
+        """Reads the store. Every lease gets at least its TTL from now: devices could not renew while
+        the control plane was down, so they are not punished for it (etcd does the same on leader
+        change)."""
+        now = self._clock()
+        for row in await self._store.load():
+            expires_at = max(row.expires_at, now + row.ttl)
+            self._live[row.device.id] = Registration(
+                row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at
+            )
+        self._loaded_at = time.time()
+        self._changed()
+        log.info("edge registry: loaded %d registrations", len(self._live))
+
+    async def run(self) -> None:
+        """Expires lapsed leases every check interval, until cancelled."""
+        while True:
+            await asyncio.sleep(self.leases.check_interval)
+            try:
+                await self.expire()
+            except Exception:  # the store failed; the next pass tries again
+                log.exception("edge registry: expiring leases failed")
+
+    def end_watches(self) -> None:
+        """Ends every `watch()` (they return after the events already queued)."""
+        for watcher in list(self._watchers):
+            with contextlib.suppress(asyncio.QueueFull):
+                watcher.put_nowait(None)
+
+    async def close(self) -> None:
+        self.end_watches()
+        await self._store.close()
+
+    # --- reads ---
+
+    def devices(self) -> tuple[Device, ...]:
+        """Every live device, sorted by id (what the mesh gets)."""
+        if self._devices is None:
+            self._devices = tuple(self._live[key].device for key in sorted(self._live))
+        return self._devices
+
+    def get(self, device_id: str) -> Registration | None:
+        return self._live.get(device_id)
+
+    def matching(self, selector: Filter) -> list[Registration]:
+        return [self._live[key] for key in sorted(self._live) if selector.matches(self._live[key].device)]
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    # --- writes ---
+
+    async def register(self, principal: Principal, request: RegisterInput) -> Registration:
+        device = self._validate(request)
+        self._authorize(principal, device.id, device.device_class)
+        now = self._clock()
+        current = self._live_registration(device.id, now)
+        if current is not None and not self._may_take_over(principal, current, request.lease_id):
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                f"device {device.id} is registered by another holder; re-register with its lease_id",
+            )
+        ttl = self.leases.ttl(request.ttl_seconds)
+        lease_id = current.lease_id if current is not None else secrets.token_hex(16)
+        registered_at = current.registered_at if current is not None else now
+        registration = Registration(device, lease_id, str(principal), ttl, now + ttl, registered_at)
+        await self._store.write([Put(registration)])
+        previous = self._live.get(device.id)
+        self._live[device.id] = registration
+        if previous is None or previous.device != device:
+            kind = EventKind.ADDED if previous is None else EventKind.MODIFIED
+            self._changed()
+            self._publish(Event(kind, registration))
+        return registration
+
+    async def heartbeat(self, principal: Principal, device_id: str, lease_id: str) -> Registration:
+        current = self._leased(principal, device_id, lease_id)
+        expires_at = self._clock() + current.ttl
+        await self._store.write([Renew(device_id, expires_at)])
+        renewed = Registration(
+            current.device, current.lease_id, current.principal, current.ttl, expires_at, current.registered_at
+        )
+        if self._live.get(device_id) is current:
+            self._live[device_id] = renewed
+        return renewed
+
+    async def deregister(self, principal: Principal, device_id: str, lease_id: str) -> None:
+        if principal.kind is PrincipalKind.OPERATOR:
+            current = self._live.get(device_id)
+            if current is None:
+                raise RegistryError(ErrorCode.NOT_FOUND, f"device {device_id!r} is not registered")
+        else:
+            current = self._leased(principal, device_id, lease_id)
+        await self._store.write([Delete(device_id)])
+        if self._live.get(device_id) is not None:
+            del self._live[device_id]
+            self._changed()
+            self._publish(Event(EventKind.REMOVED, current))
+
+    async def expire(self) -> list[str]:
+        """Drops every registration whose lease has lapsed; returns their ids."""
+        now = self._clock()
+        lapsed = [row for row in self._live.values() if row.expires_at <= now]
+        if not lapsed:
+            return []
+        for row in lapsed:
+            del self._live[row.device.id]
+        self._changed()
+        for row in lapsed:
+            self._publish(Event(EventKind.EXPIRED, row))
+        # Losing this delete to a crash is harmless: the lease is still lapsed after a restart
+        # (load() grants one TTL of grace, after which it lapses again).
+        await self._store.write([Delete(row.device.id) for row in lapsed])
+        return [row.device.id for row in lapsed]
+
+    async def watch(self, selector: Filter) -> AsyncIterator[Event]:
+        """The live devices matching `selector` as ADDED events, then every matching change."""
+        events: asyncio.Queue[object] = asyncio.Queue(maxsize=_WATCH_QUEUE)
+        self._watchers.add(events)
+        try:
+            for row in self.matching(selector):
+                yield Event(EventKind.ADDED, row)
+            while True:
+                item = await events.get()
+                if item is None:
+                    return
+                if item is _OVERFLOW:
+                    raise RegistryError(ErrorCode.RESOURCE_EXHAUSTED, "watcher fell too far behind; watch again")
+                assert isinstance(item, Event)
+                if selector.matches(item.registration.device):
+                    yield item
+        finally:
+            self._watchers.discard(events)
+
+    # --- rules ---
+
+    def _live_registration(self, device_id: str, now: float) -> Registration | None:
+        current = self._live.get(device_id)
+        return current if current is not None and current.expires_at > now else None
+
+    def _may_take_over(self, principal: Principal, current: Registration, lease_id: str) -> bool:
+        if principal.kind is PrincipalKind.DEVICE:
+            return True  # a device token names exactly this device
+        return bool(lease_id) and secrets.compare_digest(lease_id, current.lease_id)
+
+    def _leased(self, principal: Principal, device_id: str, lease_id: str) -> Registration:
+        """The live registration of `device_id` held under `lease_id`, if `principal` may act on it."""
+        if not is_device_id(device_id):
+            raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"device_id {_shown(device_id)} is malformed")
+        current = self._live_registration(device_id, self._clock())
+        if principal.kind is PrincipalKind.OPERATOR:
+            raise RegistryError(ErrorCode.PERMISSION_DENIED, "an operator token cannot renew leases")
+        self._authorize(principal, device_id, current.device.device_class if current else "")
+        if (
+            current is None
+            or len(lease_id) > MAX_LEASE_ID_LENGTH
+            or not secrets.compare_digest(lease_id.encode(), current.lease_id.encode())
+        ):
+            raise RegistryError(ErrorCode.NOT_FOUND, f"device {device_id} has no live lease {_shown(lease_id)}")
+        return current
+
+    @staticmethod
+    def _authorize(principal: Principal, device_id: str, device_class: str) -> None:
+        if principal.kind is PrincipalKind.DEVICE and principal.name != device_id:
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED, f"credentials of device {principal.name} cannot act on device {device_id}"
+            )
+        if principal.kind is PrincipalKind.CLASS and device_class and principal.name != device_class:
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                f"credentials of class {principal.name} cannot act on a device of class {device_class}",
+            )
+        if principal.kind is PrincipalKind.OPERATOR:
+            raise RegistryError(ErrorCode.PERMISSION_DENIED, "an operator token cannot register devices")
+
+    def _validate(self, request: RegisterInput) -> Device:
+        """The device `request` describes, or RegistryError with every reason: INVALID_ARGUMENT for
+        malformed or oversized fields, PERMISSION_DENIED for addresses the site does not allow."""
+        malformed: list[str] = []
+        if not is_device_id(request.device_id):
+            malformed.append(
+                f"device_id {_shown(request.device_id)} is malformed (letters, digits, '.', '_', '-'; at most 128)"
+            )
+        if not is_device_class(request.device_class):
+            malformed.append(f"device_class {_shown(request.device_class)} must be a lowercase RFC 1123 label")
+        known = self._sites()
+        if known is None:
+            raise RegistryError(ErrorCode.UNAVAILABLE, "the sites (policy files) are not loaded yet; retry")
+        site = known.get(request.site)
+        if site is None:
+            malformed.append(f"site {_shown(request.site)} is not a known site")
+        if not request.endpoints:
+            malformed.append("at least one endpoint is required")
+        if len(request.endpoints) > MAX_ENDPOINTS:
+            malformed.append(f"{len(request.endpoints)} endpoints; at most {MAX_ENDPOINTS}")
+        if len(request.version) > MAX_VERSION_LENGTH or not request.version.isprintable():
+            malformed.append(f"version must be at most {MAX_VERSION_LENGTH} printable characters")
+        if len(request.labels) > MAX_LABELS:
+            malformed.append(f"{len(request.labels)} labels; at most {MAX_LABELS}")
+        for key, value in sorted(request.labels.items())[: MAX_LABELS + 1]:
+            if len(key) > MAX_LABEL_KEY_LENGTH or not _LABEL_KEY.match(key):
+                malformed.append(f"label key {_shown(key)} is malformed (at most {MAX_LABEL_KEY_LENGTH} characters)")
+            if len(value) > MAX_LABEL_VALUE_LENGTH or not value.isprintable():
+                malformed.append(
+                    f"label {_shown(key)}: value must be at most {MAX_LABEL_VALUE_LENGTH} printable characters"
+                )
+        if len(request.lease_id) > MAX_LEASE_ID_LENGTH:
+            malformed.append("lease_id is too long")
+        if not math.isfinite(request.ttl_seconds) or request.ttl_seconds < 0:
+            malformed.append("ttl_seconds must be a non-negative number")
+        endpoints: list[DeviceEndpoint] = []
+        denied: list[str] = []
+        for address, port in request.endpoints[:MAX_ENDPOINTS]:
+            if not 1 <= port <= 65535:
+                malformed.append(f"endpoint {_shown(address)}: port {port} is out of range 1-65535")
+                continue
+            reason = forbidden_address_reason(address)
+            if reason == "is not an IP address":
+                malformed.append(f"endpoint address {_shown(address)} is not an IP address")
+                continue
+            if reason is not None:
+                denied.append(f"endpoint address {address} {reason}")
+                continue
+            if site is not None and not _inside(address, site):
+                ranges = ", ".join(site.device_ranges) or "none"
+                denied.append(f"endpoint address {address} is outside the ranges of site {site.id} ({ranges})")
+                continue
+            endpoints.append(DeviceEndpoint(_canonical(address), port))
+        if malformed:
+            raise RegistryError(ErrorCode.INVALID_ARGUMENT, "; ".join(malformed))
+        if denied:
+            raise RegistryError(ErrorCode.PERMISSION_DENIED, "; ".join(denied))
+        assert site is not None
+        return Device(
+            id=request.device_id,
+            device_class=request.device_class,
+            site=site.id,
+            endpoints=tuple(sorted(set(endpoints))),
+            version=request.version,
+            labels=tuple(sorted(request.labels.items())),
+        )
+
+    # --- notifications ---
+
+    def _changed(self) -> None:
+        self._devices = None
+        self.on_change()
+
+    def _publish(self, event: Event) -> None:
+        for watcher in list(self._watchers):
+            try:
+                watcher.put_nowait(event)
+            except asyncio.QueueFull:
+                self._watchers.discard(watcher)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    watcher.get_nowait()  # make room for the overflow marker
+                watcher.put_nowait(_OVERFLOW)
+
+    @property
+    def status(self) -> SourceStatus:
+        sites = {row.device.site for row in self._live.values()}
+        return SourceStatus(
+            name="edge-registry",
+            synced=self._loaded_at is not None,
+            last_success=self._loaded_at,
+            last_attempt=self._loaded_at,
+            errors=(),
+            counts={"devices": len(self._live), "sites": len(sites)},
+        )
+
+
+def _inside(address: str, site: Site) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in network for network in site.networks())
+
+
+def _canonical(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+def _shown(value: str) -> str:
+    return repr(value[:64]) + ("…" if len(value) > 64 else "")

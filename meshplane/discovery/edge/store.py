@@ -1,0 +1,274 @@
+"""Where registrations survive restarts: the store interface and its embedded SQLite default.
+
+Contract of `RegistrationStore.write`: when it returns, every change given is durable (a crash,
+kill -9 or power loss afterwards keeps it); when it raises, none is. The registry acknowledges a
+registration to a device only after `write` returns, so an acknowledged registration is never
+lost. A shared store (for several control-plane replicas serving one fleet) implements the same
+three methods.
+
+`SqliteStore`: one file, WAL journal, `synchronous=FULL` (fsync on every commit). One writer
+thread commits the changes of every waiting caller in one transaction (group commit), so the
+fsync cost is shared by a burst of registrations instead of paid by each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from meshplane.model import Device, DeviceEndpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A device with its lease. `principal` is who registered it (`device:<id>`, `class:<class>`);
+    times are seconds since the epoch (leases outlive the process, so no monotonic clock)."""
+
+    device: Device
+    lease_id: str
+    principal: str
+    ttl: float
+    expires_at: float
+    registered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    registration: Registration
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    device_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    device_id: str
+
+
+Change = Put | Renew | Delete
+
+
+class RegistrationStore(Protocol):
+    async def load(self) -> list[Registration]:
+        """Every stored registration, expired or not (the registry decides)."""
+        ...
+
+    async def write(self, changes: Sequence[Change]) -> None:
+        """Applies `changes` atomically and durably before returning."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A store that forgets on restart: for tests and for `--registry-db :memory:`."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Registration] = {}
+
+    async def load(self) -> list[Registration]:
+        return list(self.rows.values())
+
+    async def write(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if isinstance(change, Put):
+                self.rows[change.registration.device.id] = change.registration
+            elif isinstance(change, Renew):
+                if (row := self.rows.get(change.device_id)) is not None:
+                    self.rows[change.device_id] = _renewed(row, change.expires_at)
+            else:
+                self.rows.pop(change.device_id, None)
+
+    async def close(self) -> None:
+        pass
+
+
+def _renewed(row: Registration, expires_at: float) -> Registration:
+    return Registration(row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS registrations (
+    device_id TEXT PRIMARY KEY,
+    lease_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    ttl REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    registered_at REAL NOT NULL,
+    device TEXT NOT NULL
+)
+"""
+# The most changes one transaction takes; more wait for the next commit.
+_BATCH = 2048
+
+
+@dataclass(slots=True)
+class _Job:
+    changes: Sequence[Change]
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+class SqliteStore:
+    """The default store (see the module docstring). Use from one event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.commits = 0  # transactions committed, for the benchmark and the status endpoint
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        # FULL: every commit is fsynced, WAL included; NORMAL could lose the last commits on power loss.
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute(_SCHEMA)
+        return connection
+
+    async def load(self) -> list[Registration]:
+        def read() -> list[Registration]:
+            connection = self._connect()
+            try:
+                rows = connection.execute(
+                    "SELECT lease_id, principal, ttl, expires_at, registered_at, device FROM registrations"
+                ).fetchall()
+            finally:
+                connection.close()
+            return [Registration(_device(row[5]), row[0], row[1], row[2], row[3], row[4]) for row in rows]
+
+        return await asyncio.to_thread(read)
+
+    async def write(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        if self._thread is None:
+            # Started without awaiting anything in between, so concurrent first writers start one thread.
+            self._thread = threading.Thread(target=self._run, name="registry-store", daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._jobs.put(_Job(changes, future, loop))
+        await future
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def _run(self) -> None:
+        """The writer thread: take every waiting job, commit them in one transaction, answer each."""
+        try:
+            connection = self._connect()
+        except sqlite3.Error as unopened:
+            self._fail_all(unopened)
+            return
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                jobs = [first]
+                size = len(first.changes)
+                stop = False
+                while size < _BATCH:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    jobs.append(job)
+                    size += len(job.changes)
+                failed: BaseException | None = None
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                    for job in jobs:
+                        _apply(connection, job.changes)
+                    connection.execute("COMMIT")
+                    self.commits += 1
+                except sqlite3.Error as failure:
+                    failed = failure
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                for job in jobs:
+                    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+                        job.loop.call_soon_threadsafe(_settle, job.future, failed)
+                if stop:
+                    return
+        finally:
+            connection.close()
+
+    def _fail_all(self, error: BaseException) -> None:
+        """The store cannot be opened: every waiting and later write fails with `error`."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(_settle, job.future, error)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _apply(connection: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    for change in changes:
+        if isinstance(change, Put):
+            row = change.registration
+            connection.execute(
+                "INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.device.id, row.lease_id, row.principal, row.ttl, row.expires_at, row.registered_at, _json(row)),
+            )
+        elif isinstance(change, Renew):
+            connection.execute(
+                "UPDATE registrations SET expires_at = ? WHERE device_id = ?", (change.expires_at, change.device_id)
+            )
+        else:
+            connection.execute("DELETE FROM registrations WHERE device_id = ?", (change.device_id,))
+
+
+def _json(row: Registration) -> str:
+    device = row.device
+    return json.dumps(
+        {
+            "id": device.id,
+            "class": device.device_class,
+            "site": device.site,
+            "endpoints": [[e.address, e.port] for e in device.endpoints],
+            "version": device.version,
+            "labels": [list(pair) for pair in device.labels],
+        },
+        separators=(",", ":"),
+    )
+
+
+def _device(text: str) -> Device:
+    data = json.loads(text)
+    return Device(
+        id=data["id"],
+        device_class=data["class"],
+        site=data["site"],
+        endpoints=tuple(DeviceEndpoint(address, port) for address, port in data["endpoints"]),
+        version=data["version"],
+        labels=tuple((key, value) for key, value in data["labels"]),
+    )

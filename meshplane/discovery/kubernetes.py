@@ -1,0 +1,339 @@
+"""The Kubernetes source: Services and EndpointSlices, watched live, → model services.
+
+Owns the source's life: loading the client configuration (a kubeconfig, or the pod's service
+account), choosing the EndpointSlice API version the server serves (`discovery.k8s.io/v1`, else
+`v1beta1`), running one `Watcher` per resource and namespace, joining slices to their Service by
+the `kubernetes.io/service-name` label, and keeping the mapped services up to date.
+
+Contract: `synced` turns true only when every watcher has completed its first full list (Services
+and EndpointSlices in every selected namespace); before that `content()` must not be published.
+`content()` re-maps only the services whose Service or slices changed since the last call and
+returns, for every other service, the very `Service` object it returned before, so downstream
+identity checks (`is`) find what changed without comparing. `on_change()` is called synchronously
+after each batch of changes; keep it cheap (poke a debouncer). `run()` ends only by cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import ApiClient, Configuration
+
+from meshplane.discovery.kubernetes_annotations import AnnotationPolicy, policy_of
+from meshplane.discovery.kubernetes_mapping import Mapped, map_service, service_key_of_slice
+from meshplane.discovery.kubernetes_watching import (
+    ENDPOINT_SLICES_V1,
+    ENDPOINT_SLICES_V1BETA1,
+    SERVICES,
+    Backoff,
+    Change,
+    Key,
+    Object,
+    Resource,
+    Watcher,
+    get_json,
+)
+from meshplane.discovery.source_status import SourceStatus
+from meshplane.model import RouteTable, Service
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "kubernetes"
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesContent:
+    """What the source serves: services (sorted by namespace, name) and the routes their annotations make."""
+
+    services: tuple[Service, ...]
+    routes: tuple[RouteTable, ...]
+
+
+async def load_configuration(kubeconfig: Path | None = None) -> Configuration:
+    """The client configuration: `kubeconfig` if given, else `$KUBECONFIG` or `~/.kube/config` if
+    present, else the pod's service account (in-cluster). Raises when none works."""
+    configuration = Configuration()
+    default = _default_kubeconfig()
+    if kubeconfig is not None or default is not None:
+        await kube_config.load_kube_config(
+            config_file=str(kubeconfig or default), client_configuration=configuration, persist_config=False
+        )
+    else:
+        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return configuration
+
+
+def _default_kubeconfig() -> Path | None:
+    """The first file of `$KUBECONFIG`, else `~/.kube/config`, when it exists (a quick stat)."""
+    path = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    return path if path.is_file() else None
+
+
+async def endpoint_slice_resource(client: ApiClient) -> Resource:
+    """`discovery.k8s.io/v1` EndpointSlices if the server serves them, else `v1beta1` (Kubernetes < 1.21)."""
+    group = await get_json(client, "/apis/discovery.k8s.io")
+    versions = {version.get("version") for version in group.get("versions") or ()}
+    if "v1" in versions:
+        return ENDPOINT_SLICES_V1
+    if "v1beta1" in versions:
+        log.info("the API server serves no discovery.k8s.io/v1; using v1beta1 EndpointSlices")
+        return ENDPOINT_SLICES_V1BETA1
+    raise RuntimeError(f"the API server serves no EndpointSlices (discovery.k8s.io versions: {sorted(versions)})")
+
+
+class KubernetesSource:
+    """Services (optionally filtered by a label selector) and EndpointSlices in `namespaces` (all when
+    empty). `client` is for tests and embedding; without it the configuration is loaded in `run()`."""
+
+    def __init__(
+        self,
+        *,
+        client: ApiClient | None = None,
+        kubeconfig: Path | None = None,
+        namespaces: Sequence[str] = (),
+        service_selector: str = "",
+        on_change: Callable[[], None] = lambda: None,
+        backoff: Backoff | None = None,
+        watch_timeout_seconds: int = 300,
+        page_size: int = 500,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._kubeconfig = kubeconfig
+        self.namespaces: tuple[str | None, ...] = tuple(dict.fromkeys(namespaces)) or (None,)
+        self.service_selector = service_selector
+        self._on_change = on_change
+        self._backoff = backoff or Backoff()
+        self._watch_timeout = watch_timeout_seconds
+        self._page_size = page_size
+        self._rng = rng or random.Random()
+        self.watchers: list[Watcher] = []
+        self.slice_resource: Resource | None = None
+        self._setup_error = ""
+        self._synced = False
+        self._last_change: float | None = None
+        self._last_attempt: float | None = None
+        # What the watchers hold, indexed for the join.
+        self._services: dict[Key, Object] = {}
+        self._slices_of: dict[Key, dict[Key, Object]] = {}  # service key -> slice key -> slice
+        self._slice_owner: dict[Key, Key] = {}  # slice key -> service key
+        # The mapping, per service key; only dirty keys are mapped again.
+        self._annotations: dict[Key, tuple[Any, AnnotationPolicy]] = {}
+        self._mapped: dict[Key, Mapped] = {}
+        self._position: dict[Key, int] = {}  # index in the served services tuple
+        self._routes: dict[Key, RouteTable] = {}
+        self._notes_of: dict[Key, tuple[str, ...]] = {}
+        self._dirty: set[Key] = set()
+        self._content: KubernetesContent | None = None
+        self._notes: tuple[str, ...] = ()
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    @property
+    def status(self) -> SourceStatus:
+        errors = [self._setup_error] if self._setup_error else []
+        errors += [watcher.last_error for watcher in self.watchers if watcher.last_error]
+        content = self.content() if self._synced else None
+        return SourceStatus(
+            name=SOURCE_NAME,
+            synced=self._synced,
+            last_success=self._last_change,
+            last_attempt=self._last_attempt,
+            errors=(*errors, *self._notes),
+            counts={
+                "services": len(content.services) if content else 0,
+                "endpoints": sum(len(s.endpoints) for s in content.services) if content else 0,
+                "kubernetes_services": len(self._services),
+                "endpoint_slices": len(self._slice_owner),
+                "skipped_services": sum(1 for mapped in self._mapped.values() if mapped.service is None),
+                "relists": sum(watcher.relists for watcher in self.watchers),
+            },
+        )
+
+    def content(self) -> KubernetesContent:
+        """The services and routes as the watched objects describe them now (see the module contract).
+
+        Costs what changed: dirty services are mapped again, and the served tuple is patched in
+        place when no service came or went (sorted again only then).
+        """
+        if self._content is not None and not self._dirty:
+            return self._content
+        previous = self._content or KubernetesContent((), ())
+        membership_changed = routes_changed = notes_changed = False
+        replaced: list[tuple[int, Service]] = []
+        for key in self._dirty:
+            old = self._mapped.get(key)
+            mapped = self._map(key, old)
+            if mapped is None:
+                self._mapped.pop(key, None)
+            else:
+                self._mapped[key] = mapped
+            old_service = old.service if old is not None else None
+            new_service = mapped.service if mapped is not None else None
+            if (old_service is None) != (new_service is None):
+                membership_changed = True
+            elif new_service is not None and new_service is not old_service:
+                replaced.append((self._position[key], new_service))
+            new_route = mapped.route if mapped is not None else None
+            if (old.route if old is not None else None) is not new_route:
+                routes_changed = True
+                if new_route is None:
+                    self._routes.pop(key, None)
+                else:
+                    self._routes[key] = new_route
+            new_notes = mapped.notes if mapped is not None else ()
+            if (old.notes if old is not None else ()) != new_notes:
+                notes_changed = True
+                if new_notes:
+                    self._notes_of[key] = new_notes
+                else:
+                    self._notes_of.pop(key, None)
+        self._dirty.clear()
+        if membership_changed:
+            order = sorted(key for key, mapped in self._mapped.items() if mapped.service is not None)
+            self._position = {key: index for index, key in enumerate(order)}
+            services = tuple(service for key in order if (service := self._mapped[key].service) is not None)
+        elif replaced:
+            patched = list(previous.services)
+            for index, service in replaced:
+                patched[index] = service
+            services = tuple(patched)
+        else:
+            services = previous.services
+        routes = tuple(self._routes[key] for key in sorted(self._routes)) if routes_changed else previous.routes
+        if notes_changed:
+            self._notes = tuple(note for key in sorted(self._notes_of) for note in self._notes_of[key])
+        if services is previous.services and routes is previous.routes and self._content is not None:
+            return self._content
+        self._content = KubernetesContent(services, routes)
+        return self._content
+
+    def _map(self, key: Key, previous: Mapped | None) -> Mapped | None:
+        """Service `key` mapped anew (None when it is gone); unchanged parts keep their old objects."""
+        obj = self._services.get(key)
+        if obj is None:
+            self._annotations.pop(key, None)
+            return None
+        annotations = (obj.get("metadata") or {}).get("annotations")
+        cached = self._annotations.get(key)
+        if cached is None or cached[0] != annotations:
+            cached = self._annotations[key] = (annotations, policy_of(obj))
+        mapped = map_service(obj, (self._slices_of.get(key) or {}).values(), cached[1])
+        if previous is None:
+            return mapped
+        # Unchanged parts (e.g. only a resourceVersion moved) keep the very objects served before.
+        service = previous.service if previous.service == mapped.service else mapped.service
+        route = previous.route if previous.route == mapped.route else mapped.route
+        return Mapped(service, route, mapped.notes)
+
+    async def run(self) -> None:
+        """Connect (retrying with backoff until the API server answers), then watch forever."""
+        attempt = 0
+        owned: ApiClient | None = None
+        while True:
+            self._last_attempt = time.time()
+            try:
+                if self._client is None:
+                    self._client = owned = ApiClient(await load_configuration(self._kubeconfig))
+                client = self._client
+                self.slice_resource = await endpoint_slice_resource(client)
+                self._setup_error = ""
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # configuration or discovery failed: say so, retry
+                self._setup_error = f"cannot start watching Kubernetes: {type(error).__name__}: {error}"
+                attempt += 1
+                delay = self._backoff.delay(attempt, self._rng)
+                log.warning("%s; retrying in %.2f s", self._setup_error, delay)
+                await asyncio.sleep(delay)
+        self.watchers = self._make_watchers(client, self.slice_resource)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for watcher in self.watchers:
+                    group.create_task(watcher.run())
+        finally:
+            if owned is not None:
+                self._client = None
+                with contextlib.suppress(Exception):
+                    await owned.close()
+
+    def _make_watchers(self, client: ApiClient, slices: Resource) -> list[Watcher]:
+        common: dict[str, Any] = {
+            "backoff": self._backoff,
+            "timeout_seconds": self._watch_timeout,
+            "page_size": self._page_size,
+            "rng": self._rng,
+        }
+        watchers = []
+        for namespace in self.namespaces:
+            watchers.append(
+                Watcher(
+                    client,
+                    SERVICES,
+                    namespace=namespace,
+                    label_selector=self.service_selector,
+                    on_change=self._on_services,
+                    **common,
+                )
+            )
+            watchers.append(Watcher(client, slices, namespace=namespace, on_change=self._on_slices, **common))
+        return watchers
+
+    def _on_services(self, changes: list[Change]) -> None:
+        for old, new in changes:
+            key = _key(new if new is not None else old)
+            if new is None:
+                self._services.pop(key, None)
+            else:
+                self._services[key] = new
+            self._dirty.add(key)
+        self._changed(bool(changes))
+
+    def _on_slices(self, changes: list[Change]) -> None:
+        for old, new in changes:
+            slice_key = _key(new if new is not None else old)
+            owner = self._slice_owner.pop(slice_key, None)
+            if owner is not None:
+                self._slices_of[owner].pop(slice_key, None)
+                if not self._slices_of[owner]:
+                    del self._slices_of[owner]
+                self._dirty.add(owner)
+            if new is not None and (service := service_key_of_slice(new)) is not None:
+                self._slice_owner[slice_key] = service
+                self._slices_of.setdefault(service, {})[slice_key] = new
+                self._dirty.add(service)
+        self._changed(bool(changes))
+
+    def _changed(self, anything: bool) -> None:
+        """After a batch: tell the pipeline, unless nothing changed (a relist that found it all
+        as it was) or some watcher has not yet completed its first list."""
+        if anything:
+            self._last_change = time.time()
+        elif self._synced:
+            return
+        if not self._synced:
+            if not self.watchers or not all(watcher.synced for watcher in self.watchers):
+                return
+            self._synced = True
+            self._last_change = time.time()
+            log.info("Kubernetes synced: %d services, %d endpoint slices", len(self._services), len(self._slice_owner))
+        self._on_change()
+
+
+def _key(obj: Object | None) -> Key:
+    assert obj is not None
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))

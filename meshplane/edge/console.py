@@ -1,0 +1,84 @@
+"""`meshplane devices …`: the edge registry from a terminal, through its JSON mirror.
+
+    meshplane devices list [--site S] [--class C] [--label k=v]…   (operator token)
+    meshplane devices get DEVICE_ID
+    meshplane devices hash-token < token                          (prints a tokens-file line)
+
+The token comes from `--token` or `MESHPLANE_REGISTRY_TOKEN`; the registry from `--registry`
+(default http://127.0.0.1:18002). Imports nothing heavy until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, TextIO
+
+
+def add_devices_command(commands: Any) -> None:
+    devices = commands.add_parser("devices", help="list and inspect edge device registrations")
+    devices.add_argument(
+        "--registry",
+        default=os.environ.get("MESHPLANE_REGISTRY_URL", "http://127.0.0.1:18002"),
+        help="the registry's JSON mirror [%(default)s]",
+    )
+    devices.add_argument("--token", default=None, help="bearer token [MESHPLANE_REGISTRY_TOKEN]")
+    devices.add_argument("--output", "-o", default="table", choices=["table", "json"])
+    actions = devices.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="registered devices (an operator token)")
+    listing.add_argument("--site", default="")
+    listing.add_argument("--class", dest="device_class", default="")
+    listing.add_argument("--label", action="append", default=[], help="key=value; repeatable")
+    get = actions.add_parser("get", help="one device")
+    get.add_argument("device_id")
+    actions.add_parser("hash-token", help="read a token on stdin, print its tokens-file sha256 line")
+
+
+def devices_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up per call: tests and callers may have replaced it
+    if args.action == "hash-token":
+        token = sys.stdin.read().strip()
+        if not token:
+            print("meshplane devices hash-token: no token on stdin", file=sys.stderr)
+            return 2
+        print(f"  - sha256: {hashlib.sha256(token.encode()).hexdigest()}", file=out)
+        return 0
+    token = args.token or os.environ.get("MESHPLANE_REGISTRY_TOKEN", "")
+    if args.action == "list":
+        query = [("site", args.site), ("device_class", args.device_class)] + [("label", x) for x in args.label]
+        path = "/v1/devices?" + urllib.parse.urlencode([(k, v) for k, v in query if v])
+    else:
+        path = "/v1/devices/" + urllib.parse.quote(args.device_id, safe="")
+    request = urllib.request.Request(args.registry.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            detail = json.loads(error.read()).get("message", "")
+        except ValueError:
+            detail = ""
+        print(f"meshplane devices: {error.code} {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as error:
+        print(f"meshplane devices: cannot reach {args.registry}: {error}", file=sys.stderr)
+        return 1
+    devices = answer.get("devices", []) if args.action == "list" else [answer]
+    if args.output == "json":
+        print(json.dumps(answer, indent=2), file=out)
+        return 0
+    print(f"{'DEVICE':<24} {'CLASS':<14} {'SITE':<16} {'VERSION':<12} {'EXPIRES':<24} ENDPOINTS", file=out)
+    for device in devices:
+        endpoints = ",".join(f"{e.get('address')}:{e.get('port')}" for e in device.get("endpoints", []))
+        print(
+            f"{device.get('device_id', ''):<24} {device.get('device_class', ''):<14} {device.get('site', ''):<16} "
+            f"{device.get('version', ''):<12} {device.get('expires_at', ''):<24} {endpoints}",
+            file=out,
+        )
+    return 0

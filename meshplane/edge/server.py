@@ -1,0 +1,136 @@
+"""The edge registry as one running part of a control plane: store, registry, gRPC and JSON servers.
+
+The composition root (`meshplane.app`) creates an `EdgeRegistryServer` when `--registry-db` is
+given, hands it the sites (from the policy files) and a change callback, starts it, runs
+`run()` in its task group, and merges `devices_for(mesh)` into every mesh it publishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from meshplane.discovery.edge.auth import TokenAuthenticator
+from meshplane.discovery.edge.registry import EdgeRegistry, LeaseSettings
+from meshplane.discovery.edge.store import MemoryStore, RegistrationStore, SqliteStore
+from meshplane.discovery.source_status import SourceStatus
+from meshplane.edge.api import RegistryCalls, authenticator, create_registry_server, tls_credentials
+from meshplane.edge.http import registry_http_app
+from meshplane.model import Device, Mesh, Site
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    """`db`: the SQLite file (`:memory:` keeps nothing across restarts). `tokens`: the hashed tokens
+    file. With `tls_certificate` and `tls_key` the gRPC registry serves TLS; with `client_ca` too,
+    devices may authenticate by client certificate instead of a token."""
+
+    db: str
+    address: str = "0.0.0.0:18001"
+    http_address: str = "0.0.0.0:18002"
+    tokens: Path | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    leases: LeaseSettings = dataclasses.field(default_factory=LeaseSettings)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {address!r} must be host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class EdgeRegistryServer:
+    def __init__(
+        self, settings: EdgeSettings, sites: Callable[[], Mapping[str, Site] | None], on_change: Callable[[], None]
+    ) -> None:
+        self.settings = settings
+        store: RegistrationStore = MemoryStore() if settings.db == ":memory:" else SqliteStore(Path(settings.db))
+        self.registry = EdgeRegistry(store, sites, leases=settings.leases, on_change=on_change)
+        self.tokens = TokenAuthenticator.from_file(settings.tokens) if settings.tokens else TokenAuthenticator()
+        self.port = 0
+        self.http_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._checked_sites: tuple[Site, ...] | None = None
+        self._verdicts: dict[str, tuple[Device, bool]] = {}
+
+    @property
+    def status(self) -> SourceStatus:
+        return self.registry.status
+
+    def devices_for(self, mesh: Mesh) -> tuple[Device, ...]:
+        """The live devices the mesh's sites still allow (a policy change may have removed a site or
+        narrowed its ranges since they registered); the others are left out, with a log line."""
+        if mesh.sites != self._checked_sites:
+            self._checked_sites, self._verdicts = mesh.sites, {}
+        sites = {site.id: site for site in mesh.sites}
+        verdicts: dict[str, tuple[Device, bool]] = {}
+        kept = []
+        for device in self.registry.devices():
+            # Checking is the costly part of a rebuild at 100k devices; a device object is checked
+            # once per set of sites (the registry keeps the same object until it re-registers).
+            known = self._verdicts.get(device.id)
+            if known is not None and known[0] is device:
+                allowed = known[1]
+            else:
+                problems = device.problems(sites)
+                if problems:
+                    log.warning("edge device left out of config: %s", "; ".join(problems))
+                allowed = not problems
+            verdicts[device.id] = (device, allowed)
+            if allowed:
+                kept.append(device)
+        self._verdicts = verdicts
+        return tuple(kept)
+
+    async def start(self) -> None:
+        await self.registry.load()
+        settings = self.settings
+        credentials = None
+        certificates = False
+        if settings.tls_certificate is not None and settings.tls_key is not None:
+            client_ca = settings.client_ca.read_bytes() if settings.client_ca else None
+            credentials = tls_credentials(
+                settings.tls_certificate.read_bytes(), settings.tls_key.read_bytes(), client_ca
+            )
+            certificates = client_ca is not None
+        authenticate = authenticator(self.tokens, certificates=certificates)
+        calls = RegistryCalls(self.registry)
+        self._grpc, self.port = create_registry_server(calls, authenticate, settings.address, credentials=credentials)
+        await self._grpc.start()
+        self._http = web.AppRunner(registry_http_app(calls, authenticate), access_log=None)
+        await self._http.setup()
+        host, port = split_address(settings.http_address)
+        await web.TCPSite(self._http, host, port).start()
+        self.http_port = self._http.addresses[0][1]
+        log.info(
+            "edge registry: gRPC on port %d, JSON on port %d, %d devices, %d tokens",
+            self.port,
+            self.http_port,
+            len(self.registry),
+            len(self.tokens),
+        )
+
+    async def run(self) -> None:
+        await self.registry.run()
+
+    async def shutdown(self, grace: float) -> None:
+        self.registry.end_watches()  # else open Watch streams hold both servers' shutdown
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        await self.registry.close()

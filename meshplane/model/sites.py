@@ -1,0 +1,83 @@
+"""Edge sites: places outside the cloud (a gym, a store, a home region) whose devices reach the
+cloud through the site's edge gateways.
+
+Owns the shape of a site (id, locality, gateway addresses, the address ranges its devices may
+register) and its validation. Sites come from the policy files: only an operator declares where
+devices may live and which addresses a proxy may be sent to. Must not do I/O or know Envoy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from meshplane.model.services import Locality
+
+_SITE_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+MAX_GATEWAYS = 16
+MAX_RANGES = 64
+
+
+def is_site_id(value: str) -> bool:
+    return bool(_SITE_ID.match(value))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class GatewayAddress:
+    """Where devices of a site reach its edge gateway's device listener (an IP address and port)."""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One edge site. `device_ranges` are CIDRs; a device registering here must have every address
+    inside one of them (and never in loopback, link-local or metadata ranges, whatever they say)."""
+
+    id: str
+    region: str
+    zone: str = ""
+    gateways: tuple[GatewayAddress, ...] = ()
+    device_ranges: tuple[str, ...] = ()
+    origin: str = ""
+
+    @property
+    def locality(self) -> Locality:
+        return Locality(self.region, self.zone, self.id)
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The device ranges as networks (a validated site's all parse)."""
+        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.device_ranges)
+
+    def problems(self) -> list[str]:
+        where = f"site {self.id}" + (f" ({self.origin})" if self.origin else "")
+        found = []
+        if not is_site_id(self.id):
+            found.append(f"{where}: id must be a lowercase RFC 1123 label")
+        if not self.region:
+            found.append(f"{where}: region is required")
+        if len(self.gateways) > MAX_GATEWAYS:
+            found.append(f"{where}: at most {MAX_GATEWAYS} gateways")
+        for gateway in self.gateways:
+            try:
+                ipaddress.ip_address(gateway.address)
+            except ValueError:
+                found.append(f"{where}: gateway address {gateway.address!r} is not an IP address")
+            if not 1 <= gateway.port <= 65535:
+                found.append(f"{where}: gateway port {gateway.port} is out of range 1-65535")
+        if len(self.device_ranges) > MAX_RANGES:
+            found.append(f"{where}: at most {MAX_RANGES} device ranges")
+        for cidr in self.device_ranges:
+            try:
+                network = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                found.append(f"{where}: device range {cidr!r} is not a CIDR")
+                continue
+            if network.prefixlen == 0:
+                found.append(f"{where}: device range {cidr!r} allows every address; name the site's networks")
+        return found

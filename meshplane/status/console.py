@@ -1,0 +1,225 @@
+"""`meshplane status`, `meshplane status sources` and `meshplane config`: the status endpoint in a terminal.
+
+Reads a running control plane's `/status` and `/config` over HTTP (the standard library's client:
+nothing to set up) and prints a table, like `istioctl proxy-status`: one row a proxy, one column
+a type, each cell SYNCED, STALE, NACKED or NOT SENT. With `rich` tables where stdout is a terminal,
+plain aligned text otherwise (pipes, files, `watch`); `--output json` prints the JSON as served.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+DEFAULT_SERVER = "http://127.0.0.1:9900"
+_STATE_STYLES = {"SYNCED": "green", "STALE": "yellow", "NACKED": "bold red", "NOT SENT": "dim"}
+
+
+class ConsoleError(Exception):
+    """The status endpoint could not be read; the message says why."""
+
+
+def fetch_json(server: str, path: str, params: Mapping[str, str] | None = None, token: str | None = None) -> Any:
+    query = urllib.parse.urlencode({key: value for key, value in (params or {}).items() if value is not None})
+    url = server.rstrip("/") + path + (f"?{query}" if query else "")
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as error:
+        try:
+            reason = json.load(error).get("error", error.reason)
+        except (ValueError, AttributeError):
+            reason = error.reason
+        raise ConsoleError(f"{url}: {error.code} {reason}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConsoleError(f"cannot reach the status endpoint at {server}: {reason}") from None
+
+
+def _age(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "never"
+    seconds = max(0.0, now - timestamp)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def proxy_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The proxy table: headers and one row a proxy, from a `/status` document."""
+    proxies = document.get("proxies", [])
+    types = list(proxies[0]["types"]) if proxies else ["CDS", "EDS", "LDS", "RDS", "SDS"]
+    now = float(document.get("generated_at") or time.time())
+    headers = ["NAME", "ROLE", "SITE", *types, "KIND", "CONNECTED"]
+    rows = []
+    for proxy in proxies:
+        states = [proxy["types"].get(type_name, {}).get("state", "NOT SENT") for type_name in types]
+        rows.append(
+            [
+                proxy["node"],
+                proxy["role"],
+                proxy.get("site") or "-",
+                *states,
+                proxy["kind"],
+                _age(proxy.get("connected_at"), now),
+            ]
+        )
+    return headers, rows
+
+
+def nack_lines(document: Mapping[str, Any]) -> list[str]:
+    """One line per proxy type whose last answer was a NACK: node, type, rejected version, Envoy's message."""
+    lines = []
+    for proxy in document.get("proxies", []):
+        for type_name, entry in proxy["types"].items():
+            nack = entry.get("last_nack")
+            if entry.get("state") == "NACKED" and nack:
+                message = " ".join(str(nack["message"]).split())
+                lines.append(f"{proxy['node']} {type_name} NACKED version {nack['version']}: {message}")
+    return lines
+
+
+def source_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    now = float(document.get("generated_at") or time.time())
+    headers = ["SOURCE", "SYNCED", "LAST SYNC", "OBJECTS", "ERRORS"]
+    rows = []
+    for source in document.get("sources", []):
+        counts = ", ".join(f"{key} {value}" for key, value in (source.get("counts") or {}).items())
+        rows.append(
+            [
+                str(source.get("name")),
+                "yes" if source.get("synced") else "NO",
+                _age(source.get("last_success"), now),
+                counts or "-",
+                str(len(source.get("errors") or [])),
+            ]
+        )
+    return headers, rows
+
+
+def source_error_lines(document: Mapping[str, Any]) -> list[str]:
+    return [f"{source.get('name')}: {error}" for source in document.get("sources", []) for error in source["errors"]]
+
+
+def config_rows(dump: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    headers = ["TYPE", "VERSION", "STATE", "RESOURCES"]
+    rows = []
+    for type_name, entry in dump.get("types", {}).items():
+        names = [resource["name"] for resource in entry.get("resources", [])]
+        shown = ", ".join(names[:6]) + (f" … (+{len(names) - 6})" if len(names) > 6 else "")
+        rows.append([type_name, entry.get("version") or "-", entry.get("state", "-"), f"{len(names)}: {shown}"])
+    return headers, rows
+
+
+def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)]) + "\n"
+
+
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO, *, rich: bool, title: str | None = None
+) -> None:
+    if not rich:
+        out.write(plain_table(headers, rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    # For a person at a terminal: type columns where nothing was sent to anyone are left out, and
+    # states are never cut ("NOT SENT" must read as such); names fold rather than vanish.
+    states = {i for i in range(len(headers)) if rows and all(row[i] in _STATE_STYLES for row in rows)}
+    shown = [i for i in range(len(headers)) if not (i in states and all(row[i] == "NOT SENT" for row in rows))]
+    table = Table(title=title, header_style="bold", box=None, pad_edge=False, collapse_padding=True)
+    for index in shown:
+        if index in states:
+            table.add_column(headers[index], no_wrap=True, min_width=max(len(headers[index]), 8))
+        else:
+            table.add_column(headers[index], overflow="fold", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*(Text(str(row[i]), style=_STATE_STYLES.get(str(row[i]), "")) for i in shown))
+    Console(file=out).print(table)
+
+
+def _write(out: TextIO, lines: Sequence[str], heading: str) -> None:
+    if lines:
+        out.write(f"\n{heading}\n")
+        for line in lines:
+            out.write(f"  {line}\n")
+
+
+def status_command(
+    server: str,
+    *,
+    role: str | None = None,
+    site: str | None = None,
+    stale: bool = False,
+    output: str = "table",
+    out: TextIO = sys.stdout,
+) -> int:
+    params = {"role": role, "site": site, "out_of_sync": "true" if stale else None}
+    document = fetch_json(server, "/status", {k: v for k, v in params.items() if v is not None})
+    if output == "json":
+        json.dump(document, out, indent=2)
+        out.write("\n")
+        return 0
+    headers, rows = proxy_rows(document)
+    if not rows:
+        out.write("no proxy matches\n" if any(params.values()) else "no proxy connected\n")
+    else:
+        print_table(headers, rows, out, rich=out.isatty())
+    _write(out, nack_lines(document), "NACKs:")
+    if not document.get("ready", True):
+        _write(out, document.get("not_ready_reasons", []), "Not ready:")
+    return 0
+
+
+def sources_command(server: str, *, output: str = "table", out: TextIO = sys.stdout) -> int:
+    document = fetch_json(server, "/status")
+    if output == "json":
+        json.dump(document.get("sources", []), out, indent=2)
+        out.write("\n")
+        return 0
+    headers, rows = source_rows(document)
+    print_table(headers, rows, out, rich=out.isatty())
+    _write(out, source_error_lines(document), "Errors:")
+    return 0
+
+
+def config_command(
+    server: str,
+    node: str | None,
+    group: Mapping[str, str],
+    *,
+    token: str | None = None,
+    output: str = "table",
+    out: TextIO = sys.stdout,
+) -> int:
+    params = {"node": node} if node else dict(group)
+    dump = fetch_json(server, "/config", params, token)
+    if output == "json":
+        json.dump(dump, out, indent=2)
+        out.write("\n")
+        return 0
+    what = f"node {node}: last sent" if node else f"group {dump.get('group')}: current"
+    out.write(f"{what}\n")
+    headers, rows = config_rows(dump)
+    print_table(headers, rows, out, rich=out.isatty())
+    if dump.get("withheld"):
+        out.write(f"\nwithheld without the admin token: {', '.join(dump['withheld'])}\n")
+    return 0

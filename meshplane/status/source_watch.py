@@ -1,0 +1,60 @@
+"""Turns changes in the sources' status into log lines and counters.
+
+Sources report their state when asked (`SourceStatus`); operators need an event when something
+goes wrong. `SourceWatch.check()` compares each source's status with the last one seen and logs
+one line per new error (with the source's name and the error; `event: source_error`), and one
+when a source loses or regains its sync; it counts errors per source for the metrics. Reads the
+sources through a callable and never changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from meshplane.logs import redact_secrets
+
+log = logging.getLogger(__name__)
+
+
+class SourceWatch:
+    """Logs and counts source errors. Run `run()` as a task (ends only when cancelled), or call `check()`."""
+
+    def __init__(self, sources: Callable[[], Sequence[Mapping[str, Any]]], interval: float = 0.5) -> None:
+        self._sources = sources
+        self.interval = interval
+        self._errors: dict[str, frozenset[str]] = {}
+        self._synced: dict[str, bool] = {}
+        self.error_counts: Counter[str] = Counter()
+
+    def check(self) -> None:
+        for source in self._sources():
+            name = str(source.get("name"))
+            errors = tuple(redact_secrets(str(error)) for error in source.get("errors", ()))
+            seen = self._errors.get(name, frozenset())
+            for error in errors:
+                if error not in seen:
+                    self.error_counts[name] += 1
+                    log.warning(
+                        "source %s: %s",
+                        name,
+                        error,
+                        extra={"event": "source_error", "source": name, "error": error},
+                    )
+            if seen and not errors:
+                log.info("source %s: errors cleared", name, extra={"event": "source_recovered", "source": name})
+            self._errors[name] = frozenset(errors)
+            synced = bool(source.get("synced"))
+            if self._synced.get(name) and not synced:
+                log.warning("source %s lost its sync", name, extra={"event": "source_unsynced", "source": name})
+            elif name in self._synced and synced and not self._synced[name]:
+                log.info("source %s synced", name, extra={"event": "source_synced", "source": name})
+            self._synced[name] = synced
+
+    async def run(self) -> None:
+        while True:
+            self.check()
+            await asyncio.sleep(self.interval)

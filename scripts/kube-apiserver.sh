@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds a real kube-apiserver (1.20, from Debian bookworm's `kubernetes` source package) for the
+# Kubernetes discovery tests, and caches it under ~/.cache/. Debian ships no kube-apiserver binary, but
+# the source package carries the full tree with vendor/, which builds in GOPATH mode.
+#
+# The deb-src line goes into a private apt configuration (the mirror this machine already uses), so the
+# system's apt sources are never changed. Go 1.19, rsync (needed by `make gen_openapi`) and etcd-server
+# are installed with apt-get when missing.
+#
+# Usage: kube-apiserver.sh   -> prints the folder holding bin/kube-apiserver (etcd is /usr/bin/etcd)
+set -euo pipefail
+cache=${MESHPLANE_KUBE_APISERVER_CACHE:-$HOME/.cache/meshplane/kube-apiserver}
+if [[ -x $cache/bin/kube-apiserver ]]; then echo "$cache"; exit 0; fi
+exec 9>"${cache%/*}/.kube-apiserver.lock" 2>/dev/null || { mkdir -p "${cache%/*}"; exec 9>"${cache%/*}/.kube-apiserver.lock"; }
+flock 9  # two test workers or two shells never build at once
+if [[ -x $cache/bin/kube-apiserver ]]; then echo "$cache"; exit 0; fi
+mkdir -p "$cache"/{apt/lists/partial,apt/cache/archives/partial,src,bin}
+
+need=()
+[[ -x /usr/lib/go-1.19/bin/go ]] || need+=(golang-1.19-go)
+command -v rsync >/dev/null || need+=(rsync)
+command -v etcd >/dev/null || need+=(etcd-server)
+if ((${#need[@]})); then
+  as_root=(); [[ $(id -u) == 0 ]] || as_root=(sudo)
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y --no-install-recommends "${need[@]}" >&2 ||
+    { "${as_root[@]}" apt-get -o DPkg::Lock::Timeout=900 update >&2 && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y --no-install-recommends "${need[@]}" >&2; }
+fi
+
+if [[ ! -d $cache/src/tree ]]; then
+  mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n1)
+  [[ -n $mirror ]] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+  [[ -n $mirror ]] || { echo "kube-apiserver.sh: no Debian mirror configured on this machine" >&2; exit 1; }
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bookworm main" >"$cache/apt/sources.list"
+  apt_opts=(-o "Dir::Etc::SourceList=$cache/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$cache/apt/lists" -o "Dir::Cache=$cache/apt/cache"
+    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null -o APT::Get::List-Cleanup=0)
+  apt-get "${apt_opts[@]}" update >&2
+  rm -rf "$cache/src" && mkdir -p "$cache/src"
+  (cd "$cache/src" && apt-get "${apt_opts[@]}" source kubernetes >&2)
+  dir=$(find "$cache/src" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -n1)
+  [[ -n $dir ]] || { echo "kube-apiserver.sh: apt-get source kubernetes unpacked nothing" >&2; exit 1; }
+  # GOPATH mode wants the tree at $GOPATH/src/k8s.io/kubernetes.
+  mkdir -p "$cache/src/gopath/src/k8s.io" && mv "$dir" "$cache/src/gopath/src/k8s.io/kubernetes"
+  ln -sfn gopath/src/k8s.io/kubernetes "$cache/src/tree"
+fi
+
+export GOROOT=/usr/lib/go-1.19 GO111MODULE=off GOPROXY=off GOTOOLCHAIN=local GOFLAGS=
+export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$cache/src/gopath GOCACHE=$cache/gocache
+cd "$cache/src/gopath/src/k8s.io/kubernetes"
+# gen_openapi writes pkg/generated/openapi/zz_generated.openapi.go, which kube-apiserver imports.
+make gen_openapi >&2
+go build -o "$cache/bin/kube-apiserver.tmp" ./cmd/kube-apiserver >&2
+mv "$cache/bin/kube-apiserver.tmp" "$cache/bin/kube-apiserver"
+rm -rf "$cache/gocache"  # 1 GB of build cache; the binary is what is kept
+echo "$cache"

@@ -1,0 +1,171 @@
+"""A real kube-apiserver (1.20, built by scripts/kube-apiserver.sh) on a real etcd, on 127.0.0.1.
+
+Started once per test module. Authentication by static tokens (`--token-auth-file`): `admin` is in
+system:masters; `meshplane` is the ServiceAccount meshplane/meshplane by name, so the RBAC
+binding in deploy/kubernetes/rbac.yaml applies to it exactly as in a cluster. `--watch-cache=false`
+and a short `--etcd-compaction-interval` make a real 410 Gone; a second API server on the same
+etcd keeps its watch cache, which is what sends BOOKMARK events in 1.20.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes_asyncio.client import ApiClient, Configuration
+
+from tests.k8s.fake_apiserver import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "scripts" / "kube-apiserver.sh"
+CACHE = Path(os.environ.get("MESHPLANE_KUBE_APISERVER_CACHE", Path.home() / ".cache/meshplane/kube-apiserver"))
+ADMIN_TOKEN = "admin-token"
+MESHPLANE_TOKEN = "meshplane-token"
+MESHPLANE_USER = "system:serviceaccount:meshplane:meshplane"
+
+
+def binaries() -> tuple[Path, Path] | None:
+    apiserver = CACHE / "bin" / "kube-apiserver"
+    etcd = shutil.which("etcd")
+    return (apiserver, Path(etcd)) if apiserver.exists() and etcd else None
+
+
+@dataclass
+class RealApiServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, token: str = ADMIN_TOKEN) -> ApiClient:
+        configuration = Configuration(
+            host=self.url, api_key={"BearerToken": token}, api_key_prefix={"BearerToken": "Bearer"}
+        )
+        configuration.verify_ssl = False  # the server's certificate is self-signed, made at start-up
+        return ApiClient(configuration)
+
+    def kubeconfig(self, path: Path, token: str) -> Path:
+        path.write_text(
+            f"""apiVersion: v1
+kind: Config
+clusters: [{{name: real, cluster: {{server: "{self.url}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: user, user: {{token: {token}}}}}]
+contexts: [{{name: real, context: {{cluster: real, user: user}}}}]
+current-context: real
+"""
+        )
+        return path
+
+
+@dataclass
+class Cluster:
+    """etcd and two API servers: `uncached` (--watch-cache=false) and `cached`."""
+
+    workdir: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    uncached: RealApiServer | None = None
+    cached: RealApiServer | None = None
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def start_cluster(workdir: Path, apiserver: Path, etcd: Path) -> Cluster:
+    cluster = Cluster(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        client_port, peer_port = free_port(), free_port()
+        etcd_log = (workdir / "etcd.log").open("wb")
+        cluster.processes.append(
+            subprocess.Popen(
+                [
+                    str(etcd),
+                    "--data-dir", str(workdir / "etcd"),
+                    "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                    "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
+                ],
+                stdout=etcd_log,
+                stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+        subprocess.run(["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True)
+        (workdir / "tokens.csv").write_text(
+            f'{ADMIN_TOKEN},admin,1,"system:masters"\n'
+            f'{MESHPLANE_TOKEN},{MESHPLANE_USER},2,"system:serviceaccounts,system:serviceaccounts:meshplane"\n'
+        )
+        servers = {}
+        for name, extra in (
+            ("uncached", ["--watch-cache=false", "--etcd-compaction-interval=1s"]),
+            ("cached", ["--watch-cache=true"]),
+        ):
+            port = free_port()
+            log = workdir / f"{name}.log"
+            with log.open("wb") as log_file:
+                process = subprocess.Popen(
+                    [
+                        str(apiserver),
+                        f"--etcd-servers=http://127.0.0.1:{client_port}",
+                        f"--etcd-prefix=/registry-{name}",
+                        "--bind-address=127.0.0.1",
+                        "--advertise-address=127.0.0.1",
+                        f"--secure-port={port}",
+                        "--insecure-port=0",
+                        f"--cert-dir={workdir / name}-certs",
+                        "--authorization-mode=RBAC",
+                        f"--token-auth-file={workdir / 'tokens.csv'}",
+                        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                        f"--service-account-key-file={workdir / 'sa.key'}",
+                        f"--service-account-signing-key-file={workdir / 'sa.key'}",
+                        "--service-cluster-ip-range=10.0.0.0/16",
+                        "--enable-priority-and-fairness=false",
+                        "--profiling=false",
+                        *extra,
+                    ],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            cluster.processes.append(process)
+            servers[name] = RealApiServer(f"https://127.0.0.1:{port}", process, log)
+        for server in servers.values():
+            _wait_ready(server)
+        cluster.uncached, cluster.cached = servers["uncached"], servers["cached"]
+        return cluster
+    except BaseException:
+        cluster.stop()
+        raise
+
+
+def _wait_ready(server: RealApiServer, deadline: float = 90.0) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(f"{server.url}/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    end = time.monotonic() + deadline
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"kube-apiserver exited:\n{server.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(request, timeout=2, context=context) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError(f"kube-apiserver not ready after {deadline} s:\n{server.log.read_text()[-3000:]}")
+        time.sleep(0.1)

@@ -1,0 +1,56 @@
+"""`meshplane serve` flags and MESHPLANE_… variables for Kubernetes discovery reach the settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import meshplane.app
+from meshplane.app import Settings
+from meshplane.cli import main
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    seen: list[Settings] = []
+
+    async def serve(settings: Settings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(meshplane.app, "serve", serve)
+    return seen
+
+
+def test_flags(served: list[Settings]) -> None:
+    argv = ["serve", "--kubernetes", "--kubeconfig", "/k/config", "--namespace", "shop", "--namespace", "billing",
+            "--service-selector", "mesh=on"]  # fmt: skip
+    assert main(argv) == 0
+    (settings,) = served
+    assert settings.kubernetes
+    assert settings.config is None
+    assert settings.kubeconfig == Path("/k/config")
+    assert settings.namespaces == ("shop", "billing")
+    assert settings.service_selector == "mesh=on"
+
+
+def test_environment(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    env: dict[str, Any] = {
+        "MESHPLANE_KUBERNETES": "true",
+        "MESHPLANE_NAMESPACES": "a, b",
+        "MESHPLANE_SERVICE_SELECTOR": "tier!=batch",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve"]) == 0
+    (settings,) = served
+    assert settings.kubernetes
+    assert settings.namespaces == ("a", "b")
+    assert settings.service_selector == "tier!=batch"
+
+
+def test_a_source_is_required(served: list[Settings], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve"]) == 2
+    assert "--kubernetes" in capsys.readouterr().err
+    assert served == []

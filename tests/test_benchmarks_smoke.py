@@ -1,0 +1,55 @@
+"""The benchmarks keep working: every scenario at a tiny size. No timing is asserted, only that
+each scenario ran, every stream synced and every change reached every stream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import scale, translation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_translation_benchmark_takes_the_endpoint_fast_path() -> None:
+    figures = translation.measure(services=20, endpoints=2, repeat=1)
+    assert figures["services"] == 20
+    assert figures["endpoints"] == 40
+    assert {"full_ms", "one_endpoint_ms", "churn_10pct_ms"} <= set(figures)
+
+
+def baseline_tools() -> dict[str, Path]:
+    """The Go baseline and clients; skips when this machine cannot build them (no Debian mirror)."""
+    try:
+        return scale.build_tools()
+    except (OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"go-control-plane baseline not buildable here: {error}")
+
+
+@pytest.mark.timeout(900)  # the first build downloads and compiles the baseline (about a minute)
+def test_every_scenario_runs_at_tiny_size_against_both_servers(tmp_path: Path) -> None:
+    baseline_tools()
+    results = tmp_path / "results.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--quick", "--port", "18690", "--json", str(results)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    rows = json.loads(results.read_text())["rows"]
+    scenarios = ["sync-1", "sync-3", "update-all", "one-endpoint-delta", "churn", "idle-4"]
+    assert [row["scenario"] for row in rows] == scenarios
+    for row in rows:
+        for server in ("meshplane", "go-control-plane"):
+            figures = row[server]
+            assert figures["streams"] > 0, (row["scenario"], server, figures)
+            assert not figures.get("errors"), (row["scenario"], server, figures)
+            if "changes" in figures:
+                assert figures["updates_reaching_all"] == figures["changes"], (row["scenario"], server, figures)
+            if "update_reached" in figures:
+                assert figures["update_reached"] == figures["streams"], (row["scenario"], server, figures)

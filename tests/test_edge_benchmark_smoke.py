@@ -1,0 +1,31 @@
+"""benchmarks/edge_registry.py keeps working: one tiny run, every figure present."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.envoy_harness import REPO
+
+pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
+
+
+def test_edge_registry_benchmark_runs_at_tiny_size() -> None:
+    tiny = ["--sizes", "300", "--sites", "3", "--concurrency", "8", "--heartbeats", "100", "--grpc", "50"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.edge_registry", *tiny, "--routing-runs", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(result.stdout[result.stdout.index("{\n") :])["300"]
+    assert figures["registrations"]["calls"] == 300
+    assert figures["heartbeats"]["calls"] == 100
+    assert figures["grpc_registrations"]["calls"] == 50
+    assert len(figures["registration_to_routing_ms"]["runs"]) == 1

@@ -1,0 +1,231 @@
+"""Edge roles end to end through real Envoy: registry → control plane → Envoy → a device or the cloud.
+
+- An edge-gateway Envoy routes a "cloud" request to a registered local backend standing in for a
+  device, by device id, and stops once the device's lease expires.
+- A device Envoy reaches a cloud service through its site's gateway, and fails over to the
+  direct route when the gateway is gone.
+
+The stand-in device listens on this host's non-loopback address: the registry refuses loopback
+addresses, whatever the site's ranges say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+
+from meshplane.api.edge.v1 import registry_pb2 as pb
+from meshplane.api.edge.v1 import registry_pb2_grpc
+from meshplane.app import ControlPlane, Settings
+from meshplane.discovery.edge.auth import token_digest
+from meshplane.discovery.edge.registry import LeaseSettings
+from meshplane.edge.server import EdgeSettings
+from meshplane.model import forbidden_address_reason
+from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
+from tests.envoy_harness import Backend, Envoy, free_port, start_backend, start_envoy
+
+pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
+
+DEVICE_TOKEN = "edge-e2e-bike-1"
+METADATA = (("authorization", f"Bearer {DEVICE_TOKEN}"),)
+
+
+def site_address() -> str | None:
+    """This host's first IPv4 address a device could have (not loopback, link-local, …)."""
+    candidates: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, contextlib.suppress(OSError):
+        probe.connect(("192.0.2.1", 9))  # no packet is sent; this picks the outgoing address
+        candidates.append(probe.getsockname()[0])
+    with contextlib.suppress(OSError):
+        candidates += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    return next((address for address in candidates if forbidden_address_reason(address) is None), None)
+
+
+@dataclass
+class Edge:
+    policy: Path
+    workdir: Path
+    plane: ControlPlane
+    address: str
+    envoys: list[Envoy] = field(default_factory=list)
+    cleanups: list[web.AppRunner] = field(default_factory=list)
+    backends: list[Backend] = field(default_factory=list)
+
+    def write_policy(self, text: str) -> None:
+        temporary = self.policy / "edge.tmp"
+        temporary.write_text(text)
+        temporary.rename(self.policy / "edge.yaml")
+
+    async def envoy(self, node_id: str, template: str, **metadata: object) -> Envoy:
+        envoy = await start_envoy(
+            self.workdir, self.plane.xds_port, node_id=node_id, template=template, metadata=dict(metadata)
+        )
+        self.envoys.append(envoy)
+        return envoy
+
+
+@pytest.fixture
+async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
+    address = site_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to stand in for a device")
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "edge.yaml").write_text(f"sites:\n  - {{id: gym, region: local, device_ranges: ['{address}/32']}}\n")
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"tokens:\n  - {{sha256: {token_digest(DEVICE_TOKEN)}, device: bike-1}}\n")
+    settings = Settings(
+        config=policy,
+        xds_address="127.0.0.1:0",
+        status_address="127.0.0.1:0",
+        poll_interval=0.2,
+        debounce_quiet=0.02,
+        debounce_max=0.2,
+        shutdown_grace=0.5,
+        edge=EdgeSettings(
+            db=str(tmp_path / "registry.db"),
+            address="127.0.0.1:0",
+            http_address="127.0.0.1:0",
+            tokens=tokens,
+            leases=LeaseSettings(default_ttl=2, min_ttl=1, check_interval=0.2),
+        ),
+    )
+    plane = ControlPlane(settings)
+    await plane.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(plane.run(stop))
+    state = Edge(policy, tmp_path / "envoy", plane, address)
+    try:
+        yield state
+    finally:
+        for envoy in state.envoys:
+            await envoy.stop()
+        stop.set()
+        await task
+        for runner in state.cleanups:
+            await runner.cleanup()
+        for backend in state.backends:
+            await backend.close()
+
+
+async def device_backend(edge: Edge, name: str) -> int:
+    """An HTTP server on the site address answering `<name> <path>`, standing in for a device."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=f"{name} {request.path}\n")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, edge.address, 0).start()
+    edge.cleanups.append(runner)
+    return int(runner.addresses[0][1])
+
+
+async def get(port: int, host: str, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(f"http://127.0.0.1:{port}{path}", headers={"host": host, **(headers or {})}) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_gateway_routes_to_a_registered_device_by_id_until_its_lease_expires(edge: Edge) -> None:
+    device_port = await device_backend(edge, "bike-1")
+    gateway = await edge.envoy("gateway-gym", "edge-gateway.yaml", role="edge-gateway", site="gym")
+    to_devices = gateway.outbound_port + 1
+
+    async def reaches_bike() -> bool:
+        answer = await get(to_devices, "cloud-client", "/workout", {DEVICE_HEADER: "bike-1"})
+        return answer == (200, "bike-1 /workout\n")
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.plane.edge.port}") as channel:  # type: ignore[union-attr]
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        registered = await stub.Register(
+            pb.RegisterRequest(
+                device_id="bike-1",
+                device_class="bike",
+                site="gym",
+                endpoints=[pb.Endpoint(address=edge.address, port=device_port)],
+                ttl_seconds=2,
+            ),
+            metadata=METADATA,
+        )
+        assert registered.ttl_seconds == 2
+
+        # The device keeps its lease while the gateway's Envoy starts (which may take longer than
+        # one TTL on a busy machine), as a live device would.
+        async def heartbeats() -> None:
+            request = pb.HeartbeatRequest(device_id="bike-1", lease_id=registered.lease_id)
+            while True:
+                await stub.Heartbeat(request, metadata=METADATA)
+                await asyncio.sleep(0.5)
+
+        beating = asyncio.create_task(heartbeats())
+        try:
+            await gateway.eventually(reaches_bike, "the gateway routing to bike-1 by its id")
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+    status, _ = await get(to_devices, "cloud-client", "/", {DEVICE_HEADER: "bike-2"})
+    assert status == 404, "an unregistered device is unreachable"
+
+    # The heartbeats stop: the lease runs out, and the gateway stops routing to the device.
+    async def unreachable() -> bool:
+        status, _ = await get(to_devices, "cloud-client", "/workout", {DEVICE_HEADER: "bike-1"})
+        return status == 404
+
+    await gateway.eventually(unreachable, "bike-1 unreachable after its lease expired")
+    assert edge.plane.edge is not None
+    assert edge.plane.edge.registry.get("bike-1") is None
+
+
+async def test_device_reaches_the_cloud_through_its_gateway_and_fails_over_to_direct(edge: Edge) -> None:
+    cloud = await start_backend("cloud")
+    edge.backends.append(cloud)
+    gateway_port = free_port()
+    edge.write_policy(
+        f"""sites:
+  - id: gym
+    region: local
+    gateways: ["127.0.0.1:{gateway_port}"]
+    device_ranges: ["{edge.address}/32"]
+services:
+  - name: api
+    port: 8080
+    endpoints: [{{address: 127.0.0.1, port: {cloud.port}}}]
+"""
+    )
+    gateway = await edge.envoy(
+        "gateway-gym", "edge-gateway.yaml", role="edge-gateway", site="gym", outbound_port=gateway_port
+    )
+    device = await edge.envoy("bike-1", "device.yaml", role="device", site="gym")
+    gateway_requests = f"http.edge_from_devices_{gateway_port}.downstream_rq_completed"
+
+    async def through_gateway() -> bool:
+        status, body = await get(device.outbound_port, "api", "/rides")
+        return status == 200 and body == "cloud /rides\n" and int(await gateway.stat(gateway_requests) or 0) > 0
+
+    await device.eventually(through_gateway, "the device reaching the cloud through its gateway")
+
+    await gateway.stop()
+    edge.envoys.remove(gateway)
+    before = cloud.hits
+
+    async def direct() -> bool:
+        status, body = await get(device.outbound_port, "api", "/rides")
+        return status == 200 and body == "cloud /rides\n"
+
+    await device.eventually(direct, "the device failing over to the cloud directly")
+    assert cloud.hits > before

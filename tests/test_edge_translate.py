@@ -1,0 +1,175 @@
+"""The edge roles' translation, by behaviour: which devices a gateway reaches, the device's
+priority tiers, mobile's CDS + RTDS only, and that sidecar and gRPC output ignore edge content."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import struct_pb2
+
+from meshplane.model import Device, DeviceEndpoint, Mesh, ProxyGroup, ProxyRole, UpstreamTls
+from meshplane.xds.server.nodes import ProtocolError, proxy_group
+from meshplane.xds.translate import translate
+from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
+from meshplane.xds.types import TypeUrl
+from tests.golden.cases import CASES
+from tests.golden.edge_cases import BERLIN, HOMES, MUNICH, fleet
+
+GATEWAY_BERLIN = ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin")
+
+
+def routed_devices(mesh: Mesh, group: ProxyGroup) -> list[str]:
+    [to_devices] = [c for c in translate(mesh, group).resources[TypeUrl.ROUTE] if c.name.startswith("edge_to_devices")]
+    found = []
+    for route in to_devices.virtual_hosts[0].routes:
+        [header] = route.match.headers
+        assert header.name == DEVICE_HEADER
+        found.append(header.string_match.exact)
+    return found
+
+
+def tiers(cluster: Any) -> list[list[str]]:
+    by_priority: dict[int, list[str]] = {}
+    for group in cluster.load_assignment.endpoints:
+        by_priority.setdefault(group.priority, []).extend(
+            f"{e.endpoint.address.socket_address.address}:{e.endpoint.address.socket_address.port_value}"
+            for e in group.lb_endpoints
+        )
+    return [by_priority[p] for p in sorted(by_priority)]
+
+
+def test_a_gateway_reaches_only_live_devices_of_its_own_site() -> None:
+    mesh = fleet()
+    assert routed_devices(mesh, GATEWAY_BERLIN) == ["bike-0001", "tread-0007"]
+    clusters = {c.name for c in translate(mesh, GATEWAY_BERLIN).resources[TypeUrl.CLUSTER]}
+    assert {"device/bike-0001", "device/tread-0007"} <= clusters
+    assert "device/bike-0009" not in clusters, "a device of another site"
+    # An expired lease: the registry leaves the device out of the mesh, so no route is left.
+    expired = dataclasses.replace(mesh, devices=tuple(d for d in mesh.devices if d.id != "bike-0001"))
+    assert routed_devices(expired, GATEWAY_BERLIN) == ["tread-0007"]
+    # A device that moved to Munich is no longer reachable through Berlin's gateway.
+    moved = dataclasses.replace(
+        mesh,
+        devices=tuple(
+            dataclasses.replace(d, site="gym-munich", endpoints=(DeviceEndpoint("10.30.1.5", 8080),))
+            if d.id == "bike-0001"
+            else d
+            for d in mesh.devices
+        ),
+    )
+    assert routed_devices(moved, GATEWAY_BERLIN) == ["tread-0007"]
+    assert routed_devices(moved, dataclasses.replace(GATEWAY_BERLIN, site="gym-munich")) == ["bike-0001", "bike-0009"]
+
+
+def test_a_device_goes_through_its_gateways_then_the_region_then_the_cloud() -> None:
+    resources = translate(fleet(), ProxyGroup(ProxyRole.DEVICE, site="gym-berlin")).resources
+    catalog = next(c for c in resources[TypeUrl.CLUSTER] if c.name == "catalog.fitness:8080")
+    assert catalog.type == cluster_pb2.Cluster.STATIC
+    assert tiers(catalog) == [
+        ["10.20.0.2:15080", "10.20.0.3:15080"],  # Berlin's own gateways
+        ["10.40.0.2:15080", "10.30.0.2:15080"],  # Hamburg's and Munich's, the same region
+        ["10.0.1.10:8080"],  # the cloud directly
+    ]
+    assert resources[TypeUrl.ENDPOINT] == ()
+    names = {c.name for c in resources[TypeUrl.CLUSTER]}
+    assert "telemetry.fitness:5432" not in names, "TCP ports stay in the cloud"
+
+
+def test_a_site_without_gateways_goes_to_the_cloud_directly() -> None:
+    resources = translate(fleet(), ProxyGroup(ProxyRole.DEVICE, site=HOMES.id)).resources
+    telemetry = next(c for c in resources[TypeUrl.CLUSTER] if c.name == "telemetry.fitness:9090")
+    # Ready endpoints only (a terminating one is no target for a new device connection), by locality.
+    assert tiers(telemetry) == [["10.0.2.10:9090", "10.0.2.11:9090"]]
+
+
+def test_device_routes_retry_on_the_next_priority() -> None:
+    [config] = translate(fleet(), ProxyGroup(ProxyRole.DEVICE, site="gym-berlin")).resources[TypeUrl.ROUTE]
+    for vhost in config.virtual_hosts:
+        for route in vhost.routes:
+            policy = route.route.retry_policy
+            assert policy.retry_priority.name == "envoy.retry_priorities.previous_priorities"
+            if route.route.cluster.startswith("telemetry"):  # gRPC: streams live by the caller's deadline
+                assert route.route.timeout.ToNanoseconds() == 0
+                assert not policy.HasField("per_try_timeout")
+            else:
+                assert route.route.timeout.seconds == 30
+
+
+def test_mobile_gets_clusters_and_runtime_only() -> None:
+    resources = translate(fleet(), ProxyGroup(ProxyRole.MOBILE, site=MUNICH.id)).resources
+    present = {type_url for type_url, messages in resources.items() if messages}
+    assert present == {TypeUrl.CLUSTER, TypeUrl.RUNTIME}
+    assert all(c.type == cluster_pb2.Cluster.STATIC for c in resources[TypeUrl.CLUSTER])
+    [runtime] = resources[TypeUrl.RUNTIME]
+    layer = struct_pb2.Struct()
+    layer.CopyFrom(runtime.layer)
+    assert layer["meshplane.site"] == "gym-munich"
+    assert layer["meshplane.clusters.fitness.catalog.http"] == "catalog.fitness:8080"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_sidecar_and_grpc_output_ignore_edge_content(case: Any) -> None:
+    edge = dataclasses.replace(
+        case.mesh,
+        sites=(BERLIN,),
+        devices=(Device("bike-1", "bike", "gym-berlin", (DeviceEndpoint("10.20.1.5", 80),)),),
+    )
+    for group in case.groups:
+        assert translate(edge, group) == translate(case.mesh, group)
+
+
+@pytest.mark.parametrize(
+    ("device", "problem"),
+    [
+        pytest.param(
+            Device("bike-1", "bike", "gym-paris", (DeviceEndpoint("10.20.1.5", 80),)), "unknown site", id="unknown-site"
+        ),
+        pytest.param(
+            Device("bike-1", "bike", "gym-berlin", (DeviceEndpoint("10.99.1.5", 80),)),
+            "outside the ranges",
+            id="outside",
+        ),
+        pytest.param(
+            Device("bike-1", "bike", "gym-berlin", (DeviceEndpoint("127.0.0.1", 80),)), "loopback", id="loopback"
+        ),
+    ],
+)
+def test_the_model_refuses_devices_a_proxy_must_not_route_to(device: Device, problem: str) -> None:
+    problems = Mesh.of([], sites=[BERLIN], devices=[device]).problems()
+    assert any(problem in text for text in problems), problems
+
+
+def node(role: str, site: str | None) -> base_pb2.Node:
+    metadata = struct_pb2.Struct()
+    metadata.update({"role": role, **({"site": site} if site is not None else {})})
+    return base_pb2.Node(id="n1", metadata=metadata)
+
+
+def test_edge_nodes_name_their_site() -> None:
+    assert proxy_group(node("edge-gateway", "gym-berlin")).site == "gym-berlin"
+    assert proxy_group(node("mobile", "gym-berlin")).role is ProxyRole.MOBILE
+    assert proxy_group(node("sidecar", "gym-berlin")).site == "", "a sidecar's site changes nothing"
+    for bad in (None, "", "Gym Berlin"):
+        with pytest.raises(ProtocolError) as refused:
+            proxy_group(node("device", bad))
+        assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "needs metadata.site" in refused.value.message
+
+
+def test_a_tls_service_is_reached_through_gateways_only() -> None:
+    mesh = fleet()
+    secured = tuple(
+        dataclasses.replace(s, tls=UpstreamTls(trust="cloud-ca")) if s.name == "catalog" else s for s in mesh.services
+    )
+    translation = translate(
+        dataclasses.replace(mesh, services=secured), ProxyGroup(ProxyRole.DEVICE, site="gym-berlin")
+    )
+    catalog = next(c for c in translation.resources[TypeUrl.CLUSTER] if c.name == "catalog.fitness:8080")
+    assert not catalog.HasField("transport_socket"), "devices get no SDS certificates"
+    assert tiers(catalog) == [["10.20.0.2:15080", "10.20.0.3:15080"], ["10.40.0.2:15080", "10.30.0.2:15080"]]
+    assert any("through gateways only" in warning for warning in translation.warnings)
