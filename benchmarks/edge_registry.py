@@ -30,7 +30,6 @@ from typing import Any
 
 import aiohttp
 import grpc
-from aiohttp import web
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
@@ -42,7 +41,7 @@ from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
 from tests.envoy_harness import start_envoy
-from tests.test_edge_envoy import site_address
+from tests.netns import DeviceHost, make_device_host
 
 CLASS_TOKEN = "bench-bikes"
 BIKES = Principal(PrincipalKind.CLASS, "bike")
@@ -153,7 +152,10 @@ async def grpc_figures(
         await server.shutdown(0.5)
 
 
-async def routing_figures(work: Path, db: Path, tokens: Path, site_count: int, runs: int, address: str) -> list[float]:
+async def routing_figures(
+    work: Path, db: Path, tokens: Path, site_count: int, runs: int, device_host: DeviceHost
+) -> list[float]:
+    address = device_host.address
     policy = work / "policy"
     policy.mkdir(exist_ok=True)
     lines = ["sites:"]
@@ -179,15 +181,9 @@ async def routing_figures(work: Path, db: Path, tokens: Path, site_count: int, r
     stop = asyncio.Event()
     task = asyncio.create_task(plane.run(stop))
 
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(text="device\n")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, address, 0).start()
-    backend_port = runner.addresses[0][1]
+    # The stand-in device runs in its own network namespace (tests/netns.py): the registry refuses
+    # loopback device addresses, and benchmark traffic stays on networks this run made.
+    backend_port = await asyncio.to_thread(device_host.serve, "device")
     gateway = await start_envoy(
         work / "envoy",
         plane.xds_port,
@@ -236,7 +232,6 @@ async def routing_figures(work: Path, db: Path, tokens: Path, site_count: int, r
         await gateway.stop()
         stop.set()
         await task
-        await runner.cleanup()
     return timings
 
 
@@ -257,7 +252,15 @@ async def main() -> None:
     parser.add_argument("--grpc", type=int, default=5000)
     parser.add_argument("--routing-runs", type=int, default=5)
     args = parser.parse_args()
-    address = site_address() or "10.0.0.1"
+    device_host = await asyncio.to_thread(make_device_host)
+    try:
+        await run_sizes(args, device_host)
+    finally:
+        await asyncio.to_thread(device_host.close)
+
+
+async def run_sizes(args: argparse.Namespace, device_host: DeviceHost) -> None:
+    address = device_host.address
     results: dict[str, Any] = {}
     for size in (int(s) for s in args.sizes.split(",")):
         work = Path(tempfile.mkdtemp(prefix="meshplane-edge-bench-"))
@@ -271,7 +274,7 @@ async def main() -> None:
             figures["grpc_registrations"] = await grpc_figures(
                 db, tokens, size, args.sites, args.grpc, args.concurrency, address
             )
-            timings = await routing_figures(work, db, tokens, args.sites, args.routing_runs, address)
+            timings = await routing_figures(work, db, tokens, args.sites, args.routing_runs, device_host)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         figures["registration_to_routing_ms"] = {

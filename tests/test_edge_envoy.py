@@ -5,15 +5,14 @@
 - A device Envoy reaches a cloud service through its site's gateway, and fails over to the
   direct route when the gateway is gone.
 
-The stand-in device listens on this host's non-loopback address: the registry refuses loopback
-addresses, whatever the site's ranges say.
+The registry refuses loopback device addresses whatever the site's ranges say, so the stand-in
+device lives on a network the test makes: a namespace joined by a veth pair (tests/netns.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,9 @@ from meshplane.app import ControlPlane, Settings
 from meshplane.discovery.edge.auth import token_digest
 from meshplane.discovery.edge.registry import LeaseSettings
 from meshplane.edge.server import EdgeSettings
-from meshplane.model import forbidden_address_reason
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
 from tests.envoy_harness import Backend, Envoy, free_port, start_backend, start_envoy
+from tests.netns import DeviceHost, make_device_host, unavailable_reason
 
 pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
 
@@ -39,23 +38,12 @@ DEVICE_TOKEN = "edge-e2e-bike-1"
 METADATA = (("authorization", f"Bearer {DEVICE_TOKEN}"),)
 
 
-def site_address() -> str | None:
-    """This host's first IPv4 address a device could have (not loopback, link-local, …)."""
-    candidates: list[str] = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, contextlib.suppress(OSError):
-        probe.connect(("192.0.2.1", 9))  # no packet is sent; this picks the outgoing address
-        candidates.append(probe.getsockname()[0])
-    with contextlib.suppress(OSError):
-        candidates += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
-    return next((address for address in candidates if forbidden_address_reason(address) is None), None)
-
-
 @dataclass
 class Edge:
     policy: Path
     workdir: Path
     plane: ControlPlane
-    address: str
+    device_host: DeviceHost
     envoys: list[Envoy] = field(default_factory=list)
     cleanups: list[web.AppRunner] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
@@ -75,9 +63,10 @@ class Edge:
 
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
-    address = site_address()
-    if address is None:
-        pytest.skip("this host has no non-loopback IPv4 address to stand in for a device")
+    if (reason := unavailable_reason()) is not None:
+        pytest.skip(f"no network namespace for the stand-in device: {reason}")
+    device_host = await asyncio.to_thread(make_device_host)
+    address = device_host.address
     policy = tmp_path / "policy"
     policy.mkdir()
     (policy / "edge.yaml").write_text(f"sites:\n  - {{id: gym, region: local, device_ranges: ['{address}/32']}}\n")
@@ -103,7 +92,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     await plane.start()
     stop = asyncio.Event()
     task = asyncio.create_task(plane.run(stop))
-    state = Edge(policy, tmp_path / "envoy", plane, address)
+    state = Edge(policy, tmp_path / "envoy", plane, device_host)
     try:
         yield state
     finally:
@@ -115,21 +104,12 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
             await runner.cleanup()
         for backend in state.backends:
             await backend.close()
+        await asyncio.to_thread(device_host.close)
 
 
 async def device_backend(edge: Edge, name: str) -> int:
-    """An HTTP server on the site address answering `<name> <path>`, standing in for a device."""
-
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(text=f"{name} {request.path}\n")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, edge.address, 0).start()
-    edge.cleanups.append(runner)
-    return int(runner.addresses[0][1])
+    """An HTTP server in the device namespace answering `<name> <path>`, standing in for a device."""
+    return await asyncio.to_thread(edge.device_host.serve, name)
 
 
 async def get(port: int, host: str, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -156,7 +136,7 @@ async def test_gateway_routes_to_a_registered_device_by_id_until_its_lease_expir
                 device_id="bike-1",
                 device_class="bike",
                 site="gym",
-                endpoints=[pb.Endpoint(address=edge.address, port=device_port)],
+                endpoints=[pb.Endpoint(address=edge.device_host.address, port=device_port)],
                 ttl_seconds=2,
             ),
             metadata=METADATA,
@@ -200,7 +180,7 @@ async def test_device_reaches_the_cloud_through_its_gateway_and_fails_over_to_di
   - id: gym
     region: local
     gateways: ["127.0.0.1:{gateway_port}"]
-    device_ranges: ["{edge.address}/32"]
+    device_ranges: ["{edge.device_host.address}/32"]
 services:
   - name: api
     port: 8080

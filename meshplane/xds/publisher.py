@@ -154,7 +154,8 @@ class SnapshotPublisher:
         for key in list(self._endpoints):
             if key not in wanted:  # no stream left in that group: rebuilt whole if one comes back
                 del self._endpoints[key]
-                self._by_service.pop(key, None)
+        for key in [key for key in self._by_service if key not in wanted]:
+            del self._by_service[key]
         for base_key in {key for key, _ in wanted}:
             if base_key.role.is_edge:
                 # Edge roles embed endpoints in their clusters (STATIC for devices): no fast path.
