@@ -352,3 +352,28 @@ async def test_registrations_wait_for_the_sites_to_load() -> None:
         await registry.register(BIKE_1, bike())
     assert refused.value.code is ErrorCode.UNAVAILABLE
     assert "not loaded yet" in refused.value.reason
+
+
+async def test_events_are_counted_for_status_and_metrics_and_refusals_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    registry, _ = make_registry(clock=clock)
+    registration = await registry.register(BIKE_1, bike())
+    await registry.register(BIKE_1, bike())  # idempotent re-registration still counts as one request
+    with caplog.at_level("WARNING"), pytest.raises(RegistryError):
+        await registry.register(BIKE_1, bike(address="10.99.0.1"))  # outside the site's ranges
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "bike-1" in refusals[0].getMessage()
+    assert "10.99.0.1" in refusals[0].getMessage()
+    await registry.deregister(BIKE_1, "bike-1", registration.lease_id)
+    await registry.register(BIKES, bike("bike-2"))
+    clock.now += 60
+    assert await registry.expire() == ["bike-2"]
+    assert dict(registry.status.events) == {
+        "registrations": 3,
+        "rejected_registrations": 1,
+        "deregistrations": 1,
+        "lease_expiries": 1,
+    }

@@ -27,6 +27,7 @@ import math
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -144,6 +145,8 @@ class EdgeRegistry:
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        # Counted for /status and /metrics (meshplane_source_events_total{source="edge-registry"}).
+        self.events: Counter[str] = Counter()
         self._sites = sites
         self.leases = leases or LeaseSettings()
         self._clock = clock
@@ -208,6 +211,24 @@ class EdgeRegistry:
     # --- writes ---
 
     async def register(self, principal: Principal, request: RegisterInput) -> Registration:
+        """Registers (or re-registers) a device; a refusal is counted and logged once, with its reason."""
+        try:
+            registration = await self._register(principal, request)
+        except RegistryError as error:
+            self.events["rejected_registrations"] += 1
+            log.warning(
+                "registration of device %s by %s refused (%s): %s",
+                _shown(request.device_id),
+                principal,
+                error.code.value,
+                error.reason,
+                extra={"device_id": request.device_id[:64], "code": error.code.value},
+            )
+            raise
+        self.events["registrations"] += 1
+        return registration
+
+    async def _register(self, principal: Principal, request: RegisterInput) -> Registration:
         device = self._validate(request)
         self._authorize(principal, device.id, device.device_class)
         now = self._clock()
@@ -249,6 +270,7 @@ class EdgeRegistry:
         else:
             current = self._leased(principal, device_id, lease_id)
         await self._store.write([Delete(device_id)])
+        self.events["deregistrations"] += 1
         if self._live.get(device_id) is not None:
             del self._live[device_id]
             self._changed()
@@ -262,6 +284,7 @@ class EdgeRegistry:
             return []
         for row in lapsed:
             del self._live[row.device.id]
+        self.events["lease_expiries"] += len(lapsed)
         self._changed()
         for row in lapsed:
             self._publish(Event(EventKind.EXPIRED, row))
@@ -423,6 +446,7 @@ class EdgeRegistry:
             last_attempt=self._loaded_at,
             errors=(),
             counts={"devices": len(self._live), "sites": len(sites)},
+            events=dict(self.events),
         )
 
 
