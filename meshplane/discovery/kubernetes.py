@@ -28,6 +28,7 @@ from typing import Any
 
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.config import incluster_config
 
 from meshplane.discovery.kubernetes_annotations import AnnotationPolicy, policy_of
 from meshplane.discovery.kubernetes_mapping import Mapped, map_service, service_key_of_slice
@@ -59,9 +60,13 @@ class KubernetesContent:
     routes: tuple[RouteTable, ...]
 
 
-async def load_configuration(kubeconfig: Path | None = None) -> Configuration:
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+async def load_configuration(kubeconfig: Path | None = None, service_account: Path = SERVICE_ACCOUNT) -> Configuration:
     """The client configuration: `kubeconfig` if given, else `$KUBECONFIG` or `~/.kube/config` if
-    present, else the pod's service account (in-cluster). Raises when none works."""
+    present, else the pod's service account (in-cluster: `KUBERNETES_SERVICE_HOST`/`_PORT` and the
+    `token` and `ca.crt` in `service_account`). Raises when none works."""
     configuration = Configuration()
     default = _default_kubeconfig()
     if kubeconfig is not None or default is not None:
@@ -69,7 +74,10 @@ async def load_configuration(kubeconfig: Path | None = None) -> Configuration:
             config_file=str(kubeconfig or default), client_configuration=configuration, persist_config=False
         )
     else:
-        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        loader = incluster_config.InClusterConfigLoader(
+            token_filename=str(service_account / "token"), cert_filename=str(service_account / "ca.crt")
+        )
+        loader.load_and_set(client_configuration=configuration)
     return configuration
 
 
@@ -100,6 +108,7 @@ class KubernetesSource:
         *,
         client: ApiClient | None = None,
         kubeconfig: Path | None = None,
+        service_account: Path = SERVICE_ACCOUNT,
         namespaces: Sequence[str] = (),
         service_selector: str = "",
         on_change: Callable[[], None] = lambda: None,
@@ -110,6 +119,7 @@ class KubernetesSource:
     ) -> None:
         self._client = client
         self._kubeconfig = kubeconfig
+        self._service_account = service_account
         self.namespaces: tuple[str | None, ...] = tuple(dict.fromkeys(namespaces)) or (None,)
         self.service_selector = service_selector
         self._on_change = on_change
@@ -246,7 +256,7 @@ class KubernetesSource:
             self._last_attempt = time.time()
             try:
                 if self._client is None:
-                    self._client = owned = ApiClient(await load_configuration(self._kubeconfig))
+                    self._client = owned = ApiClient(await load_configuration(self._kubeconfig, self._service_account))
                 client = self._client
                 self.slice_resource = await endpoint_slice_resource(client)
                 self._setup_error = ""

@@ -15,10 +15,11 @@ the same for `discovery.k8s.io/v1` and `v1beta1` slices. See docs/kubernetes.md 
   UNHEALTHY: when most hosts of a cluster are unhealthy Envoy enters panic mode and balances over
   all of them, so a not-ready pod would get traffic. A missing `ready`/`serving` means
   ready/serving, as the API documents.
-- locality: the slice's `zone` (v1) or its `topology.kubernetes.io/zone` topology key (v1beta1).
-  Regions need Node labels, and meshplane does not watch Nodes (it would need list/watch on
-  nodes and a watch of every Node in the cluster): v1beta1 slices that carry a region topology
-  key give it, v1 slices leave the region empty.
+- locality: zone from the endpoint's `zone` (v1) or its `topology.kubernetes.io/zone` key
+  (v1beta1); sub-zone from the node the endpoint runs on (`nodeName`, or the v1beta1
+  `kubernetes.io/hostname` key), so Envoy sees one locality per node. Regions would need Node
+  labels, and so list/watch on every Node, which the ClusterRole deliberately does not grant:
+  v1beta1 slices that carry a region topology key give it, v1 slices leave the region empty.
 - dual-stack: a Service's IPv4 and IPv6 slices are both used; every address of an endpoint is one.
 - headless Services (clusterIP None) map like any other: the proxy balances over the pods.
 - ExternalName Services map to a service with `external_name` and no endpoints (a DNS cluster).
@@ -49,6 +50,7 @@ ORIGIN = "kubernetes"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_TOPOLOGY_KEY = "topology.kubernetes.io/zone"
 REGION_TOPOLOGY_KEY = "topology.kubernetes.io/region"
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 _APP_PROTOCOLS = {
     "http": Protocol.HTTP1,
@@ -119,7 +121,8 @@ def health_of(conditions: Object | None) -> EndpointHealth | None:
 def _locality(endpoint: Object) -> Locality:
     topology = endpoint.get("topology") or {}
     zone = endpoint.get("zone") or topology.get(ZONE_TOPOLOGY_KEY) or ""
-    return Locality(region=str(topology.get(REGION_TOPOLOGY_KEY) or ""), zone=str(zone))
+    node = endpoint.get("nodeName") or topology.get(HOSTNAME_TOPOLOGY_KEY) or ""
+    return Locality(region=str(topology.get(REGION_TOPOLOGY_KEY) or ""), zone=str(zone), sub_zone=str(node))
 
 
 def _model_port_name(name: str, number: int) -> str:

@@ -32,7 +32,15 @@ from meshplane.discovery.kubernetes_watching import (
 )
 from tests.k8s import objects as k
 from tests.k8s.conftest import FAST_BACKOFF, wait_for
-from tests.k8s.real_apiserver import MESHPLANE_TOKEN, REPO, Cluster, RealApiServer, binaries, start_cluster
+from tests.k8s.real_apiserver import (
+    ADMIN_TOKEN,
+    MESHPLANE_TOKEN,
+    REPO,
+    Cluster,
+    RealApiServer,
+    binaries,
+    start_cluster,
+)
 
 pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(180)]
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -237,3 +245,33 @@ async def test_rbac_with_the_manifests_cluster_role(admin: ApiClient, uncached: 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await limited.close()
+
+
+async def test_in_cluster_configuration_from_a_service_account(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No kubeconfig anywhere: the source uses the pod's service account (token and CA files, and
+    KUBERNETES_SERVICE_HOST/PORT), verifying the API server's certificate against that CA."""
+    uncached = cluster.uncached
+    assert uncached is not None
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(ADMIN_TOKEN)
+    # The API server made a self-signed certificate at start-up; its file holds the CA as well.
+    (account / "ca.crt").write_bytes((cluster.workdir / "uncached-certs" / "apiserver.crt").read_bytes())
+    host, port = uncached.url.removeprefix("https://").rsplit(":", 1)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    admin = uncached.client()
+    ns = await namespace(admin, "incluster")
+    await create(admin, f"/api/v1/namespaces/{ns}/services", kube_service("web", ns))
+    await admin.close()
+    source = KubernetesSource(service_account=account, namespaces=[ns], backoff=FAST_BACKOFF)
+    task = asyncio.create_task(source.run())
+    try:
+        await wait_for(lambda: source.synced and [s.name for s in source.content().services] == ["web"])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -139,6 +139,24 @@ def test_v1beta1_topology_gives_zone_and_region() -> None:
     assert mapped.service.endpoints[0].locality == Locality("eu", "eu-a")
 
 
+def test_node_of_an_endpoint_is_its_sub_zone() -> None:
+    v1 = k.endpoint_slice("w1", "web", endpoints=[k.endpoint("10.0.0.1", zone="z1", node="node-7")])
+    beta = k.endpoint_slice("w2", "web", api_version="discovery.k8s.io/v1beta1")
+    beta["endpoints"] = [
+        {
+            "addresses": ["10.0.0.2"],
+            "conditions": {"ready": True},
+            "topology": {"topology.kubernetes.io/zone": "z2", "kubernetes.io/hostname": "node-9"},
+        }
+    ]
+    mapped = map_service(k.service("web"), [v1, beta])
+    assert mapped.service is not None
+    assert [e.locality for e in mapped.service.endpoints] == [
+        Locality("", "z1", "node-7"),
+        Locality("", "z2", "node-9"),
+    ]
+
+
 def test_headless_service_maps_like_any_other() -> None:
     svc = k.service("db", cluster_ip="None")
     mapped = map_service(svc, [k.endpoint_slice("db-1", "db", endpoints=[k.endpoint("10.0.0.9")])])
