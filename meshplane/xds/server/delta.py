@@ -17,7 +17,7 @@ Rules, from the xDS protocol document's "Incremental xDS" section and ../shared/
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -27,7 +27,7 @@ from meshplane.xds import wire
 from meshplane.xds.server.nodes import check_resource_names
 from meshplane.xds.server.stream import Stream
 from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
-from meshplane.xds.types import ADS_ORDER, TypeUrl
+from meshplane.xds.types import TypeUrl
 
 # DeltaDiscoveryResponse field numbers; the resources (field 2) come pre-encoded from the snapshot.
 _SYSTEM_VERSION_INFO = 1
@@ -107,22 +107,18 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             else:
                 self.registry.acked(track, type_url, sent.system_version)
 
-    def due(self, snapshot: Snapshot) -> Iterator[bytes]:
-        order = ADS_ORDER if self.is_ads else (self.fixed_type,)
-        for type_url in order:
-            assert type_url is not None
-            state = self.states.get(type_url)
-            if state is None:
-                continue
-            if self.is_ads and type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE) and self._clusters_unacked():
-                continue
-            updates, removed = self._changes(type_url, state, snapshot)
-            if not updates and not removed and state.answered_first:
-                continue
-            state.answered_first = True
-            if type_url is TypeUrl.CLUSTER:
-                self._resend_endpoints_of(updates)
-            yield self._respond(type_url, state, updates, removed, snapshot)
+    def subscribed_types(self) -> Collection[TypeUrl]:
+        return self.states.keys()
+
+    def response_for(self, type_url: TypeUrl, snapshot: Snapshot) -> bytes | None:
+        state = self.states[type_url]
+        updates, removed = self._changes(type_url, state, snapshot)
+        if not updates and not removed and state.answered_first:
+            return None
+        state.answered_first = True
+        if type_url is TypeUrl.CLUSTER:
+            self._resend_endpoints_of(updates)
+        return self._respond(type_url, state, updates, removed, snapshot)
 
     def _interest(self, state: _TypeState, snapshot_names: Iterable[str]) -> set[str]:
         names = set(state.subscribed)
@@ -177,7 +173,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             if cluster.type == cluster_pb2.Cluster.EDS:
                 endpoints.held.pop(cluster.eds_cluster_config.service_name or cluster.name, None)
 
-    def _clusters_unacked(self) -> bool:
+    def clusters_unacked(self) -> bool:
         clusters = self.states.get(TypeUrl.CLUSTER)
         return clusters is not None and bool(clusters.unacked)
 

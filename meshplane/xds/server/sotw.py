@@ -16,7 +16,7 @@ and ../shared/XDS-PROTOCOL.md:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -25,7 +25,7 @@ from meshplane.xds import wire
 from meshplane.xds.server.nodes import check_resource_names
 from meshplane.xds.server.stream import Stream
 from meshplane.xds.snapshot import Resource, Snapshot, aggregate_version
-from meshplane.xds.types import ADS_ORDER, TypeUrl
+from meshplane.xds.types import TypeUrl
 
 # DiscoveryResponse field numbers; the resources (field 2) come pre-encoded from the snapshot.
 _VERSION_INFO = 1
@@ -96,22 +96,18 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         else:
             state.needs_response = True  # a repeat of an acknowledged nonce: a warming cluster asking again
 
-    def due(self, snapshot: Snapshot) -> Iterator[bytes]:
-        order = ADS_ORDER if self.is_ads else (self.fixed_type,)
-        for type_url in order:
-            assert type_url is not None
-            state = self.states.get(type_url)
-            if state is None:
-                continue
-            if self.is_ads and type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE) and self._clusters_unacked():
-                continue
-            if not state.wildcard and not state.names:
-                continue
-            version, chosen = self._chosen(type_url, state, snapshot)
-            if version == state.nacked_version or (not state.needs_response and version == state.sent_version):
-                state.needs_response = False
-                continue
-            yield self._respond(type_url, state, version, chosen, snapshot)
+    def subscribed_types(self) -> Collection[TypeUrl]:
+        return self.states.keys()
+
+    def response_for(self, type_url: TypeUrl, snapshot: Snapshot) -> bytes | None:
+        state = self.states[type_url]
+        if not state.wildcard and not state.names:
+            return None
+        version, chosen = self._chosen(type_url, state, snapshot)
+        if version == state.nacked_version or (not state.needs_response and version == state.sent_version):
+            state.needs_response = False
+            return None
+        return self._respond(type_url, state, version, chosen, snapshot)
 
     def _chosen(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[str, tuple[Resource, ...]]:
         version, chosen = snapshot.select(type_url, None if state.wildcard else state.names)
@@ -122,7 +118,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
                 version = aggregate_version(chosen)
         return version, chosen
 
-    def _clusters_unacked(self) -> bool:
+    def clusters_unacked(self) -> bool:
         clusters = self.states.get(TypeUrl.CLUSTER)
         return clusters is not None and clusters.sent_nonce != "" and clusters.acked_nonce != clusters.sent_nonce
 

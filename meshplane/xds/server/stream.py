@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -22,7 +22,7 @@ from meshplane.xds.server.identity import Grant, refusal
 from meshplane.xds.server.nodes import ProtocolError, proxy_group
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry, StreamTrack
 from meshplane.xds.snapshot import Snapshot
-from meshplane.xds.types import TypeUrl, parse_type_url
+from meshplane.xds.types import ADS_ORDER, TypeUrl, parse_type_url
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,31 @@ class Stream(Generic[RequestT]):
         raise NotImplementedError
 
     def due(self, snapshot: Snapshot) -> Iterator[bytes]:
+        """Every response due from `snapshot`, type by type in ADS order (clusters before their
+        endpoints, listeners before their routes). On ADS, listeners and routes wait while a CDS
+        response is unacknowledged: Envoy withholds that ACK until new clusters have warmed, so
+        routes never point at a cluster that is not ready."""
+        order = ADS_ORDER if self.is_ads else (self.fixed_type,)
+        for type_url in order:
+            assert type_url is not None
+            if type_url not in self.subscribed_types():
+                continue
+            if self.is_ads and type_url in (TypeUrl.LISTENER, TypeUrl.ROUTE) and self.clusters_unacked():
+                continue
+            payload = self.response_for(type_url, snapshot)
+            if payload is not None:
+                yield payload
+
+    def subscribed_types(self) -> Collection[TypeUrl]:
+        """The types this stream has asked for."""
+        raise NotImplementedError
+
+    def clusters_unacked(self) -> bool:
+        """True while a CDS response sent on this stream awaits its ACK or NACK."""
+        raise NotImplementedError
+
+    def response_for(self, type_url: TypeUrl, snapshot: Snapshot) -> bytes | None:
+        """The response for one subscribed type, or None when nothing is due for it."""
         raise NotImplementedError
 
     async def _read(self, requests: AsyncIterator[RequestT]) -> None:
