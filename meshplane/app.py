@@ -25,7 +25,7 @@ from aiohttp import web
 from meshplane.debounce import Debouncer
 from meshplane.discovery.inventory import Inventory
 from meshplane.discovery.kubernetes import KubernetesSource
-from meshplane.discovery.policy_files import PolicyFileSource
+from meshplane.discovery.policy_files import DEFAULT_MAX_FILE_SIZE, PolicyFileSource
 from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
 from meshplane.status.document import StatusInputs
@@ -35,7 +35,12 @@ from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.status.source_watch import SourceWatch
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publisher import SnapshotPublisher
-from meshplane.xds.server.service import XdsServices, create_server
+from meshplane.xds.server.service import (
+    DEFAULT_MAX_STREAMS_PER_CLIENT,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    XdsServices,
+    create_server,
+)
 from meshplane.xds.server.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.server.tracking import StreamRegistry
 
@@ -65,6 +70,10 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    # Input limits (SECURITY.md): 0 streams per client means unlimited.
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
+    max_policy_file_size: int = DEFAULT_MAX_FILE_SIZE
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -90,6 +99,7 @@ class ControlPlane:
                 poll_interval=settings.poll_interval,
                 on_change=self._on_source_change,
                 open_world=settings.kubernetes,
+                max_file_size=settings.max_policy_file_size,
             )
             if settings.config is not None
             else None
@@ -195,8 +205,15 @@ class ControlPlane:
             await self.edge.start()  # before the first rebuild that could serve its devices
             self._rebuild()
         self.source_watch.check()
-        self._services = InstrumentedXdsServices(self.grpc_stats, self.cache, self.registry)
-        self._grpc, self.xds_port = create_server(self._services, self.settings.xds_address, self._tls())
+        self._services = InstrumentedXdsServices(
+            self.grpc_stats, self.cache, self.registry, max_streams_per_client=self.settings.max_streams_per_client
+        )
+        self._grpc, self.xds_port = create_server(
+            self._services,
+            self.settings.xds_address,
+            self._tls(),
+            max_streams_per_connection=self.settings.max_streams_per_connection,
+        )
         await self._grpc.start()
         self._http = web.AppRunner(status_app(self.status_inputs, self.metrics), access_log=None)
         await self._http.setup()

@@ -100,6 +100,25 @@ def _parser() -> argparse.ArgumentParser:
         default=float(_env("DEBOUNCE_MAX", "1.0")),
         help="but no later than this many seconds after the first [%(default)s]",
     )
+    limits = serve.add_argument_group("input limits (SECURITY.md)")
+    limits.add_argument(
+        "--max-streams-per-connection",
+        type=int,
+        default=int(_env("MAX_STREAMS_PER_CONNECTION", "1000")),
+        help="concurrent xDS streams on one HTTP/2 connection [%(default)s]",
+    )
+    limits.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=int(_env("MAX_STREAMS_PER_CLIENT", "1000")),
+        help="concurrent xDS streams per client certificate (mTLS) or else per IP; 0: unlimited [%(default)s]",
+    )
+    limits.add_argument(
+        "--max-policy-file-size",
+        type=int,
+        default=int(_env("MAX_POLICY_FILE_SIZE", str(1024 * 1024))),
+        help="bytes; a larger policy file is refused (the last good config stays) [%(default)s]",
+    )
     add_edge_arguments(serve)
 
     add_devices_command(commands)
@@ -195,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from meshplane.app import Settings, serve
+    from meshplane.discovery.edge.store import StoreError
     from meshplane.logs import configure_logging
 
     configure_logging(args.log_level, args.log_format)
@@ -214,8 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls_key=args.tls_key,
         client_ca=args.client_ca,
         edge=edge_settings(args),
+        max_streams_per_connection=args.max_streams_per_connection,
+        max_streams_per_client=args.max_streams_per_client,
+        max_policy_file_size=args.max_policy_file_size,
     )
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StoreError as error:  # a damaged registry store: refused, left untouched, said in one line
+        print(f"meshplane: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -109,11 +109,23 @@ class Envoy:
 
 
 def free_port() -> int:
+    """A free port on 127.0.0.1 whose successor is free too: an edge gateway listens for device
+    traffic on its outbound port and for traffic to devices on the next one."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("0.0.0.0", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two consecutive free ports found")
 
 
 def patched_bootstrap(

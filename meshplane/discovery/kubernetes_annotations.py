@@ -196,7 +196,10 @@ def policy_of(obj: Mapping[str, Any]) -> AnnotationPolicy:
                 algorithm = LoadBalancing(value.lower())
             except ValueError:
                 raise AnnotationError(f"expected one of {', '.join(LoadBalancing)}") from None
-            key = _hash_key(ours[HASH_KEY].strip()) if HASH_KEY in ours else None
+            try:
+                key = _hash_key(ours[HASH_KEY].strip()) if HASH_KEY in ours else None
+            except AnnotationError as error:  # the note is on the balancer: name the annotation at fault
+                raise AnnotationError(f"{HASH_KEY}: {error}") from None
             return {"load_balancing": algorithm, "hash_key": key}
 
         apply(LOAD_BALANCING, balancing)

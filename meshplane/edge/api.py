@@ -10,7 +10,9 @@ shares them exactly.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -60,13 +62,75 @@ def device_message(row: Registration) -> pb.Device:
     )
 
 
-class RegistryCalls:
-    """The Registry RPCs as functions of (request, principal); raise RegistryError to refuse."""
+# Register calls per principal: a steady 100 a second with bursts of 1,000 (`--registry-rate`,
+# `--registry-burst`). A device registers once per start, but one class token may front a whole
+# fleet (a gym's bikes) that restarts at once after a power cut: the burst is sized for that. A
+# runaway device or a leaked token is still held to 100 a second, a fraction of what the registry
+# takes (docs/edge.md, Figures), so the other principals keep registering.
+DEFAULT_REGISTER_RATE = 100.0
+DEFAULT_REGISTER_BURST = 1_000
+# Buckets kept before the full (idle) ones are forgotten; a full bucket is the same as none.
+_MAX_IDLE_BUCKETS = 10_000
 
-    def __init__(self, registry: EdgeRegistry) -> None:
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """A token bucket per key: `burst` calls at once, refilled at `rate` a second. `clock` is
+    injectable (monotonic seconds) so tests move time instead of sleeping. Rate 0: no limit."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.clock = clock
+        self._buckets: dict[object, _Bucket] = {}
+
+    def allow(self, key: object) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= _MAX_IDLE_BUCKETS:
+                self._forget_full(now)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
+        else:
+            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
+            bucket.at = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        for key, bucket in list(self._buckets.items()):
+            if bucket.tokens + (now - bucket.at) * self.rate >= self.burst:
+                del self._buckets[key]
+
+
+class RegistryCalls:
+    """The Registry RPCs as functions of (request, principal); raise RegistryError to refuse.
+
+    Register is rate limited per principal (`register_limit`, unlimited when not given); heartbeats are not: they are
+    cheap (no config rebuild), periodic, and only renew what a Register created."""
+
+    def __init__(self, registry: EdgeRegistry, register_limit: RateLimiter | None = None) -> None:
         self.registry = registry
+        self.register_limit = register_limit or RateLimiter(0, DEFAULT_REGISTER_BURST)  # none: unlimited
 
     async def register(self, request: pb.RegisterRequest, principal: Principal) -> pb.RegisterResponse:
+        limit = self.register_limit
+        if not limit.allow(principal):
+            self.registry.events["rate_limited_registrations"] += 1
+            raise RegistryError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"too many Register calls from {principal}: the limit is {limit.rate:g} a second"
+                f" (bursts of {limit.burst}); retry later",
+            )
         registration = await self.registry.register(
             principal,
             RegisterInput(

@@ -8,6 +8,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Repeated from meshplane.edge.api (which imports grpc: too heavy for the CLI's start); a test keeps them equal.
+DEFAULT_REGISTER_RATE = 100.0
+DEFAULT_REGISTER_BURST = 1_000
+
 if TYPE_CHECKING:
     from meshplane.edge.server import EdgeSettings
 
@@ -58,6 +62,19 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
         default=float(_env("LEASE_CHECK_INTERVAL", "1.0")),
         help="seconds between sweeps for expired leases [%(default)s]",
     )
+    group.add_argument(
+        "--registry-rate",
+        type=float,
+        default=float(_env("REGISTRY_RATE", str(DEFAULT_REGISTER_RATE))),
+        help="Register calls a second per principal (token bucket; 0: unlimited; heartbeats are not limited)"
+        " [%(default)s]",
+    )
+    group.add_argument(
+        "--registry-burst",
+        type=int,
+        default=int(_env("REGISTRY_BURST", str(DEFAULT_REGISTER_BURST))),
+        help="Register calls a principal may make at once before --registry-rate applies [%(default)s]",
+    )
 
 
 def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
@@ -80,4 +97,6 @@ def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
             max_ttl=args.lease_max_ttl,
             check_interval=args.lease_check_interval,
         ),
+        register_rate=args.registry_rate,
+        register_burst=args.registry_burst,
     )

@@ -20,7 +20,14 @@ from meshplane.discovery.edge.auth import TokenAuthenticator
 from meshplane.discovery.edge.registry import EdgeRegistry, LeaseSettings
 from meshplane.discovery.edge.store import MemoryStore, RegistrationStore, SqliteStore
 from meshplane.discovery.source_status import SourceStatus
-from meshplane.edge.api import RegistryCalls, authenticator, create_registry_server, tls_credentials
+from meshplane.edge.api import (
+    DEFAULT_REGISTER_BURST,
+    RateLimiter,
+    RegistryCalls,
+    authenticator,
+    create_registry_server,
+    tls_credentials,
+)
 from meshplane.edge.http import registry_http_app
 from meshplane.model import Device, Mesh, Site
 
@@ -41,6 +48,11 @@ class EdgeSettings:
     tls_key: Path | None = None
     client_ca: Path | None = None
     leases: LeaseSettings = dataclasses.field(default_factory=LeaseSettings)
+    # Register calls per principal (token bucket; rate 0: unlimited). Heartbeats are not limited.
+    # `meshplane serve` passes DEFAULT_REGISTER_RATE/BURST (100/s, bursts of 1,000); built in code (benchmarks,
+    # tests) the registry is unlimited unless asked, so throughput figures measure the registry.
+    register_rate: float = 0.0
+    register_burst: int = DEFAULT_REGISTER_BURST
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -58,6 +70,8 @@ class EdgeRegistryServer:
         store: RegistrationStore = MemoryStore() if settings.db == ":memory:" else SqliteStore(Path(settings.db))
         self.registry = EdgeRegistry(store, sites, leases=settings.leases, on_change=on_change)
         self.tokens = TokenAuthenticator.from_file(settings.tokens) if settings.tokens else TokenAuthenticator()
+        # Shared by the gRPC and JSON APIs: one bucket per principal, whichever API it calls.
+        self.register_limit = RateLimiter(settings.register_rate, settings.register_burst)
         self.port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -106,7 +120,7 @@ class EdgeRegistryServer:
             )
             certificates = client_ca is not None
         authenticate = authenticator(self.tokens, certificates=certificates)
-        calls = RegistryCalls(self.registry)
+        calls = RegistryCalls(self.registry, self.register_limit)
         self._grpc, self.port = create_registry_server(calls, authenticate, settings.address, credentials=credentials)
         await self._grpc.start()
         self._http = web.AppRunner(registry_http_app(calls, authenticate), access_log=None)

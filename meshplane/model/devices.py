@@ -38,6 +38,10 @@ def forbidden_address_reason(address: str) -> str | None:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return "is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        # `fd20::1%eth0`: the zone names an interface of the device's own host, which means nothing
+        # (or the wrong thing) on a gateway; a device's address must stand alone.
+        return "has an IPv6 zone index (%…)"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if str(ip) in METADATA_ADDRESSES:

@@ -59,6 +59,11 @@ class Delete:
 Change = Put | Renew | Delete
 
 
+class StoreError(Exception):
+    """The store cannot be used as it is (unreadable, not a database, corrupt). The message names the
+    file; the file is left exactly as it was, so an operator can inspect or restore it."""
+
+
 class RegistrationStore(Protocol):
     async def load(self) -> list[Registration]:
         """Every stored registration, expired or not (the registry decides)."""
@@ -138,15 +143,31 @@ class SqliteStore:
         return connection
 
     async def load(self) -> list[Registration]:
+        """Every stored registration. Raises `StoreError` when the file is unreadable, not a database
+        or corrupt: starting on it would serve an empty fleet and overwrite what it still holds."""
+
         def read() -> list[Registration]:
-            connection = self._connect()
             try:
+                connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as error:
+                raise StoreError(f"registry store {self.path}: cannot open: {error}") from error
+            try:
+                # Checked before anything writes (even `journal_mode=WAL` rewrites the header).
+                problems = [str(row[0]) for row in connection.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise StoreError(f"registry store {self.path}: corrupt ({'; '.join(problems[:3])}); left untouched")
+                connection.close()
+                connection = self._connect()
                 rows = connection.execute(
                     "SELECT lease_id, principal, ttl, expires_at, registered_at, device FROM registrations"
                 ).fetchall()
+                return [Registration(_device(row[5]), row[0], row[1], row[2], row[3], row[4]) for row in rows]
+            except sqlite3.Error as error:
+                raise StoreError(f"registry store {self.path}: cannot read: {error}; left untouched") from error
+            except (ValueError, KeyError, TypeError) as error:  # a row whose device JSON is not ours
+                raise StoreError(f"registry store {self.path}: unreadable registration: {error!r}") from error
             finally:
                 connection.close()
-            return [Registration(_device(row[5]), row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
         return await asyncio.to_thread(read)
 

@@ -7,16 +7,19 @@ serialised per stream.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server.delta import DeltaStream
-from meshplane.xds.server.identity import grants_of
+from meshplane.xds.server.identity import CERTIFICATE_KEY, URI_SANS_KEY, grants_of
 from meshplane.xds.server.nodes import ProtocolError
 from meshplane.xds.server.sotw import SotwStream
 from meshplane.xds.server.stream import SendGate, Stream
@@ -40,6 +43,30 @@ _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # Streams that may wait for the server to pick them up (gRPC core's default: 1,000 soft, 3,000 hard).
 MAX_PENDING_STREAMS = 100_000
+# Concurrent streams on one HTTP/2 connection (`--max-streams-per-connection`). Envoy opens one ADS
+# stream, or one per type without ADS; but gRPC clients (and load tests, and xDS relays) multiplex
+# many on one connection, and gRPC clients queue streams beyond the limit rather than fail, so a
+# low default would stall them silently. 1,000 (the per-client default) bounds one connection.
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 1_000
+# Concurrent streams per client (`--max-streams-per-client`; 0: unlimited). Without mTLS a client
+# is an IP address, and one node or NAT can front many proxies, so the default is generous.
+DEFAULT_MAX_STREAMS_PER_CLIENT = 1_000
+
+
+def client_of(peer: str, auth_context: Mapping[str, Iterable[bytes]]) -> str:
+    """Whom a stream is counted against: the client certificate when the peer sent one
+    (its first URI SAN or common name, and its fingerprint: two certificates are two clients),
+    else the peer's IP address without the port (`ipv4:10.0.0.1:5555` → `10.0.0.1`)."""
+    certificate = b"".join(auth_context.get(CERTIFICATE_KEY, ()))
+    if certificate:
+        names = [*auth_context.get(URI_SANS_KEY, ()), *auth_context.get("x509_common_name", ())]
+        name = names[0].decode(errors="replace") if names else "?"
+        return f"certificate {name} sha256:{hashlib.sha256(certificate).hexdigest()[:16]}"
+    scheme, _, address = unquote(peer).partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return address.rpartition(":")[0].strip("[]") or address
+    return peer
+
 
 Handler = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, bytes]], AsyncIterator[bytes]]
 
@@ -53,12 +80,17 @@ class XdsServices:
         registry: StreamRegistry,
         send_budget: int = 64 * 1024 * 1024,
         send_hold: float = 10.0,
+        max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT,
     ) -> None:
         self.cache = cache
         self.registry = registry
         # Shared by every stream: at most this many response bytes handed to gRPC and not yet sent.
         self.send_gate = SendGate(send_budget, send_hold)
         self._streams: set[Stream[Any]] = set()
+        self.max_streams_per_client = max_streams_per_client
+        # Open streams per client (see `client_of`); a client leaves the counter with its last stream.
+        self.client_streams: Counter[str] = Counter()
+        self.refused_streams = 0
 
     def close_streams(self) -> None:
         """Ends every open stream now. xDS streams never finish by themselves, so a graceful stop
@@ -71,17 +103,31 @@ class XdsServices:
         async def serve(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes]
         ) -> AsyncIterator[bytes]:
-            stream = stream_class(self.cache, self.registry, kind, fixed_type, context.peer(), self.send_gate)
-            stream.grants = grants_of(context.auth_context())
+            peer, auth = context.peer(), context.auth_context()
+            client = client_of(peer, auth)
+            limit = self.max_streams_per_client
+            if limit and self.client_streams[client] >= limit:
+                self.refused_streams += 1
+                message = f"too many xDS streams from client {client}: the limit is {limit} per client"
+                log.warning("refused stream from %s: %s", peer, message)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            stream = stream_class(self.cache, self.registry, kind, fixed_type, peer, self.send_gate)
+            stream.grants = grants_of(auth)
+            # Counted from here to the `finally`, which runs however the stream ends (client gone,
+            # cancelled, aborted, server stopping): nothing that can raise stands between them.
+            self.client_streams[client] += 1
             self._streams.add(stream)
             try:
                 async for payload in stream.responses(requests):
                     yield payload
             except ProtocolError as error:
-                log.warning("refused stream from %s: %s", context.peer(), error.message)
+                log.warning("refused stream from %s: %s", peer, error.message)
                 await context.abort(error.code, error.message)
             finally:
                 self._streams.discard(stream)
+                self.client_streams[client] -= 1
+                if self.client_streams[client] <= 0:
+                    del self.client_streams[client]
 
         return serve
 
@@ -119,7 +165,11 @@ class XdsServices:
 
 
 def create_server(
-    services: XdsServices, address: str, tls: ReloadingCredentials | None = None
+    services: XdsServices,
+    address: str,
+    tls: ReloadingCredentials | None = None,
+    *,
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every xDS service, bound to `address`; returns it and the bound port.
 
@@ -133,6 +183,10 @@ def create_server(
     all beyond 3,000): a herd of proxies (re)connecting at once would see a third of its streams
     cancelled and reconnect again. Streams are cheap here (shared bytes, bounded sends), so they
     queue instead (`MAX_PENDING_STREAMS`).
+
+    `max_streams_per_connection` is HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS: a client opening
+    more on one connection has the extra streams refused by gRPC (REFUSED_STREAM, which gRPC
+    clients see as UNAVAILABLE) while the connection's other streams keep being served.
     """
     server = grpc.aio.server(
         options=[
@@ -143,6 +197,7 @@ def create_server(
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
             ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_STREAMS),
+            ("grpc.max_concurrent_streams", max_streams_per_connection),
         ]
     )
     server.add_generic_rpc_handlers(services.generic_handlers())
