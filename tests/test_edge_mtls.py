@@ -19,6 +19,7 @@ from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
+from tests.conftest import skip_unless_required
 
 SITES = {"gym": Site("gym", "eu-central", device_ranges=("10.20.0.0/16",))}
 
@@ -49,7 +50,7 @@ def make_certificates(directory: Path) -> None:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[EdgeRegistryServer]:
     if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make test certificates")
+        skip_unless_required("needs the openssl command to make test certificates")
     make_certificates(tmp_path)
     settings = EdgeSettings(
         db=":memory:",
