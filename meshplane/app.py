@@ -35,6 +35,7 @@ from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.status.source_watch import SourceWatch
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publisher import SnapshotPublisher
+from meshplane.xds.server.identity import XdsTokens
 from meshplane.xds.server.service import (
     DEFAULT_MAX_STREAMS_PER_CLIENT,
     DEFAULT_MAX_STREAMS_PER_CONNECTION,
@@ -70,6 +71,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    # Bearer tokens bound to roles and sites (identity.XdsTokens): required of proxies without a certificate.
+    xds_tokens: Path | None = None
     # Input limits (SECURITY.md): 0 streams per client means unlimited.
     max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
     max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
@@ -206,7 +209,11 @@ class ControlPlane:
             self._rebuild()
         self.source_watch.check()
         self._services = InstrumentedXdsServices(
-            self.grpc_stats, self.cache, self.registry, max_streams_per_client=self.settings.max_streams_per_client
+            self.grpc_stats,
+            self.cache,
+            self.registry,
+            max_streams_per_client=self.settings.max_streams_per_client,
+            tokens=XdsTokens.from_file(self.settings.xds_tokens) if self.settings.xds_tokens else None,
         )
         self._grpc, self.xds_port = create_server(
             self._services,

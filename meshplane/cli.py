@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         help="require client certificates from this CA (mTLS); proxies' roles then come from their SANs",
     )
     serve.add_argument(
+        "--xds-tokens",
+        type=Path,
+        default=_env("XDS_TOKENS", "") or None,
+        help="bearer tokens (SHA-256 digests) bound to roles and sites; required of proxies without a certificate",
+    )
+    serve.add_argument(
         "--poll-interval",
         type=float,
         default=float(_env("POLL_INTERVAL", "1.0")),
@@ -233,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,
+        xds_tokens=args.xds_tokens,
         edge=edge_settings(args),
         max_streams_per_connection=args.max_streams_per_connection,
         max_streams_per_client=args.max_streams_per_client,

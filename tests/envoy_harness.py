@@ -184,6 +184,7 @@ async def start_envoy(
     region: str | None = None,
     metadata: dict[str, Any] | None = None,
     tls: tuple[Path, Path | None, Path | None] | None = None,
+    xds_token: str | None = None,
 ) -> Envoy:
     outbound_port = free_port()
     meta = {"outbound_port": outbound_port, **(metadata or {})}
@@ -192,6 +193,10 @@ async def start_envoy(
     )
     if tls is not None:
         config = with_xds_tls(config, *tls)
+    if xds_token is not None:
+        # A proxy without a certificate authenticates with a bearer token on every xDS stream.
+        service = config["dynamic_resources"]["ads_config"]["grpc_services"][0]
+        service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {xds_token}"}]
     workdir.mkdir(parents=True, exist_ok=True)
     bootstrap = workdir / f"{node_id}.yaml"
     bootstrap.write_text(yaml.safe_dump(config))

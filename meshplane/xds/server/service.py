@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server.delta import DeltaStream
-from meshplane.xds.server.identity import CERTIFICATE_KEY, URI_SANS_KEY, grants_of
+from meshplane.xds.server.identity import CERTIFICATE_KEY, URI_SANS_KEY, XdsTokens, grants_of
 from meshplane.xds.server.nodes import ProtocolError
 from meshplane.xds.server.sotw import SotwStream
 from meshplane.xds.server.stream import SendGate, Stream
@@ -81,6 +81,7 @@ class XdsServices:
         send_budget: int = 64 * 1024 * 1024,
         send_hold: float = 10.0,
         max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT,
+        tokens: XdsTokens | None = None,
     ) -> None:
         self.cache = cache
         self.registry = registry
@@ -88,6 +89,8 @@ class XdsServices:
         self.send_gate = SendGate(send_budget, send_hold)
         self._streams: set[Stream[Any]] = set()
         self.max_streams_per_client = max_streams_per_client
+        # With tokens, a proxy without a client certificate must present one (see identity.XdsTokens).
+        self.tokens = tokens
         # Open streams per client (see `client_of`); a client leaves the counter with its last stream.
         self.client_streams: Counter[str] = Counter()
         self.refused_streams = 0
@@ -111,8 +114,17 @@ class XdsServices:
                 message = f"too many xDS streams from client {client}: the limit is {limit} per client"
                 log.warning("refused stream from %s: %s", peer, message)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            grants = grants_of(auth)
+            if grants is None and self.tokens is not None:
+                # No client certificate: the proxy's bearer token says what it may claim.
+                grants = self.tokens.grants_for(context.invocation_metadata() or ())
+                if grants is None:
+                    self.refused_streams += 1
+                    message = "this xDS server requires a client certificate or a known bearer token"
+                    log.warning("refused stream from %s: %s", peer, message)
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
             stream = stream_class(self.cache, self.registry, kind, fixed_type, peer, self.send_gate)
-            stream.grants = grants_of(auth)
+            stream.grants = grants
             # Counted from here to the `finally`, which runs however the stream ends (client gone,
             # cancelled, aborted, server stopping): nothing that can raise stands between them.
             self.client_streams[client] += 1
