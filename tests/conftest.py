@@ -17,13 +17,3 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
-
-
-def skip_unless_required(reason: str) -> None:
-    """Skips for a missing precondition on a developer's machine; fails instead under `make test`
-    (MESHPLANE_STRICT_PRECONDITIONS=1), where a skipped test would hide a missing install step."""
-    import os
-
-    if os.environ.get("MESHPLANE_STRICT_PRECONDITIONS") == "1":
-        pytest.fail(f"precondition missing under make test: {reason}")
-    pytest.skip(reason)

@@ -68,9 +68,9 @@ class DeviceHost:
 def unavailable_reason() -> str | None:
     """Why a namespace cannot be made here, or None."""
     if shutil.which("ip") is None:
-        return "iproute2's `ip` is not installed"
+        return "no network namespace for the stand-in device: iproute2's `ip` is not installed"
     if os.geteuid() != 0:
-        return "making a network namespace needs root"
+        return "no network namespace for the stand-in device: making one needs root"
     return None
 
 

@@ -29,11 +29,11 @@ from meshplane.discovery.edge.auth import token_digest
 from meshplane.discovery.edge.registry import LeaseSettings
 from meshplane.edge.server import EdgeSettings
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
-from tests.conftest import skip_unless_required
 from tests.envoy_harness import Backend, Envoy, free_port, start_backend, start_envoy
 from tests.netns import DeviceHost, make_device_host, unavailable_reason
+from tests.preconditions import require, requires
 
-pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
+pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy"), requires(unavailable_reason())]
 
 DEVICE_TOKEN = "edge-e2e-bike-1"
 METADATA = (("authorization", f"Bearer {DEVICE_TOKEN}"),)
@@ -64,8 +64,7 @@ class Edge:
 
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
-    if (reason := unavailable_reason()) is not None:
-        skip_unless_required(f"no network namespace for the stand-in device: {reason}")
+    require(unavailable_reason())
     device_host = await asyncio.to_thread(make_device_host)
     address = device_host.address
     policy = tmp_path / "policy"

@@ -19,7 +19,7 @@ from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
-from tests.conftest import skip_unless_required
+from tests.preconditions import require, requires
 
 SITES = {"gym": Site("gym", "eu-central", device_ranges=("10.20.0.0/16",))}
 
@@ -47,10 +47,13 @@ def make_certificates(directory: Path) -> None:
                 "-days", "2", "-extfile", f"{name}.cnf", cwd=directory)  # fmt: skip
 
 
+OPENSSL_MISSING = None if shutil.which("openssl") else "the openssl command (to make test certificates) is missing"
+pytestmark = requires(OPENSSL_MISSING)
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[EdgeRegistryServer]:
-    if shutil.which("openssl") is None:
-        skip_unless_required("needs the openssl command to make test certificates")
+    require(OPENSSL_MISSING)
     make_certificates(tmp_path)
     settings = EdgeSettings(
         db=":memory:",

@@ -4,14 +4,13 @@ What the real server proves and the fake cannot: Service list/watch and resource
 Kubernetes makes them, BOOKMARK events, a real 410 Gone after etcd compaction, RBAC with the
 ClusterRole of deploy/kubernetes/, and the fallback to `discovery.k8s.io/v1beta1` EndpointSlices
 (1.20 serves no v1). Built by `make kube-apiserver` (scripts/kube-apiserver.sh); `make test`
-builds it first and sets MESHPLANE_REQUIRE_KUBE_APISERVER=1, so these tests never skip in CI.
+builds it first; without it these tests fail (see tests/preconditions.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,18 +40,18 @@ from tests.k8s.real_apiserver import (
     binaries,
     start_cluster,
 )
+from tests.preconditions import require, requires
 
-pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(180)]
+KUBE_MISSING = None if binaries() else "kube-apiserver and etcd are not built: run `make kube-apiserver`"
+pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(180), requires(KUBE_MISSING)]
 DEPLOY = REPO / "deploy" / "kubernetes"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    require(KUBE_MISSING)
     found = binaries()
-    if found is None:
-        if os.environ.get("MESHPLANE_REQUIRE_KUBE_APISERVER") == "1":
-            pytest.fail("kube-apiserver or etcd missing: run `make kube-apiserver` (scripts/kube-apiserver.sh)")
-        pytest.skip("kube-apiserver not built: run `make kube-apiserver` (scripts/kube-apiserver.sh)")
+    assert found is not None
     running = start_cluster(tmp_path_factory.mktemp("kube"), *found)
     yield running
     running.stop()
