@@ -12,6 +12,7 @@ from pathlib import Path
 from meshplane import __version__
 from meshplane.edge.console import add_devices_command, devices_command
 from meshplane.edge.options import add_edge_arguments, edge_settings
+from meshplane.flags import env_flag
 
 
 def _env(name: str, default: str) -> str:
@@ -24,9 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve xDS from policy files and/or Kubernetes")
-    serve.add_argument(
-        "--config", type=Path, default=_env("CONFIG", "") or None, help="policy file or directory [MESHPLANE_CONFIG]"
-    )
+    env_flag(serve, "--config", type=Path, help="policy file or directory")
     kubernetes = serve.add_argument_group("Kubernetes discovery (docs/kubernetes.md)")
     kubernetes.add_argument(
         "--kubernetes",
@@ -34,11 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("KUBERNETES", "").lower() in ("1", "true", "yes", "on"),
         help="discover Services and EndpointSlices from Kubernetes [MESHPLANE_KUBERNETES=true]",
     )
-    kubernetes.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=_env("KUBECONFIG", "") or None,
-        help="kubeconfig file [MESHPLANE_KUBECONFIG; else $KUBECONFIG, ~/.kube/config, or in-cluster]",
+    env_flag(
+        kubernetes, "--kubeconfig", type=Path, help="kubeconfig file (else $KUBECONFIG, ~/.kube/config, or in-cluster)"
     )
     kubernetes.add_argument(
         "--namespace",
@@ -47,90 +43,74 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="watch this namespace; repeat for several; all when absent [MESHPLANE_NAMESPACES, comma-separated]",
     )
-    kubernetes.add_argument(
-        "--service-selector",
-        default=_env("SERVICE_SELECTOR", ""),
-        help="label selector for Services, e.g. 'mesh=on,tier!=batch' [MESHPLANE_SERVICE_SELECTOR]",
+    env_flag(
+        kubernetes, "--service-selector", default="", help="label selector for Services, e.g. 'mesh=on,tier!=batch'"
     )
-    serve.add_argument(
-        "--xds-address", default=_env("XDS_ADDRESS", "0.0.0.0:18000"), help="gRPC xDS listen address [%(default)s]"
-    )
-    serve.add_argument(
-        "--status-address",
-        default=_env("STATUS_ADDRESS", "0.0.0.0:9900"),
-        help="operator HTTP listen address [%(default)s]",
-    )
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
+    env_flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC xDS listen address")
+    env_flag(serve, "--status-address", default="0.0.0.0:9900", help="operator HTTP listen address")
+    env_flag(serve, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+    env_flag(
+        serve,
         "--log-format",
-        default=_env("LOG_FORMAT", "text"),
+        default="text",
         choices=["text", "json"],
-        help="text: readable lines; json: one JSON object a line [%(default)s]",
+        help="text: readable lines; json: one object a line",
     )
-    serve.add_argument(
+    env_flag(
+        serve,
         "--admin-token",
-        default=_env("ADMIN_TOKEN", "") or None,
-        help="token that unlocks config dumps holding secrets (prefer MESHPLANE_ADMIN_TOKEN: flags show in ps)",
+        secret=True,
+        help="token that unlocks config dumps holding secrets (prefer the variable: flags show in ps)",
     )
-    serve.add_argument(
-        "--tls-cert", type=Path, default=_env("TLS_CERT", "") or None, help="xDS port TLS certificate (PEM)"
-    )
-    serve.add_argument("--tls-key", type=Path, default=_env("TLS_KEY", "") or None, help="its private key (PEM)")
-    serve.add_argument(
+    env_flag(serve, "--tls-cert", type=Path, help="xDS port TLS certificate (PEM)")
+    env_flag(serve, "--tls-key", type=Path, help="its private key (PEM)")
+    env_flag(
+        serve,
         "--client-ca",
         type=Path,
-        default=_env("CLIENT_CA", "") or None,
         help="require client certificates from this CA (mTLS); proxies' roles then come from their SANs",
     )
-    serve.add_argument(
+    env_flag(
+        serve,
         "--xds-tokens",
         type=Path,
-        default=_env("XDS_TOKENS", "") or None,
         help="bearer tokens (SHA-256 digests) bound to roles and sites; required of proxies without a certificate",
     )
-    serve.add_argument(
-        "--poll-interval",
-        type=float,
-        default=float(_env("POLL_INTERVAL", "1.0")),
-        help="seconds between checks of the policy files for changes [%(default)s]",
+    env_flag(
+        serve, "--poll-interval", type=float, default=1.0, help="seconds between checks of the policy files for changes"
     )
-    serve.add_argument(
-        "--debounce-quiet",
-        type=float,
-        default=float(_env("DEBOUNCE_QUIET", "0.1")),
-        help="rebuild this many seconds after the last change [%(default)s]",
-    )
-    serve.add_argument(
-        "--debounce-max",
-        type=float,
-        default=float(_env("DEBOUNCE_MAX", "1.0")),
-        help="but no later than this many seconds after the first [%(default)s]",
+    env_flag(serve, "--debounce-quiet", type=float, default=0.1, help="rebuild this many seconds after the last change")
+    env_flag(
+        serve, "--debounce-max", type=float, default=1.0, help="but no later than this many seconds after the first"
     )
     limits = serve.add_argument_group("input limits (SECURITY.md)")
-    limits.add_argument(
+    env_flag(
+        limits,
         "--max-streams-per-connection",
         type=int,
-        default=int(_env("MAX_STREAMS_PER_CONNECTION", "1000")),
-        help="concurrent xDS streams on one HTTP/2 connection [%(default)s]",
+        default=1000,
+        help="concurrent xDS streams on one HTTP/2 connection",
     )
-    limits.add_argument(
+    env_flag(
+        limits,
         "--max-streams-per-client",
         type=int,
-        default=int(_env("MAX_STREAMS_PER_CLIENT", "1000")),
-        help="concurrent xDS streams per client certificate (mTLS) or else per IP; 0: unlimited [%(default)s]",
+        default=1000,
+        help="concurrent xDS streams per client certificate (mTLS) or else per IP; 0: unlimited",
     )
-    limits.add_argument(
+    env_flag(
+        limits,
         "--max-policy-file-size",
         type=int,
-        default=int(_env("MAX_POLICY_FILE_SIZE", str(1024 * 1024))),
-        help="bytes; a larger policy file is refused (the last good config stays) [%(default)s]",
+        default=1024 * 1024,
+        help="bytes; a larger policy file is refused (the last good config stays)",
     )
     add_edge_arguments(serve)
 
     add_devices_command(commands)
 
     validate = commands.add_parser("validate", help="check policy files without serving; exit 1 with the reasons")
-    validate.add_argument("--config", type=Path, default=_env("CONFIG", "") or None, required=False)
+    env_flag(validate, "--config", type=Path, help="policy file or directory")
     validate.add_argument(
         "--kubernetes",
         action="store_true",
@@ -138,11 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     server = argparse.ArgumentParser(add_help=False)
-    server.add_argument(
-        "--server",
-        default=_env("SERVER", "") or "http://127.0.0.1:9900",
-        help="the control plane's status endpoint [MESHPLANE_SERVER, %(default)s]",
-    )
+    env_flag(server, "--server", default="http://127.0.0.1:9900", help="the control plane's status endpoint")
     server.add_argument("--output", "-o", default="table", choices=["table", "json"], help="[%(default)s]")
 
     status = commands.add_parser(
@@ -166,11 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--param", action="append", default=[], metavar="FIELD=VALUE", help="another group field (e.g. zone=a)"
     )
-    config.add_argument(
-        "--admin-token",
-        default=_env("ADMIN_TOKEN", "") or None,
-        help="include Secret resources (redacted) [MESHPLANE_ADMIN_TOKEN]",
-    )
+    env_flag(config, "--admin-token", secret=True, help="include Secret resources (redacted)")
     return parser
 
 

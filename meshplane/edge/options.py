@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from meshplane.flags import env_flag
 
 # Repeated from meshplane.edge.api (which imports grpc: too heavy for the CLI's start); a test keeps them equal.
 DEFAULT_REGISTER_RATE = 100.0
@@ -16,64 +17,44 @@ if TYPE_CHECKING:
     from meshplane.edge.server import EdgeSettings
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"MESHPLANE_{name}", default)
-
-
 def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("edge registry (docs/edge.md); on when --registry-db is given")
-    group.add_argument(
-        "--registry-db",
-        default=_env("REGISTRY_DB", "") or None,
-        help="SQLite file holding registrations (`:memory:`: keep none across restarts) [MESHPLANE_REGISTRY_DB]",
+    env_flag(group, "--registry-db", help="SQLite file holding registrations (`:memory:`: keep none across restarts)")
+    env_flag(group, "--registry-address", default="0.0.0.0:18001", help="gRPC registry listen address")
+    env_flag(
+        group, "--registry-http-address", default="0.0.0.0:18002", help="the registry's JSON mirror listen address"
     )
-    group.add_argument(
-        "--registry-address",
-        default=_env("REGISTRY_ADDRESS", "0.0.0.0:18001"),
-        help="gRPC registry listen address [%(default)s]",
-    )
-    group.add_argument(
-        "--registry-http-address",
-        default=_env("REGISTRY_HTTP_ADDRESS", "0.0.0.0:18002"),
-        help="the registry's JSON mirror listen address [%(default)s]",
-    )
-    group.add_argument(
+    env_flag(
+        group,
         "--registry-tokens",
         type=Path,
-        default=_env("REGISTRY_TOKENS", "") or None,
         help="YAML file of SHA-256 hashed bearer tokens per device, class or operator",
     )
-    group.add_argument("--registry-tls-cert", type=Path, default=_env("REGISTRY_TLS_CERT", "") or None)
-    group.add_argument("--registry-tls-key", type=Path, default=_env("REGISTRY_TLS_KEY", "") or None)
-    group.add_argument(
+    env_flag(group, "--registry-tls-cert", type=Path, help="registry TLS certificate (PEM)")
+    env_flag(group, "--registry-tls-key", type=Path, help="its private key (PEM)")
+    env_flag(
+        group,
         "--registry-client-ca",
         type=Path,
-        default=_env("REGISTRY_CLIENT_CA", "") or None,
         help="with TLS: CA of device client certificates (an alternative to tokens)",
     )
-    group.add_argument("--lease-ttl", type=float, default=float(_env("LEASE_TTL", "30")), help="[%(default)s]")
-    group.add_argument("--lease-min-ttl", type=float, default=float(_env("LEASE_MIN_TTL", "5")), help="[%(default)s]")
-    group.add_argument(
-        "--lease-max-ttl", type=float, default=float(_env("LEASE_MAX_TTL", "3600")), help="[%(default)s]"
-    )
-    group.add_argument(
-        "--lease-check-interval",
-        type=float,
-        default=float(_env("LEASE_CHECK_INTERVAL", "1.0")),
-        help="seconds between sweeps for expired leases [%(default)s]",
-    )
-    group.add_argument(
+    env_flag(group, "--lease-ttl", type=float, default=30.0, help="lease seconds when a device asks for none")
+    env_flag(group, "--lease-min-ttl", type=float, default=5.0, help="shortest lease granted, seconds")
+    env_flag(group, "--lease-max-ttl", type=float, default=3600.0, help="longest lease granted, seconds")
+    env_flag(group, "--lease-check-interval", type=float, default=1.0, help="seconds between sweeps for expired leases")
+    env_flag(
+        group,
         "--registry-rate",
         type=float,
-        default=float(_env("REGISTRY_RATE", str(DEFAULT_REGISTER_RATE))),
-        help="Register calls a second per principal (token bucket; 0: unlimited; heartbeats are not limited)"
-        " [%(default)s]",
+        default=DEFAULT_REGISTER_RATE,
+        help="Register calls a second per principal (token bucket; 0: unlimited; heartbeats are not limited)",
     )
-    group.add_argument(
+    env_flag(
+        group,
         "--registry-burst",
         type=int,
-        default=int(_env("REGISTRY_BURST", str(DEFAULT_REGISTER_BURST))),
-        help="Register calls a principal may make at once before --registry-rate applies [%(default)s]",
+        default=DEFAULT_REGISTER_BURST,
+        help="Register calls a principal may make at once before --registry-rate applies",
     )
 
 
