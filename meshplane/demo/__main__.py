@@ -25,6 +25,7 @@ import grpc
 from aiohttp import web
 
 from meshplane.app import ControlPlane, Settings
+from meshplane.demo.backend import start_http_backend
 from meshplane.demo.greeter import SAY_HELLO, start_greeter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,18 +37,6 @@ HTTP_BACKENDS = {"web-1": 9101, "web-2": 9102, "api": 9201, "api-canary": 9202}
 GREETER_PORT = 9301
 
 log = logging.getLogger("meshplane.demo")
-
-
-async def start_http_backend(name: str, port: int) -> web.AppRunner:
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(text=f"hello from {name} ({request.method} {request.path})\n", headers={"x-backend": name})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
 
 
 def start_envoy(config: Path) -> subprocess.Popen[bytes]:
