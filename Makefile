@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck layers unit golden protos clean chromium kube-apiserver
+.PHONY: install run test lint typecheck layers unit golden protos bootstraps clean chromium kube-apiserver
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test: lint typecheck layers chromium kube-apiserver
 # tests/test_edge_protos.py fails while the committed code is stale.
 protos: $(STAMP)
 	$(PY) protos/generate.py
+
+# Regenerate envoy-configs/ (each role's `meshplane bootstrap ROLE` output, defaults only); commit
+# the result. tests/test_bootstrap.py fails while a committed bootstrap is stale.
+bootstraps: $(STAMP)
+	$(PY) -m meshplane.bootstrap envoy-configs
 
 golden: $(STAMP)
 	$(VENV)/bin/pytest tests/golden --update-golden

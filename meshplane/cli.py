@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshplane import __version__
+from meshplane.bootstrap.cli import add_bootstrap_command, bootstrap_command
 from meshplane.edge.console import add_devices_command, devices_command
 from meshplane.edge.options import add_edge_arguments, edge_settings
 from meshplane.flags import env_flag
+from meshplane.simulate.cli import add_simulate_command, simulate_command
 
 
 def _env(name: str, default: str) -> str:
@@ -108,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     add_edge_arguments(serve)
 
     add_devices_command(commands)
+    add_simulate_command(commands)
+    add_bootstrap_command(commands)
 
     validate = commands.add_parser("validate", help="check policy files without serving; exit 1 with the reasons")
     env_flag(validate, "--config", type=Path, help="policy file or directory")
@@ -172,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "devices":
         return devices_command(args)
+    if args.command == "simulate":
+        return simulate_command(args)
+    if args.command == "bootstrap":
+        return bootstrap_command(args)
     if args.command in ("status", "config"):
         return _operator_command(args)
     if args.config is None and not (args.command == "serve" and args.kubernetes):

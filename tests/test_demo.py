@@ -1,16 +1,29 @@
-"""`make run`'s launcher, run to completion: traffic flows through Envoy, and nothing is left behind."""
+"""`make run`'s launcher, as a user runs it: it serves traffic through both Envoys and the dashboard,
+and Ctrl-C leaves no process behind and no port taken."""
 
 from __future__ import annotations
 
+import json
+import os
+import queue
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
+from meshplane.demo.launcher import DEMO_PORTS, GATEWAY, REGISTRY_HTTP_PORT, SIDECAR, SITE, STATUS_URL
 from tests.envoy_harness import REPO
 
-DEMO_PORTS = (18000, 9900, 9901, 15001, 9101, 9102, 9201, 9202, 9301)
+READY_LINE = "Ctrl-C stops everything."
+START_DEADLINE = 120.0
+DEVICES = 5
 
 
 def port_is_free(port: int) -> bool:
@@ -19,16 +32,131 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, their children, …), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.add(child)
+            pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its new parent, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def read_until_ready(process: subprocess.Popen[str], errors: Path) -> str:
+    """The demo's stdout up to its ready line (a thread keeps draining the rest); fails with its
+    output if it exits or stalls."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    end = time.monotonic() + START_DEADLINE
+    while time.monotonic() < end:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        seen.append(line)
+        if READY_LINE in line:
+            return "".join(seen)
+    process.kill()
+    process.wait()
+    pytest.fail(f"the demo did not become ready:\n{''.join(seen)}\n{errors.read_text()[-3000:]}")
+
+
 @pytest.mark.xdist_group("envoy")
-def test_demo_serves_traffic_through_envoy_and_stops_cleanly() -> None:
+def test_make_run_serves_both_envoys_and_the_dashboard_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     busy = [port for port in DEMO_PORTS if not port_is_free(port)]
     if busy:
         pytest.fail(f"the demo's ports are taken (is `make run` running?): {busy}")
-    result = subprocess.run(
-        [sys.executable, "-m", "meshplane.demo", "--check"], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "web: answered by ['web-1', 'web-2']" in result.stdout
-    assert "api with x-canary: always → hello from api-canary" in result.stdout
-    assert "gRPC through Envoy: hello demo from greeter-1" in result.stdout
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    errors = tmp_path / "stderr"
+    with errors.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "meshplane.demo", "--devices", str(DEVICES)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+            env=environment,
+        )
+    try:
+        output = read_until_ready(process, errors)
+        started = descendants(process.pid)
+        envoys = [pid for pid in started if "envoy-configs" in command_line(pid) and "setpriv" not in command_line(pid)]
+        assert len(envoys) == 2, [command_line(pid) for pid in started]
+
+        # What the launcher says it checked…
+        assert "sidecar → web: answered by ['web-1', 'web-2']" in output
+        assert "sidecar → api with x-canary: always → api-canary" in output
+        assert "gRPC through the sidecar: hello demo from greeter-1" in output
+        assert "device → edge gateway → web: answered by web-" in output
+        assert f"Dashboard: {STATUS_URL}/" in output
+
+        # …and what a user sees trying it: traffic through both Envoys, the dashboard, the proxies, the bikes.
+        status, body = http_get(f"{SIDECAR.outbound_url}/", {"Host": "web"})
+        assert (status, body[: len("hello from web-")]) == (200, "hello from web-"), body
+        status, body = http_get(f"{GATEWAY.outbound_url}/users", {"Host": "api", "x-canary": "always"})
+        assert (status, body[: len("hello from api-canary")]) == (200, "hello from api-canary"), body
+        status, page = http_get(f"{STATUS_URL}/")
+        assert status == 200
+        assert "<html" in page.lower()
+        document = json.loads(http_get(f"{STATUS_URL}/status")[1])
+        assert sorted((proxy["node"], proxy["role"]) for proxy in document["proxies"]) == [
+            ("edge-gateway-demo", "edge-gateway"),
+            ("sidecar-demo", "sidecar"),
+        ]
+        token = re.search(r"MESHPLANE_REGISTRY_TOKEN=(\w+)", output)
+        assert token is not None, output
+        registry = f"http://127.0.0.1:{REGISTRY_HTTP_PORT}/v1/devices?site={SITE}"
+        devices = json.loads(http_get(registry, {"Authorization": f"Bearer {token.group(1)}"})[1])
+        assert len(devices["devices"]) == DEVICES, devices
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, errors.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert [pid for pid in started if alive(pid)] == []
     assert [port for port in DEMO_PORTS if not port_is_free(port)] == []

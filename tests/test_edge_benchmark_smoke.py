@@ -1,4 +1,4 @@
-"""benchmarks/edge_registry.py keeps working: one tiny run, every figure present."""
+"""benchmarks/edge_registry.py and benchmarks/edge_fleet.py keep working: one tiny run each, every figure present."""
 
 from __future__ import annotations
 
@@ -29,3 +29,20 @@ def test_edge_registry_benchmark_runs_at_tiny_size() -> None:
     assert figures["heartbeats"]["calls"] == 100
     assert figures["grpc_registrations"]["calls"] == 50
     assert len(figures["registration_to_routing_ms"]["runs"]) == 1
+
+
+def test_edge_fleet_benchmark_runs_at_tiny_size() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.edge_fleet", "--sizes", "40", "--heartbeat-seconds", "0.5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(result.stdout[result.stdout.index("{\n") :])["40"]
+    assert figures["registrations"]["devices"] == 40
+    assert figures["registration_to_gateway_ms"]["from_start"] > 0
+    assert figures["deregistration_ms"]["gateway_empty"] > 0
+    assert figures["heartbeats"]["renewals"] > 0

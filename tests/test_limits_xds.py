@@ -1,10 +1,14 @@
 """xDS input limits: streams per client (refused with RESOURCE_EXHAUSTED, others unaffected, slots
-freed however a stream ends) and streams per connection (HTTP/2's MAX_CONCURRENT_STREAMS)."""
+freed however a stream ends; a client is its address, or its certificate over mTLS) and streams
+per connection (HTTP/2's MAX_CONCURRENT_STREAMS)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,11 +16,14 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshplane.model import ProxyGroup
+from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server import service
 from meshplane.xds.server.service import XdsServices, client_of, create_server
+from meshplane.xds.server.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.server.tracking import StreamRegistry
 from meshplane.xds.snapshot import Snapshot
+from tests.tls_certs import Pair, issue, make_ca
 from tests.xds_fixtures import CDS, AdsStream, node, request, snapshot, unpack_names
 
 LIMIT = 2
@@ -195,4 +202,132 @@ async def test_a_full_connection_leaves_other_connections_served() -> None:
     finally:
         await first.close(None)
         await second.close(None)
+        await server.stop(None)
+
+
+def mtls_channel(port: int, ca: Pair, client: Pair) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.certificate.read_bytes(),
+        private_key=client.key.read_bytes(),
+        certificate_chain=client.certificate.read_bytes(),
+    )
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
+
+
+async def test_over_mtls_a_client_is_its_certificate_not_its_address(tmp_path: Path) -> None:
+    """Two proxies on one address (127.0.0.1), each with its own certificate: one over its limit is
+    refused by name, the other is still served."""
+    ca = make_ca(tmp_path / "ca")
+    server_pair = issue(ca, tmp_path, "server", "IP:127.0.0.1")
+    first = issue(ca, tmp_path, "first", "URI:meshplane://role/sidecar")
+    second = issue(ca, tmp_path, "second", "URI:meshplane://role/grpc")
+    cache = SnapshotCache()
+    services = XdsServices(cache, StreamRegistry(), max_streams_per_client=LIMIT)
+    serve_current(cache, snapshot(["a", "b"]))
+    tls = ReloadingCredentials(TlsFiles(server_pair.certificate, server_pair.key, ca.certificate))
+    server, port = create_server(services, "127.0.0.1:0", tls)
+    await server.start()
+    one, other = mtls_channel(port, ca, first), mtls_channel(port, ca, second)
+    try:
+        held = [AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(one).StreamAggregatedResources())
+                for _ in range(LIMIT)]  # fmt: skip
+        for i, stream in enumerate(held):
+            await gets_config(stream, f"first-{i}")
+
+        refused = AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(one).StreamAggregatedResources())
+        await refused.send(request(CDS, with_node=node("first-extra")))
+        code, message = await refused.status()
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        fingerprint = hashlib.sha256(first.certificate.read_bytes()).hexdigest()[:16]
+        assert f"client certificate meshplane://role/sidecar sha256:{fingerprint}" in message
+        assert f"the limit is {LIMIT} per client" in message
+        assert services.refused_streams == 1
+
+        # Same address, another certificate: a client of its own, with its own LIMIT streams.
+        others = [AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(other).StreamAggregatedResources())
+                  for _ in range(LIMIT)]  # fmt: skip
+        for i, stream in enumerate(others):
+            await stream.send(request(CDS, with_node=node(f"second-{i}", role="grpc")))
+            assert unpack_names(await stream.recv()) == ["a", "b"]
+        assert sorted(services.client_streams.values()) == [LIMIT, LIMIT]
+        assert all(client.startswith("certificate ") for client in services.client_streams)
+        assert services.refused_streams == 1
+
+        for stream in [*held, *others]:
+            await end_cleanly(stream)
+        assert services.client_streams == {}
+    finally:
+        await one.close(None)
+        await other.close(None)
+        await server.stop(None)
+
+
+async def until(condition: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
+    """Polls `condition` until it holds; fails naming `what` after `deadline` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def names_of_size(total: int) -> list[str]:
+    """Resource names (1 KiB each, within the name rules) adding up to about `total` bytes on the wire."""
+    return [f"{i:08d}" + "x" * 1000 for i in range(total // 1011 + 1)]
+
+
+async def test_an_oversized_request_is_refused_and_other_streams_are_served() -> None:
+    cache = SnapshotCache()
+    serve_current(cache, snapshot(["a", "b"]))
+    stats = GrpcStats()
+    services = InstrumentedXdsServices(stats, cache, StreamRegistry())
+    server, port = create_server(services, "127.0.0.1:0")
+    await server.start()
+    # Our client may send more than the server takes; each channel is a connection of its own.
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
+    sender = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    bystander = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    try:
+        elsewhere = AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(bystander).StreamAggregatedResources())
+        await gets_config(elsewhere, "bystander")
+        neighbour = AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(sender).StreamAggregatedResources())
+        await gets_config(neighbour, "neighbour")  # same connection as the oversized request
+
+        # Just under the limit: served (names are taken literally: the two that exist are sent).
+        padding = names_of_size(service.MAX_REQUEST_BYTES - 64 * 1024)
+        under = request(CDS, ["a", "b", *padding], with_node=node("under"))
+        assert service.MAX_REQUEST_BYTES - 64 * 1024 < under.ByteSize() < service.MAX_REQUEST_BYTES
+        large = AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(sender).StreamAggregatedResources())
+        await large.send(under)
+        assert unpack_names(await large.recv()) == ["a", "b"]
+
+        over = request(CDS, names_of_size(service.MAX_REQUEST_BYTES + 1024), with_node=node("over"))
+        assert over.ByteSize() > service.MAX_REQUEST_BYTES
+        oversized = AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(sender).StreamAggregatedResources())
+        await oversized.send(over)
+        code, message = await oversized.status()
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"larger than max ({over.ByteSize()} vs. {service.MAX_REQUEST_BYTES})" in message
+        # gRPC refuses it before our handler sees it: the handler is cancelled, nothing counts it as ours.
+        ads_cancelled = (
+            "envoy.service.discovery.v3.AggregatedDiscoveryService",
+            "StreamAggregatedResources",
+            "CANCELLED",
+        )
+        await until(lambda: stats.handled[ads_cancelled] == 1, "the oversized stream's handler to end")
+        assert services.refused_streams == 0
+
+        # The streams on the other connection and on the same one keep being served: a new
+        # snapshot reaches both.
+        for group in cache.groups():
+            cache.set_snapshot(group, snapshot(["a", "b", "c"]))
+        for stream in (elsewhere, neighbour):
+            assert unpack_names(await stream.recv()) == ["a", "b", "c"]
+        for stream in (elsewhere, neighbour, large):
+            await end_cleanly(stream)
+        assert services.client_streams == {}
+    finally:
+        await sender.close(None)
+        await bystander.close(None)
         await server.stop(None)

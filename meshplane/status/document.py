@@ -246,4 +246,6 @@ def status_document(inputs: StatusInputs, selected: ProxyFilter | None = None) -
         "groups": groups_document(inputs, selected),
         "proxies": proxies,
         "recent_nacks": nacks,
+        # Not filtered: a refused stream has no proxy to filter by (it may never have named its node).
+        "refused_streams": dict(sorted(inputs.registry.refused_counts.items())),
     }

@@ -121,6 +121,16 @@ class _StateCollector(Collector):
             closed.add_metric([str(kind)], registry.closed_counts[kind])
         yield opened
         yield closed
+        refused = CounterMetricFamily(
+            "meshplane_xds_streams_refused",
+            "xDS streams the server refused or ended for cause, by gRPC status code: RESOURCE_EXHAUSTED "
+            "(streams per client), UNAUTHENTICATED (no certificate or known token), PERMISSION_DENIED (a claim "
+            "its identity does not grant), INVALID_ARGUMENT (a request it cannot serve).",
+            labels=["grpc_code"],
+        )
+        for code, count in sorted(registry.refused_counts.items()):
+            refused.add_metric([code], count)
+        yield refused
         proxies = GaugeMetricFamily(
             "meshplane_xds_proxies",
             "Connected proxies by xDS type and sync state (SYNCED, STALE, NACKED, NOT SENT).",

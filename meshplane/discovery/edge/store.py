@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -147,6 +148,8 @@ class SqliteStore:
         or corrupt: starting on it would serve an empty fleet and overwrite what it still holds."""
 
         def read() -> list[Registration]:
+            if (problem := _access_problem(self.path)) is not None:
+                raise StoreError(f"registry store {self.path}: {problem}; left untouched")
             try:
                 connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             except sqlite3.Error as error:
@@ -241,6 +244,31 @@ class SqliteStore:
                 return
             with contextlib.suppress(RuntimeError):
                 job.loop.call_soon_threadsafe(_settle, job.future, error)
+
+
+def _access_problem(path: Path) -> str | None:
+    """Why this process cannot use `path` as its store, or None. SQLite says only "unable to open
+    database file" or "attempt to write a readonly database", whatever the cause, and only once it
+    has the file open. So the file is opened read-write here first (never created, never written),
+    and its directory must let the process create the file, or its WAL's -wal and -shm files."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        exists = False
+    except IsADirectoryError:
+        return "cannot open: it is a directory"
+    except OSError as error:  # EACCES (mode, owner), EROFS (a read-only mount), ELOOP, …
+        return f"cannot open for reading and writing: {error.strerror or error}"
+    else:
+        os.close(descriptor)
+        exists = True
+    directory = path.parent
+    if not directory.is_dir():
+        return f"cannot create it: directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        needs = f"its {path.name}-wal and {path.name}-shm files" if exists else "it and its -wal and -shm files"
+        return f"cannot create {needs}: directory {directory} is not writable (permission denied)"
+    return None
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import grpc
@@ -93,7 +93,20 @@ class XdsServices:
         self.tokens = tokens
         # Open streams per client (see `client_of`); a client leaves the counter with its last stream.
         self.client_streams: Counter[str] = Counter()
-        self.refused_streams = 0
+
+    @property
+    def refused_streams(self) -> int:
+        """Streams refused or ended for cause since start, whatever the code (by code: the
+        registry's `refused_counts`, which /metrics and /status read)."""
+        return sum(self.registry.refused_counts.values())
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext[Any, bytes], peer: str, code: grpc.StatusCode, message: str
+    ) -> NoReturn:
+        """Counts the refusal by its code, logs it, and ends the stream with `code` and `message`."""
+        self.registry.refused(code.name)
+        log.warning("refused stream from %s: %s", peer, message)
+        await context.abort(code, message)
 
     def close_streams(self) -> None:
         """Ends every open stream now. xDS streams never finish by themselves, so a graceful stop
@@ -110,19 +123,15 @@ class XdsServices:
             client = client_of(peer, auth)
             limit = self.max_streams_per_client
             if limit and self.client_streams[client] >= limit:
-                self.refused_streams += 1
                 message = f"too many xDS streams from client {client}: the limit is {limit} per client"
-                log.warning("refused stream from %s: %s", peer, message)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+                await self._refuse(context, peer, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
             grants = grants_of(auth)
             if grants is None and self.tokens is not None:
                 # No client certificate: the proxy's bearer token says what it may claim.
                 grants = self.tokens.grants_for(context.invocation_metadata() or ())
                 if grants is None:
-                    self.refused_streams += 1
                     message = "this xDS server requires a client certificate or a known bearer token"
-                    log.warning("refused stream from %s: %s", peer, message)
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                    await self._refuse(context, peer, grpc.StatusCode.UNAUTHENTICATED, message)
             stream = stream_class(self.cache, self.registry, kind, fixed_type, peer, self.send_gate)
             stream.grants = grants
             # Counted from here to the `finally`, which runs however the stream ends (client gone,
@@ -133,8 +142,7 @@ class XdsServices:
                 async for payload in stream.responses(requests):
                     yield payload
             except ProtocolError as error:
-                log.warning("refused stream from %s: %s", peer, error.message)
-                await context.abort(error.code, error.message)
+                await self._refuse(context, peer, error.code, error.message)
             finally:
                 self._streams.discard(stream)
                 self.client_streams[client] -= 1

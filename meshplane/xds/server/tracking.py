@@ -6,8 +6,8 @@ of recent NACKs (Istio's /debug/syncz, Envoy Gateway's xds_nack_total).
 
 Also kept here, because only the server sees them happen: the resources each stream was last
 sent per type (references to the snapshot's own `Resource` objects, not copies, for config dumps),
-and the push latency — from the moment a group's snapshot was published (or the stream connected,
-if later) to the proxy's ACK of it.
+the push latency — from the moment a group's snapshot was published (or the stream connected,
+if later) to the proxy's ACK of it — and the streams the server refused, by gRPC status code.
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ class Nack:
     rejected_version: str
     message: str
     at: float
+
+
+# The status codes the server refuses a stream with (service.py): too many streams from its client,
+# no certificate or known token, a claim its identity does not grant, a request it cannot serve.
+# Always exported, at 0 until counted, so an alert on their rate sees a series from the start.
+REFUSAL_CODES = ("INVALID_ARGUMENT", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED")
 
 
 # Push latency buckets (seconds): a healthy push is tens of milliseconds; a warming cluster can
@@ -176,6 +182,9 @@ class StreamRegistry:
         self.ack_counts: Counter[TypeUrl] = Counter()
         self.opened_counts: Counter[StreamKind] = Counter()
         self.closed_counts: Counter[StreamKind] = Counter()
+        # Streams refused or ended by the server for cause, by gRPC status code name (a bounded set:
+        # `REFUSAL_CODES`); never by client or message, which would be unbounded label values.
+        self.refused_counts: Counter[str] = Counter({code: 0 for code in REFUSAL_CODES})
         self.push_latency: dict[TypeUrl, DurationHistogram] = {t: DurationHistogram() for t in TypeUrl}
 
     def open(
@@ -191,6 +200,10 @@ class StreamRegistry:
     def close(self, track: StreamTrack) -> None:
         if self._streams.pop(track.stream_id, None) is not None:
             self.closed_counts[track.kind] += 1
+
+    def refused(self, code: str) -> None:
+        """Counts a stream the server refused, or ended for cause, with status `code` (its name)."""
+        self.refused_counts[code] += 1
 
     def streams(self) -> list[StreamTrack]:
         return sorted(self._streams.values(), key=lambda t: (t.node_id, t.stream_id))

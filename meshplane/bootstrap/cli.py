@@ -1,0 +1,150 @@
+"""`meshplane bootstrap ROLE`: prints (or writes, with -o) the bootstrap of a proxy of that role.
+
+    meshplane bootstrap sidecar --xds-server meshplane:18000 -o /etc/envoy/envoy.yaml
+    MESHPLANE_XDS_SERVER=meshplane.meshplane.svc.cluster.local:18000 meshplane bootstrap device --site gym-12
+
+Every flag can also be set as MESHPLANE_<FLAG> (meshplane/flags.py); `--xds-server` /
+`MESHPLANE_XDS_SERVER` is the one value naming the control plane for local runs, compose and
+Kubernetes. Bad options exit 2 with one line per problem. Owns the command's flags and the file
+write; the text comes from render.py. Imports nothing heavy: no grpc, protobuf or control plane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from meshplane.bootstrap.render import (
+    DEFAULT_REGION,
+    DEFAULT_XDS_SERVER,
+    DEFAULT_ZONE,
+    ROLE_DEFAULTS,
+    BootstrapError,
+    BootstrapOptions,
+    render,
+)
+from meshplane.flags import env_flag, variable_of
+
+
+def _port(text: str) -> int:
+    """argparse type for a port: an int, or a clear error (argparse exits 2 with it)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+
+
+def add_bootstrap_command(commands: Any) -> None:
+    """Adds `bootstrap` to the `meshplane` command's subparsers."""
+    bootstrap = commands.add_parser(
+        "bootstrap",
+        help="print the bootstrap of an Envoy (sidecar, edge-gateway, device, mobile) or a gRPC client",
+        description="Render the bootstrap of a proxy of ROLE: YAML for Envoy, JSON for a proxyless gRPC "
+        "client (GRPC_XDS_BOOTSTRAP). docs/bootstraps.md.",
+    )
+    bootstrap.add_argument("role", metavar="ROLE", choices=list(ROLE_DEFAULTS), help="{%(choices)s}")
+    env_flag(
+        bootstrap,
+        "--xds-server",
+        default=DEFAULT_XDS_SERVER,
+        help="the control plane, HOST:PORT (an IP address: STATIC cluster; a DNS name: DNS cluster)",
+    )
+    env_flag(bootstrap, "--node-id", help="node.id (default: the role's demo id)")
+    env_flag(bootstrap, "--cluster", dest="node_cluster", help="node.cluster, the service this proxy fronts")
+    env_flag(bootstrap, "--site", help="node.metadata.site, for edge-gateway, device and mobile (default gym-local)")
+    env_flag(bootstrap, "--region", default=DEFAULT_REGION, help="node.locality.region ('' for none)")
+    env_flag(bootstrap, "--zone", default=DEFAULT_ZONE, help="node.locality.zone ('' for none)")
+    env_flag(bootstrap, "--sub-zone", default="", help="node.locality.sub_zone")
+    env_flag(
+        bootstrap,
+        "--outbound-port",
+        type=_port,
+        help="node.metadata.outbound_port, where meshplane puts the proxy's listener (sidecar/device 15001, "
+        "edge-gateway 15080)",
+    )
+    env_flag(
+        bootstrap,
+        "--admin-address",
+        help="Envoy's admin interface, IP:PORT (127.0.0.1 and 9901 sidecar, 9902 edge-gateway, 9903 device, "
+        "9904 mobile)",
+    )
+    bootstrap.add_argument(
+        "--sotw",
+        action="store_true",
+        default=os.environ.get(variable_of("--sotw"), "").lower() in ("1", "true", "yes", "on"),
+        help="state-of-the-world xDS instead of Delta [MESHPLANE_SOTW=true]",
+    )
+    tls = bootstrap.add_argument_group("the xDS connection's credentials")
+    env_flag(tls, "--tls-ca", help="TLS to the control plane: its certificate must come from this CA (PEM)")
+    env_flag(tls, "--tls-cert", help="mTLS: this proxy's certificate (PEM), with --tls-key")
+    env_flag(tls, "--tls-key", help="its private key (PEM)")
+    env_flag(tls, "--tls-server-name", help="the name the control plane's certificate carries (default: the HOST)")
+    env_flag(
+        tls,
+        "--xds-token",
+        secret=True,
+        help="bearer token for `serve --xds-tokens` (prefer the variable: flags show in ps)",
+    )
+    bootstrap.add_argument("-o", "--output", type=Path, help="write to this file (atomically) instead of stdout")
+
+
+def options_of(args: argparse.Namespace) -> BootstrapOptions:
+    return BootstrapOptions(
+        role=args.role,
+        xds_server=args.xds_server,
+        node_id=args.node_id,
+        node_cluster=args.node_cluster,
+        site=args.site,
+        region=args.region,
+        zone=args.zone,
+        sub_zone=args.sub_zone,
+        outbound_port=args.outbound_port,
+        admin_address=args.admin_address,
+        sotw=args.sotw,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        xds_token=args.xds_token,
+    )
+
+
+def bootstrap_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Renders the bootstrap to `out` (stdout) or `args.output`; 2 with the problems on bad options."""
+    try:
+        text = render(options_of(args))
+    except BootstrapError as error:
+        for problem in error.problems:
+            print(f"meshplane bootstrap: {problem}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        (out or sys.stdout).write(text)
+        return 0
+    try:
+        write_atomically(args.output, text, private=args.xds_token is not None)
+    except OSError as error:
+        print(f"meshplane bootstrap: cannot write {args.output}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_atomically(path: Path, text: str, *, private: bool = False) -> None:
+    """Writes `text` to `path` so that a reader (an Envoy starting) sees the old file or the new one,
+    never a part: a temporary file beside it, flushed, then renamed over it. Mode 0644 (Envoy and
+    operators read it), or 0600 when `private` (it holds a bearer token)."""
+    path = path.absolute()
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o600 if private else 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,505 @@
+"""Bootstraps for the proxies meshplane serves: `BootstrapOptions` in, the bootstrap's text out.
+
+Owns what an Envoy (sidecar, edge-gateway, device, mobile) or a proxyless gRPC client (grpc) needs
+before its first xDS request: where the control plane is, who the proxy is (node id, role, site,
+locality, outbound port), Delta or SotW, and the credentials of the xDS connection. The files in
+envoy-configs/ are `render(BootstrapOptions(role))` for each role, byte for byte (`make
+bootstraps`; tests/test_bootstrap.py fails while they are stale).
+
+Pure: no I/O, no clock, no environment; the same options give the same text. Envoy bootstraps are
+rendered from text templates rather than dumped from a dict, because these files are what users
+read: the comments say why each part is there. Every value that comes from an option goes through
+`_yaml_scalar`, so no option can add YAML structure. The gRPC bootstrap is JSON, which has no
+comments: docs/bootstraps.md explains it.
+
+Must not import anything of meshplane.xds, discovery, status or app (an import-linter contract):
+the CLI renders a bootstrap without loading the control plane, grpc or protobuf.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+
+from meshplane.model import ProxyRole
+from meshplane.model.sites import is_site_id
+
+DEFAULT_XDS_SERVER = "127.0.0.1:18000"
+DEFAULT_REGION = "local"
+DEFAULT_ZONE = "local-a"
+DEFAULT_SITE = "gym-local"
+
+# The file in envoy-configs/ holding each role's default bootstrap (`make bootstraps`).
+COMMITTED_FILES: dict[ProxyRole, str] = {
+    ProxyRole.SIDECAR: "sidecar.yaml",
+    ProxyRole.EDGE_GATEWAY: "edge-gateway.yaml",
+    ProxyRole.DEVICE: "device.yaml",
+    ProxyRole.MOBILE: "mobile.yaml",
+    ProxyRole.GRPC: "grpc-bootstrap.json",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RoleDefaults:
+    """What a role's bootstrap says when an option is not given (the values of the demo and tests)."""
+
+    node_id: str
+    node_cluster: str
+    admin_address: str | None  # None: the role has no admin interface (a gRPC client)
+    outbound_port: int | None  # None: meshplane sends the role no listener to put it on
+    site: str | None  # None: not an edge role, no site
+
+
+ROLE_DEFAULTS: dict[ProxyRole, RoleDefaults] = {
+    ProxyRole.SIDECAR: RoleDefaults("sidecar-demo", "demo-client", "127.0.0.1:9901", 15001, None),
+    ProxyRole.EDGE_GATEWAY: RoleDefaults("edge-gateway-demo", "edge-gateway", "127.0.0.1:9902", 15080, DEFAULT_SITE),
+    ProxyRole.DEVICE: RoleDefaults("device-demo", "bike", "127.0.0.1:9903", 15001, DEFAULT_SITE),
+    ProxyRole.MOBILE: RoleDefaults("mobile-demo", "mobile-ios", "127.0.0.1:9904", None, DEFAULT_SITE),
+    ProxyRole.GRPC: RoleDefaults("grpc-client-demo", "demo-client", None, None, None),
+}
+
+
+class BootstrapError(ValueError):
+    """Options that make no bootstrap; `problems` lists every one, each a sentence."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapOptions:
+    """Everything a bootstrap can vary by. None means the role's default (`ROLE_DEFAULTS`).
+
+    `xds_server` is the one value naming the control plane, `host:port` (`[v6]:port` for IPv6):
+    an IP address gives a STATIC cluster, a DNS name a DNS cluster (STRICT_DNS behaviour). With `tls_ca` the xDS
+    connection is TLS, verifying the server's certificate against that CA and its name
+    (`tls_server_name`, else the host of `xds_server`); with `tls_cert` and `tls_key` too, mTLS:
+    the certificate's URI SAN `meshplane://role/<role>[/site/<site>]` grants what the proxy may
+    claim. `xds_token` is a bearer token sent on every xDS stream (`serve --xds-tokens`).
+    """
+
+    role: str
+    xds_server: str = DEFAULT_XDS_SERVER
+    node_id: str | None = None
+    node_cluster: str | None = None
+    site: str | None = None
+    region: str = DEFAULT_REGION
+    zone: str = DEFAULT_ZONE
+    sub_zone: str = ""
+    outbound_port: int | None = None
+    admin_address: str | None = None
+    sotw: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
+    xds_token: str | None = None
+
+    def problems(self) -> list[str]:
+        """Every reason these options make no bootstrap (empty when they do)."""
+        if self.role not in ROLE_DEFAULTS:
+            return [f"unknown role {self.role!r} (one of: {', '.join(ROLE_DEFAULTS)})"]
+        role = ProxyRole(self.role)
+        defaults = ROLE_DEFAULTS[role]
+        found: list[str] = []
+        server = split_host_port(self.xds_server)
+        if server is None:
+            found.append(f"--xds-server {self.xds_server!r} is not HOST:PORT (an IP address or DNS name, port 1-65535)")
+        for flag, value in (("--node-id", self.node_id), ("--cluster", self.node_cluster)):
+            if value is not None and not _is_name(value):
+                found.append(f"{flag} {value!r} must be non-empty printable text without spaces")
+        for flag, value in (("--region", self.region), ("--zone", self.zone), ("--sub-zone", self.sub_zone)):
+            if value and not _is_name(value):
+                found.append(f"{flag} {value!r} must be printable text without spaces")
+        if role.is_edge:
+            site = self.site if self.site is not None else defaults.site
+            if not site or not is_site_id(site):
+                found.append(f"role {role} needs --site, a site id (lowercase RFC 1123 label); got {site or ''!r}")
+        elif self.site is not None:
+            found.append(f"--site is for the edge roles (edge-gateway, device, mobile), not {role}")
+        if self.outbound_port is not None:
+            if defaults.outbound_port is None:
+                found.append(f"--outbound-port does not apply to {role}: meshplane sends it no listener")
+            elif not 1 <= self.outbound_port <= 65535:
+                found.append(f"--outbound-port {self.outbound_port} is not a port (1-65535)")
+        if self.admin_address is not None:
+            admin = split_host_port(self.admin_address, allow_zero=True)
+            if defaults.admin_address is None:
+                found.append(f"--admin-address does not apply to {role}: a gRPC client has no admin interface")
+            elif admin is None or not _is_ip(admin[0]):
+                found.append(f"--admin-address {self.admin_address!r} is not IP:PORT (port 0-65535; 0: Envoy picks)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            found.append("--tls-cert and --tls-key go together (the client certificate and its key, for mTLS)")
+        for flag, value in (("--tls-cert", self.tls_cert), ("--tls-server-name", self.tls_server_name)):
+            if value is not None and self.tls_ca is None:
+                found.append(f"{flag} needs --tls-ca, the CA that signed the control plane's certificate")
+        for flag, path in (("--tls-ca", self.tls_ca), ("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path is not None and not _is_name(path):
+                found.append(f"{flag} {path!r} must be a file path without spaces or control characters")
+        if self.tls_server_name is not None and not _is_dns_name(self.tls_server_name):
+            found.append(f"--tls-server-name {self.tls_server_name!r} is not a DNS name")
+        if self.xds_token is not None and not re.fullmatch(r"[\x21-\x7e]+", self.xds_token):
+            found.append("--xds-token must be non-empty printable ASCII without spaces")
+        if role is ProxyRole.GRPC:
+            # grpcio's bootstrap `tls` credentials (gRFC A65) check the certificate against the
+            # host of server_uri, and the bootstrap cannot carry our bearer token (its `call_creds`,
+            # where a gRPC release has them, read JWT files only: gRFC A97).
+            if self.tls_server_name is not None:
+                found.append(
+                    "--tls-server-name does not apply to grpc: the server's certificate must name the --xds-server host"
+                )
+            if self.xds_token is not None:
+                found.append(
+                    "--xds-token does not apply to grpc: a gRPC client proves its role with a certificate (--tls-cert)"
+                )
+        return found
+
+
+def split_host_port(value: str, *, allow_zero: bool = False) -> tuple[str, int] | None:
+    """`host:port` → (host, port), `[::1]:18000` → ('::1', 18000); None when it is not one."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
+    if match is None:
+        return None
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        return None
+    if match.group(1) is not None:
+        return (host, port) if _is_ip(host) and ":" in host else None
+    return (host, port) if _is_ip(host) or _is_dns_name(host) else None
+
+
+def render(options: BootstrapOptions) -> str:
+    """The bootstrap's text: YAML for an Envoy role, JSON for `grpc`. Raises BootstrapError."""
+    problems = options.problems()
+    if problems:
+        raise BootstrapError(problems)
+    role = ProxyRole(options.role)
+    if role is ProxyRole.GRPC:
+        return _grpc_bootstrap(options)
+    return "".join(
+        (
+            _HEADERS[role].format(outbound_port=_outbound_port(options, role)),
+            _COMMON_HEADER.format(xds_server=options.xds_server),
+            _node(options, role),
+            _MOBILE_RUNTIME if role is ProxyRole.MOBILE else "",
+            _dynamic_resources(options, role),
+            _static_resources(options),
+            _admin(options, role),
+        )
+    )
+
+
+# --- Envoy: per-role headers, then sections every role shares -----------------------------------
+
+_HEADERS: dict[ProxyRole, str] = {
+    ProxyRole.SIDECAR: """\
+# Envoy bootstrap for a sidecar: the proxy beside an app, sending the app's outbound traffic.
+#
+# The app sends HTTP to 127.0.0.1:{outbound_port} (node.metadata.outbound_port) with a Host header
+# naming the service: `web`, `web.default`, `web.default.svc.cluster.local` (any of them, with or
+# without `:port`). node.metadata.role selects what meshplane sends (sidecar); node.locality makes
+# endpoints in the same zone preferred, then the same region. node.cluster names the service this
+# sidecar fronts. Everything else comes over ADS.
+""",
+    ProxyRole.EDGE_GATEWAY: """\
+# Envoy bootstrap for an edge gateway: the Envoy at an edge site (a gym, a store) between the
+# site's devices and the cloud. See docs/edge.md.
+#
+# node.metadata.site names the site (a `sites:` entry of the policy files); meshplane sends:
+# - a listener on 0.0.0.0:<outbound_port> ({outbound_port}) taking the site's devices' HTTP traffic
+#   into the cloud services, by Host header as a sidecar does;
+# - a listener on 0.0.0.0:<outbound_port + 1> letting cloud services reach one registered device
+#   of this site: the request names it in the `x-meshplane-device` header.
+# The site's `gateways:` in the policy files list this host's address and <outbound_port>.
+""",
+    ProxyRole.DEVICE: """\
+# Envoy bootstrap for a device: a full Envoy on a piece of equipment (a bike, a treadmill).
+# See docs/edge.md.
+#
+# In the field the control plane is the cloud's public meshplane address, reached through the
+# site's NAT or gateway. The app on the device sends HTTP to 127.0.0.1:<outbound_port> ({outbound_port})
+# with a Host header naming a cloud service, plus `x-device-class` and `x-firmware-version` for
+# canary rules. meshplane sends clusters whose endpoints are, in priority order, the gateways of
+# node.metadata.site, the gateways of the other sites of its region, then the cloud service
+# itself; consumer-network timeouts and retries move a request on to the next priority when a
+# gateway is gone.
+""",
+    ProxyRole.MOBILE: """\
+# The xDS part of an Envoy Mobile app's configuration, as an Envoy bootstrap. Envoy Mobile builds
+# the same structure in code: EngineBuilder.setNodeId / setNodeLocality / setNodeMetadata with the
+# node below, and setXds(XdsBuilder(<host>, <port>) of the `meshplane` cluster below, with
+# addClusterDiscoveryService() and addRuntimeDiscoveryService("meshplane")). See docs/edge.md and
+# docs/bootstraps.md.
+#
+# Envoy Mobile speaks ADS with CDS and RTDS only: meshplane sends STATIC clusters for the cloud
+# services (the site's gateways first, then the region's other sites, then the cloud directly)
+# and one runtime layer named `meshplane` (site, region, retry settings, and the cluster name of
+# every service as `meshplane.clusters.<namespace>.<service>.<port>`), which the app's own
+# routes read. The app's listener and routes are its own, not meshplane's.
+""",
+}
+
+_COMMON_HEADER = """\
+#
+# Rendered by `meshplane bootstrap` (docs/bootstraps.md): render it again with other options
+# rather than editing it. The control plane's address is one value, --xds-server or
+# MESHPLANE_XDS_SERVER ({xds_server} here): the `meshplane` cluster below.
+"""
+
+_MOBILE_RUNTIME = """\
+
+# meshplane's runtime layer (RTDS) over the app's static one: later layers win.
+layered_runtime:
+  layers:
+    - name: static
+      static_layer: {}
+    - name: meshplane
+      rtds_layer:
+        name: meshplane
+        rtds_config:
+          ads: {}
+          resource_api_version: V3
+"""
+
+
+def _outbound_port(options: BootstrapOptions, role: ProxyRole) -> int | None:
+    return options.outbound_port if options.outbound_port is not None else ROLE_DEFAULTS[role].outbound_port
+
+
+def _node(options: BootstrapOptions, role: ProxyRole) -> str:
+    defaults = ROLE_DEFAULTS[role]
+    lines = [
+        "",
+        "# Who this proxy is: meshplane serves one config per role (and site, outbound port, locality).",
+        "node:",
+        f"  id: {_yaml_scalar(options.node_id or defaults.node_id)}",
+        f"  cluster: {_yaml_scalar(options.node_cluster or defaults.node_cluster)}",
+    ]
+    locality = [(key, value) for key, value in _locality(options) if value]
+    if locality:
+        lines.append("  locality:")
+        lines.extend(f"    {key}: {_yaml_scalar(value)}" for key, value in locality)
+    lines += ["  metadata:", f"    role: {role.value}"]
+    site = options.site if options.site is not None else defaults.site
+    if site:
+        lines.append(f"    site: {_yaml_scalar(site)}")
+    outbound_port = _outbound_port(options, role)
+    if outbound_port is not None:
+        lines.append(f"    outbound_port: {outbound_port}")
+    return "\n".join(lines) + "\n"
+
+
+def _locality(options: BootstrapOptions) -> list[tuple[str, str]]:
+    return [("region", options.region), ("zone", options.zone), ("sub_zone", options.sub_zone)]
+
+
+def _dynamic_resources(options: BootstrapOptions, role: ProxyRole) -> str:
+    if options.sotw:
+        flavour = "# State-of-the-world xDS (GRPC), from --sotw; without it, Delta xDS (DELTA_GRPC).\n"
+    else:
+        flavour = "# Delta xDS (DELTA_GRPC), the default; `--sotw` renders state-of-the-world (GRPC).\n"
+    metadata = ""
+    if options.xds_token is not None:
+        metadata = (
+            "        # The proxy's bearer token (`serve --xds-tokens`), sent on every xDS stream; it grants\n"
+            "        # a role and site. Send it over TLS only: anyone who reads it can claim that role.\n"
+            "        initial_metadata:\n"
+            "          - key: authorization\n"
+            f"            value: {_yaml_scalar('Bearer ' + options.xds_token)}\n"
+        )
+    types = "  cds_config:\n    ads: {}\n    resource_api_version: V3\n"
+    if role is not ProxyRole.MOBILE:  # Envoy Mobile takes clusters and runtime only; no listeners
+        types += "  lds_config:\n    ads: {}\n    resource_api_version: V3\n"
+    return f"""
+{flavour}dynamic_resources:
+  ads_config:
+    api_type: {"GRPC" if options.sotw else "DELTA_GRPC"}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+      - envoy_grpc:
+          cluster_name: meshplane
+          # Reconnect within ~100 ms when the control plane restarts; Envoy keeps serving its
+          # last configuration meanwhile.
+          retry_policy:
+            retry_back_off:
+              base_interval: 0.05s
+              max_interval: 0.2s
+{metadata}{types}"""
+
+
+def _static_resources(options: BootstrapOptions) -> str:
+    server = split_host_port(options.xds_server)
+    assert server is not None  # checked by problems()
+    host, port = server
+    if _is_ip(host):
+        discovery = "      type: STATIC  # an IP address: no DNS\n"
+    else:
+        discovery = """\
+      # A DNS name, re-resolved every dns_refresh_rate. Envoy's DNS cluster (`envoy.cluster.dns`,
+      # which replaces the deprecated `type: STRICT_DNS` and its fields) behaving as STRICT_DNS
+      # rather than LOGICAL_DNS: every address the name resolves to is a host, and those gone
+      # from DNS are dropped. A control plane recreated on a new address (compose, a rescheduled
+      # pod behind a headless Service) is found at the next refresh, and several replicas share
+      # the proxies; LOGICAL_DNS would only ever connect to the first address. V4_PREFERRED:
+      # IPv4 when the name has it (Docker's and most clusters' networks), else IPv6.
+      cluster_type:
+        name: envoy.cluster.dns
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster
+          all_addresses_in_single_endpoint: false
+          dns_lookup_family: V4_PREFERRED
+          dns_refresh_rate: 5s
+          # While the name does not resolve (the control plane's container is being recreated),
+          # ask again soon rather than after dns_refresh_rate.
+          dns_failure_refresh_rate:
+            base_interval: 0.5s
+            max_interval: 5s
+"""
+    return f"""
+# How to reach the control plane: --xds-server {options.xds_server}.
+static_resources:
+  clusters:
+    - name: meshplane
+{discovery}      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options:
+              # Notice a dead control plane (a lost NAT mapping, a vanished peer) within ~35 s.
+              connection_keepalive:
+                interval: 30s
+                timeout: 5s
+{_transport_socket(options, host)}      load_assignment:
+        cluster_name: meshplane
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address:
+                      address: {_yaml_scalar(host)}
+                      port_value: {port}
+"""
+
+
+def _transport_socket(options: BootstrapOptions, host: str) -> str:
+    if options.tls_ca is None:
+        return ""
+    name = options.tls_server_name or host
+    # Envoy checks only the chain unless told which name to expect: without this match any
+    # certificate from the CA would pass for the control plane.
+    san_type = "IP_ADDRESS" if options.tls_server_name is None and _is_ip(host) else "DNS"
+    sni = "" if san_type == "IP_ADDRESS" else f"          sni: {_yaml_scalar(name)}\n"
+    client = ""
+    if options.tls_cert is not None and options.tls_key is not None:
+        client = (
+            "            # mTLS: the certificate's URI SAN meshplane://role/<role>[/site/<site>] grants\n"
+            "            # what this proxy may claim in node.metadata. Read at start: restart on renewal.\n"
+            "            tls_certificates:\n"
+            f"              - certificate_chain: {{filename: {_yaml_scalar(options.tls_cert)}}}\n"
+            f"                private_key: {{filename: {_yaml_scalar(options.tls_key)}}}\n"
+        )
+    return f"""\
+      # TLS to the control plane (--tls-ca): its certificate must come from this CA and name
+      # {name}.
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+{sni}          common_tls_context:
+            alpn_protocols: [h2]
+            validation_context:
+              trusted_ca: {{filename: {_yaml_scalar(options.tls_ca)}}}
+              match_typed_subject_alt_names:
+                - san_type: {san_type}
+                  matcher: {{exact: {_yaml_scalar(name)}}}
+{client}"""
+
+
+def _admin(options: BootstrapOptions, role: ProxyRole) -> str:
+    address = options.admin_address or ROLE_DEFAULTS[role].admin_address
+    assert address is not None  # every Envoy role has one
+    parsed = split_host_port(address, allow_zero=True)
+    assert parsed is not None  # checked by problems()
+    host, port = parsed
+    return f"""
+# Envoy's admin interface: config dumps, stats, and /quitquitquit. Loopback only unless
+# --admin-address says otherwise: it is unauthenticated.
+admin:
+  address:
+    socket_address:
+      address: {_yaml_scalar(host)}
+      port_value: {port}
+"""
+
+
+# --- gRPC: the xDS bootstrap of grpcio (gRFC A27), JSON -------------------------------------------
+
+
+def _grpc_bootstrap(options: BootstrapOptions) -> str:
+    defaults = ROLE_DEFAULTS[ProxyRole.GRPC]
+    creds: dict[str, object] = {"type": "insecure"}
+    if options.tls_ca is not None:
+        # gRFC A65 `tls` credentials: the file-watcher provider's fields, re-read on change.
+        config = {"ca_certificate_file": options.tls_ca}
+        if options.tls_cert is not None and options.tls_key is not None:
+            config |= {"certificate_file": options.tls_cert, "private_key_file": options.tls_key}
+        creds = {"type": "tls", "config": config}
+    node: dict[str, object] = {
+        "id": options.node_id or defaults.node_id,
+        "cluster": options.node_cluster or defaults.node_cluster,
+    }
+    locality = {key: value for key, value in _locality(options) if value}
+    if locality:
+        node["locality"] = locality
+    node["metadata"] = {"role": ProxyRole.GRPC.value}
+    bootstrap = {
+        # grpcio's xDS client speaks state-of-the-world ADS only, so --sotw changes nothing here.
+        "xds_servers": [{"server_uri": options.xds_server, "channel_creds": [creds], "server_features": ["xds_v3"]}],
+        "node": node,
+    }
+    return json.dumps(bootstrap, indent=2) + "\n"
+
+
+# --- values -----------------------------------------------------------------------------------------
+
+# Plain YAML scalars that read back as the same string; anything else is double-quoted (JSON's
+# string syntax is YAML's), so an option can never add structure to the document.
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9._/-]*|(\d{1,3}\.){3}\d{1,3}")
+_NOT_PLAIN = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _yaml_scalar(value: str) -> str:
+    if _PLAIN.fullmatch(value) and value.lower() not in _NOT_PLAIN:
+        return value
+    return json.dumps(value)
+
+
+def _is_name(value: str) -> bool:
+    return bool(value) and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_dns_name(value: str) -> bool:
+    """An RFC 1123 host name (`meshplane`, `meshplane.meshplane.svc.cluster.local`), not all digits."""
+    labels = value.removesuffix(".").split(".")
+    return (
+        len(value) <= 253
+        and all(_LABEL.fullmatch(label) for label in labels)
+        and not all(label.isdigit() for label in labels)
+    )

@@ -1,0 +1,513 @@
+"""A simulated fleet of edge devices: register, heartbeat, stand-in backends, traffic, deregister.
+
+Owns one client's view of the edge registry (protos/meshplane/edge/v1/registry.proto) for N
+devices of one site, all registering the same `address` on ports `port_base + i`. It must not
+import the control plane (meshplane.xds, discovery, status, app): it is a client, and what it
+knows of the server is the wire contract. `meshplane simulate devices` is its command; the demo
+(`make run`), docker-compose and the benchmarks use it as a library:
+
+    stop = asyncio.Event()
+    fleet = Fleet(FleetOptions(registry="127.0.0.1:18001", site="gym", count=100, address="198.18.0.2"))
+    task = asyncio.create_task(fleet.run(stop))
+    await fleet.registered.wait()
+    ...
+    stop.set()
+    stats = await task          # every device deregistered, every backend stopped
+
+What scales, and why:
+- Registrations: `concurrency` calls in flight on one channel (HTTP/2 multiplexes them); a
+  refusal the registry calls transient (UNAVAILABLE: sites not loaded or the server not up yet;
+  RESOURCE_EXHAUSTED: the per-principal rate limit; DEADLINE_EXCEEDED) is retried with capped,
+  jittered exponential back-off until `stop`; any other refusal gives that device up, counted
+  under its reason (`FleetStats.refused`).
+- Heartbeats: `heartbeat_streams` long-lived `HeartbeatStream`s, each carrying the renewals of a
+  fixed share of the devices, pipelined (all requests of a round written while the answers are
+  read). One stream per device would be thousands of server-side streams; unary calls cost a
+  call each. The server answers in order and ends the stream at its first refusal, so the first
+  unanswered device is the refused one: on NOT_FOUND (its lease lapsed) that device registers
+  again and the rest of the round goes on over a new stream.
+- Stand-in backends (`backends=True`): one aiohttp server per device (meshplane.demo.backend),
+  so one listening socket each: fine for hundreds of devices; for thousands raise the open-files
+  limit (`ulimit -n`) above the fleet size plus the connections in flight.
+- Traffic (`traffic_url`): a fleet-wide rate (`traffic_rate` requests a second, spread over the
+  registered devices in turn), not a rate per device, so a large fleet does not multiply it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+
+from meshplane.api.edge.v1 import registry_pb2 as pb
+from meshplane.api.edge.v1 import registry_pb2_grpc
+from meshplane.demo.backend import start_http_backend
+from meshplane.model.devices import forbidden_address_reason, is_device_class, is_device_id
+
+DEFAULT_REGISTRY_PORT = 18001
+# Refusals the registry documents as "retry" (docs/edge.md, Refusals), and a call that timed out.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+CALL_TIMEOUT = 10.0  # seconds for one unary call
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds
+MAX_REASON = 300  # characters of a status message kept as a reason
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """What to simulate. `problems()` lists everything wrong; `Fleet` refuses options with any."""
+
+    registry: str  # host:port of meshplane.edge.v1.Registry (gRPC); the port defaults to 18001
+    site: str
+    count: int
+    address: str  # the IP every device registers: inside the site's device_ranges, not loopback
+    port_base: int = 20000  # device i registers address:port_base+i (and serves there with backends)
+    device_class: str = "bike"
+    id_prefix: str = "sim"  # device i is f"{id_prefix}-{site}-{i:05d}"
+    token: str | None = None  # bearer token: a class token of device_class covers the whole fleet
+    ttl_seconds: float = 30.0  # requested; the registry clamps it to its bounds
+    heartbeat_interval: float | None = None  # None: a third of the shortest TTL granted
+    heartbeat_streams: int = 4
+    backends: bool = False  # serve "hello from device <id> …" on address:port of each device
+    traffic_url: str | None = None  # e.g. http://127.0.0.1:15080/: the site gateway's device listener
+    traffic_host: str | None = None  # Host header naming a cloud service, e.g. "web"
+    traffic_rate: float = 10.0  # requests a second, fleet-wide, spread over the registered devices
+    concurrency: int = 64  # registrations (and deregistrations, requests) in flight
+    version: str = "1.0.0"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    tls_ca: Path | None = None  # registry over TLS: trust this CA (None with a cert: system roots)
+    tls_cert: Path | None = None  # with tls_key: a client certificate (mTLS)
+    tls_key: Path | None = None
+
+    def device_id(self, index: int) -> str:
+        return f"{self.id_prefix}-{self.site}-{index:05d}"
+
+    def problems(self) -> list[str]:
+        found = []
+        try:
+            registry_target(self.registry)
+        except ValueError:
+            found.append(f"registry {self.registry!r} is not host:port")
+        if self.count < 1:
+            found.append(f"count must be at least 1, not {self.count}")
+        if self.port_base < 1 or self.port_base + max(self.count, 1) - 1 > 65535:
+            found.append(f"ports {self.port_base}..{self.port_base + self.count - 1} are not all within 1-65535")
+        if not is_device_id(self.device_id(max(self.count - 1, 0))):
+            found.append(f"device ids like {self.device_id(0)!r} are malformed ([A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")
+        if not is_device_class(self.device_class):
+            found.append(f"class {self.device_class!r} must be a lowercase RFC 1123 label")
+        reason = forbidden_address_reason(self.address)
+        if reason is not None:
+            found.append(f"address {self.address} {reason}: the registry refuses it")
+        if self.ttl_seconds < 1:
+            found.append("ttl_seconds must be at least 1")
+        if self.heartbeat_interval is not None and self.heartbeat_interval <= 0:
+            found.append("heartbeat_interval must be positive")
+        if self.heartbeat_streams < 1 or self.concurrency < 1:
+            found.append("heartbeat_streams and concurrency must be at least 1")
+        if (self.traffic_url is None) != (self.traffic_host is None):
+            found.append("traffic_url and traffic_host go together")
+        if self.traffic_url is not None and self.traffic_rate <= 0:
+            found.append("traffic_rate must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            found.append("tls_cert and tls_key go together")
+        return found
+
+
+def _counter() -> Counter[str]:
+    return Counter()
+
+
+@dataclass
+class FleetStats:
+    """What the fleet did so far. Counters map a reason ("NOT_FOUND: device … has no live lease")
+    to how often it happened; `snapshot()` is a copy that later changes do not touch."""
+
+    count: int
+    registered: int = 0  # devices whose first registration succeeded
+    refused: Counter[str] = field(default_factory=_counter)  # devices given up, by reason
+    retried: Counter[str] = field(default_factory=_counter)  # transient refusals retried, by reason
+    reregistered: int = 0  # registrations again after a lapsed lease (NOT_FOUND on a renewal)
+    heartbeats_ok: int = 0
+    heartbeats_failed: Counter[str] = field(default_factory=_counter)
+    requests_ok: int = 0
+    requests_failed: Counter[str] = field(default_factory=_counter)
+    backends: int = 0  # stand-in backends serving now
+    deregistered: int = 0
+    deregister_failed: Counter[str] = field(default_factory=_counter)
+    registration_seconds: float | None = None  # from the start until every device registered or was given up
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float = 0.0  # seconds since `started`, as of the last snapshot
+
+    def snapshot(self) -> FleetStats:
+        copy = FleetStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+        for name in ("refused", "retried", "heartbeats_failed", "requests_failed", "deregister_failed"):
+            setattr(copy, name, Counter(getattr(self, name)))
+        copy.elapsed = time.monotonic() - self.started
+        return copy
+
+    @property
+    def refused_total(self) -> int:
+        return sum(self.refused.values())
+
+    @property
+    def heartbeats_failed_total(self) -> int:
+        return sum(self.heartbeats_failed.values())
+
+    @property
+    def requests_failed_total(self) -> int:
+        return sum(self.requests_failed.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: counters as {reason: count}, most frequent first."""
+        shown: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "started":
+                continue
+            shown[item.name] = dict(value.most_common()) if isinstance(value, Counter) else value
+        shown["elapsed"] = round(self.elapsed, 3)
+        if self.registration_seconds is not None:
+            shown["registration_seconds"] = round(self.registration_seconds, 3)
+        return shown
+
+
+def registry_target(registry: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, `host` or `v6` → (host, port); the port defaults to 18001."""
+    if registry.startswith("["):
+        host, _, rest = registry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_REGISTRY_PORT
+    if registry.count(":") == 1:
+        host, port = registry.split(":")
+        return host, int(port)
+    return registry, DEFAULT_REGISTRY_PORT
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    return f"{error.code().name}: {(error.details() or '')[:MAX_REASON]}"
+
+
+@dataclass(eq=False)
+class _Device:
+    index: int
+    id: str
+    port: int
+    lease_id: str = ""  # "" while not registered
+    backend: web.AppRunner | None = None
+
+
+class Fleet:
+    """Runs one simulated fleet; see the module docstring. One `run` per instance."""
+
+    def __init__(
+        self,
+        options: FleetOptions,
+        on_progress: Callable[[FleetStats], None] | None = None,
+        *,
+        progress_interval: float = 0.1,
+    ) -> None:
+        problems = options.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.options = options
+        self.stats = FleetStats(options.count)
+        # Set once every device has registered or been given up (never, if `stop` comes first).
+        self.registered = asyncio.Event()
+        self._on_progress = on_progress
+        self._progress_interval = progress_interval
+        self._devices = [_Device(i, options.device_id(i), options.port_base + i) for i in range(options.count)]
+        self._granted_ttl: float | None = None
+        self._lapsed: asyncio.Queue[_Device] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(options.concurrency)  # re-registrations, deregistrations
+        self._traffic_slots = asyncio.Semaphore(options.concurrency)  # requests in flight
+        host, port = registry_target(options.registry)
+        self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        token = options.token
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [device.id for device in self._devices]
+
+    async def run(self, stop: asyncio.Event) -> FleetStats:
+        """Registers, heartbeats, serves and sends until `stop` is set; then deregisters every
+        device it registered and stops its backends (also when cancelled). Returns the final
+        stats. An unexpected error (a bug, not a refusal) ends the run and is raised."""
+        self.stats.started = time.monotonic()
+        async with self._channel() as channel:
+            self._stub = registry_pb2_grpc.RegistryStub(channel)
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.options.concurrency),
+                timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT),
+            )
+            try:
+                async with asyncio.TaskGroup() as group:
+                    loops = [group.create_task(self._register_all())]
+                    share = self.options.heartbeat_streams
+                    loops += [group.create_task(self._run_heartbeats(self._devices[i::share])) for i in range(share)]
+                    loops += [
+                        group.create_task(self._run_reregistrations()) for _ in range(min(self.options.concurrency, 8))
+                    ]
+                    if self.options.traffic_url is not None:
+                        loops.append(group.create_task(self._run_traffic(session)))
+                    if self._on_progress is not None:
+                        loops.append(group.create_task(self._run_progress()))
+                    await stop.wait()
+                    for loop in loops:
+                        loop.cancel()
+            finally:
+                await self._shutdown(session)
+        if self._on_progress is not None:
+            self._on_progress(self.stats.snapshot())
+        return self.stats.snapshot()
+
+    def _channel(self) -> grpc.aio.Channel:
+        options = self.options
+        if options.tls_ca is None and options.tls_cert is None:
+            return grpc.aio.insecure_channel(self._target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=options.tls_ca.read_bytes() if options.tls_ca else None,
+            private_key=options.tls_key.read_bytes() if options.tls_key else None,
+            certificate_chain=options.tls_cert.read_bytes() if options.tls_cert else None,
+        )
+        return grpc.aio.secure_channel(self._target, credentials)
+
+    # --- registration -------------------------------------------------------------------------
+
+    async def _register_all(self) -> None:
+        pending = iter(self._devices)
+
+        async def worker() -> None:
+            for device in pending:
+                await self._register(device)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(self.options.concurrency, len(self._devices))):
+                group.create_task(worker())
+        self.stats.registration_seconds = time.monotonic() - self.stats.started
+        self.registered.set()
+
+    async def _register(self, device: _Device, *, again: bool = False) -> bool:
+        """Registers `device` (retrying transient refusals until cancelled); False when refused."""
+        options = self.options
+        if options.backends and device.backend is None:
+            try:
+                device.backend = await start_http_backend(f"device {device.id}", device.port, options.address)
+            except OSError as error:
+                # One reason for the fleet (no port in it), so the counts add up by cause.
+                self.stats.refused[
+                    f"stand-in backend on {options.address} did not start: "
+                    + (os.strerror(error.errno) if error.errno else str(error))
+                ] += 1
+                return False
+            self.stats.backends += 1
+        request = pb.RegisterRequest(
+            device_id=device.id,
+            device_class=options.device_class,
+            site=options.site,
+            endpoints=[pb.Endpoint(address=options.address, port=device.port)],
+            version=options.version,
+            labels=dict(options.labels),
+            ttl_seconds=max(1, round(options.ttl_seconds)),
+        )
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                answer = await self._stub.Register(request, metadata=self._metadata, timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in RETRYABLE:
+                    self.stats.retried[reason_of(error)] += 1
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: a fleet must not retry in step
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    continue
+                self.stats.refused[reason_of(error)] += 1
+                await self._stop_backend(device)
+                return False
+            device.lease_id = answer.lease_id
+            if self._granted_ttl is None or answer.ttl_seconds < self._granted_ttl:
+                self._granted_ttl = float(answer.ttl_seconds)
+            if again:
+                self.stats.reregistered += 1
+            else:
+                self.stats.registered += 1
+            return True
+
+    async def _run_reregistrations(self) -> None:
+        while True:
+            device = await self._lapsed.get()
+            async with self._slots:
+                await self._register(device, again=True)
+
+    # --- heartbeats ---------------------------------------------------------------------------
+
+    def _heartbeat_interval(self) -> float:
+        if self.options.heartbeat_interval is not None:
+            return self.options.heartbeat_interval
+        return (self._granted_ttl or self.options.ttl_seconds) / 3
+
+    async def _run_heartbeats(self, share: list[_Device]) -> None:
+        """Renews the leases of `share` every interval over one HeartbeatStream (a new one after
+        a failure). Ends only when cancelled."""
+        call: grpc.aio.StreamStreamCall[pb.HeartbeatRequest, pb.HeartbeatResponse] | None = None
+        try:
+            while True:
+                interval = self._heartbeat_interval()
+                round_started = time.monotonic()
+                due = [device for device in share if device.lease_id]
+                delay = BACKOFF_FIRST
+                while due:
+                    if call is None:
+                        # No request iterator: this side writes (grpc-stubs wrongly require one).
+                        call = self._stub.HeartbeatStream(metadata=self._metadata)  # type: ignore[call-arg]
+                    answered, code, reason = await self._beat(call, due)
+                    self.stats.heartbeats_ok += answered
+                    if code is None:
+                        break
+                    call.cancel()
+                    call = None
+                    if code is grpc.StatusCode.NOT_FOUND:
+                        # The server ended the stream at this device: its lease lapsed. It registers
+                        # again; the devices after it were not renewed yet and go on at once.
+                        self.stats.heartbeats_failed[reason] += 1
+                        lapsed = due[answered]
+                        lapsed.lease_id = ""
+                        self._lapsed.put_nowait(lapsed)
+                        due = due[answered + 1 :]
+                    else:
+                        self.stats.heartbeats_failed[reason] += len(due) - answered
+                        due = due[answered:]
+                        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                        delay = min(delay * 2, BACKOFF_MAX, interval)
+                # Re-read the interval while waiting: the first grant may be shorter than asked.
+                while True:
+                    remaining = round_started + self._heartbeat_interval() - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    await asyncio.sleep(min(remaining, 1.0))
+        finally:
+            if call is not None:
+                call.cancel()
+
+    async def _beat(
+        self,
+        call: grpc.aio.StreamStreamCall[pb.HeartbeatRequest, pb.HeartbeatResponse],
+        due: list[_Device],
+    ) -> tuple[int, grpc.StatusCode | None, str]:
+        """Writes a renewal for each of `due` while reading the answers: (answered, None, "") when
+        all were answered, else (answered, the status that ended the stream, its reason)."""
+        limit = CALL_TIMEOUT + len(due) / 100  # a server that stops answering must not stall the share
+
+        async def write() -> None:
+            # A write after the server ended the stream fails; the reader reports why.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                for device in due:
+                    await call.write(pb.HeartbeatRequest(device_id=device.id, lease_id=device.lease_id))
+
+        answered = 0
+        writer = asyncio.create_task(write())
+        try:
+            async with asyncio.timeout(limit):
+                while answered < len(due):
+                    answer = await call.read()
+                    if not isinstance(answer, pb.HeartbeatResponse):  # grpc.aio.EOF (not in grpc-stubs)
+                        return answered, grpc.StatusCode.UNKNOWN, "UNKNOWN: the heartbeat stream ended early"
+                    answered += 1
+        except grpc.aio.AioRpcError as error:
+            return answered, error.code(), reason_of(error)
+        except TimeoutError:
+            return answered, grpc.StatusCode.DEADLINE_EXCEEDED, f"DEADLINE_EXCEEDED: no answer within {limit:g} s"
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return answered, None, ""
+
+    # --- traffic ------------------------------------------------------------------------------
+
+    async def _run_traffic(self, session: aiohttp.ClientSession) -> None:
+        """`traffic_rate` requests a second to `traffic_url`, each from the next registered device
+        in turn; behind schedule (a slow gateway), it does not burst to catch up."""
+        period = 1.0 / self.options.traffic_rate
+        turn = 0
+        next_at = time.monotonic()
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at + period, time.monotonic() - 1.0)
+                for _ in range(len(self._devices)):
+                    device = self._devices[turn % len(self._devices)]
+                    turn += 1
+                    if device.lease_id:
+                        await self._traffic_slots.acquire()
+                        group.create_task(self._request(session, device))
+                        break
+
+    async def _request(self, session: aiohttp.ClientSession, device: _Device) -> None:
+        options = self.options
+        assert options.traffic_url is not None
+        assert options.traffic_host is not None
+        headers = {
+            "host": options.traffic_host,
+            "x-device-class": options.device_class,
+            "x-firmware-version": options.version,
+        }
+        try:
+            async with session.get(options.traffic_url, headers=headers) as response:
+                await response.read()
+                if response.status < 400:
+                    self.stats.requests_ok += 1
+                else:
+                    self.stats.requests_failed[f"HTTP {response.status}"] += 1
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.stats.requests_failed[f"{type(error).__name__}: {str(error)[:MAX_REASON]}"] += 1
+        finally:
+            self._traffic_slots.release()
+
+    # --- progress and shutdown ----------------------------------------------------------------
+
+    async def _run_progress(self) -> None:
+        assert self._on_progress is not None
+        while True:
+            self._on_progress(self.stats.snapshot())
+            await asyncio.sleep(self._progress_interval)
+
+    async def _deregister(self, device: _Device) -> None:
+        request = pb.DeregisterRequest(device_id=device.id, lease_id=device.lease_id)
+        async with self._slots:
+            try:
+                await self._stub.Deregister(request, metadata=self._metadata, timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                self.stats.deregister_failed[reason_of(error)] += 1
+            else:
+                self.stats.deregistered += 1
+                device.lease_id = ""
+
+    async def _stop_backend(self, device: _Device) -> None:
+        if device.backend is not None:
+            runner, device.backend = device.backend, None
+            await runner.cleanup()
+            self.stats.backends -= 1
+
+    async def _shutdown(self, session: aiohttp.ClientSession) -> None:
+        """Deregisters every device holding a lease, then stops the backends and the session."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for device in self._devices:
+                    if device.lease_id:
+                        group.create_task(self._deregister(device))
+        finally:
+            for device in self._devices:
+                await self._stop_backend(device)
+            await session.close()
