@@ -25,6 +25,7 @@ from aiohttp import web
 from meshplane.debounce import Debouncer
 from meshplane.discovery.inventory import Inventory
 from meshplane.discovery.kubernetes import KubernetesSource
+from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
 from meshplane.discovery.policy_files import DEFAULT_MAX_FILE_SIZE, PolicyFileSource
 from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
@@ -63,6 +64,10 @@ class Settings:
     kubeconfig: Path | None = None  # else $KUBECONFIG, ~/.kube/config, or the pod's service account
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     service_selector: str = ""
+    # Opt-in (secrets are sensitive): SDS certificates and CA bundles from Kubernetes Secrets of type
+    # kubernetes.io/tls or Opaque with ca.crt, labelled `secret_selector`, in `namespaces`.
+    kubernetes_secrets: bool = False
+    secret_selector: str = DEFAULT_SECRET_SELECTOR
     # Unlocks config dumps that hold secrets (their Secret resources, redacted); None: never shown.
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     # The edge registry (issue 4): on when set; its devices join every published mesh.
@@ -112,6 +117,8 @@ class ControlPlane:
                 kubeconfig=settings.kubeconfig,
                 namespaces=settings.namespaces,
                 service_selector=settings.service_selector,
+                secrets=settings.kubernetes_secrets,
+                secret_selector=settings.secret_selector,
                 on_change=self._on_source_change,
             )
             if settings.kubernetes
@@ -164,6 +171,8 @@ class ControlPlane:
             self.policy.mesh if self.policy is not None else None,
             content.services if content is not None else (),
             content.routes if content is not None else (),
+            content.certificates if content is not None else (),
+            content.trust_bundles if content is not None else (),
         )
         if self.edge is not None:
             mesh = dataclasses.replace(mesh, devices=self.edge.devices_for(mesh))
@@ -180,8 +189,8 @@ class ControlPlane:
 
     def _sources(self) -> list[dict[str, Any]]:
         sources = [source.status for source in (self.policy, self.kubernetes, self.edge) if source is not None]
-        if self.policy is not None and self.kubernetes is not None:
-            sources.append(self.inventory.status)  # merge clashes, routes left out
+        if self.kubernetes is not None and (self.policy is not None or self.inventory.errors):
+            sources.append(self.inventory.status)  # merge clashes, routes left out, missing secrets
         return [dataclasses.asdict(status) for status in sources]
 
     def _tls(self) -> ReloadingCredentials | None:
@@ -195,6 +204,8 @@ class ControlPlane:
         return ReloadingCredentials(TlsFiles(settings.tls_cert, settings.tls_key, settings.client_ca))
 
     async def start(self) -> None:
+        if self.settings.kubernetes_secrets and not self.settings.kubernetes:
+            raise ValueError("--kubernetes-secrets needs --kubernetes")
         if self.policy is None and self.kubernetes is None and self.edge is None:
             raise ValueError("no source enabled: give policy files (config) or enable Kubernetes")
         if self.policy is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from meshplane import __version__
 from meshplane.bootstrap.cli import add_bootstrap_command, bootstrap_command
+from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
 from meshplane.edge.console import add_devices_command, devices_command
 from meshplane.edge.options import add_edge_arguments, edge_settings
 from meshplane.flags import env_flag
@@ -47,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     env_flag(
         kubernetes, "--service-selector", default="", help="label selector for Services, e.g. 'mesh=on,tier!=batch'"
+    )
+    kubernetes.add_argument(
+        "--kubernetes-secrets",
+        action=argparse.BooleanOptionalAction,
+        default=_env("KUBERNETES_SECRETS", "").lower() in ("1", "true", "yes", "on"),
+        help="serve TLS certificates and CA bundles of labelled Kubernetes Secrets over SDS (docs/kubernetes.md;"
+        " needs deploy/kubernetes/secrets/) [MESHPLANE_KUBERNETES_SECRETS=true]",
+    )
+    env_flag(
+        kubernetes,
+        "--secret-selector",
+        default=DEFAULT_SECRET_SELECTOR,
+        help="with --kubernetes-secrets: label selector for the Secrets served",
     )
     env_flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC xDS listen address")
     env_flag(serve, "--status-address", default="0.0.0.0:9900", help="operator HTTP listen address")
@@ -187,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             print("meshplane: (or --kubernetes, to serve what Kubernetes discovery finds)", file=sys.stderr)
         return 2
+    if args.command == "serve" and args.kubernetes_secrets and not args.kubernetes:
+        print("meshplane: --kubernetes-secrets needs --kubernetes (MESHPLANE_KUBERNETES=true)", file=sys.stderr)
+        return 2
     if args.command == "validate":
         from meshplane.discovery.policy_files import validate_policy
 
@@ -215,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kubeconfig=args.kubeconfig,
         namespaces=tuple(args.namespaces or [n.strip() for n in _env("NAMESPACES", "").split(",") if n.strip()]),
         service_selector=args.service_selector,
+        kubernetes_secrets=args.kubernetes_secrets,
+        secret_selector=args.secret_selector,
         admin_token=args.admin_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -1,7 +1,11 @@
 """Command-line flags that environment variables can also set: `--tls-cert` ⇔ `MESHPLANE_TLS_CERT`.
 
 Owns the rule that ties a flag to its variable, so the two names can never drift apart: the
-variable is `MESHPLANE_` + the flag's name in upper case with dashes as underscores. A set,
+variable is `MESHPLANE_` + the flag's name in upper case with dashes as underscores. The client
+tools (`meshplane bootstrap`, `meshplane simulate devices`) give their flags a scope, which goes
+between the two (`--tls-cert` of `bootstrap` ⇔ `MESHPLANE_BOOTSTRAP_TLS_CERT`): the same flag
+name means another file there (a proxy's client certificate, not the server's), and a variable
+exported for `meshplane serve` must not change what a tool run in the same shell does. A set,
 non-empty variable gives the flag's default (converted by the flag's type); the command line still
 wins. Imports nothing heavy: the CLI builds its parser before anything else loads.
 """
@@ -14,9 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 
-def variable_of(flag: str) -> str:
-    """`--registry-tls-cert` → `MESHPLANE_REGISTRY_TLS_CERT`."""
-    return "MESHPLANE_" + flag.lstrip("-").replace("-", "_").upper()
+def variable_of(flag: str, scope: str = "") -> str:
+    """`--registry-tls-cert` → `MESHPLANE_REGISTRY_TLS_CERT`; with scope `bootstrap`, `--site` →
+    `MESHPLANE_BOOTSTRAP_SITE`."""
+    name = flag.lstrip("-").replace("-", "_").upper()
+    return f"MESHPLANE_{scope.upper()}_{name}" if scope else f"MESHPLANE_{name}"
 
 
 def env_flag(
@@ -27,6 +33,7 @@ def env_flag(
     default: Any = None,
     type: Callable[[str], Any] = str,
     secret: bool = False,
+    scope: str = "",
     **options: Any,
 ) -> None:
     """Adds `flag` with its default taken from its environment variable when that is set.
@@ -34,7 +41,7 @@ def env_flag(
     `help` gets the variable's name and the default appended; a `secret` flag's default (which may
     come from the environment) is never shown in `--help`.
     """
-    variable = variable_of(flag)
+    variable = variable_of(flag, scope)
     raw = os.environ.get(variable, "")
     shown = "" if secret else "; default %(default)s"
     parser.add_argument(

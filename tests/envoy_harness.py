@@ -39,6 +39,21 @@ def envoy_binary() -> str:
     return found
 
 
+def validate_bootstrap(path: Path) -> str:
+    """`envoy --mode validate` on the bootstrap at `path`: fails the test with Envoy's output unless
+    Envoy accepts it; returns that output (for checks such as no deprecation warnings)."""
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
+    return result.stdout + result.stderr
+
+
 @dataclass
 class Envoy:
     process: subprocess.Popen[bytes]

@@ -28,7 +28,6 @@ import sys
 import threading
 import tomllib
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -39,7 +38,8 @@ import yaml
 from meshplane.cli import _parser
 from meshplane.discovery.edge.auth import PrincipalKind, TokenAuthenticator
 from meshplane.simulate.fleet import FleetOptions
-from tests.envoy_harness import REPO, envoy_binary
+from tests.envoy_harness import REPO, envoy_binary, validate_bootstrap
+from tests.meshplane_env import only_these_variables, without_meshplane_variables
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -90,19 +90,9 @@ def meshplane_arguments(service: dict[str, Any]) -> list[str] | None:
     return None if "entrypoint" in service else command_of(service)
 
 
-@contextlib.contextmanager
-def service_environment(service: dict[str, Any]) -> Iterator[None]:
+def service_environment(service: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
     """The service's MESHPLANE_* variables in this process's environment, and none of the test's own."""
-    saved = {key: value for key, value in os.environ.items() if key.startswith("MESHPLANE_")}
-    try:
-        for key in saved:
-            del os.environ[key]
-        os.environ.update(environment_of(service))
-        yield
-    finally:
-        for key in [key for key in os.environ if key.startswith("MESHPLANE_")]:
-            del os.environ[key]
-        os.environ.update(saved)
+    return only_these_variables(environment_of(service))
 
 
 def parsed(service: dict[str, Any]) -> argparse.Namespace:
@@ -210,7 +200,7 @@ def render_bootstrap(service: dict[str, Any], output: Path) -> Path:
     assert arguments is not None
     output_flag = next(i for i, argument in enumerate(arguments) if argument in ("-o", "--output"))
     arguments = [*arguments[: output_flag + 1], str(output), *arguments[output_flag + 2 :]]
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("MESHPLANE_")}
+    environment = without_meshplane_variables()
     result = subprocess.run(
         [sys.executable, "-m", "meshplane", *arguments],
         capture_output=True,
@@ -468,15 +458,7 @@ def test_every_envoy_gets_a_bootstrap_rendered_by_a_job_it_waits_for(
 
 @pytest.mark.parametrize("name", ["edge-gateway", "sidecar"])
 def test_rendered_bootstraps_pass_envoy_validation(name: str, bootstraps: dict[str, RenderedBootstrap]) -> None:
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(bootstraps[name].path), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK" in result.stdout
+    validate_bootstrap(bootstraps[name].path)
 
 
 def test_the_gateways_ports_are_published_and_used(bootstraps: dict[str, RenderedBootstrap]) -> None:

@@ -15,10 +15,8 @@ the PodDisruptionBudget is left out there).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import json
-import os
 import re
 import shlex
 import ssl
@@ -37,9 +35,10 @@ import yaml
 
 from meshplane.cli import _parser
 from meshplane.flags import variable_of
-from tests.envoy_harness import REPO, envoy_binary
-from tests.k8s.real_apiserver import ADMIN_TOKEN, Cluster, binaries, start_cluster
-from tests.preconditions import require, requires
+from tests.envoy_harness import REPO, validate_bootstrap
+from tests.k8s.real_apiserver import ADMIN_TOKEN, KUBE_MISSING, Cluster, module_cluster
+from tests.meshplane_env import only_these_variables, without_meshplane_variables
+from tests.preconditions import requires
 
 DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
@@ -133,7 +132,7 @@ class Workload:
 
     def serve(self) -> argparse.Namespace:
         """The container's args, parsed by meshplane's real parser with the container's environment."""
-        with environment(env_of(self.container)):
+        with only_these_variables(env_of(self.container)):
             return _parser().parse_args([*self.container.get("command", [])[1:], *self.container["args"]])
 
     def __str__(self) -> str:
@@ -153,23 +152,8 @@ def port_of(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
-@contextlib.contextmanager
-def environment(variables: dict[str, str]) -> Iterator[None]:
-    """Exactly these MESHPLANE_* variables in this process's environment (none of the test's own)."""
-    saved = {key: value for key, value in os.environ.items() if key.startswith("MESHPLANE_")}
-    try:
-        for key in saved:
-            del os.environ[key]
-        os.environ.update(variables)
-        yield
-    finally:
-        for key in [key for key in os.environ if key.startswith("MESHPLANE_")]:
-            del os.environ[key]
-        os.environ.update(saved)
-
-
 def meshplane(*arguments: str) -> subprocess.CompletedProcess[str]:
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("MESHPLANE_")}
+    clean = without_meshplane_variables()
     return subprocess.run(
         [sys.executable, "-m", "meshplane", *arguments],
         capture_output=True,
@@ -517,32 +501,18 @@ def test_the_sidecar_bootstrap_configmap_passes_envoy_validation(tmp_path: Path)
     _, text = sidecar_bootstrap()
     path = tmp_path / "envoy.yaml"
     path.write_text(text)
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK" in result.stdout
+    validate_bootstrap(path)
 
 
 # --- a real API server ---------------------------------------------------------------------------
 
-KUBE_MISSING = None if binaries() else "kube-apiserver and etcd are not built: run `make kube-apiserver`"
 # Kinds the 1.20 API server cannot take: policy/v1 arrived in 1.21 (1.20 has only policy/v1beta1).
 NOT_IN_1_20 = {("policy/v1", "PodDisruptionBudget")}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require(KUBE_MISSING)
-    found = binaries()
-    assert found is not None
-    running = start_cluster(tmp_path_factory.mktemp("kube"), *found)
-    yield running
-    running.stop()
+    yield from module_cluster(tmp_path_factory.mktemp("kube"))
 
 
 def api(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -34,3 +34,17 @@ def test_a_secret_default_is_never_shown_in_help(monkeypatch: pytest.MonkeyPatch
     assert "[MESHPLANE_TOKEN]" in text
     assert "[MESHPLANE_PORT; default 80]" in text
     assert parser.parse_args([]).token == "s3cret"
+
+
+def test_a_scoped_flag_reads_its_own_variable_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client tool's `--tls-cert` is another file than the server's: MESHPLANE_TLS_CERT must not reach it."""
+    assert variable_of("--tls-cert", "bootstrap") == "MESHPLANE_BOOTSTRAP_TLS_CERT"
+    monkeypatch.setenv("MESHPLANE_TLS_CERT", "/etc/server.crt")
+    parser = argparse.ArgumentParser()
+    env_flag(parser, "--tls-cert", scope="bootstrap", help="a proxy's certificate")
+    assert parser.parse_args([]).tls_cert is None
+    monkeypatch.setenv("MESHPLANE_BOOTSTRAP_TLS_CERT", "/etc/proxy.crt")
+    parser = argparse.ArgumentParser()
+    env_flag(parser, "--tls-cert", scope="bootstrap", help="a proxy's certificate")
+    assert parser.parse_args([]).tls_cert == "/etc/proxy.crt"
+    assert "[MESHPLANE_BOOTSTRAP_TLS_CERT; default /etc/proxy.crt]" in " ".join(parser.format_help().split())

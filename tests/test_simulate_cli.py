@@ -192,7 +192,7 @@ def test_bad_arguments_exit_2(arguments: list[str], message: str, capsys: pytest
 
 def test_every_flag_reaches_the_fleet_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESHPLANE_REGISTRY_TOKEN", "from-the-environment")
-    monkeypatch.setenv("MESHPLANE_RATE", "7.5")
+    monkeypatch.setenv("MESHPLANE_SIMULATE_RATE", "7.5")
     arguments = [
         *("simulate", "devices", "--count", "3", "--site", "gym", "--registry", "meshplane:1234"),
         *("--address", "198.19.5.7", "--port-base", "30000", "--class", "tread", "--id-prefix", "demo"),
@@ -232,7 +232,7 @@ def test_every_flag_reaches_the_fleet_options(monkeypatch: pytest.MonkeyPatch) -
 def test_flags_come_from_the_environment_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("MESHPLANE_COUNT", "0")
+    monkeypatch.setenv("MESHPLANE_SIMULATE_COUNT", "0")
     assert main(["simulate", "devices", "--site", "gym", "--address", "198.19.5.7"]) == 2
     assert "count must be at least 1, not 0" in capsys.readouterr().err
 
@@ -280,7 +280,7 @@ class Terminal(io.StringIO):
 def test_progress_on_a_terminal_is_redrawn_in_place_at_most_ten_times_a_second() -> None:
     clock = FakeClock()
     terminal = Terminal()
-    reporter = ProgressReporter(terminal, clock=clock)
+    reporter = ProgressReporter(terminal, clock=clock, columns=lambda: 200)
     assert reporter.tty
     for step in range(30):  # 30 reports over 0.6 s
         clock.now = step * 0.02
@@ -290,6 +290,14 @@ def test_progress_on_a_terminal_is_redrawn_in_place_at_most_ten_times_a_second()
     assert drawn.count("\r") == 6 + 1  # every 0.1 s, then the final line
     assert drawn.endswith("10/10 registered  0 refused  heartbeats 0 ok 0 failed  5 reg/s  2s\x1b[K\n")
     assert drawn.count("\n") == 1
+
+
+def test_progress_on_a_narrow_terminal_is_cut_to_its_width() -> None:
+    """A line wider than the terminal would wrap, and `\\r` would then redraw only its last row."""
+    terminal = Terminal()
+    ProgressReporter(terminal, clock=FakeClock(), columns=lambda: 40).update(stats(registered=3))
+    (line,) = terminal.getvalue().split("\r")[1:]
+    assert line == progress_line(stats(registered=3))[:39] + "\x1b[K"
 
 
 def test_progress_elsewhere_is_a_plain_line_every_few_seconds() -> None:

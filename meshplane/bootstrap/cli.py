@@ -3,10 +3,11 @@
     meshplane bootstrap sidecar --xds-server meshplane:18000 -o /etc/envoy/envoy.yaml
     MESHPLANE_XDS_SERVER=meshplane.meshplane.svc.cluster.local:18000 meshplane bootstrap device --site gym-12
 
-Every flag can also be set as MESHPLANE_<FLAG> (meshplane/flags.py); `--xds-server` /
+Every flag can also be set as MESHPLANE_BOOTSTRAP_<FLAG> (meshplane/flags.py); `--xds-server` /
 `MESHPLANE_XDS_SERVER` is the one value naming the control plane for local runs, compose and
-Kubernetes. Bad options exit 2 with one line per problem. Owns the command's flags and the file
-write; the text comes from render.py. Imports nothing heavy: no grpc, protobuf or control plane.
+Kubernetes, and `--xds-token` is `MESHPLANE_XDS_TOKEN`. Bad options exit 2 with one line per
+problem. Owns the command's flags and the file write; the text comes from render.py. Imports
+nothing heavy: no grpc, protobuf or control plane.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
 
 
+# The variables of this command's own flags are MESHPLANE_BOOTSTRAP_<FLAG> (meshplane/flags.py says
+# why); the two that name the same thing everywhere are not scoped: MESHPLANE_XDS_SERVER, the one
+# value naming the control plane, and MESHPLANE_XDS_TOKEN, a proxy's token.
+SCOPE = "bootstrap"
+
+
 def add_bootstrap_command(commands: Any) -> None:
     """Adds `bootstrap` to the `meshplane` command's subparsers."""
     bootstrap = commands.add_parser(
@@ -53,15 +60,23 @@ def add_bootstrap_command(commands: Any) -> None:
         default=DEFAULT_XDS_SERVER,
         help="the control plane, HOST:PORT (an IP address: STATIC cluster; a DNS name: DNS cluster)",
     )
-    env_flag(bootstrap, "--node-id", help="node.id (default: the role's demo id)")
-    env_flag(bootstrap, "--cluster", dest="node_cluster", help="node.cluster, the service this proxy fronts")
-    env_flag(bootstrap, "--site", help="node.metadata.site, for edge-gateway, device and mobile (default gym-local)")
-    env_flag(bootstrap, "--region", default=DEFAULT_REGION, help="node.locality.region ('' for none)")
-    env_flag(bootstrap, "--zone", default=DEFAULT_ZONE, help="node.locality.zone ('' for none)")
-    env_flag(bootstrap, "--sub-zone", default="", help="node.locality.sub_zone")
+    env_flag(bootstrap, "--node-id", scope=SCOPE, help="node.id (default: the role's demo id)")
+    env_flag(
+        bootstrap, "--cluster", scope=SCOPE, dest="node_cluster", help="node.cluster, the service this proxy fronts"
+    )
+    env_flag(
+        bootstrap,
+        "--site",
+        scope=SCOPE,
+        help="node.metadata.site, for edge-gateway, device and mobile (default gym-local)",
+    )
+    env_flag(bootstrap, "--region", scope=SCOPE, default=DEFAULT_REGION, help="node.locality.region ('' for none)")
+    env_flag(bootstrap, "--zone", scope=SCOPE, default=DEFAULT_ZONE, help="node.locality.zone ('' for none)")
+    env_flag(bootstrap, "--sub-zone", scope=SCOPE, default="", help="node.locality.sub_zone")
     env_flag(
         bootstrap,
         "--outbound-port",
+        scope=SCOPE,
         type=_port,
         help="node.metadata.outbound_port, where meshplane puts the proxy's listener (sidecar/device 15001, "
         "edge-gateway 15080)",
@@ -69,20 +84,28 @@ def add_bootstrap_command(commands: Any) -> None:
     env_flag(
         bootstrap,
         "--admin-address",
+        scope=SCOPE,
         help="Envoy's admin interface, IP:PORT (127.0.0.1 and 9901 sidecar, 9902 edge-gateway, 9903 device, "
         "9904 mobile)",
     )
     bootstrap.add_argument(
         "--sotw",
         action="store_true",
-        default=os.environ.get(variable_of("--sotw"), "").lower() in ("1", "true", "yes", "on"),
-        help="state-of-the-world xDS instead of Delta [MESHPLANE_SOTW=true]",
+        default=os.environ.get(variable_of("--sotw", SCOPE), "").lower() in ("1", "true", "yes", "on"),
+        help="state-of-the-world xDS instead of Delta [MESHPLANE_BOOTSTRAP_SOTW=true]",
     )
     tls = bootstrap.add_argument_group("the xDS connection's credentials")
-    env_flag(tls, "--tls-ca", help="TLS to the control plane: its certificate must come from this CA (PEM)")
-    env_flag(tls, "--tls-cert", help="mTLS: this proxy's certificate (PEM), with --tls-key")
-    env_flag(tls, "--tls-key", help="its private key (PEM)")
-    env_flag(tls, "--tls-server-name", help="the name the control plane's certificate carries (default: the HOST)")
+    env_flag(
+        tls, "--tls-ca", scope=SCOPE, help="TLS to the control plane: its certificate must come from this CA (PEM)"
+    )
+    env_flag(tls, "--tls-cert", scope=SCOPE, help="mTLS: this proxy's certificate (PEM), with --tls-key")
+    env_flag(tls, "--tls-key", scope=SCOPE, help="its private key (PEM)")
+    env_flag(
+        tls,
+        "--tls-server-name",
+        scope=SCOPE,
+        help="the name the control plane's certificate carries (default: the HOST)",
+    )
     env_flag(
         tls,
         "--xds-token",

@@ -11,6 +11,14 @@ Owns the merge and its precedence rules (documented in docs/kubernetes.md):
 - Policy-file routes may send traffic to Kubernetes services. A route whose backends or attached
   service do not exist in the merged mesh (e.g. the Kubernetes service was deleted) is left out,
   with an error, and the rest is served.
+- Secrets: the policy files' and the Kubernetes Secrets' (names cannot clash: file secret names
+  have no `/`, Kubernetes ones are `namespace/name`; should one clash anyway, the file's wins). A
+  service whose TLS names a secret no source has any more (a Kubernetes Secret deleted or
+  unlabelled) keeps the version last served, with an error, until the Secret is back or the
+  reference goes: proxies keep working TLS, and the rest of the mesh keeps getting changes (the
+  publisher's gate would otherwise hold every snapshot using the service). A service whose TLS
+  names a secret never served (a typo, a Secret not created yet) is left out, with an error, like
+  a route to a missing service: only that service waits.
 
 The merge keeps every `Service` object its sources gave, so a service that did not change is the
 same object in the new mesh as in the last (identity checks downstream find what changed). It is
@@ -24,9 +32,10 @@ import dataclasses
 import heapq
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from meshplane.discovery.source_status import SourceStatus
-from meshplane.model import Mesh, RouteTable, Service, ServiceRef
+from meshplane.model import Mesh, RouteTable, Service, ServiceRef, TlsCertificate, TrustBundle
 
 SOURCE_NAME = "inventory"
 
@@ -54,7 +63,12 @@ class Inventory:
             last_success=self._merged_at,
             last_attempt=self._merged_at,
             errors=self.errors,
-            counts={"services": len(mesh.services), "routes": len(mesh.routes)},
+            counts={
+                "services": len(mesh.services),
+                "routes": len(mesh.routes),
+                "certificates": len(mesh.certificates),
+                "trust_bundles": len(mesh.trust_bundles),
+            },
         )
 
     def merge(
@@ -62,12 +76,14 @@ class Inventory:
         files: Mesh | None,
         kubernetes_services: Sequence[Service] = (),
         kubernetes_routes: Sequence[RouteTable] = (),
+        kubernetes_certificates: Sequence[TlsCertificate] = (),
+        kubernetes_trust_bundles: Sequence[TrustBundle] = (),
     ) -> Mesh:
         """The merged mesh; the same object as last time when no input changed.
 
         `kubernetes_services` must be in mesh order (namespace, name), as `KubernetesContent` is.
         """
-        inputs = (files, kubernetes_services, kubernetes_routes)
+        inputs = (files, kubernetes_services, kubernetes_routes, kubernetes_certificates, kubernetes_trust_bundles)
         last = self._inputs
         if self._mesh is not None and last is not None and all(a is b for a, b in zip(inputs, last, strict=True)):
             return self._mesh
@@ -91,6 +107,13 @@ class Inventory:
             services = tuple(heapq.merge(files.services, kept, key=_order))
         else:
             services = kubernetes
+
+        certificates = _merge_secrets(files.certificates, kubernetes_certificates, errors)
+        bundles = _merge_secrets(files.trust_bundles, kubernetes_trust_bundles, errors)
+        resolved = _resolve_secret_references(services, certificates, bundles, self._mesh, errors)
+        if resolved is not None:
+            services, certificates, bundles = resolved
+            policy = {ref: service for ref, service in policy.items() if _find(services, ref) is service}
 
         def lookup(ref: ServiceRef) -> Service | None:
             return policy.get(ref) or _find(services, ref)
@@ -118,12 +141,100 @@ class Inventory:
                 continue  # its service was dropped in favour of a policy file's: said above
             routes.append(table)
 
-        # Everything else the files say (secrets, sites, cluster domain…) is theirs alone: kept as is.
-        self._mesh = dataclasses.replace(files, services=services, routes=tuple(sorted(routes, key=lambda r: r.name)))
+        # Everything else the files say (sites, cluster domain…) is theirs alone: kept as is.
+        self._mesh = dataclasses.replace(
+            files,
+            services=services,
+            routes=tuple(sorted(routes, key=lambda r: r.name)),
+            certificates=certificates,
+            trust_bundles=bundles,
+        )
         self._inputs = inputs
         self.errors = tuple(errors)
         self._merged_at = time.time()
         return self._mesh
+
+
+_Secret = TypeVar("_Secret", TlsCertificate, TrustBundle)
+
+
+def _merge_secrets(files: tuple[_Secret, ...], kubernetes: Sequence[_Secret], errors: list[str]) -> tuple[_Secret, ...]:
+    """The files' secrets and Kubernetes', sorted by name (the files' tuple itself when Kubernetes has none)."""
+    if not kubernetes:
+        return files
+    names = {secret.name: secret for secret in files}
+    kept = list(files)
+    for secret in kubernetes:
+        if (twin := names.get(secret.name)) is not None:
+            errors.append(
+                f"secret {secret.name} is defined by policy files ({twin.origin}) and by Kubernetes; "
+                "serving the policy files' definition"
+            )
+            continue
+        kept.append(secret)
+    return tuple(sorted(kept, key=lambda secret: secret.name))
+
+
+def _resolve_secret_references(
+    services: tuple[Service, ...],
+    certificates: tuple[TlsCertificate, ...],
+    bundles: tuple[TrustBundle, ...],
+    last: Mesh | None,
+    errors: list[str],
+) -> tuple[tuple[Service, ...], tuple[TlsCertificate, ...], tuple[TrustBundle, ...]] | None:
+    """Services, certificates and bundles with every TLS reference resolved, or None when all were
+    already (the common case: nothing is copied). A secret gone since `last` is carried over from
+    it; a service naming a secret never served is dropped. Errors name secrets, never their content."""
+    if not any(service.tls is not None for service in services):
+        return None
+    certificate_by_name = {certificate.name: certificate for certificate in certificates}
+    bundle_by_name = {bundle.name: bundle for bundle in bundles}
+    last_certificates = {certificate.name: certificate for certificate in last.certificates} if last else {}
+    last_bundles = {bundle.name: bundle for bundle in last.trust_bundles} if last else {}
+    carried = False
+    dropped: set[ServiceRef] = set()
+    for service in services:
+        if (tls := service.tls) is None:
+            continue
+        where = f"service {service.ref}" + (f" ({service.origin})" if service.origin else "")
+        wanted: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
+            ("tls.trust", "CA bundle", tls.trust, bundle_by_name, last_bundles)
+        ]
+        if tls.client_certificate:
+            wanted.append(
+                (
+                    "tls.client_certificate",
+                    "certificate",
+                    tls.client_certificate,
+                    certificate_by_name,
+                    last_certificates,
+                )
+            )
+        for field, kind, name, current, served in wanted:
+            if name in current:
+                continue
+            if name in served:
+                current[name] = served[name]
+                carried = True
+                errors.append(
+                    f"{where}: {field} names {kind} {name!r}, which no source has any more (a Kubernetes Secret "
+                    "deleted or no longer labelled for meshplane?); serving its last version until it is back "
+                    "or the reference goes"
+                )
+            else:
+                dropped.add(service.ref)
+                errors.append(
+                    f"{where}: {field} names {kind} {name!r}, which no source has (a Kubernetes Secret not "
+                    "created, not labelled for meshplane, or not valid?); the service is left out until it exists"
+                )
+    if not carried and not dropped:
+        return None
+    kept = tuple(service for service in services if service.ref not in dropped)
+    return (
+        kept,
+        tuple(sorted(certificate_by_name.values(), key=lambda secret: secret.name)),
+        tuple(sorted(bundle_by_name.values(), key=lambda secret: secret.name)),
+    )
 
 
 def _order(service: Service) -> tuple[str, str]:

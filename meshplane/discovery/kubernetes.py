@@ -1,16 +1,21 @@
-"""The Kubernetes source: Services and EndpointSlices, watched live, → model services.
+"""The Kubernetes source: Services and EndpointSlices (and, opted in, Secrets), watched live, → model.
 
 Owns the source's life: loading the client configuration (a kubeconfig, or the pod's service
 account), choosing the EndpointSlice API version the server serves (`discovery.k8s.io/v1`, else
 `v1beta1`), running one `Watcher` per resource and namespace, joining slices to their Service by
-the `kubernetes.io/service-name` label, and keeping the mapped services up to date.
+the `kubernetes.io/service-name` label, and keeping the mapped services up to date. With
+`secrets=True` it also watches the Secrets labelled `secret_selector` of the two types served
+(`kubernetes_secrets.py`), giving certificates and CA bundles; a Secret whose update cannot be
+served keeps its last good version (with a note), a deleted one is gone.
 
 Contract: `synced` turns true only when every watcher has completed its first full list (Services
-and EndpointSlices in every selected namespace); before that `content()` must not be published.
-`content()` re-maps only the services whose Service or slices changed since the last call and
-returns, for every other service, the very `Service` object it returned before, so downstream
-identity checks (`is`) find what changed without comparing. `on_change()` is called synchronously
-after each batch of changes; keep it cheap (poke a debouncer). `run()` ends only by cancellation.
+and EndpointSlices, and Secrets when enabled, in every selected namespace); before that
+`content()` must not be published. `content()` re-maps only the services whose Service or
+slices changed since the last call and returns, for every other service, the very `Service`
+object it returned before, so downstream identity checks (`is`) find what changed without
+comparing (certificates and CA bundles likewise keep their tuples while unchanged).
+`on_change()` is called synchronously after each batch of changes; keep it cheap (poke a
+debouncer). `run()` ends only by cancellation.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from kubernetes_asyncio.config import incluster_config
 
 from meshplane.discovery.kubernetes_annotations import AnnotationPolicy, policy_of
 from meshplane.discovery.kubernetes_mapping import Mapped, map_service, service_key_of_slice
+from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, SECRET_TYPES, MappedSecret, map_secret
 from meshplane.discovery.kubernetes_watching import (
     ENDPOINT_SLICES_V1,
     ENDPOINT_SLICES_V1BETA1,
+    SECRETS,
     SERVICES,
     Backoff,
     Change,
@@ -45,7 +52,7 @@ from meshplane.discovery.kubernetes_watching import (
     get_json,
 )
 from meshplane.discovery.source_status import SourceStatus
-from meshplane.model import RouteTable, Service
+from meshplane.model import RouteTable, Service, TlsCertificate, TrustBundle
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +61,13 @@ SOURCE_NAME = "kubernetes"
 
 @dataclass(frozen=True, slots=True)
 class KubernetesContent:
-    """What the source serves: services (sorted by namespace, name) and the routes their annotations make."""
+    """What the source serves: services (sorted by namespace, name), the routes their annotations
+    make, and the certificates and CA bundles of the Secrets watched (sorted by name)."""
 
     services: tuple[Service, ...]
     routes: tuple[RouteTable, ...]
+    certificates: tuple[TlsCertificate, ...] = ()
+    trust_bundles: tuple[TrustBundle, ...] = ()
 
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -111,6 +121,8 @@ class KubernetesSource:
         service_account: Path = SERVICE_ACCOUNT,
         namespaces: Sequence[str] = (),
         service_selector: str = "",
+        secrets: bool = False,
+        secret_selector: str = DEFAULT_SECRET_SELECTOR,
         on_change: Callable[[], None] = lambda: None,
         backoff: Backoff | None = None,
         watch_timeout_seconds: int = 300,
@@ -122,6 +134,8 @@ class KubernetesSource:
         self._service_account = service_account
         self.namespaces: tuple[str | None, ...] = tuple(dict.fromkeys(namespaces)) or (None,)
         self.service_selector = service_selector
+        self.secrets = secrets
+        self.secret_selector = secret_selector
         self._on_change = on_change
         self._backoff = backoff or Backoff()
         self._watch_timeout = watch_timeout_seconds
@@ -146,6 +160,11 @@ class KubernetesSource:
         self._dirty: set[Key] = set()
         self._content: KubernetesContent | None = None
         self._notes: tuple[str, ...] = ()
+        # Secrets: the objects watched, what is served of each (its last good mapping), and notes.
+        self._secret_objects: dict[Key, Object] = {}
+        self._secrets_served: dict[Key, MappedSecret] = {}
+        self._secret_notes: dict[Key, tuple[str, ...]] = {}
+        self._dirty_secrets: set[Key] = set()
 
     @property
     def synced(self) -> bool:
@@ -156,12 +175,13 @@ class KubernetesSource:
         errors = [self._setup_error] if self._setup_error else []
         errors += [watcher.last_error for watcher in self.watchers if watcher.last_error]
         content = self.content() if self._synced else None
+        secret_notes = tuple(note for key in sorted(self._secret_notes) for note in self._secret_notes[key])
         return SourceStatus(
             name=SOURCE_NAME,
             synced=self._synced,
             last_success=self._last_change,
             last_attempt=self._last_attempt,
-            errors=(*errors, *self._notes),
+            errors=(*errors, *self._notes, *secret_notes),
             counts={
                 "services": len(content.services) if content else 0,
                 "endpoints": sum(len(s.endpoints) for s in content.services) if content else 0,
@@ -169,6 +189,9 @@ class KubernetesSource:
                 "endpoint_slices": len(self._slice_owner),
                 "skipped_services": sum(1 for mapped in self._mapped.values() if mapped.service is None),
                 "relists": sum(watcher.relists for watcher in self.watchers),
+                "kubernetes_secrets": len(self._secret_objects),
+                "certificates": len(content.certificates) if content else 0,
+                "trust_bundles": len(content.trust_bundles) if content else 0,
             },
         )
 
@@ -178,9 +201,10 @@ class KubernetesSource:
         Costs what changed: dirty services are mapped again, and the served tuple is patched in
         place when no service came or went (sorted again only then).
         """
-        if self._content is not None and not self._dirty:
+        if self._content is not None and not self._dirty and not self._dirty_secrets:
             return self._content
         previous = self._content or KubernetesContent((), ())
+        certificates, trust_bundles = self._secret_content(previous)
         membership_changed = routes_changed = notes_changed = False
         replaced: list[tuple[int, Service]] = []
         for key in self._dirty:
@@ -225,10 +249,51 @@ class KubernetesSource:
         routes = tuple(self._routes[key] for key in sorted(self._routes)) if routes_changed else previous.routes
         if notes_changed:
             self._notes = tuple(note for key in sorted(self._notes_of) for note in self._notes_of[key])
-        if services is previous.services and routes is previous.routes and self._content is not None:
+        if (
+            services is previous.services
+            and routes is previous.routes
+            and certificates is previous.certificates
+            and trust_bundles is previous.trust_bundles
+            and self._content is not None
+        ):
             return self._content
-        self._content = KubernetesContent(services, routes)
+        self._content = KubernetesContent(services, routes, certificates, trust_bundles)
         return self._content
+
+    def _secret_content(
+        self, previous: KubernetesContent
+    ) -> tuple[tuple[TlsCertificate, ...], tuple[TrustBundle, ...]]:
+        """The certificates and CA bundles after mapping the dirty Secrets; the previous tuples when
+        nothing served changed. A Secret that cannot be served keeps its last good mapping (its
+        note says so): a bad rotation must not take a working certificate from the proxies."""
+        if not self._dirty_secrets:
+            return previous.certificates, previous.trust_bundles
+        for key in self._dirty_secrets:
+            obj = self._secret_objects.get(key)
+            if obj is None:
+                self._secrets_served.pop(key, None)
+                self._secret_notes.pop(key, None)
+                continue
+            mapped = map_secret(obj)
+            if mapped.served:
+                self._secrets_served[key] = mapped
+                self._secret_notes.pop(key, None)
+            elif key in self._secrets_served:
+                notes = tuple(
+                    note.removesuffix("; not served") + "; serving its last good version" for note in mapped.notes
+                )
+                self._secret_notes[key] = notes
+            else:
+                self._secret_notes[key] = mapped.notes
+        self._dirty_secrets.clear()
+        served = [self._secrets_served[key] for key in sorted(self._secrets_served)]
+        certificates = tuple(sorted((m.certificate for m in served if m.certificate), key=lambda c: c.name))
+        bundles = tuple(sorted((m.bundle for m in served if m.bundle), key=lambda b: b.name))
+        if certificates == previous.certificates:
+            certificates = previous.certificates
+        if bundles == previous.trust_bundles:
+            bundles = previous.trust_bundles
+        return certificates, bundles
 
     def _map(self, key: Key, previous: Mapped | None) -> Mapped | None:
         """Service `key` mapped anew (None when it is gone); unchanged parts keep their old objects."""
@@ -300,6 +365,19 @@ class KubernetesSource:
                 )
             )
             watchers.append(Watcher(client, slices, namespace=namespace, on_change=self._on_slices, **common))
+            if self.secrets:
+                watchers += [
+                    Watcher(
+                        client,
+                        SECRETS,
+                        namespace=namespace,
+                        label_selector=self.secret_selector,
+                        field_selector=f"type={secret_type}",
+                        on_change=self._on_secrets,
+                        **common,
+                    )
+                    for secret_type in SECRET_TYPES
+                ]
         return watchers
 
     def _on_services(self, changes: list[Change]) -> None:
@@ -327,6 +405,16 @@ class KubernetesSource:
                 self._dirty.add(service)
         self._changed(bool(changes))
 
+    def _on_secrets(self, changes: list[Change]) -> None:
+        for old, new in changes:
+            key = _key(new if new is not None else old)
+            if new is None:
+                self._secret_objects.pop(key, None)
+            else:
+                self._secret_objects[key] = new
+            self._dirty_secrets.add(key)
+        self._changed(bool(changes))
+
     def _changed(self, anything: bool) -> None:
         """After a batch: tell the pipeline, unless nothing changed (a relist that found it all
         as it was) or some watcher has not yet completed its first list."""
@@ -339,7 +427,12 @@ class KubernetesSource:
                 return
             self._synced = True
             self._last_change = time.time()
-            log.info("Kubernetes synced: %d services, %d endpoint slices", len(self._services), len(self._slice_owner))
+            log.info(
+                "Kubernetes synced: %d services, %d endpoint slices%s",
+                len(self._services),
+                len(self._slice_owner),
+                f", {len(self._secret_objects)} secrets" if self.secrets else "",
+            )
         self._on_change()
 
 

@@ -13,6 +13,9 @@ saying why (kept for the status endpoint), and never stops discovery or the othe
                                       base-ejection-time=30s, max-ejection-percent=10
     meshplane.io/timeout              request timeout, e.g. 5s (0 disables)
     meshplane.io/retries              attempts=3, on=5xx|reset|connect-failure, per-try-timeout=1s
+    meshplane.io/tls-trust            upstream TLS: a CA bundle's name, e.g. shop/internal-ca#ca (a Secret)
+    meshplane.io/tls-client-certificate   with tls-trust: a certificate's name (mTLS), e.g. shop/web-client
+    meshplane.io/tls-sni              with tls-trust: the server name to send and verify
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from meshplane.model import (
     OutlierDetection,
     RetryPolicy,
     TrafficPolicy,
+    UpstreamTls,
+    is_host_name,
 )
 
 PREFIX = "meshplane.io/"
@@ -43,6 +48,9 @@ CIRCUIT_BREAKERS = PREFIX + "circuit-breakers"
 OUTLIER_DETECTION = PREFIX + "outlier-detection"
 TIMEOUT = PREFIX + "timeout"
 RETRIES = PREFIX + "retries"
+TLS_TRUST = PREFIX + "tls-trust"
+TLS_CLIENT_CERTIFICATE = PREFIX + "tls-client-certificate"
+TLS_SNI = PREFIX + "tls-sni"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
@@ -59,6 +67,7 @@ class AnnotationPolicy:
     policy: TrafficPolicy = field(default_factory=TrafficPolicy)
     timeout: float | None = None
     retry: RetryPolicy | None = None
+    tls: UpstreamTls | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -215,10 +224,33 @@ def policy_of(obj: Mapping[str, Any]) -> AnnotationPolicy:
             retry = _retry(ours[RETRIES])
         except AnnotationError as error:
             skip(RETRIES, str(error))
+    tls = _tls(ours, skip)
     known = {CONNECT_TIMEOUT, LOAD_BALANCING, HASH_KEY, LOCALITY_FAILOVER, CIRCUIT_BREAKERS, OUTLIER_DETECTION}
-    for key in sorted(set(ours) - known - {TIMEOUT, RETRIES}):
+    for key in sorted(set(ours) - known - {TIMEOUT, RETRIES, TLS_TRUST, TLS_CLIENT_CERTIFICATE, TLS_SNI}):
         skip(key, "unknown meshplane annotation")
-    return AnnotationPolicy(policy=policy, timeout=timeout, retry=retry, notes=tuple(notes))
+    return AnnotationPolicy(policy=policy, timeout=timeout, retry=retry, tls=tls, notes=tuple(notes))
+
+
+def _tls(ours: Mapping[str, str], skip: Callable[[str, str], None]) -> UpstreamTls | None:
+    """Upstream TLS from the tls-* annotations: secret names as the policy files write them
+    (`namespace/name` for a Kubernetes Secret's certificate, `namespace/name#ca` for its CA bundle).
+    Whether the secrets exist is checked on the merged mesh (the inventory), not here."""
+    trust = ours.get(TLS_TRUST, "").strip()
+    client_certificate = ours.get(TLS_CLIENT_CERTIFICATE, "").strip()
+    sni = ours.get(TLS_SNI, "").strip()
+    if not trust:
+        if TLS_TRUST in ours:
+            skip(TLS_TRUST, "is empty; the service is served without TLS")
+        for key in (TLS_CLIENT_CERTIFICATE, TLS_SNI):
+            if key in ours:
+                skip(key, f"needs {TLS_TRUST}")
+        return None
+    if TLS_CLIENT_CERTIFICATE in ours and not client_certificate:
+        skip(TLS_CLIENT_CERTIFICATE, "is empty")
+    if sni and (not is_host_name(sni) or sni.startswith("*")):
+        skip(TLS_SNI, "is not a host name")
+        sni = ""
+    return UpstreamTls(trust=trust, sni=sni, client_certificate=client_certificate)
 
 
 _DEFAULT = AnnotationPolicy()

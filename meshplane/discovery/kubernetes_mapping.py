@@ -166,6 +166,7 @@ def map_service(obj: Object, slices: Iterable[Object], annotated: AnnotationPoli
         ports=tuple(ports),
         endpoints=tuple(endpoints),
         policy=annotated.policy,
+        tls=annotated.tls,
         origin=ORIGIN,
         external_name=external_name,
     )

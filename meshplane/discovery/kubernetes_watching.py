@@ -58,6 +58,7 @@ class Resource:
 SERVICES = Resource("Service", "/api/v1", "services")
 ENDPOINT_SLICES_V1 = Resource("EndpointSlice", "/apis/discovery.k8s.io/v1", "endpointslices")
 ENDPOINT_SLICES_V1BETA1 = Resource("EndpointSlice", "/apis/discovery.k8s.io/v1beta1", "endpointslices")
+SECRETS = Resource("Secret", "/api/v1", "secrets")
 
 
 class ApiError(Exception):
@@ -120,6 +121,7 @@ async def list_objects(
     label_selector: str = "",
     page_size: int = DEFAULT_PAGE_SIZE,
     page_seconds: float = 60.0,
+    field_selector: str = "",
 ) -> tuple[list[Object], str]:
     """Every object (in pages of `page_size`) and the list's resourceVersion, to watch from.
 
@@ -134,6 +136,8 @@ async def list_objects(
                 query = [("limit", str(page_size))]
                 if label_selector:
                     query.append(("labelSelector", label_selector))
+                if field_selector:
+                    query.append(("fieldSelector", field_selector))
                 if token:
                     query.append(("continue", token))
                 limits = aiohttp.ClientTimeout(total=page_seconds)
@@ -174,6 +178,7 @@ async def watch_events(
     namespace: str | None = None,
     label_selector: str = "",
     timeout_seconds: int = 300,
+    field_selector: str = "",
 ) -> AsyncIterator[Object]:
     """The watch events after `resource_version`, as dicts with `type` and `object`, until the
     server ends the stream (normally after `timeout_seconds`). An ERROR event raises (Gone for 410)."""
@@ -185,6 +190,8 @@ async def watch_events(
     ]
     if label_selector:
         query.append(("labelSelector", label_selector))
+    if field_selector:
+        query.append(("fieldSelector", field_selector))
     # No total timeout: a watch is long. A read timeout a little past the server's own end catches
     # a dead connection that never closes (bookmarks and the timeout both send or close before it).
     limits = aiohttp.ClientTimeout(sock_connect=10, sock_read=timeout_seconds + 30)
@@ -228,6 +235,7 @@ class Watcher:
         *,
         namespace: str | None = None,
         label_selector: str = "",
+        field_selector: str = "",
         on_change: Callable[[list[Change]], None] = lambda changes: None,
         backoff: Backoff | None = None,
         timeout_seconds: int = 300,
@@ -238,6 +246,7 @@ class Watcher:
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.objects: dict[Key, Object] = {}
         self.resource_version = ""  # empty: list before watching
         self.synced = False
@@ -251,7 +260,8 @@ class Watcher:
         self._rng = rng or random.Random()
 
     def __str__(self) -> str:
-        return f"{self.resource} in " + (f"namespace {self.namespace}" if self.namespace else "all namespaces")
+        where = f"{self.resource} in " + (f"namespace {self.namespace}" if self.namespace else "all namespaces")
+        return where + (f" ({self.field_selector})" if self.field_selector else "")
 
     async def run(self) -> None:
         """One pass after another; errors are logged and retried after a jittered backoff."""
@@ -284,7 +294,12 @@ class Watcher:
         progressed = False
         if not self.resource_version:
             items, version = await list_objects(
-                self.client, self.resource, self.namespace, self.label_selector, self._page_size
+                self.client,
+                self.resource,
+                self.namespace,
+                self.label_selector,
+                self._page_size,
+                field_selector=self.field_selector,
             )
             self._replace(items, version)
             progressed = True
@@ -296,6 +311,7 @@ class Watcher:
                 self.namespace,
                 self.label_selector,
                 self._timeout_seconds,
+                self.field_selector,
             ):
                 self._apply(event)
                 progressed = True

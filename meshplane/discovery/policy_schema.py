@@ -743,6 +743,11 @@ def _secret(reader: _Reader, node: Node) -> SecretFiles | None:
     if fields is None:
         return None
     name = _required_string(reader, node, fields, "name", "secret")
+    if name is not None and "/" in name:
+        # `namespace/name` (and `…#ca`) refer to Kubernetes Secrets (kubernetes_secrets.py): a file
+        # secret of such a name could be mistaken for one.
+        reader.error(fields["name"], f"secret name {name!r}: `/` is reserved for Kubernetes Secrets (namespace/name)")
+        return None
     has_certificate = "certificate_file" in fields or "key_file" in fields
     if has_certificate and "ca_file" in fields:
         reader.error(

@@ -2,8 +2,8 @@
 
 Owns `TlsCertificate` (a certificate chain and key a proxy presents), `TrustBundle` (CA
 certificates a proxy trusts) and `UpstreamTls` (a service's TLS settings). PEM text is held in
-memory: sources read the files, translators never do. Must never appear in logs or status output:
-`__repr__` hides the key.
+memory (read from files, or from Kubernetes Secrets), translators never read anything. PEM must
+never appear in logs or status output: `__repr__` shows names and origins only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 @dataclass(frozen=True, slots=True)
 class TlsCertificate:
     name: str
-    certificate_chain: str
+    certificate_chain: str = field(repr=False)
     private_key: str = field(repr=False)
     origin: str = ""
 
@@ -33,7 +33,7 @@ class TlsCertificate:
 @dataclass(frozen=True, slots=True)
 class TrustBundle:
     name: str
-    ca_certificates: str
+    ca_certificates: str = field(repr=False)
     origin: str = ""
 
     def problems(self) -> list[str]:

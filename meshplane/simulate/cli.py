@@ -30,12 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from meshplane.flags import env_flag
+from meshplane.flags import env_flag, variable_of
 
 if TYPE_CHECKING:
     from meshplane.simulate.fleet import Fleet, FleetOptions, FleetStats
 
 PROG = "meshplane simulate devices"
+
+
+# This command's variables are MESHPLANE_SIMULATE_<FLAG> (meshplane/flags.py says why), so that
+# MESHPLANE_TLS_CERT (the server's certificate) or MESHPLANE_SITE cannot leak into a simulation.
+SCOPE = "simulate"
 
 
 def add_simulate_command(commands: Any) -> None:
@@ -48,43 +53,63 @@ def add_simulate_command(commands: Any) -> None:
         " and sends traffic through the site's gateway, until Ctrl-C, SIGTERM or --duration; then deregisters"
         " them all and prints a summary. Exit status: 0 every device registered, 1 some refused, 2 bad arguments.",
     )
-    env_flag(devices, "--count", type=int, help="devices to simulate (required)")
-    env_flag(devices, "--site", help="their site, from the policy files (required)")
-    env_flag(devices, "--registry", default="127.0.0.1:18001", help="the gRPC registry, host:port")
+    env_flag(devices, "--count", scope=SCOPE, type=int, help="devices to simulate (required)")
+    env_flag(devices, "--site", scope=SCOPE, help="their site, from the policy files (required)")
+    env_flag(devices, "--registry", scope=SCOPE, default="127.0.0.1:18001", help="the gRPC registry, host:port")
     env_flag(
         devices,
         "--address",
+        scope=SCOPE,
         help="the IP every device registers, inside the site's device_ranges; default: this host's address"
         " towards the registry (never loopback: the registry refuses it)",
     )
-    env_flag(devices, "--port-base", type=int, default=20000, help="device i registers (and serves) port-base+i")
-    env_flag(devices, "--class", dest="device_class", default="bike", help="device class")
-    env_flag(devices, "--id-prefix", default="sim", help="device ids are PREFIX-SITE-00000, …")
-    env_flag(devices, "--firmware-version", default="1.0.0", help="the version every device registers")
+    env_flag(
+        devices, "--port-base", scope=SCOPE, type=int, default=20000, help="device i registers (and serves) port-base+i"
+    )
+    env_flag(devices, "--class", scope=SCOPE, dest="device_class", default="bike", help="device class")
+    env_flag(devices, "--id-prefix", scope=SCOPE, default="sim", help="device ids are PREFIX-SITE-00000, …")
+    env_flag(devices, "--firmware-version", scope=SCOPE, default="1.0.0", help="the version every device registers")
     devices.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
-    env_flag(devices, "--ttl", type=float, default=30.0, help="lease seconds requested")
-    env_flag(devices, "--heartbeat-interval", type=float, help="seconds between renewals (default: a third of the TTL)")
-    env_flag(devices, "--heartbeat-streams", type=int, default=4, help="HeartbeatStreams shared by the fleet")
-    env_flag(devices, "--concurrency", type=int, default=64, help="registrations (and requests) in flight")
+    env_flag(devices, "--ttl", scope=SCOPE, type=float, default=30.0, help="lease seconds requested")
+    env_flag(
+        devices,
+        "--heartbeat-interval",
+        scope=SCOPE,
+        type=float,
+        help="seconds between renewals (default: a third of the TTL)",
+    )
+    env_flag(
+        devices, "--heartbeat-streams", scope=SCOPE, type=int, default=4, help="HeartbeatStreams shared by the fleet"
+    )
+    env_flag(devices, "--concurrency", scope=SCOPE, type=int, default=64, help="registrations (and requests) in flight")
     devices.add_argument(
         "--backends",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("MESHPLANE_BACKENDS", "").lower() in ("1", "true", "yes", "on"),
-        help="serve a stand-in HTTP backend on ADDRESS:port of each device [MESHPLANE_BACKENDS=true]",
+        default=os.environ.get(variable_of("--backends", SCOPE), "").lower() in ("1", "true", "yes", "on"),
+        help="serve a stand-in HTTP backend on ADDRESS:port of each device [MESHPLANE_SIMULATE_BACKENDS=true]",
     )
-    env_flag(devices, "--traffic", metavar="URL", help="send device traffic here: the site gateway's device listener")
-    env_flag(devices, "--host", help="with --traffic: the Host header, a cloud service's name")
-    env_flag(devices, "--rate", type=float, default=10.0, help="with --traffic: requests a second, fleet-wide")
-    env_flag(devices, "--duration", type=float, help="stop (and deregister) after this many seconds")
+    env_flag(
+        devices,
+        "--traffic",
+        scope=SCOPE,
+        metavar="URL",
+        help="send device traffic here: the site gateway's device listener",
+    )
+    env_flag(devices, "--host", scope=SCOPE, help="with --traffic: the Host header, a cloud service's name")
+    env_flag(
+        devices, "--rate", scope=SCOPE, type=float, default=10.0, help="with --traffic: requests a second, fleet-wide"
+    )
+    env_flag(devices, "--duration", scope=SCOPE, type=float, help="stop (and deregister) after this many seconds")
     env_flag(
         devices,
         "--token",
+        scope=SCOPE,
         secret=True,
         help="bearer token, e.g. a class token (else MESHPLANE_REGISTRY_TOKEN, as `meshplane devices`)",
     )
-    env_flag(devices, "--tls-ca", type=Path, help="the registry serves TLS: trust this CA")
-    env_flag(devices, "--tls-cert", type=Path, help="client certificate (mTLS), with --tls-key")
-    env_flag(devices, "--tls-key", type=Path, help="its private key")
+    env_flag(devices, "--tls-ca", scope=SCOPE, type=Path, help="the registry serves TLS: trust this CA")
+    env_flag(devices, "--tls-cert", scope=SCOPE, type=Path, help="client certificate (mTLS), with --tls-key")
+    env_flag(devices, "--tls-key", scope=SCOPE, type=Path, help="its private key")
     devices.add_argument("--output", "-o", default="table", choices=["table", "json"], help="summary [%(default)s]")
 
 
@@ -252,8 +277,10 @@ class ProgressReporter:
         tty: bool | None = None,
         every: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        columns: Callable[[], int] = lambda: shutil.get_terminal_size((100, 24)).columns,
     ) -> None:
         self.stream = stream
+        self.columns = columns  # the terminal's width, asked at each redraw (it may be resized)
         self.tty = stream.isatty() if tty is None else tty
         self.every = every if every is not None else (0.1 if self.tty else 5.0)
         self.clock = clock
@@ -276,8 +303,7 @@ class ProgressReporter:
         line = progress_line(stats)
         if self.tty:
             # Cut to the terminal's width: a wrapped line cannot be redrawn in place.
-            columns = shutil.get_terminal_size((100, 24)).columns
-            self.stream.write("\r" + line[: max(columns - 1, 10)] + "\x1b[K")
+            self.stream.write("\r" + line[: max(self.columns() - 1, 10)] + "\x1b[K")
         else:
             self.stream.write(line + "\n")
         self.stream.flush()

@@ -117,7 +117,9 @@ class SnapshotPublisher:
         problems: list[str] = []
         for group in groups:
             # Assignments replaced by name in a consistent snapshot cannot make it inconsistent.
-            fast = endpoints_only and (_base_key(group), group.locality) in kept
+            # (Still held: a group of the same base that failed its check just now dropped it.)
+            key = (_base_key(group), group.locality)
+            fast = endpoints_only and key in kept and key in self._endpoints
             problems += self._publish_group(group, check=not fast)
         warnings = sorted({w for found in self._warnings.values() for w in found})
         self.state = PublishState(
@@ -194,6 +196,11 @@ class SnapshotPublisher:
         problems = snapshot.consistency_problems() if check else []
         if problems:
             log.error("not publishing an inconsistent snapshot for group %s: %s", group, problems)
+            # The endpoint fast path skips the check; it must not take this base as good: forget
+            # its endpoint sets, so the next change is built and checked whole.
+            base_key = _base_key(group)
+            for key in [key for key in self._endpoints if key[0] == base_key]:
+                del self._endpoints[key]
             return [f"group {group}: {problem}" for problem in problems]
         self._cache.set_snapshot(group, snapshot)
         return []

@@ -7,7 +7,8 @@ expired continue tokens, watch streams cut mid-line, a server that is down.
 What it implements, after https://kubernetes.io/docs/reference/using-api/api-concepts/:
 - one resourceVersion counter for everything (as etcd's revision), kept in `metadata.resourceVersion`;
 - list (cluster-wide or per namespace) with `labelSelector` (`k=v`, `k!=v`, `k`, `!k`, comma-joined),
-  `limit` and `continue` (pages of one consistent snapshot; `expire_continue_tokens()` makes them 410);
+  `fieldSelector` (`path=v`, `path==v`, `path!=v`, comma-joined; e.g. a Secret's `type`), `limit`
+  and `continue` (pages of one consistent snapshot; `expire_continue_tokens()` makes them 410);
 - watch (`watch=true`): a chunked stream of one JSON event per line (ADDED, MODIFIED, DELETED,
   BOOKMARK when `allowWatchBookmarks`, ERROR), starting after `resourceVersion` from the history;
   an object leaving a selector shows as DELETED, entering as ADDED (as the real watch cache does);
@@ -36,6 +37,7 @@ Obj = dict[str, Any]
 # plural -> (group-version path prefix, kind, apiVersion)
 RESOURCES = {
     ("/api/v1", "services"): ("Service", "v1"),
+    ("/api/v1", "secrets"): ("Secret", "v1"),
     ("/apis/discovery.k8s.io/v1", "endpointslices"): ("EndpointSlice", "discovery.k8s.io/v1"),
     ("/apis/discovery.k8s.io/v1beta1", "endpointslices"): ("EndpointSlice", "discovery.k8s.io/v1beta1"),
 }
@@ -78,11 +80,35 @@ def _matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def _field(obj: Obj, path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def _fields_match(selector: str, obj: Obj) -> bool:
+    """A field selector as the API server reads it (equality terms only, as it supports)."""
+    for term in (t.strip() for t in selector.split(",")):
+        if not term:
+            continue
+        if "!=" in term:
+            path, value = term.split("!=", 1)
+            if _field(obj, path.strip()) == value.strip():
+                return False
+        else:
+            path, value = term.split("=", 1)
+            if _field(obj, path.strip()) != value.strip().lstrip("="):
+                return False
+    return True
+
+
 @dataclass
 class _Watch:
     kind: str
     namespace: str | None
     selector: str
+    field_selector: str = ""
     queue: asyncio.Queue[tuple[str, Obj] | None] = field(default_factory=asyncio.Queue)
     response: web.StreamResponse | None = None
     request: web.Request | None = None
@@ -105,7 +131,7 @@ class FakeApiServer:
         self.gone_as_http_status = False
         self.version = 100
         self.compacted = 0  # watches from a version below this get 410
-        self.objects: dict[str, dict[tuple[str, str], Obj]] = {"Service": {}, "EndpointSlice": {}}
+        self.objects: dict[str, dict[tuple[str, str], Obj]] = {"Service": {}, "EndpointSlice": {}, "Secret": {}}
         self.history: list[tuple[int, str, str, Obj]] = []  # (version, kind, event type, object)
         self.requests: list[Request] = []
         self._watches: list[_Watch] = []
@@ -215,14 +241,18 @@ class FakeApiServer:
             meta = obj["metadata"]
             if watch.namespace and meta["namespace"] != watch.namespace:
                 continue
-            now = _matches(watch.selector, meta.get("labels") or {})
-            before = old is not None and _matches(watch.selector, (old["metadata"].get("labels") or {}))
+            now = _matches(watch.selector, meta.get("labels") or {}) and _fields_match(watch.field_selector, obj)
+            before = (
+                old is not None
+                and _matches(watch.selector, (old["metadata"].get("labels") or {}))
+                and _fields_match(watch.field_selector, old)
+            )
             if event == "MODIFIED" and now and not before:
                 event = "ADDED"
             elif event == "MODIFIED" and before and not now:
                 event, now = "DELETED", True
             elif event == "DELETED":
-                now = _matches(watch.selector, meta.get("labels") or {})
+                now = _matches(watch.selector, meta.get("labels") or {}) and _fields_match(watch.field_selector, obj)
             if now:
                 watch.queue.put_nowait((event, obj))
 
@@ -274,19 +304,22 @@ class FakeApiServer:
             )
         kind, api_version, namespace = route
         selector = request.query.get("labelSelector", "")
+        fields = request.query.get("fieldSelector", "")
         if request.query.get("watch") in ("true", "1"):
-            return await self._watch(request, kind, namespace, selector)
-        return self._list(request, kind, api_version, namespace, selector)
+            return await self._watch(request, kind, namespace, selector, fields)
+        return self._list(request, kind, api_version, namespace, selector, fields)
 
-    def _visible(self, kind: str, namespace: str | None, selector: str) -> list[Obj]:
+    def _visible(self, kind: str, namespace: str | None, selector: str, fields: str = "") -> list[Obj]:
         return [
             obj
             for key, obj in sorted(self.objects[kind].items())
-            if (not namespace or key[0] == namespace) and _matches(selector, obj["metadata"].get("labels") or {})
+            if (not namespace or key[0] == namespace)
+            and _matches(selector, obj["metadata"].get("labels") or {})
+            and _fields_match(fields, obj)
         ]
 
     def _list(
-        self, request: web.Request, kind: str, api_version: str, namespace: str | None, selector: str
+        self, request: web.Request, kind: str, api_version: str, namespace: str | None, selector: str, fields: str = ""
     ) -> web.Response:
         limit = int(request.query.get("limit") or 0)
         token = request.query.get("continue")
@@ -297,7 +330,7 @@ class FakeApiServer:
                 )
             version, remaining = self._continue.pop(token)
         else:
-            version, remaining = self.version, self._visible(kind, namespace, selector)
+            version, remaining = self.version, self._visible(kind, namespace, selector, fields)
         page, rest = (remaining[:limit], remaining[limit:]) if limit else (remaining, [])
         meta: Obj = {"resourceVersion": str(version)}
         if rest:
@@ -306,7 +339,9 @@ class FakeApiServer:
             meta["continue"] = next_token
         return web.json_response({"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta, "items": page})
 
-    async def _watch(self, request: web.Request, kind: str, namespace: str | None, selector: str) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, kind: str, namespace: str | None, selector: str, fields: str = ""
+    ) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or 0)
         bookmarks = request.query.get("allowWatchBookmarks") == "true"
         timeout = float(request.query.get("timeoutSeconds") or 1800)
@@ -315,7 +350,7 @@ class FakeApiServer:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        watch = _Watch(kind, namespace, selector, response=response, request=request)
+        watch = _Watch(kind, namespace, selector, fields, response=response, request=request)
         if since and since < self.compacted:
             await self._write(response, "ERROR", _status(410, "Expired", f"too old resource version: {since}"))
             return response
@@ -325,8 +360,10 @@ class FakeApiServer:
             for version, event_kind, event, obj in list(self.history):
                 if version > since and event_kind == kind:
                     meta = obj["metadata"]
-                    if (not namespace or meta["namespace"] == namespace) and _matches(
-                        selector, meta.get("labels") or {}
+                    if (
+                        (not namespace or meta["namespace"] == namespace)
+                        and _matches(selector, meta.get("labels") or {})
+                        and _fields_match(fields, obj)
                     ):
                         await self._write(response, event, obj)
             loop = asyncio.get_running_loop()

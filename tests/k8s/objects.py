@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 Obj = dict[str, Any]
@@ -84,3 +85,37 @@ def endpoint_slice(
             {"name": port_name, "port": number, "protocol": "TCP"} for port_name, number in (ports or [("http", 8080)])
         ],
     }
+
+
+SDS_LABELS = {"meshplane.io/sds": "true"}
+
+
+def secret(
+    name: str,
+    namespace: str = "default",
+    data: dict[str, str | bytes] | None = None,
+    *,
+    type_: str = "kubernetes.io/tls",
+    labels: dict[str, str] | None = SDS_LABELS,
+) -> Obj:
+    """A Secret as the API sends it: `data` values base64-encoded (given here as text or bytes)."""
+
+    encoded = {
+        key: base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
+        for key, value in (data or {}).items()
+    }
+    meta: Obj = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = dict(labels)
+    return {"kind": "Secret", "apiVersion": "v1", "metadata": meta, "type": type_, "data": encoded}
+
+
+def tls_secret(name: str, namespace: str, certificate: str, key: str, ca: str | None = None, **kwargs: Any) -> Obj:
+    data: dict[str, str | bytes] = {"tls.crt": certificate, "tls.key": key}
+    if ca is not None:
+        data["ca.crt"] = ca
+    return secret(name, namespace, data, **kwargs)
+
+
+def ca_secret(name: str, namespace: str, ca: str, **kwargs: Any) -> Obj:
+    return secret(name, namespace, {"ca.crt": ca}, type_="Opaque", **kwargs)

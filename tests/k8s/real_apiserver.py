@@ -16,12 +16,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubernetes_asyncio.client import ApiClient, Configuration
 
 from tests.k8s.fake_apiserver import free_port
+from tests.preconditions import require
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "kube-apiserver.sh"
@@ -169,3 +171,19 @@ def _wait_ready(server: RealApiServer, deadline: float = 90.0) -> None:
         if time.monotonic() > end:
             raise RuntimeError(f"kube-apiserver not ready after {deadline} s:\n{server.log.read_text()[-3000:]}")
         time.sleep(0.1)
+
+
+KUBE_MISSING = None if binaries() else "kube-apiserver and etcd are not built: run `make kube-apiserver`"
+
+
+def module_cluster(workdir: Path) -> Iterator[Cluster]:
+    """A fresh etcd and kube-apiserver in `workdir`, stopped after use: the body of a test module's
+    `cluster` fixture. Fails (never skips) when the binaries are not built, unless opted out."""
+    require(KUBE_MISSING)
+    found = binaries()
+    assert found is not None
+    running = start_cluster(workdir, *found)
+    try:
+        yield running
+    finally:
+        running.stop()

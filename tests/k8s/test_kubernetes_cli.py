@@ -54,3 +54,21 @@ def test_a_source_is_required(served: list[Settings], capsys: pytest.CaptureFixt
     assert main(["serve"]) == 2
     assert "--kubernetes" in capsys.readouterr().err
     assert served == []
+
+
+def test_secrets_flags_and_environment(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["serve", "--kubernetes", "--kubernetes-secrets", "--secret-selector", "sds=mine"]) == 0
+    monkeypatch.setenv("MESHPLANE_KUBERNETES", "true")
+    monkeypatch.setenv("MESHPLANE_KUBERNETES_SECRETS", "true")
+    assert main(["serve"]) == 0
+    assert main(["serve", "--no-kubernetes-secrets"]) == 0
+    flagged, from_environment, turned_off = served
+    assert (flagged.kubernetes_secrets, flagged.secret_selector) == (True, "sds=mine")
+    assert (from_environment.kubernetes_secrets, from_environment.secret_selector) == (True, "meshplane.io/sds=true")
+    assert not turned_off.kubernetes_secrets
+
+
+def test_secrets_need_kubernetes(served: list[Settings], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--config", "examples", "--kubernetes-secrets"]) == 2
+    assert "--kubernetes-secrets needs --kubernetes" in capsys.readouterr().err
+    assert served == []

@@ -1,0 +1,152 @@
+"""Kubernetes secrets meet the rest: names reserved in policy files, references from policy files,
+the inventory's merge and missing-secret errors (a deleted secret still referenced keeps its last
+version; a service naming one never served is left out alone), and the consistency gate behind
+them that keeps the last good snapshot should a snapshot reference a missing secret anyway (the
+endpoint fast path included)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from meshplane.app import ControlPlane, Settings
+from meshplane.discovery.inventory import Inventory
+from meshplane.discovery.policy_files import PolicyFileSource
+from meshplane.discovery.policy_schema import parse_policy
+from meshplane.model import (
+    Endpoint,
+    Mesh,
+    Protocol,
+    ProxyGroup,
+    ProxyRole,
+    Service,
+    ServicePort,
+    TlsCertificate,
+    TrustBundle,
+    UpstreamTls,
+)
+from meshplane.xds.cache import SnapshotCache
+from meshplane.xds.publisher import SnapshotPublisher
+from meshplane.xds.types import TypeUrl
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
+
+
+def web(*ports: int, tls: UpstreamTls | None = None) -> Service:
+    endpoints = tuple(Endpoint("10.0.0.1", port, "http") for port in ports)
+    return Service("web", "shop", (ServicePort("http", 8443, Protocol.HTTP1),), endpoints, tls=tls, origin="kubernetes")
+
+
+def test_file_secret_names_may_not_contain_a_slash() -> None:
+    parsed = parse_policy("secrets:\n  - name: shop/ca\n    ca_file: ca.pem\n", "p.yaml")
+    assert parsed.errors == (
+        "p.yaml:2: secret name 'shop/ca': `/` is reserved for Kubernetes Secrets (namespace/name)",
+    )
+    assert parsed.secrets == ()
+
+
+async def test_policy_files_may_name_kubernetes_secrets_when_kubernetes_is_on(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(
+        "services:\n"
+        "  - {name: pay, namespace: shop, port: 8443, endpoints: [{address: 10.0.0.2}],\n"
+        "     tls: {trust: 'shop/mesh-ca#ca', client_certificate: shop/pay-client}}\n"
+    )
+    open_world = PolicyFileSource(tmp_path, open_world=True)
+    await open_world.load()
+    assert open_world.status.errors == ()
+    assert open_world.mesh is not None
+    closed = PolicyFileSource(tmp_path)
+    await closed.load()
+    assert len(closed.status.errors) == 2  # both names unknown without Kubernetes
+    assert "unknown CA bundle 'shop/mesh-ca#ca'" in closed.status.errors[0] + closed.status.errors[1]
+
+
+def test_inventory_merges_secrets_and_reports_missing_ones() -> None:
+    files = Mesh.of([], certificates=[TlsCertificate("file-cert", CERT, KEY, "a.yaml:1")])
+    bundle = TrustBundle("shop/mesh-ca#ca", CERT, "kubernetes")
+    certificate = TlsCertificate("shop/web-client", CERT, KEY, "kubernetes")
+    inventory = Inventory()
+    tls = UpstreamTls("shop/mesh-ca#ca", client_certificate="shop/web-client")
+    merged = inventory.merge(files, (web(1, tls=tls),), (), (certificate,), (bundle,))
+    assert [c.name for c in merged.certificates] == ["file-cert", "shop/web-client"]
+    assert merged.trust_bundles == (bundle,)
+    assert not inventory.errors
+    assert merged.problems() == []
+    merged = inventory.merge(files, (web(1, tls=tls),), (), (), (bundle,))  # the tls Secret deleted
+    (error,) = inventory.errors
+    assert error.startswith(
+        "service shop/web (kubernetes): tls.client_certificate names certificate 'shop/web-client', "
+        "which no source has any more"
+    )
+    assert "serving its last version" in error
+    assert "BEGIN" not in error
+    # Kept, with the version last served: its proxies keep working TLS and the mesh keeps changing.
+    assert merged.service(web().ref) is not None
+    assert [c.name for c in merged.certificates] == ["file-cert", "shop/web-client"]
+    assert merged.problems() == []
+    merged = inventory.merge(files, (web(1, 2, tls=tls),), (), (), (bundle,))  # and again, on a later change
+    assert [c.name for c in merged.certificates] == ["file-cert", "shop/web-client"]
+    merged = inventory.merge(files, (web(1, 2),), (), (), (bundle,))  # the reference goes: so does the secret
+    assert [c.name for c in merged.certificates] == ["file-cert"]
+    assert inventory.errors == ()
+
+
+def test_a_service_naming_a_secret_never_served_is_left_out_alone() -> None:
+    """A typo or a Secret not created yet must not hold the rest of the mesh (nor its routes' other services)."""
+    inventory = Inventory()
+    other = Service("api", "shop", (ServicePort("http", 80, Protocol.HTTP1),), origin="kubernetes")
+    merged = inventory.merge(None, (other, web(1, tls=UpstreamTls("shop/typo-ca#ca"))))
+    assert [service.name for service in merged.services] == ["api"]
+    (error,) = inventory.errors
+    assert "tls.trust names CA bundle 'shop/typo-ca#ca', which no source has" in error
+    assert "left out until it exists" in error
+    bundle = TrustBundle("shop/typo-ca#ca", CERT, "kubernetes")
+    merged = inventory.merge(None, (other, web(1, tls=UpstreamTls("shop/typo-ca#ca"))), (), (), (bundle,))
+    assert [service.name for service in merged.services] == ["api", "web"]
+    assert inventory.errors == ()
+
+
+def test_a_clash_is_impossible_by_name_but_the_files_would_win() -> None:
+    files = Mesh.of([], trust_bundles=[TrustBundle("x/y#ca", CERT, "a.yaml:1")])
+    inventory = Inventory()
+    merged = inventory.merge(files, (), (), (), (TrustBundle("x/y#ca", CERT + CERT, "kubernetes"),))
+    assert merged.trust_bundles == files.trust_bundles
+    assert "secret x/y#ca is defined by policy files (a.yaml:1) and by Kubernetes" in inventory.errors[0]
+
+
+async def test_the_gate_keeps_the_last_good_snapshot_while_a_secret_is_missing() -> None:
+    cache = SnapshotCache()
+    publisher = SnapshotPublisher(cache)
+    group = ProxyGroup(ProxyRole.SIDECAR)
+    cache.subscribe(group, asyncio.Event())
+    tls = UpstreamTls("shop/mesh-ca#ca")
+    bundles = [TrustBundle("shop/mesh-ca#ca", CERT, "kubernetes")]
+    publisher.publish(Mesh.of([web(1, tls=tls)], trust_bundles=bundles))
+    good = cache.snapshot(group)
+    assert good is not None
+    assert list(good.of_type(TypeUrl.SECRET).by_name) == ["shop/mesh-ca#ca"]
+    assert not publisher.state.problems
+
+    publisher.publish(Mesh.of([web(1, tls=tls)]))  # the Secret deleted
+    assert cache.snapshot(group) is good
+    (problem,) = publisher.state.problems
+    assert "wants secret 'shop/mesh-ca#ca', which is missing" in problem
+    publisher.publish(Mesh.of([web(1, 2, tls=tls)]))  # an endpoint-only change must not slip through
+    assert cache.snapshot(group) is good
+    assert publisher.state.problems
+
+    publisher.publish(Mesh.of([web(1, 2, tls=tls)], trust_bundles=bundles))  # back
+    assert cache.snapshot(group) is not good
+    assert publisher.state.problems == ()
+    grpc = publisher.snapshot_for(ProxyGroup(ProxyRole.GRPC))
+    assert grpc is not None
+    assert len(grpc.of_type(TypeUrl.SECRET).by_name) == 0
+
+
+async def test_kubernetes_secrets_need_kubernetes() -> None:
+    plane = ControlPlane(Settings(kubernetes_secrets=True, xds_address="127.0.0.1:0", status_address="127.0.0.1:0"))
+    with pytest.raises(ValueError, match="--kubernetes-secrets needs --kubernetes"):
+        await plane.start()
