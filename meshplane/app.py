@@ -34,6 +34,7 @@ from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
 from meshplane.status.http import status_app
 from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.status.source_watch import SourceWatch
+from meshplane.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.server.identity import XdsTokens
@@ -43,7 +44,6 @@ from meshplane.xds.server.service import (
     XdsServices,
     create_server,
 )
-from meshplane.xds.server.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.server.tracking import StreamRegistry
 
 log = logging.getLogger(__name__)

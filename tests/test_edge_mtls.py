@@ -2,7 +2,8 @@
 that names it (a URI SAN `…/device/<id>`) registers without a token, and only itself; a client
 without a certificate does not get through the handshake.
 
-The certificates are made per test by the `openssl` command line (skipped without it).
+The certificates are made per test by the `openssl` command line. Renewed certificates are served
+without a restart, as on the xDS port (meshplane/tls.py).
 """
 
 from __future__ import annotations
@@ -104,3 +105,46 @@ async def test_no_client_certificate_no_connection(server: EdgeRegistryServer, t
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Register(bike("bike-1"), timeout=10)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def replace_file(target: Path, source: Path) -> None:
+    """Swaps `target` for a copy of `source` in one rename, as a certificate manager does."""
+    staged = target.with_suffix(".staged")
+    shutil.copyfile(source, staged)
+    staged.replace(target)
+
+
+async def registers(server: EdgeRegistryServer, directory: Path) -> bool:
+    """Whether a device with `directory`'s client certificate, trusting its CA, gets registered
+    (False: the TLS handshake failed, which gRPC reports as UNAVAILABLE)."""
+    async with channel(server, directory, client_certificate=True) as secure:
+        try:
+            await registry_pb2_grpc.RegistryStub(secure).Register(bike("bike-1"), timeout=10)
+        except grpc.aio.AioRpcError as error:
+            failure = error
+        else:
+            return True
+    assert failure.code() is grpc.StatusCode.UNAVAILABLE, failure
+    return False
+
+
+async def test_renewed_certificates_are_served_without_a_restart(server: EdgeRegistryServer, tmp_path: Path) -> None:
+    """A whole new CA, server and client certificate: new connections use it at once; a renewal
+    caught half-written (a key that is not the certificate's) is refused and the last good kept."""
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    make_certificates(renewed)
+    assert server.tls is not None
+    assert await registers(server, tmp_path)
+
+    replace_file(tmp_path / "server.pem", renewed / "server.pem")  # the key is still the old one
+    assert not await registers(server, renewed)
+    assert await registers(server, tmp_path)
+    assert server.tls.reloads == 0
+    assert server.tls.failed_reloads >= 1
+
+    replace_file(tmp_path / "server.key", renewed / "server.key")
+    replace_file(tmp_path / "ca.pem", renewed / "ca.pem")
+    assert await registers(server, renewed)
+    assert not await registers(server, tmp_path)  # the old CA's client certificate is no longer trusted
+    assert server.tls.reloads == 1

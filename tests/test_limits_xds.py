@@ -17,10 +17,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshplane.model import ProxyGroup
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
+from meshplane.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server import service
 from meshplane.xds.server.service import XdsServices, client_of, create_server
-from meshplane.xds.server.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.server.tracking import StreamRegistry
 from meshplane.xds.snapshot import Snapshot
 from tests.tls_certs import Pair, issue, make_ca

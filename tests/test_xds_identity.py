@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from meshplane.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.server.identity import Grant, grants_of, parse_grant, refusal
-from meshplane.xds.server.tls import ReloadingCredentials, TlsFiles
 from tests.tls_certs import issue, make_ca
 
 

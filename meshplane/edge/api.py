@@ -285,14 +285,3 @@ def create_registry_server(
     add_registry(server, calls, authenticate)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     return server, port
-
-
-def tls_credentials(certificate: bytes, key: bytes, client_ca: bytes | None) -> grpc.ServerCredentials:
-    """Server TLS; with `client_ca`, every client must present a certificate signed by it (grpcio's
-    server credentials cannot ask for one without requiring it). A token, when sent, still names
-    the principal; without one, the certificate's device id does."""
-    return grpc.ssl_server_credentials(
-        [(key, certificate)],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )

@@ -26,10 +26,10 @@ from meshplane.edge.api import (
     RegistryCalls,
     authenticator,
     create_registry_server,
-    tls_credentials,
 )
 from meshplane.edge.http import registry_http_app
 from meshplane.model import Device, Mesh, Site
+from meshplane.tls import ReloadingCredentials, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class EdgeRegistryServer:
         self.port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
+        self.tls: ReloadingCredentials | None = None  # with TLS on: its reload counts
         self._http: web.AppRunner | None = None
         self._checked_sites: tuple[Site, ...] | None = None
         self._verdicts: dict[str, tuple[Device, bool]] = {}
@@ -114,11 +115,11 @@ class EdgeRegistryServer:
         credentials = None
         certificates = False
         if settings.tls_certificate is not None and settings.tls_key is not None:
-            client_ca = settings.client_ca.read_bytes() if settings.client_ca else None
-            credentials = tls_credentials(
-                settings.tls_certificate.read_bytes(), settings.tls_key.read_bytes(), client_ca
-            )
-            certificates = client_ca is not None
+            # Re-read when renewed, as on the xDS port: no restart, a half-written renewal refused.
+            files = TlsFiles(settings.tls_certificate, settings.tls_key, settings.client_ca)
+            self.tls = ReloadingCredentials(files, port="the registry port")
+            credentials = self.tls.server_credentials()
+            certificates = self.tls.requires_client_certificates
         authenticate = authenticator(self.tokens, certificates=certificates)
         calls = RegistryCalls(self.registry, self.register_limit)
         self._grpc, self.port = create_registry_server(calls, authenticate, settings.address, credentials=credentials)

@@ -17,13 +17,13 @@ from urllib.parse import unquote
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshplane.tls import ReloadingCredentials
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server.delta import DeltaStream
 from meshplane.xds.server.identity import CERTIFICATE_KEY, URI_SANS_KEY, XdsTokens, grants_of
 from meshplane.xds.server.nodes import ProtocolError
 from meshplane.xds.server.sotw import SotwStream
 from meshplane.xds.server.stream import SendGate, Stream
-from meshplane.xds.server.tls import ReloadingCredentials
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.types import TypeUrl
 

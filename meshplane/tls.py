@@ -1,4 +1,5 @@
-"""TLS for the xDS port: server credentials that pick up renewed certificate files without a restart.
+"""TLS for meshplane's gRPC ports (xDS, the edge registry): server credentials that pick up renewed
+certificate files without a restart.
 
 Owns reading the certificate, key and (for mTLS) client CA files and handing gRPC a fresh
 certificate configuration when they change. gRPC asks on every new handshake; the answer is
@@ -72,10 +73,12 @@ def _check_pair(certificate: bytes, key: bytes) -> None:
 
 
 class ReloadingCredentials:
-    """gRPC server credentials over `files`, reloaded on change. Raises at construction if they are bad."""
+    """gRPC server credentials over `files`, reloaded on change. Raises at construction if they are
+    bad. `port` names the port in log lines ("the xDS port")."""
 
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, port: str = "the xDS port") -> None:
         self.files = files
+        self.port = port
         self._signature = _signature(files.paths())
         self._initial = _configuration(files)
         self.reloads = 0
@@ -101,9 +104,9 @@ class ReloadingCredentials:
             configuration = _configuration(self.files)
         except (OSError, ValueError) as error:
             self.failed_reloads += 1
-            log.warning("TLS files for the xDS port not reloaded, keeping the current ones: %s", error)
+            log.warning("TLS files for %s not reloaded, keeping the current ones: %s", self.port, error)
             return None
         self._signature = signature
         self.reloads += 1
-        log.info("TLS certificate for the xDS port reloaded from %s", self.files.certificate)
+        log.info("TLS certificate for %s reloaded from %s", self.port, self.files.certificate)
         return configuration
