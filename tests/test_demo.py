@@ -104,8 +104,8 @@ def read_until_ready(process: subprocess.Popen[str], errors: Path) -> str:
     pytest.fail(f"the demo did not become ready:\n{''.join(seen)}\n{errors.read_text()[-3000:]}")
 
 
-@pytest.mark.xdist_group("envoy")
-def test_make_run_serves_both_envoys_and_the_dashboard_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+def start_demo(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """`python -m meshplane.demo` as `make run` starts it; returns it and the file of its stderr."""
     busy = [port for port in DEMO_PORTS if not port_is_free(port)]
     if busy:
         pytest.fail(f"the demo's ports are taken (is `make run` running?): {busy}")
@@ -120,11 +120,20 @@ def test_make_run_serves_both_envoys_and_the_dashboard_and_ctrl_c_leaves_nothing
             cwd=REPO,
             env=environment,
         )
+    return process, errors
+
+
+def envoys_of(processes: set[int]) -> list[int]:
+    return [pid for pid in processes if "envoy-configs" in command_line(pid) and "setpriv" not in command_line(pid)]
+
+
+@pytest.mark.xdist_group("envoy")
+def test_make_run_serves_both_envoys_and_the_dashboard_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    process, errors = start_demo(tmp_path)
     try:
         output = read_until_ready(process, errors)
         started = descendants(process.pid)
-        envoys = [pid for pid in started if "envoy-configs" in command_line(pid) and "setpriv" not in command_line(pid)]
-        assert len(envoys) == 2, [command_line(pid) for pid in started]
+        assert len(envoys_of(started)) == 2, [command_line(pid) for pid in started]
 
         # What the launcher says it checked…
         assert "sidecar → web: answered by ['web-1', 'web-2']" in output
@@ -159,4 +168,24 @@ def test_make_run_serves_both_envoys_and_the_dashboard_and_ctrl_c_leaves_nothing
             process.kill()
             process.wait()
     assert [pid for pid in started if alive(pid)] == []
+    assert [port for port in DEMO_PORTS if not port_is_free(port)] == []
+
+
+@pytest.mark.xdist_group("envoy")
+def test_a_killed_demo_leaves_no_envoy_behind(tmp_path: Path) -> None:
+    """kill -9 gives the demo no chance to stop its Envoys: they die with it (parent-death signal)."""
+    process, errors = start_demo(tmp_path)
+    try:
+        read_until_ready(process, errors)
+        envoys = envoys_of(descendants(process.pid))
+        assert len(envoys) == 2
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in envoys) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [command_line(pid) for pid in envoys if alive(pid)] == []
+    while not all(port_is_free(port) for port in DEMO_PORTS) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert [port for port in DEMO_PORTS if not port_is_free(port)] == []
