@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from meshplane.app import Settings, serve
     from meshplane.discovery.edge.store import StoreError
+    from meshplane.tls import TlsFilesError
     from meshplane.logs import configure_logging
 
     configure_logging(args.log_level, args.log_format)
@@ -246,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except StoreError as error:  # a damaged registry store: refused, left untouched, said in one line
+    except (StoreError, TlsFilesError) as error:  # a damaged store or bad TLS files: said in one line
         print(f"meshplane: {error}", file=sys.stderr)
         return 1
     return 0

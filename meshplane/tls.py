@@ -72,6 +72,11 @@ def _check_pair(certificate: bytes, key: bytes) -> None:
             raise ValueError(f"certificate and key do not match or cannot be loaded: {error.reason}") from None
 
 
+class TlsFilesError(ValueError):
+    """The TLS files cannot serve at start (missing, unreadable, not PEM, key not the certificate's);
+    the message names the port and the file, never key material."""
+
+
 class ReloadingCredentials:
     """gRPC server credentials over `files`, reloaded on change. Raises at construction if they are
     bad. `port` names the port in log lines ("the xDS port")."""
@@ -79,8 +84,13 @@ class ReloadingCredentials:
     def __init__(self, files: TlsFiles, port: str = "the xDS port") -> None:
         self.files = files
         self.port = port
-        self._signature = _signature(files.paths())
-        self._initial = _configuration(files)
+        try:
+            self._signature = _signature(files.paths())
+            self._initial = _configuration(files)
+        except OSError as error:
+            raise TlsFilesError(f"TLS for {port}: {error.filename or files.certificate}: {error.strerror}") from None
+        except ValueError as error:
+            raise TlsFilesError(f"TLS for {port}: {error}") from None
         self.reloads = 0
         self.failed_reloads = 0
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.envoy_harness import REPO, free_port
+from tests.tls_certs import issue, make_ca
 
 GOOD = "services:\n  - name: web\n    port: 8080\n    endpoints:\n      - {address: 127.0.0.1, port: 9000}\n"
 BROKEN = "services:\n  - name: web\n    port: eighty\n"
@@ -117,3 +118,31 @@ async def test_serve_is_not_ready_until_its_policy_is_valid_and_stops_on_sigterm
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize("port", ["xds", "registry"])
+def test_bad_tls_files_are_refused_in_one_line(tmp_path: Path, port: str) -> None:
+    """A key that is not the certificate's, or a missing file: one line naming the port, no traceback."""
+    ca = make_ca(tmp_path / "ca")
+    server = issue(ca, tmp_path, "server", "IP:127.0.0.1")
+    (tmp_path / "policy.yaml").write_text(GOOD)
+    prefix = "--registry-" if port == "registry" else "--"
+    common = ["serve", "--config", str(tmp_path / "policy.yaml"), "--xds-address", "127.0.0.1:0",
+              "--status-address", "127.0.0.1:0", "--registry-db", ":memory:", "--registry-address", "127.0.0.1:0",
+              "--registry-http-address", "127.0.0.1:0"]  # fmt: skip
+    name = "the registry port" if port == "registry" else "the xDS port"
+
+    mismatched = meshplane(*common, f"{prefix}tls-cert", str(server.certificate), f"{prefix}tls-key", str(ca.key))
+    assert mismatched.returncode == 1, mismatched.stderr
+    assert "Traceback" not in mismatched.stderr
+    assert (
+        mismatched.stderr.strip().splitlines()[-1].startswith(f"meshplane: TLS for {name}: certificate and key do not")
+    )
+    assert "PRIVATE KEY" not in mismatched.stderr
+
+    missing = meshplane(*common, f"{prefix}tls-cert", str(tmp_path / "nope.pem"), f"{prefix}tls-key", str(server.key))
+    assert missing.returncode == 1, missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"meshplane: TLS for {name}: {tmp_path / 'nope.pem'}: No such file or directory"
+    )

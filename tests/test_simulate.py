@@ -494,3 +494,48 @@ services:
         await plane_task
         await cloud.close()
         await asyncio.to_thread(device_host.close)
+
+
+class StuckRegistry(registry_pb2_grpc.RegistryServicer):
+    """Registers and renews like the real one, but never answers a Deregister: a registry that
+    stopped answering half-way through a fleet's shutdown."""
+
+    def __init__(self) -> None:
+        self.deregistering = 0
+
+    async def Register(self, request: pb.RegisterRequest, context: object) -> pb.RegisterResponse:
+        return pb.RegisterResponse(lease_id=f"lease-{request.device_id}", ttl_seconds=30)
+
+    async def HeartbeatStream(
+        self, requests: AsyncIterator[pb.HeartbeatRequest], context: object
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
+        async for _ in requests:
+            yield pb.HeartbeatResponse(ttl_seconds=30)
+
+    async def Deregister(self, request: pb.DeregisterRequest, context: object) -> pb.DeregisterResponse:
+        self.deregistering += 1
+        await asyncio.Event().wait()  # never
+        raise AssertionError("unreachable")
+
+
+async def test_abandon_stops_waiting_for_deregistrations_and_counts_the_leases_left() -> None:
+    """`meshplane simulate`'s second Ctrl-C: the run ends at once, its backends stopped, the leases
+    left to expire, and the summary says how many."""
+    stuck = StuckRegistry()
+    server = grpc.aio.server()
+    registry_pb2_grpc.add_RegistryServicer_to_server(stuck, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        fleet = Fleet(FleetOptions(registry=f"127.0.0.1:{port}", site="gym", count=5, address="198.19.5.7"))
+        running = Running(fleet)
+        await running.registered()
+        running.stop_event.set()
+        await eventually(lambda: stuck.deregistering == 5, "every deregistration to be sent")
+        assert not running.task.done()
+        fleet.abandon()
+        stats = await asyncio.wait_for(running.task, DEADLINE)
+    finally:
+        await server.stop(None)
+    assert (stats.registered, stats.deregistered, stats.abandoned) == (5, 0, 5)
+    assert stats.as_dict()["abandoned"] == 5

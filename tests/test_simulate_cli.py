@@ -190,7 +190,10 @@ def test_bad_arguments_exit_2(arguments: list[str], message: str, capsys: pytest
     assert message in capsys.readouterr().err
 
 
-def test_every_flag_reaches_the_fleet_options(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_flag_reaches_the_fleet_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("ca.pem", "c.pem", "c.key"):  # read only to check they can be
+        (tmp_path / name).write_text("-----BEGIN-----\n")
     monkeypatch.setenv("MESHPLANE_REGISTRY_TOKEN", "from-the-environment")
     monkeypatch.setenv("MESHPLANE_SIMULATE_RATE", "7.5")
     arguments = [
@@ -319,3 +322,17 @@ def test_summary_table_lists_reasons_by_count() -> None:
     table = summary_table(stats(registered=8, refused=Counter({"PERMISSION_DENIED: a": 2}), deregistered=8))
     assert "registered     8" in table
     assert "refused:\n       2  PERMISSION_DENIED: a" in table
+
+
+def test_unreadable_tls_files_are_bad_arguments(tmp_path: Path) -> None:
+    """Checked before anything starts: exit 2 with the flag and the reason, not a traceback later."""
+    command = ["simulate", "devices", "--count", "1", "--site", "gym", "--address", "198.19.5.7"]
+    result = subprocess.run(
+        [sys.executable, "-m", "meshplane", *command, "--tls-ca", str(tmp_path / "missing-ca.pem")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"--tls-ca {tmp_path / 'missing-ca.pem'}: No such file or directory" in result.stderr

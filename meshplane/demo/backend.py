@@ -15,7 +15,8 @@ from aiohttp import web
 
 
 async def start_http_backend(name: str, port: int, host: str = "127.0.0.1") -> web.AppRunner:
-    """A running backend on host:port; stop it with `await runner.cleanup()`."""
+    """A running backend on host:port; stop it with `await runner.cleanup()`. Raises OSError (and
+    leaves nothing open) when it cannot listen there."""
 
     async def answer(request: web.Request) -> web.Response:
         return web.Response(text=f"hello from {name} ({request.method} {request.path})\n", headers={"x-backend": name})
@@ -24,7 +25,11 @@ async def start_http_backend(name: str, port: int, host: str = "127.0.0.1") -> w
     app.router.add_route("*", "/{tail:.*}", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()  # a port taken must not leak the runner
+        raise
     return runner
 
 

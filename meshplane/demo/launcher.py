@@ -137,7 +137,7 @@ def _tokens_file(directory: Path, device_token: str, operator_token: str) -> Pat
 
 
 async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    async with session.get(url, headers=headers or {}) as response:
+    async with session.get(url, headers=headers or {}, allow_redirects=False) as response:
         return response.status, await response.text()
 
 
@@ -197,8 +197,16 @@ class Demo:
             raise DemoError(f"cannot listen ({error}): is another `make run` running?") from error
         self._serving = asyncio.create_task(self._plane.run(self._stop))
         for name, port in HTTP_BACKENDS.items():
-            self._runners.append(await start_http_backend(name, port, HOST))
-        self._greeter, _ = await start_greeter("greeter-1", f"{HOST}:{GREETER_PORT}")
+            try:
+                self._runners.append(await start_http_backend(name, port, HOST))
+            except OSError as error:
+                raise DemoError(
+                    f"backend {name} cannot listen on {HOST}:{port} ({error.strerror}): is it taken?"
+                ) from error
+        try:
+            self._greeter, _ = await start_greeter("greeter-1", f"{HOST}:{GREETER_PORT}")
+        except RuntimeError as error:  # grpcio's "Failed to bind"
+            raise DemoError(f"the greeter cannot listen on {HOST}:{GREETER_PORT}: is it taken?") from error
         for role in (SIDECAR, GATEWAY):
             self._envoys[role.name] = start_envoy(role, self._workdir / f"envoy-{role.name}.log")
         self._fleet = Fleet(
@@ -307,7 +315,7 @@ class Demo:
         return reply.decode()
 
     async def _connected_proxies(self, session: aiohttp.ClientSession) -> list[str]:
-        async with session.get(f"{STATUS_URL}/status") as response:
+        async with session.get(f"{STATUS_URL}/status", allow_redirects=False) as response:
             document = await response.json()
         return sorted(f"{proxy['node']} ({proxy['role']})" for proxy in document["proxies"])
 

@@ -194,14 +194,25 @@ def fleet_options(args: argparse.Namespace) -> tuple[FleetOptions, float | None]
         concurrency=args.concurrency,
         version=args.firmware_version,
         labels=labels,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
+        tls_ca=_readable(args.tls_ca, "--tls-ca"),
+        tls_cert=_readable(args.tls_cert, "--tls-cert"),
+        tls_key=_readable(args.tls_key, "--tls-key"),
     )
     problems = options.problems()
     if problems:
         raise BadArguments("; ".join(problems))
     return options, args.duration
+
+
+def _readable(path: Path | None, flag: str) -> Path | None:
+    """`path` if it can be read (checked now: a missing certificate is a bad argument, not a traceback later)."""
+    if path is not None:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as error:
+            raise BadArguments(f"{flag} {path}: {error.strerror}") from error
+    return path
 
 
 def local_address_towards(host: str, port: int) -> str:
@@ -221,8 +232,17 @@ async def _run(fleet: Fleet, duration: float | None) -> FleetStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal() -> None:
+        """The first signal stops and deregisters; a second one gives up deregistering (a registry
+        that stopped answering would otherwise hold the exit for every device's call timeout)."""
+        if stop.is_set():
+            print(f"{PROG}: stopping without deregistering: the leases left expire within their TTL", file=sys.stderr)
+            fleet.abandon()
+        stop.set()
+
     for signum in signals:
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     timer = loop.call_later(duration, stop.set) if duration is not None else None
 
     async def stop_when_all_refused() -> None:
@@ -319,6 +339,7 @@ def summary_table(stats: FleetStats) -> str:
         ("heartbeats", f"{stats.heartbeats_ok} ok, {stats.heartbeats_failed_total} failed"),
         ("requests", f"{stats.requests_ok} ok, {stats.requests_failed_total} failed"),
         ("deregistered", f"{stats.deregistered} ({sum(stats.deregister_failed.values())} failed)"),
+        *([("abandoned", f"{stats.abandoned} (leases left to expire)")] if stats.abandoned else []),
         ("elapsed", f"{stats.elapsed:.1f} s"),
     ]
     lines = [f"{name:<14} {value}" for name, value in rows]

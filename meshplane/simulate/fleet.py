@@ -146,6 +146,7 @@ class FleetStats:
     requests_failed: Counter[str] = field(default_factory=_counter)
     backends: int = 0  # stand-in backends serving now
     deregistered: int = 0
+    abandoned: int = 0  # leases left to expire: deregistration was abandoned (`Fleet.abandon`)
     deregister_failed: Counter[str] = field(default_factory=_counter)
     registration_seconds: float | None = None  # from the start until every device registered or was given up
     started: float = field(default_factory=time.monotonic)
@@ -231,6 +232,7 @@ class Fleet:
         self._granted_ttl: float | None = None
         self._lapsed: asyncio.Queue[_Device] = asyncio.Queue()
         self._slots = asyncio.Semaphore(options.concurrency)  # re-registrations, deregistrations
+        self._abandoned = asyncio.Event()
         self._traffic_slots = asyncio.Semaphore(options.concurrency)  # requests in flight
         host, port = registry_target(options.registry)
         self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -275,14 +277,16 @@ class Fleet:
 
     def _channel(self) -> grpc.aio.Channel:
         options = self.options
+        # Straight to the registry: an http_proxy of the environment would see the bearer token.
+        channel_options = [("grpc.enable_http_proxy", 0)]
         if options.tls_ca is None and options.tls_cert is None:
-            return grpc.aio.insecure_channel(self._target)
+            return grpc.aio.insecure_channel(self._target, options=channel_options)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=options.tls_ca.read_bytes() if options.tls_ca else None,
             private_key=options.tls_key.read_bytes() if options.tls_key else None,
             certificate_chain=options.tls_cert.read_bytes() if options.tls_cert else None,
         )
-        return grpc.aio.secure_channel(self._target, credentials)
+        return grpc.aio.secure_channel(self._target, credentials, options=channel_options)
 
     # --- registration -------------------------------------------------------------------------
 
@@ -464,7 +468,7 @@ class Fleet:
             "x-firmware-version": options.version,
         }
         try:
-            async with session.get(options.traffic_url, headers=headers) as response:
+            async with session.get(options.traffic_url, headers=headers, allow_redirects=False) as response:
                 await response.read()
                 if response.status < 400:
                     self.stats.requests_ok += 1
@@ -500,13 +504,33 @@ class Fleet:
             await runner.cleanup()
             self.stats.backends -= 1
 
+    def abandon(self) -> None:
+        """Stops deregistering at once (a second Ctrl-C, or a registry that no longer answers): the
+        leases still held are left to expire within their TTL. Backends are stopped all the same."""
+        self._abandoned.set()
+
+    async def _deregister_all(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for device in self._devices:
+                if device.lease_id:
+                    group.create_task(self._deregister(device))
+
     async def _shutdown(self, session: aiohttp.ClientSession) -> None:
-        """Deregisters every device holding a lease, then stops the backends and the session."""
+        """Deregisters every device holding a lease (until `abandon()`), then stops the backends and
+        the session."""
         try:
-            async with asyncio.TaskGroup() as group:
-                for device in self._devices:
-                    if device.lease_id:
-                        group.create_task(self._deregister(device))
+            deregistering = asyncio.create_task(self._deregister_all())
+            abandoned = asyncio.create_task(self._abandoned.wait())
+            try:
+                await asyncio.wait((deregistering, abandoned), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (deregistering, abandoned):
+                    task.cancel()
+                await asyncio.gather(abandoned, return_exceptions=True)
+                try:
+                    await deregistering
+                except asyncio.CancelledError:
+                    self.stats.abandoned = sum(1 for device in self._devices if device.lease_id)
         finally:
             for device in self._devices:
                 await self._stop_backend(device)
