@@ -218,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from meshplane.app import Settings, serve
     from meshplane.discovery.edge.store import StoreError
-    from meshplane.tls import TlsFilesError
     from meshplane.logs import configure_logging
+    from meshplane.tls import TlsFilesError
 
     configure_logging(args.log_level, args.log_format)
     settings = Settings(

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import ssl
 import stat
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from meshplane.app import ControlPlane, Settings
 from meshplane.bootstrap.render import (
@@ -288,6 +290,24 @@ def test_every_problem_is_listed_at_once() -> None:
     assert len(raised.value.problems) == 5, raised.value.problems
 
 
+@pytest.mark.parametrize(
+    ("value", "rendered", "host"),
+    [("127.0.0.1", "127.0.0.1", "127.0.0.1"), ("0:0::1", "::1", "[::1]"), ("0.0.0.0", "0.0.0.0", "0.0.0.0")],
+    ids=["loopback", "ipv6", "any"],
+)
+def test_a_gateways_listen_address_goes_into_its_node(value: str, rendered: str, host: str, tmp_path: Path) -> None:
+    text = render(BootstrapOptions("edge-gateway", listen_address=value))
+    assert yaml.safe_load(text)["node"]["metadata"]["listen_address"] == rendered
+    assert f"# - a listener on {host}:<outbound_port> (15080)" in text  # the header says where it listens
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    assert "Deprecated field" not in validate_bootstrap(path)
+    # Without it there is no such field, and meshplane binds 0.0.0.0 (the committed default).
+    default = yaml.safe_load(render(BootstrapOptions("edge-gateway")))
+    assert "listen_address" not in default["node"]["metadata"]
+    assert "listen_address" not in yaml.safe_load((ENVOY_CONFIGS / "edge-gateway.yaml").read_text())["node"]["metadata"]
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
@@ -333,6 +353,7 @@ def test_flags_reach_the_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:
         "--tls-key=/etc/meshplane/tls.key",
         "--tls-server-name=xds.example.com",
         "--xds-token=t0ken",
+        "--listen-address=127.0.0.1",
     ]
     code, out, err = run(argv, capsys)
     assert (code, err) == (0, "")
@@ -354,6 +375,7 @@ def test_flags_reach_the_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:
             tls_key="/etc/meshplane/tls.key",
             tls_server_name="xds.example.com",
             xds_token="t0ken",
+            listen_address="127.0.0.1",
         )
     )
 
@@ -384,6 +406,10 @@ def test_variables_set_flags_and_the_command_line_wins(
     config = yaml.safe_load(out)
     assert socket_address(meshplane_cluster(config))["address"] == "10.0.0.5"
     assert config["node"]["metadata"]["site"] == "gym-8"
+    monkeypatch.setenv("MESHPLANE_BOOTSTRAP_LISTEN_ADDRESS", "127.0.0.1")
+    code, out, _ = run(["edge-gateway"], capsys)
+    assert code == 0
+    assert yaml.safe_load(out)["node"]["metadata"]["listen_address"] == "127.0.0.1"
 
 
 @pytest.mark.usefixtures("no_meshplane_variables")
@@ -425,6 +451,21 @@ def test_the_token_is_never_shown_in_help(monkeypatch: pytest.MonkeyPatch, capsy
         ),
         pytest.param(["sidecar", "--node-id", "a b"], "--node-id 'a b' must be", id="node-id-space"),
         pytest.param(["sidecar", "--xds-token", "two words"], "--xds-token must be", id="token-space"),
+        pytest.param(
+            ["edge-gateway", "--listen-address", "localhost"],
+            "--listen-address 'localhost' is not an IP",
+            id="listen-name",
+        ),
+        pytest.param(
+            ["edge-gateway", "--listen-address", "127.0.0.1:15080"], "is not an IP address", id="listen-with-port"
+        ),
+        pytest.param(["edge-gateway", "--listen-address", "224.0.0.1"], "no multicast", id="listen-multicast"),
+        pytest.param(
+            ["sidecar", "--listen-address", "127.0.0.1"], "is for edge-gateway, not sidecar", id="listen-sidecar"
+        ),
+        pytest.param(
+            ["device", "--listen-address", "127.0.0.1"], "is for edge-gateway, not device", id="listen-device"
+        ),
     ],
 )
 def test_bad_options_exit_2_with_the_reason(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -530,13 +571,15 @@ async def start_rendered_envoy(workdir: Path, options: BootstrapOptions) -> Envo
     return envoy
 
 
-def web_policy(directory: Path, backend: Backend, *, sites: bool = False) -> Path:
+def web_policy(directory: Path, backend: Backend, *, sites: bool = False, extra: str = "") -> Path:
     directory.mkdir()
     (directory / "web.yaml").write_text(
         f"services:\n  - {{name: web, port: 8080, endpoints: [{{address: 127.0.0.1, port: {backend.port}}}]}}\n"
     )
     if sites:
         (directory / "sites.yaml").write_text("sites:\n  - {id: gym, region: local, zone: local-a}\n")
+    if extra:
+        (directory / "extra.yaml").write_text(extra)
     return directory
 
 
@@ -568,11 +611,13 @@ class Plane:
 
 
 @contextlib.asynccontextmanager
-async def running_plane(tmp_path: Path, *, sites: bool = False, **settings: Any) -> AsyncIterator[Plane]:
+async def running_plane(
+    tmp_path: Path, *, sites: bool = False, extra_policy: str = "", **settings: Any
+) -> AsyncIterator[Plane]:
     backend = await start_backend("web")
     control = ControlPlane(
         Settings(
-            config=web_policy(tmp_path / "policy", backend, sites=sites),
+            config=web_policy(tmp_path / "policy", backend, sites=sites, extra=extra_policy),
             xds_address="127.0.0.1:0",
             status_address="127.0.0.1:0",
             debounce_quiet=0.02,
@@ -680,6 +725,67 @@ async def test_mobile_and_device_envoys_from_rendered_bootstraps(tmp_path: Path)
         # Device: no gateway at its site, so a request goes to the cloud service directly.
         device = await plane.envoy(plane.options("device", "bike-1", site="gym"))
         await device.eventually(serves_web(device), "web through a device Envoy")
+
+
+async def start_tls_backend(name: str, certificates: dict[str, Pair]) -> web.AppRunner:
+    """An HTTPS server on 127.0.0.1 answering `<name> <path>`, with the `server` certificate, that
+    requires a client certificate from the test CA (so a request through it proves both secrets)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=f"{name} {request.path}\n")
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certificates["ca"].certificate))
+    context.load_cert_chain(str(certificates["server"].certificate), str(certificates["server"].key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    return runner
+
+
+@pytest.mark.envoy
+@pytest.mark.xdist_group("envoy")
+async def test_a_gateway_on_loopback_reaches_a_tls_service(tmp_path: Path, certificates: dict[str, Pair]) -> None:
+    """A gateway Envoy from a rendered bootstrap with --listen-address 127.0.0.1 binds both listeners
+    there, and carries a device's plain HTTP to a service with upstream mTLS: its snapshot holds the
+    service's CA bundle and client certificate (before, it held no secret and was never published)."""
+    secure = await start_tls_backend("secure", certificates)
+    port = secure.addresses[0][1]
+    client = certificates["sidecar"]
+    policy = f"""secrets:
+  - {{name: edge-ca, ca_file: {certificates["ca"].certificate}}}
+  - {{name: edge-client, certificate_file: {client.certificate}, key_file: {client.key}}}
+services:
+  - name: secure
+    port: 8443
+    endpoints: [{{address: 127.0.0.1, port: {port}}}]
+    tls: {{trust: edge-ca, sni: localhost, client_certificate: edge-client}}
+"""
+    try:
+        async with running_plane(tmp_path, sites=True, extra_policy=policy) as plane:
+            gateway = await plane.envoy(plane.options("edge-gateway", "gw-1", site="gym", listen_address="127.0.0.1"))
+
+            async def through_tls() -> bool:
+                status, body, _ = await gateway.request("secure", "/rides")  # the device listener, 127.0.0.1
+                return status == 200 and body == "secure /rides\n"
+
+            await gateway.eventually(through_tls, "a device's request through the gateway to the mTLS service")
+            dump = await gateway.config_dump("dynamic_listeners")
+            bound = {
+                entry["name"]: entry["active_state"]["listener"]["address"]["socket_address"]
+                for entry in dump["configs"]
+            }
+            outbound = gateway.outbound_port
+            assert bound == {
+                f"edge_from_devices_{outbound}": {"address": "127.0.0.1", "port_value": outbound},
+                f"edge_to_devices_{outbound + 1}": {"address": "127.0.0.1", "port_value": outbound + 1},
+            }
+            secrets = await gateway.config_dump("dynamic_active_secrets")
+            assert sorted(entry["name"] for entry in secrets["configs"]) == ["edge-ca", "edge-client"]
+    finally:
+        await secure.cleanup()
 
 
 @pytest.mark.xdist_group("envoy")

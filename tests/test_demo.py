@@ -69,6 +69,20 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def listening_beyond_loopback(ports: tuple[int, ...]) -> list[str]:
+    """Sockets listening on `ports` on an address other than 127.0.0.1 (from /proc/net/tcp, tcp6)."""
+    found = []
+    # ::1 and ::ffff:127.0.0.1 (gRPC binds 127.0.0.1 that way) in /proc's byte order.
+    loopbacks = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.split(":")
+            if state == "0A" and int(port, 16) in ports and address not in loopbacks:  # 0A: LISTEN
+                found.append(f"{table}: {address}:{int(port, 16)}")
+    return found
+
+
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -124,7 +138,12 @@ def start_demo(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
 
 
 def envoys_of(processes: set[int]) -> list[int]:
-    return [pid for pid in processes if "envoy-configs" in command_line(pid) and "setpriv" not in command_line(pid)]
+    """The Envoys among `processes` (the demo starts them with bootstraps in its meshplane-demo-* workdir)."""
+    return [
+        pid
+        for pid in processes
+        if "meshplane-demo-" in command_line(pid) and Path(command_line(pid).split()[0]).name == "envoy"
+    ]
 
 
 @pytest.mark.xdist_group("envoy")
@@ -134,6 +153,7 @@ def test_make_run_serves_both_envoys_and_the_dashboard_and_ctrl_c_leaves_nothing
         output = read_until_ready(process, errors)
         started = descendants(process.pid)
         assert len(envoys_of(started)) == 2, [command_line(pid) for pid in started]
+        assert listening_beyond_loopback(DEMO_PORTS) == []  # nothing reachable from the network
 
         # What the launcher says it checked…
         assert "sidecar → web: answered by ['web-1', 'web-2']" in output

@@ -461,15 +461,37 @@ def test_rendered_bootstraps_pass_envoy_validation(name: str, bootstraps: dict[s
     validate_bootstrap(bootstraps[name].path)
 
 
+def published_port(entry: object) -> tuple[str, int, int]:
+    """A compose `ports:` entry `[HOST_IP:]HOST_PORT:CONTAINER_PORT` as (host IP, host port, container
+    port); no host IP means every address of the host ("0.0.0.0")."""
+    *address, host_port, container_port = str(entry).split(":")
+    return (":".join(address) or "0.0.0.0", int(host_port), int(container_port))
+
+
+def test_every_published_port_is_on_the_hosts_loopback() -> None:
+    """A laptop running the compose demo offers nothing to its network."""
+    published = [
+        (name, published_port(port)) for name, service in SERVICES.items() for port in service.get("ports", [])
+    ]
+    assert published
+    assert [(name, entry) for name, entry in published if entry[0] != "127.0.0.1"] == []
+
+
 def test_the_gateways_ports_are_published_and_used(bootstraps: dict[str, RenderedBootstrap]) -> None:
     gateway = bootstraps["edge-gateway"]
     assert gateway.config["node"]["metadata"]["role"] == "edge-gateway"
-    published = {tuple(int(p) for p in str(port).split(":")) for port in SERVICES["edge-gateway"]["ports"]}
+    published = {published_port(port) for port in SERVICES["edge-gateway"]["ports"]}
     devices_listener = gateway.outbound_port
-    assert published == {(devices_listener, devices_listener), (devices_listener + 1, devices_listener + 1)}
+    assert published == {
+        ("127.0.0.1", devices_listener, devices_listener),
+        ("127.0.0.1", devices_listener + 1, devices_listener + 1),
+    }
+    # Inside its container the gateway listens on every address (the default), so the devices'
+    # container reaches it; the host publishes it on loopback only.
+    assert "listen_address" not in gateway.config["node"]["metadata"]
     traffic = option(command_of(SERVICES["devices"]), "--traffic")
     assert traffic == f"http://edge-gateway:{devices_listener}/"
-    assert (SERVICES["meshplane"]["ports"]) == ["9900:9900"]
+    assert [published_port(port) for port in SERVICES["meshplane"]["ports"]] == [("127.0.0.1", 9900, 9900)]
     assert parsed(SERVICES["meshplane"]).status_address.endswith(":9900")
 
 

@@ -10,15 +10,18 @@ import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import struct_pb2
 
 from meshplane.model import Device, DeviceEndpoint, Mesh, ProxyGroup, ProxyRole, UpstreamTls
+from meshplane.status.config_dump import DumpError, group_from_query
 from meshplane.xds.server.nodes import ProtocolError, proxy_group
+from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import translate
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
 from meshplane.xds.types import TypeUrl
 from tests.golden.cases import CASES
-from tests.golden.edge_cases import BERLIN, HOMES, MUNICH, fleet
+from tests.golden.edge_cases import BERLIN, HOMES, MUNICH, fleet, fleet_with_tls
 
 GATEWAY_BERLIN = ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin")
 
@@ -144,9 +147,9 @@ def test_the_model_refuses_devices_a_proxy_must_not_route_to(device: Device, pro
     assert any(problem in text for text in problems), problems
 
 
-def node(role: str, site: str | None) -> base_pb2.Node:
+def node(role: str, site: str | None, **extra: object) -> base_pb2.Node:
     metadata = struct_pb2.Struct()
-    metadata.update({"role": role, **({"site": site} if site is not None else {})})
+    metadata.update({"role": role, **({"site": site} if site is not None else {}), **extra})
     return base_pb2.Node(id="n1", metadata=metadata)
 
 
@@ -173,3 +176,127 @@ def test_a_tls_service_is_reached_through_gateways_only() -> None:
     assert not catalog.HasField("transport_socket"), "devices get no SDS certificates"
     assert tiers(catalog) == [["10.20.0.2:15080", "10.20.0.3:15080"], ["10.40.0.2:15080", "10.30.0.2:15080"]]
     assert any("through gateways only" in warning for warning in translation.warnings)
+
+
+def sds_names(cluster: Any) -> list[str]:
+    tls = tls_pb2.UpstreamTlsContext()
+    assert cluster.transport_socket.typed_config.Unpack(tls)
+    common = tls.common_tls_context
+    return [common.validation_context_sds_secret_config.name] + [
+        c.name for c in common.tls_certificate_sds_secret_configs
+    ]
+
+
+def test_a_gateway_adds_a_services_tls_with_the_secrets_it_is_given() -> None:
+    """The reviewer's defect: a gateway's cloud clusters are a sidecar's, so a TLS service's asks
+    for secrets over SDS; with none given the snapshot was refused and every gateway froze."""
+    translation = translate(fleet_with_tls(), GATEWAY_BERLIN)
+    assert Snapshot.of(translation.resources).consistency_problems() == []
+    catalog = next(c for c in translation.resources[TypeUrl.CLUSTER] if c.name == "catalog.fitness:8080")
+    assert sds_names(catalog) == ["cloud-ca", "edge-client"]
+    secrets = {secret.name: secret for secret in translation.resources[TypeUrl.SECRET]}
+    assert set(secrets) == {"cloud-ca", "edge-client"}, "exactly what its clusters name: not unused-client"
+    assert "BEGIN CERTIFICATE" in secrets["cloud-ca"].validation_context.trusted_ca.inline_string
+    assert "PRIVATE KEY" in secrets["edge-client"].tls_certificate.private_key.inline_string
+    # The device listener and its device clusters are plain: devices speak HTTP on the site network.
+    assert all(
+        not c.HasField("transport_socket")
+        for c in translation.resources[TypeUrl.CLUSTER]
+        if c.name.startswith("device/")
+    )
+
+
+@pytest.mark.parametrize("site", ["gym-berlin", HOMES.id])
+@pytest.mark.parametrize("role", [ProxyRole.DEVICE, ProxyRole.MOBILE])
+def test_devices_and_apps_take_no_secrets_and_no_tls(role: ProxyRole, site: str) -> None:
+    translation = translate(fleet_with_tls(), ProxyGroup(role, site=site))
+    assert Snapshot.of(translation.resources).consistency_problems() == []
+    assert translation.resources[TypeUrl.SECRET] == ()
+    catalog = next(c for c in translation.resources[TypeUrl.CLUSTER] if c.name == "catalog.fitness:8080")
+    assert not catalog.HasField("transport_socket")
+    assert ["10.0.1.10:8080"] not in tiers(catalog), "never the TLS service directly, in plaintext"
+    if site == HOMES.id:  # a region without gateways: nothing reaches the service, and it says so
+        assert tiers(catalog) == []
+        assert any("catalog.fitness:8080" in w and "unreachable" in w for w in translation.warnings)
+    else:
+        assert not any("unreachable" in w for w in translation.warnings)
+
+
+def listener_addresses(group: ProxyGroup) -> dict[str, str]:
+    return {
+        listener.name: f"{listener.address.socket_address.address}:{listener.address.socket_address.port_value}"
+        for listener in translate(fleet(), group).resources[TypeUrl.LISTENER]
+    }
+
+
+@pytest.mark.parametrize(
+    ("listen_address", "host"),
+    [("", "0.0.0.0"), ("127.0.0.1", "127.0.0.1"), ("::1", "::1")],
+    ids=["default", "v4", "v6"],
+)
+def test_the_gateways_listeners_bind_its_listen_address(listen_address: str, host: str) -> None:
+    group = dataclasses.replace(GATEWAY_BERLIN, listen_address=listen_address)
+    assert listener_addresses(group) == {
+        "edge_from_devices_15080": f"{host}:15080",
+        "edge_to_devices_15081": f"{host}:15081",
+    }
+    # Only the listeners differ: clusters, routes and secrets are the default gateway's.
+    default = translate(fleet_with_tls(), GATEWAY_BERLIN).resources
+    bound = translate(fleet_with_tls(), group).resources
+    for type_url in (TypeUrl.CLUSTER, TypeUrl.ROUTE, TypeUrl.SECRET, TypeUrl.ENDPOINT):
+        assert bound[type_url] == default[type_url]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("127.0.0.1", "127.0.0.1", id="v4"),
+        pytest.param("10.20.0.2", "10.20.0.2", id="site-address"),
+        pytest.param("::1", "::1", id="v6"),
+        pytest.param("0:0:0:0:0:0:0:1", "::1", id="v6-canonical"),
+        pytest.param("0.0.0.0", "", id="any-is-the-default"),
+    ],
+)
+def test_a_gateway_node_names_its_listen_address(value: str, expected: str) -> None:
+    group = proxy_group(node("edge-gateway", "gym-berlin", listen_address=value))
+    assert group.listen_address == expected
+    assert group == dataclasses.replace(proxy_group(node("edge-gateway", "gym-berlin")), listen_address=expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("localhost", id="a-name"),
+        pytest.param("", id="empty"),
+        pytest.param(" 127.0.0.1", id="space"),
+        pytest.param("127.0.0.1:15080", id="with-port"),
+        pytest.param("224.0.0.1", id="multicast"),
+        pytest.param("fe80::1%eth0", id="v6-zone"),
+        pytest.param("::ffff:127.0.0.1", id="v4-mapped"),
+        pytest.param(127, id="a-number"),
+    ],
+)
+def test_a_bad_listen_address_ends_the_stream_naming_it(value: object) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        proxy_group(node("edge-gateway", "gym-berlin", listen_address=value))
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "metadata.listen_address" in refused.value.message
+
+
+@pytest.mark.parametrize("role", ["sidecar", "grpc", "device", "mobile"])
+def test_other_roles_ignore_listen_address(role: str) -> None:
+    """Their listeners are loopback (or absent): the field changes nothing, so it must not split
+    their group, and a value that would be bad for a gateway does not refuse them."""
+    for value in ("127.0.0.1", "not an address"):
+        assert proxy_group(node(role, "gym-berlin", listen_address=value)) == proxy_group(node(role, "gym-berlin"))
+
+
+def test_the_listen_address_shows_in_the_groups_name_and_config_dump_queries() -> None:
+    bound = dataclasses.replace(GATEWAY_BERLIN, listen_address="127.0.0.1")
+    assert str(GATEWAY_BERLIN) == "edge-gateway@-#gym-berlin"
+    assert str(bound) == "edge-gateway@-#gym-berlin on 127.0.0.1"
+    query = {"role": "edge-gateway", "site": "gym-berlin", "outbound_port": "15080", "listen_address": "127.0.0.1"}
+    assert group_from_query(query) == bound
+    for bad in ({"role": "sidecar", "listen_address": "127.0.0.1"}, {**query, "listen_address": "localhost"}):
+        with pytest.raises(DumpError, match="listen_address"):
+            group_from_query(bad)

@@ -45,6 +45,7 @@ from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import Translation, translate, translate_endpoints
 from meshplane.xds.types import TypeUrl
 from tests.golden.cases import CASES, DATA, group_label
+from tests.golden.edge_cases import EDGE_CASES, fleet_with_tls
 from tests.golden.test_envoy_validation import envoy_validate, validation_bootstrap
 
 GROUPS = (
@@ -164,6 +165,43 @@ def test_deterministic(mesh: Mesh, group: ProxyGroup) -> None:
     assert serialised(translate(shuffled, group)) == serialised(first)
     endpoints = [m.SerializeToString(deterministic=True) for m in translate_endpoints(mesh, group)]
     assert endpoints == serialised(first)[TypeUrl.ENDPOINT]
+
+
+# Every role, sited where an edge role needs a site (the edge meshes' sites; other meshes have none,
+# which the edge roles translate with a warning).
+EVERY_ROLE = (
+    ProxyGroup(),
+    ProxyGroup(role=ProxyRole.GRPC),
+    ProxyGroup(role=ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin"),
+    ProxyGroup(role=ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin", listen_address="127.0.0.1"),
+    ProxyGroup(role=ProxyRole.DEVICE, site="gym-berlin"),
+    ProxyGroup(role=ProxyRole.DEVICE, site="homes-nyc"),
+    ProxyGroup(role=ProxyRole.MOBILE, site="gym-munich"),
+)
+SECRET_MESHES = [*MESHES, *(pytest.param(case.mesh, id=case.name) for case in EDGE_CASES)]
+
+
+@pytest.mark.parametrize("mesh", SECRET_MESHES)
+@pytest.mark.parametrize("group", EVERY_ROLE, ids=str)
+def test_every_role_gets_exactly_the_secrets_its_clusters_name(mesh: Mesh, group: ProxyGroup) -> None:
+    """Sidecars and edge gateways reach services over their TLS and get those services' secrets
+    (no others: an unused certificate is never sent); gRPC (certificate providers), devices and
+    apps (no TLS on their clusters, see edge_device) get none. Always a publishable snapshot."""
+    translation = translate(mesh, group)
+    assert Snapshot.of(translation.resources).consistency_problems() == []
+    used = {name for s in mesh.services if s.tls for name in (s.tls.trust, s.tls.client_certificate) if name}
+    expected = used if group.role in (ProxyRole.SIDECAR, ProxyRole.EDGE_GATEWAY) else set()
+    assert {secret.name for secret in translation.resources[TypeUrl.SECRET]} == expected
+    if group.role in (ProxyRole.DEVICE, ProxyRole.MOBILE):
+        # Envoy Mobile has no SDS, and devices are not given the mesh's keys: no TLS at all.
+        assert not any(c.HasField("transport_socket") for c in translation.resources[TypeUrl.CLUSTER])
+
+
+def test_a_certificate_no_cluster_uses_is_never_sent() -> None:
+    mesh = fleet_with_tls()
+    assert "unused-client" in {certificate.name for certificate in mesh.certificates}
+    for group in EVERY_ROLE:
+        assert "unused-client" not in {s.name for s in translate(mesh, group).resources[TypeUrl.SECRET]}
 
 
 def test_every_option_mesh_warns_about_what_it_leaves_out() -> None:

@@ -83,6 +83,13 @@ def add_bootstrap_command(commands: Any) -> None:
     )
     env_flag(
         bootstrap,
+        "--listen-address",
+        scope=SCOPE,
+        help="node.metadata.listen_address, edge-gateway only: the IP its two listeners bind (default 0.0.0.0, "
+        "every IPv4 address; 127.0.0.1 keeps a laptop's gateway off the network)",
+    )
+    env_flag(
+        bootstrap,
         "--admin-address",
         scope=SCOPE,
         help="Envoy's admin interface, IP:PORT (127.0.0.1 and 9901 sidecar, 9902 edge-gateway, 9903 device, "
@@ -133,6 +140,7 @@ def options_of(args: argparse.Namespace) -> BootstrapOptions:
         tls_key=args.tls_key,
         tls_server_name=args.tls_server_name,
         xds_token=args.xds_token,
+        listen_address=args.listen_address,
     )
 
 

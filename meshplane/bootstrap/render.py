@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from meshplane.model import ProxyRole
+from meshplane.model.proxy import listen_address_of
 from meshplane.model.sites import is_site_id
 
 DEFAULT_XDS_SERVER = "127.0.0.1:18000"
@@ -79,6 +80,8 @@ class BootstrapOptions:
     (`tls_server_name`, else the host of `xds_server`); with `tls_cert` and `tls_key` too, mTLS:
     the certificate's URI SAN `meshplane://role/<role>[/site/<site>]` grants what the proxy may
     claim. `xds_token` is a bearer token sent on every xDS stream (`serve --xds-tokens`).
+    `listen_address` (edge-gateway only) is the IP the gateway's listeners bind, rendered as
+    node.metadata.listen_address; None leaves it out, and meshplane binds them to 0.0.0.0.
     """
 
     role: str
@@ -97,6 +100,7 @@ class BootstrapOptions:
     tls_key: str | None = None
     tls_server_name: str | None = None
     xds_token: str | None = None
+    listen_address: str | None = None
 
     def problems(self) -> list[str]:
         """Every reason these options make no bootstrap (empty when they do)."""
@@ -125,6 +129,14 @@ class BootstrapOptions:
                 found.append(f"--outbound-port does not apply to {role}: meshplane sends it no listener")
             elif not 1 <= self.outbound_port <= 65535:
                 found.append(f"--outbound-port {self.outbound_port} is not a port (1-65535)")
+        if self.listen_address is not None:
+            if role is not ProxyRole.EDGE_GATEWAY:
+                found.append(f"--listen-address is for edge-gateway, not {role}: meshplane binds its listeners itself")
+            elif listen_address_of(self.listen_address) is None:
+                found.append(
+                    f"--listen-address {self.listen_address!r} is not an IP address to listen on "
+                    "(e.g. 127.0.0.1; no multicast, no IPv6 zone)"
+                )
         if self.admin_address is not None:
             admin = split_host_port(self.admin_address, allow_zero=True)
             if defaults.admin_address is None:
@@ -182,7 +194,7 @@ def render(options: BootstrapOptions) -> str:
         return _grpc_bootstrap(options)
     return "".join(
         (
-            _HEADERS[role].format(outbound_port=_outbound_port(options, role)),
+            _HEADERS[role].format(outbound_port=_outbound_port(options, role), listen_address=_listen_host(options)),
             _COMMON_HEADER.format(xds_server=options.xds_server),
             _node(options, role),
             _MOBILE_RUNTIME if role is ProxyRole.MOBILE else "",
@@ -210,10 +222,12 @@ _HEADERS: dict[ProxyRole, str] = {
 # site's devices and the cloud. See docs/edge.md.
 #
 # node.metadata.site names the site (a `sites:` entry of the policy files); meshplane sends:
-# - a listener on 0.0.0.0:<outbound_port> ({outbound_port}) taking the site's devices' HTTP traffic
-#   into the cloud services, by Host header as a sidecar does;
-# - a listener on 0.0.0.0:<outbound_port + 1> letting cloud services reach one registered device
-#   of this site: the request names it in the `x-meshplane-device` header.
+# - a listener on {listen_address}:<outbound_port> ({outbound_port}) taking the site's devices' HTTP
+#   traffic into the cloud services, by Host header as a sidecar does;
+# - a listener on {listen_address}:<outbound_port + 1> letting cloud services reach one registered
+#   device of this site: the request names it in the `x-meshplane-device` header.
+# Both bind node.metadata.listen_address (--listen-address), 0.0.0.0 when it is absent: every
+# IPv4 address of this host, as devices on the site network need; 127.0.0.1 for a laptop demo.
 # The site's `gateways:` in the policy files list this host's address and <outbound_port>.
 """,
     ProxyRole.DEVICE: """\
@@ -270,6 +284,18 @@ def _outbound_port(options: BootstrapOptions, role: ProxyRole) -> int | None:
     return options.outbound_port if options.outbound_port is not None else ROLE_DEFAULTS[role].outbound_port
 
 
+def _listen_address(options: BootstrapOptions) -> str:
+    """The edge gateway's listen address as meshplane will bind it (0.0.0.0 when not given)."""
+    given = listen_address_of(options.listen_address) if options.listen_address is not None else None
+    return given or "0.0.0.0"
+
+
+def _listen_host(options: BootstrapOptions) -> str:
+    """`_listen_address` as the host of a `host:port` (IPv6 in brackets)."""
+    address = _listen_address(options)
+    return f"[{address}]" if ":" in address else address
+
+
 def _node(options: BootstrapOptions, role: ProxyRole) -> str:
     defaults = ROLE_DEFAULTS[role]
     lines = [
@@ -290,6 +316,8 @@ def _node(options: BootstrapOptions, role: ProxyRole) -> str:
     outbound_port = _outbound_port(options, role)
     if outbound_port is not None:
         lines.append(f"    outbound_port: {outbound_port}")
+    if options.listen_address is not None:
+        lines.append(f"    listen_address: {_yaml_scalar(_listen_address(options))}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """`make run`: a whole local mesh on 127.0.0.1, without Docker.
 
 Starts the control plane (on examples/, with the edge registry on), the sample backends, an Envoy
-sidecar and an Envoy edge gateway (from envoy-configs/), and a fleet of simulated bikes that
+sidecar (envoy-configs/sidecar.yaml) and an Envoy edge gateway (envoy-configs/edge-gateway.yaml, on
+127.0.0.1 only), and a fleet of simulated bikes that
 register at the gateway's site, heartbeat and send requests through the gateway. Once traffic has
 gone through both Envoys it prints what happened, the dashboard's URL and commands to try, then
 runs until Ctrl-C and stops everything it started. `--check` exits after the traffic checks.

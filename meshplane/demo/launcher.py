@@ -30,10 +30,12 @@ import yaml
 from aiohttp import web
 
 from meshplane.app import ControlPlane, Settings
+from meshplane.bootstrap.render import BootstrapOptions, render
 from meshplane.demo.backend import start_http_backend
 from meshplane.demo.greeter import SAY_HELLO, start_greeter
 from meshplane.discovery.edge.registry import LeaseSettings
 from meshplane.edge.server import EdgeSettings
+from meshplane.model import ProxyRole
 from meshplane.simulate.fleet import Fleet, FleetOptions, FleetStats
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,13 +63,14 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class EnvoyRole:
-    """An Envoy of the demo, started from its committed bootstrap; ports are read from that file."""
+    """An Envoy of the demo and its bootstrap; its ports are read from that bootstrap."""
 
     name: str
-    bootstrap: Path
+    bootstrap: str  # the text: YAML
+    origin: str  # where it comes from, for the log of what runs
 
     def _config(self) -> dict[str, Any]:
-        config: dict[str, Any] = yaml.safe_load(self.bootstrap.read_text())
+        config: dict[str, Any] = yaml.safe_load(self.bootstrap)
         return config
 
     @property
@@ -87,8 +90,14 @@ class EnvoyRole:
         return f"http://{HOST}:{self.admin_port}"
 
 
-SIDECAR = EnvoyRole("sidecar", ENVOY_CONFIGS / "sidecar.yaml")
-GATEWAY = EnvoyRole("edge-gateway", ENVOY_CONFIGS / "edge-gateway.yaml")
+SIDECAR = EnvoyRole("sidecar", (ENVOY_CONFIGS / "sidecar.yaml").read_text(), "envoy-configs/sidecar.yaml")
+# envoy-configs/edge-gateway.yaml with one difference: a real gateway's listeners take the site's
+# devices on every address, the demo's only on 127.0.0.1 (node.metadata.listen_address).
+GATEWAY = EnvoyRole(
+    "edge-gateway",
+    render(BootstrapOptions(role=ProxyRole.EDGE_GATEWAY.value, listen_address=HOST)),
+    "meshplane bootstrap edge-gateway --listen-address 127.0.0.1",
+)
 
 # Every port the demo listens on (the gateway also takes outbound_port + 1: cloud → device).
 DEMO_PORTS = (
@@ -113,10 +122,14 @@ def find_envoy() -> str:
     return envoy
 
 
-def start_envoy(role: EnvoyRole, log_file: Path) -> subprocess.Popen[bytes]:
+def start_envoy(role: EnvoyRole, workdir: Path) -> subprocess.Popen[bytes]:
     """Envoy in its own session (Ctrl-C reaches only us: we stop it after the devices deregister),
-    dying with us even on SIGKILL where `setpriv --pdeathsig` exists (util-linux)."""
-    command = [find_envoy(), "-c", str(role.bootstrap), "--disable-hot-restart", "--drain-time-s", "1"]
+    dying with us even on SIGKILL where `setpriv --pdeathsig` exists (util-linux). Its bootstrap
+    and log go to `workdir`."""
+    bootstrap = workdir / f"{role.name}.yaml"
+    bootstrap.write_text(role.bootstrap)
+    log_file = workdir / f"envoy-{role.name}.log"
+    command = [find_envoy(), "-c", str(bootstrap), "--disable-hot-restart", "--drain-time-s", "1"]
     command += ["--log-level", "warning"]
     setpriv = shutil.which("setpriv")
     if setpriv is not None:
@@ -208,7 +221,7 @@ class Demo:
         except RuntimeError as error:  # grpcio's "Failed to bind"
             raise DemoError(f"the greeter cannot listen on {HOST}:{GREETER_PORT}: is it taken?") from error
         for role in (SIDECAR, GATEWAY):
-            self._envoys[role.name] = start_envoy(role, self._workdir / f"envoy-{role.name}.log")
+            self._envoys[role.name] = start_envoy(role, self._workdir)
         self._fleet = Fleet(
             FleetOptions(
                 registry=f"{HOST}:{REGISTRY_PORT}",
@@ -335,9 +348,13 @@ class Demo:
         width = max(len(command) for command, _ in commands)
         tried = "\n".join(f"  {command:<{width}}  # {why}" for command, why in commands)
         lines = "\n".join(f"  {line}" for line in results)
+        envoys = "\n".join(f"  {role.name}: {role.origin}" for role in (SIDECAR, GATEWAY))
         return f"""
 meshplane is serving examples/ to two real Envoys and {self.device_count} simulated bikes. What just went through it:
 {lines}
+
+The Envoys' bootstraps:
+{envoys}
 
 Dashboard: {STATUS_URL}/
 

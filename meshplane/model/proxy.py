@@ -7,6 +7,7 @@ stay out of the group, or every proxy becomes its own group.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -41,13 +42,28 @@ class ProxyGroup:
     """The part of a proxy's identity that decides its config.
 
     `locality` decides endpoint priorities; `outbound_port` the sidecar's (and device's) listener
-    port; `site` the edge site of an edge role (empty for the others).
+    port; `site` the edge site of an edge role (empty for the others); `listen_address` the IP an
+    edge-gateway's listeners bind, in `listen_address_of`'s canonical form (empty: 0.0.0.0, every
+    IPv4 address of the host; always empty for the other roles, whose listeners are loopback).
     """
 
     role: ProxyRole = ProxyRole.SIDECAR
     locality: Locality = field(default_factory=Locality)
     outbound_port: int = DEFAULT_OUTBOUND_PORT
     site: str = ""
+    listen_address: str = ""
+
+    def __post_init__(self) -> None:
+        # One spelling per address, and none for roles it does not apply to: otherwise equal
+        # configs would make distinct groups (and the status endpoint's queries could name a
+        # group no proxy can be in).
+        if self.listen_address and (
+            self.role is not ProxyRole.EDGE_GATEWAY or listen_address_of(self.listen_address) != self.listen_address
+        ):
+            raise ValueError(
+                f"listen_address {self.listen_address!r}: only an edge-gateway has one, an IP address in "
+                "canonical form (127.0.0.1, ::1)"
+            )
 
     def __str__(self) -> str:
         where = "/".join(part for part in (self.locality.region, self.locality.zone) if part) or "-"
@@ -56,4 +72,23 @@ class ProxyGroup:
             text += f":{self.outbound_port}"
         if self.site:
             text += f"#{self.site}"
+        if self.listen_address:
+            text += f" on {self.listen_address}"
         return text
+
+
+def listen_address_of(text: str) -> str | None:
+    """`text` as an edge-gateway's listen address in canonical form (`127.0.0.1`, `::1`; the
+    unspecified `0.0.0.0` as "", the default, so both spellings make one group), or None when it
+    is not one: not an IP address, a multicast one, an IPv6 address with a zone (`%eth0`), which a
+    listener's socket address cannot carry, or an IPv4-mapped IPv6 one (write the IPv4 address)."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.is_multicast:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and (address.scope_id is not None or address.ipv4_mapped):
+        return None
+    canonical = str(address)
+    return "" if canonical == "0.0.0.0" else canonical

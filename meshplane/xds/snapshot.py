@@ -18,10 +18,10 @@ from typing import TypeVar
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message
 
 from meshplane.xds import wire
+from meshplane.xds.translate.secrets import sds_secret_names
 from meshplane.xds.types import TypeUrl
 
 # Field numbers of the repeated `resources` field, whose entries each Resource pre-encodes.
@@ -32,7 +32,6 @@ _DELTA_RESOURCE_VERSION = 1
 _DELTA_RESOURCE_BODY = 2
 
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 def content_version(data: bytes) -> str:
@@ -295,7 +294,7 @@ class Snapshot:
                 wanted = cluster.eds_cluster_config.service_name or cluster.name
                 if wanted not in endpoints:
                     found.append(f"cluster {cluster.name} wants endpoints {wanted!r}, which are missing")
-            for secret_name in _sds_names(cluster):
+            for secret_name in sorted(sds_secret_names((cluster,))):
                 if secret_name not in secrets:
                     found.append(f"cluster {cluster.name} wants secret {secret_name!r}, which is missing")
         routes = self.of_type(TypeUrl.ROUTE).by_name
@@ -311,23 +310,6 @@ def _name_of(message: Message) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{type(message).__name__} has no name")
     return name
-
-
-def _sds_names(cluster: cluster_pb2.Cluster) -> list[str]:
-    """The Secret names a cluster's upstream TLS asks for over SDS (certificates and validation context)."""
-    sockets = [cluster.transport_socket] if cluster.HasField("transport_socket") else []
-    sockets += [match.transport_socket for match in cluster.transport_socket_matches]
-    names = []
-    for socket in sockets:
-        if socket.typed_config.type_url != _UPSTREAM_TLS_TYPE:
-            continue
-        context = tls_pb2.UpstreamTlsContext()
-        socket.typed_config.Unpack(context)
-        common = context.common_tls_context
-        names += [config.name for config in common.tls_certificate_sds_secret_configs]
-        if common.HasField("validation_context_sds_secret_config"):
-            names.append(common.validation_context_sds_secret_config.name)
-    return names
 
 
 def _rds_names(listener: Message) -> list[str]:

@@ -6,7 +6,8 @@ Output lands in tests/golden/edge_out/<case>.<group>.<cds|eds|lds|rds|sds|rtds>.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from meshplane.model import (
     Device,
@@ -29,8 +30,13 @@ from meshplane.model import (
     ServicePort,
     ServiceRef,
     Site,
+    TlsCertificate,
+    TrustBundle,
+    UpstreamTls,
     WeightedBackend,
 )
+
+DATA = Path(__file__).parent.parent / "data"  # TEST-ONLY certificates, see tests/data/README.md
 
 CLOUD = Locality("eu-central", "eu-central-1a")
 
@@ -60,7 +66,8 @@ class EdgeCase:
 
 
 def edge_label(group: ProxyGroup) -> str:
-    return f"{group.role}-{group.site}"
+    label = f"{group.role}-{group.site}"
+    return f"{label}-{group.listen_address}" if group.listen_address else label
 
 
 def fleet() -> Mesh:
@@ -114,7 +121,38 @@ def fleet() -> Mesh:
     return Mesh.of(services, [canary], sites=[BERLIN, MUNICH, HAMBURG, HOMES], devices=devices)
 
 
+def fleet_with_tls() -> Mesh:
+    """The fleet with upstream mTLS to the catalog (client certificate and CA bundle, real test-only
+    PEM) and a certificate no service uses: the gateway gets exactly the catalog's two secrets
+    over SDS and adds the TLS; devices and apps reach the catalog through gateways only (no SDS,
+    no TLS, no direct tier), and not at all from a site whose region has no gateway."""
+    mesh = fleet()
+    tls = UpstreamTls(trust="cloud-ca", sni="catalog.fitness.internal", client_certificate="edge-client")
+    services = tuple(replace(s, tls=tls) if s.name == "catalog" else s for s in mesh.services)
+    client = (DATA / "test-client.pem").read_text(), (DATA / "test-client.key.pem").read_text()
+    return replace(
+        mesh,
+        services=services,
+        certificates=(
+            TlsCertificate("edge-client", *client, origin="tests/data/test-client.pem"),
+            TlsCertificate("unused-client", *client, origin="tests/data/test-client.pem"),
+        ),
+        trust_bundles=(TrustBundle("cloud-ca", (DATA / "test-ca.pem").read_text(), origin="tests/data/test-ca.pem"),),
+    )
+
+
 EDGE_CASES: tuple[EdgeCase, ...] = (
+    EdgeCase(
+        "fleet_tls",
+        fleet_with_tls(),
+        (
+            ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin"),
+            ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin", listen_address="127.0.0.1"),
+            ProxyGroup(ProxyRole.DEVICE, site="gym-berlin"),
+            ProxyGroup(ProxyRole.DEVICE, site="homes-nyc"),
+            ProxyGroup(ProxyRole.MOBILE, site="gym-munich"),
+        ),
+    ),
     EdgeCase(
         "fleet",
         fleet(),

@@ -3,7 +3,8 @@
 Same conventions as test_golden.py (`pytest tests/golden --update-golden` rewrites edge_out/ and
 deletes stale files). The validation bootstrap is made as in test_envoy_validation.py: EDS
 clusters become STATIC with their assignment, RDS references are inlined; edge clusters are
-STATIC already; a mobile runtime layer becomes the bootstrap's static runtime layer.
+STATIC already; SDS references name the static secrets (the SDS output); a mobile runtime layer
+becomes the bootstrap's static runtime layer.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 
 from meshplane.model import ProxyGroup
+from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import Translation, translate
 from meshplane.xds.types import TypeUrl
 from tests.golden.edge_cases import EDGE_CASES, EdgeCase, edge_label
-from tests.golden.test_envoy_validation import envoy_validate
+from tests.golden.test_envoy_validation import envoy_validate, static_sds
 from tests.golden.test_golden import render
 
 OUT = Path(__file__).parent / "edge_out"
@@ -37,7 +39,10 @@ def golden_path(case: EdgeCase, group: ProxyGroup, kind: str) -> Path:
 @pytest.mark.parametrize(("case", "group"), PARAMS)
 def test_edge_translation_matches_golden_files(case: EdgeCase, group: ProxyGroup, update_golden: bool) -> None:
     assert case.mesh.problems() == []
-    rendered = render(translate(case.mesh, group))
+    translation = translate(case.mesh, group)
+    # What the publisher checks before it publishes: a snapshot with problems never reaches a proxy.
+    assert Snapshot.of(translation.resources).consistency_problems() == []
+    rendered = render(translation)
     if update_golden:
         OUT.mkdir(exist_ok=True)
         for kind, text in rendered.items():
@@ -77,6 +82,7 @@ def edge_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
             cluster.ClearField("eds_cluster_config")
             cluster.type = cluster_pb2.Cluster.STATIC
         assert cluster.type == cluster_pb2.Cluster.STATIC
+        static_sds(cluster)
         bootstrap.static_resources.clusters.append(cluster)
     for original in resources[TypeUrl.LISTENER]:
         listener = listener_pb2.Listener()
@@ -89,6 +95,7 @@ def edge_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
                     hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])
                     network_filter.typed_config.Pack(hcm)
         bootstrap.static_resources.listeners.append(listener)
+    bootstrap.static_resources.secrets.extend(resources[TypeUrl.SECRET])
     for runtime in resources[TypeUrl.RUNTIME]:
         layer = bootstrap.layered_runtime.layers.add(name=runtime.name)
         layer.static_layer.CopyFrom(runtime.layer)

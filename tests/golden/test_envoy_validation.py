@@ -53,15 +53,7 @@ def validation_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
             cluster.type = cluster_pb2.Cluster.STATIC
         else:  # a DNS cluster (ExternalName) carries its own load assignment; validation resolves nothing
             assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
-        if cluster.HasField("transport_socket"):
-            tls = tls_pb2.UpstreamTlsContext()
-            assert cluster.transport_socket.typed_config.Unpack(tls)
-            common = tls.common_tls_context
-            if common.HasField("validation_context_sds_secret_config"):
-                common.validation_context_sds_secret_config.ClearField("sds_config")
-            for config in common.tls_certificate_sds_secret_configs:
-                config.ClearField("sds_config")
-            cluster.transport_socket.typed_config.Pack(tls)
+        static_sds(cluster)
         bootstrap.static_resources.clusters.append(cluster)
     next_port = FIRST_API_LISTENER_PORT
     for original in resources[TypeUrl.LISTENER]:
@@ -85,6 +77,19 @@ def validation_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
         bootstrap.static_resources.listeners.append(listener)
     bootstrap.static_resources.secrets.extend(resources[TypeUrl.SECRET])
     return bootstrap
+
+
+def static_sds(cluster: cluster_pb2.Cluster) -> None:
+    """Makes `cluster`'s SDS references name `static_resources.secrets` (drops their `sds_config`)."""
+    if cluster.HasField("transport_socket"):
+        tls = tls_pb2.UpstreamTlsContext()
+        assert cluster.transport_socket.typed_config.Unpack(tls)
+        common = tls.common_tls_context
+        if common.HasField("validation_context_sds_secret_config"):
+            common.validation_context_sds_secret_config.ClearField("sds_config")
+        for config in common.tls_certificate_sds_secret_configs:
+            config.ClearField("sds_config")
+        cluster.transport_socket.typed_config.Pack(tls)
 
 
 def envoy_validate(bootstrap: bootstrap_pb2.Bootstrap, path: Path) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from meshplane.model import ProxyGroup
+from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import Translation, translate
 from meshplane.xds.types import TypeUrl
 from tests.golden.cases import CASES, GoldenCase, group_label
@@ -67,7 +68,10 @@ def expected_paths() -> set[Path]:
 @pytest.mark.parametrize(("case", "group"), PARAMS)
 def test_translation_matches_golden_files(case: GoldenCase, group: ProxyGroup, update_golden: bool) -> None:
     assert case.mesh.problems() == []
-    rendered = render(translate(case.mesh, group))
+    translation = translate(case.mesh, group)
+    # What the publisher checks before it publishes: a snapshot with problems never reaches a proxy.
+    assert Snapshot.of(translation.resources).consistency_problems() == []
+    rendered = render(translation)
     label = group_label(group)
     if update_golden:
         OUT.mkdir(exist_ok=True)

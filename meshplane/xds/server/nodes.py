@@ -5,6 +5,10 @@
 - `node.metadata.site`: the edge site of an `edge-gateway`, `device` or `mobile` (required for those).
 - `node.locality` (region, zone, sub_zone): endpoint priorities prefer the proxy's zone, then region.
 - `node.metadata.outbound_port`: a sidecar's outbound listener port (default 15001).
+- `node.metadata.listen_address`: the IP an `edge-gateway`'s two listeners bind (default 0.0.0.0,
+  every IPv4 address; `127.0.0.1` keeps a laptop's gateway off the network). A bad value ends the
+  stream with INVALID_ARGUMENT. Ignored for the other roles (as `site` is for non-edge roles):
+  their listeners are loopback, and it must not split their group.
 - `node.cluster`: the service the proxy fronts; shown on the status endpoint.
 Any other field is ignored, so proxies differing only there share one group and one snapshot.
 """
@@ -16,6 +20,7 @@ from typing import Any
 import grpc
 
 from meshplane.model import DEFAULT_OUTBOUND_PORT, Locality, ProxyGroup, ProxyRole, is_site_id
+from meshplane.model.proxy import listen_address_of
 
 MAX_NAME_LENGTH = 1024
 
@@ -62,8 +67,23 @@ def proxy_group(node: Any) -> ProxyGroup:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"node {node.id}: a {role} needs metadata.site, a site id (lowercase RFC 1123 label); got {site!r}",
             )
+    listen_address = ""
+    if role is ProxyRole.EDGE_GATEWAY and "listen_address" in fields:
+        value = fields["listen_address"]
+        raw_address = value.string_value if value.WhichOneof("kind") == "string_value" else None
+        parsed = listen_address_of(raw_address) if raw_address is not None else None
+        if parsed is None:
+            shown = repr(raw_address) if raw_address is not None else f"of kind {value.WhichOneof('kind')}"
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node {node.id}: metadata.listen_address {shown[:80]} is not an IP address to listen on "
+                "(e.g. 127.0.0.1; no multicast, no IPv6 zone)",
+            )
+        listen_address = parsed
     locality = Locality(node.locality.region, node.locality.zone, node.locality.sub_zone)
-    return ProxyGroup(role=role, locality=locality, outbound_port=outbound_port, site=site)
+    return ProxyGroup(
+        role=role, locality=locality, outbound_port=outbound_port, site=site, listen_address=listen_address
+    )
 
 
 def check_resource_names(names: Any) -> None:

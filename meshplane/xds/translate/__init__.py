@@ -56,7 +56,7 @@ def translate(mesh: Mesh, group: ProxyGroup) -> Translation:
         TypeUrl.ENDPOINT: _by_name(endpoints),
         TypeUrl.LISTENER: _by_name(listeners),
         TypeUrl.ROUTE: _by_name(routes),
-        TypeUrl.SECRET: _by_name(build_secrets(mesh, group)),
+        TypeUrl.SECRET: _by_name(build_secrets(mesh, clusters)),
         TypeUrl.RUNTIME: (),  # runtime layers are for the mobile role only
     }
     # A rule shared by several virtual hosts is translated, and warned about, once per host.
@@ -89,12 +89,18 @@ _KINDS = {"cds": TypeUrl.CLUSTER, "lds": TypeUrl.LISTENER, "rds": TypeUrl.ROUTE,
 
 
 def _translate_edge(mesh: Mesh, group: ProxyGroup) -> Translation:
-    """The edge roles (see `edge_gateway` and `edge_device`); the gateway reaches the cloud over EDS."""
+    """The edge roles (see `edge_gateway` and `edge_device`); the gateway reaches the cloud over EDS.
+
+    Secrets follow the built clusters, as for a sidecar: the gateway's cloud clusters are a
+    sidecar's, so a service with upstream TLS makes them ask for its secrets over SDS, and the
+    gateway must get those (without them the snapshot is inconsistent and never published).
+    """
     built, warnings = _EDGE_BUILDERS[group.role](mesh, group)
     resources: dict[TypeUrl, tuple[Message, ...]] = {type_url: () for type_url in TypeUrl}
     for kind, messages in built.items():
         resources[_KINDS[kind]] = _by_name(messages)
     resources[TypeUrl.ENDPOINT] = translate_endpoints(mesh, group)
+    resources[TypeUrl.SECRET] = _by_name(build_secrets(mesh, resources[TypeUrl.CLUSTER]))
     return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
 
 

@@ -6,7 +6,9 @@ named like a sidecar's (`names.cluster_name`), whose endpoints come in locality 
 1. the gateways of the other sites of its region (nearest first: sorted by site id),
 2. the service's own (ready) endpoints, i.e. the cloud directly.
 Empty tiers are skipped, so priorities stay contiguous. A service with upstream TLS has no
-direct tier: its certificates come over SDS, which devices do not get (the gateway adds the TLS).
+direct tier and no TLS on the device's cluster: its certificates come over SDS, which Envoy Mobile
+cannot take and devices are not given (the gateway adds the TLS); at a site whose region has no
+gateway such a service is unreachable (with a warning).
 The clusters are STATIC with the assignment inline because Envoy Mobile speaks CDS and RTDS only
 (no EDS).
 
@@ -127,12 +129,17 @@ def _clusters(mesh: Mesh, site: Site | None, warnings: list[str]) -> list[Any]:
             cluster.ClearField("health_checks")  # no active checks from a fleet (see the module docstring)
             direct = True
             if service.tls is not None:
-                # The service's TLS takes certificates over SDS, which Envoy Mobile lacks and
-                # devices do not get: devices reach it only through their gateways (plain HTTP on
-                # the site network; the gateway's cluster adds the TLS), never directly.
+                # The service's TLS takes certificates over SDS, which Envoy Mobile lacks (CDS and
+                # RTDS only) and devices are not given (the mesh's client key on every device in
+                # the field): devices reach it only through their gateways (plain HTTP on the site
+                # network; the gateway's cluster adds the TLS), never directly. So no cluster of
+                # these roles names an SDS secret, and they get no secrets.
                 cluster.ClearField("transport_socket")
                 direct = False
-                warnings.append(f"cluster {name}: upstream TLS service; edge devices reach it through gateways only")
+                reach = (
+                    "through gateways only" if tiers else "through gateways only, and its region has none: unreachable"
+                )
+                warnings.append(f"cluster {name}: upstream TLS service; edge devices reach it {reach}")
             cluster.type = _Cluster.STATIC
             cluster.connect_timeout.CopyFrom(core.duration(max(CONNECT_TIMEOUT, service.policy.connect_timeout)))
             cluster.load_assignment.CopyFrom(_assignment(name, service, port, tiers, direct=direct))

@@ -1,6 +1,8 @@
 """The `edge-gateway` role: an Envoy at an edge site, between the site's devices and the cloud.
 
-Owns the gateway's two listeners, both on all addresses of the gateway host:
+Owns the gateway's two listeners, both on the group's `listen_address` (node.metadata.listen_address;
+when absent 0.0.0.0, every IPv4 address of the gateway host: devices reach it over the site network;
+a laptop demo says 127.0.0.1):
 - `edge_from_devices_<port>` on `outbound_port`: the site's devices' traffic into the cloud. Its
   routes are a sidecar's outbound routes (every cloud service by its names, route tables
   included) over the same EDS clusters, so the gateway reaches the cloud as a sidecar does.
@@ -10,6 +12,9 @@ Owns the gateway's two listeners, both on all addresses of the gateway host:
   and expired ones (which the registry has already dropped from the mesh), have no route, so
   Envoy answers 404. Addresses were checked against the site's ranges by the registry and again
   by `Mesh.problems()`.
+The cloud clusters are a sidecar's, upstream TLS included: a TLS service's cluster names its
+secrets over SDS, and the gateway gets those secrets (`secrets.build_secrets`), so devices speak
+plain HTTP on the site network and the gateway adds the TLS.
 Must stay pure; names come from `meshplane.xds.names`.
 """
 
@@ -45,15 +50,17 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
     warnings: list[str] = []
     if mesh.site(group.site) is None:
         warnings.append(f"edge-gateway at site {group.site!r}: no such site; no device is reachable")
-    sidecar = dataclasses.replace(group, role=ProxyRole.SIDECAR, site="")
+    sidecar = dataclasses.replace(group, role=ProxyRole.SIDECAR, site="", listen_address="")
     clusters, cluster_warnings = build_clusters(mesh, sidecar)
     routes, route_warnings = build_routes(mesh, sidecar)
     from_devices_port = group.outbound_port
+    address = group.listen_address or ANY_ADDRESS
     [outbound] = routes  # a sidecar has exactly one outbound RouteConfiguration
     outbound.name = names.gateway_from_devices_route_name(from_devices_port)
     listeners = [
         _listener(
             names.gateway_from_devices_listener_name(from_devices_port),
+            address,
             from_devices_port,
             names.gateway_from_devices_route_name(from_devices_port),
         )
@@ -67,17 +74,17 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
     else:
         route_name = names.gateway_to_devices_route_name(to_devices_port)
         listeners.append(
-            _listener(names.gateway_to_devices_listener_name(to_devices_port), to_devices_port, route_name)
+            _listener(names.gateway_to_devices_listener_name(to_devices_port), address, to_devices_port, route_name)
         )
         routes.append(_to_devices_routes(route_name, devices))
     return {"cds": clusters, "lds": listeners, "rds": routes}, [*warnings, *cluster_warnings, *route_warnings]
 
 
-def _listener(name: str, port: int, route_name: str) -> Any:
+def _listener(name: str, address: str, port: int, route_name: str) -> Any:
     hcm = http_connection_manager(route_name, stat_prefix=name)
     return listener_pb2.Listener(
         name=name,
-        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ANY_ADDRESS, port_value=port)),
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port)),
         traffic_direction=base_pb2.INBOUND,
         filter_chains=[
             listener_components_pb2.FilterChain(

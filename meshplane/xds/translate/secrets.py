@@ -1,37 +1,53 @@
 """Secrets (SDS): the TLS certificates and CA bundles a proxy group's clusters use, PEM inlined.
 
-Owns the shape of the Secret resources that clusters' SDS configs name. A group is given only the
-secrets its own configuration references (services' `tls.trust` and `tls.client_certificate`), so
-a proxy cannot fetch a private key it has no use for by asking for its name; the grpc role, which
-cannot take SDS (it uses certificate providers), is given none. Must stay pure and never log PEM text.
+Owns the shape of the Secret resources that clusters' SDS configs name, and which of them a group
+gets: exactly the names its own built clusters ask for over SDS (`sds_secret_names`: the upstream
+TLS contexts' `tls_certificate_sds_secret_configs` and `validation_context_sds_secret_config`).
+Deriving them from the clusters, for every role alike, keeps the two from disagreeing: a group
+never lacks a secret its clusters wait for (which would leave them warming, and the snapshot
+refused), and never gets one it has no use for, so a proxy cannot fetch a private key by asking
+for its name. Roles whose clusters name no SDS secret get none: the grpc role (gRPC cannot take
+SDS; its clusters name certificate providers) and the device and mobile roles (their clusters
+carry no upstream TLS, see `edge_device`). Must stay pure and never log PEM text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 
-from meshplane.model import Mesh, ProxyGroup, ProxyRole
+from meshplane.model import Mesh
+
+_UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
-def referenced_secret_names(mesh: Mesh) -> frozenset[str]:
-    """Every secret name the mesh's services use for upstream TLS."""
+def sds_secret_names(clusters: Iterable[Any]) -> frozenset[str]:
+    """Every Secret name the clusters' upstream TLS asks for over SDS (certificates and validation
+    contexts), from `transport_socket` and `transport_socket_matches` alike."""
     names: set[str] = set()
-    for service in mesh.services:
-        if service.tls is not None:
-            names.add(service.tls.trust)
-            if service.tls.client_certificate:
-                names.add(service.tls.client_certificate)
+    for cluster in clusters:
+        sockets = [cluster.transport_socket] if cluster.HasField("transport_socket") else []
+        sockets += [match.transport_socket for match in cluster.transport_socket_matches]
+        for socket in sockets:
+            if socket.typed_config.type_url != _UPSTREAM_TLS_TYPE:
+                continue
+            context = tls_pb2.UpstreamTlsContext()
+            socket.typed_config.Unpack(context)
+            common = context.common_tls_context
+            names.update(config.name for config in common.tls_certificate_sds_secret_configs)
+            if common.HasField("validation_context_sds_secret_config"):
+                names.add(common.validation_context_sds_secret_config.name)
     return frozenset(names)
 
 
-def build_secrets(mesh: Mesh, group: ProxyGroup) -> list[Any]:
-    """A Secret per TlsCertificate (chain and key) and per TrustBundle (trusted CAs) that `group` uses."""
-    if group.role is ProxyRole.GRPC:
-        return []
-    used = referenced_secret_names(mesh)
+def build_secrets(mesh: Mesh, clusters: Iterable[Any]) -> list[Any]:
+    """A Secret per TlsCertificate (chain and key) and per TrustBundle (trusted CAs) that `clusters`
+    name over SDS; nothing else. (`Mesh.problems()` has checked that every name a service's TLS
+    uses exists, as one kind or the other: the two share one namespace.)"""
+    used = sds_secret_names(clusters)
     secrets = [
         secret_pb2.Secret(
             name=certificate.name,
