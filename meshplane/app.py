@@ -124,7 +124,15 @@ class ControlPlane:
             if settings.kubernetes
             else None
         )
-        self.inventory = Inventory()
+        unauthenticated = settings.client_ca is None and settings.xds_tokens is None
+        if self.kubernetes is not None and self.kubernetes.secrets and unauthenticated:
+            log.warning(
+                "--kubernetes-secrets without client authentication on the xDS port (--client-ca or "
+                "--xds-tokens): anyone who can reach %s can fetch the Secrets' certificates and private "
+                "keys over SDS by posing as a sidecar",
+                settings.xds_address,
+            )
+        self.inventory = Inventory(kubernetes_secrets=settings.kubernetes_secrets)
         self.edge = (
             EdgeRegistryServer(settings.edge, self._sites, on_change=self._on_source_change)
             if settings.edge is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from meshplane import __version__
 from meshplane.bootstrap.cli import add_bootstrap_command, bootstrap_command
-from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
+from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, is_empty_selector
 from meshplane.edge.console import add_devices_command, devices_command
 from meshplane.edge.options import add_edge_arguments, edge_settings
 from meshplane.flags import env_flag
@@ -203,6 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve" and args.kubernetes_secrets and not args.kubernetes:
         print("meshplane: --kubernetes-secrets needs --kubernetes (MESHPLANE_KUBERNETES=true)", file=sys.stderr)
+        return 2
+    if args.command == "serve" and args.kubernetes_secrets and is_empty_selector(args.secret_selector):
+        print(
+            "meshplane: --secret-selector (MESHPLANE_SECRET_SELECTOR) must not be empty: it would read every Secret"
+            " of the served types",
+            file=sys.stderr,
+        )
         return 2
     if args.command == "validate":
         from meshplane.discovery.policy_files import validate_policy

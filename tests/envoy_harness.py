@@ -24,6 +24,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 ENVOY_CONFIGS = REPO / "envoy-configs"
 DEADLINE = 30.0
@@ -121,26 +123,6 @@ class Envoy:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait)
         await self.session.close()
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 whose successor is free too: an edge gateway listens for device
-    traffic on its outbound port and for traffic to devices on the next one."""
-    import socket
-
-    for _ in range(100):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("0.0.0.0", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no two consecutive free ports found")
 
 
 def patched_bootstrap(

@@ -33,16 +33,11 @@ from meshplane.simulate.cli import (
 )
 from meshplane.simulate.fleet import FleetOptions, FleetStats
 from tests.envoy_harness import REPO
+from tests.ports import free_port
 
 CLASS_TOKEN = "cli-sim-bikes"
 OPERATOR_TOKEN = "cli-sim-ops"
 DEADLINE = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

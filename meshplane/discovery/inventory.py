@@ -17,11 +17,18 @@ Owns the merge and its precedence rules (documented in docs/kubernetes.md):
   unlabelled) keeps the version last served, with an error, until the Secret is back or the
   reference goes: proxies keep working TLS, and the rest of the mesh keeps getting changes (the
   publisher's gate would otherwise hold every snapshot using the service). A service whose TLS
-  names a secret never served (a typo, a Secret not created yet) is left out, with an error, like
-  a route to a missing service: only that service waits.
+  names a secret never served (a typo, a Secret not created yet) is served with the TLS of its
+  definition in the last merged mesh, with an error, when it had one there (a typo while editing
+  a live service is not an outage); one never served is left out, with an error, like a route to
+  a missing service: only that service waits. Told that Kubernetes Secrets are not watched, the
+  error for a `namespace/name` secret says so.
+- Carried secrets and kept TLS settings live in this object's memory only (the last merged mesh):
+  a process started while a reference is broken has neither, so replicas can differ until the
+  reference is fixed (docs/kubernetes.md).
 
-The merge keeps every `Service` object its sources gave, so a service that did not change is the
-same object in the new mesh as in the last (identity checks downstream find what changed). It is
+The merge keeps every `Service` object its sources gave (but for a service served with its
+previous TLS: the last mesh's object while equal), so a service that did not change is the same
+object in the new mesh as in the last (identity checks downstream find what changed). It is
 recomputed only when an input changed (by identity). Pure: no I/O, no clock.
 """
 
@@ -35,7 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from meshplane.discovery.source_status import SourceStatus
-from meshplane.model import Mesh, RouteTable, Service, ServiceRef, TlsCertificate, TrustBundle
+from meshplane.model import Mesh, RouteTable, Service, ServiceRef, TlsCertificate, TrustBundle, UpstreamTls
 
 SOURCE_NAME = "inventory"
 
@@ -43,7 +50,10 @@ SOURCE_NAME = "inventory"
 class Inventory:
     """Merges policy-file content (a `Mesh`) and Kubernetes content (services and routes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, kubernetes_secrets: bool = True) -> None:
+        # Whether Kubernetes Secrets are read: when not, an error about a missing `namespace/name`
+        # secret says so instead of blaming the Secret.
+        self.kubernetes_secrets = kubernetes_secrets
         self._inputs: tuple[object, ...] | None = None
         self._mesh: Mesh | None = None
         self.errors: tuple[str, ...] = ()
@@ -110,7 +120,9 @@ class Inventory:
 
         certificates = _merge_secrets(files.certificates, kubernetes_certificates, errors)
         bundles = _merge_secrets(files.trust_bundles, kubernetes_trust_bundles, errors)
-        resolved = _resolve_secret_references(services, certificates, bundles, self._mesh, errors)
+        resolved = _resolve_secret_references(
+            services, certificates, bundles, self._mesh, errors, self.kubernetes_secrets
+        )
         if resolved is not None:
             services, certificates, bundles = resolved
             policy = {ref: service for ref, service in policy.items() if _find(services, ref) is service}
@@ -181,60 +193,109 @@ def _resolve_secret_references(
     bundles: tuple[TrustBundle, ...],
     last: Mesh | None,
     errors: list[str],
+    kubernetes_secrets: bool = True,
 ) -> tuple[tuple[Service, ...], tuple[TlsCertificate, ...], tuple[TrustBundle, ...]] | None:
     """Services, certificates and bundles with every TLS reference resolved, or None when all were
     already (the common case: nothing is copied). A secret gone since `last` is carried over from
-    it; a service naming a secret never served is dropped. Errors name secrets, never their content."""
+    it. A service naming a secret never served takes the TLS of its definition in `last` when that
+    one resolves (a typo in a live service's TLS must not take it from the mesh), else is dropped.
+    Errors name secrets, never their content."""
     if not any(service.tls is not None for service in services):
         return None
-    certificate_by_name = {certificate.name: certificate for certificate in certificates}
-    bundle_by_name = {bundle.name: bundle for bundle in bundles}
-    last_certificates = {certificate.name: certificate for certificate in last.certificates} if last else {}
-    last_bundles = {bundle.name: bundle for bundle in last.trust_bundles} if last else {}
-    carried = False
-    dropped: set[ServiceRef] = set()
+    current = _SecretSets(certificates, bundles)
+    served = _SecretSets(last.certificates, last.trust_bundles) if last else _SecretSets((), ())
+    carried = changed = False
+    kept: list[Service] = []
+
+    def carry(where: str, tls: UpstreamTls, previous: str = "") -> bool:
+        gone = current.carry(tls, served)
+        for field, kind, name in gone:
+            errors.append(
+                f"{where}: {previous}{field} names {kind} {name!r}, which no source has any more (a Kubernetes "
+                "Secret deleted or no longer labelled for meshplane?); serving its last version until it is "
+                "back or the reference goes"
+            )
+        return bool(gone)
+
     for service in services:
-        if (tls := service.tls) is None:
+        if service.tls is None:
+            kept.append(service)
             continue
         where = f"service {service.ref}" + (f" ({service.origin})" if service.origin else "")
-        wanted: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
-            ("tls.trust", "CA bundle", tls.trust, bundle_by_name, last_bundles)
-        ]
-        if tls.client_certificate:
-            wanted.append(
-                (
-                    "tls.client_certificate",
-                    "certificate",
-                    tls.client_certificate,
-                    certificate_by_name,
-                    last_certificates,
-                )
+        missing = [wanted for wanted in _references(service.tls) if not current.resolves(wanted, served)]
+        if not missing:
+            carried |= carry(where, service.tls)
+            kept.append(service)
+            continue
+        changed = True
+        previous = _find(last.services, service.ref) if last is not None else None
+        # A definition of `last` resolved there, so its references are in `served` at least; checked
+        # anyway, as the contract this relies on. One without TLS resolves trivially.
+        usable = previous is not None and (
+            previous.tls is None or all(current.resolves(wanted, served) for wanted in _references(previous.tls))
+        )
+        for field, kind, name in missing:
+            cause = (
+                "--kubernetes-secrets is off, so no Kubernetes Secret is read"
+                if "/" in name and not kubernetes_secrets
+                else "a Kubernetes Secret not created, not labelled for meshplane, or not valid?"
             )
-        for field, kind, name, current, served in wanted:
-            if name in current:
-                continue
-            if name in served:
-                current[name] = served[name]
-                carried = True
-                errors.append(
-                    f"{where}: {field} names {kind} {name!r}, which no source has any more (a Kubernetes Secret "
-                    "deleted or no longer labelled for meshplane?); serving its last version until it is back "
-                    "or the reference goes"
-                )
-            else:
-                dropped.add(service.ref)
-                errors.append(
-                    f"{where}: {field} names {kind} {name!r}, which no source has (a Kubernetes Secret not "
-                    "created, not labelled for meshplane, or not valid?); the service is left out until it exists"
-                )
-    if not carried and not dropped:
+            outcome = (
+                "serving its previous TLS settings until it exists or the reference is fixed"
+                if usable
+                else "the service is left out until it exists"
+            )
+            errors.append(f"{where}: {field} names {kind} {name!r}, which no source has ({cause}); {outcome}")
+        if previous is None or not usable:
+            continue
+        # The new definition (endpoints, ports, policy) with the TLS that worked: keeping the whole
+        # old object would pin its endpoints, and the next rollout would empty them.
+        replacement = dataclasses.replace(service, tls=previous.tls)
+        if previous.tls is not None:
+            carried |= carry(where, previous.tls, "previous ")
+        kept.append(previous if replacement == previous else replacement)
+    if not carried and not changed:
         return None
-    kept = tuple(service for service in services if service.ref not in dropped)
-    return (
-        kept,
-        tuple(sorted(certificate_by_name.values(), key=lambda secret: secret.name)),
-        tuple(sorted(bundle_by_name.values(), key=lambda secret: secret.name)),
-    )
+    return tuple(kept), current.certificates(), current.bundles()
+
+
+class _SecretSets:
+    """The certificates and CA bundles by name, to resolve references against (and carry into)."""
+
+    def __init__(self, certificates: Sequence[TlsCertificate], bundles: Sequence[TrustBundle]) -> None:
+        self.by_kind: dict[str, dict[str, Any]] = {
+            "certificate": {certificate.name: certificate for certificate in certificates},
+            "CA bundle": {bundle.name: bundle for bundle in bundles},
+        }
+
+    def resolves(self, wanted: tuple[str, str, str], served: _SecretSets) -> bool:
+        """Whether the reference resolves here, or in `served` (to be carried over)."""
+        _, kind, name = wanted
+        return name in self.by_kind[kind] or name in served.by_kind[kind]
+
+    def carry(self, tls: UpstreamTls, served: _SecretSets) -> list[tuple[str, str, str]]:
+        """Adds what `tls` names from `served` when missing here (it must resolve); the references carried."""
+        carried = []
+        for wanted in _references(tls):
+            _, kind, name = wanted
+            if name not in self.by_kind[kind]:
+                self.by_kind[kind][name] = served.by_kind[kind][name]
+                carried.append(wanted)
+        return carried
+
+    def certificates(self) -> tuple[TlsCertificate, ...]:
+        return tuple(sorted(self.by_kind["certificate"].values(), key=lambda secret: secret.name))
+
+    def bundles(self) -> tuple[TrustBundle, ...]:
+        return tuple(sorted(self.by_kind["CA bundle"].values(), key=lambda secret: secret.name))
+
+
+def _references(tls: UpstreamTls) -> list[tuple[str, str, str]]:
+    """(field, kind, name) of every secret `tls` names."""
+    found = [("tls.trust", "CA bundle", tls.trust)]
+    if tls.client_certificate:
+        found.append(("tls.client_certificate", "certificate", tls.client_certificate))
+    return found
 
 
 def _order(service: Service) -> tuple[str, str]:

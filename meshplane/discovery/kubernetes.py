@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -37,7 +38,13 @@ from kubernetes_asyncio.config import incluster_config
 
 from meshplane.discovery.kubernetes_annotations import AnnotationPolicy, policy_of
 from meshplane.discovery.kubernetes_mapping import Mapped, map_service, service_key_of_slice
-from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, SECRET_TYPES, MappedSecret, map_secret
+from meshplane.discovery.kubernetes_secrets import (
+    DEFAULT_SECRET_SELECTOR,
+    SECRET_TYPES,
+    MappedSecret,
+    is_empty_selector,
+    map_secret,
+)
 from meshplane.discovery.kubernetes_watching import (
     ENDPOINT_SLICES_V1,
     ENDPOINT_SLICES_V1BETA1,
@@ -57,6 +64,12 @@ from meshplane.model import RouteTable, Service, TlsCertificate, TrustBundle
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "kubernetes"
+
+# A Secret as watched: (type, namespace, name). The type is the watch's (one per type served), so
+# each watch stream owns its own keys: a Secret deleted and recreated with another type arrives as
+# a DELETED on one stream and an ADDED on the other, in either order, and neither can remove what
+# the other brought.
+SecretKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +124,9 @@ async def endpoint_slice_resource(client: ApiClient) -> Resource:
 
 class KubernetesSource:
     """Services (optionally filtered by a label selector) and EndpointSlices in `namespaces` (all when
-    empty). `client` is for tests and embedding; without it the configuration is loaded in `run()`."""
+    empty). `client` is for tests and embedding; without it the configuration is loaded in `run()`.
+    Raises ValueError for `secrets` with an empty `secret_selector` (it would read every Secret of
+    the types served, not only those an owner marked)."""
 
     def __init__(
         self,
@@ -129,6 +144,12 @@ class KubernetesSource:
         page_size: int = 500,
         rng: random.Random | None = None,
     ) -> None:
+        if secrets and is_empty_selector(secret_selector):
+            raise ValueError(
+                f"the secret selector {secret_selector!r} is empty: it would read every Secret of type "
+                f"{' or '.join(SECRET_TYPES)} in the watched namespaces; give --secret-selector a label "
+                f"(default {DEFAULT_SECRET_SELECTOR})"
+            )
         self._client = client
         self._kubeconfig = kubeconfig
         self._service_account = service_account
@@ -161,10 +182,10 @@ class KubernetesSource:
         self._content: KubernetesContent | None = None
         self._notes: tuple[str, ...] = ()
         # Secrets: the objects watched, what is served of each (its last good mapping), and notes.
-        self._secret_objects: dict[Key, Object] = {}
-        self._secrets_served: dict[Key, MappedSecret] = {}
-        self._secret_notes: dict[Key, tuple[str, ...]] = {}
-        self._dirty_secrets: set[Key] = set()
+        self._secret_objects: dict[SecretKey, Object] = {}
+        self._secrets_served: dict[SecretKey, MappedSecret] = {}
+        self._secret_notes: dict[SecretKey, tuple[str, ...]] = {}
+        self._dirty_secrets: set[SecretKey] = set()
 
     @property
     def synced(self) -> bool:
@@ -286,7 +307,14 @@ class KubernetesSource:
             else:
                 self._secret_notes[key] = mapped.notes
         self._dirty_secrets.clear()
-        served = [self._secrets_served[key] for key in sorted(self._secrets_served)]
+        # Two types of one namespace/name: the old one's DELETED is on its way on its own stream;
+        # meanwhile the newer object is served.
+        newest: dict[Key, SecretKey] = {}
+        for key in sorted(self._secret_objects):
+            other = newest.get(key[1:])
+            if other is None or _version_rank(self._secret_objects[key]) > _version_rank(self._secret_objects[other]):
+                newest[key[1:]] = key
+        served = [self._secrets_served[key] for key in sorted(self._secrets_served) if newest.get(key[1:]) == key]
         certificates = tuple(sorted((m.certificate for m in served if m.certificate), key=lambda c: c.name))
         bundles = tuple(sorted((m.bundle for m in served if m.bundle), key=lambda b: b.name))
         if certificates == previous.certificates:
@@ -373,7 +401,7 @@ class KubernetesSource:
                         namespace=namespace,
                         label_selector=self.secret_selector,
                         field_selector=f"type={secret_type}",
-                        on_change=self._on_secrets,
+                        on_change=functools.partial(self._on_secrets, secret_type),
                         **common,
                     )
                     for secret_type in SECRET_TYPES
@@ -405,9 +433,9 @@ class KubernetesSource:
                 self._dirty.add(service)
         self._changed(bool(changes))
 
-    def _on_secrets(self, changes: list[Change]) -> None:
+    def _on_secrets(self, secret_type: str, changes: list[Change]) -> None:
         for old, new in changes:
-            key = _key(new if new is not None else old)
+            key = (secret_type, *_key(new if new is not None else old))
             if new is None:
                 self._secret_objects.pop(key, None)
             else:
@@ -434,6 +462,13 @@ class KubernetesSource:
                 f", {len(self._secret_objects)} secrets" if self.secrets else "",
             )
         self._on_change()
+
+
+def _version_rank(obj: Object) -> tuple[int, str]:
+    """Orders objects by resourceVersion: numerically where it is a number (an etcd revision, as on
+    every API server; see `kubernetes_watching._newer`), else after none and by text."""
+    version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return (int(version) if version.isdigit() else -1, version)
 
 
 def _key(obj: Object | None) -> Key:

@@ -13,9 +13,16 @@ saying why (kept for the status endpoint), and never stops discovery or the othe
                                       base-ejection-time=30s, max-ejection-percent=10
     meshplane.io/timeout              request timeout, e.g. 5s (0 disables)
     meshplane.io/retries              attempts=3, on=5xx|reset|connect-failure, per-try-timeout=1s
-    meshplane.io/tls-trust            upstream TLS: a CA bundle's name, e.g. shop/internal-ca#ca (a Secret)
-    meshplane.io/tls-client-certificate   with tls-trust: a certificate's name (mTLS), e.g. shop/web-client
+    meshplane.io/tls-trust            upstream TLS: a CA bundle, e.g. internal-ca#ca (a Secret of the
+                                      Service's namespace; shop/internal-ca#ca in namespace shop)
+    meshplane.io/tls-client-certificate   with tls-trust: a certificate (mTLS), e.g. web-client
     meshplane.io/tls-sni              with tls-trust: the server name to send and verify
+
+Secrets named by annotations are the Service's own namespace's only: whoever may edit a Service
+must not make meshplane fetch, and hand to proxies, a key from a namespace they cannot read. A bare
+`name[#ca]` means `<the Service's namespace>/name[#ca]`; another namespace is refused. A refused
+tls-trust withholds the service (`AnnotationPolicy.withheld`): served without the TLS it asks for,
+its requests would go out in clear. Policy files (the operator's) may name any namespace.
 """
 
 from __future__ import annotations
@@ -69,6 +76,9 @@ class AnnotationPolicy:
     retry: RetryPolicy | None = None
     tls: UpstreamTls | None = None
     notes: tuple[str, ...] = ()
+    # The service must not be served: its tls-trust was refused (`notes` say why), and served
+    # without TLS its requests would go out in clear.
+    withheld: bool = False
 
 
 def parse_duration(text: str) -> float:
@@ -224,17 +234,19 @@ def policy_of(obj: Mapping[str, Any]) -> AnnotationPolicy:
             retry = _retry(ours[RETRIES])
         except AnnotationError as error:
             skip(RETRIES, str(error))
-    tls = _tls(ours, skip)
+    tls, withheld = _tls(ours, str(meta.get("namespace") or ""), skip)
     known = {CONNECT_TIMEOUT, LOAD_BALANCING, HASH_KEY, LOCALITY_FAILOVER, CIRCUIT_BREAKERS, OUTLIER_DETECTION}
     for key in sorted(set(ours) - known - {TIMEOUT, RETRIES, TLS_TRUST, TLS_CLIENT_CERTIFICATE, TLS_SNI}):
         skip(key, "unknown meshplane annotation")
-    return AnnotationPolicy(policy=policy, timeout=timeout, retry=retry, tls=tls, notes=tuple(notes))
+    return AnnotationPolicy(policy=policy, timeout=timeout, retry=retry, tls=tls, notes=tuple(notes), withheld=withheld)
 
 
-def _tls(ours: Mapping[str, str], skip: Callable[[str, str], None]) -> UpstreamTls | None:
-    """Upstream TLS from the tls-* annotations: secret names as the policy files write them
-    (`namespace/name` for a Kubernetes Secret's certificate, `namespace/name#ca` for its CA bundle).
-    Whether the secrets exist is checked on the merged mesh (the inventory), not here."""
+def _tls(ours: Mapping[str, str], namespace: str, skip: Callable[[str, str], None]) -> tuple[UpstreamTls | None, bool]:
+    """Upstream TLS from the tls-* annotations, and whether the service must be withheld. Secret
+    names come out as the policy files write them (`namespace/name` for a Kubernetes Secret's
+    certificate, `namespace/name#ca` for its CA bundle), always in `namespace`, the Service's own
+    (see the module docstring). Whether the secrets exist is checked on the merged mesh (the
+    inventory), not here."""
     trust = ours.get(TLS_TRUST, "").strip()
     client_certificate = ours.get(TLS_CLIENT_CERTIFICATE, "").strip()
     sni = ours.get(TLS_SNI, "").strip()
@@ -244,13 +256,38 @@ def _tls(ours: Mapping[str, str], skip: Callable[[str, str], None]) -> UpstreamT
         for key in (TLS_CLIENT_CERTIFICATE, TLS_SNI):
             if key in ours:
                 skip(key, f"needs {TLS_TRUST}")
-        return None
+        return None, False
+    try:
+        trust = _own_secret(trust, namespace)
+    except AnnotationError as error:
+        # Fail closed: without its trust the service would be served in clear.
+        skip(TLS_TRUST, str(error))
+        return None, True
     if TLS_CLIENT_CERTIFICATE in ours and not client_certificate:
         skip(TLS_CLIENT_CERTIFICATE, "is empty")
+    elif client_certificate:
+        try:
+            client_certificate = _own_secret(client_certificate, namespace)
+        except AnnotationError as error:
+            skip(TLS_CLIENT_CERTIFICATE, str(error))  # TLS still, without a client certificate
+            client_certificate = ""
     if sni and (not is_host_name(sni) or sni.startswith("*")):
         skip(TLS_SNI, "is not a host name")
         sni = ""
-    return UpstreamTls(trust=trust, sni=sni, client_certificate=client_certificate)
+    return UpstreamTls(trust=trust, sni=sni, client_certificate=client_certificate), False
+
+
+def _own_secret(reference: str, namespace: str) -> str:
+    """`name[#ca]` → `namespace/name[#ca]`; `namespace/…` as is; another namespace's Secret refused."""
+    named, slash, _ = reference.partition("/")
+    if not slash:
+        return f"{namespace}/{reference}"
+    if named != namespace:
+        raise AnnotationError(
+            f"names a Secret of namespace {named!r}; a Service's annotations may only name Secrets of "
+            f"its own namespace {namespace!r}"
+        )
+    return reference
 
 
 _DEFAULT = AnnotationPolicy()

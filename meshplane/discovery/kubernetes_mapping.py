@@ -138,6 +138,8 @@ def map_service(obj: Object, slices: Iterable[Object], annotated: AnnotationPoli
     spec = obj.get("spec") or {}
     annotated = annotated if annotated is not None else policy_of(obj)
     notes = list(annotated.notes)
+    if annotated.withheld:  # its tls-trust was refused: the notes say why
+        return Mapped(None, None, (*notes, f"{where}: not served, rather than served without the TLS it asks for"))
     ports: list[ServicePort] = []
     by_slice_name: dict[str, str] = {}
     for port in spec.get("ports") or ():

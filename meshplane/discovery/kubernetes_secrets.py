@@ -11,7 +11,10 @@ base64-encoded). See docs/kubernetes.md, "Secrets from Kubernetes":
 `/` and `#` cannot occur in Kubernetes names (DNS subdomains) and policy-file secret names may not
 contain `/` (policy_schema), so no name means two things. A Secret is served whole or not at all:
 a missing key or a value that is not PEM of the right kind refuses it, with a note naming
-`namespace/name` and the key, never the content. Must not log, print or repr the data.
+`namespace/name` and the key, never the content. An empty `ca.crt` in a `kubernetes.io/tls` Secret
+is no CA bundle (cert-manager writes one for issuers that give no CA), and PEM blocks of a
+kind meshplane does not use (the `EC PARAMETERS` that `openssl ecparam -genkey` writes before the
+key) are ignored: Envoy's PEM reader skips them too. Must not log, print or repr the data.
 """
 
 from __future__ import annotations
@@ -39,7 +42,17 @@ CA_KEY = "ca.crt"
 CA_SUFFIX = "#ca"
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+_CERTIFICATE_LABEL = "CERTIFICATE"
 _KEY_LABELS = frozenset({"PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"})
+# The PEM labels meshplane reads; blocks of any other label (`EC PARAMETERS`, `X509 CRL`, an
+# `ENCRYPTED PRIVATE KEY`…) are skipped unread, as Envoy's PEM reader skips them.
+_USED_LABELS = _KEY_LABELS | {_CERTIFICATE_LABEL}
+
+
+def is_empty_selector(selector: str) -> bool:
+    """Whether label selector `selector` has no term, so would select every Secret of the types
+    served: refused (kubernetes.py, and the CLI first)."""
+    return not any(term.strip() for term in selector.split(","))
 
 
 def certificate_name(namespace: str, name: str) -> str:
@@ -87,7 +100,7 @@ def map_secret(obj: Mapping[str, Any]) -> MappedSecret:
             key = _pem(data, TLS_KEY_KEY, _check_key)
             certificate = TlsCertificate(certificate_name(namespace, name), chain, key, origin=ORIGIN)
             bundle = None
-            if CA_KEY in data:
+            if data.get(CA_KEY):  # an empty ca.crt is no bundle, not a malformed one
                 bundle = TrustBundle(ca_bundle_name(namespace, name), _pem(data, CA_KEY, _check_certificates), ORIGIN)
             return MappedSecret(certificate, bundle, ())
         if kind == OPAQUE_TYPE:
@@ -115,9 +128,12 @@ def _pem(data: Mapping[str, Any], key: str, check: Callable[[str], str]) -> str:
 
 
 def _blocks(text: str) -> list[tuple[str, bytes]] | None:
-    """The PEM blocks of `text` as (label, DER); None when a block is not base64 of one DER value."""
+    """The PEM blocks of `text` with a label meshplane uses, as (label, DER); None when one of them
+    is not base64 of one DER value. Blocks of other labels are skipped unread."""
     found = []
     for match in _PEM_BLOCK.finditer(text):
+        if match.group(1) not in _USED_LABELS:
+            continue
         try:
             der = base64.b64decode("".join(match.group(2).split()), validate=True)
         except (binascii.Error, ValueError):
@@ -147,7 +163,7 @@ def _check_certificates(text: str) -> str:
         return "is not valid PEM"
     if not blocks:
         return "holds no PEM certificate"
-    if any(label != "CERTIFICATE" for label, _ in blocks):
+    if any(label != _CERTIFICATE_LABEL for label, _ in blocks):
         return "holds PEM that is not a certificate"
     return ""
 

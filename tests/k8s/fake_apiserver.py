@@ -16,7 +16,8 @@ What it implements, after https://kubernetes.io/docs/reference/using-api/api-con
   when `gone_as_http_status`); `timeoutSeconds` ends the stream;
 - API discovery for `discovery.k8s.io` (`served_slice_versions`).
 Faults: `drop_watches(mid_line=True)`, `compact()`, `fail_next_requests(n, status)`, `stop()`/`start()`
-on the same port.
+on the same port. Order: `hold_events(kind, field_selector)` holds back the live events of those
+watches until `release_events()`, so one watch stream's event arrives after another's.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import asyncio
 import base64
 import copy
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.ports import free_port
 
 Obj = dict[str, Any]
 
@@ -41,12 +43,6 @@ RESOURCES = {
     ("/apis/discovery.k8s.io/v1", "endpointslices"): ("EndpointSlice", "discovery.k8s.io/v1"),
     ("/apis/discovery.k8s.io/v1beta1", "endpointslices"): ("EndpointSlice", "discovery.k8s.io/v1beta1"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _status(code: int, reason: str, message: str) -> Obj:
@@ -137,6 +133,8 @@ class FakeApiServer:
         self._watches: list[_Watch] = []
         self._continue: dict[str, tuple[int, list[Obj]]] = {}
         self._failures: list[tuple[int, str]] = []
+        self._holding: set[tuple[str, str]] = set()
+        self._held: list[tuple[_Watch, tuple[str, Obj]]] = []
         self._runner: web.AppRunner | None = None
         self.on_request: Callable[[Request], None] = lambda request: None
 
@@ -226,6 +224,18 @@ class FakeApiServer:
         for watch in self._watches:
             watch.queue.put_nowait(("ERROR", _status(code, "Expired", "too old resource version")))
 
+    def hold_events(self, kind: str, field_selector: str = "") -> None:
+        """Hold back the live events of every watch of `kind` with exactly `field_selector` (open now
+        or later) until `release_events()`: the other watches' events arrive first."""
+        self._holding.add((kind, field_selector))
+
+    def release_events(self) -> None:
+        """Send the events held back, in order, and hold no more."""
+        self._holding.clear()
+        for watch, item in self._held:
+            watch.queue.put_nowait(item)
+        self._held.clear()
+
     @property
     def open_watches(self) -> int:
         return len(self._watches)
@@ -253,7 +263,9 @@ class FakeApiServer:
                 event, now = "DELETED", True
             elif event == "DELETED":
                 now = _matches(watch.selector, meta.get("labels") or {}) and _fields_match(watch.field_selector, obj)
-            if now:
+            if now and (watch.kind, watch.field_selector) in self._holding:
+                self._held.append((watch, (event, obj)))
+            elif now:
                 watch.queue.put_nowait((event, obj))
 
     # --- HTTP --------------------------------------------------------------------------------------

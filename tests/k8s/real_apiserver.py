@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from tests.k8s.fake_apiserver import free_port
+from tests.ports import free_port
 from tests.preconditions import require
 
 REPO = Path(__file__).resolve().parents[2]

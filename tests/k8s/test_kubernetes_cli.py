@@ -72,3 +72,9 @@ def test_secrets_need_kubernetes(served: list[Settings], capsys: pytest.CaptureF
     assert main(["serve", "--config", "examples", "--kubernetes-secrets"]) == 2
     assert "--kubernetes-secrets needs --kubernetes" in capsys.readouterr().err
     assert served == []
+
+
+def test_an_empty_secret_selector_is_refused(served: list[Settings], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--kubernetes", "--kubernetes-secrets", "--secret-selector", ""]) == 2
+    assert "--secret-selector (MESHPLANE_SECRET_SELECTOR) must not be empty" in capsys.readouterr().err
+    assert served == []

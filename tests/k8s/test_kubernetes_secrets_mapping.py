@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from meshplane.discovery.inventory import Inventory
 from meshplane.discovery.kubernetes_annotations import policy_of
+from meshplane.discovery.kubernetes_mapping import map_service
 from meshplane.discovery.kubernetes_secrets import (
     DEFAULT_SECRET_SELECTOR,
     SECRET_TYPES,
@@ -15,7 +21,10 @@ from meshplane.discovery.kubernetes_secrets import (
     certificate_name,
     map_secret,
 )
-from meshplane.model import UpstreamTls
+from meshplane.model import ProxyGroup, ProxyRole, UpstreamTls
+from meshplane.xds.cache import SnapshotCache
+from meshplane.xds.publisher import SnapshotPublisher
+from meshplane.xds.types import TypeUrl
 from tests.k8s import objects as k
 from tests.tls_certs import Pair, issue, make_ca
 
@@ -166,14 +175,159 @@ def test_only_labelled_secrets_of_two_types_are_asked_for() -> None:
         ({"meshplane.io/tls-client-certificate": "shop/web-client"}, None, 1),
         ({"meshplane.io/tls-trust": ""}, None, 1),
         (
-            {"meshplane.io/tls-trust": "internal-ca", "meshplane.io/tls-sni": "not a host"},
-            UpstreamTls("internal-ca"),
+            {"meshplane.io/tls-trust": "internal-ca#ca", "meshplane.io/tls-sni": "not a host"},
+            UpstreamTls("shop/internal-ca#ca"),
             1,
         ),
+        (
+            {"meshplane.io/tls-trust": "internal-ca#ca", "meshplane.io/tls-client-certificate": "web-client"},
+            UpstreamTls("shop/internal-ca#ca", client_certificate="shop/web-client"),
+            0,
+        ),
+        (
+            {"meshplane.io/tls-trust": "internal-ca#ca", "meshplane.io/tls-client-certificate": "prod/pay-client"},
+            UpstreamTls("shop/internal-ca#ca"),
+            1,
+        ),
+        ({"meshplane.io/tls-trust": "prod/internal-ca#ca"}, None, 1),
     ],
-    ids=["trust", "mtls-and-sni", "client-without-trust", "empty-trust", "bad-sni"],
+    ids=[
+        "trust",
+        "mtls-and-sni",
+        "client-without-trust",
+        "empty-trust",
+        "bad-sni",
+        "bare-names-are-the-own-namespace",
+        "other-namespace-certificate",
+        "other-namespace-trust",
+    ],
 )
 def test_tls_annotations(annotations: dict[str, str], tls: UpstreamTls | None, notes: int) -> None:
     policy = policy_of(k.service("web", "shop", annotations=annotations))
     assert policy.tls == tls
     assert len(policy.notes) == notes, policy.notes
+
+
+def test_an_empty_ca_crt_in_a_tls_secret_is_no_bundle_not_a_refusal(pem: Pem) -> None:
+    """cert-manager writes an empty `ca.crt` for issuers that give no CA: the certificate serves."""
+    mapped = map_secret(k.tls_secret("web-tls", "shop", pem.cert, pem.key, ca=""))
+    assert mapped.notes == ()
+    assert mapped.certificate is not None
+    assert mapped.certificate.name == "shop/web-tls"
+    assert mapped.bundle is None
+
+
+def test_an_empty_ca_crt_in_an_opaque_secret_is_still_refused() -> None:
+    mapped = map_secret(k.ca_secret("internal-ca", "shop", ""))
+    assert mapped.notes == ("secret shop/internal-ca: ca.crt is missing; not served",)
+
+
+@pytest.fixture(scope="module")
+def ecparam_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A key as `openssl ecparam -genkey` writes it (EC PARAMETERS, then EC PRIVATE KEY) and its certificate."""
+    directory: Path = tmp_path_factory.mktemp("ecparam")
+    key, certificate = directory / "key.pem", directory / "cert.pem"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, cwd=directory)
+    run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-out", str(key)])
+    run(["openssl", "req", "-x509", "-key", str(key), "-subj", "/CN=ecparam", "-days", "2", "-out", str(certificate)])
+    return certificate.read_text(), key.read_text()
+
+
+def test_a_key_from_openssl_ecparam_is_served_its_parameters_block_ignored(ecparam_pair: tuple[str, str]) -> None:
+    certificate, key = ecparam_pair
+    assert key.startswith("-----BEGIN EC PARAMETERS-----")  # what the test is about
+    assert "-----BEGIN EC PRIVATE KEY-----" in key
+    mapped = map_secret(k.tls_secret("web-tls", "shop", certificate, key))
+    assert mapped.notes == ()
+    assert mapped.certificate is not None
+    assert mapped.certificate.private_key == key  # served as given: Envoy's PEM reader skips the parameters too
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (lambda key: key.split("-----BEGIN EC PRIVATE KEY-----")[0], "tls.key is not one unencrypted PEM private key"),
+        (
+            lambda key: key.replace("EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY"),
+            "tls.key is not one unencrypted PEM private key",
+        ),
+        (
+            lambda key: key + key.split("-----END EC PARAMETERS-----\n")[1],
+            "tls.key is not one unencrypted PEM private key",
+        ),
+    ],
+    ids=["parameters-only", "encrypted", "two-keys-after-parameters"],
+)
+def test_ignored_blocks_never_make_a_key_of_nothing(
+    ecparam_pair: tuple[str, str], value: Callable[[str], str], reason: str
+) -> None:
+    certificate, key = ecparam_pair
+    mapped = map_secret(k.tls_secret("web-tls", "shop", certificate, value(key)))
+    assert mapped.notes == (f"secret shop/web-tls: {reason}; not served",)
+
+
+def test_unused_blocks_beside_certificates_are_ignored_but_keys_are_not(pem: Pem) -> None:
+    crl = "-----BEGIN X509 CRL-----\nnot even base64 !!\n-----END X509 CRL-----\n"
+    assert map_secret(k.ca_secret("internal-ca", "shop", pem.ca + crl)).notes == ()
+    mapped = map_secret(k.ca_secret("internal-ca", "shop", pem.ca + pem.key))
+    assert mapped.notes == ("secret shop/internal-ca: ca.crt holds PEM that is not a certificate; not served",)
+    mapped = map_secret(k.ca_secret("internal-ca", "shop", crl))
+    assert mapped.notes == ("secret shop/internal-ca: ca.crt holds no PEM certificate; not served",)
+
+
+PROD_KEY_ANNOTATIONS = {
+    "meshplane.io/tls-trust": "dev-ca#ca",
+    "meshplane.io/tls-client-certificate": "prod/payments-client",
+}
+
+
+def test_an_annotation_cannot_name_another_namespaces_secret() -> None:
+    """Whoever may edit Services in dev must not make meshplane hand out prod's key (SECURITY.md)."""
+    policy = policy_of(k.service("web", "dev", annotations=PROD_KEY_ANNOTATIONS))
+    assert policy.tls == UpstreamTls("dev/dev-ca#ca")
+    assert policy.notes == (
+        "service dev/web: annotation meshplane.io/tls-client-certificate='prod/payments-client': names a Secret "
+        "of namespace 'prod'; a Service's annotations may only name Secrets of its own namespace 'dev'; skipped",
+    )
+    trusting_prod = policy_of(k.service("web", "dev", annotations={"meshplane.io/tls-trust": "prod/prod-ca#ca"}))
+    assert trusting_prod.tls is None
+    assert trusting_prod.withheld
+    mapped = map_service(k.service("web", "dev", annotations={"meshplane.io/tls-trust": "prod/prod-ca#ca"}), ())
+    assert mapped.service is None  # fail closed: never served in clear instead
+    assert mapped.notes == (
+        "service dev/web: annotation meshplane.io/tls-trust='prod/prod-ca#ca': names a Secret of namespace "
+        "'prod'; a Service's annotations may only name Secrets of its own namespace 'dev'; skipped",
+        "service dev/web: not served, rather than served without the TLS it asks for",
+    )
+    own = policy_of(k.service("web", "dev", annotations={"meshplane.io/tls-trust": "dev/dev-ca#ca"}))
+    assert own.tls == UpstreamTls("dev/dev-ca#ca")
+    assert own.notes == ()
+
+
+async def test_another_namespaces_key_never_reaches_proxies_over_sds(pem: Pem) -> None:
+    """Through the whole way: Secret and Service mapped, merged, published; the sidecars' SDS holds dev's only."""
+    secrets = [
+        map_secret(k.tls_secret("payments-client", "prod", pem.cert, pem.key)),
+        map_secret(k.ca_secret("dev-ca", "dev", pem.ca)),
+    ]
+    mapped = map_service(
+        k.service("web", "dev", annotations=PROD_KEY_ANNOTATIONS),
+        [k.endpoint_slice("web-1", "web", "dev", [k.endpoint("10.0.0.1")])],
+    )
+    assert mapped.service is not None
+    inventory = Inventory()
+    mesh = inventory.merge(
+        None,
+        (mapped.service,),
+        (),
+        tuple(s.certificate for s in secrets if s.certificate),
+        tuple(s.bundle for s in secrets if s.bundle),
+    )
+    assert inventory.errors == ()
+    cache = SnapshotCache()
+    SnapshotPublisher(cache).publish(mesh)
+    group = ProxyGroup(ProxyRole.SIDECAR)
+    cache.subscribe(group, asyncio.Event())
+    snapshot = cache.snapshot(group)
+    assert snapshot is not None
+    assert sorted(snapshot.of_type(TypeUrl.SECRET).by_name) == ["dev/dev-ca#ca"]

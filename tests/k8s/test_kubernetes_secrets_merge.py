@@ -7,6 +7,8 @@ endpoint fast path included)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,108 @@ async def test_kubernetes_secrets_need_kubernetes() -> None:
     plane = ControlPlane(Settings(kubernetes_secrets=True, xds_address="127.0.0.1:0", status_address="127.0.0.1:0"))
     with pytest.raises(ValueError, match="--kubernetes-secrets needs --kubernetes"):
         await plane.start()
+
+
+def test_a_typo_in_a_live_services_tls_keeps_its_previous_tls_not_an_outage() -> None:
+    """Bad input keeps the last good config: the live service stays, with the TLS that worked."""
+    bundle = TrustBundle("shop/mesh-ca#ca", CERT, "kubernetes")
+    good = UpstreamTls("shop/mesh-ca#ca")
+    inventory = Inventory()
+    inventory.merge(None, (web(1, tls=good),), (), (), (bundle,))
+    assert not inventory.errors
+
+    typo = web(1, 2, tls=UpstreamTls("shop/mesh-caa#ca"))  # the edit also brought an endpoint
+    merged = inventory.merge(None, (typo,), (), (), (bundle,))
+    (error,) = inventory.errors
+    assert error == (
+        "service shop/web (kubernetes): tls.trust names CA bundle 'shop/mesh-caa#ca', which no source has "
+        "(a Kubernetes Secret not created, not labelled for meshplane, or not valid?); serving its previous "
+        "TLS settings until it exists or the reference is fixed"
+    )
+    kept = merged.service(web().ref)
+    assert kept is not None
+    assert kept.tls == good
+    assert [e.port for e in kept.endpoints] == [1, 2]  # the rest of the new definition is served
+    assert merged.trust_bundles == (bundle,)
+    assert merged.problems() == []
+
+    # Later merges keep it (the very object while nothing about it changed), even once its old
+    # Secret is gone too: that one is carried over, said separately.
+    other = Service("api", "shop", (ServicePort("http", 80, Protocol.HTTP1),), origin="kubernetes")
+    again = inventory.merge(None, (other, typo), (), (), (bundle,))
+    assert again.service(web().ref) is kept
+    gone = inventory.merge(None, (other, typo))
+    assert gone.service(web().ref) is kept
+    assert gone.trust_bundles == (bundle,)
+    assert gone.problems() == []
+    assert len(inventory.errors) == 2
+    assert "serving its previous TLS settings" in inventory.errors[0]
+    assert inventory.errors[1].startswith(
+        "service shop/web (kubernetes): previous tls.trust names CA bundle 'shop/mesh-ca#ca', which no source "
+        "has any more"
+    )
+
+    fixed = inventory.merge(None, (other, web(1, 2, tls=good)), (), (), (bundle,))
+    assert fixed.service(web().ref) == web(1, 2, tls=good)
+    assert not inventory.errors
+
+
+def test_a_kept_definition_lives_in_memory_only_so_a_restart_leaves_the_service_out() -> None:
+    """Documented (docs/kubernetes.md): a replica started while the reference is broken has no previous."""
+    restarted = Inventory()
+    merged = restarted.merge(None, (web(1, tls=UpstreamTls("shop/mesh-caa#ca")),))
+    assert merged.services == ()
+    (error,) = restarted.errors
+    assert error.endswith("the service is left out until it exists")
+
+
+def test_a_live_plaintext_service_given_a_broken_tls_stays_as_it_was() -> None:
+    inventory = Inventory()
+    inventory.merge(None, (web(1),))
+    merged = inventory.merge(None, (web(1, tls=UpstreamTls("shop/typo#ca")),))
+    served = merged.service(web().ref)
+    assert served is not None
+    assert served.tls is None
+    assert "serving its previous TLS settings" in inventory.errors[0]
+
+
+def test_the_missing_secret_error_says_when_kubernetes_secrets_are_off() -> None:
+    tls = UpstreamTls("shop/mesh-ca#ca", client_certificate="shop/web-client")
+    inventory = Inventory(kubernetes_secrets=False)
+    inventory.merge(None, (web(1, tls=tls),))
+    assert len(inventory.errors) == 2
+    for error in inventory.errors:
+        assert "which no source has (--kubernetes-secrets is off, so no Kubernetes Secret is read)" in error
+    on = Inventory()
+    on.merge(None, (web(1, tls=tls),))
+    assert all("--kubernetes-secrets" not in error for error in on.errors)
+    # The control plane tells its inventory.
+    plane = ControlPlane(Settings(kubernetes=True, xds_address="127.0.0.1:0", status_address="127.0.0.1:0"))
+    assert not plane.inventory.kubernetes_secrets
+
+
+def test_kubernetes_secrets_without_client_authentication_warn_once(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    base = Settings(kubernetes=True, kubernetes_secrets=True, xds_address="127.0.0.1:0")
+    with caplog.at_level(logging.WARNING, logger="meshplane.app"):
+        ControlPlane(base)
+    (record,) = [r for r in caplog.records if "--kubernetes-secrets" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert (
+        "anyone who can reach 127.0.0.1:0 can fetch the Secrets' certificates and private keys" in record.getMessage()
+    )
+    for authenticated in (
+        dataclasses.replace(base, xds_tokens=tmp_path / "tokens.yaml"),
+        dataclasses.replace(base, client_ca=tmp_path / "ca.pem"),
+        dataclasses.replace(base, kubernetes_secrets=False),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="meshplane.app"):
+            ControlPlane(authenticated)
+        assert not [r for r in caplog.records if "--kubernetes-secrets" in r.getMessage()]
+
+
+def test_an_empty_secret_selector_is_refused_by_the_control_plane() -> None:
+    with pytest.raises(ValueError, match="the secret selector '' is empty: it would read every Secret"):
+        ControlPlane(Settings(kubernetes=True, kubernetes_secrets=True, secret_selector=""))

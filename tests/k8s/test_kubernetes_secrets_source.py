@@ -137,3 +137,62 @@ async def test_secrets_off_by_default_and_synced_waits_for_them(
     apiserver.clear_failures()
     await wait_for(lambda: source.synced)
     assert names(source) == (["shop/web"], [])
+
+
+async def test_a_secret_recreated_with_another_type_survives_the_old_ones_late_delete(
+    apiserver: FakeApiServer, run_source: SourceFactory, pem: Pem
+) -> None:
+    """The two types are two watch streams: the new Opaque's ADDED may arrive before the old tls
+    Secret's DELETED. Forced here: the delete must not take the new Secret, nor a relist."""
+    apiserver.apply(k.tls_secret("web", "shop", pem.cert, pem.key))
+    source = await synced(run_source)
+    assert names(source) == (["shop/web"], [])
+    apiserver.hold_events("Secret", "type=kubernetes.io/tls")
+    apiserver.delete("Secret", "shop", "web")
+    recreated = k.ca_secret("web", "shop", pem.ca)
+    recreated["metadata"]["uid"] = "uid-recreated"
+    apiserver.apply(recreated)
+    await wait_for(lambda: "shop/web#ca" in names(source)[1], what="the Opaque ADDED")
+    assert names(source) == ([], ["shop/web#ca"])  # the newer object only, though the old one's DELETED is held
+    (tls_watch,) = [w for w in source.watchers if w.field_selector == "type=kubernetes.io/tls"]
+    assert tls_watch.objects  # it is, indeed
+    apiserver.release_events()
+    await wait_for(lambda: not tls_watch.objects, what="the tls DELETED")
+    assert names(source) == ([], ["shop/web#ca"])
+    assert source.status.counts["kubernetes_secrets"] == 1
+    assert source.status.errors == ()
+    secret_watches = [w for w in source.watchers if w.field_selector]
+    apiserver.compact()
+    apiserver.send_error(410)
+    await wait_for(lambda: all(w.relists for w in secret_watches), what="both secret watches relisted")
+    assert names(source) == ([], ["shop/web#ca"])
+
+
+async def test_while_both_types_are_held_the_newer_object_is_served(
+    apiserver: FakeApiServer, run_source: SourceFactory, pem: Pem
+) -> None:
+    """The other way round: a tls Secret replaces an Opaque one; until the Opaque's DELETED, the
+    newer object (the tls Secret's ca.crt) is the CA bundle served, never both."""
+    apiserver.apply(k.ca_secret("web", "shop", pem.ca))
+    source = await synced(run_source)
+    apiserver.hold_events("Secret", "type=Opaque")
+    apiserver.delete("Secret", "shop", "web")
+    apiserver.apply(k.tls_secret("web", "shop", pem.cert, pem.key, ca=pem.cert2))
+    await wait_for(lambda: names(source)[0] == ["shop/web"], what="the tls ADDED")
+    (bundle,) = source.content().trust_bundles
+    assert bundle.ca_certificates == pem.cert2
+    assert source.status.counts["kubernetes_secrets"] == 2  # both held, only the newer served
+    (opaque_watch,) = [w for w in source.watchers if w.field_selector == "type=Opaque"]
+    apiserver.release_events()
+    await wait_for(lambda: not opaque_watch.objects, what="the Opaque DELETED")
+    assert source.status.counts["kubernetes_secrets"] == 1
+    assert names(source) == (["shop/web"], ["shop/web#ca"])
+    assert source.content().trust_bundles[0].ca_certificates == pem.cert2
+
+
+def test_an_empty_secret_selector_is_refused() -> None:
+    """It would read every Secret of the served types, not only those an owner marked for meshplane."""
+    for empty in ("", " ", " , "):
+        with pytest.raises(ValueError, match=r"is empty: it would read every Secret of type kubernetes\.io/tls or"):
+            KubernetesSource(secrets=True, secret_selector=empty)
+    assert not KubernetesSource(secrets=False, secret_selector="").secrets  # not used: not checked
