@@ -13,7 +13,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import struct_pb2
 
-from meshplane.model import Device, DeviceEndpoint, Mesh, ProxyGroup, ProxyRole, UpstreamTls
+from meshplane.model import Device, DeviceEndpoint, Locality, Mesh, ProxyGroup, ProxyRole, UpstreamTls
 from meshplane.status.config_dump import DumpError, group_from_query
 from meshplane.xds.server.nodes import ProtocolError, proxy_group
 from meshplane.xds.snapshot import Snapshot
@@ -293,10 +293,29 @@ def test_other_roles_ignore_listen_address(role: str) -> None:
 
 def test_the_listen_address_shows_in_the_groups_name_and_config_dump_queries() -> None:
     bound = dataclasses.replace(GATEWAY_BERLIN, listen_address="127.0.0.1")
-    assert str(GATEWAY_BERLIN) == "edge-gateway@-#gym-berlin"
-    assert str(bound) == "edge-gateway@-#gym-berlin on 127.0.0.1"
+    assert str(GATEWAY_BERLIN) == "edge-gateway@-:15080#gym-berlin"
+    assert str(bound) == "edge-gateway@-:15080#gym-berlin on 127.0.0.1"
+
     query = {"role": "edge-gateway", "site": "gym-berlin", "outbound_port": "15080", "listen_address": "127.0.0.1"}
     assert group_from_query(query) == bound
     for bad in ({"role": "sidecar", "listen_address": "127.0.0.1"}, {**query, "listen_address": "localhost"}):
         with pytest.raises(DumpError, match="listen_address"):
             group_from_query(bad)
+
+
+def test_groups_differing_in_any_field_have_different_names() -> None:
+    """The name is a metric label: two groups sharing one would make Prometheus refuse the scrape."""
+    groups = [
+        GATEWAY_BERLIN,
+        dataclasses.replace(GATEWAY_BERLIN, outbound_port=16080),
+        dataclasses.replace(GATEWAY_BERLIN, listen_address="127.0.0.1"),
+        dataclasses.replace(GATEWAY_BERLIN, site="gym-munich"),
+        ProxyGroup(ProxyRole.DEVICE, site="gym-berlin"),
+        ProxyGroup(ProxyRole.DEVICE, outbound_port=16001, site="gym-berlin"),
+        ProxyGroup(ProxyRole.SIDECAR),
+        ProxyGroup(ProxyRole.SIDECAR, outbound_port=16001),
+        ProxyGroup(ProxyRole.SIDECAR, Locality("eu", "eu-1")),
+        ProxyGroup(ProxyRole.SIDECAR, Locality("eu", "eu-1", "rack-7")),
+        ProxyGroup(ProxyRole.SIDECAR, Locality("eu", "", "eu-1")),
+    ]
+    assert len({str(group) for group in groups}) == len(groups)

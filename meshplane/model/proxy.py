@@ -66,9 +66,14 @@ class ProxyGroup:
             )
 
     def __str__(self) -> str:
-        where = "/".join(part for part in (self.locality.region, self.locality.zone) if part) or "-"
+        parts = [self.locality.region, self.locality.zone, self.locality.sub_zone]
+        while parts and not parts[-1]:
+            parts.pop()  # positions kept otherwise: region//sub_zone is not region/zone
+        where = "/".join(parts) or "-"
         text = f"{self.role}@{where}"
-        if self.role is ProxyRole.SIDECAR and self.outbound_port != DEFAULT_OUTBOUND_PORT:
+        # Every field that tells groups apart shows, so no two groups share a name (it is a metric
+        # label): the port whenever it is not the default, whatever the role.
+        if self.outbound_port != DEFAULT_OUTBOUND_PORT:
             text += f":{self.outbound_port}"
         if self.site:
             text += f"#{self.site}"
