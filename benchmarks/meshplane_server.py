@@ -113,10 +113,17 @@ async def serve(args: argparse.Namespace) -> None:
         args.endpoints,
         (time.perf_counter() - started) * 1000,
     )
-    server, port = create_server(
-        XdsServices(cache, registry, send_budget=int(args.send_budget_mib * 1024 * 1024), send_hold=args.send_hold),
-        args.addr,
+    # One load client on one address opens every stream: the per-client limit (1,000 by default,
+    # as `meshplane serve` has it) would refuse the rest, so it is off, as
+    # `--max-streams-per-client 0` turns it off. gcpbench has no such limit.
+    services = XdsServices(
+        cache,
+        registry,
+        send_budget=int(args.send_budget_mib * 1024 * 1024),
+        send_hold=args.send_hold,
+        max_streams_per_client=0,
     )
+    server, port = create_server(services, args.addr)
     await server.start()
     log.info("ADS listening on 127.0.0.1:%d (pid %d)", port, os.getpid())
 

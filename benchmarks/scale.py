@@ -408,7 +408,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 a, b = mine.get(figure, "-"), theirs.get(figure, "-")
                 lines.append(f"| {row['title']} | {figure} | {a} | {b} | {ratio(a, b)} |")
         notes = [
-            f"{kind}: {data['streams']} streams synced"
+            "-"
+            if not data  # that server was not run (--servers)
+            else f"{kind}: {data['streams']} streams synced"
             + (f", {data['updates_reaching_all']}/{data['changes']} updates reached all" if "changes" in data else "")
             + (f", update reached {data['update_reached']}" if "update_reached" in data else "")
             + (f", {data['errors']} errors" if data.get("errors") else "")
@@ -418,7 +420,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=[], help="scenario names (default: all)")
     parser.add_argument("--clusters", type=int, default=1000)
@@ -467,7 +469,17 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps({"version": tools["version"].read_text().strip(), "rows": rows}, indent=1))
     if args.markdown:
         args.markdown.write_text(table + "\n")
+    # A figure measured with refused or failed streams is not the figure it claims: say so, and fail.
+    failed = [
+        f"{row['scenario']} ({kind}): {row[kind].get('errors')} errors, {row[kind].get('failed')} failed streams"
+        for row in rows
+        for kind in ("meshplane", "go-control-plane")
+        if row.get(kind) and (row[kind].get("errors") or row[kind].get("failed"))
+    ]
+    for line in failed:
+        print(f"NOT VALID: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -63,3 +63,23 @@ def test_every_scenario_runs_at_tiny_size_against_both_servers(tmp_path: Path) -
                 assert figures["updates_reaching_all"] == figures["changes"], (row["scenario"], server, figures)
             if "update_reached" in figures:
                 assert figures["update_reached"] == figures["streams"], (row["scenario"], server, figures)
+
+
+@requires(BASELINE_MISSING)
+@pytest.mark.timeout(900)
+def test_the_benchmark_server_serves_more_streams_than_one_client_may_in_production(tmp_path: Path) -> None:
+    """One load client opens every stream: beyond `serve`'s per-client default (1,000) none may be refused."""
+    baseline_tools()  # the load client is the baseline's
+    results = tmp_path / "results.json"
+    sizes = ["--clusters", "5", "--endpoints", "2", "--sync-streams", "1010", "--settle", "2"]
+    only = ["--only", "sync-1010", "--servers", "meshplane", "--port", "18694", "--json", str(results)]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", *sizes, *only],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    (row,) = json.loads(results.read_text())["rows"]
+    assert (row["meshplane"]["streams"], row["meshplane"].get("errors")) == (1010, 0), row
