@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshplane.app import ControlPlane, Settings
 from meshplane.discovery.edge.auth import token_digest
 from meshplane.discovery.edge.registry import LeaseSettings
-from meshplane.edge.server import EdgeSettings
 from meshplane.simulate.fleet import Fleet, FleetOptions
+from tests.edge_plane import running_edge_plane
 from tests.envoy_harness import Envoy, start_envoy
 
 CLASS_TOKEN = "bench-fleet-bikes"
@@ -76,71 +75,53 @@ async def figures(work: Path, size: int, args: argparse.Namespace) -> dict[str, 
     (policy / "sites.yaml").write_text("sites:\n  - {id: gym, region: local, device_ranges: ['198.19.0.0/16']}\n")
     tokens = work / "tokens.yaml"
     tokens.write_text(f"tokens:\n  - {{sha256: {token_digest(CLASS_TOKEN)}, class: bike}}\n")
-    plane = ControlPlane(
-        Settings(
-            config=policy,
-            xds_address="127.0.0.1:0",
-            status_address="127.0.0.1:0",
-            edge=EdgeSettings(
-                db=str(work / "registry.db"),
-                address="127.0.0.1:0",
-                http_address="127.0.0.1:0",
-                tokens=tokens,
-                leases=LeaseSettings(max_ttl=3600),
-            ),
+    async with running_edge_plane(policy, work / "registry.db", tokens, LeaseSettings(max_ttl=3600)) as plane:
+        assert plane.edge is not None
+        registry = f"127.0.0.1:{plane.edge.port}"
+        gateway = await start_envoy(
+            work / "envoy",
+            plane.xds_port,
+            node_id="bench-gateway",
+            template="edge-gateway.yaml",
+            metadata={"role": "edge-gateway", "site": "gym"},
         )
-    )
-    await plane.start()
-    plane_stop = asyncio.Event()
-    plane_task = asyncio.create_task(plane.run(plane_stop))
-    assert plane.edge is not None
-    registry = f"127.0.0.1:{plane.edge.port}"
-    gateway = await start_envoy(
-        work / "envoy",
-        plane.xds_port,
-        node_id="bench-gateway",
-        template="edge-gateway.yaml",
-        metadata={"role": "edge-gateway", "site": "gym"},
-    )
-    try:
-        await gateway.eventually(lambda: _has_stat(gateway), "the gateway's cluster manager", 120)
+        try:
+            await gateway.eventually(lambda: _has_stat(gateway), "the gateway's cluster manager", 120)
 
-        async def all_clusters() -> bool:
-            return await device_clusters(gateway) >= size
+            async def all_clusters() -> bool:
+                return await device_clusters(gateway) >= size
 
-        async def no_clusters() -> bool:
-            return await device_clusters(gateway) <= 0
+            async def no_clusters() -> bool:
+                return await device_clusters(gateway) <= 0
 
-        stop = asyncio.Event()
-        fleet = Fleet(fleet_options(registry, size, args))
-        started = time.monotonic()
-        run = asyncio.create_task(fleet.run(stop))
-        await fleet.registered.wait()
-        registered = time.monotonic()
-        routed = await wait_for(all_clusters, f"{size} device clusters on the gateway")
-        stopping = time.monotonic()
-        stop.set()
-        stats = await run
-        deregistered = time.monotonic()
-        gone = await wait_for(no_clusters, "the gateway dropping every device cluster")
-        if stats.refused:
-            raise AssertionError(f"refused: {dict(stats.refused)}")
+            stop = asyncio.Event()
+            fleet = Fleet(fleet_options(registry, size, args))
+            started = time.monotonic()
+            run = asyncio.create_task(fleet.run(stop))
+            await fleet.registered.wait()
+            registered = time.monotonic()
+            routed = await wait_for(all_clusters, f"{size} device clusters on the gateway")
+            stopping = time.monotonic()
+            stop.set()
+            stats = await run
+            deregistered = time.monotonic()
+            gone = await wait_for(no_clusters, "the gateway dropping every device cluster")
+            if stats.refused:
+                raise AssertionError(f"refused: {dict(stats.refused)}")
 
-        beat_stop = asyncio.Event()
-        beating = Fleet(fleet_options(registry, size, args, id_prefix="beat", heartbeat_interval=0.001))
-        beat_run = asyncio.create_task(beating.run(beat_stop))
-        await beating.registered.wait()
-        first, since = beating.stats.heartbeats_ok, time.monotonic()
-        await asyncio.sleep(args.heartbeat_seconds)
-        renewals, window = beating.stats.heartbeats_ok - first, time.monotonic() - since
-        beat_stop.set()
-        beat_stats = await beat_run
-        if beat_stats.heartbeats_failed:
-            raise AssertionError(f"heartbeats failed: {dict(beat_stats.heartbeats_failed)}")
-    finally:
-        await gateway.stop()
-        plane_stop.set()
-        await plane_task
+            beat_stop = asyncio.Event()
+            beating = Fleet(fleet_options(registry, size, args, id_prefix="beat", heartbeat_interval=0.001))
+            beat_run = asyncio.create_task(beating.run(beat_stop))
+            await beating.registered.wait()
+            first, since = beating.stats.heartbeats_ok, time.monotonic()
+            await asyncio.sleep(args.heartbeat_seconds)
+            renewals, window = beating.stats.heartbeats_ok - first, time.monotonic() - since
+            beat_stop.set()
+            beat_stats = await beat_run
+            if beat_stats.heartbeats_failed:
+                raise AssertionError(f"heartbeats failed: {dict(beat_stats.heartbeats_failed)}")
+        finally:
+            await gateway.stop()
     return {
         "registrations": {"devices": stats.registered, "per_second": round(size / (registered - started))},
         "registration_to_gateway_ms": {

@@ -33,13 +33,13 @@ import grpc
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.app import ControlPlane, Settings
 from meshplane.discovery.edge.auth import Principal, PrincipalKind, token_digest
 from meshplane.discovery.edge.registry import EdgeRegistry, LeaseSettings, RegisterInput
 from meshplane.discovery.edge.store import SqliteStore
 from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
+from tests.edge_plane import running_edge_plane
 from tests.envoy_harness import start_envoy
 from tests.netns import DeviceHost, make_device_host
 
@@ -163,75 +163,56 @@ async def routing_figures(
         ranges = ", ".join(f"'{r}'" for r in site.device_ranges)
         lines.append(f"  - {{id: {site.id}, region: {site.region}, device_ranges: [{ranges}]}}")
     (policy / "sites.yaml").write_text("\n".join(lines) + "\n")
-    plane = ControlPlane(
-        Settings(
-            config=policy,
-            xds_address="127.0.0.1:0",
-            status_address="127.0.0.1:0",
-            edge=EdgeSettings(
-                db=str(db),
-                address="127.0.0.1:0",
-                http_address="127.0.0.1:0",
-                tokens=tokens,
-                leases=LeaseSettings(max_ttl=3600),
-            ),
+    async with running_edge_plane(policy, db, tokens, LeaseSettings(max_ttl=3600)) as plane:
+        # The stand-in device runs in its own network namespace (tests/netns.py): the registry refuses
+        # loopback device addresses, and benchmark traffic stays on networks this run made.
+        backend_port = await asyncio.to_thread(device_host.serve, "device")
+        gateway = await start_envoy(
+            work / "envoy",
+            plane.xds_port,
+            node_id="bench-gateway",
+            template="edge-gateway.yaml",
+            metadata={"role": "edge-gateway", "site": "site-000"},
         )
-    )
-    await plane.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(plane.run(stop))
+        to_devices = gateway.outbound_port + 1
+        timings: list[float] = []
+        try:
+            async with (
+                grpc.aio.insecure_channel(f"127.0.0.1:{plane.edge.port}") as channel,  # type: ignore[union-attr]
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            ):
+                stub = registry_pb2_grpc.RegistryStub(channel)
 
-    # The stand-in device runs in its own network namespace (tests/netns.py): the registry refuses
-    # loopback device addresses, and benchmark traffic stays on networks this run made.
-    backend_port = await asyncio.to_thread(device_host.serve, "device")
-    gateway = await start_envoy(
-        work / "envoy",
-        plane.xds_port,
-        node_id="bench-gateway",
-        template="edge-gateway.yaml",
-        metadata={"role": "edge-gateway", "site": "site-000"},
-    )
-    to_devices = gateway.outbound_port + 1
-    timings: list[float] = []
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{plane.edge.port}") as channel,  # type: ignore[union-attr]
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-        ):
-            stub = registry_pb2_grpc.RegistryStub(channel)
+                async def routes(device_id: str) -> bool:
+                    try:
+                        async with session.get(
+                            f"http://127.0.0.1:{to_devices}/", headers={DEVICE_HEADER: device_id}
+                        ) as response:
+                            return response.status == 200
+                    except aiohttp.ClientError:
+                        return False
 
-            async def routes(device_id: str) -> bool:
-                try:
-                    async with session.get(
-                        f"http://127.0.0.1:{to_devices}/", headers={DEVICE_HEADER: device_id}
-                    ) as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await gateway.eventually(lambda: _listening(session, to_devices), "the gateway listener", 120)
-            for run in range(runs):
-                device_id = f"probe-{run}"
-                started = time.perf_counter()
-                await stub.Register(
-                    pb.RegisterRequest(
-                        device_id=device_id,
-                        device_class="bike",
-                        site="site-000",
-                        endpoints=[pb.Endpoint(address=address, port=backend_port)],
-                        ttl_seconds=3600,
-                    ),
-                    metadata=(("authorization", f"Bearer {CLASS_TOKEN}"),),
-                )
-                while not await routes(device_id):
-                    if time.perf_counter() - started > 120:
-                        raise AssertionError(f"{device_id} never became routable")
-                    await asyncio.sleep(0.005)
-                timings.append(time.perf_counter() - started)
-    finally:
-        await gateway.stop()
-        stop.set()
-        await task
+                await gateway.eventually(lambda: _listening(session, to_devices), "the gateway listener", 120)
+                for run in range(runs):
+                    device_id = f"probe-{run}"
+                    started = time.perf_counter()
+                    await stub.Register(
+                        pb.RegisterRequest(
+                            device_id=device_id,
+                            device_class="bike",
+                            site="site-000",
+                            endpoints=[pb.Endpoint(address=address, port=backend_port)],
+                            ttl_seconds=3600,
+                        ),
+                        metadata=(("authorization", f"Bearer {CLASS_TOKEN}"),),
+                    )
+                    while not await routes(device_id):
+                        if time.perf_counter() - started > 120:
+                            raise AssertionError(f"{device_id} never became routable")
+                        await asyncio.sleep(0.005)
+                    timings.append(time.perf_counter() - started)
+        finally:
+            await gateway.stop()
     return timings
 
 

@@ -22,10 +22,11 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from meshplane.addresses import split_address
 from meshplane.debounce import Debouncer
 from meshplane.discovery.inventory import Inventory
 from meshplane.discovery.kubernetes import KubernetesSource
-from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
+from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, selector_problem
 from meshplane.discovery.policy_files import DEFAULT_MAX_FILE_SIZE, PolicyFileSource
 from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
@@ -83,13 +84,20 @@ class Settings:
     max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
     max_policy_file_size: int = DEFAULT_MAX_FILE_SIZE
 
-
-def split_address(address: str) -> tuple[str, int]:
-    """`host:port` (IPv6 as `[::1]:port`) → (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address {address!r} must be host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    def problems(self) -> list[str]:
+        """Every combination of settings that cannot serve, each named by its flags (the CLI exits 2
+        with them; `ControlPlane.start` refuses them)."""
+        found = []
+        if self.tls_cert is None and self.tls_key is None:
+            if self.client_ca is not None:
+                found.append("--client-ca needs --tls-cert and --tls-key")
+        elif self.tls_cert is None or self.tls_key is None:
+            found.append("--tls-cert and --tls-key go together")
+        if self.kubernetes_secrets and not self.kubernetes:
+            found.append("--kubernetes-secrets needs --kubernetes (MESHPLANE_KUBERNETES=true)")
+        if self.kubernetes_secrets and (problem := selector_problem(self.secret_selector)) is not None:
+            found.append(problem)
+        return found
 
 
 class ControlPlane:
@@ -202,18 +210,15 @@ class ControlPlane:
         return [dataclasses.asdict(status) for status in sources]
 
     def _tls(self) -> ReloadingCredentials | None:
-        settings = self.settings
-        if settings.tls_cert is None and settings.tls_key is None:
-            if settings.client_ca is not None:
-                raise ValueError("--client-ca needs --tls-cert and --tls-key")
-            return None
+        settings = self.settings  # paired, as `start` checked (Settings.problems)
         if settings.tls_cert is None or settings.tls_key is None:
-            raise ValueError("--tls-cert and --tls-key go together")
+            return None
         return ReloadingCredentials(TlsFiles(settings.tls_cert, settings.tls_key, settings.client_ca))
 
     async def start(self) -> None:
-        if self.settings.kubernetes_secrets and not self.settings.kubernetes:
-            raise ValueError("--kubernetes-secrets needs --kubernetes")
+        problems = self.settings.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.policy is None and self.kubernetes is None and self.edge is None:
             raise ValueError("no source enabled: give policy files (config) or enable Kubernetes")
         if self.policy is not None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from meshplane import __version__
 from meshplane.bootstrap.cli import add_bootstrap_command, bootstrap_command
-from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, is_empty_selector
+from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
 from meshplane.edge.console import add_devices_command, devices_command
 from meshplane.edge.options import add_edge_arguments, edge_settings
-from meshplane.flags import env_flag
+from meshplane.flags import env_flag, env_switch
 from meshplane.simulate.cli import add_simulate_command, simulate_command
 
 
@@ -30,12 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve xDS from policy files and/or Kubernetes")
     env_flag(serve, "--config", type=Path, help="policy file or directory")
     kubernetes = serve.add_argument_group("Kubernetes discovery (docs/kubernetes.md)")
-    kubernetes.add_argument(
-        "--kubernetes",
-        action=argparse.BooleanOptionalAction,
-        default=_env("KUBERNETES", "").lower() in ("1", "true", "yes", "on"),
-        help="discover Services and EndpointSlices from Kubernetes [MESHPLANE_KUBERNETES=true]",
-    )
+    env_switch(kubernetes, "--kubernetes", help="discover Services and EndpointSlices from Kubernetes")
     env_flag(
         kubernetes, "--kubeconfig", type=Path, help="kubeconfig file (else $KUBECONFIG, ~/.kube/config, or in-cluster)"
     )
@@ -49,12 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     env_flag(
         kubernetes, "--service-selector", default="", help="label selector for Services, e.g. 'mesh=on,tier!=batch'"
     )
-    kubernetes.add_argument(
+    env_switch(
+        kubernetes,
         "--kubernetes-secrets",
-        action=argparse.BooleanOptionalAction,
-        default=_env("KUBERNETES_SECRETS", "").lower() in ("1", "true", "yes", "on"),
         help="serve TLS certificates and CA bundles of labelled Kubernetes Secrets over SDS (docs/kubernetes.md;"
-        " needs deploy/kubernetes/secrets/) [MESHPLANE_KUBERNETES_SECRETS=true]",
+        " needs deploy/kubernetes/secrets/)",
     )
     env_flag(
         kubernetes,
@@ -201,16 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             print("meshplane: (or --kubernetes, to serve what Kubernetes discovery finds)", file=sys.stderr)
         return 2
-    if args.command == "serve" and args.kubernetes_secrets and not args.kubernetes:
-        print("meshplane: --kubernetes-secrets needs --kubernetes (MESHPLANE_KUBERNETES=true)", file=sys.stderr)
-        return 2
-    if args.command == "serve" and args.kubernetes_secrets and is_empty_selector(args.secret_selector):
-        print(
-            "meshplane: --secret-selector (MESHPLANE_SECRET_SELECTOR) must not be empty: it would read every Secret"
-            " of the served types",
-            file=sys.stderr,
-        )
-        return 2
     if args.command == "validate":
         from meshplane.discovery.policy_files import validate_policy
 
@@ -252,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_streams_per_client=args.max_streams_per_client,
         max_policy_file_size=args.max_policy_file_size,
     )
+    problems = settings.problems()
+    for problem in problems:
+        print(f"meshplane: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     try:
         asyncio.run(serve(settings))
     except (StoreError, TlsFilesError) as error:  # a damaged store or bad TLS files: said in one line

@@ -51,3 +51,19 @@ def env_flag(
         help=f"{help} [{variable}{shown}]",
         **options,
     )
+
+
+TRUE = ("1", "true", "yes", "on")
+
+
+def env_switch(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, *, help: str, scope: str = ""
+) -> None:
+    """Adds an on/off `flag` (and its `--no-` form), off unless its variable says 1, true, yes or on."""
+    variable = variable_of(flag, scope)
+    parser.add_argument(
+        flag,
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get(variable, "").lower() in TRUE,
+        help=f"{help} [{variable}=true]",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -13,18 +14,19 @@ from tests.envoy_harness import REPO
 pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
 
 
-def test_edge_registry_benchmark_runs_at_tiny_size() -> None:
-    tiny = ["--sizes", "300", "--sites", "3", "--concurrency", "8", "--heartbeats", "100", "--grpc", "50"]
+def figures_of(module: str, *arguments: str) -> dict[str, Any]:
+    """Runs benchmark `module`; the JSON figures it prints after its table, by fleet size."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.edge_registry", *tiny, "--routing-runs", "1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [sys.executable, "-m", module, *arguments], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads(result.stdout[result.stdout.index("{\n") :])["300"]
+    figures: dict[str, Any] = json.loads(result.stdout[result.stdout.index("{\n") :])
+    return figures
+
+
+def test_edge_registry_benchmark_runs_at_tiny_size() -> None:
+    tiny = ["--sizes", "300", "--sites", "3", "--concurrency", "8", "--heartbeats", "100", "--grpc", "50"]
+    figures = figures_of("benchmarks.edge_registry", *tiny, "--routing-runs", "1")["300"]
     assert figures["registrations"]["calls"] == 300
     assert figures["heartbeats"]["calls"] == 100
     assert figures["grpc_registrations"]["calls"] == 50
@@ -32,16 +34,7 @@ def test_edge_registry_benchmark_runs_at_tiny_size() -> None:
 
 
 def test_edge_fleet_benchmark_runs_at_tiny_size() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.edge_fleet", "--sizes", "40", "--heartbeat-seconds", "0.5"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads(result.stdout[result.stdout.index("{\n") :])["40"]
+    figures = figures_of("benchmarks.edge_fleet", "--sizes", "40", "--heartbeat-seconds", "0.5")["40"]
     assert figures["registrations"]["devices"] == 40
     assert figures["registration_to_gateway_ms"]["from_start"] > 0
     assert figures["deregistration_ms"]["gateway_empty"] > 0

@@ -24,11 +24,11 @@ from aiohttp import web
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.app import ControlPlane, Settings
+from meshplane.app import ControlPlane
 from meshplane.discovery.edge.auth import token_digest
 from meshplane.discovery.edge.registry import LeaseSettings
-from meshplane.edge.server import EdgeSettings
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
+from tests.edge_plane import QUICK, running_edge_plane
 from tests.envoy_harness import Backend, Envoy, free_port, start_backend, start_envoy
 from tests.netns import DeviceHost, make_device_host, unavailable_reason
 from tests.preconditions import require, requires
@@ -72,38 +72,22 @@ async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
     (policy / "edge.yaml").write_text(f"sites:\n  - {{id: gym, region: local, device_ranges: ['{address}/32']}}\n")
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(f"tokens:\n  - {{sha256: {token_digest(DEVICE_TOKEN)}, device: bike-1}}\n")
-    settings = Settings(
-        config=policy,
-        xds_address="127.0.0.1:0",
-        status_address="127.0.0.1:0",
-        poll_interval=0.2,
-        debounce_quiet=0.02,
-        debounce_max=0.2,
-        shutdown_grace=0.5,
-        edge=EdgeSettings(
-            db=str(tmp_path / "registry.db"),
-            address="127.0.0.1:0",
-            http_address="127.0.0.1:0",
-            tokens=tokens,
-            leases=LeaseSettings(default_ttl=2, min_ttl=1, check_interval=0.2),
-        ),
-    )
-    plane = ControlPlane(settings)
-    await plane.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(plane.run(stop))
-    state = Edge(policy, tmp_path / "envoy", plane, device_host)
+    leases = LeaseSettings(default_ttl=2, min_ttl=1, check_interval=0.2)
+    state: Edge | None = None
     try:
-        yield state
+        async with running_edge_plane(policy, tmp_path / "registry.db", tokens, leases, **QUICK) as plane:
+            state = Edge(policy, tmp_path / "envoy", plane, device_host)
+            try:
+                yield state
+            finally:
+                for envoy in state.envoys:
+                    await envoy.stop()
     finally:
-        for envoy in state.envoys:
-            await envoy.stop()
-        stop.set()
-        await task
-        for runner in state.cleanups:
-            await runner.cleanup()
-        for backend in state.backends:
-            await backend.close()
+        if state is not None:
+            for runner in state.cleanups:
+                await runner.cleanup()
+            for backend in state.backends:
+                await backend.close()
         await asyncio.to_thread(device_host.close)
 
 

@@ -23,13 +23,13 @@ import pytest
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.app import ControlPlane, Settings
 from meshplane.discovery.edge.auth import token_digest
 from meshplane.discovery.edge.registry import Filter, LeaseSettings
 from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
 from meshplane.simulate.fleet import Fleet, FleetOptions, FleetStats, registry_target
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
+from tests.edge_plane import QUICK, running_edge_plane
 from tests.envoy_harness import start_backend, start_envoy
 from tests.netns import make_device_host, unavailable_reason
 from tests.preconditions import require, requires
@@ -417,83 +417,63 @@ services:
     endpoints: [{{address: 127.0.0.1, port: {cloud.port}}}]
 """
     )
-    plane = ControlPlane(
-        Settings(
-            config=policy,
-            xds_address="127.0.0.1:0",
-            status_address="127.0.0.1:0",
-            poll_interval=0.2,
-            debounce_quiet=0.02,
-            debounce_max=0.2,
-            shutdown_grace=0.5,
-            edge=EdgeSettings(
-                db=str(tmp_path / "registry.db"),
-                address="127.0.0.1:0",
-                http_address="127.0.0.1:0",
-                tokens=tokens_file(tmp_path / "tokens.yaml"),
-                leases=LeaseSettings(default_ttl=30, min_ttl=1, check_interval=0.2),
-            ),
-        )
-    )
-    await plane.start()
-    plane_stop = asyncio.Event()
-    plane_task = asyncio.create_task(plane.run(plane_stop))
-    gateway = None
-    running = None
-    try:
-        assert plane.edge is not None
-        gateway = await start_envoy(
-            tmp_path / "envoy", plane.xds_port, node_id="gateway-gym", template="edge-gateway.yaml",
-            metadata={"role": "edge-gateway", "site": "gym"},
-        )  # fmt: skip
-        fleet = Fleet(
-            FleetOptions(
-                registry=f"127.0.0.1:{plane.edge.port}",
-                site="gym",
-                count=3,
-                address=address,
-                port_base=await asyncio.to_thread(free_ports, address, 3),
-                token=CLASS_TOKEN,
-                backends=True,
-                traffic_url=f"http://127.0.0.1:{gateway.outbound_port}/rides",
-                traffic_host="api",
-                traffic_rate=20,
-            )
-        )
-        running = Running(fleet)
-        await running.registered()
-        assert fleet.stats.backends == 3
-
-        to_devices = gateway.outbound_port + 1
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-
-            async def reaches(device_id: str) -> bool:
-                url = f"http://127.0.0.1:{to_devices}/workout"
-                async with session.get(url, headers={"host": "cloud-client", DEVICE_HEADER: device_id}) as response:
-                    return response.status == 200 and await response.text() == (
-                        f"hello from device {device_id} (GET /workout)\n"
-                    )
-
-            for device_id in fleet.device_ids:
-                await gateway.eventually(functools.partial(reaches, device_id), f"the gateway reaching {device_id}")
-
-        await gateway.eventually(
-            lambda: asyncio.sleep(0, fleet.stats.requests_ok >= 5), "five device requests through the gateway"
-        )
-        assert cloud.hits >= 5
-        stats = await running.stop()
+    leases = LeaseSettings(default_ttl=30, min_ttl=1, check_interval=0.2)
+    tokens = tokens_file(tmp_path / "tokens.yaml")
+    async with running_edge_plane(policy, tmp_path / "registry.db", tokens, leases, **QUICK) as plane:
+        gateway = None
         running = None
-        assert (stats.registered, stats.deregistered, stats.backends) == (3, 3, 0)
-        assert plane.edge.registry.get("sim-gym-00000") is None
-    finally:
-        if running is not None:
-            await running.stop()
-        if gateway is not None:
-            await gateway.stop()
-        plane_stop.set()
-        await plane_task
-        await cloud.close()
-        await asyncio.to_thread(device_host.close)
+        try:
+            assert plane.edge is not None
+            gateway = await start_envoy(
+                tmp_path / "envoy", plane.xds_port, node_id="gateway-gym", template="edge-gateway.yaml",
+                metadata={"role": "edge-gateway", "site": "gym"},
+            )  # fmt: skip
+            fleet = Fleet(
+                FleetOptions(
+                    registry=f"127.0.0.1:{plane.edge.port}",
+                    site="gym",
+                    count=3,
+                    address=address,
+                    port_base=await asyncio.to_thread(free_ports, address, 3),
+                    token=CLASS_TOKEN,
+                    backends=True,
+                    traffic_url=f"http://127.0.0.1:{gateway.outbound_port}/rides",
+                    traffic_host="api",
+                    traffic_rate=20,
+                )
+            )
+            running = Running(fleet)
+            await running.registered()
+            assert fleet.stats.backends == 3
+
+            to_devices = gateway.outbound_port + 1
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+                async def reaches(device_id: str) -> bool:
+                    url = f"http://127.0.0.1:{to_devices}/workout"
+                    async with session.get(url, headers={"host": "cloud-client", DEVICE_HEADER: device_id}) as response:
+                        return response.status == 200 and await response.text() == (
+                            f"hello from device {device_id} (GET /workout)\n"
+                        )
+
+                for device_id in fleet.device_ids:
+                    await gateway.eventually(functools.partial(reaches, device_id), f"the gateway reaching {device_id}")
+
+            await gateway.eventually(
+                lambda: asyncio.sleep(0, fleet.stats.requests_ok >= 5), "five device requests through the gateway"
+            )
+            assert cloud.hits >= 5
+            stats = await running.stop()
+            running = None
+            assert (stats.registered, stats.deregistered, stats.backends) == (3, 3, 0)
+            assert plane.edge.registry.get("sim-gym-00000") is None
+        finally:
+            if running is not None:
+                await running.stop()
+            if gateway is not None:
+                await gateway.stop()
+            await cloud.close()
+            await asyncio.to_thread(device_host.close)
 
 
 class StuckRegistry(registry_pb2_grpc.RegistryServicer):

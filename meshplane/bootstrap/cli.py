@@ -28,7 +28,7 @@ from meshplane.bootstrap.render import (
     BootstrapOptions,
     render,
 )
-from meshplane.flags import env_flag, variable_of
+from meshplane.flags import env_flag, env_switch
 
 
 def _port(text: str) -> int:
@@ -95,12 +95,7 @@ def add_bootstrap_command(commands: Any) -> None:
         help="Envoy's admin interface, IP:PORT (127.0.0.1 and 9901 sidecar, 9902 edge-gateway, 9903 device, "
         "9904 mobile)",
     )
-    bootstrap.add_argument(
-        "--sotw",
-        action="store_true",
-        default=os.environ.get(variable_of("--sotw", SCOPE), "").lower() in ("1", "true", "yes", "on"),
-        help="state-of-the-world xDS instead of Delta [MESHPLANE_BOOTSTRAP_SOTW=true]",
-    )
+    env_switch(bootstrap, "--sotw", scope=SCOPE, help="state-of-the-world xDS instead of Delta")
     tls = bootstrap.add_argument_group("the xDS connection's credentials")
     env_flag(
         tls, "--tls-ca", scope=SCOPE, help="TLS to the control plane: its certificate must come from this CA (PEM)"

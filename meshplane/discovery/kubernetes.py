@@ -42,8 +42,8 @@ from meshplane.discovery.kubernetes_secrets import (
     DEFAULT_SECRET_SELECTOR,
     SECRET_TYPES,
     MappedSecret,
-    is_empty_selector,
     map_secret,
+    selector_problem,
 )
 from meshplane.discovery.kubernetes_watching import (
     ENDPOINT_SLICES_V1,
@@ -57,6 +57,7 @@ from meshplane.discovery.kubernetes_watching import (
     Resource,
     Watcher,
     get_json,
+    newer_object,
 )
 from meshplane.discovery.source_status import SourceStatus
 from meshplane.model import RouteTable, Service, TlsCertificate, TrustBundle
@@ -144,12 +145,8 @@ class KubernetesSource:
         page_size: int = 500,
         rng: random.Random | None = None,
     ) -> None:
-        if secrets and is_empty_selector(secret_selector):
-            raise ValueError(
-                f"the secret selector {secret_selector!r} is empty: it would read every Secret of type "
-                f"{' or '.join(SECRET_TYPES)} in the watched namespaces; give --secret-selector a label "
-                f"(default {DEFAULT_SECRET_SELECTOR})"
-            )
+        if secrets and (problem := selector_problem(secret_selector)) is not None:
+            raise ValueError(problem)
         self._client = client
         self._kubeconfig = kubeconfig
         self._service_account = service_account
@@ -312,7 +309,7 @@ class KubernetesSource:
         newest: dict[Key, SecretKey] = {}
         for key in sorted(self._secret_objects):
             other = newest.get(key[1:])
-            if other is None or _version_rank(self._secret_objects[key]) > _version_rank(self._secret_objects[other]):
+            if other is None or newer_object(self._secret_objects[key], self._secret_objects[other]):
                 newest[key[1:]] = key
         served = [self._secrets_served[key] for key in sorted(self._secrets_served) if newest.get(key[1:]) == key]
         certificates = tuple(sorted((m.certificate for m in served if m.certificate), key=lambda c: c.name))
@@ -462,13 +459,6 @@ class KubernetesSource:
                 f", {len(self._secret_objects)} secrets" if self.secrets else "",
             )
         self._on_change()
-
-
-def _version_rank(obj: Object) -> tuple[int, str]:
-    """Orders objects by resourceVersion: numerically where it is a number (an etcd revision, as on
-    every API server; see `kubernetes_watching._newer`), else after none and by text."""
-    version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-    return (int(version) if version.isdigit() else -1, version)
 
 
 def _key(obj: Object | None) -> Key:

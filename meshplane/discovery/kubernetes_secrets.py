@@ -49,10 +49,17 @@ _KEY_LABELS = frozenset({"PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"})
 _USED_LABELS = _KEY_LABELS | {_CERTIFICATE_LABEL}
 
 
-def is_empty_selector(selector: str) -> bool:
-    """Whether label selector `selector` has no term, so would select every Secret of the types
-    served: refused (kubernetes.py, and the CLI first)."""
-    return not any(term.strip() for term in selector.split(","))
+def selector_problem(selector: str) -> str | None:
+    """Why label selector `selector` cannot choose the Secrets served, or None: one with no term
+    would select every Secret of the types served, not only those an owner marked (refused by
+    kubernetes.py, and by the CLI first)."""
+    if any(term.strip() for term in selector.split(",")):
+        return None
+    return (
+        f"the secret selector {selector!r} is empty: it would read every Secret of type "
+        f"{' or '.join(SECRET_TYPES)} in the watched namespaces; give --secret-selector "
+        f"(MESHPLANE_SECRET_SELECTOR) a label (default {DEFAULT_SECRET_SELECTOR})"
+    )
 
 
 def certificate_name(namespace: str, name: str) -> str:

@@ -368,6 +368,12 @@ class Watcher:
         self._on_change([(old, obj)])
 
 
+def newer_object(obj: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether `obj` is a later version than `than` (of one name, seen on two watches), by the
+    rule of `_newer`."""
+    return _newer(_version_of(obj), _version_of(than))
+
+
 def _newer(version: str, than: str) -> bool:
     """Whether `version` is past `than`. Kubernetes calls versions opaque, but every API server
     makes them etcd revisions; where both are numbers, compare them, because a DELETED event may

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from meshplane.addresses import split_address
 from meshplane.discovery.edge.auth import TokenAuthenticator
 from meshplane.discovery.edge.registry import EdgeRegistry, LeaseSettings
 from meshplane.discovery.edge.store import MemoryStore, RegistrationStore, SqliteStore
@@ -53,13 +54,6 @@ class EdgeSettings:
     # tests) the registry is unlimited unless asked, so throughput figures measure the registry.
     register_rate: float = 0.0
     register_burst: int = DEFAULT_REGISTER_BURST
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address {address!r} must be host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class EdgeRegistryServer:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from meshplane.flags import env_flag, variable_of
+from meshplane.flags import env_flag, env_switch
 
 if TYPE_CHECKING:
     from meshplane.simulate.fleet import Fleet, FleetOptions, FleetStats
@@ -82,12 +82,7 @@ def add_simulate_command(commands: Any) -> None:
         devices, "--heartbeat-streams", scope=SCOPE, type=int, default=4, help="HeartbeatStreams shared by the fleet"
     )
     env_flag(devices, "--concurrency", scope=SCOPE, type=int, default=64, help="registrations (and requests) in flight")
-    devices.add_argument(
-        "--backends",
-        action=argparse.BooleanOptionalAction,
-        default=os.environ.get(variable_of("--backends", SCOPE), "").lower() in ("1", "true", "yes", "on"),
-        help="serve a stand-in HTTP backend on ADDRESS:port of each device [MESHPLANE_SIMULATE_BACKENDS=true]",
-    )
+    env_switch(devices, "--backends", scope=SCOPE, help="serve a stand-in HTTP backend on ADDRESS:port of each device")
     env_flag(
         devices,
         "--traffic",

@@ -50,6 +50,7 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from meshplane.addresses import split_address
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.demo.backend import start_http_backend
@@ -185,15 +186,16 @@ class FleetStats:
         return shown
 
 
+async def _back_off(delay: float, ceiling: float = BACKOFF_MAX) -> float:
+    """Waits about `delay` seconds, jittered (a fleet must not retry in step); the next delay, doubled
+    up to `ceiling` and BACKOFF_MAX."""
+    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+    return min(delay * 2, ceiling, BACKOFF_MAX)
+
+
 def registry_target(registry: str) -> tuple[str, int]:
     """`host:port`, `[v6]:port`, `host` or `v6` → (host, port); the port defaults to 18001."""
-    if registry.startswith("["):
-        host, _, rest = registry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_REGISTRY_PORT
-    if registry.count(":") == 1:
-        host, port = registry.split(":")
-        return host, int(port)
-    return registry, DEFAULT_REGISTRY_PORT
+    return split_address(registry, DEFAULT_REGISTRY_PORT)
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
@@ -333,8 +335,7 @@ class Fleet:
             except grpc.aio.AioRpcError as error:
                 if error.code() in RETRYABLE:
                     self.stats.retried[reason_of(error)] += 1
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: a fleet must not retry in step
-                    delay = min(delay * 2, BACKOFF_MAX)
+                    delay = await _back_off(delay)
                     continue
                 self.stats.refused[reason_of(error)] += 1
                 await self._stop_backend(device)
@@ -392,8 +393,7 @@ class Fleet:
                     else:
                         self.stats.heartbeats_failed[reason] += len(due) - answered
                         due = due[answered:]
-                        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                        delay = min(delay * 2, BACKOFF_MAX, interval)
+                        delay = await _back_off(delay, ceiling=interval)
                 # Re-read the interval while waiting: the first grant may be shorter than asked.
                 while True:
                     remaining = round_started + self._heartbeat_interval() - time.monotonic()

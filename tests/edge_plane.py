@@ -1,0 +1,44 @@
+"""An in-process control plane with the edge registry on, all on 127.0.0.1 ports the OS picks: what
+the edge tests and benchmarks run their gateways, devices and fleets against."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from meshplane.app import ControlPlane, Settings
+from meshplane.discovery.edge.registry import LeaseSettings
+from meshplane.edge.server import EdgeSettings
+
+# Reload fast, stop fast: tests wait on conditions, so short intervals only shorten the waits.
+QUICK = {"poll_interval": 0.2, "debounce_quiet": 0.02, "debounce_max": 0.2, "shutdown_grace": 0.5}
+
+
+@contextlib.asynccontextmanager
+async def running_edge_plane(
+    policy: Path, db: Path, tokens: Path, leases: LeaseSettings, **settings: Any
+) -> AsyncIterator[ControlPlane]:
+    """A started, running control plane serving `policy` with the registry on `db` (its tokens file
+    `tokens`); `settings` are further `Settings` fields. Stopped, and its run awaited, on exit."""
+    plane = ControlPlane(
+        Settings(
+            config=policy,
+            xds_address="127.0.0.1:0",
+            status_address="127.0.0.1:0",
+            edge=EdgeSettings(
+                db=str(db), address="127.0.0.1:0", http_address="127.0.0.1:0", tokens=tokens, leases=leases
+            ),
+            **settings,
+        )
+    )
+    await plane.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(plane.run(stop))
+    try:
+        yield plane
+    finally:
+        stop.set()
+        await task
