@@ -1,9 +1,15 @@
-"""Logging: readable text by default, one JSON object per line with `--log-format json`.
+r"""Logging: readable text by default, one JSON object per line with `--log-format json`.
 
 Owns the formatters and `redact_secrets`, the last line of defence that keeps key material out of
 every log line, status document and dump. Events that operators alert on are logged with
 `extra={"event": …, "node_id": …, "type": …, …}`; the JSON formatter turns every such extra
 into a field, so `jq 'select(.event == "nack")'` finds every NACK.
+
+Log lines carry client-supplied text (node ids, clusters, user agents, NACK messages, device
+names, Kubernetes object names). Neither format lets it forge a line or drive a terminal: text
+logs escape every control character of a record's message (`escape_controls`: a newline becomes
+`\n`, ESC `\x1b`), so one record is one line; JSON logs encode every field with JSON's escapes
+and only ASCII, so no raw control or line-separator character is written.
 """
 
 from __future__ import annotations
@@ -34,6 +40,32 @@ def redact_secrets(text: str) -> str:
     return _PRIVATE_KEY.sub(REDACTED, text)
 
 
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Control (Cc), format (Cf: bidi overrides, zero-width characters) and line and paragraph
+# separators (Zl, Zp): what a terminal or a line-based reader could act on.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+
+
+def escape_controls(text: str) -> str:
+    r"""`text` with every control, format and line-separator character written as an escape
+    (`\n`, `\r`, `\t`, `\xHH`, `\uHHHH`), so it shows on one line and cannot drive a terminal."""
+    if text.isascii() and text.isprintable():
+        return text  # the common case, checked in C
+    return _UNSAFE.sub(_escape, text)
+
+
 def _timestamp(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
 
@@ -54,17 +86,23 @@ class JsonFormatter(logging.Formatter):
             entry[key] = redact_secrets(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exception"] = redact_secrets(self.formatException(record.exc_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # ASCII only: JSON escapes every control character, and ensure_ascii also escapes the C1
+        # controls and U+2028/U+2029, which a reader splitting lines on them would break at.
+        return json.dumps(entry, default=str, ensure_ascii=True)
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-01-02T03:04:05.678Z WARNING meshplane.x: message`, secrets redacted."""
+    """`2026-01-02T03:04:05.678Z WARNING meshplane.x: message`, secrets redacted, one line per
+    record: the message's control characters (its arguments are often client-supplied) are
+    escaped. A traceback follows on its own lines, its own control characters but newlines escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        message = escape_controls(redact_secrets(record.getMessage()))
+        line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {message}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return redact_secrets(line)
+            trace = redact_secrets(self.formatException(record.exc_info))
+            line += "\n" + "\n".join(escape_controls(part) for part in trace.split("\n"))
+        return line
 
 
 def configure_logging(level: str = "info", log_format: str = "text", stream: TextIO | None = None) -> None:

@@ -2,7 +2,11 @@
 
 Bodies and answers are the proto messages in protobuf's JSON mapping (camelCase or proto field
 names accepted); credentials are the same `Authorization: Bearer <token>` header. Errors answer
-`{"code": "<gRPC status name>", "message": "<reason>"}` with the matching HTTP status.
+`{"code": "<gRPC status name>", "message": "<reason>"}` with the matching HTTP status, whatever
+refused the request (a handler, the router, a body too large or too slow): never a traceback, never
+a 5xx for what a client sent. A body is UTF-8 JSON holding one object (RFC 8259 JSON is UTF-8;
+a `charset` in Content-Type is not consulted), at most `MAX_BODY` bytes, read within
+`read_timeout` seconds.
 
     POST /v1/register        RegisterRequest   → RegisterResponse
     POST /v1/heartbeat       HeartbeatRequest  → HeartbeatResponse
@@ -14,7 +18,9 @@ names accepted); credentials are the same `Authorization: Bearer <token>` header
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +33,11 @@ from meshplane.discovery.edge.auth import Principal
 from meshplane.discovery.edge.registry import ErrorCode, RegistryError
 from meshplane.edge.api import Authenticate, RegistryCalls
 
+log = logging.getLogger(__name__)
+
 MAX_BODY = 64 * 1024
+# Seconds a client has to send a request's body once its headers are in (`--registry-http-read-timeout`).
+DEFAULT_READ_TIMEOUT = 10.0
 
 HTTP_STATUS = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -37,6 +47,8 @@ HTTP_STATUS = {
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.UNAVAILABLE: 503,
 }
+# What aiohttp itself refuses with (no route, wrong method, unparsable HTTP), as gRPC status names.
+_HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,7 +61,121 @@ def _error(code: ErrorCode, message: str) -> web.Response:
     return web.json_response({"code": code.value, "message": message}, status=HTTP_STATUS[code])
 
 
-def registry_http_app(calls: RegistryCalls, authenticate: Authenticate) -> web.Application:
+def error_body(status: int, code: str, message: str) -> web.Response:
+    """An error answer of any HTTP status, in the one shape every error has."""
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object hook refusing a key given twice (which one would win is not obvious to a reader)."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise _DuplicateKey(f"key {key[:64]!r} appears twice")
+        value[key] = item
+    return value
+
+
+def parse_body(body: bytes, message: Message) -> None:
+    """Fills `message` from a JSON body; raises RegistryError(INVALID_ARGUMENT) naming what is wrong.
+
+    An empty body is `{}`. Anything but UTF-8 text holding one JSON object is refused with a
+    reason: bytes that are not UTF-8, JSON that does not parse or nests too deep, a bare string,
+    number, array or null, a key given twice, a field the message has not or of the wrong type.
+    """
+    if not body.strip():
+        return
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RegistryError(
+            ErrorCode.INVALID_ARGUMENT, f"the body is not UTF-8 text (byte {error.start}: {error.reason})"
+        ) from None
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as error:
+        raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"malformed JSON body: {error}") from None
+    except ValueError as error:
+        raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"malformed JSON body: {error}") from None
+    except RecursionError:
+        raise RegistryError(ErrorCode.INVALID_ARGUMENT, "malformed JSON body: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"the body must be a JSON object, not {_json_kind(value)}")
+    try:
+        json_format.ParseDict(value, message)
+    except json_format.ParseError as error:
+        raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"malformed JSON body: {_bounded(str(error))}") from None
+    except RecursionError:
+        raise RegistryError(ErrorCode.INVALID_ARGUMENT, "malformed JSON body: nested too deeply") from None
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "a number"
+
+
+def _bounded(text: str, limit: int = 512) -> str:
+    """protobuf's parse errors quote the offending value: a 64 KiB value must not come back whole."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+async def read_body(request: web.Request, within: float) -> bytes:
+    """The request's body, at most MAX_BODY bytes, all of it within `within` seconds.
+
+    Refuses a Content-Length over the limit before reading a byte; a body that has not arrived in
+    time is refused (408) and its connection closed, so a client trickling bytes cannot hold it.
+    """
+    if not request.can_read_body:
+        return b""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
+    try:
+        async with asyncio.timeout(within):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            reason=f"the body did not arrive within {within:g} s", headers={"Connection": "close"}
+        ) from None
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers what aiohttp refuses (404, 405, 413, 408, …) in the JSON error shape; an unexpected
+    exception is logged and answered 500 without its traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as refused:
+        if refused.status < 400:
+            raise
+        if isinstance(refused, web.HTTPRequestEntityTooLarge):
+            answer = error_body(413, "RESOURCE_EXHAUSTED", f"the body is over the limit of {MAX_BODY} bytes")
+        else:
+            code = _HTTP_CODES.get(refused.status, "INVALID_ARGUMENT" if refused.status < 500 else "INTERNAL")
+            answer = error_body(refused.status, code, refused.reason)
+        if refused.headers.get("Connection") == "close" or isinstance(refused, web.HTTPRequestEntityTooLarge):
+            answer.force_close()
+        return answer
+    except Exception:
+        log.exception("registry JSON API: %s %s failed", request.method, request.path[:128])
+        return error_body(500, "INTERNAL", "internal error (logged by the control plane)")
+
+
+def registry_http_app(
+    calls: RegistryCalls, authenticate: Authenticate, *, read_timeout: float = DEFAULT_READ_TIMEOUT
+) -> web.Application:
+    """The JSON mirror's routes; `read_timeout` bounds the time a request's body may take to arrive."""
+
     def principal_of(request: web.Request) -> Principal:
         principal = authenticate(request.headers.get("Authorization"), [], [])
         if principal is None:
@@ -60,12 +186,8 @@ def registry_http_app(calls: RegistryCalls, authenticate: Authenticate) -> web.A
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 principal = principal_of(request)
-                body = await request.text() if request.can_read_body else "{}"
                 message = message_type()
-                try:
-                    json_format.Parse(body or "{}", message)
-                except json_format.ParseError as error:
-                    raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"malformed JSON body: {error}") from None
+                parse_body(await read_body(request, read_timeout), message)
                 answer = await call(message, principal)
             except RegistryError as error:
                 return _error(error.code, error.reason)
@@ -111,7 +233,7 @@ def registry_http_app(calls: RegistryCalls, authenticate: Authenticate) -> web.A
             await response.write((json.dumps({"code": error.code.value, "message": error.reason}) + "\n").encode())
         return response
 
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app.router.add_post("/v1/register", unary(pb.RegisterRequest, calls.register))
     app.router.add_post("/v1/heartbeat", unary(pb.HeartbeatRequest, calls.heartbeat))
     app.router.add_post("/v1/deregister", unary(pb.DeregisterRequest, calls.deregister))
@@ -119,3 +241,89 @@ def registry_http_app(calls: RegistryCalls, authenticate: Authenticate) -> web.A
     app.router.add_get("/v1/devices", list_devices)
     app.router.add_get("/v1/watch", watch)
     return app
+
+
+class _ConnectionCounts:
+    """Open connections per client address, shared by every connection of one listener."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        held = self.open.get(address, 0)
+        if self.limit and held >= self.limit:
+            return False
+        self.open[address] = held + 1
+        return True
+
+    def release(self, address: str) -> None:
+        held = self.open.get(address, 0) - 1
+        if held > 0:
+            self.open[address] = held
+        else:
+            self.open.pop(address, None)
+
+
+class _LimitedConnection(asyncio.Protocol):
+    """One accepted connection: handed to aiohttp's handler when its client address holds fewer
+    than the limit, else answered 429 with the reason and closed before a byte is read.
+
+    aiohttp has no per-client connection limit and decides nothing before the request, so the
+    check sits in front of its protocol object and forwards every transport callback to it."""
+
+    def __init__(self, inner: asyncio.Protocol, counts: _ConnectionCounts) -> None:
+        self._inner = inner
+        self._counts = counts
+        self._address: str | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self._counts.admit(address):
+            self._refused = True
+            assert isinstance(transport, asyncio.WriteTransport)
+            reason = f"too many connections from {address}: at most {self._counts.limit} at once; retry later"
+            body = json.dumps({"code": "RESOURCE_EXHAUSTED", "message": reason}).encode()
+            transport.write(
+                b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            transport.close()  # after the answer is flushed
+            return
+        self._address = address
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._address is not None:
+            self._counts.release(self._address)
+            self._address = None
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._refused else self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        if not self._refused:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if not self._refused:
+            self._inner.resume_writing()
+
+
+async def serve_limited(runner: web.BaseRunner, host: str, port: int, per_client: int) -> asyncio.Server:
+    """Listens on `host:port` for `runner` (set up), with at most `per_client` open connections per
+    client address (0: no limit). The caller closes the returned server, then cleans up the runner."""
+    server = runner.server
+    assert server is not None, "the runner must be set up first"
+    counts = _ConnectionCounts(per_client)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: _LimitedConnection(server(), counts), host, port, reuse_address=True)

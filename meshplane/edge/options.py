@@ -12,9 +12,27 @@ from meshplane.flags import env_flag
 # Repeated from meshplane.edge.api (which imports grpc: too heavy for the CLI's start); a test keeps them equal.
 DEFAULT_REGISTER_RATE = 100.0
 DEFAULT_REGISTER_BURST = 1_000
+# Repeated from meshplane.edge.http and meshplane.edge.server likewise; tests/test_edge_http_limits.py
+# keeps them equal.
+DEFAULT_HTTP_READ_TIMEOUT = 10.0
+DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT = 256
 
 if TYPE_CHECKING:
     from meshplane.edge.server import EdgeSettings
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
+def connection_count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 (unlimited) or more")
+    return value
 
 
 def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +74,22 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_REGISTER_BURST,
         help="Register calls a principal may make at once before --registry-rate applies",
     )
+    env_flag(
+        group,
+        "--registry-http-read-timeout",
+        type=positive_seconds,
+        default=DEFAULT_HTTP_READ_TIMEOUT,
+        help="JSON port: seconds a client has to send a request's headers, then its body (and an idle"
+        " kept-alive connection lives); slower connections are closed",
+    )
+    env_flag(
+        group,
+        "--registry-http-max-connections-per-client",
+        type=connection_count,
+        default=DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT,
+        help="JSON port: connections one client address may hold open at once; more are answered 429"
+        " and closed (0: unlimited)",
+    )
 
 
 def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
@@ -80,4 +114,6 @@ def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
         ),
         register_rate=args.registry_rate,
         register_burst=args.registry_burst,
+        http_read_timeout=args.registry_http_read_timeout,
+        http_max_connections_per_client=args.registry_http_max_connections_per_client,
     )

@@ -7,6 +7,7 @@ given, hands it the sites (from the policy files) and a change callback, starts 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -28,18 +29,28 @@ from meshplane.edge.api import (
     authenticator,
     create_registry_server,
 )
-from meshplane.edge.http import registry_http_app
+from meshplane.edge.http import DEFAULT_READ_TIMEOUT, registry_http_app, serve_limited
 from meshplane.model import Device, Mesh, Site
 from meshplane.tls import ReloadingCredentials, TlsFiles
 
 log = logging.getLogger(__name__)
+
+# Open JSON-port connections per client address (`--registry-http-max-connections-per-client`). A
+# site's devices may all sit behind one NAT address; 256 covers a large gym, while a single
+# address can no longer exhaust the process's file descriptors.
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
     """`db`: the SQLite file (`:memory:` keeps nothing across restarts). `tokens`: the hashed tokens
     file. With `tls_certificate` and `tls_key` the gRPC registry serves TLS; with `client_ca` too,
-    devices may authenticate by client certificate instead of a token."""
+    devices may authenticate by client certificate instead of a token.
+
+    On the JSON port, `http_read_timeout` bounds the seconds a client has to send a request's
+    headers (from connecting, or from the previous answer on a kept-alive connection: an idle
+    connection is closed after it too) and then, separately, its body; `http_max_connections_per_client`
+    bounds the connections one client address holds open at once (0: no limit)."""
 
     db: str
     address: str = "0.0.0.0:18001"
@@ -54,6 +65,8 @@ class EdgeSettings:
     # tests) the registry is unlimited unless asked, so throughput figures measure the registry.
     register_rate: float = 0.0
     register_burst: int = DEFAULT_REGISTER_BURST
+    http_read_timeout: float = DEFAULT_READ_TIMEOUT
+    http_max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 
 
 class EdgeRegistryServer:
@@ -71,6 +84,7 @@ class EdgeRegistryServer:
         self._grpc: grpc.aio.Server | None = None
         self.tls: ReloadingCredentials | None = None  # with TLS on: its reload counts
         self._http: web.AppRunner | None = None
+        self._http_listener: asyncio.Server | None = None
         self._checked_sites: tuple[Site, ...] | None = None
         self._verdicts: dict[str, tuple[Device, bool]] = {}
 
@@ -118,11 +132,21 @@ class EdgeRegistryServer:
         calls = RegistryCalls(self.registry, self.register_limit)
         self._grpc, self.port = create_registry_server(calls, authenticate, settings.address, credentials=credentials)
         await self._grpc.start()
-        self._http = web.AppRunner(registry_http_app(calls, authenticate), access_log=None)
+        timeout = settings.http_read_timeout
+        self._http = web.AppRunner(
+            registry_http_app(calls, authenticate, read_timeout=timeout),
+            access_log=None,
+            # aiohttp closes a connection that has not sent a whole request's headers within its
+            # keep-alive timeout (counted from connecting or from the last answer): the header bound.
+            keepalive_timeout=timeout,
+            # After an answer to a request whose body was not read (refused early), unread bytes are
+            # drained this long so the client sees the answer rather than a reset; then it is closed.
+            lingering_time=min(1.0, timeout),
+        )
         await self._http.setup()
         host, port = split_address(settings.http_address)
-        await web.TCPSite(self._http, host, port).start()
-        self.http_port = self._http.addresses[0][1]
+        self._http_listener = await serve_limited(self._http, host, port, settings.http_max_connections_per_client)
+        self.http_port = self._http_listener.sockets[0].getsockname()[1]
         log.info(
             "edge registry: gRPC on port %d, JSON on port %d, %d devices, %d tokens",
             self.port,
@@ -139,7 +163,12 @@ class EdgeRegistryServer:
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
+        if self._http_listener is not None:
+            self._http_listener.close()  # accept no more; the runner's cleanup closes the open ones
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
+        if self._http_listener is not None:
+            await self._http_listener.wait_closed()
+            self._http_listener = None
         await self.registry.close()

@@ -32,18 +32,68 @@ def forbidden_address_reason(address: str) -> str | None:
     """Why no device may ever claim `address` (loopback, link-local, cloud metadata, …), or None.
 
     Checked whatever a site's ranges say: an operator's too-wide range must not let a device make
-    a gateway call its own admin port or a cloud metadata service.
+    a gateway call its own admin port or a cloud metadata service. An IPv6 address that carries an
+    IPv4 address a router, relay or translator would deliver to (IPv4-mapped, 6to4, Teredo server
+    or client, NAT64, IPv4-translated, IPv4-compatible) is refused when that IPv4 address is, with
+    a reason naming it. Of those, only the IPv4-mapped form of an allowed address passes (it is how
+    dual-stack sockets spell IPv4); the translator-only forms are refused whatever they carry, as
+    are the deprecated site-local `fec0::/10` and the local-use NAT64 prefix (where the IPv4
+    address's position depends on the translator).
     """
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return "is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _own_reason(ip)
+    if ip.scope_id is not None:
         # `fd20::1%eth0`: the zone names an interface of the device's own host, which means nothing
         # (or the wrong thing) on a gateway; a device's address must stand alone.
         return "has an IPv6 zone index (%…)"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    embedded = _embedded_ipv4(ip)
+    for what, ipv4 in embedded:
+        reason = _own_reason(ipv4)
+        if reason is not None:
+            return f"is {what} {ipv4}, which {reason}"
+    if ip.ipv4_mapped is not None:
+        return None  # a dual-stack socket's spelling of an allowed IPv4 address: the site's ranges decide
+    if ip in _NAT64 or ip in _IPV4_TRANSLATED or _ipv4_compatible(ip):
+        what, ipv4 = embedded[-1]
+        return f"is {what} {ipv4}, a form only translators use: register the IPv4 address itself"
+    if ip in _NAT64_LOCAL:
+        return f"is in the local-use NAT64 prefix {_NAT64_LOCAL} (RFC 8215), which hides the IPv4 address it reaches"
+    if ip in _SITE_LOCAL:
+        return f"is a site-local address ({_SITE_LOCAL}, deprecated by RFC 3879)"
+    return _own_reason(ip)
+
+
+def _ipv4_compatible(ip: ipaddress.IPv6Address) -> bool:
+    """`::a.b.c.d` (deprecated by RFC 4291); `::` and `::1` are the unspecified and loopback addresses."""
+    return ip in _IPV4_COMPATIBLE and int(ip) > 1
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses `ip` stands for, each with how it carries it (for the reason)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(("an IPv4-mapped address of", ip.ipv4_mapped))
+    if ip.sixtofour is not None:
+        found.append(("a 6to4 address (2002::/16) of", ip.sixtofour))
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        found += [("a Teredo address (2001::/32) with server", server), ("a Teredo address (2001::/32) of", client)]
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _NAT64:
+        found.append(("a NAT64 address (64:ff9b::/96) of", low32))
+    if ip in _IPV4_TRANSLATED:
+        found.append(("an IPv4-translated address (::ffff:0:0:0/96) of", low32))
+    if _ipv4_compatible(ip):
+        found.append(("an IPv4-compatible address (::/96, deprecated by RFC 4291) of", low32))
+    return found
+
+
+def _own_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why `ip` itself (not what it may embed) is never a device's address, or None."""
     if str(ip) in METADATA_ADDRESSES:
         return "is a cloud metadata service address"
     if ip.is_loopback:
@@ -54,6 +104,8 @@ def forbidden_address_reason(address: str) -> str | None:
         return "is the unspecified address"
     if ip.is_multicast:
         return "is a multicast address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK:
+        return f"is in {_THIS_NETWORK} ('this network', RFC 1122: never a destination)"
     if ip.is_reserved:
         return "is a reserved address"
     return None
@@ -62,6 +114,12 @@ def forbidden_address_reason(address: str) -> str | None:
 # Instance metadata endpoints of the big clouds: AWS/GCP/Azure/OpenStack (169.254.169.254, also
 # link-local), AWS over IPv6, Alibaba, Oracle's legacy one. Some are not link-local, so named here.
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200", "192.0.0.192"})
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -72,6 +72,7 @@ class Site:
                 found.append(f"{where}: gateway port {gateway.port} is out of range 1-65535")
         if len(self.device_ranges) > MAX_RANGES:
             found.append(f"{where}: at most {MAX_RANGES} device ranges")
+        networks = []
         for cidr in self.device_ranges:
             try:
                 network = ipaddress.ip_network(cidr, strict=False)
@@ -80,4 +81,26 @@ class Site:
                 continue
             if network.prefixlen == 0:
                 found.append(f"{where}: device range {cidr!r} allows every address; name the site's networks")
+                continue
+            networks.append(network)
+        found += [f"{where}: {problem}" for problem in union_problems(networks)]
         return found
+
+
+def union_problems(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[str]:
+    """Why ranges that each pass are, together, too wide: when their union covers every IPv4 or
+    every IPv6 address (`0.0.0.0/1` + `128.0.0.0/1`), which no single range may (a /0)."""
+    found = []
+    ipv4 = [network for network in networks if isinstance(network, ipaddress.IPv4Network)]
+    ipv6 = [network for network in networks if isinstance(network, ipaddress.IPv6Network)]
+    unions: list[tuple[str, list[ipaddress.IPv4Network] | list[ipaddress.IPv6Network], bool]] = [
+        ("0.0.0.0/0", ipv4, any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(ipv4))),
+        ("::/0", ipv6, any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(ipv6))),
+    ]
+    for everything, same, covered in unions:
+        if covered:
+            listed = ", ".join(str(network) for network in same)
+            found.append(
+                f"device ranges {listed} together allow every address ({everything}); name the site's networks"
+            )
+    return found

@@ -5,6 +5,10 @@ system:masters; `meshplane` is the ServiceAccount meshplane/meshplane by name, s
 binding in deploy/kubernetes/rbac.yaml applies to it exactly as in a cluster. `--watch-cache=false`
 and a short `--etcd-compaction-interval` make a real 410 Gone; a second API server on the same
 etcd keeps its watch cache, which is what sends BOOKMARK events in 1.20.
+
+Both run with the EndpointSlice feature gates of `FEATURE_GATES` on: without them 1.20 drops an
+endpoint's `serving`, `terminating` and `nodeName` when it stores the slice, so no test against
+it could see a draining or serving-but-not-ready endpoint, or the node an endpoint runs on.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ CACHE = Path(os.environ.get("MESHPLANE_KUBE_APISERVER_CACHE", Path.home() / ".ca
 ADMIN_TOKEN = "admin-token"
 MESHPLANE_TOKEN = "meshplane-token"
 MESHPLANE_USER = "system:serviceaccount:meshplane:meshplane"
+# Alpha (off by default) in 1.20; on by default from 1.21 (nodeName, GA) and 1.22 (serving and
+# terminating, beta; GA in 1.26), and removed as gates later, so a newer server would refuse them.
+FEATURE_GATES = "--feature-gates=EndpointSliceNodeName=true,EndpointSliceTerminatingCondition=true"
 
 
 def binaries() -> tuple[Path, Path] | None:
@@ -137,6 +144,7 @@ def start_cluster(workdir: Path, apiserver: Path, etcd: Path) -> Cluster:
                         "--service-cluster-ip-range=10.0.0.0/16",
                         "--enable-priority-and-fairness=false",
                         "--profiling=false",
+                        FEATURE_GATES,
                         *extra,
                     ],
                     stdout=log_file,

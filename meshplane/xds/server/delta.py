@@ -1,14 +1,19 @@
 """Incremental (Delta) xDS streams, ADS and per-type.
 
-Rules, from the xDS protocol document's "Incremental xDS" section and ../shared/XDS-PROTOCOL.md:
+Rules, from the xDS protocol document's "Incremental xDS" section
+(https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#incremental-xds):
 - The client subscribes and unsubscribes by name; a first LDS/CDS request with no names, or "*",
   is a wildcard subscription. Unsubscribing forgets what the client held, so a later
   resubscription sends the resource again (go-control-plane issue 431).
 - Responses carry only resources whose version differs from what the client holds, and the names
   it holds that are gone. `initial_resource_versions` tells what a reconnecting client holds;
-  versions are content hashes, so an unchanged resource is not sent again after a restart.
+  versions are content hashes, so an unchanged resource is not sent again after a restart. What
+  it holds at the current versions is recorded as held (status, config dumps) with the first
+  response, though not sent: a proxy failing over to this replica shows what it runs.
 - NACK: the resources of the rejected response are marked with their rejected versions and not
-  sent again until they change; what the client holds is rolled back.
+  sent again until they change; what the client holds is rolled back. When a later snapshot
+  goes back to what the client holds (the bad change reverted), nothing is due, and the type is
+  recorded as in sync again: the client holds, and acknowledged, every current resource.
 - Warming: Envoy does not ask again for the endpoints of a cluster that CDS changed, so every
   EDS cluster sent in CDS has its endpoints sent too, changed or not.
 - ADS ordering as in SotW: LDS/RDS wait while CDS is unacknowledged; removed clusters are removed
@@ -26,6 +31,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from meshplane.xds import wire
 from meshplane.xds.server.nodes import check_resource_names
 from meshplane.xds.server.stream import Stream
+from meshplane.xds.server.tracking import SyncState
 from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
 from meshplane.xds.types import TypeUrl
 
@@ -55,6 +61,8 @@ class _TypeState:
     rejected: dict[str, str] = field(default_factory=dict)  # name -> version the client NACKed
     unacked: dict[str, _Sent] = field(default_factory=dict)  # nonce -> what it carried
     answered_first: bool = False
+    # Set by `initial_resource_versions`: what the client holds is recorded with the first response.
+    initial_unrecorded: bool = False
     # The snapshot's set this state reflects in full (every name of interest held at its version,
     # or rejected): the next set made from it by `replacing` is diffed by its changed names only.
     # Forgotten (None) whenever subscriptions or what the client holds change otherwise.
@@ -80,6 +88,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             state = self.states[type_url] = _TypeState()
             check_resource_names(request.initial_resource_versions.keys())
             state.held.update(request.initial_resource_versions)
+            state.initial_unrecorded = bool(request.initial_resource_versions)
             if type_url.allows_wildcard and not request.resource_names_subscribe:
                 state.wildcard = True
         for name in request.resource_names_subscribe:
@@ -114,11 +123,28 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         state = self.states[type_url]
         updates, removed = self._changes(type_url, state, snapshot)
         if not updates and not removed and state.answered_first:
+            self._record_caught_up(type_url, state, snapshot)
             return None
         state.answered_first = True
         if type_url is TypeUrl.CLUSTER:
             self._resend_endpoints_of(updates)
         return self._respond(type_url, state, updates, removed, snapshot)
+
+    def _record_caught_up(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> None:
+        """After a NACK, with nothing due: when the client holds every current resource of interest
+        at its current version and has answered every response, it runs exactly the current
+        snapshot's resources (the rejected change was reverted), so the registry records the type
+        as in sync at the current version. Without this it would stay NACKED until some unrelated
+        change or a reconnect, as no response is due to be acknowledged."""
+        assert self.track is not None
+        entry = self.track.types.get(type_url)
+        if entry is None or entry.state is not SyncState.NACKED or state.unacked:
+            return
+        current = snapshot.of_type(type_url).by_name
+        interest = [current[name] for name in sorted(self._interest(state, current.keys())) if name in current]
+        if any(state.held.get(resource.name) != resource.version for resource in interest):
+            return
+        self.registry.caught_up(self.track, type_url, snapshot.of_type(type_url).version, interest)
 
     def _interest(self, state: _TypeState, snapshot_names: Iterable[str]) -> set[str]:
         names = set(state.subscribed)
@@ -197,6 +223,16 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
     ) -> bytes:
         nonce = self.next_nonce()
         system_version = snapshot.of_type(type_url).version
+        kept: list[Resource] = []
+        if state.initial_unrecorded:
+            # What the client said it holds, at the versions current here, is what it runs.
+            state.initial_unrecorded = False
+            current, sent_names = snapshot.of_type(type_url).by_name, {resource.name for resource in updates}
+            kept = [
+                current[name]
+                for name, version in sorted(state.held.items())
+                if name not in sent_names and name in current and current[name].version == version
+            ]
         sent = _Sent(
             previous={r.name: state.held.get(r.name) for r in updates},
             versions={r.name: r.version for r in updates},
@@ -215,7 +251,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             if name in state.subscribed:
                 state.told_absent.add(name)
         assert self.track is not None
-        self.registry.sent(self.track, type_url, system_version, nonce, updates, removed)
+        self.registry.sent(self.track, type_url, system_version, nonce, updates, removed, held=kept)
         return (
             wire.string_field(_SYSTEM_VERSION_INFO, system_version)
             + b"".join(resource.delta_entry for resource in updates)

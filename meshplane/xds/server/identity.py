@@ -60,15 +60,21 @@ def grants_of(auth_context: Mapping[str, Iterable[bytes]]) -> tuple[Grant, ...] 
     return tuple(grant for grant in grants if grant is not None)
 
 
-def refusal(grants: tuple[Grant, ...] | None, role: str, site: str) -> str | None:
-    """Why a proxy with `grants` may not claim `role` at `site`; None when it may (or there is no identity)."""
+CLIENT_CERTIFICATE = "client certificate"
+BEARER_TOKEN = "bearer token"
+
+
+def refusal(grants: tuple[Grant, ...] | None, role: str, site: str, credential: str = CLIENT_CERTIFICATE) -> str | None:
+    """Why a proxy with `grants` may not claim `role` at `site`; None when it may (or there is no identity).
+    `credential` names what the grants came from (`CLIENT_CERTIFICATE` or `BEARER_TOKEN`), so the
+    refusal tells the operator which one to fix."""
     if grants is None:
         return None
     if any(grant.allows(role, site) for grant in grants):
         return None
     claimed = f"role {role!r}" + (f" at site {site!r}" if site else "")
     held = ", ".join(f"{g.role}@{g.site or '*'}" for g in grants) or "none"
-    return f"the client certificate does not grant {claimed} (it grants: {held})"
+    return f"the {credential} does not grant {claimed} (it grants: {held})"
 
 
 class XdsTokens:

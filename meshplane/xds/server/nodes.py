@@ -65,7 +65,8 @@ def proxy_group(node: Any) -> ProxyGroup:
         if not is_site_id(site):
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"node {node.id}: a {role} needs metadata.site, a site id (lowercase RFC 1123 label); got {site!r}",
+                f"node {node.id}: {with_article(role)} needs metadata.site, a site id (lowercase RFC 1123 label);"
+                f" got {site!r}",
             )
     listen_address = ""
     if role is ProxyRole.EDGE_GATEWAY and "listen_address" in fields:
@@ -84,6 +85,11 @@ def proxy_group(node: Any) -> ProxyGroup:
     return ProxyGroup(
         role=role, locality=locality, outbound_port=outbound_port, site=site, listen_address=listen_address
     )
+
+
+def with_article(word: str) -> str:
+    """`word` after "a" or "an" as it is spoken: "an edge-gateway", "a device", "a sidecar"."""
+    return f"{'an' if word[:1].lower() in 'aeio' else 'a'} {word}"
 
 
 def check_resource_names(names: Any) -> None:

@@ -20,7 +20,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 from meshplane.tls import ReloadingCredentials
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server.delta import DeltaStream
-from meshplane.xds.server.identity import CERTIFICATE_KEY, URI_SANS_KEY, XdsTokens, grants_of
+from meshplane.xds.server.identity import (
+    BEARER_TOKEN,
+    CERTIFICATE_KEY,
+    CLIENT_CERTIFICATE,
+    URI_SANS_KEY,
+    XdsTokens,
+    grants_of,
+)
 from meshplane.xds.server.nodes import ProtocolError
 from meshplane.xds.server.sotw import SotwStream
 from meshplane.xds.server.stream import SendGate, Stream
@@ -125,15 +132,16 @@ class XdsServices:
             if limit and self.client_streams[client] >= limit:
                 message = f"too many xDS streams from client {client}: the limit is {limit} per client"
                 await self._refuse(context, peer, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-            grants = grants_of(auth)
+            grants, credential = grants_of(auth), CLIENT_CERTIFICATE
             if grants is None and self.tokens is not None:
+                credential = BEARER_TOKEN
                 # No client certificate: the proxy's bearer token says what it may claim.
                 grants = self.tokens.grants_for(context.invocation_metadata() or ())
                 if grants is None:
                     message = "this xDS server requires a client certificate or a known bearer token"
                     await self._refuse(context, peer, grpc.StatusCode.UNAUTHENTICATED, message)
             stream = stream_class(self.cache, self.registry, kind, fixed_type, peer, self.send_gate)
-            stream.grants = grants
+            stream.grants, stream.credential = grants, credential
             # Counted from here to the `finally`, which runs however the stream ends (client gone,
             # cancelled, aborted, server stopping): nothing that can raise stands between them.
             self.client_streams[client] += 1

@@ -1,7 +1,6 @@
 """State-of-the-world xDS streams (ADS and per-type), as Envoy and gRPC clients hold us to them.
 
-Rules, from the xDS protocol document (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol)
-and ../shared/XDS-PROTOCOL.md:
+Rules, from the xDS protocol document (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol):
 - ACK: the latest nonce, no error_detail. NACK: the latest nonce with error_detail; the version it
   rejected is recorded and never sent again, only a newer one.
 - A request whose nonce is not the latest sent for its type is stale and ignored.

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from meshplane.xds.cache import CacheSubscription, SnapshotCache
-from meshplane.xds.server.identity import Grant, refusal
+from meshplane.xds.server.identity import CLIENT_CERTIFICATE, Grant, refusal
 from meshplane.xds.server.nodes import ProtocolError, proxy_group
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry, StreamTrack
 from meshplane.xds.snapshot import Snapshot
@@ -113,8 +113,10 @@ class Stream(Generic[RequestT]):
         self.waker = asyncio.Event()
         self.inbox: deque[RequestT] = deque()
         self.client_done = False
-        # What the peer's client certificate grants (see identity.py); None: no certificate, no check.
+        # What the peer's client certificate or bearer token (`credential` says which) grants (see
+        # identity.py); None: no credential, no check.
         self.grants: tuple[Grant, ...] | None = None
+        self.credential = CLIENT_CERTIFICATE
         self.server_closing = False
         self.track: StreamTrack | None = None
         self.subscription: CacheSubscription | None = None
@@ -153,8 +155,9 @@ class Stream(Generic[RequestT]):
         if not present:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "the first request of a stream must carry a node")
         group = proxy_group(node)
-        # With mTLS, the certificate must grant the role (and site) the node claims.
-        if (reason := refusal(self.grants, group.role.value, str(getattr(group, "site", "")))) is not None:
+        # With mTLS or tokens, the credential must grant the role (and site) the node claims.
+        site = str(getattr(group, "site", ""))
+        if (reason := refusal(self.grants, group.role.value, site, self.credential)) is not None:
             raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED, f"node {node.id}: {reason}")
         user_agent = f"{node.user_agent_name} {node.user_agent_version or node.user_agent_build_version.version}"
         self.track = self.registry.open(self.kind, node.id, node.cluster, group, user_agent.strip(), self.peer)

@@ -2,7 +2,10 @@
 
 Owns `StreamRegistry`: the server writes here as it sends and receives; the status endpoint and
 metrics only read. Every NACK is logged once, counted, kept on its stream and in a bounded list
-of recent NACKs (Istio's /debug/syncz, Envoy Gateway's xds_nack_total).
+of recent NACKs (Istio's /debug/syncz, Envoy Gateway's xds_nack_total). A NACK's message is the
+client's text: it is kept and logged cut to `MAX_NACK_MESSAGE_BYTES` (marked, with its length),
+and the recent NACKs hold at most `MAX_RECENT_NACK_BYTES` of messages in all, so a client NACKing
+with megabytes of text grows neither the status document nor the log.
 
 Also kept here, because only the server sees them happen: the resources each stream was last
 sent per type (references to the snapshot's own `Resource` objects, not copies, for config dumps),
@@ -55,6 +58,25 @@ class SyncState(StrEnum):
 
 
 _SEVERITY = {SyncState.NOT_SENT: 0, SyncState.SYNCED: 1, SyncState.STALE: 2, SyncState.NACKED: 3}
+
+
+# What is kept and logged of one NACK's error_detail.message (UTF-8 bytes): Envoy's own messages
+# name the resource and the rule it broke in a few hundred bytes; the rest of a longer one is cut.
+MAX_NACK_MESSAGE_BYTES = 4 * 1024
+# The messages of `StreamRegistry.recent_nacks` together; the oldest go first beyond it. /status
+# carries them all, and the dashboard fetches /status every 2 s.
+MAX_RECENT_NACK_BYTES = 256 * 1024
+
+
+def bounded_nack_message(message: str, limit: int = MAX_NACK_MESSAGE_BYTES) -> str:
+    """`message` with key material redacted, cut to `limit` UTF-8 bytes (never inside a character)
+    and then marked `… [cut: N bytes in all]` with the redacted message's full length."""
+    text = redact_secrets(message)
+    encoded = text.encode("utf-8", errors="replace")
+    if len(encoded) <= limit:
+        return text
+    kept = encoded[:limit].decode("utf-8", errors="ignore")
+    return f"{kept}… [cut: {len(encoded)} bytes in all]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +199,7 @@ class StreamRegistry:
         self._seq = itertools.count(1)
         self._published_at = published_at
         self.recent_nacks: deque[Nack] = deque(maxlen=recent_nacks)
+        self._recent_nack_bytes = 0  # the UTF-8 size of the messages in `recent_nacks`
         self.nack_counts: Counter[TypeUrl] = Counter()
         self.push_counts: Counter[TypeUrl] = Counter()
         self.ack_counts: Counter[TypeUrl] = Counter()
@@ -216,20 +239,25 @@ class StreamRegistry:
         nonce: str,
         resources: Sequence[Resource],
         removed: Iterable[str] | None = None,
+        *,
+        held: Iterable[Resource] = (),
     ) -> None:
         """Records a response. SotW (`removed` None): `resources` is everything the proxy now has of
         the type, kept as given (pass the snapshot's tuple, and it is shared, not copied). Delta:
-        `resources` were added or changed and `removed` names were removed."""
+        `resources` were added or changed and `removed` names were removed; `held` are resources the
+        proxy already had (a reconnecting client's `initial_resource_versions`), recorded, not sent."""
         entry = track.of(type_url)
         if removed is None:
             entry.resources = resources if isinstance(resources, tuple) else tuple(resources)
         else:
-            held = entry.resources if isinstance(entry.resources, dict) else {r.name: r for r in entry.resources}
+            held_now = entry.resources if isinstance(entry.resources, dict) else {r.name: r for r in entry.resources}
+            for resource in held:
+                held_now[resource.name] = resource
             for resource in resources:
-                held[resource.name] = resource
+                held_now[resource.name] = resource
             for name in removed:
-                held.pop(name, None)
-            entry.resources = held
+                held_now.pop(name, None)
+            entry.resources = held_now
         if version != entry.acked_version and (version != entry.sent_version or entry.latency_start is None):
             # A version the proxy does not have yet: its latency runs from when it could first have
             # been pushed, the snapshot's publication or the stream's connection, whichever is later.
@@ -251,14 +279,27 @@ class StreamRegistry:
             self.push_latency[type_url].observe(max(0.0, time.monotonic() - entry.latency_start))
             entry.latency_start = None
 
+    def caught_up(self, track: StreamTrack, type_url: TypeUrl, version: str, resources: Sequence[Resource]) -> None:
+        """Records that a Delta proxy holds, and acknowledged, exactly `resources` (the current ones
+        of the type, at `version`) without a new response: after a NACK, the snapshot went back to
+        what it holds. Its state becomes SYNCED; `last_nack` stays, as history. Not an ACK count."""
+        entry = track.of(type_url)
+        entry.resources = {resource.name: resource for resource in resources}
+        entry.resource_count = len(entry.resources)
+        entry.sent_version = entry.acked_version = version
+        entry.pending_nonce = ""
+        entry.acked_at = time.time()
+        entry.acked_seq = next(self._seq)
+        entry.latency_start = None
+
     def nacked(self, track: StreamTrack, type_url: TypeUrl, rejected_version: str, message: str) -> Nack:
-        # Envoy's message is shown to operators and logged: it must never carry key material.
-        nack = Nack(track.node_id, type_url, rejected_version, redact_secrets(message), time.time())
+        # The client's message is shown to operators and logged: never key material, never unbounded.
+        nack = Nack(track.node_id, type_url, rejected_version, bounded_nack_message(message), time.time())
         entry = track.of(type_url)
         entry.last_nack, entry.pending_nonce = nack, ""
         entry.nacked_seq = next(self._seq)
         entry.latency_start = None
-        self.recent_nacks.append(nack)
+        self._remember_nack(nack)
         self.nack_counts[type_url] += 1
         log.warning(
             "NACK from node %s for %s version %s: %s",
@@ -275,3 +316,16 @@ class StreamRegistry:
             },
         )
         return nack
+
+    def _remember_nack(self, nack: Nack) -> None:
+        """Appends `nack` to `recent_nacks`, dropping the oldest beyond its length or byte budget."""
+        if len(self.recent_nacks) == self.recent_nacks.maxlen:
+            self._recent_nack_bytes -= _message_bytes(self.recent_nacks[0])
+        self.recent_nacks.append(nack)
+        self._recent_nack_bytes += _message_bytes(nack)
+        while self._recent_nack_bytes > MAX_RECENT_NACK_BYTES and len(self.recent_nacks) > 1:
+            self._recent_nack_bytes -= _message_bytes(self.recent_nacks.popleft())
+
+
+def _message_bytes(nack: Nack) -> int:
+    return len(nack.message.encode("utf-8", errors="replace"))
