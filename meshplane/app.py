@@ -11,7 +11,6 @@ EndpointSlices), so a restarting control plane never pushes an empty configurati
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -20,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from aiohttp import web
 
 from meshplane.addresses import split_address
 from meshplane.debounce import Debouncer
+from meshplane.discovery.edge.auth import TokenFileError
 from meshplane.discovery.inventory import Inventory
 from meshplane.discovery.kubernetes import KubernetesSource
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, selector_problem
@@ -50,6 +51,11 @@ from meshplane.xds.server.tracking import StreamRegistry
 log = logging.getLogger(__name__)
 
 
+class TokensFileError(Exception):
+    """A tokens file (`--xds-tokens`, `--registry-tokens`) that cannot be read or holds a malformed
+    entry; the message names the flag, the file and each entry at fault, and is enough alone."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """`config` (policy files) and `kubernetes` each enable a source; at least one must be on."""
@@ -71,7 +77,7 @@ class Settings:
     secret_selector: str = DEFAULT_SECRET_SELECTOR
     # Unlocks config dumps that hold secrets (their Secret resources, redacted); None: never shown.
     admin_token: str | None = dataclasses.field(default=None, repr=False)
-    # The edge registry (issue 4): on when set; its devices join every published mesh.
+    # The edge registry (docs/edge.md): on when set; its devices join every published mesh.
     edge: EdgeSettings | None = None
     # TLS on the xDS port (both or neither); with `client_ca`, mTLS and proxy identity from SANs.
     tls_cert: Path | None = None
@@ -79,6 +85,9 @@ class Settings:
     client_ca: Path | None = None
     # Bearer tokens bound to roles and sites (identity.XdsTokens): required of proxies without a certificate.
     xds_tokens: Path | None = None
+    # Serve secrets holding private keys to streams neither of the two above authenticates
+    # (xds/server/keys.py); off, they are withheld from such streams.
+    insecure_serve_keys_without_client_auth: bool = False
     # Input limits (SECURITY.md): 0 streams per client means unlimited.
     max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
     max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
@@ -114,6 +123,9 @@ class ControlPlane:
                 settings.config,
                 poll_interval=settings.poll_interval,
                 on_change=self._on_source_change,
+                # Its errors are logged by `source_watch` (one line each); looking at once logs a
+                # refusal even when the file is fixed before the watch's next look.
+                on_errors_changed=lambda: self.source_watch.check(),
                 open_world=settings.kubernetes,
                 max_file_size=settings.max_policy_file_size,
             )
@@ -132,20 +144,22 @@ class ControlPlane:
             if settings.kubernetes
             else None
         )
-        unauthenticated = settings.client_ca is None and settings.xds_tokens is None
-        if self.kubernetes is not None and self.kubernetes.secrets and unauthenticated:
-            log.warning(
-                "--kubernetes-secrets without client authentication on the xDS port (--client-ca or "
-                "--xds-tokens): anyone who can reach %s can fetch the Secrets' certificates and private "
-                "keys over SDS by posing as a sidecar",
-                settings.xds_address,
-            )
+        self._keys_warned = False  # see _warn_if_keys_unauthenticated
+        if self.kubernetes is not None and settings.kubernetes_secrets:
+            self._warn_if_keys_unauthenticated(None)
         self.inventory = Inventory(kubernetes_secrets=settings.kubernetes_secrets)
-        self.edge = (
-            EdgeRegistryServer(settings.edge, self._sites, on_change=self._on_source_change)
-            if settings.edge is not None
-            else None
-        )
+        try:
+            self.edge = (
+                EdgeRegistryServer(settings.edge, self._sites, on_change=self._on_source_change)
+                if settings.edge is not None
+                else None
+            )
+        except TokenFileError as error:
+            raise TokensFileError(f"--registry-tokens: {error}") from None
+        except OSError as error:
+            if settings.edge is None or settings.edge.tokens is None or error.filename != str(settings.edge.tokens):
+                raise
+            raise TokensFileError(f"--registry-tokens {error.filename}: {error.strerror or error}") from None
         self.status_inputs = StatusInputs(
             sources=self._sources,
             publish_state=lambda: self.publisher.state,
@@ -171,9 +185,13 @@ class ControlPlane:
         self._grpc: grpc.aio.Server | None = None
         self._services: XdsServices | None = None
         self._http: web.AppRunner | None = None
+        # False until start() has published: a change a source reports before then (its first
+        # load, the registry's stored devices) is in that first publication already, so poking
+        # the debouncer for it would publish the same mesh again a debounce later.
+        self._published_at_start = False
 
     def _on_source_change(self) -> None:
-        with contextlib.suppress(RuntimeError):  # no running loop: a load before start(); start() publishes
+        if self._published_at_start:
             self.debouncer.poke()
 
     def _rebuild(self) -> None:
@@ -192,8 +210,38 @@ class ControlPlane:
         )
         if self.edge is not None:
             mesh = dataclasses.replace(mesh, devices=self.edge.devices_for(mesh))
+        self._warn_if_keys_unauthenticated(len(mesh.certificates))
         self.publisher.publish(mesh)
         self.metrics.observe_rebuild(self.publisher.state)
+
+    def _warn_if_keys_unauthenticated(self, certificates: int | None) -> None:
+        """Says once that private keys exist while the xDS port authenticates no client: withheld
+        from every proxy, or with the opt-in served to anyone who poses as one (xds/server/keys.py).
+        `certificates`: how many the mesh holds (nothing to say at 0), or None for
+        --kubernetes-secrets at start, before its Secrets are read."""
+        settings = self.settings
+        if self._keys_warned or certificates == 0 or settings.client_ca or settings.xds_tokens:
+            return
+        self._keys_warned = True
+        what = (
+            f"{certificates} certificates hold private keys"
+            if certificates is not None
+            else "--kubernetes-secrets serves Secrets' private keys"
+        )
+        unauthenticated = "the xDS port authenticates no client (no --client-ca, no --xds-tokens)"
+        if settings.insecure_serve_keys_without_client_auth:
+            message = (
+                f"{what}, {unauthenticated}, and --insecure-serve-keys-without-client-auth is on: anyone who can"
+                f" reach {settings.xds_address} can fetch the certificates and private keys over SDS by posing as a"
+                " sidecar or an edge gateway"
+            )
+        else:
+            message = (
+                f"{what} and {unauthenticated}: they are withheld from every proxy, whose listeners and clusters"
+                " using them stay warming; turn on --client-ca or --xds-tokens (or, accepting that anyone who can"
+                f" reach {settings.xds_address} can fetch the keys, --insecure-serve-keys-without-client-auth)"
+            )
+        log.warning("%s", message, extra={"event": "keys_unauthenticated"})
 
     def _sites(self) -> dict[str, Site] | None:
         """The edge sites of the policy files' last good load (sites come from nowhere else); None
@@ -209,6 +257,17 @@ class ControlPlane:
             sources.append(self.inventory.status)  # merge clashes, routes left out, missing secrets
         return [dataclasses.asdict(status) for status in sources]
 
+    def _xds_tokens(self) -> XdsTokens | None:
+        path = self.settings.xds_tokens
+        if path is None:
+            return None
+        try:
+            return XdsTokens.from_file(path)
+        except OSError as error:
+            raise TokensFileError(f"--xds-tokens {path}: {error.strerror or error}") from None
+        except (ValueError, yaml.YAMLError) as error:
+            raise TokensFileError(f"--xds-tokens: {error}") from None
+
     def _tls(self) -> ReloadingCredentials | None:
         settings = self.settings  # paired, as `start` checked (Settings.problems)
         if settings.tls_cert is None or settings.tls_key is None:
@@ -221,23 +280,21 @@ class ControlPlane:
             raise ValueError("; ".join(problems))
         if self.policy is None and self.kubernetes is None and self.edge is None:
             raise ValueError("no source enabled: give policy files (config) or enable Kubernetes")
+        tokens = self._xds_tokens()  # before anything is served: a bad file stops the start
         if self.policy is not None:
-            await self.policy.load()
-            self._rebuild()
-            if self.policy.mesh is None:
-                log.warning(
-                    "policy files are not valid yet; serving nothing until they are: %s", self.policy.status.errors
-                )
+            await self.policy.load()  # refused: it said so, and source_watch logged each error
         if self.edge is not None:
-            await self.edge.start()  # before the first rebuild that could serve its devices
-            self._rebuild()
+            await self.edge.start()  # before the first rebuild, which serves its stored devices
+        self._rebuild()  # the one publication at start (none while a source has not synced)
+        self._published_at_start = True
         self.source_watch.check()
         self._services = InstrumentedXdsServices(
             self.grpc_stats,
             self.cache,
             self.registry,
             max_streams_per_client=self.settings.max_streams_per_client,
-            tokens=XdsTokens.from_file(self.settings.xds_tokens) if self.settings.xds_tokens else None,
+            tokens=tokens,
+            serve_keys_without_client_auth=self.settings.insecure_serve_keys_without_client_auth,
         )
         self._grpc, self.xds_port = create_server(
             self._services,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
+import select
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         "--xds-tokens",
         type=Path,
         help="bearer tokens (SHA-256 digests) bound to roles and sites; required of proxies without a certificate",
+    )
+    env_switch(
+        serve,
+        "--insecure-serve-keys-without-client-auth",
+        help="serve secrets holding private keys over SDS to proxies neither --client-ca nor --xds-tokens"
+        " authenticates (anyone reaching the xDS port could fetch them); off: withheld from them",
     )
     env_flag(
         serve, "--poll-interval", type=float, default=1.0, help="seconds between checks of the policy files for changes"
@@ -181,6 +190,38 @@ def _operator_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; its exit status. When the reader of standard output goes away
+    (`meshplane devices list | head`), the command ends quietly with status 141, as a Unix tool
+    killed by SIGPIPE does (128 + 13): no traceback, nothing more written."""
+    try:
+        try:
+            code = _command(argv)
+        finally:  # `--help` too: output still buffered fails here, where it can be caught, not at exit
+            sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket's, not ours to hide
+        # The interpreter flushes stdout again at exit and would report that failure too: point the
+        # descriptor at /dev/null, so the buffered rest goes nowhere, quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone: polling it reports an error."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # replaced by a test or a caller
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "devices":
         return devices_command(args)
@@ -207,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: valid")
         return 0
 
-    from meshplane.app import Settings, serve
+    from meshplane.app import Settings, TokensFileError, serve
     from meshplane.discovery.edge.store import StoreError
     from meshplane.logs import configure_logging
     from meshplane.tls import TlsFilesError
@@ -231,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls_key=args.tls_key,
         client_ca=args.client_ca,
         xds_tokens=args.xds_tokens,
+        insecure_serve_keys_without_client_auth=args.insecure_serve_keys_without_client_auth,
         edge=edge_settings(args),
         max_streams_per_connection=args.max_streams_per_connection,
         max_streams_per_client=args.max_streams_per_client,
@@ -243,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(settings))
-    except (StoreError, TlsFilesError) as error:  # a damaged store or bad TLS files: said in one line
+    except (StoreError, TlsFilesError, TokensFileError) as error:  # a damaged store, bad TLS or tokens files
         print(f"meshplane: {error}", file=sys.stderr)
         return 1
     return 0

@@ -52,9 +52,10 @@ def _escape(match: re.Match[str]) -> str:
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Control (Cc), format (Cf: bidi overrides, zero-width characters) and line and paragraph
 # separators (Zl, Zp): what a terminal or a line-based reader could act on.
+# Lone surrogates too: they cannot be written as UTF-8, and the handler would print the error raw.
 _UNSAFE = re.compile(
     "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u2028-\u202e"
-    "\u2060-\u206f\ufeff\ufff9-\ufffb]"
+    "\u2060-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb]"
 )
 
 
@@ -94,23 +95,33 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """`2026-01-02T03:04:05.678Z WARNING meshplane.x: message`, secrets redacted, one line per
     record: the message's control characters (its arguments are often client-supplied) are
-    escaped. A traceback follows on its own lines, its own control characters but newlines escaped."""
+    escaped. A traceback follows on lines of its own, each indented (`  `) and escaped, so that
+    only a record's first line starts at the line's start: an exception's text cannot forge one."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = escape_controls(redact_secrets(record.getMessage()))
         line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {message}"
         if record.exc_info:
             trace = redact_secrets(self.formatException(record.exc_info))
-            line += "\n" + "\n".join(escape_controls(part) for part in trace.split("\n"))
+            line += "".join(f"\n  {escape_controls(part)}" for part in trace.split("\n"))
         return line
 
 
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name == "meshplane" or record.name.startswith("meshplane.")
+
+
 def configure_logging(level: str = "info", log_format: str = "text", stream: TextIO | None = None) -> None:
-    """Sends every log record of the process to `stream` (stderr) in `log_format`; replaces earlier handlers."""
+    """Sends the process's log records at `level` and above to `stream` (stderr) in `log_format`;
+    replaces earlier handlers. Other libraries' records (watchfiles' "2 changes detected", aiohttp's,
+    grpc's) are written only from WARNING up, unless `level` is debug: their INFO lines describe
+    their own workings, not the control plane's."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    if level.lower() != "debug":
+        handler.addFilter(_ours_or_warning)
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

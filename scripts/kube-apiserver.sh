@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Builds a real kube-apiserver (1.20, from Debian bookworm's `kubernetes` source package) for the
 # Kubernetes discovery tests, and caches it under ~/.cache/. Debian ships no kube-apiserver binary, but
-# the source package carries the full tree with vendor/, which builds in GOPATH mode.
+# the source package carries the full tree with vendor/, which builds in GOPATH mode. It is the newest
+# one that can: trixie's and sid's `kubernetes` sources (1.32, 1.36) are repacked to build kubectl
+# only, without cmd/kube-apiserver or pkg/ (docs/kubernetes.md, "Kubernetes versions"). The tests
+# turn on the EndpointSlice feature gates that later versions have on by default
+# (tests/k8s/real_apiserver.py).
 #
 # The deb-src line goes into a private apt configuration (the mirror this machine already uses), so the
 # system's apt sources are never changed. Go 1.19, rsync (needed by `make gen_openapi`) and etcd-server
@@ -48,8 +52,9 @@ export GOROOT=/usr/lib/go-1.19 GO111MODULE=off GOPROXY=off GOTOOLCHAIN=local GOF
 export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$cache/src/gopath GOCACHE=$cache/gocache
 cd "$cache/src/gopath/src/k8s.io/kubernetes"
 # gen_openapi writes pkg/generated/openapi/zz_generated.openapi.go, which kube-apiserver imports.
-make gen_openapi >&2
-go build -o "$cache/bin/kube-apiserver.tmp" ./cmd/kube-apiserver >&2
+# At the lowest priority: a build started by a test (or on a shared machine) must not starve the rest.
+nice -n 19 make gen_openapi >&2
+nice -n 19 go build -o "$cache/bin/kube-apiserver.tmp" ./cmd/kube-apiserver >&2
 mv "$cache/bin/kube-apiserver.tmp" "$cache/bin/kube-apiserver"
 rm -rf "$cache/gocache"  # 1 GB of build cache; the binary is what is kept
 echo "$cache"

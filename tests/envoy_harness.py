@@ -182,7 +182,10 @@ async def start_envoy(
     metadata: dict[str, Any] | None = None,
     tls: tuple[Path, Path | None, Path | None] | None = None,
     xds_token: str | None = None,
+    patch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Envoy:
+    """An Envoy from `template`, patched as the arguments say; `patch` may then change anything
+    else in the bootstrap (a runtime layer, more control-plane endpoints)."""
     outbound_port = free_port()
     meta = {"outbound_port": outbound_port, **(metadata or {})}
     config = patched_bootstrap(
@@ -194,6 +197,8 @@ async def start_envoy(
         # A proxy without a certificate authenticates with a bearer token on every xDS stream.
         service = config["dynamic_resources"]["ads_config"]["grpc_services"][0]
         service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {xds_token}"}]
+    if patch is not None:
+        patch(config)
     workdir.mkdir(parents=True, exist_ok=True)
     bootstrap = workdir / f"{node_id}.yaml"
     bootstrap.write_text(yaml.safe_dump(config))

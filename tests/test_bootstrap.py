@@ -2,7 +2,8 @@
 
 - The committed bootstraps are the renderer's defaults (`make bootstraps` when they are not).
 - Every Envoy role, and its variants (SotW, a DNS name for the control plane, TLS, mTLS, a bearer
-  token), passes `envoy --mode validate`; the gRPC bootstrap has the shape grpcio reads.
+  token, the per-type services over Delta and SotW), passes `envoy --mode validate`; the gRPC
+  bootstrap has the shape grpcio reads.
 - The command: flags, their MESHPLANE_* variables, one line per problem and exit 2, -o atomic.
 - Real clients started from rendered bootstraps, byte for byte: Envoys reaching the control plane
   by a DNS name (Delta and SotW), over mTLS and with a token; a mobile Envoy getting CDS + RTDS and
@@ -163,10 +164,23 @@ def variant(name: str, role: str, certificates: dict[str, Pair]) -> BootstrapOpt
         ),
         "token": BootstrapOptions(role, xds_server="meshplane:18000", tls_ca=str(ca.certificate), xds_token="s3cret"),
         "locality": BootstrapOptions(role, node_id="123", node_cluster="yes", region="eu", zone="", sub_zone="rack-1"),
+        "per-type": BootstrapOptions(role, transport="per-type"),
+        "per-type-sotw": BootstrapOptions(role, transport="per-type", sotw=True),
+        "per-type-mtls": BootstrapOptions(
+            role,
+            xds_server="meshplane:18000",
+            transport="per-type",
+            tls_ca=str(ca.certificate),
+            tls_cert=str(client.certificate),
+            tls_key=str(client.key),
+        ),
     }[name]
 
 
-VARIANTS = ["committed", "sotw", "dns", "kubernetes", "ipv6", "tls", "tls-ip", "mtls", "token", "locality"]
+VARIANTS = [
+    *("committed", "sotw", "dns", "kubernetes", "ipv6", "tls", "tls-ip", "mtls", "token", "locality"),
+    *("per-type", "per-type-sotw", "per-type-mtls"),
+]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -223,6 +237,38 @@ def test_variants_say_what_they_were_asked(certificates: dict[str, Pair]) -> Non
     node = load(variant("locality", "sidecar", certificates))["node"]
     assert (node["id"], node["cluster"]) == ("123", "yes")  # quoted: they stay strings
     assert node["locality"] == {"region": "eu", "sub_zone": "rack-1"}
+
+
+PER_TYPE_SOURCES = {"sidecar": ["cds", "lds"], "edge-gateway": ["cds", "lds"], "device": ["cds", "lds"]}
+
+
+@pytest.mark.parametrize("sotw", [False, True], ids=["delta", "sotw"])
+@pytest.mark.parametrize("role", ENVOY_ROLES)
+def test_a_per_type_bootstrap_names_its_services_and_tells_meshplane(role: str, sotw: bool) -> None:
+    """--transport per-type: no ADS at all; CDS, LDS (and mobile's RTDS) each on its own service of
+    the chosen API type through the `meshplane` cluster, and the node says both, so the EDS, RDS
+    and SDS sources meshplane sends name them too. Without the flag nothing of this is there."""
+    config = load(BootstrapOptions(role, transport="per-type", sotw=sotw))
+    api_type = "GRPC" if sotw else "DELTA_GRPC"
+    dynamic = config["dynamic_resources"]
+    assert "ads_config" not in dynamic
+    sources = {f"{kind}_config": dynamic[f"{kind}_config"] for kind in PER_TYPE_SOURCES.get(role, ["cds"])}
+    if role == "mobile":
+        [layer] = [layer for layer in config["layered_runtime"]["layers"] if "rtds_layer" in layer]
+        sources["rtds_config"] = layer["rtds_layer"]["rtds_config"]
+    assert set(dynamic) == {key for key in sources if key != "rtds_config"}
+    for source in sources.values():
+        assert "ads" not in source
+        assert source["resource_api_version"] == "V3"
+        api = source["api_config_source"]
+        assert (api["api_type"], api["transport_api_version"]) == (api_type, "V3")
+        [service] = api["grpc_services"]
+        assert service["envoy_grpc"]["cluster_name"] == meshplane_cluster(config)["name"]
+    assert config["node"]["metadata"]["xds_api_type"] == api_type.lower()
+    assert config["node"]["metadata"]["xds_cluster"] == "meshplane"
+    default = load(BootstrapOptions(role, sotw=sotw))
+    assert "xds_api_type" not in default["node"]["metadata"]
+    assert default["dynamic_resources"]["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
 
 
 @pytest.mark.parametrize(
@@ -413,6 +459,25 @@ def test_variables_set_flags_and_the_command_line_wins(
 
 
 @pytest.mark.usefixtures("no_meshplane_variables")
+def test_the_transport_flag_and_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["device", "--transport", "per-type", "--sotw"], capsys) == (
+        0,
+        render(BootstrapOptions("device", transport="per-type", sotw=True)),
+        "",
+    )
+    monkeypatch.setenv("MESHPLANE_BOOTSTRAP_TRANSPORT", "per-type")
+    assert run(["mobile"], capsys) == (0, render(BootstrapOptions("mobile", transport="per-type")), "")
+    assert run(["mobile", "--transport", "ads"], capsys) == (0, render(BootstrapOptions("mobile")), "")
+    # argparse checks the command line's choices only: a variable is checked with the other options.
+    monkeypatch.setenv("MESHPLANE_BOOTSTRAP_TRANSPORT", "per_type")
+    code, out, err = run(["sidecar"], capsys)
+    assert (code, out) == (2, "")
+    assert "--transport 'per_type' is not one of: ads, per-type" in err
+
+
+@pytest.mark.usefixtures("no_meshplane_variables")
 def test_the_token_is_never_shown_in_help(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("MESHPLANE_XDS_TOKEN", "do-not-print-me")
     code, out, _ = run(["--help"], capsys)
@@ -465,6 +530,13 @@ def test_the_token_is_never_shown_in_help(monkeypatch: pytest.MonkeyPatch, capsy
         ),
         pytest.param(
             ["device", "--listen-address", "127.0.0.1"], "is for edge-gateway, not device", id="listen-device"
+        ),
+        pytest.param(["sidecar", "--transport", "rest"], "invalid choice: 'rest'", id="unknown-transport"),
+        pytest.param(["grpc", "--transport", "per-type"], "proxyless gRPC speaks ADS only", id="grpc-per-type"),
+        pytest.param(
+            ["sidecar", "--transport", "per-type", "--xds-token", "t"],
+            "--xds-token does not apply to --transport per-type",
+            id="per-type-token",
         ),
     ],
 )
@@ -764,7 +836,10 @@ services:
     tls: {{trust: edge-ca, sni: localhost, client_certificate: edge-client}}
 """
     try:
-        async with running_plane(tmp_path, sites=True, extra_policy=policy) as plane:
+        # The gateway has no xDS credential: serving it the client key is the explicit opt-in.
+        async with running_plane(
+            tmp_path, sites=True, extra_policy=policy, insecure_serve_keys_without_client_auth=True
+        ) as plane:
             gateway = await plane.envoy(plane.options("edge-gateway", "gw-1", site="gym", listen_address="127.0.0.1"))
 
             async def through_tls() -> bool:

@@ -155,7 +155,7 @@ async def test_status_as_a_process_prints_the_table_and_the_nacks(server: str) -
 async def test_status_sources_and_config_as_processes(server: str) -> None:
     sources = await meshplane("status", "sources", "--server", server)
     assert sources.returncode == 0, sources.stderr
-    assert sources.stdout.splitlines()[0].split() == ["SOURCE", "SYNCED", "LAST", "SYNC", "OBJECTS", "ERRORS"]
+    assert sources.stdout.splitlines()[0].split() == ["SOURCE", "SYNCED", "LAST", "SYNC", "OBJECTS", "ERRORS", "NOTES"]
     assert "policy-files: policy/routes.yaml:4: route web-routes: unknown service 'nope'" in sources.stdout
     as_json = await meshplane("status", "sources", "--server", server, "--output", "json")
     assert json.loads(as_json.stdout)[0]["name"] == "policy-files"

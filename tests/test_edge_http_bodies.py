@@ -5,6 +5,7 @@ reason: bytes that are not UTF-8, JSON that is not an object, oversized bodies, 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.edge_http_server import RunningRegistry, post, registry_in_thread
+from tests.edge_http_server import OPS_TOKEN, RunningRegistry, post, read_answer, registry_in_thread
 
 PATHS = ["/v1/register", "/v1/heartbeat", "/v1/deregister"]
 
@@ -83,6 +84,41 @@ def test_unknown_paths_and_methods_answer_the_json_error_shape(registry: Running
     assert (wrong.status, wrong.json()["code"]) == (405, "UNIMPLEMENTED")
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GET /v1/devices/\xff\xfe HTTP/1.1\r\nHost: r\r\n\r\n", id="bytes-in-the-path"),
+        pytest.param(b"GET /v1/devices HTTP/1.1\r\nHost: r\r\nX-\x00: 1\r\n\r\n", id="nul-in-a-header-name"),
+        pytest.param(b"GET /v1/devices HTTP/1.1\r\nHost: r\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", id="huge-header"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", id="tls-hello"),
+        pytest.param(b"POST /v1/register HTTP/1.1\r\nContent-Length: x\r\n\r\n", id="bad-content-length"),
+    ],
+)
+def test_unparsable_http_is_refused_in_the_json_shape(registry: RunningRegistry, request_bytes: bytes) -> None:
+    """What aiohttp refuses before any route sees it answers like every other error (not text/plain)."""
+    with socket.create_connection(("127.0.0.1", registry.http_port), timeout=30) as sock:
+        sock.sendall(request_bytes)
+        answer = read_answer(sock)
+    assert answer.status == 400, answer
+    error = assert_refused_with_reason(answer.status, answer.body)
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert error["message"].startswith("malformed HTTP request"), error
+
+
+@pytest.mark.parametrize(
+    "target", ["/v1/devices/%ff", "/v1/devices?label=%ff", "/v1/devices?label=" + "a" * 4000, "/v1/watch?label=x%0a"]
+)
+def test_odd_request_targets_answer_the_json_shape(registry: RunningRegistry, target: str) -> None:
+    with socket.create_connection(("127.0.0.1", registry.http_port), timeout=30) as sock:
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {OPS_TOKEN}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        answer = read_answer(sock)
+    error = assert_refused_with_reason(answer.status, answer.body)
+    assert len(error["message"]) < 300, error
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
@@ -92,6 +128,36 @@ field_names = st.sampled_from(
     ["device_id", "deviceId", "device_class", "site", "endpoints", "labels", "version", "ttl_seconds", "lease_id"]
 )
 near_valid = st.dictionaries(field_names, json_values, max_size=6).map(lambda d: json.dumps(d).encode())
+VALID_BODIES = [
+    json.dumps(
+        {
+            "device_id": "bike-1",
+            "device_class": "bike",
+            "site": "gym-berlin",
+            "endpoints": [{"address": "10.20.1.5", "port": 8080}],
+            "labels": {"zone": "cardio"},
+            "ttl_seconds": 30,
+        }
+    ).encode(),
+    b'{"deviceId": "bike-1", "leaseId": "0123456789abcdef"}',
+    b'{"device_id": "bike-1", "lease_id": ""}',
+]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    """A valid body with a few of its bytes replaced, inserted or deleted (any byte value)."""
+    body = bytearray(draw(st.sampled_from(VALID_BODIES)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(body)))
+        edit = draw(st.sampled_from(["replace", "insert", "delete"]))
+        if edit == "insert" or not body:
+            body[at:at] = draw(st.binary(min_size=1, max_size=3))
+        elif edit == "replace":
+            body[min(at, len(body) - 1)] = draw(st.integers(0, 255))
+        else:
+            del body[min(at, len(body) - 1)]
+    return bytes(body)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -99,6 +165,7 @@ near_valid = st.dictionaries(field_names, json_values, max_size=6).map(lambda d:
     path=st.sampled_from(PATHS),
     body=st.one_of(
         st.binary(max_size=512),
+        mutated(),
         near_valid,
         near_valid.map(lambda b: b.replace(b'"', b"\xff", 1)),
         st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),

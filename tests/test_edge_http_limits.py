@@ -1,9 +1,10 @@
 """The registry's JSON port bounds what a slow or greedy client can hold, through raw sockets to a
 real server on 127.0.0.1 with small bounds set by the same settings the `serve` flags fill:
 
-- headers that trickle in, a body that trickles in, and an idle kept-alive connection are all
-  closed by the server within `--registry-http-read-timeout` (each test waits for the close
-  itself: a blocking recv returning b"", under pytest's timeout, never a timed assertion);
+- headers that trickle in, a body that trickles in (a byte at a time, never quiet for the
+  timeout), headers or a body that stop, and an idle kept-alive connection are all closed by the
+  server within `--registry-http-read-timeout` (each test waits for the close itself: a blocking
+  recv returning b"", under pytest's timeout, never a timed assertion);
 - one client address holds at most `--registry-http-max-connections-per-client` connections:
   the next is answered 429 with the reason, while another address (127.0.0.2, also loopback) is
   still served, and a freed slot is usable again.
@@ -12,6 +13,7 @@ real server on 127.0.0.1 with small bounds set by the same settings the `serve` 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +83,43 @@ def test_headers_that_never_end_are_cut(registry: RunningRegistry) -> None:
     with contextlib.closing(connect(registry.http_port)) as sock:
         sock.sendall(b"POST /v1/register HTTP/1.1\r\nHost: r\r\nX-Slow: a")
         assert wait_closed_by_server(sock) == b""
+
+
+def trickle(sock: socket.socket, head: bytes, then: bytes) -> bytes:
+    """Sends `head`, then `then` one byte at a time, a tenth of the timeout apart (never quiet as
+    long as the timeout), until the server closes the connection; returns what it answered.
+    The pause paces the trickle; the test waits on the close."""
+    sock.sendall(head)
+    for index in range(len(then)):
+        try:
+            sock.sendall(then[index : index + 1])
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        ready, _, _ = select.select([sock], [], [], TIMEOUT / 10)
+        if ready:
+            break
+    return wait_closed_by_server(sock)
+
+
+@pytest.mark.timeout(60)
+def test_headers_that_trickle_in_are_cut(registry: RunningRegistry) -> None:
+    """Each byte comes well within the timeout: the bound is on the headers as a whole."""
+    with contextlib.closing(connect(registry.http_port)) as sock:
+        received = trickle(sock, b"POST /v1/register HTTP/1.1\r\nHost: r\r\nX-Slow: ", b"a" * 8000)
+    assert received == b"", received
+
+
+@pytest.mark.timeout(60)
+def test_a_body_that_trickles_in_is_cut(registry: RunningRegistry) -> None:
+    """Each byte comes well within the timeout: the bound is on the body as a whole."""
+    head = (
+        f"POST /v1/register HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {BIKE_TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
+    ).encode()
+    with contextlib.closing(connect(registry.http_port)) as sock:
+        received = trickle(sock, head, b"{" + b" " * 59_998 + b"}")
+    assert received.startswith(b"HTTP/1.1 408"), received
+    assert b"did not arrive within 0.5 s" in received
 
 
 @pytest.mark.timeout(60)

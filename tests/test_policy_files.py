@@ -398,20 +398,34 @@ async def test_a_broken_symlink_is_reported_not_skipped(tmp_path: Path) -> None:
     assert errors == [f"{tmp_path / 'b.yaml'}: cannot read: No such file or directory"]
 
 
-async def test_errors_are_logged_once_per_distinct_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_refusal_is_summarised_once_per_distinct_set_and_reported_on_each_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The errors themselves are the error reporter's to log (`on_errors_changed`, then
+    `status.errors`); this source logs one summary line per distinct set, without their text."""
     path = write(tmp_path / "mesh.yaml", "services: [{name: web, port: eighty}]\n")
-    policy, _ = source(path)
+    reported: list[tuple[str, ...]] = []
+    policy = PolicyFileSource(path, on_errors_changed=lambda: reported.append(policy.status.errors))
     with caplog.at_level(logging.WARNING, logger="meshplane.discovery.policy_files"):
         await policy.load()
         os.utime(path)
         await policy.load()
-        assert len(caplog.records) == 1
-        assert "service.port must be a whole number" in caplog.records[0].getMessage()
+        assert [record.getMessage() for record in caplog.records] == [
+            f"policy files at {path} refused: 2 error(s); nothing to serve yet"
+        ]
+        assert len(reported) == 1
+        assert "service.port must be a whole number, not 'eighty'" in reported[0][0]
 
         write(path, "services: [{name: web, port: ninety}]\n")
         await policy.load()
         assert len(caplog.records) == 2
         assert all(record.levelno == logging.WARNING for record in caplog.records)
+        assert len(reported) == 2
+
+        write(path, WEB)
+        await policy.load()
+        assert reported[-1] == ()  # cleared: reported once more
+        assert len(caplog.records) == 2
 
 
 async def test_validate_policy_lists_every_error(tmp_path: Path) -> None:

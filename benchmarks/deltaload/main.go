@@ -1,6 +1,6 @@
 // deltaload holds N concurrent Delta ADS streams against any xDS server, each as its own node, the
 // way Envoy subscribes over Delta: a wildcard CDS subscription, then the endpoints of every EDS
-// cluster by name, ACKing every response. It is gcpload (../shared/baselines/go-control-plane)
+// cluster by name, ACKing every response. It is gcpload (the go-control-plane baseline's load client)
 // with the Delta protocol, and prints the same JSON lines:
 //
 //	{"event":"synced","streams":N,"wall_ms":..,"p50_ms":..,"p99_ms":..,"max_ms":..}

@@ -24,6 +24,7 @@ from meshplane.bootstrap.render import (
     DEFAULT_XDS_SERVER,
     DEFAULT_ZONE,
     ROLE_DEFAULTS,
+    TRANSPORTS,
     BootstrapError,
     BootstrapOptions,
     render,
@@ -96,6 +97,15 @@ def add_bootstrap_command(commands: Any) -> None:
         "9904 mobile)",
     )
     env_switch(bootstrap, "--sotw", scope=SCOPE, help="state-of-the-world xDS instead of Delta")
+    env_flag(
+        bootstrap,
+        "--transport",
+        scope=SCOPE,
+        default="ads",
+        choices=TRANSPORTS,
+        help="ads: one ADS stream for every xDS type; per-type: CDS, LDS (RTDS for mobile) and what they "
+        "refer to each on its own service (node.metadata.xds_api_type, xds_cluster); Delta or SotW either way",
+    )
     tls = bootstrap.add_argument_group("the xDS connection's credentials")
     env_flag(
         tls, "--tls-ca", scope=SCOPE, help="TLS to the control plane: its certificate must come from this CA (PEM)"
@@ -130,6 +140,7 @@ def options_of(args: argparse.Namespace) -> BootstrapOptions:
         outbound_port=args.outbound_port,
         admin_address=args.admin_address,
         sotw=args.sotw,
+        transport=args.transport,
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

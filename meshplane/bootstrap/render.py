@@ -2,9 +2,9 @@
 
 Owns what an Envoy (sidecar, edge-gateway, device, mobile) or a proxyless gRPC client (grpc) needs
 before its first xDS request: where the control plane is, who the proxy is (node id, role, site,
-locality, outbound port), Delta or SotW, and the credentials of the xDS connection. The files in
-envoy-configs/ are `render(BootstrapOptions(role))` for each role, byte for byte (`make
-bootstraps`; tests/test_bootstrap.py fails while they are stale).
+locality, outbound port), ADS or the per-type services, Delta or SotW, and the credentials of the
+xDS connection. The files in envoy-configs/ are `render(BootstrapOptions(role))` for each role,
+byte for byte (`make bootstraps`; tests/test_bootstrap.py fails while they are stale).
 
 Pure: no I/O, no clock, no environment; the same options give the same text. Envoy bootstraps are
 rendered from text templates rather than dumped from a dict, because these files are what users
@@ -24,13 +24,18 @@ import re
 from dataclasses import dataclass
 
 from meshplane.model import ProxyRole
-from meshplane.model.proxy import listen_address_of
+from meshplane.model.proxy import XdsApiType, listen_address_of
 from meshplane.model.sites import is_site_id
 
 DEFAULT_XDS_SERVER = "127.0.0.1:18000"
 DEFAULT_REGION = "local"
 DEFAULT_ZONE = "local-a"
 DEFAULT_SITE = "gym-local"
+# The static cluster every Envoy bootstrap reaches the control plane through; a per-type proxy
+# names it in node.metadata.xds_cluster so the config sources meshplane sends name it too.
+XDS_CLUSTER = "meshplane"
+# `--transport`: one ADS stream for every type (the default), or one stream per type.
+TRANSPORTS = ("ads", "per-type")
 
 # The file in envoy-configs/ holding each role's default bootstrap (`make bootstraps`).
 COMMITTED_FILES: dict[ProxyRole, str] = {
@@ -54,9 +59,19 @@ class RoleDefaults:
 
 
 ROLE_DEFAULTS: dict[ProxyRole, RoleDefaults] = {
-    ProxyRole.SIDECAR: RoleDefaults("sidecar-demo", "demo-client", "127.0.0.1:9901", 15001, None),
-    ProxyRole.EDGE_GATEWAY: RoleDefaults("edge-gateway-demo", "edge-gateway", "127.0.0.1:9902", 15080, DEFAULT_SITE),
-    ProxyRole.DEVICE: RoleDefaults("device-demo", "bike", "127.0.0.1:9903", 15001, DEFAULT_SITE),
+    ProxyRole.SIDECAR: RoleDefaults(
+        "sidecar-demo", "demo-client", "127.0.0.1:9901", ProxyRole.SIDECAR.default_outbound_port, None
+    ),
+    ProxyRole.EDGE_GATEWAY: RoleDefaults(
+        "edge-gateway-demo",
+        "edge-gateway",
+        "127.0.0.1:9902",
+        ProxyRole.EDGE_GATEWAY.default_outbound_port,
+        DEFAULT_SITE,
+    ),
+    ProxyRole.DEVICE: RoleDefaults(
+        "device-demo", "bike", "127.0.0.1:9903", ProxyRole.DEVICE.default_outbound_port, DEFAULT_SITE
+    ),
     ProxyRole.MOBILE: RoleDefaults("mobile-demo", "mobile-ios", "127.0.0.1:9904", None, DEFAULT_SITE),
     ProxyRole.GRPC: RoleDefaults("grpc-client-demo", "demo-client", None, None, None),
 }
@@ -82,6 +97,10 @@ class BootstrapOptions:
     claim. `xds_token` is a bearer token sent on every xDS stream (`serve --xds-tokens`).
     `listen_address` (edge-gateway only) is the IP the gateway's listeners bind, rendered as
     node.metadata.listen_address; None leaves it out, and meshplane binds them to 0.0.0.0.
+    `transport` is `ads` (one ADS stream for every type) or `per-type` (CDS, LDS, and RTDS for
+    mobile, each on its own service; node.metadata.xds_api_type and xds_cluster then tell
+    meshplane to point the EDS, RDS and SDS sources it sends there too); `sotw` chooses SotW or
+    Delta for either.
     """
 
     role: str
@@ -95,6 +114,7 @@ class BootstrapOptions:
     outbound_port: int | None = None
     admin_address: str | None = None
     sotw: bool = False
+    transport: str = "ads"
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -155,6 +175,19 @@ class BootstrapOptions:
             found.append(f"--tls-server-name {self.tls_server_name!r} is not a DNS name")
         if self.xds_token is not None and not re.fullmatch(r"[\x21-\x7e]+", self.xds_token):
             found.append("--xds-token must be non-empty printable ASCII without spaces")
+        if self.transport not in TRANSPORTS:
+            found.append(f"--transport {self.transport!r} is not one of: {', '.join(TRANSPORTS)}")
+        elif self.transport == "per-type":
+            if role is ProxyRole.GRPC:
+                found.append("--transport per-type does not apply to grpc: proxyless gRPC speaks ADS only")
+            elif self.xds_token is not None:
+                # The token rides on each grpc_service's initial_metadata; the EDS, RDS and SDS
+                # sources meshplane sends cannot carry it (it never knows the token), so those
+                # streams would be refused. A client certificate covers every stream.
+                found.append(
+                    "--xds-token does not apply to --transport per-type: the config sources meshplane sends "
+                    "cannot carry it; prove the role with a client certificate (--tls-cert)"
+                )
         if role is ProxyRole.GRPC:
             # grpcio's bootstrap `tls` credentials (gRFC A65) check the certificate against the
             # host of server_uri, and the bootstrap cannot carry our bearer token (its `call_creds`,
@@ -197,7 +230,7 @@ def render(options: BootstrapOptions) -> str:
             _HEADERS[role].format(outbound_port=_outbound_port(options, role), listen_address=_listen_host(options)),
             _COMMON_HEADER.format(xds_server=options.xds_server),
             _node(options, role),
-            _MOBILE_RUNTIME if role is ProxyRole.MOBILE else "",
+            _mobile_runtime(options) if role is ProxyRole.MOBILE else "",
             _dynamic_resources(options, role),
             _static_resources(options),
             _admin(options, role),
@@ -264,20 +297,42 @@ _COMMON_HEADER = """\
 # MESHPLANE_XDS_SERVER ({xds_server} here): the `meshplane` cluster below.
 """
 
-_MOBILE_RUNTIME = """\
 
+def _mobile_runtime(options: BootstrapOptions) -> str:
+    return f"""
 # meshplane's runtime layer (RTDS) over the app's static one: later layers win.
 layered_runtime:
   layers:
     - name: static
-      static_layer: {}
+      static_layer: {{}}
     - name: meshplane
       rtds_layer:
         name: meshplane
         rtds_config:
-          ads: {}
-          resource_api_version: V3
+{_config_source(options, 10)}"""
+
+
+def _config_source(options: BootstrapOptions, indent: int) -> str:
+    """The body of a ConfigSource (cds_config, lds_config, rtds_config), indented by `indent`:
+    the ADS stream, or the per-type service of its type over the `meshplane` cluster."""
+    if options.transport != "per-type":
+        body = "ads: {}\nresource_api_version: V3\n"
+    else:
+        body = f"""\
+resource_api_version: V3
+api_config_source:
+  api_type: {_api_type(options).name}
+  transport_api_version: V3
+  set_node_on_first_message_only: true
+  grpc_services:
+    - envoy_grpc:
+        cluster_name: {XDS_CLUSTER}
+        retry_policy:
+          retry_back_off:
+            base_interval: 0.05s
+            max_interval: 0.2s
 """
+    return "".join(" " * indent + line + "\n" for line in body.splitlines())
 
 
 def _outbound_port(options: BootstrapOptions, role: ProxyRole) -> int | None:
@@ -318,7 +373,16 @@ def _node(options: BootstrapOptions, role: ProxyRole) -> str:
         lines.append(f"    outbound_port: {outbound_port}")
     if options.listen_address is not None:
         lines.append(f"    listen_address: {_yaml_scalar(_listen_address(options))}")
+    if options.transport == "per-type":
+        # Where the EDS, RDS, SDS (and RTDS) sources meshplane sends must point: without these
+        # it sends `ads: {}`, which an Envoy without ADS rejects.
+        lines.append(f"    xds_api_type: {_api_type(options).value}")
+        lines.append(f"    xds_cluster: {XDS_CLUSTER}")
     return "\n".join(lines) + "\n"
+
+
+def _api_type(options: BootstrapOptions) -> XdsApiType:
+    return XdsApiType.GRPC if options.sotw else XdsApiType.DELTA_GRPC
 
 
 def _locality(options: BootstrapOptions) -> list[tuple[str, str]]:
@@ -330,6 +394,19 @@ def _dynamic_resources(options: BootstrapOptions, role: ProxyRole) -> str:
         flavour = "# State-of-the-world xDS (GRPC), from --sotw; without it, Delta xDS (DELTA_GRPC).\n"
     else:
         flavour = "# Delta xDS (DELTA_GRPC), the default; `--sotw` renders state-of-the-world (GRPC).\n"
+    types = "  cds_config:\n" + _config_source(options, 4)
+    if role is not ProxyRole.MOBILE:  # Envoy Mobile takes clusters and runtime only; no listeners
+        types += "  lds_config:\n" + _config_source(options, 4)
+    if options.transport == "per-type":
+        # No ads_config: no source of this proxy is `ads`, so it would only be dead configuration.
+        return f"""
+{flavour}# Per-type services (--transport per-type): every xDS type on its own service through the
+# `meshplane` cluster; node.metadata.xds_api_type and xds_cluster make the sources meshplane sends
+# (EDS in clusters, RDS in listeners, SDS in TLS contexts) name the same. Envoy opens a stream per
+# type here, and one per cluster, route configuration and secret for those. Each reconnects within
+# ~100 ms when the control plane restarts; Envoy keeps serving its last configuration meanwhile.
+dynamic_resources:
+{types}"""
     metadata = ""
     if options.xds_token is not None:
         metadata = (
@@ -339,9 +416,6 @@ def _dynamic_resources(options: BootstrapOptions, role: ProxyRole) -> str:
             "          - key: authorization\n"
             f"            value: {_yaml_scalar('Bearer ' + options.xds_token)}\n"
         )
-    types = "  cds_config:\n    ads: {}\n    resource_api_version: V3\n"
-    if role is not ProxyRole.MOBILE:  # Envoy Mobile takes clusters and runtime only; no listeners
-        types += "  lds_config:\n    ads: {}\n    resource_api_version: V3\n"
     return f"""
 {flavour}dynamic_resources:
   ads_config:
@@ -350,7 +424,7 @@ def _dynamic_resources(options: BootstrapOptions, role: ProxyRole) -> str:
     set_node_on_first_message_only: true
     grpc_services:
       - envoy_grpc:
-          cluster_name: meshplane
+          cluster_name: {XDS_CLUSTER}
           # Reconnect within ~100 ms when the control plane restarts; Envoy keeps serving its
           # last configuration meanwhile.
           retry_policy:

@@ -16,6 +16,12 @@ object it returned before, so downstream identity checks (`is`) find what change
 comparing (certificates and CA bundles likewise keep their tuples while unchanged).
 `on_change()` is called synchronously after each batch of changes; keep it cheap (poke a
 debouncer). `run()` ends only by cancellation.
+
+Status: `errors` are what stops the source from being in sync (it cannot start, a list or watch
+fails) and clear as soon as the API server answers again; `notes` are what mapping left out of
+single objects (a UDP port, a bad annotation, a Secret not served or kept at its last good
+version). `last_success` is when the least recently confirmed watcher last confirmed its copy
+(see `Watcher`), so on a healthy quiet cluster its age stays within the bookmark interval.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from meshplane.discovery.kubernetes_watching import (
     Change,
     Key,
     Object,
+    Reconnect,
     Resource,
     Watcher,
     get_json,
@@ -163,8 +170,7 @@ class KubernetesSource:
         self.slice_resource: Resource | None = None
         self._setup_error = ""
         self._synced = False
-        self._last_change: float | None = None
-        self._last_attempt: float | None = None
+        self._last_attempt: float | None = None  # of the start-up (configuration and API discovery)
         # What the watchers hold, indexed for the join.
         self._services: dict[Key, Object] = {}
         self._slices_of: dict[Key, dict[Key, Object]] = {}  # service key -> slice key -> slice
@@ -194,12 +200,16 @@ class KubernetesSource:
         errors += [watcher.last_error for watcher in self.watchers if watcher.last_error]
         content = self.content() if self._synced else None
         secret_notes = tuple(note for key in sorted(self._secret_notes) for note in self._secret_notes[key])
+        confirmed = [watcher.confirmed_at for watcher in self.watchers]
+        attempts = [t for t in (self._last_attempt, *(w.attempted_at for w in self.watchers)) if t is not None]
         return SourceStatus(
             name=SOURCE_NAME,
             synced=self._synced,
-            last_success=self._last_change,
-            last_attempt=self._last_attempt,
-            errors=(*errors, *self._notes, *secret_notes),
+            # In sync as of the watcher that confirmed it longest ago.
+            last_success=min(c for c in confirmed if c is not None) if self._synced and None not in confirmed else None,
+            last_attempt=max(attempts, default=None),
+            errors=tuple(errors),
+            notes=(*self._notes, *secret_notes),
             counts={
                 "services": len(content.services) if content else 0,
                 "endpoints": sum(len(s.endpoints) for s in content.services) if content else 0,
@@ -372,6 +382,8 @@ class KubernetesSource:
 
     def _make_watchers(self, client: ApiClient, slices: Resource) -> list[Watcher]:
         common: dict[str, Any] = {
+            # One API server: when it answers one watcher after an outage, all of them go again.
+            "reconnect": Reconnect(),
             "backoff": self._backoff,
             "timeout_seconds": self._watch_timeout,
             "page_size": self._page_size,
@@ -443,15 +455,12 @@ class KubernetesSource:
     def _changed(self, anything: bool) -> None:
         """After a batch: tell the pipeline, unless nothing changed (a relist that found it all
         as it was) or some watcher has not yet completed its first list."""
-        if anything:
-            self._last_change = time.time()
-        elif self._synced:
+        if not anything and self._synced:
             return
         if not self._synced:
             if not self.watchers or not all(watcher.synced for watcher in self.watchers):
                 return
             self._synced = True
-            self._last_change = time.time()
             log.info(
                 "Kubernetes synced: %d services, %d endpoint slices%s",
                 len(self._services),

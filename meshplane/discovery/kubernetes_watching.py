@@ -4,9 +4,12 @@ Owns the list/watch protocol (https://kubernetes.io/docs/reference/using-api/api
 after kopf's `watching.py`: list (paginated with `limit`/`continue`), then watch from the list's
 resourceVersion with bookmarks requested; every event and bookmark advances the resourceVersion,
 so a dropped stream resumes exactly where it stopped (nothing lost); a 410 Gone (the version was
-compacted away) relists, and the relist replaces the copy wholesale, reporting as deleted whatever
-vanished meanwhile (nothing duplicated, nothing stale). Errors reconnect after an exponential
-backoff with full jitter. Unknown event types are logged and skipped.
+compacted away) relists at once, and the relist replaces the copy wholesale, reporting as deleted
+whatever vanished meanwhile (nothing duplicated, nothing stale). Errors reconnect after an
+exponential backoff with full jitter; any answer of the server (a list, a watch opened, a 410)
+starts the backoff over, and wakes the other watchers of the same `Reconnect` from theirs, so
+after an API server outage every resource is listed again as soon as the server answers one.
+Unknown event types are logged and skipped.
 
 The requests go through `kubernetes_asyncio`'s ApiClient (configuration, authentication, TLS,
 aiohttp transport), but bodies are read raw and parsed as JSON dicts: deserialising into the
@@ -21,6 +24,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -179,9 +183,11 @@ async def watch_events(
     label_selector: str = "",
     timeout_seconds: int = 300,
     field_selector: str = "",
+    opened: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[Object]:
     """The watch events after `resource_version`, as dicts with `type` and `object`, until the
-    server ends the stream (normally after `timeout_seconds`). An ERROR event raises (Gone for 410)."""
+    server ends the stream (normally after `timeout_seconds`). An ERROR event raises (Gone for 410).
+    `opened()` is called once the server has accepted the watch (its 200), before any event."""
     query = [
         ("watch", "true"),
         ("allowWatchBookmarks", "true"),
@@ -196,6 +202,7 @@ async def watch_events(
     # a dead connection that never closes (bookmarks and the timeout both send or close before it).
     limits = aiohttp.ClientTimeout(sock_connect=10, sock_read=timeout_seconds + 30)
     response = await _get(client, resource.path(namespace), query, limits)
+    opened()
     try:
         async for line in _lines(response):
             event = json.loads(line)
@@ -219,6 +226,29 @@ class Backoff:
         return rng.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 30)))
 
 
+class Reconnect:
+    """Shared by the watchers of one API server: when one of them gets an answer after failing,
+    the others stop waiting out their backoff and try again at once.
+
+    Why: during an outage each watcher's backoff grows on its own (up to `Backoff.cap`); without
+    this, the first watcher back relists Services while another still sleeps, and new Services
+    are served with old EndpointSlices until it wakes (up to the cap). Use from one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._answered = asyncio.Event()
+
+    def answered(self) -> None:
+        """The server answered after a failure: end every `pause()` under way."""
+        self._answered.set()
+        self._answered = asyncio.Event()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if `answered()` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answered.wait(), seconds)
+
+
 class Watcher:
     """Keeps `objects` equal to the API server's objects of one resource (one namespace, or all).
 
@@ -226,6 +256,11 @@ class Watcher:
     each relist gives one batch with the difference from before, each watch event one change.
     An event that repeats what the copy holds (same resourceVersion) is not reported. `synced`
     turns true after the first complete list and stays true. `run()` ends only by cancellation.
+
+    Health, for the source's status: `confirmed_at` is the wall-clock time (`time.time()`) the
+    watcher last confirmed its copy is in sync (a complete list, a watch the server accepted from
+    the copy's version, any watch event or BOOKMARK); `attempted_at` when it last sent a request;
+    `last_error` the failure it is retrying, empty once the server answers again.
     """
 
     def __init__(
@@ -241,6 +276,7 @@ class Watcher:
         timeout_seconds: int = 300,
         page_size: int = DEFAULT_PAGE_SIZE,
         rng: random.Random | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -253,46 +289,80 @@ class Watcher:
         self.last_error = ""
         self.relists = 0
         self.bookmarks = 0
+        self.confirmed_at: float | None = None
+        self.attempted_at: float | None = None
+        self._failures = 0  # failed passes since the server last answered: the backoff's attempt
         self._on_change = on_change
         self._backoff = backoff or Backoff()
         self._timeout_seconds = timeout_seconds
         self._page_size = page_size
         self._rng = rng or random.Random()
+        self._reconnect = reconnect or Reconnect()
 
     def __str__(self) -> str:
         where = f"{self.resource} in " + (f"namespace {self.namespace}" if self.namespace else "all namespaces")
         return where + (f" ({self.field_selector})" if self.field_selector else "")
 
     async def run(self) -> None:
-        """One pass after another; errors are logged and retried after a jittered backoff."""
-        failures = 0
+        """One pass after another. A 410 Gone on a resumed watch relists at once (the server just
+        answered); errors are logged and retried after a jittered backoff that starts over whenever
+        the server answers."""
+        empty_passes = 0
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
+            resumed = bool(self.resource_version)
             try:
                 progressed = await self.run_once()
-                self.last_error = ""
-                if progressed:
-                    failures = 0
-                elif loop.time() - started < 1.0:
-                    # A stream that ends at once with nothing in it, again and again, must not spin.
-                    failures += 1
-                    await asyncio.sleep(self._backoff.delay(failures, self._rng))
             except asyncio.CancelledError:
                 raise
+            except Gone as error:
+                if resumed:
+                    continue  # the version resumed from was compacted away: list again, now
+                # A version it had just listed is already gone: not an answer to act on at once.
+                await self._failed(error)
+                continue
             except Exception as error:  # any failure of one pass: report it, back off, go again
-                self.last_error = f"{self}: {_describe(error)}"
-                failures += 1
-                delay = self._backoff.delay(failures, self._rng)
-                log.warning("%s; retrying in %.2f s", self.last_error, delay)
-                await asyncio.sleep(delay)
+                await self._failed(error)
+                continue
+            if progressed or loop.time() - started >= 1.0:
+                empty_passes = 0
+            else:
+                # A stream that ends at once with nothing in it, again and again, must not spin.
+                empty_passes += 1
+                await self._reconnect.pause(self._backoff.delay(empty_passes, self._rng))
+
+    async def _failed(self, error: BaseException) -> None:
+        self.last_error = f"{self}: {_describe(error)}"
+        self._failures += 1
+        delay = self._backoff.delay(self._failures, self._rng)
+        log.warning("%s; retrying in %.2f s", self.last_error, delay)
+        await self._reconnect.pause(delay)
+
+    def _attempt(self) -> None:
+        self.attempted_at = time.time()
+
+    def _answered(self) -> None:
+        """The server answered: start the backoff over, and wake the other watchers if this one
+        had been failing (the server is back for them too)."""
+        if self._failures:
+            self._failures = 0
+            self._reconnect.answered()
+
+    def _confirmed(self) -> None:
+        """The server accepted a list or a watch from the copy's version: the copy is in sync
+        (a watch's pending events follow on the stream), so the error retried is over."""
+        self._answered()
+        self.confirmed_at = time.time()
+        self.last_error = ""
 
     async def run_once(self) -> bool:
         """One pass: list when there is no version to watch from, then follow one watch stream until
-        the server ends it. True when it saw anything (so the backoff starts over). Raises on errors;
-        after a Gone the next pass lists again."""
+        the server ends it. True when it saw anything (a list or an event). Raises on errors; after
+        a Gone the next pass lists again."""
         progressed = False
         if not self.resource_version:
+            self._attempt()
             items, version = await list_objects(
                 self.client,
                 self.resource,
@@ -301,8 +371,10 @@ class Watcher:
                 self._page_size,
                 field_selector=self.field_selector,
             )
+            self._confirmed()
             self._replace(items, version)
             progressed = True
+        self._attempt()
         try:
             async for event in watch_events(
                 self.client,
@@ -312,10 +384,14 @@ class Watcher:
                 self.label_selector,
                 self._timeout_seconds,
                 self.field_selector,
+                opened=self._confirmed,
             ):
+                self.confirmed_at = time.time()
                 self._apply(event)
                 progressed = True
         except Gone:
+            # A 410 is an answer too: the backoff starts over, and the next pass lists at once.
+            self._answered()
             log.info("%s: resourceVersion %s is gone; listing again", self, self.resource_version)
             self.resource_version = ""
             raise

@@ -229,6 +229,14 @@ class PolicyFileSource:
     line counts as a change: origins are part of the model (the snapshot downstream is unchanged).
     With `open_world` (another source, e.g. Kubernetes, also defines services), a route naming a
     service the files do not define is not an error here; the inventory checks the merged mesh.
+
+    Logging: the errors themselves are not logged here. They are `status.errors`, and whoever
+    reports source errors (the control plane's `SourceWatch`: one line per distinct error, with its
+    fields) logs each once; `on_errors_changed()` is called synchronously whenever `status.errors`
+    changes, so that reporter can log a refusal at once, even one fixed before its next look. This
+    module logs one summary line when a refusal's set of errors differs from the current one (how
+    many, and whether the last good content keeps serving). So a file that stays broken across
+    reloads with the same errors is not logged again; an error that goes away and comes back is.
     """
 
     def __init__(
@@ -237,6 +245,7 @@ class PolicyFileSource:
         *,
         poll_interval: float = 1.0,
         on_change: Callable[[], None] = lambda: None,
+        on_errors_changed: Callable[[], None] = lambda: None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         open_world: bool = False,
     ) -> None:
@@ -244,12 +253,12 @@ class PolicyFileSource:
         self._open_world = open_world
         self._poll_interval = poll_interval
         self._on_change = on_change
+        self._on_errors_changed = on_errors_changed
         self._max_file_size = max_file_size
         self._mesh: Mesh | None = None
         self._served_files = 0
         self._attempt: _Attempt | None = None
         self._errors: tuple[str, ...] = ()
-        self._logged_errors: tuple[str, ...] = ()
         self._last_success: float | None = None
         self._last_attempt: float | None = None
 
@@ -334,49 +343,56 @@ class PolicyFileSource:
             await asyncio.sleep(self._poll_interval)
 
     def _refuse(self, errors: tuple[str, ...]) -> bool:
-        self._errors = errors
-        if errors != self._logged_errors:
+        if errors != self._errors:
+            self._errors = errors
             log.warning(
-                "policy files at %s refused (%d errors); %s:\n  %s",
+                "policy files at %s refused: %d error(s); %s",
                 self._path,
                 len(errors),
                 "still serving the last good content" if self._mesh is not None else "nothing to serve yet",
-                "\n  ".join(errors),
             )
-            self._logged_errors = errors
+            self._on_errors_changed()
         return False
 
     def _adopt(self, attempt: _Attempt) -> bool:
+        cleared = bool(self._errors)
         self._errors = ()
-        self._logged_errors = ()
         self._last_success = time.time()
         self._served_files = len(attempt.files)
-        if attempt.mesh == self._mesh:
-            return False
-        self._mesh = attempt.mesh
-        mesh = attempt.mesh
-        log.info(
-            "policy files at %s loaded: %d services, %d routes, %d secrets from %d files",
-            self._path,
-            len(mesh.services),
-            len(mesh.routes),
-            len(mesh.certificates) + len(mesh.trust_bundles),
-            len(attempt.files),
-        )
-        self._on_change()
-        return True
+        changed = attempt.mesh != self._mesh
+        if changed:
+            self._mesh = attempt.mesh
+            mesh = attempt.mesh
+            log.info(
+                "policy files at %s loaded: %d services, %d routes, %d secrets from %d files",
+                self._path,
+                len(mesh.services),
+                len(mesh.routes),
+                len(mesh.certificates) + len(mesh.trust_bundles),
+                len(attempt.files),
+            )
+        if cleared:
+            self._on_errors_changed()
+        if changed:
+            self._on_change()
+        return changed
 
 
 def _notify(
     root: Path, stop: threading.Event, loop: asyncio.AbstractEventLoop, changed: asyncio.Event, ended: asyncio.Event
 ) -> None:
-    """The watch thread: sets `changed` (on the loop) for every batch of events until `stop` is set."""
+    """The watch thread: sets `changed` (on the loop) for every batch of events until `stop` is set.
+    Logs once that the watch is live (from its first batch or timeout: the watch is set up by then)."""
+    live = False
     try:
         # Batches of events are collected for 20 ms; the publisher's debounce does the rest. The
         # 500 ms timeout only bounds how long the thread takes to notice `stop`.
         for events in watchfiles.watch(
             root, debounce=20, step=10, rust_timeout=500, yield_on_timeout=True, stop_event=stop, recursive=True
         ):
+            if not live:
+                live = True
+                log.info("watching %s for changes", root)
             if events:
                 loop.call_soon_threadsafe(changed.set)
     except Exception as error:  # e.g. inotify limits reached: polling carries on alone

@@ -12,6 +12,8 @@ files is I/O, which belongs to the caller (`policy_files`).
 Checks that the model owns (port and weight ranges, name syntax, weights adding up) stay in the
 model, so they are written once. This module reports what only it can see: YAML syntax, shapes,
 types, unknown keys, enum values, and references it can resolve locally (an endpoint's port name).
+Regexes and header names of route matches are held to the model's limits (`regex_problem`,
+`header_name_problem`) here too, so their errors name their own line rather than the route's.
 A bad field is reported and left at its default, so one mistake does not cascade into others.
 """
 
@@ -57,6 +59,8 @@ from meshplane.model import (
     TrafficPolicy,
     UpstreamTls,
     WeightedBackend,
+    header_name_problem,
+    regex_problem,
 )
 
 DEFAULT_NAMESPACE = "default"
@@ -653,8 +657,13 @@ def _match(reader: _Reader, node: Node) -> RouteMatch:
         if len(paths) != 1:
             reader.error(fields["path"], "route.rules.match.path needs exactly one of prefix, exact, regex")
         for key, value in paths.items():
-            if (text := reader.string(value, f"route.rules.match.path.{key}")) is not None:
-                path = PathMatch(PathMatchKind(key), text)
+            if (text := reader.string(value, f"route.rules.match.path.{key}")) is None:
+                continue
+            # Checked here, where the line is known; refused, it is left at the default like any bad field.
+            if key == PathMatchKind.REGEX and (problem := regex_problem(text)) is not None:
+                reader.error(value, f"route.rules.match.path.regex: {problem}")
+                continue
+            path = PathMatch(PathMatchKind(key), text)
     headers = _each(reader, fields["headers"], "route.rules.match.headers", _header) if "headers" in fields else []
     return RouteMatch(path=path, headers=tuple(headers))
 
@@ -679,6 +688,13 @@ def _header(reader: _Reader, node: Node) -> HeaderMatch | None:
         value = ""
     else:
         value = reader.string(fields[kind.value], f"{section}.{kind.value}")
+    # Checked here, where the line is known; a refused header is left out like any bad part.
+    if name is not None and (problem := header_name_problem(name)) is not None:
+        reader.error(fields["name"], f"{section}.name: {problem}")
+        name = None
+    if kind is HeaderMatchKind.REGEX and value and (problem := regex_problem(value)) is not None:
+        reader.error(fields["regex"], f"{section}.regex: {problem}")
+        value = None
     if name is None or value is None:
         return None
     return HeaderMatch(name=name, kind=kind, value=value, invert=invert)

@@ -29,6 +29,7 @@ from meshplane.discovery.edge.registry import (
     RegistryError,
 )
 from meshplane.discovery.edge.store import Registration
+from meshplane.grpc_limits import DEFAULT_MAX_CALLS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT, CallLimits, ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +280,17 @@ def create_registry_server(
     address: str,
     *,
     credentials: grpc.ServerCredentials | None = None,
+    connections: ConnectionLimits | None = None,
+    call_limits: CallLimits | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A gRPC server for the Registry on `address` (`host:port`, port 0 picks one); not started."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024)])
+    """A gRPC server for the Registry on `address` (`host:port`, port 0 picks one); not started.
+
+    Its connections are bounded by `connections` (handshake, idle, keepalive, streams per
+    connection) and its calls by `call_limits` (per client address, time to send the request);
+    both default to `meshplane.grpc_limits`' defaults."""
+    options = [("grpc.max_receive_message_length", 64 * 1024), *(connections or ConnectionLimits()).grpc_options()]
+    interceptors = [call_limits or CallLimits(DEFAULT_MAX_CALLS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT)]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     add_registry(server, calls, authenticate)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     return server, port

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -73,12 +74,34 @@ def devices_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.output == "json":
         print(json.dumps(answer, indent=2), file=out)
         return 0
-    print(f"{'DEVICE':<24} {'CLASS':<14} {'SITE':<16} {'VERSION':<12} {'EXPIRES':<24} ENDPOINTS", file=out)
-    for device in devices:
-        endpoints = ",".join(f"{e.get('address')}:{e.get('port')}" for e in device.get("endpoints", []))
-        print(
-            f"{device.get('device_id', ''):<24} {device.get('device_class', ''):<14} {device.get('site', ''):<16} "
-            f"{device.get('version', ''):<12} {device.get('expires_at', ''):<24} {endpoints}",
-            file=out,
-        )
+    print(devices_table(devices), file=out)
     return 0
+
+
+DEVICE_COLUMNS = ("DEVICE", "CLASS", "SITE", "VERSION", "EXPIRES", "ENDPOINTS")
+
+
+def devices_table(devices: list[dict[str, Any]]) -> str:
+    """The `devices list` table: one row a device, every column as wide as its widest cell plus two
+    spaces (nothing is cut: a long device id widens its column), the last column unpadded.
+    EXPIRES is the lease's end in UTC to the second."""
+    rows = [DEVICE_COLUMNS] + [
+        (
+            str(device.get("device_id", "")),
+            str(device.get("device_class", "")),
+            str(device.get("site", "")),
+            str(device.get("version", "")),
+            _to_the_second(str(device.get("expires_at", ""))),
+            ",".join(f"{e.get('address')}:{e.get('port')}" for e in device.get("endpoints", [])),
+        )
+        for device in devices
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(DEVICE_COLUMNS) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]) for row in rows
+    )
+
+
+def _to_the_second(timestamp: str) -> str:
+    """`2026-01-02T03:04:05.678901234Z` (a protobuf Timestamp in JSON) → `2026-01-02T03:04:05Z`."""
+    return re.sub(r"\.\d+Z$", "Z", timestamp)

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -208,7 +210,7 @@ def registry_http_app(
         for label in request.query.getall("label", []):
             key, sep, value = label.partition("=")
             if not sep:
-                raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"label {label!r} must be key=value")
+                raise RegistryError(ErrorCode.INVALID_ARGUMENT, f"label {label[:128]!r} must be key=value")
             message.labels[key] = value
         return message
 
@@ -319,6 +321,37 @@ class _LimitedConnection(asyncio.Protocol):
             self._inner.resume_writing()
 
 
+class _JsonRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering what it refuses before any route or middleware sees
+    the request (a request line or header that does not parse, a header over the size limit) in
+    the JSON error shape like every other error, and logging such a refusal as one debug line:
+    any client can send malformed HTTP, so a traceback at ERROR for each would let it flood the log."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log.error("registry JSON API: a request from %s failed", request.remote, exc_info=exc)
+            reason, code = "internal error (logged by the control plane)", "INTERNAL"
+        else:
+            # The parser's message quotes the offending line: its first line names what is wrong.
+            first = (message or "").strip().splitlines()[0:1]
+            reason = _bounded("malformed HTTP request" + (f": {first[0]}" if first else ""), 256)
+            code = _HTTP_CODES.get(status, "INVALID_ARGUMENT")
+            log.debug("registry JSON API: refused a request from %s: %s", request.remote, reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was partly sent already; the connection is dropped")
+        answer = error_body(status, code, reason)
+        answer.force_close()
+        return answer
+
+
 async def serve_limited(runner: web.BaseRunner, host: str, port: int, per_client: int) -> asyncio.Server:
     """Listens on `host:port` for `runner` (set up), with at most `per_client` open connections per
     client address (0: no limit). The caller closes the returned server, then cleans up the runner."""
@@ -326,4 +359,11 @@ async def serve_limited(runner: web.BaseRunner, host: str, port: int, per_client
     assert server is not None, "the runner must be set up first"
     counts = _ConnectionCounts(per_client)
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _LimitedConnection(server(), counts), host, port, reuse_address=True)
+    # What `web.Server.__call__` builds, with our handler class: the runner's keyword arguments
+    # (timeouts, access log) are the server's `_kwargs`, which aiohttp has no public accessor for.
+    options = server._kwargs
+
+    def connection() -> _LimitedConnection:
+        return _LimitedConnection(_JsonRequestHandler(server, loop=loop, **options), counts)
+
+    return await loop.create_server(connection, host, port, reuse_address=True)

@@ -12,10 +12,13 @@ from meshplane.flags import env_flag
 # Repeated from meshplane.edge.api (which imports grpc: too heavy for the CLI's start); a test keeps them equal.
 DEFAULT_REGISTER_RATE = 100.0
 DEFAULT_REGISTER_BURST = 1_000
-# Repeated from meshplane.edge.http and meshplane.edge.server likewise; tests/test_edge_http_limits.py
-# keeps them equal.
+# Repeated from meshplane.edge.http, meshplane.edge.server and meshplane.grpc_limits likewise;
+# tests/test_edge_http_limits.py and tests/test_edge_grpc_limits.py keep them equal.
 DEFAULT_HTTP_READ_TIMEOUT = 10.0
 DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT = 256
+DEFAULT_GRPC_READ_TIMEOUT = 10.0
+DEFAULT_GRPC_IDLE_TIMEOUT = 300.0
+DEFAULT_GRPC_MAX_CALLS_PER_CLIENT = 1_000
 
 if TYPE_CHECKING:
     from meshplane.edge.server import EdgeSettings
@@ -90,6 +93,30 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON port: connections one client address may hold open at once; more are answered 429"
         " and closed (0: unlimited)",
     )
+    env_flag(
+        group,
+        "--registry-grpc-read-timeout",
+        type=positive_seconds,
+        default=DEFAULT_GRPC_READ_TIMEOUT,
+        help="gRPC port: seconds a client has to finish its connection's handshake, and a call's request"
+        " message to arrive once the call started; slower connections are closed, slower calls ended",
+    )
+    env_flag(
+        group,
+        "--registry-grpc-idle-timeout",
+        type=positive_seconds,
+        default=DEFAULT_GRPC_IDLE_TIMEOUT,
+        help="gRPC port: seconds a connection may carry no call before it is closed (clients reconnect"
+        " on their next call)",
+    )
+    env_flag(
+        group,
+        "--registry-grpc-max-calls-per-client",
+        type=connection_count,
+        default=DEFAULT_GRPC_MAX_CALLS_PER_CLIENT,
+        help="gRPC port: calls (streams included) one client address may hold open at once; more are"
+        " refused RESOURCE_EXHAUSTED (0: unlimited)",
+    )
 
 
 def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
@@ -116,4 +143,7 @@ def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
         register_burst=args.registry_burst,
         http_read_timeout=args.registry_http_read_timeout,
         http_max_connections_per_client=args.registry_http_max_connections_per_client,
+        grpc_read_timeout=args.registry_grpc_read_timeout,
+        grpc_idle_timeout=args.registry_grpc_idle_timeout,
+        grpc_max_calls_per_client=args.registry_grpc_max_calls_per_client,
     )

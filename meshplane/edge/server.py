@@ -30,6 +30,13 @@ from meshplane.edge.api import (
     create_registry_server,
 )
 from meshplane.edge.http import DEFAULT_READ_TIMEOUT, registry_http_app, serve_limited
+from meshplane.grpc_limits import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CALLS_PER_CLIENT,
+    DEFAULT_REQUEST_TIMEOUT,
+    CallLimits,
+    ConnectionLimits,
+)
 from meshplane.model import Device, Mesh, Site
 from meshplane.tls import ReloadingCredentials, TlsFiles
 
@@ -50,7 +57,13 @@ class EdgeSettings:
     On the JSON port, `http_read_timeout` bounds the seconds a client has to send a request's
     headers (from connecting, or from the previous answer on a kept-alive connection: an idle
     connection is closed after it too) and then, separately, its body; `http_max_connections_per_client`
-    bounds the connections one client address holds open at once (0: no limit)."""
+    bounds the connections one client address holds open at once (0: no limit).
+
+    On the gRPC port, `grpc_read_timeout` bounds the seconds a client has to finish its
+    connection's handshake (TLS, HTTP/2 preface) and, on each call taking one request, to send that
+    request once the call's headers are in; `grpc_idle_timeout` closes a connection that carried no
+    call for that long; `grpc_max_calls_per_client` bounds the calls one client address holds open
+    at once (0: no limit). See `meshplane.grpc_limits` for the keepalive and per-connection bounds."""
 
     db: str
     address: str = "0.0.0.0:18001"
@@ -67,6 +80,9 @@ class EdgeSettings:
     register_burst: int = DEFAULT_REGISTER_BURST
     http_read_timeout: float = DEFAULT_READ_TIMEOUT
     http_max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    grpc_read_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    grpc_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    grpc_max_calls_per_client: int = DEFAULT_MAX_CALLS_PER_CLIENT
 
 
 class EdgeRegistryServer:
@@ -130,7 +146,16 @@ class EdgeRegistryServer:
             certificates = self.tls.requires_client_certificates
         authenticate = authenticator(self.tokens, certificates=certificates)
         calls = RegistryCalls(self.registry, self.register_limit)
-        self._grpc, self.port = create_registry_server(calls, authenticate, settings.address, credentials=credentials)
+        self._grpc, self.port = create_registry_server(
+            calls,
+            authenticate,
+            settings.address,
+            credentials=credentials,
+            connections=ConnectionLimits(
+                handshake_timeout=settings.grpc_read_timeout, idle_timeout=settings.grpc_idle_timeout
+            ),
+            call_limits=CallLimits(settings.grpc_max_calls_per_client, settings.grpc_read_timeout),
+        )
         await self._grpc.start()
         timeout = settings.http_read_timeout
         self._http = web.AppRunner(

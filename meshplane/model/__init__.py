@@ -8,6 +8,7 @@ from meshplane.model.devices import (
     is_device_class,
     is_device_id,
 )
+from meshplane.model.limits import ENVOY_REGEX_MAX_PROGRAM_SIZE, header_name_problem, regex_problem
 from meshplane.model.mesh import DEFAULT_CLUSTER_DOMAIN, Mesh
 from meshplane.model.policy import (
     CircuitBreakers,
@@ -48,6 +49,7 @@ from meshplane.model.sites import GatewayAddress, Site, is_site_id
 __all__ = [
     "DEFAULT_CLUSTER_DOMAIN",
     "DEFAULT_OUTBOUND_PORT",
+    "ENVOY_REGEX_MAX_PROGRAM_SIZE",
     "METADATA_ADDRESSES",
     "RETRY_CONDITIONS",
     "CircuitBreakers",
@@ -84,9 +86,11 @@ __all__ = [
     "UpstreamTls",
     "WeightedBackend",
     "forbidden_address_reason",
+    "header_name_problem",
     "is_device_class",
     "is_device_id",
     "is_dns_label",
     "is_host_name",
     "is_site_id",
+    "regex_problem",
 ]

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from meshplane.model.limits import MIN_TIMEOUT, has_control_characters, header_name_problem
+
 
 class LoadBalancing(StrEnum):
     ROUND_ROBIN = "round_robin"
@@ -89,14 +91,17 @@ class TrafficPolicy:
 
     def problems(self, where: str) -> list[str]:
         found = _non_finite(where, self)
-        if not 0 < self.connect_timeout <= 300:
-            found.append(f"{where}: connect_timeout must be within (0, 300] seconds")
+        if not MIN_TIMEOUT <= self.connect_timeout <= 300:
+            found.append(f"{where}: connect_timeout must be within 1ms and 300s")
         if self.load_balancing.is_consistent_hash and self.hash_key is None:
             found.append(f"{where}: {self.load_balancing} needs a hash_key (header, cookie or source_ip)")
         if self.hash_key is not None:
             chosen = sum((bool(self.hash_key.header), bool(self.hash_key.cookie), self.hash_key.source_ip))
             if chosen != 1:
                 found.append(f"{where}: hash_key must name exactly one of header, cookie, source_ip")
+            # Proxies compare header names without case (Envoy lowercases the one it hashes on).
+            if self.hash_key.header and (problem := header_name_problem(self.hash_key.header.lower())):
+                found.append(f"{where}: hash_key: {problem}")
         if self.circuit_breakers is not None:
             for name in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
                 value = getattr(self.circuit_breakers, name)
@@ -105,17 +110,22 @@ class TrafficPolicy:
         if (od := self.outlier_detection) is not None:
             if od.consecutive_5xx < 1:
                 found.append(f"{where}: outlier_detection.consecutive_5xx must be at least 1")
-            if od.interval <= 0 or od.base_ejection_time <= 0:
-                found.append(f"{where}: outlier_detection interval and base_ejection_time must be positive")
+            # Sent as a uint32: a negative count would become 0 on the wire, not be refused.
+            if od.consecutive_gateway_failure is not None and od.consecutive_gateway_failure < 1:
+                found.append(f"{where}: outlier_detection.consecutive_gateway_failure must be at least 1")
+            if od.interval < MIN_TIMEOUT or od.base_ejection_time < MIN_TIMEOUT:
+                found.append(f"{where}: outlier_detection interval and base_ejection_time must be at least 1ms")
             if not 0 <= od.max_ejection_percent <= 100:
                 found.append(f"{where}: outlier_detection.max_ejection_percent must be within 0-100")
         if (hc := self.health_check) is not None:
-            if hc.interval <= 0 or hc.timeout <= 0:
-                found.append(f"{where}: health_check interval and timeout must be positive")
+            if hc.interval < MIN_TIMEOUT or hc.timeout < MIN_TIMEOUT:
+                found.append(f"{where}: health_check interval and timeout must be at least 1ms")
             if hc.unhealthy_threshold < 1 or hc.healthy_threshold < 1:
                 found.append(f"{where}: health_check thresholds must be at least 1")
             if hc.protocol is HealthCheckProtocol.HTTP and not hc.path.startswith("/"):
                 found.append(f"{where}: health_check.path must start with '/'")
+            if has_control_characters(hc.path):
+                found.append(f"{where}: health_check.path {hc.path!r} must not contain control characters")
         return found
 
 

@@ -8,12 +8,20 @@ stay out of the group, or every proxy becomes its own group.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from meshplane.model.services import Locality
 
 DEFAULT_OUTBOUND_PORT = 15001
+# An edge gateway's device listener when its node names none; its cloud-to-device listener is the
+# next port (15081). `ProxyRole.default_outbound_port` is the one place either default is chosen.
+DEFAULT_EDGE_GATEWAY_PORT = 15080
+# The xDS cluster a per-type proxy names (node.metadata.xds_cluster) is copied into every config
+# source meshplane sends it: bounded, and plain enough to read back the same in YAML, logs and stats.
+MAX_XDS_CLUSTER_LENGTH = 128
+_XDS_CLUSTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 
 class ProxyRole(StrEnum):
@@ -36,6 +44,33 @@ class ProxyRole(StrEnum):
         """Roles whose config depends on the proxy's edge site."""
         return self in (ProxyRole.EDGE_GATEWAY, ProxyRole.DEVICE, ProxyRole.MOBILE)
 
+    @property
+    def default_outbound_port(self) -> int:
+        """`node.metadata.outbound_port` when a proxy of this role leaves it out: what `meshplane
+        bootstrap` writes, the server assumes and a status preview (`--role`) shows."""
+        return DEFAULT_EDGE_GATEWAY_PORT if self is ProxyRole.EDGE_GATEWAY else DEFAULT_OUTBOUND_PORT
+
+
+class XdsApiType(StrEnum):
+    """How a proxy fetches what its resources refer to (a cluster's endpoints, a listener's
+    routes, a TLS context's secrets, Envoy Mobile's runtime layer), so every config source
+    meshplane sends it says the same.
+
+    `ads`: over the proxy's one ADS stream (`ads: {}`), SotW or Delta alike: the default.
+    `grpc` / `delta_grpc`: over the per-type services (SotW / Delta), as `api_config_source`
+    with Envoy's api_type `GRPC` / `DELTA_GRPC`, naming the proxy's xDS cluster.
+    """
+
+    ADS = "ads"
+    GRPC = "grpc"
+    DELTA_GRPC = "delta_grpc"
+
+
+def is_xds_cluster_name(value: str) -> bool:
+    """A name a proxy may give its xDS cluster: 1-128 letters, digits, `_ . : -`, not starting
+    with punctuation (`meshplane`, `xds_cluster`)."""
+    return len(value) <= MAX_XDS_CLUSTER_LENGTH and bool(_XDS_CLUSTER.fullmatch(value))
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class ProxyGroup:
@@ -45,6 +80,10 @@ class ProxyGroup:
     port; `site` the edge site of an edge role (empty for the others); `listen_address` the IP an
     edge-gateway's listeners bind, in `listen_address_of`'s canonical form (empty: 0.0.0.0, every
     IPv4 address of the host; always empty for the other roles, whose listeners are loopback).
+    `xds_api_type` and `xds_cluster` say where the config sources sent to the proxy point: its ADS
+    stream (`ads`, with no cluster), or the per-type services (`grpc`, `delta_grpc`) reached
+    through the xDS cluster its bootstrap names. Two proxies differing only there get different
+    bytes, so they are two groups; proxyless gRPC speaks ADS only.
     """
 
     role: ProxyRole = ProxyRole.SIDECAR
@@ -52,6 +91,8 @@ class ProxyGroup:
     outbound_port: int = DEFAULT_OUTBOUND_PORT
     site: str = ""
     listen_address: str = ""
+    xds_api_type: XdsApiType = XdsApiType.ADS
+    xds_cluster: str = ""
 
     def __post_init__(self) -> None:
         # One spelling per address, and none for roles it does not apply to: otherwise equal
@@ -63,6 +104,16 @@ class ProxyGroup:
             raise ValueError(
                 f"listen_address {self.listen_address!r}: only an edge-gateway has one, an IP address in "
                 "canonical form (127.0.0.1, ::1)"
+            )
+        if self.xds_api_type is XdsApiType.ADS:
+            if self.xds_cluster:
+                raise ValueError(f"xds_cluster {self.xds_cluster!r}: only a per-type proxy names its xDS cluster")
+        elif self.role is ProxyRole.GRPC:
+            raise ValueError(f"xds_api_type {self.xds_api_type}: proxyless gRPC speaks ADS only")
+        elif not is_xds_cluster_name(self.xds_cluster):
+            raise ValueError(
+                f"xds_cluster {self.xds_cluster[:MAX_XDS_CLUSTER_LENGTH]!r}: a per-type proxy names its xDS "
+                f"cluster, 1-{MAX_XDS_CLUSTER_LENGTH} letters, digits, '_', '.', ':' or '-'"
             )
 
     def __str__(self) -> str:
@@ -79,6 +130,8 @@ class ProxyGroup:
             text += f"#{self.site}"
         if self.listen_address:
             text += f" on {self.listen_address}"
+        if self.xds_api_type is not XdsApiType.ADS:
+            text += f" per-type {self.xds_api_type} via {self.xds_cluster}"
         return text
 
 

@@ -1,15 +1,17 @@
 """HTTP routing declared by policy: which requests go to which services, and how.
 
 Owns route tables (hosts → ordered rules), matches (path, headers), weighted splits (canaries),
-retries, timeouts and prefix rewrites. Refers to services by `ServiceRef`; must not know Envoy.
+retries, timeouts and prefix rewrites. Refers to services by `ServiceRef`; must not know Envoy's
+wire types. What it accepts a proxy accepts: regexes, header names, rewrites and timeouts are held
+to proxies' limits (`meshplane.model.limits`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from meshplane.model.limits import MIN_TIMEOUT, has_control_characters, header_name_problem, regex_problem
 from meshplane.model.services import ServiceRef, is_host_name
 
 
@@ -137,8 +139,8 @@ def _rule_problems(where: str, rule: RouteRule) -> list[str]:
     elif not path.value.startswith("/"):
         found.append(f"{where}: path {path.value!r} must start with '/'")
     for header in rule.match.headers:
-        if not header.name or header.name != header.name.lower() or " " in header.name:
-            found.append(f"{where}: header name {header.name!r} must be lowercase, without spaces")
+        if (problem := header_name_problem(header.name)) is not None:
+            found.append(f"{where}: {problem}")
         if header.kind is HeaderMatchKind.REGEX:
             found += _regex_problems(where, header.value)
     if not rule.backends:
@@ -147,29 +149,24 @@ def _rule_problems(where: str, rule: RouteRule) -> list[str]:
         found.append(f"{where}: backend weights must not be negative")
     if rule.backends and sum(backend.weight for backend in rule.backends) <= 0:
         found.append(f"{where}: backend weights add up to zero")
-    if rule.timeout is not None and not 0 <= rule.timeout < float("inf"):
-        found.append(f"{where}: timeout must not be negative")
+    if rule.timeout is not None and not (rule.timeout == 0 or MIN_TIMEOUT <= rule.timeout < float("inf")):
+        found.append(f"{where}: timeout must be 0 (none) or at least 1ms")
     if (retry := rule.retry) is not None:
         unknown = sorted(set(retry.on) - RETRY_CONDITIONS)
         if unknown:
             found.append(f"{where}: unknown retry conditions {unknown}")
         if not 0 <= retry.attempts <= 10:
             found.append(f"{where}: retry attempts must be within 0-10")
-        if retry.per_try_timeout is not None and retry.per_try_timeout <= 0:
-            found.append(f"{where}: per_try_timeout must be positive")
-    if rule.prefix_rewrite is not None and not rule.prefix_rewrite.startswith("/"):
-        found.append(f"{where}: prefix_rewrite must start with '/'")
+        if retry.per_try_timeout is not None and not MIN_TIMEOUT <= retry.per_try_timeout < float("inf"):
+            found.append(f"{where}: per_try_timeout must be at least 1ms")
+    if (rewrite := rule.prefix_rewrite) is not None:
+        if not rewrite.startswith("/"):
+            found.append(f"{where}: prefix_rewrite must start with '/'")
+        if has_control_characters(rewrite):
+            found.append(f"{where}: prefix_rewrite {rewrite!r} must not contain control characters")
     return found
 
 
 def _regex_problems(where: str, pattern: str) -> list[str]:
-    if not pattern:
-        return [f"{where}: a regex must not be empty"]
-    # Envoy uses RE2; Python's re accepts a superset, so this catches syntax errors, not RE2-only limits.
-    try:
-        re.compile(pattern)
-    except re.error as error:
-        return [f"{where}: invalid regex {pattern!r}: {error}"]
-    if re.search(r"\(\?[=!<]|\\[1-9]", pattern):
-        return [f"{where}: regex {pattern!r} uses lookaround or backreferences, which RE2 does not support"]
-    return []
+    problem = regex_problem(pattern)
+    return [] if problem is None else [f"{where}: {problem}"]

@@ -187,6 +187,9 @@ class Service:
         for host in self.hosts:
             if not is_host_name(host):
                 found.append(f"{where}: host {host!r} is not a valid host name")
+        # SNI is a DNS host name (RFC 6066: no address, no wildcard); Envoy refuses one over 255 bytes.
+        if self.tls is not None and self.tls.sni and (not is_host_name(self.tls.sni) or self.tls.sni.startswith("*")):
+            found.append(f"{where}: tls.sni {self.tls.sni!r} is not a host name")
         if self.external_name:
             if not is_host_name(self.external_name) or self.external_name.startswith("*"):
                 found.append(f"{where}: external name {self.external_name!r} is not a valid DNS name")

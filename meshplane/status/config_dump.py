@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from meshplane.model import ProxyGroup
+from meshplane.model import ProxyGroup, ProxyRole
 from meshplane.status.document import group_fields, group_site, latest_per_type, nack_document
 from meshplane.xds.server.tracking import StreamTrack
 from meshplane.xds.snapshot import Resource, Snapshot
@@ -134,7 +134,9 @@ def group_dump(group: ProxyGroup, snapshot: Snapshot, authorized: bool) -> dict[
 def group_from_query(query: Mapping[str, str]) -> ProxyGroup:
     """The `ProxyGroup` that query parameters describe, whatever fields it has: each field by its
     name (`role=grpc`, `outbound_port=15002`, `site=…`), a nested dataclass by its own fields
-    (`region=…&zone=…` for the locality). Missing fields take their defaults."""
+    (`region=…&zone=…` for the locality). Missing fields take their defaults; a missing
+    `outbound_port` the role's (`ProxyRole.default_outbound_port`: 15080 for an edge gateway), as
+    for a proxy whose node leaves it out and in `meshplane bootstrap`'s output."""
     hints = typing.get_type_hints(ProxyGroup)
     values: dict[str, Any] = {}
     used: set[str] = set()
@@ -155,6 +157,8 @@ def group_from_query(query: Mapping[str, str]) -> ProxyGroup:
     unknown = sorted(set(query) - used)
     if unknown:
         raise DumpError(f"unknown parameter(s) {', '.join(unknown)}")
+    if "outbound_port" not in values:
+        values["outbound_port"] = ProxyRole(values.get("role", ProxyRole.SIDECAR)).default_outbound_port
     try:
         return ProxyGroup(**values)
     except (TypeError, ValueError) as error:

@@ -90,26 +90,49 @@ def nack_lines(document: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+# How `meshplane status sources` shows a source's `state` (see docs/status-api.md).
+_SOURCE_STATES = {"synced": "yes", "serving_last_good": "yes, serving last good", "not_synced": "NO"}
+
+
+def _source_state(source: Mapping[str, Any]) -> str:
+    state = source.get("state")
+    if state is None:  # a control plane from before `state` was served
+        state = "not_synced" if not source.get("synced") else "serving_last_good" if source.get("errors") else "synced"
+    return _SOURCE_STATES.get(str(state), str(state))
+
+
 def source_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The source table: one row a source. LAST SYNC is when it last confirmed it is in sync."""
     now = float(document.get("generated_at") or time.time())
-    headers = ["SOURCE", "SYNCED", "LAST SYNC", "OBJECTS", "ERRORS"]
+    headers = ["SOURCE", "SYNCED", "LAST SYNC", "OBJECTS", "ERRORS", "NOTES"]
     rows = []
     for source in document.get("sources", []):
         counts = ", ".join(f"{key} {value}" for key, value in (source.get("counts") or {}).items())
         rows.append(
             [
                 str(source.get("name")),
-                "yes" if source.get("synced") else "NO",
+                _source_state(source),
                 _age(source.get("last_success"), now),
                 counts or "-",
                 str(len(source.get("errors") or [])),
+                str(len(source.get("notes") or [])),
             ]
         )
     return headers, rows
 
 
 def source_error_lines(document: Mapping[str, Any]) -> list[str]:
-    return [f"{source.get('name')}: {error}" for source in document.get("sources", []) for error in source["errors"]]
+    return [
+        f"{source.get('name')}: {error}"
+        for source in document.get("sources", [])
+        for error in source.get("errors") or []
+    ]
+
+
+def source_note_lines(document: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{source.get('name')}: {note}" for source in document.get("sources", []) for note in source.get("notes") or []
+    ]
 
 
 def config_rows(dump: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -198,6 +221,7 @@ def sources_command(server: str, *, output: str = "table", out: TextIO = sys.std
     headers, rows = source_rows(document)
     print_table(headers, rows, out, rich=out.isatty())
     _write(out, source_error_lines(document), "Errors:")
+    _write(out, source_note_lines(document), "Notes:")
     return 0
 
 

@@ -31,8 +31,8 @@ class StatusInputs:
     """What the status endpoint reads; every field is a read function or a registry it only reads.
 
     `sources` returns one mapping per enabled source: name, synced, last_success, last_attempt,
-    errors, counts (see `SourceStatus`), optionally `events` (monotonic counters such as
-    registrations or lease expiries, exported as metrics). `snapshot_for(group)` builds what a
+    errors, counts (see `SourceStatus`), optionally `notes` and `events` (monotonic counters such
+    as registrations or lease expiries, exported as metrics). `snapshot_for(group)` builds what a
     proxy of that group would get now. `admin_token`: the token that unlocks secret-bearing dumps;
     None means they stay locked.
     """
@@ -117,6 +117,8 @@ def _type_document(entry: TypeTrack | None) -> dict[str, Any]:
         "pending_nonce": entry.pending_nonce or None,
         "resources": entry.resource_count,
         "last_nack": nack_document(entry.last_nack),
+        # Secrets holding private keys not sent to this unauthenticated stream (xds/server/keys.py).
+        "keys_withheld": list(entry.keys_withheld),
     }
 
 
@@ -179,11 +181,28 @@ def _proxy_document(node_id: str, streams: list[StreamTrack]) -> dict[str, Any]:
     }
 
 
+# A source's state, from its `synced` and `errors`: what the dashboard's badge and `meshplane
+# status sources` show. SERVING_LAST_GOOD: synced once, but its current content is refused or it
+# cannot reach where it comes from, so what is served is its last good content.
+SOURCE_SYNCED = "synced"
+SOURCE_SERVING_LAST_GOOD = "serving_last_good"
+SOURCE_NOT_SYNCED = "not_synced"
+
+
+def source_state(synced: bool, errors: Sequence[str]) -> str:
+    if not synced:
+        return SOURCE_NOT_SYNCED
+    return SOURCE_SERVING_LAST_GOOD if errors else SOURCE_SYNCED
+
+
 def _source_document(source: Mapping[str, Any], now: float) -> dict[str, Any]:
     document: dict[str, Any] = _plain(dict(source))
     last_success = document.get("last_success")
+    # Since the source last confirmed it is in sync (SourceStatus.last_success), not since a change.
     document["sync_age_seconds"] = max(0.0, now - last_success) if isinstance(last_success, int | float) else None
     document["errors"] = [redact_secrets(str(error)) for error in document.get("errors", [])]
+    document["notes"] = [redact_secrets(str(note)) for note in document.get("notes", [])]
+    document["state"] = source_state(bool(document.get("synced")), document["errors"])
     return document
 
 

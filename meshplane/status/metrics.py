@@ -131,6 +131,13 @@ class _StateCollector(Collector):
         for code, count in sorted(registry.refused_counts.items()):
             refused.add_metric([code], count)
         yield refused
+        withheld = CounterMetricFamily(
+            "meshplane_xds_secrets_withheld",
+            "Secrets holding private keys not sent to an unauthenticated xDS stream (no --client-ca, no "
+            "--xds-tokens), each secret counted once per stream.",
+        )
+        withheld.add_metric([], registry.secrets_withheld)
+        yield withheld
         proxies = GaugeMetricFamily(
             "meshplane_xds_proxies",
             "Connected proxies by xDS type and sync state (SYNCED, STALE, NACKED, NOT SENT).",

@@ -2,7 +2,8 @@
 
 Sources report their state when asked (`SourceStatus`); operators need an event when something
 goes wrong. `SourceWatch.check()` compares each source's status with the last one seen and logs
-one line per new error (with the source's name and the error; `event: source_error`), and one
+one line per new error (with the source's name and the error; `event: source_error`), one at
+INFO per new note (`event: source_note`; notes are not errors and are not counted), and one
 when a source loses or regains its sync; it counts errors per source for the metrics. Reads the
 sources through a callable and never changes them.
 """
@@ -27,6 +28,7 @@ class SourceWatch:
         self._sources = sources
         self.interval = interval
         self._errors: dict[str, frozenset[str]] = {}
+        self._notes: dict[str, frozenset[str]] = {}
         self._synced: dict[str, bool] = {}
         self.error_counts: Counter[str] = Counter()
 
@@ -47,6 +49,10 @@ class SourceWatch:
             if seen and not errors:
                 log.info("source %s: errors cleared", name, extra={"event": "source_recovered", "source": name})
             self._errors[name] = frozenset(errors)
+            notes = frozenset(redact_secrets(str(note)) for note in source.get("notes", ()))
+            for note in sorted(notes - self._notes.get(name, frozenset())):
+                log.info("source %s: %s", name, note, extra={"event": "source_note", "source": name, "note": note})
+            self._notes[name] = notes
             synced = bool(source.get("synced"))
             if self._synced.get(name) and not synced:
                 log.warning("source %s lost its sync", name, extra={"event": "source_unsynced", "source": name})

@@ -40,11 +40,14 @@ from meshplane.model import (
     UpstreamTls,
     WeightedBackend,
 )
+from meshplane.model.proxy import XdsApiType
 
 DATA = Path(__file__).parent.parent / "data"  # TEST-ONLY certificates, see tests/data/README.md
 
 SIDECAR = ProxyGroup()
 GRPC = ProxyGroup(role=ProxyRole.GRPC)
+# A sidecar on the per-type services: every EDS, RDS and SDS source names them, not ADS.
+PER_TYPE = ProxyGroup(xds_api_type=XdsApiType.DELTA_GRPC, xds_cluster="meshplane")
 EU_WEST_A = Locality("eu-west", "eu-west-a")
 EU_WEST_B = Locality("eu-west", "eu-west-b")
 US_EAST_C = Locality("us-east", "us-east-c")
@@ -58,10 +61,14 @@ class GoldenCase:
 
 
 def group_label(group: ProxyGroup) -> str:
-    """A file-name-safe label: `sidecar`, `grpc`, `sidecar-eu-west-eu-west-a`, `sidecar-15006`."""
+    """A file-name-safe label: `sidecar`, `grpc`, `sidecar-eu-west-eu-west-a`, `sidecar-15006`,
+    `sidecar-per-type-delta_grpc` (its xDS cluster is always PER_TYPE's, `meshplane`)."""
     parts = [str(group.role), group.locality.region, group.locality.zone, group.locality.sub_zone]
     if group.role is ProxyRole.SIDECAR and group.outbound_port != SIDECAR.outbound_port:
         parts.append(str(group.outbound_port))
+    if group.xds_api_type is not XdsApiType.ADS:
+        assert group.xds_cluster == PER_TYPE.xds_cluster, "one xDS cluster name in the golden files"
+        parts.append(f"per-type-{group.xds_api_type}")
     return "-".join(part for part in parts if part)
 
 
@@ -393,6 +400,6 @@ CASES: tuple[GoldenCase, ...] = (
             ProxyGroup(role=ProxyRole.GRPC, locality=EU_WEST_A),
         ),
     ),
-    GoldenCase("tls", tls(), (SIDECAR, GRPC)),
+    GoldenCase("tls", tls(), (SIDECAR, GRPC, PER_TYPE)),
     GoldenCase("external_name", external_name(), (SIDECAR, GRPC)),
 )

@@ -133,7 +133,7 @@ class FakeApiServer:
         self._watches: list[_Watch] = []
         self._continue: dict[str, tuple[int, list[Obj]]] = {}
         self._failures: list[tuple[int, str]] = []
-        self._holding: set[tuple[str, str]] = set()
+        self._holding: dict[tuple[str, str], int] = {}  # (kind, field selector) -> version when held
         self._held: list[tuple[_Watch, tuple[str, Obj]]] = []
         self._runner: web.AppRunner | None = None
         self.on_request: Callable[[Request], None] = lambda request: None
@@ -225,9 +225,11 @@ class FakeApiServer:
             watch.queue.put_nowait(("ERROR", _status(code, "Expired", "too old resource version")))
 
     def hold_events(self, kind: str, field_selector: str = "") -> None:
-        """Hold back the live events of every watch of `kind` with exactly `field_selector` (open now
-        or later) until `release_events()`: the other watches' events arrive first."""
-        self._holding.add((kind, field_selector))
+        """Hold back the events (from now on) of every watch of `kind` with exactly `field_selector`
+        until `release_events()`: the other watches' events arrive first. A watch opened later holds
+        them too, those it replays from the history included (a source reports synced after its
+        lists, before its watches are open)."""
+        self._holding.setdefault((kind, field_selector), self.version)
 
     def release_events(self) -> None:
         """Send the events held back, in order, and hold no more."""
@@ -377,7 +379,11 @@ class FakeApiServer:
                         and _matches(selector, meta.get("labels") or {})
                         and _fields_match(fields, obj)
                     ):
-                        await self._write(response, event, obj)
+                        held_since = self._holding.get((kind, fields))
+                        if held_since is not None and version > held_since:
+                            self._held.append((watch, (event, obj)))
+                        else:
+                            await self._write(response, event, obj)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while True:

@@ -6,9 +6,15 @@ binding in deploy/kubernetes/rbac.yaml applies to it exactly as in a cluster. `-
 and a short `--etcd-compaction-interval` make a real 410 Gone; a second API server on the same
 etcd keeps its watch cache, which is what sends BOOKMARK events in 1.20.
 
-Both run with the EndpointSlice feature gates of `FEATURE_GATES` on: without them 1.20 drops an
-endpoint's `serving`, `terminating` and `nodeName` when it stores the slice, so no test against
-it could see a draining or serving-but-not-ready endpoint, or the node an endpoint runs on.
+Every API server started here runs with the EndpointSlice feature gates of `FEATURE_GATES` on
+(`Cluster.launch` adds them), so it keeps what 1.22 and later keep by default: without them 1.20
+drops an endpoint's `serving`, `terminating` and `nodeName` when it stores the slice, and no test
+could see a draining or serving-but-not-ready endpoint, or the node an endpoint runs on. A test
+asks for 1.20's defaults explicitly (`feature_gates=None`) to show what a 1.20 cluster does.
+
+1.20 is the newest kube-apiserver Debian's archive has a source for: the `kubernetes` source
+packages of trixie (1.32) and sid (1.36) are repacked to build kubectl only, without
+cmd/kube-apiserver or pkg/ (see docs/kubernetes.md, "Kubernetes versions").
 """
 
 from __future__ import annotations
@@ -74,12 +80,54 @@ current-context: real
 
 @dataclass
 class Cluster:
-    """etcd and two API servers: `uncached` (--watch-cache=false) and `cached`."""
+    """etcd and the API servers on it: `uncached` (--watch-cache=false) and `cached`, plus any that
+    `start_apiserver` added. Each server stores its objects under its own etcd prefix."""
 
     workdir: Path
+    apiserver: Path
+    etcd_url: str = ""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     uncached: RealApiServer | None = None
     cached: RealApiServer | None = None
+
+    def launch(self, name: str, *flags: str, feature_gates: str | None = FEATURE_GATES) -> RealApiServer:
+        """Starts API server `name` (not yet ready: see `wait_ready`). Every server of these tests
+        gets `FEATURE_GATES` unless a test asks for Kubernetes' defaults with `feature_gates=None`."""
+        port = free_port()
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    str(self.apiserver),
+                    f"--etcd-servers={self.etcd_url}",
+                    f"--etcd-prefix=/registry-{name}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={port}",
+                    "--insecure-port=0",
+                    f"--cert-dir={self.workdir / name}-certs",
+                    "--authorization-mode=RBAC",
+                    f"--token-auth-file={self.workdir / 'tokens.csv'}",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    f"--service-account-key-file={self.workdir / 'sa.key'}",
+                    f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
+                    "--service-cluster-ip-range=10.0.0.0/16",
+                    "--enable-priority-and-fairness=false",
+                    "--profiling=false",
+                    *([feature_gates] if feature_gates else []),
+                    *flags,
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(process)
+        return RealApiServer(f"https://127.0.0.1:{port}", process, log)
+
+    def start_apiserver(self, name: str, *flags: str, feature_gates: str | None = FEATURE_GATES) -> RealApiServer:
+        """One more API server on this cluster's etcd, ready; stopped with the cluster."""
+        server = self.launch(name, *flags, feature_gates=feature_gates)
+        wait_ready(server)
+        return server
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -92,19 +140,21 @@ class Cluster:
                 process.wait()
 
 
-def start_cluster(workdir: Path, apiserver: Path, etcd: Path) -> Cluster:
-    cluster = Cluster(workdir)
+def start_cluster(workdir: Path, apiserver: Path, etcd: Path, *, cached: bool = True) -> Cluster:
+    """etcd, the `uncached` API server and (unless `cached` is False) the `cached` one, all ready."""
+    cluster = Cluster(workdir, apiserver)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         client_port, peer_port = free_port(), free_port()
+        cluster.etcd_url = f"http://127.0.0.1:{client_port}"
         etcd_log = (workdir / "etcd.log").open("wb")
         cluster.processes.append(
             subprocess.Popen(
                 [
                     str(etcd),
                     "--data-dir", str(workdir / "etcd"),
-                    "--listen-client-urls", f"http://127.0.0.1:{client_port}",
-                    "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+                    "--listen-client-urls", cluster.etcd_url,
+                    "--advertise-client-urls", cluster.etcd_url,
                     "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
                     "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
@@ -118,50 +168,20 @@ def start_cluster(workdir: Path, apiserver: Path, etcd: Path) -> Cluster:
             f'{ADMIN_TOKEN},admin,1,"system:masters"\n'
             f'{MESHPLANE_TOKEN},{MESHPLANE_USER},2,"system:serviceaccounts,system:serviceaccounts:meshplane"\n'
         )
-        servers = {}
-        for name, extra in (
-            ("uncached", ["--watch-cache=false", "--etcd-compaction-interval=1s"]),
-            ("cached", ["--watch-cache=true"]),
-        ):
-            port = free_port()
-            log = workdir / f"{name}.log"
-            with log.open("wb") as log_file:
-                process = subprocess.Popen(
-                    [
-                        str(apiserver),
-                        f"--etcd-servers=http://127.0.0.1:{client_port}",
-                        f"--etcd-prefix=/registry-{name}",
-                        "--bind-address=127.0.0.1",
-                        "--advertise-address=127.0.0.1",
-                        f"--secure-port={port}",
-                        "--insecure-port=0",
-                        f"--cert-dir={workdir / name}-certs",
-                        "--authorization-mode=RBAC",
-                        f"--token-auth-file={workdir / 'tokens.csv'}",
-                        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                        f"--service-account-key-file={workdir / 'sa.key'}",
-                        f"--service-account-signing-key-file={workdir / 'sa.key'}",
-                        "--service-cluster-ip-range=10.0.0.0/16",
-                        "--enable-priority-and-fairness=false",
-                        "--profiling=false",
-                        FEATURE_GATES,
-                        *extra,
-                    ],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
-            cluster.processes.append(process)
-            servers[name] = RealApiServer(f"https://127.0.0.1:{port}", process, log)
-        for server in servers.values():
-            _wait_ready(server)
-        cluster.uncached, cluster.cached = servers["uncached"], servers["cached"]
+        # Both started before either is waited for: they start up side by side.
+        cluster.uncached = cluster.launch("uncached", "--watch-cache=false", "--etcd-compaction-interval=1s")
+        if cached:
+            cluster.cached = cluster.launch("cached", "--watch-cache=true")
+        for server in (cluster.uncached, cluster.cached):
+            if server is not None:
+                wait_ready(server)
         return cluster
     except BaseException:
         cluster.stop()
         raise
 
 
-def _wait_ready(server: RealApiServer, deadline: float = 90.0) -> None:
+def wait_ready(server: RealApiServer, deadline: float = 90.0) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -184,13 +204,14 @@ def _wait_ready(server: RealApiServer, deadline: float = 90.0) -> None:
 KUBE_MISSING = None if binaries() else "kube-apiserver and etcd are not built: run `make kube-apiserver`"
 
 
-def module_cluster(workdir: Path) -> Iterator[Cluster]:
-    """A fresh etcd and kube-apiserver in `workdir`, stopped after use: the body of a test module's
-    `cluster` fixture. Fails (never skips) when the binaries are not built, unless opted out."""
+def module_cluster(workdir: Path, *, cached: bool = True) -> Iterator[Cluster]:
+    """A fresh etcd and kube-apiservers in `workdir` (see `start_cluster`), stopped after use: the
+    body of a test module's `cluster` fixture. Fails (never skips) when the binaries are not built,
+    unless opted out."""
     require(KUBE_MISSING)
     found = binaries()
     assert found is not None
-    running = start_cluster(workdir, *found)
+    running = start_cluster(workdir, *found, cached=cached)
     try:
         yield running
     finally:

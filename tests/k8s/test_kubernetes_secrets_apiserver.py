@@ -86,7 +86,7 @@ async def test_labelled_secrets_of_served_types_with_the_optional_rbac(
         assert names() == (["sds/web-tls"], ["sds/mesh-ca#ca", "sds/web-tls#ca"])
         # The custom type and the unlabelled Secret never reached meshplane: the server filtered them.
         assert source.status.counts["kubernetes_secrets"] == 3
-        assert source.status.errors == ("secret sds/no-ca: an Opaque secret must hold ca.crt; not served",)
+        assert source.status.notes == ("secret sds/no-ca: an Opaque secret must hold ca.crt; not served",)
 
         status, current = await call(admin, "GET", f"{secrets}/web-tls")
         assert status == 200

@@ -126,6 +126,8 @@ async def test_kubernetes_secrets_reach_envoy_over_sds_and_rotate(
         settings_for(write_kubeconfig(tmp_path / "kubeconfig", apiserver.url)),
         kubernetes_secrets=True,
         admin_token=ADMIN_TOKEN,
+        # The Envoy has no xDS credential: serving it the client key is the explicit opt-in.
+        insecure_serve_keys_without_client_auth=True,
     )
     plane = ControlPlane(settings)
     await plane.start()

@@ -240,9 +240,12 @@ def test_kubernetes_secrets_without_client_authentication_warn_once(
         ControlPlane(base)
     (record,) = [r for r in caplog.records if "--kubernetes-secrets" in r.getMessage()]
     assert record.levelno == logging.WARNING
-    assert (
-        "anyone who can reach 127.0.0.1:0 can fetch the Secrets' certificates and private keys" in record.getMessage()
-    )
+    assert "they are withheld from every proxy" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="meshplane.app"):
+        ControlPlane(dataclasses.replace(base, insecure_serve_keys_without_client_auth=True))
+    (record,) = [r for r in caplog.records if "--kubernetes-secrets" in r.getMessage()]
+    assert "anyone who can reach 127.0.0.1:0 can fetch the certificates and private keys" in record.getMessage()
     for authenticated in (
         dataclasses.replace(base, xds_tokens=tmp_path / "tokens.yaml"),
         dataclasses.replace(base, client_ca=tmp_path / "ca.pem"),

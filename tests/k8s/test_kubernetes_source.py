@@ -1,4 +1,4 @@
-"""The Kubernetes source end to end against the fake API server: every scenario of issue 3.
+"""The Kubernetes source end to end against the fake API server: every behaviour docs/kubernetes.md promises.
 
 The source watches through the real `kubernetes_asyncio` client; the fake speaks the API's wire
 protocol. Each test waits for the source's content to show a condition (with a deadline).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def addresses(source: KubernetesSource, name: str = "default/web") -> list[str]:
     return [] if service is None else [e.address for e in service.endpoints]
 
 
-def web_slice(*endpoints: dict[str, object], name: str = "web-1") -> dict[str, object]:
+def web_slice(*endpoints: dict[str, Any], name: str = "web-1") -> dict[str, Any]:
     return k.endpoint_slice(name, "web", endpoints=list(endpoints))
 
 
@@ -262,11 +263,12 @@ async def test_invalid_annotations_are_reported_and_discovery_goes_on(
     apiserver.apply(k.service("api"))
     source = await synced_source(run_source)
     assert sorted(by_name(source)) == ["default/api", "default/web"]
-    (error,) = source.status.errors
-    assert "meshplane.io/connect-timeout='soon'" in error
+    (note,) = source.status.notes  # about one object: a note; the source itself has no error
+    assert "meshplane.io/connect-timeout='soon'" in note
+    assert source.status.errors == ()
     assert len(source.content().routes) == 1  # the valid retries annotation still applies
     apiserver.apply(k.service("web", annotations={"meshplane.io/connect-timeout": "2s"}))
-    await wait_for(lambda: source.status.errors == () and by_name(source)["default/web"].policy.connect_timeout == 2.0)
+    await wait_for(lambda: source.status.notes == () and by_name(source)["default/web"].policy.connect_timeout == 2.0)
 
 
 async def test_unchanged_services_keep_their_identity(apiserver: FakeApiServer, run_source: SourceFactory) -> None:

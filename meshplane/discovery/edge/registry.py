@@ -1,6 +1,6 @@
 """The edge registry: validated registrations with leases, kept in memory and in a durable store.
 
-Owns the rules of issue 4:
+Owns the registry's rules:
 - a registration lives while its lease is renewed; `expire()` (run every `check_interval` by
   `run()`) drops lapsed ones, so an expired device leaves the config within one check interval;
 - registering again is idempotent: the same device keeps its lease, its fields are replaced, and
@@ -155,6 +155,11 @@ class EdgeRegistry:
         self._watchers: set[asyncio.Queue[object]] = set()
         self._devices: tuple[Device, ...] | None = ()
         self._loaded_at: float | None = None
+        # For the status: when the store last answered (the registry is in sync while it does),
+        # when it was last asked, and why it failed last, until it answers again.
+        self._confirmed_at: float | None = None
+        self._attempted_at: float | None = None
+        self._store_error = ""
 
     # --- lifecycle ---
 
@@ -163,12 +168,13 @@ class EdgeRegistry:
         the control plane was down, so they are not punished for it (etcd does the same on leader
         change)."""
         now = self._clock()
+        self._attempted_at = time.time()
         for row in await self._store.load():
             expires_at = max(row.expires_at, now + row.ttl)
             self._live[row.device.id] = Registration(
                 row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at
             )
-        self._loaded_at = time.time()
+        self._loaded_at = self._confirmed_at = time.time()
         self._changed()
         log.info("edge registry: loaded %d registrations", len(self._live))
 
@@ -176,10 +182,31 @@ class EdgeRegistry:
         """Expires lapsed leases every check interval, until cancelled."""
         while True:
             await asyncio.sleep(self.leases.check_interval)
+            self._attempted_at = time.time()
             try:
                 await self.expire()
-            except Exception:  # the store failed; the next pass tries again
+            except Exception as error:  # the store failed; the next pass tries again
+                self._store_failed(error)
                 log.exception("edge registry: expiring leases failed")
+            else:
+                self._store_answered()
+
+    def _store_answered(self) -> None:
+        self._confirmed_at = time.time()
+        self._store_error = ""
+
+    def _store_failed(self, error: Exception) -> None:
+        self._store_error = f"the registration store failed: {type(error).__name__}: {str(error)[:300]}"
+
+    async def _write(self, changes: list[Put | Renew | Delete]) -> None:
+        """Writes to the store, keeping the status's view of it (see `status`)."""
+        self._attempted_at = time.time()
+        try:
+            await self._store.write(changes)
+        except Exception as error:
+            self._store_failed(error)
+            raise
+        self._store_answered()
 
     def end_watches(self) -> None:
         """Ends every `watch()` (they return after the events already queued)."""
@@ -242,7 +269,7 @@ class EdgeRegistry:
         lease_id = current.lease_id if current is not None else secrets.token_hex(16)
         registered_at = current.registered_at if current is not None else now
         registration = Registration(device, lease_id, str(principal), ttl, now + ttl, registered_at)
-        await self._store.write([Put(registration)])
+        await self._write([Put(registration)])
         previous = self._live.get(device.id)
         self._live[device.id] = registration
         if previous is None or previous.device != device:
@@ -254,7 +281,7 @@ class EdgeRegistry:
     async def heartbeat(self, principal: Principal, device_id: str, lease_id: str) -> Registration:
         current = self._leased(principal, device_id, lease_id)
         expires_at = self._clock() + current.ttl
-        await self._store.write([Renew(device_id, expires_at)])
+        await self._write([Renew(device_id, expires_at)])
         renewed = Registration(
             current.device, current.lease_id, current.principal, current.ttl, expires_at, current.registered_at
         )
@@ -269,7 +296,7 @@ class EdgeRegistry:
                 raise RegistryError(ErrorCode.NOT_FOUND, f"device {device_id!r} is not registered")
         else:
             current = self._leased(principal, device_id, lease_id)
-        await self._store.write([Delete(device_id)])
+        await self._write([Delete(device_id)])
         self.events["deregistrations"] += 1
         if self._live.get(device_id) is not None:
             del self._live[device_id]
@@ -290,7 +317,7 @@ class EdgeRegistry:
             self._publish(Event(EventKind.EXPIRED, row))
         # Losing this delete to a crash is harmless: the lease is still lapsed after a restart
         # (load() grants one TTL of grace, after which it lapses again).
-        await self._store.write([Delete(row.device.id) for row in lapsed])
+        await self._write([Delete(row.device.id) for row in lapsed])
         return [row.device.id for row in lapsed]
 
     async def watch(self, selector: Filter) -> AsyncIterator[Event]:
@@ -438,14 +465,22 @@ class EdgeRegistry:
 
     @property
     def status(self) -> SourceStatus:
-        sites = {row.device.site for row in self._live.values()}
+        """In sync as of the store's last answer (its load, a lease sweep, a write): a healthy
+        registry confirms it every check interval, so its sync age stays within one. `sites` counts
+        the sites configured (the policy files' last good load), `sites_with_devices` those with a
+        live device."""
+        configured = self._sites() or {}
         return SourceStatus(
             name="edge-registry",
             synced=self._loaded_at is not None,
-            last_success=self._loaded_at,
-            last_attempt=self._loaded_at,
-            errors=(),
-            counts={"devices": len(self._live), "sites": len(sites)},
+            last_success=self._confirmed_at,
+            last_attempt=self._attempted_at,
+            errors=(self._store_error,) if self._store_error else (),
+            counts={
+                "devices": len(self._live),
+                "sites": len(configured),
+                "sites_with_devices": len({row.device.site for row in self._live.values()}),
+            },
             events=dict(self.events),
         )
 

@@ -1,6 +1,6 @@
 """Incremental (Delta) xDS streams, ADS and per-type.
 
-Rules, from the xDS protocol document's "Incremental xDS" section
+Rules (explained in docs/xds-protocol.md), from the xDS protocol document's "Incremental xDS" section
 (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#incremental-xds):
 - The client subscribes and unsubscribes by name; a first LDS/CDS request with no names, or "*",
   is a wildcard subscription. Unsubscribing forgets what the client held, so a later
@@ -18,6 +18,9 @@ Rules, from the xDS protocol document's "Incremental xDS" section
   EDS cluster sent in CDS has its endpoints sent too, changed or not.
 - ADS ordering as in SotW: LDS/RDS wait while CDS is unacknowledged; removed clusters are removed
   only once the proxy acknowledged the listeners and routes of the current snapshot.
+- Keys: an unauthenticated stream is not sent secrets holding private keys (keys.py): they are
+  outside its interest, neither sent nor announced as removed (a removal would let Envoy finish
+  warming without the certificate), nor recorded as held.
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
 
     def response_for(self, type_url: TypeUrl, snapshot: Snapshot) -> bytes | None:
         state = self.states[type_url]
+        if type_url is TypeUrl.SECRET and not self.serves_keys:
+            withheld = self.withheld_secrets(type_url, snapshot)
+            self.note_withheld(type_url, self._interest(state, withheld) & withheld)
         updates, removed = self._changes(type_url, state, snapshot)
         if not updates and not removed and state.answered_first:
             self._record_caught_up(type_url, state, snapshot)
@@ -131,17 +137,22 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
         return self._respond(type_url, state, updates, removed, snapshot)
 
     def _record_caught_up(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> None:
-        """After a NACK, with nothing due: when the client holds every current resource of interest
-        at its current version and has answered every response, it runs exactly the current
-        snapshot's resources (the rejected change was reverted), so the registry records the type
-        as in sync at the current version. Without this it would stay NACKED until some unrelated
-        change or a reconnect, as no response is due to be acknowledged."""
+        """After a NACK, once the type has changed since the rejected version, with nothing due: when
+        the client holds every current resource of interest at its current version and has answered
+        every response, it runs exactly the current snapshot's resources (the rejected change was
+        reverted), so the registry records the type as in sync at the current version. Without this
+        it would stay NACKED until some unrelated change or a reconnect, as no response is due to be
+        acknowledged. While the type is still at the rejected version the NACK stands, even when the
+        rejected response carried nothing to roll back (only removals)."""
         assert self.track is not None
         entry = self.track.types.get(type_url)
         if entry is None or entry.state is not SyncState.NACKED or state.unacked:
             return
+        if entry.last_nack is not None and entry.last_nack.rejected_version == snapshot.of_type(type_url).version:
+            return
         current = snapshot.of_type(type_url).by_name
-        interest = [current[name] for name in sorted(self._interest(state, current.keys())) if name in current]
+        names = self._interest(state, current.keys()) - self.withheld_secrets(type_url, snapshot)
+        interest = [current[name] for name in sorted(names) if name in current]
         if any(state.held.get(resource.name) != resource.version for resource in interest):
             return
         self.registry.caught_up(self.track, type_url, snapshot.of_type(type_url).version, interest)
@@ -155,6 +166,7 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
     def _changes(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[list[Resource], list[str]]:
         resources = snapshot.of_type(type_url)
         current = resources.by_name
+        withheld = self.withheld_secrets(type_url, snapshot)
         changed = resources.changed_since(state.synced_with) if state.synced_with is not None else None
         if changed is not None:
             # Only replaced resources can be due: no name came or went, no subscription changed.
@@ -163,11 +175,12 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
                 replaced
                 for name in sorted(changed)
                 if (state.wildcard or name in state.subscribed)
+                and name not in withheld
                 and state.held.get(name) != (replaced := current[name]).version
                 and state.rejected.get(name) != replaced.version
             ], []
         updates = []
-        for name in sorted(self._interest(state, current.keys())):
+        for name in sorted(self._interest(state, current.keys()) - withheld):
             resource = current.get(name)
             if resource is None:
                 continue
@@ -228,10 +241,14 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
             # What the client said it holds, at the versions current here, is what it runs.
             state.initial_unrecorded = False
             current, sent_names = snapshot.of_type(type_url).by_name, {resource.name for resource in updates}
+            withheld = self.withheld_secrets(type_url, snapshot)
             kept = [
                 current[name]
                 for name, version in sorted(state.held.items())
-                if name not in sent_names and name in current and current[name].version == version
+                if name not in sent_names
+                and name not in withheld
+                and name in current
+                and current[name].version == version
             ]
         sent = _Sent(
             previous={r.name: state.held.get(r.name) for r in updates},

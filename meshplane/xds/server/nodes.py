@@ -4,11 +4,17 @@
 - `node.metadata.role`: `sidecar` (default when absent), `grpc`, `edge-gateway`, `device` or `mobile`.
 - `node.metadata.site`: the edge site of an `edge-gateway`, `device` or `mobile` (required for those).
 - `node.locality` (region, zone, sub_zone): endpoint priorities prefer the proxy's zone, then region.
-- `node.metadata.outbound_port`: a sidecar's outbound listener port (default 15001).
+- `node.metadata.outbound_port`: a sidecar's or device's outbound listener port, an edge gateway's
+  device listener port (defaults: `ProxyRole.default_outbound_port`, 15001; 15080 for a gateway).
 - `node.metadata.listen_address`: the IP an `edge-gateway`'s two listeners bind (default 0.0.0.0,
   every IPv4 address; `127.0.0.1` keeps a laptop's gateway off the network). A bad value ends the
   stream with INVALID_ARGUMENT. Ignored for the other roles (as `site` is for non-edge roles):
   their listeners are loopback, and it must not split their group.
+- `node.metadata.xds_api_type` and `node.metadata.xds_cluster`: a proxy on the per-type services
+  rather than ADS says which API type it uses (`grpc`: SotW, `delta_grpc`: Delta) and which
+  cluster of its bootstrap reaches meshplane; every config source it is sent (EDS, RDS, SDS, RTDS)
+  then names them instead of `ads: {}`. Both or neither (`ads`, the default); never for `grpc`
+  (proxyless gRPC speaks ADS only). A bad value ends the stream with INVALID_ARGUMENT.
 - `node.cluster`: the service the proxy fronts; shown on the status endpoint.
 Any other field is ignored, so proxies differing only there share one group and one snapshot.
 """
@@ -19,8 +25,8 @@ from typing import Any
 
 import grpc
 
-from meshplane.model import DEFAULT_OUTBOUND_PORT, Locality, ProxyGroup, ProxyRole, is_site_id
-from meshplane.model.proxy import listen_address_of
+from meshplane.model import Locality, ProxyGroup, ProxyRole, is_site_id
+from meshplane.model.proxy import MAX_XDS_CLUSTER_LENGTH, XdsApiType, is_xds_cluster_name, listen_address_of
 
 MAX_NAME_LENGTH = 1024
 
@@ -47,7 +53,7 @@ def proxy_group(node: Any) -> ProxyGroup:
         raise ProtocolError(
             grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: unknown metadata.role {role_value!r} (one of: {roles})"
         ) from None
-    outbound_port = DEFAULT_OUTBOUND_PORT
+    outbound_port = role.default_outbound_port
     if "outbound_port" in fields:
         value = fields["outbound_port"]
         raw = value.string_value if value.WhichOneof("kind") == "string_value" else value.number_value
@@ -81,10 +87,70 @@ def proxy_group(node: Any) -> ProxyGroup:
                 "(e.g. 127.0.0.1; no multicast, no IPv6 zone)",
             )
         listen_address = parsed
+    api_type, xds_cluster = _xds_source(node, role)
     locality = Locality(node.locality.region, node.locality.zone, node.locality.sub_zone)
     return ProxyGroup(
-        role=role, locality=locality, outbound_port=outbound_port, site=site, listen_address=listen_address
+        role=role,
+        locality=locality,
+        outbound_port=outbound_port,
+        site=site,
+        listen_address=listen_address,
+        xds_api_type=api_type,
+        xds_cluster=xds_cluster,
     )
+
+
+def _xds_source(node: Any, role: ProxyRole) -> tuple[XdsApiType, str]:
+    """`metadata.xds_api_type` and `metadata.xds_cluster`, checked together (see the module docstring)."""
+    fields = node.metadata.fields
+
+    def text_of(key: str) -> str | None:
+        if key not in fields:
+            return None
+        value = fields[key]
+        if value.WhichOneof("kind") != "string_value":
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node {node.id}: metadata.{key} must be a string, not of kind {value.WhichOneof('kind')}",
+            )
+        text: str = value.string_value
+        return text
+
+    raw_type, cluster = text_of("xds_api_type"), text_of("xds_cluster")
+    if raw_type is None and cluster is None:
+        return XdsApiType.ADS, ""
+    try:
+        api_type = XdsApiType(raw_type if raw_type is not None else "")
+    except ValueError:
+        types = ", ".join(t.value for t in XdsApiType)
+        shown = repr(raw_type[:80]) if raw_type is not None else "absent"
+        raise ProtocolError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"node {node.id}: metadata.xds_api_type {shown} is not an xDS API type (one of: {types});"
+            " it goes with metadata.xds_cluster",
+        ) from None
+    if api_type is XdsApiType.ADS:
+        if cluster is not None:
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node {node.id}: metadata.xds_cluster is for a proxy on the per-type services"
+                " (xds_api_type grpc or delta_grpc), not ads",
+            )
+        return api_type, ""
+    if role is ProxyRole.GRPC:
+        raise ProtocolError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"node {node.id}: metadata.xds_api_type {api_type.value!r}: proxyless gRPC speaks ADS only",
+        )
+    if cluster is None or not is_xds_cluster_name(cluster):
+        shown = repr(cluster[:80]) if cluster is not None else "absent"
+        raise ProtocolError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"node {node.id}: metadata.xds_cluster {shown} is not the name of the bootstrap's xDS cluster"
+            f" (1-{MAX_XDS_CLUSTER_LENGTH} letters, digits, '_', '.', ':' or '-'), which xds_api_type"
+            f" {api_type.value!r} needs",
+        )
+    return api_type, cluster
 
 
 def with_article(word: str) -> str:

@@ -31,7 +31,7 @@ from meshplane.xds.server.identity import (
 from meshplane.xds.server.nodes import ProtocolError
 from meshplane.xds.server.sotw import SotwStream
 from meshplane.xds.server.stream import SendGate, Stream
-from meshplane.xds.server.tracking import StreamKind, StreamRegistry
+from meshplane.xds.server.tracking import StreamKind, StreamRegistry, bounded_text
 from meshplane.xds.types import TypeUrl
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ _PER_TYPE_SERVICES = (
     ("envoy.service.listener.v3.ListenerDiscoveryService", "StreamListeners", "DeltaListeners", TypeUrl.LISTENER),
     ("envoy.service.route.v3.RouteDiscoveryService", "StreamRoutes", "DeltaRoutes", TypeUrl.ROUTE),
     ("envoy.service.secret.v3.SecretDiscoveryService", "StreamSecrets", "DeltaSecrets", TypeUrl.SECRET),
+    ("envoy.service.runtime.v3.RuntimeDiscoveryService", "StreamRuntime", "DeltaRuntime", TypeUrl.RUNTIME),
 )
 _ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
@@ -58,6 +59,11 @@ DEFAULT_MAX_STREAMS_PER_CONNECTION = 1_000
 # Concurrent streams per client (`--max-streams-per-client`; 0: unlimited). Without mTLS a client
 # is an IP address, and one node or NAT can front many proxies, so the default is generous.
 DEFAULT_MAX_STREAMS_PER_CLIENT = 1_000
+
+
+# A refusal's message names what the client sent (a node id, a role, a type URL): at most this many
+# UTF-8 bytes of it go into the log line and the gRPC status.
+MAX_REFUSAL_BYTES = 2048
 
 
 def client_of(peer: str, auth_context: Mapping[str, Iterable[bytes]]) -> str:
@@ -89,6 +95,7 @@ class XdsServices:
         send_hold: float = 10.0,
         max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT,
         tokens: XdsTokens | None = None,
+        serve_keys_without_client_auth: bool = False,
     ) -> None:
         self.cache = cache
         self.registry = registry
@@ -98,6 +105,9 @@ class XdsServices:
         self.max_streams_per_client = max_streams_per_client
         # With tokens, a proxy without a client certificate must present one (see identity.XdsTokens).
         self.tokens = tokens
+        # Secrets holding private keys go to authenticated streams only (keys.py), unless the
+        # operator opted in with --insecure-serve-keys-without-client-auth.
+        self.serve_keys_without_client_auth = serve_keys_without_client_auth
         # Open streams per client (see `client_of`); a client leaves the counter with its last stream.
         self.client_streams: Counter[str] = Counter()
 
@@ -110,7 +120,9 @@ class XdsServices:
     async def _refuse(
         self, context: grpc.aio.ServicerContext[Any, bytes], peer: str, code: grpc.StatusCode, message: str
     ) -> NoReturn:
-        """Counts the refusal by its code, logs it, and ends the stream with `code` and `message`."""
+        """Counts the refusal by its code, logs it, and ends the stream with `code` and `message`
+        (cut to `MAX_REFUSAL_BYTES`: it may quote what the client sent)."""
+        message = bounded_text(message, MAX_REFUSAL_BYTES)
         self.registry.refused(code.name)
         log.warning("refused stream from %s: %s", peer, message)
         await context.abort(code, message)
@@ -142,6 +154,7 @@ class XdsServices:
                     await self._refuse(context, peer, grpc.StatusCode.UNAUTHENTICATED, message)
             stream = stream_class(self.cache, self.registry, kind, fixed_type, peer, self.send_gate)
             stream.grants, stream.credential = grants, credential
+            stream.serves_keys = grants is not None or self.serve_keys_without_client_auth
             # Counted from here to the `finally`, which runs however the stream ends (client gone,
             # cancelled, aborted, server stopping): nothing that can raise stands between them.
             self.client_streams[client] += 1

@@ -1,6 +1,7 @@
 """State-of-the-world xDS streams (ADS and per-type), as Envoy and gRPC clients hold us to them.
 
-Rules, from the xDS protocol document (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol):
+Rules (explained in docs/xds-protocol.md), from the xDS protocol document
+(https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol):
 - ACK: the latest nonce, no error_detail. NACK: the latest nonce with error_detail; the version it
   rejected is recorded and never sent again, only a newer one.
 - A request whose nonce is not the latest sent for its type is stale and ignored.
@@ -11,6 +12,8 @@ Rules, from the xDS protocol document (https://www.envoyproxy.io/docs/envoy/late
   have warmed), LDS and RDS wait, so routes never point at clusters that are not ready. Clusters
   the proxy holds that a new snapshot removes stay in CDS until the proxy has acknowledged the
   listeners and routes that stopped using them (make before break).
+- Keys: an unauthenticated stream is not sent secrets holding private keys (keys.py); its SDS
+  responses carry the rest of what it asked for, as if those did not exist yet.
 """
 
 from __future__ import annotations
@@ -109,7 +112,13 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         return self._respond(type_url, state, version, chosen, snapshot)
 
     def _chosen(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[str, tuple[Resource, ...]]:
-        version, chosen = snapshot.select(type_url, None if state.wildcard else state.names)
+        names = None if state.wildcard else state.names
+        version, chosen = snapshot.select(type_url, names)
+        if type_url is TypeUrl.SECRET and not self.serves_keys:
+            withheld = self.withheld_secrets(type_url, snapshot)
+            self.note_withheld(type_url, withheld if names is None else withheld & names)
+            if withheld:
+                version, chosen = _without(snapshot, type_url, names, chosen, withheld)
         if type_url is TypeUrl.CLUSTER and self.is_ads and state.held and state.held is not chosen:
             kept = [r for r in _gone(snapshot, type_url, state.held) if state.wildcard or r.name in state.names]
             if kept and not self._routes_current(snapshot):
@@ -156,6 +165,23 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         # build them once. `version` is a hash of every (name, version) in `chosen`, so together
         # with the nonce it decides the bytes.
         return snapshot.shared_response(("sotw", type_url, version, nonce), build)
+
+
+def _without(
+    snapshot: Snapshot,
+    type_url: TypeUrl,
+    names: frozenset[str] | None,
+    chosen: tuple[Resource, ...],
+    withheld: frozenset[str],
+) -> tuple[str, tuple[Resource, ...]]:
+    """`chosen` (the selection for `names`) less the `withheld` secrets, and its version: the same
+    for every stream of the group asking for the same names, so computed once per snapshot."""
+
+    def build() -> tuple[str, tuple[Resource, ...]]:
+        kept = tuple(resource for resource in chosen if resource.name not in withheld)
+        return aggregate_version(kept), kept
+
+    return snapshot.derived(("without-keys", type_url, names), build)
 
 
 def _gone(snapshot: Snapshot, type_url: TypeUrl, held: tuple[Resource, ...]) -> list[Resource]:

@@ -12,14 +12,15 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import grpc
 
 from meshplane.xds.cache import CacheSubscription, SnapshotCache
 from meshplane.xds.server.identity import CLIENT_CERTIFICATE, Grant, refusal
-from meshplane.xds.server.nodes import ProtocolError, proxy_group
+from meshplane.xds.server.keys import private_key_secrets
+from meshplane.xds.server.nodes import MAX_NAME_LENGTH, ProtocolError, proxy_group
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry, StreamTrack
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.types import ADS_ORDER, TypeUrl, parse_type_url
@@ -92,6 +93,30 @@ class SendGate:
                 waiter.set_result(None)
 
 
+def check_node_text(node: Any) -> None:
+    """Refuses a node whose id, cluster or user agent is longer than any proxy's (1 KiB): they are
+    kept for the status endpoint and written into log lines, so the client must not size them."""
+    fields = (
+        ("node.id", node.id),
+        ("node.cluster", node.cluster),
+        ("node.user_agent_name", node.user_agent_name),
+        ("node.user_agent_version", node.user_agent_version),
+    )
+    for name, value in fields:
+        if len(value) > MAX_NAME_LENGTH:
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{name} has {len(value)} characters; at most {MAX_NAME_LENGTH}"
+            )
+
+
+def _build_version(node: Any) -> str:
+    """`node.user_agent_build_version` as `major.minor.patch` (Envoy sets it, not `user_agent_version`)."""
+    if not node.HasField("user_agent_build_version"):
+        return ""
+    version = node.user_agent_build_version.version
+    return f"{version.major_number}.{version.minor_number}.{version.patch}"
+
+
 class Stream(Generic[RequestT]):
     """Base of one xDS stream. Subclasses implement `handle` (one request) and `due` (what to send)."""
 
@@ -117,6 +142,9 @@ class Stream(Generic[RequestT]):
         # identity.py); None: no credential, no check.
         self.grants: tuple[Grant, ...] | None = None
         self.credential = CLIENT_CERTIFICATE
+        # Whether secrets holding private keys may be sent (keys.py): the server sets it True for an
+        # authenticated stream, or for any with --insecure-serve-keys-without-client-auth.
+        self.serves_keys = False
         self.server_closing = False
         self.track: StreamTrack | None = None
         self.subscription: CacheSubscription | None = None
@@ -154,16 +182,29 @@ class Stream(Generic[RequestT]):
             return self.track
         if not present:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "the first request of a stream must carry a node")
+        check_node_text(node)
         group = proxy_group(node)
         # With mTLS or tokens, the credential must grant the role (and site) the node claims.
         site = str(getattr(group, "site", ""))
         if (reason := refusal(self.grants, group.role.value, site, self.credential)) is not None:
             raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED, f"node {node.id}: {reason}")
-        user_agent = f"{node.user_agent_name} {node.user_agent_version or node.user_agent_build_version.version}"
+        user_agent = f"{node.user_agent_name} {node.user_agent_version or _build_version(node)}"
         self.track = self.registry.open(self.kind, node.id, node.cluster, group, user_agent.strip(), self.peer)
         self.subscription = self.cache.subscribe(group, self.waker)
         log.info("stream %d opened: node %s, group %s, %s", self.track.stream_id, node.id, group, self.kind)
         return self.track
+
+    def withheld_secrets(self, type_url: TypeUrl, snapshot: Snapshot) -> frozenset[str]:
+        """The names of `snapshot`'s resources of `type_url` this stream must not be sent: its
+        secrets holding private keys when the stream may not have keys (keys.py), else none."""
+        if type_url is not TypeUrl.SECRET or self.serves_keys:
+            return frozenset()
+        return private_key_secrets(snapshot)
+
+    def note_withheld(self, type_url: TypeUrl, names: Iterable[str]) -> None:
+        """Records which secrets the stream asked for and is not sent (status, log once, count)."""
+        assert self.track is not None
+        self.registry.keys_withheld(self.track, type_url, names)
 
     def close(self) -> None:
         """Ends the stream (with OK) at its next wake-up, which this causes."""

@@ -26,6 +26,7 @@ from enum import StrEnum
 
 from meshplane.logs import redact_secrets
 from meshplane.model import ProxyGroup
+from meshplane.xds.server.keys import WITHHELD_REASON
 from meshplane.xds.snapshot import Resource
 from meshplane.xds.types import TypeUrl
 
@@ -68,15 +69,22 @@ MAX_NACK_MESSAGE_BYTES = 4 * 1024
 MAX_RECENT_NACK_BYTES = 256 * 1024
 
 
-def bounded_nack_message(message: str, limit: int = MAX_NACK_MESSAGE_BYTES) -> str:
-    """`message` with key material redacted, cut to `limit` UTF-8 bytes (never inside a character)
-    and then marked `… [cut: N bytes in all]` with the redacted message's full length."""
-    text = redact_secrets(message)
+def bounded_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` UTF-8 bytes (never inside a character), then marked
+    `… [cut: N bytes in all]` with its original length, and key material redacted (a key the cut
+    went through too: `redact_secrets` redacts a key to the end of the text). Client text kept or
+    logged goes through here."""
     encoded = text.encode("utf-8", errors="replace")
     if len(encoded) <= limit:
-        return text
-    kept = encoded[:limit].decode("utf-8", errors="ignore")
+        return redact_secrets(text)
+    # Cut before redacting: the work done on a client's text is bounded by `limit`, not by its size.
+    kept = redact_secrets(encoded[:limit].decode("utf-8", errors="ignore"))
     return f"{kept}… [cut: {len(encoded)} bytes in all]"
+
+
+def bounded_nack_message(message: str) -> str:
+    """A NACK's `error_detail.message` as it is kept and logged: see `bounded_text`."""
+    return bounded_text(message, MAX_NACK_MESSAGE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +152,9 @@ class TypeTrack:
     acked_seq: int = 0
     nacked_seq: int = 0
     latency_start: float | None = None  # monotonic; set when a new version is sent, cleared by its answer
+    # Secrets the proxy asked for and is not sent, as they hold private keys and its stream is not
+    # authenticated (keys.py); sorted. Envoy keeps what names them warming.
+    keys_withheld: tuple[str, ...] = ()
 
     def sent_resources(self) -> tuple[Resource, ...]:
         """What the proxy was last sent of this type, less what it was told to remove, sorted by
@@ -175,6 +186,8 @@ class StreamTrack:
     connected_at: float
     connected_monotonic: float = 0.0
     types: dict[TypeUrl, TypeTrack] = field(default_factory=dict)
+    # Every secret ever withheld on this stream: each is logged and counted once per stream.
+    withheld_noted: set[str] = field(default_factory=set)
 
     def of(self, type_url: TypeUrl) -> TypeTrack:
         track = self.types.get(type_url)
@@ -209,6 +222,8 @@ class StreamRegistry:
         # `REFUSAL_CODES`); never by client or message, which would be unbounded label values.
         self.refused_counts: Counter[str] = Counter({code: 0 for code in REFUSAL_CODES})
         self.push_latency: dict[TypeUrl, DurationHistogram] = {t: DurationHistogram() for t in TypeUrl}
+        # Secrets withheld from unauthenticated streams (keys.py): each (stream, secret) counted once.
+        self.secrets_withheld = 0
 
     def open(
         self, kind: StreamKind, node_id: str, node_cluster: str, group: ProxyGroup, user_agent: str, peer: str
@@ -291,6 +306,33 @@ class StreamRegistry:
         entry.acked_at = time.time()
         entry.acked_seq = next(self._seq)
         entry.latency_start = None
+
+    def keys_withheld(self, track: StreamTrack, type_url: TypeUrl, names: Iterable[str]) -> None:
+        """Records that `names` (what the stream asked for that holds a private key) are withheld
+        from it now; a name not withheld before on this stream is logged and counted."""
+        withheld = tuple(sorted(names))
+        entry = track.of(type_url)
+        entry.keys_withheld = withheld
+        new = [name for name in withheld if name not in track.withheld_noted]
+        if not new:
+            return
+        track.withheld_noted.update(new)
+        self.secrets_withheld += len(new)
+        log.warning(
+            "withheld %s %s from node %s (stream %d): %s",
+            "secret" if len(new) == 1 else "secrets",
+            ", ".join(new),
+            track.node_id,
+            track.stream_id,
+            WITHHELD_REASON,
+            extra={
+                "event": "keys_withheld",
+                "node_id": track.node_id,
+                "type": type_url.short,
+                "secrets": new,
+                "group": str(track.group),
+            },
+        )
 
     def nacked(self, track: StreamTrack, type_url: TypeUrl, rejected_version: str, message: str) -> Nack:
         # The client's message is shown to operators and logged: never key material, never unbounded.

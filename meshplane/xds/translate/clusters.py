@@ -70,13 +70,13 @@ def build_clusters(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]
     warnings: list[str] = []
     for service in mesh.services:
         for port in service.ports:
-            clusters.append(_cluster(service, port, group.role, warnings))
+            clusters.append(_cluster(service, port, group, warnings))
     return clusters, warnings
 
 
-def _cluster(service: Service, port: ServicePort, role: ProxyRole, warnings: list[str]) -> Any:
+def _cluster(service: Service, port: ServicePort, group: ProxyGroup, warnings: list[str]) -> Any:
     policy = service.policy
-    grpc = role is ProxyRole.GRPC
+    grpc = group.role is ProxyRole.GRPC
     cluster = _Cluster(
         name=names.cluster_name(service.ref, port),
         connect_timeout=core.duration(policy.connect_timeout),
@@ -88,7 +88,7 @@ def _cluster(service: Service, port: ServicePort, role: ProxyRole, warnings: lis
     else:
         cluster.type = _Cluster.EDS
         cluster.eds_cluster_config.service_name = names.endpoints_name(service.ref, port)
-        cluster.eds_cluster_config.eds_config.CopyFrom(core.ads())
+        cluster.eds_cluster_config.eds_config.CopyFrom(core.config_source(group))
     if policy.circuit_breakers is not None:
         cluster.circuit_breakers.CopyFrom(_circuit_breakers(policy))
     if policy.outlier_detection is not None:
@@ -112,7 +112,7 @@ def _cluster(service: Service, port: ServicePort, role: ProxyRole, warnings: lis
         )
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(core.pack(options))
     if service.tls is not None:
-        tls = _grpc_upstream_tls(service.tls) if grpc else _envoy_upstream_tls(service.tls, port)
+        tls = _grpc_upstream_tls(service.tls) if grpc else _envoy_upstream_tls(service.tls, port, group)
         cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
         cluster.transport_socket.typed_config.CopyFrom(core.pack(tls))
     return cluster
@@ -183,14 +183,15 @@ def _health_check(check: HealthCheck, port: ServicePort) -> Any | None:
     return probe
 
 
-def _envoy_upstream_tls(tls: UpstreamTls, port: ServicePort) -> Any:
-    """TLS whose CA bundle and client certificate Envoy fetches over SDS on the ADS stream."""
+def _envoy_upstream_tls(tls: UpstreamTls, port: ServicePort, group: ProxyGroup) -> Any:
+    """TLS whose CA bundle and client certificate Envoy fetches over SDS (the group's config source)."""
+    source = core.config_source(group)
     common = tls_pb2.CommonTlsContext(
-        validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=tls.trust, sds_config=core.ads()),
+        validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=tls.trust, sds_config=source),
     )
     if tls.client_certificate:
         common.tls_certificate_sds_secret_configs.append(
-            secret_pb2.SdsSecretConfig(name=tls.client_certificate, sds_config=core.ads())
+            secret_pb2.SdsSecretConfig(name=tls.client_certificate, sds_config=source)
         )
     # Announce the protocol the cluster speaks: gRPC servers (grpc-go since 1.67) refuse TLS
     # connections that do not offer h2 in ALPN.

@@ -63,6 +63,7 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
             address,
             from_devices_port,
             names.gateway_from_devices_route_name(from_devices_port),
+            group,
         )
     ]
     devices = [device for device in mesh.devices if device.site == group.site and device.endpoints]
@@ -74,14 +75,16 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
     else:
         route_name = names.gateway_to_devices_route_name(to_devices_port)
         listeners.append(
-            _listener(names.gateway_to_devices_listener_name(to_devices_port), address, to_devices_port, route_name)
+            _listener(
+                names.gateway_to_devices_listener_name(to_devices_port), address, to_devices_port, route_name, group
+            )
         )
         routes.append(_to_devices_routes(route_name, devices))
     return {"cds": clusters, "lds": listeners, "rds": routes}, [*warnings, *cluster_warnings, *route_warnings]
 
 
-def _listener(name: str, address: str, port: int, route_name: str) -> Any:
-    hcm = http_connection_manager(route_name, stat_prefix=name)
+def _listener(name: str, address: str, port: int, route_name: str, group: ProxyGroup) -> Any:
+    hcm = http_connection_manager(route_name, stat_prefix=name, group=group)
     return listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port)),

@@ -1,8 +1,8 @@
 """Listeners (LDS): the sidecar's outbound HTTP and TCP listeners, and proxyless gRPC's api_listeners.
 
 Owns which ports a sidecar listens on and which names a gRPC client can dial. Routes are never
-inlined: every HTTP connection manager asks for its RouteConfiguration over RDS (ADS), by the name
-`meshplane.xds.names` gives it. Must stay pure.
+inlined: every HTTP connection manager asks for its RouteConfiguration over RDS (on the group's
+config source: ADS, or the per-type service), by the name `meshplane.xds.names` gives it. Must stay pure.
 """
 
 from __future__ import annotations
@@ -34,26 +34,27 @@ _hcm = http_connection_manager_pb2
 def build_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
     """Every listener `group` needs, and warnings for what was left out."""
     if group.role is ProxyRole.GRPC:
-        return _grpc_listeners(mesh)
-    return _sidecar_listeners(mesh, group.outbound_port)
+        return _grpc_listeners(mesh, group)
+    return _sidecar_listeners(mesh, group)
 
 
-def http_connection_manager(route_name: str, stat_prefix: str) -> Any:
-    """An HTTP connection manager routing by `route_name`, fetched over RDS on the ADS stream."""
+def http_connection_manager(route_name: str, stat_prefix: str, group: ProxyGroup) -> Any:
+    """An HTTP connection manager routing by `route_name`, fetched over RDS from `group`'s config source."""
     return _hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         # AUTO: the app may speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c), as gRPC does.
         codec_type=_hcm.HttpConnectionManager.AUTO,
-        rds=_hcm.Rds(config_source=core.ads(), route_config_name=route_name),
+        rds=_hcm.Rds(config_source=core.config_source(group), route_config_name=route_name),
         http_filters=[_hcm.HttpFilter(name=ROUTER, typed_config=core.pack(router_pb2.Router()))],
     )
 
 
-def _sidecar_listeners(mesh: Mesh, outbound_port: int) -> tuple[list[Any], list[str]]:
+def _sidecar_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
     """The outbound HTTP listener, always (so the snapshot keeps its shape), and one per TCP port."""
     warnings: list[str] = []
+    outbound_port = group.outbound_port
     http_name = names.outbound_listener_name(outbound_port)
-    hcm = http_connection_manager(names.outbound_route_name(outbound_port), stat_prefix=http_name)
+    hcm = http_connection_manager(names.outbound_route_name(outbound_port), stat_prefix=http_name, group=group)
     listeners = [_listener(http_name, outbound_port, HTTP_CONNECTION_MANAGER, hcm)]
     # Services come in (namespace, name) order, so the first to ask for a port keeps it.
     owners: dict[int, str] = {outbound_port: f"the outbound HTTP listener {http_name}"}
@@ -85,7 +86,7 @@ def _listener(name: str, port: int, filter_name: str, config: Any) -> Any:
     )
 
 
-def _grpc_listeners(mesh: Mesh) -> tuple[list[Any], list[str]]:
+def _grpc_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
     """An api_listener per name a gRPC client may dial (`xds:///host:port`) for each gRPC port.
 
     A wildcard alias (`*.example.com`) is no name a client can dial, so it gets no listener.
@@ -110,7 +111,7 @@ def _grpc_listeners(mesh: Mesh) -> tuple[list[Any], list[str]]:
     grants = grant(requests, what="listener", fold_case=False)
     listeners = []
     for owner, listener_names in grants.names.items():
-        hcm = core.pack(http_connection_manager(routes[owner], stat_prefix=_GRPC_STAT_PREFIX))
+        hcm = core.pack(http_connection_manager(routes[owner], stat_prefix=_GRPC_STAT_PREFIX, group=group))
         for name in listener_names:
             listeners.append(
                 listener_pb2.Listener(name=name, api_listener=api_listener_pb2.ApiListener(api_listener=hcm))
