@@ -367,6 +367,12 @@ REFUSED: dict[str, Refused] = {
             "RouteActionValidationError.PrefixRewrite: value does not match regex pattern",
         ),
     ),
+    "path-with-newline (stricter)": Refused(
+        routed("path-nl", '        match: {path: {prefix: "/a\\nb"}}\n'),
+        7,
+        "path '/a\\nb' must not contain control characters",
+        None,  # Envoy takes it; no request path can match it
+    ),
     "route-timeout-under-a-millisecond (stricter)": Refused(
         routed("to-tiny", "        timeout: 0.0005\n"),
         7,

@@ -136,8 +136,12 @@ def _rule_problems(where: str, rule: RouteRule) -> list[str]:
     path = rule.match.path
     if path.kind is PathMatchKind.REGEX:
         found += _regex_problems(where, path.value)
-    elif not path.value.startswith("/"):
-        found.append(f"{where}: path {path.value!r} must start with '/'")
+    else:
+        if not path.value.startswith("/"):
+            found.append(f"{where}: path {path.value!r} must start with '/'")
+        # Envoy takes it, but no request path holds one: the rule could never match.
+        if has_control_characters(path.value):
+            found.append(f"{where}: path {path.value!r} must not contain control characters")
     for header in rule.match.headers:
         if (problem := header_name_problem(header.name)) is not None:
             found.append(f"{where}: {problem}")
