@@ -3,9 +3,9 @@ start, sit without calls, or go unanswered to pings, how often it may ping, how 
 may multiplex on one connection, and (`CallLimits`) how many calls its address may hold open and
 how long a call may wait for its request.
 
-Owns the gRPC core arguments every meshplane gRPC server is built with, so the xDS port and the
-edge registry's port are bounded alike, and the server interceptor that enforces the per-client
-bounds gRPC core has no argument for. Must not know what the services do.
+Owns the connection-level gRPC core arguments (`ConnectionLimits`), in one place so that every
+gRPC port built with them is bounded alike, and the server interceptor that enforces the
+per-client bounds gRPC core has no argument for (`CallLimits`). Must not know what the services do.
 
 A slow or hostile client can otherwise hold a port's resources without end: a TCP connection that
 never completes the HTTP/2 preface, a connection that carries no call, a peer that vanished
@@ -35,7 +35,8 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 # connection and its endless streams within 80 s instead of TCP's hours.
 DEFAULT_KEEPALIVE_INTERVAL = 60.0
 DEFAULT_KEEPALIVE_TIMEOUT = 20.0
-# Clients may ping this often without data (Envoy's and gRPC's keepalive defaults are 30 s or more);
+# Clients may ping this often without data (proxies and devices keeping a connection alive ping
+# every 30 s or more);
 # a client pinging faster gets strikes, and after `MAX_PING_STRIKES` a GOAWAY (ENHANCE_YOUR_CALM).
 MIN_PING_INTERVAL = 10.0
 MAX_PING_STRIKES = 2

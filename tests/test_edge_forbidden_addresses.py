@@ -34,6 +34,10 @@ REFUSED = [
     pytest.param(
         "2001:0:4136:e378:8000:63bf:5601:5601", "Teredo address (2001::/32) of 169.254.169.254", id="teredo-metadata"
     ),
+    pytest.param("2a00:1450::5efe:7f00:1", "ISATAP address (interface id ::5efe:a.b.c.d) of 127.0.0.1", id="isatap"),
+    pytest.param(
+        "2a00:1450::200:5efe:a9fe:a9fe", "ISATAP address (interface id ::5efe:a.b.c.d) of 169.254", id="isatap-g"
+    ),
     pytest.param("fec0::1", "site-local address (fec0::/10", id="site-local"),
     pytest.param("fec0:1:2::5", "site-local address (fec0::/10", id="site-local-2"),
     pytest.param("0.1.2.3", "is in 0.0.0.0/8", id="this-network"),
@@ -70,6 +74,7 @@ ACCEPTED = [
     pytest.param("2002:a14:105::1", id="6to4-of-a-private-address"),
     pytest.param("2001:0:4136:e378:8000:63bf:3fff:fdd2", id="teredo-documented-example"),
     pytest.param("2a00:1450::5", id="global-v6"),
+    pytest.param("2a00:1450::5efe:a14:105", id="isatap-of-a-private-address"),
 ]
 
 

@@ -12,13 +12,10 @@ real gRPC client to a real server on 127.0.0.1, with small bounds set by the sam
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,12 +32,11 @@ from tests.edge_http_server import (
     BIKE_TOKEN,
     OPS_TOKEN,
     RunningRegistry,
-    post,
     registry_in_thread,
     tokens_file,
     wait_closed_by_server,
 )
-from tests.meshplane_env import without_meshplane_variables
+from tests.serve_process import serve
 
 TIMEOUT = 0.5  # the read and idle timeouts the server runs with here: the waits end on the event itself
 LIMIT = 3
@@ -215,42 +211,36 @@ def test_the_cli_defaults_equal_the_servers() -> None:
     )
 
 
+def slow_json_body(port: int) -> bytes:
+    """What the JSON port answers a body announced and never sent, up to its close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v1/register HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {BIKE_TOKEN}\r\n"
+            "Content-Length: 100\r\n\r\n{".encode()
+        )
+        return wait_closed_by_server(sock)
+
+
 @pytest.mark.timeout(120)
-def test_serve_flags_bound_both_registry_ports(tmp_path: Path) -> None:
+async def test_serve_flags_bound_both_registry_ports(tmp_path: Path) -> None:
     """`meshplane serve` hands the read-timeout flags to the servers: a stuck gRPC call and a
     JSON body that never arrives are each ended within the 0.5 s asked for."""
     (tmp_path / "policy").mkdir()
     (tmp_path / "policy" / "sites.yaml").write_text(
         "sites:\n  - id: gym-berlin\n    region: eu-central\n    device_ranges: ['10.20.0.0/16']\n"
     )
-    log = tmp_path / "serve.log"
-    command = [
-        *(sys.executable, "-m", "meshplane", "serve", "--config", str(tmp_path / "policy")),
-        *("--xds-address", "127.0.0.1:0", "--status-address", "127.0.0.1:0", "--registry-db", ":memory:"),
+    async with serve(
+        # Ports the OS picks (later flags win): this test reads neither the xDS nor the status port.
+        *("--xds-address", "127.0.0.1:0", "--status-address", "127.0.0.1:0"),
+        *("--config", str(tmp_path / "policy"), "--registry-db", ":memory:"),
         *("--registry-address", "127.0.0.1:0", "--registry-http-address", "127.0.0.1:0"),
         *("--registry-tokens", str(tokens_file(tmp_path / "tokens.yaml"))),
         *("--registry-grpc-read-timeout", "0.5", "--registry-http-read-timeout", "0.5"),
-    ]
-    env = {**without_meshplane_variables(), "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as output, subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env) as serve:
-        try:
-            ports = None
-            while ports is None:  # until the registry logs its ports (or the process ends)
-                assert serve.poll() is None, log.read_text()
-                ports = re.search(r"edge registry: gRPC on port (\d+), JSON on port (\d+)", log.read_text())
-                time.sleep(0.05)  # the poll's pace; the wait ends on the log line
-            running = RunningRegistry(int(ports.group(1)), int(ports.group(2)))
-            test_a_call_whose_request_never_arrives_is_ended(running)
-            with socket.create_connection(("127.0.0.1", running.http_port), timeout=30) as sock:
-                sock.sendall(
-                    f"POST /v1/register HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {BIKE_TOKEN}\r\n"
-                    "Content-Length: 100\r\n\r\n{".encode()
-                )
-                assert b"did not arrive within 0.5 s" in wait_closed_by_server(sock)
-            assert post(running.http_port, "/v1/register", b"{}").status == 400, "still serving"
-        finally:
-            serve.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                serve.wait(timeout=30)
-            if serve.poll() is None:
-                serve.kill()
+    ) as served:
+        line = served.lines[await served.wait_for_line(lambda line: "edge registry: gRPC on port" in line)]
+        ports = re.search(r"gRPC on port (\d+), JSON on port (\d+)", line)
+        assert ports is not None, line
+        running = RunningRegistry(int(ports.group(1)), int(ports.group(2)))
+        # Blocking clients, off the event loop that reads serve's log.
+        await asyncio.to_thread(test_a_call_whose_request_never_arrives_is_ended, running)
+        assert b"did not arrive within 0.5 s" in await asyncio.to_thread(slow_json_body, running.http_port)

@@ -181,6 +181,32 @@ def test_any_bytes_get_an_answer_never_a_server_error(registry: RunningRegistry,
         assert isinstance(answer.json(), dict)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.sampled_from([b"/v1/devices/", b"/v1/devices?label=", b"/v1/devices?site=", b"/v1/", b""]),
+    junk=st.binary(max_size=200).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+def test_any_request_target_gets_an_answer_never_a_server_error(
+    registry: RunningRegistry, prefix: bytes, junk: bytes
+) -> None:
+    """Bytes in the request line (not only in the body): parsed or not, the answer is JSON."""
+    with socket.create_connection(("127.0.0.1", registry.http_port), timeout=30) as sock:
+        sock.sendall(
+            b"GET "
+            + prefix
+            + junk
+            + b" HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer "
+            + OPS_TOKEN.encode()
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        answer = read_answer(sock)
+    assert answer.status < 500, (answer, junk)
+    if answer.status >= 400:
+        assert_refused_with_reason(answer.status, answer.body)
+    else:
+        assert isinstance(answer.json(), dict)
+
+
 def test_the_fixture_registry_is_real(tmp_path: Path) -> None:
     """The fuzz above is only as good as its target: a valid body registers through the same path."""
     with registry_in_thread(tmp_path) as running:

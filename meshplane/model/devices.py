@@ -34,7 +34,7 @@ def forbidden_address_reason(address: str) -> str | None:
     Checked whatever a site's ranges say: an operator's too-wide range must not let a device make
     a gateway call its own admin port or a cloud metadata service. An IPv6 address that carries an
     IPv4 address a router, relay or translator would deliver to (IPv4-mapped, 6to4, Teredo server
-    or client, NAT64, IPv4-translated, IPv4-compatible) is refused when that IPv4 address is, with
+    or client, ISATAP, NAT64, IPv4-translated, IPv4-compatible) is refused when that IPv4 address is, with
     a reason naming it. Of those, only the IPv4-mapped form of an allowed address passes (it is how
     dual-stack sockets spell IPv4); the translator-only forms are refused whatever they carry, as
     are the deprecated site-local `fec0::/10` and the local-use NAT64 prefix (where the IPv4
@@ -83,6 +83,10 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4A
         server, client = ip.teredo
         found += [("a Teredo address (2001::/32) with server", server), ("a Teredo address (2001::/32) of", client)]
     low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if (int(ip) >> 32) & 0xFDFFFFFF == _ISATAP_MARK:
+        # ISATAP (RFC 5214): an interface id of 0000:5efe or 0200:5efe then the IPv4 address its
+        # router tunnels to, under any prefix.
+        found.append(("an ISATAP address (interface id ::5efe:a.b.c.d) of", low32))
     if ip in _NAT64:
         found.append(("a NAT64 address (64:ff9b::/96) of", low32))
     if ip in _IPV4_TRANSLATED:
@@ -120,6 +124,7 @@ _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 _SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+_ISATAP_MARK = 0x00005EFE  # bits 32-63 of an ISATAP address, its universal/local bit cleared
 
 
 @dataclass(frozen=True, slots=True, order=True)
