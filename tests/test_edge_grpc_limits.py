@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,7 @@ from tests.edge_http_server import (
     tokens_file,
     wait_closed_by_server,
 )
+from tests.meshplane_env import without_meshplane_variables
 from tests.serve_process import serve
 
 TIMEOUT = 0.5  # the read and idle timeouts the server runs with here: the waits end on the event itself
@@ -244,3 +247,27 @@ async def test_serve_flags_bound_both_registry_ports(tmp_path: Path) -> None:
         # Blocking clients, off the event loop that reads serve's log.
         await asyncio.to_thread(test_a_call_whose_request_never_arrives_is_ended, running)
         assert b"did not arrive within 0.5 s" in await asyncio.to_thread(slow_json_body, running.http_port)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "reason"),
+    [
+        ("--registry-grpc-read-timeout", "0", "must be a positive number of seconds"),
+        ("--registry-grpc-idle-timeout", "-1", "must be a positive number of seconds"),
+        ("--registry-grpc-idle-timeout", "nan", "must be a positive number of seconds"),
+        ("--registry-http-read-timeout", "inf", "must be a positive number of seconds"),
+        ("--registry-grpc-max-calls-per-client", "-5", "must be 0 (unlimited) or more"),
+        ("--registry-http-max-connections-per-client", "-1", "must be 0 (unlimited) or more"),
+    ],
+)
+def test_serve_refuses_a_bound_that_bounds_nothing(flag: str, value: str, reason: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "meshplane", "serve", "--registry-db", ":memory:", f"{flag}={value}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=without_meshplane_variables(),
+    )
+    assert result.returncode == 2, result
+    assert flag in result.stderr, result.stderr
+    assert reason in result.stderr, result.stderr

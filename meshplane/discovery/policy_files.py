@@ -9,25 +9,32 @@ for file systems that send no notifications (some network and FUSE mounts).
 
 Parsing is `policy_schema`'s (pure); this module does the I/O. No module-level state: everything
 lives on a `PolicyFileSource`; `run()` is a trivial loop around `load()`, which is what tests drive.
+
+Performance contract: nothing here reads, parses or validates on the event loop (which also serves
+xDS): a whole read is one call in a worker thread, and one source runs one at a time. A file is
+parsed only when its bytes are new: each read keeps every file's parse keyed by its path and a
+hash of its bytes, so an edit of one file of ten parses one file, and re-reading unchanged bytes
+(the racy window below, a `touch`) parses nothing; when nothing read differs from the last read,
+its merged and validated mesh is reused as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiofiles
 import watchfiles
 
-from meshplane.discovery.policy_schema import CertificateFiles, FileRef, SecretFiles, parse_policy
+from meshplane.discovery.policy_schema import CertificateFiles, FileRef, ParsedPolicy, SecretFiles, parse_policy
 from meshplane.discovery.source_status import SourceStatus
 from meshplane.model import Mesh, RouteTable, Service, Site, TlsCertificate, TrustBundle
 
@@ -104,9 +111,18 @@ def find_policy_files(root: Path) -> list[Path]:
     return sorted(found.values())
 
 
+# A policy file's parse is reused while the file at this path holds bytes of this hash.
+_ParseKey = tuple[str, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class _Attempt:
-    """One read of the policy: what it found, and the signature of what it read (taken before reading)."""
+    """One read of the policy: what it found, and the signature of what it read (taken before reading).
+
+    `contents` is everything the result depends on (each policy file's path and bytes' hash, each
+    secret file's text or read error): a read with equal contents has this attempt's mesh and errors.
+    `parses` holds each policy file's parse by `_ParseKey`, for the next read to reuse.
+    """
 
     mesh: Mesh
     errors: tuple[str, ...]
@@ -114,6 +130,8 @@ class _Attempt:
     secret_files: tuple[Path, ...]
     signature: tuple[FileState, ...]
     signed_at_ns: int
+    contents: tuple[object, ...] = ()
+    parses: Mapping[_ParseKey, ParsedPolicy] | None = None
 
     def is_racy(self) -> bool:
         return any(state.mtime_ns >= self.signed_at_ns - _RACY_WINDOW_NS for state in self.signature)
@@ -123,28 +141,51 @@ class _ReadError(Exception):
     pass
 
 
-async def _read_text(path: Path, size: int, max_size: int) -> str:
-    """The file's text; `size` is from its stat, so an oversize file is refused without reading it."""
+def _read_bytes(path: Path, size: int, max_size: int) -> bytes:
+    """The file's bytes; `size` is from its stat, so an oversize file is refused without reading it."""
     if size > max_size:
         raise _ReadError(f"{size} bytes is over the limit of {max_size} bytes")
     try:
-        async with aiofiles.open(path, "rb") as file:
-            data = await file.read(max_size + 1)
+        with path.open("rb") as file:
+            data = file.read(max_size + 1)
     except OSError as error:
         raise _ReadError(f"cannot read: {error.strerror or error}") from error
     if len(data) > max_size:  # it grew since the stat
         raise _ReadError(f"file is over the limit of {max_size} bytes")
+    return data
+
+
+def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise _ReadError(f"not UTF-8 text (byte {error.start})") from error
 
 
-async def _read_policy(files: Sequence[Path], max_file_size: int, open_world: bool = False) -> _Attempt:
+def _read_text(path: Path, size: int, max_size: int) -> str:
+    return _decode(_read_bytes(path, size, max_size))
+
+
+def _read_policy(
+    files: Sequence[Path],
+    max_file_size: int,
+    open_world: bool = False,
+    previous: _Attempt | None = None,
+    served: Mesh | None = None,
+) -> _Attempt:
     """Read, parse, merge and validate `files` and the secret files they name. With `open_world`,
-    routes may name services the files do not define (another source may; the inventory checks)."""
+    routes may name services the files do not define (another source may; the inventory checks).
+
+    Blocking, and CPU-heavy for big files: run it in a worker thread, never on the event loop. A
+    file whose path and bytes `previous` parsed is not parsed again; when nothing read differs
+    from `previous`, its mesh and errors are returned as they are. A new mesh equal to `served`
+    is returned as `served` itself, so whoever holds `served` sees "unchanged" by identity.
+    """
     signed_at_ns = time.time_ns()
-    states = await asyncio.to_thread(lambda: [FileState.of(path) for path in files])
+    states = [FileState.of(path) for path in files]
+    known = previous.parses if previous is not None and previous.parses is not None else {}
+    parses: dict[_ParseKey, ParsedPolicy] = {}
+    contents: list[object] = []
     errors: list[str] = []
     services: list[Service] = []
     routes: list[RouteTable] = []
@@ -152,11 +193,21 @@ async def _read_policy(files: Sequence[Path], max_file_size: int, open_world: bo
     secrets: list[tuple[Path, SecretFiles]] = []
     for path, state in zip(files, states, strict=True):
         try:
-            text = await _read_text(path, state.size, max_file_size)
+            data = _read_bytes(path, state.size, max_file_size)
         except _ReadError as error:
             errors.append(f"{path}: {error}")
+            contents.append((str(path), str(error)))
             continue
-        parsed = parse_policy(text, str(path))
+        key = (str(path), hashlib.sha256(data).digest())
+        contents.append(key)
+        parsed = parses.get(key) or known.get(key)
+        if parsed is None:
+            try:
+                parsed = parse_policy(_decode(data), str(path))
+            except _ReadError as error:
+                errors.append(f"{path}: {error}")
+                continue
+        parses[key] = parsed
         errors += parsed.errors
         services += parsed.services
         routes += parsed.routes
@@ -166,8 +217,9 @@ async def _read_policy(files: Sequence[Path], max_file_size: int, open_world: bo
     # Secret files are relative to the directory of the policy file naming them, as found: beside a
     # ConfigMap's symlinked policy file, `certs/ca.pem` is that ConfigMap's own `certs/ca.pem`.
     secret_paths = list(dict.fromkeys(base / ref.path for base, secret in secrets for _, ref in _secret_files(secret)))
-    secret_states = await asyncio.to_thread(lambda: {path: FileState.of(path) for path in secret_paths})
+    secret_states = {path: FileState.of(path) for path in secret_paths}
     texts: dict[Path, str | None] = {}
+    read_errors: dict[Path, str] = {}
     certificates: list[TlsCertificate] = []
     bundles: list[TrustBundle] = []
     unreadable: list[TlsCertificate | TrustBundle] = []
@@ -177,9 +229,10 @@ async def _read_policy(files: Sequence[Path], max_file_size: int, open_world: bo
             path = base / ref.path
             if path not in texts:
                 try:
-                    texts[path] = await _read_text(path, secret_states[path].size, max_file_size)
+                    texts[path] = _read_text(path, secret_states[path].size, max_file_size)
                 except _ReadError as error:
                     texts[path] = None
+                    read_errors[path] = str(error)
                     errors.append(f"{ref.origin}: secret {secret.name}: {field} {ref.path!r}: {error}")
             pem[field] = texts[path] or ""
         built: TlsCertificate | TrustBundle
@@ -192,7 +245,23 @@ async def _read_policy(files: Sequence[Path], max_file_size: int, open_world: bo
         if any(texts[base / ref.path] is None for _, ref in _secret_files(secret)):
             unreadable.append(built)
 
+    contents += [(str(path), texts[path], read_errors.get(path)) for path in secret_paths]
+    signature = (*states, *(secret_states[path] for path in secret_paths))
+    if previous is not None and previous.contents == tuple(contents):
+        # The same bytes as last time (a racy re-read, a touched file): the same mesh and errors.
+        return _Attempt(
+            mesh=previous.mesh,
+            errors=previous.errors,
+            files=tuple(files),
+            secret_files=tuple(secret_paths),
+            signature=signature,
+            signed_at_ns=signed_at_ns,
+            contents=previous.contents,
+            parses=parses,
+        )
     mesh = Mesh.of(services, routes, certificates, bundles, sites=sites)
+    if served is not None and mesh == served:
+        mesh = served
     # An unreadable secret file is reported already; the empty PEM it leaves need not be too.
     said = set(errors) | {problem for secret in unreadable for problem in secret.problems()}
     for problem in mesh.problems():
@@ -206,8 +275,10 @@ async def _read_policy(files: Sequence[Path], max_file_size: int, open_world: bo
         errors=tuple(errors),
         files=tuple(files),
         secret_files=tuple(secret_paths),
-        signature=(*states, *(secret_states[path] for path in secret_paths)),
+        signature=signature,
         signed_at_ns=signed_at_ns,
+        contents=tuple(contents),
+        parses=parses,
     )
 
 

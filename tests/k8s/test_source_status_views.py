@@ -142,8 +142,8 @@ async def test_notes_apart_sites_configured_and_last_good_content_shown(plane: C
     assert "last-good" in badge.attrs["class"].split()
     kubernetes_row = page.one("tr", data_source="kubernetes")
     assert (kubernetes_row.attrs["data-errors"], kubernetes_row.attrs["data-notes"]) == ("0", "1")
-    notes = [e.content for e in page.find("li") if UDP_NOTE in e.content]
-    assert notes == [UDP_NOTE]  # once, in the notes list (not among the errors)
+    shown = [e.content for e in page.find("li") if UDP_NOTE in e.content]
+    assert shown == [UDP_NOTE]  # once, in the notes list (not among the errors)
     assert [e.attrs.get("class") for e in page.find("ul") if UDP_NOTE in e.content] == ["notes"]
     assert "sites 3," in page.one("tr", data_source="edge-registry").content
 
@@ -155,6 +155,6 @@ async def test_a_healthy_quiet_registry_keeps_confirming_its_sync(plane: Control
     assert first is not None
 
     async def confirmed_again() -> bool:
-        return float(by_name(await status_of(plane))["edge-registry"]["last_success"]) > first
+        return bool(float(by_name(await status_of(plane))["edge-registry"]["last_success"]) > first)
 
     await poll(confirmed_again, "a later confirmation")
