@@ -107,14 +107,15 @@ def load_average() -> list[float]:
 
 
 @contextlib.contextmanager
-def serving(config: Path, xds_port: int, status_port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`meshplane serve` as a user runs it (default poll interval and debounce); ended by SIGTERM."""
+def serving(root: Path, config: Path, xds_port: int, status_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`meshplane serve` of the checkout at `root` as a user runs it (default poll interval and
+    debounce); ended by SIGTERM."""
     command = [sys.executable, "-m", "meshplane", "serve", "--config", str(config)]
     command += ["--xds-address", f"127.0.0.1:{xds_port}", "--status-address", f"127.0.0.1:{status_port}"]
     command += ["--max-streams-per-client", "0", "--log-level", "warning"]  # one load client opens every stream
     log = Path(tempfile.mkstemp(prefix="bench-serve-", suffix=".log")[1])
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=root)
     try:
         yield process
     finally:
@@ -147,14 +148,14 @@ def first_sync(binary: Path, port: int, streams: int, watch: float, timeout: flo
 
 
 def measure_edit(
-    deltaload: Path, services: int, endpoints: int, files: int, streams: int, port: int, settle: float
+    root: Path, deltaload: Path, services: int, endpoints: int, files: int, streams: int, port: int, settle: float
 ) -> dict[str, Any]:
     """One endpoint edited → the last of `streams` Delta streams holds it (ms), with context."""
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as work:
         written = write_policy_directory(Path(work) / "policy", services, endpoints, files)
         size = written[0].stat().st_size
         watch = settle + 8.0 + streams / 200
-        with serving(Path(work) / "policy", port, port + 1):
+        with serving(root, Path(work) / "policy", port, port + 1):
             client, _ = first_sync(deltaload, port, streams, watch, timeout=300)
             time.sleep(settle)  # past the start's racy window: the edit's own re-reads are what is measured
             load = load_average()
@@ -182,13 +183,13 @@ def measure_edit(
         return result
 
 
-def measure_start(deltaload: Path, services: int, endpoints: int, files: int, port: int) -> dict[str, Any]:
+def measure_start(root: Path, deltaload: Path, services: int, endpoints: int, files: int, port: int) -> dict[str, Any]:
     """`meshplane serve` started → one Delta stream holds every cluster and endpoint (ms)."""
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as work:
         write_policy_directory(Path(work) / "policy", services, endpoints, files)
         load = load_average()
         started = time.time()
-        with serving(Path(work) / "policy", port, port + 1):
+        with serving(root, Path(work) / "policy", port, port + 1):
             client, client_started = first_sync(deltaload, port, 1, 0, timeout=300)
             client.finish(30)
             synced = client.event("synced")
@@ -202,8 +203,9 @@ def measure_start(deltaload: Path, services: int, endpoints: int, files: int, po
         }
 
 
-def measure_validate(services: int, endpoints: int, files: int) -> dict[str, Any]:
-    """`meshplane validate` as a user runs it, and the same load in this process (no interpreter start)."""
+def measure_validate(root: Path, services: int, endpoints: int, files: int) -> dict[str, Any]:
+    """`meshplane validate` of the checkout at `root` as a user runs it, and (this checkout's) load
+    in this process, without the interpreter's start."""
     from meshplane.discovery.policy_files import validate_policy
 
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as work:
@@ -213,7 +215,7 @@ def measure_validate(services: int, endpoints: int, files: int) -> dict[str, Any
         started = time.perf_counter()
         run = subprocess.run(
             [sys.executable, "-m", "meshplane", "validate", "--config", str(policy)],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             check=False,
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=18640, help="xDS port; the status port is the next")
     parser.add_argument("--settle", type=float, default=2.5, help="seconds between the streams' sync and the edit")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--server-root", type=Path, default=ROOT, help="run meshplane from this checkout")
     args = parser.parse_args(argv)
     large = args.large_services
     names = ["edit-10-files", "edit-1-file", f"validate-{large}", f"start-{large}"]
@@ -266,13 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             assert deltaload is not None
             files = 10 if name == "edit-10-files" else 1
             figures = measure_edit(
-                deltaload, args.services, args.endpoints, files, args.streams, args.port, args.settle
+                args.server_root, deltaload, args.services, args.endpoints, files, args.streams, args.port, args.settle
             )
         elif name.startswith("validate"):
-            figures = measure_validate(large, args.endpoints, 5)
+            figures = measure_validate(args.server_root, large, args.endpoints, 5)
         else:
             assert deltaload is not None
-            figures = measure_start(deltaload, large, args.endpoints, 5, args.port)
+            figures = measure_start(args.server_root, deltaload, large, args.endpoints, 5, args.port)
         rows.append({"scenario": name, **figures})
         print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
@@ -281,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [
         row["scenario"]
         for row in rows
-        if row.get("errors") or row.get("valid") is False or ("streams" in row and row.get("reached_streams") != row["streams"])
+        if row.get("errors")
+        or row.get("valid") is False
+        or ("streams" in row and row.get("reached_streams") != row["streams"])
     ]
     for scenario in failed:
         print(f"NOT VALID: {scenario}", file=sys.stderr)
