@@ -31,6 +31,7 @@ NACKS = 40
 # ~3 MB, with a two-byte character every 1,000 bytes so that a cut may fall inside one.
 BIG_MESSAGE = ("é" + "x" * 998) * 3003
 BIG_BYTES = len(BIG_MESSAGE.encode())
+NACKING_DEADLINE = 120.0  # seconds for all 40 NACKs; they take about one
 CUT_MARK = f"… [cut: {BIG_BYTES} bytes in all]"
 TIMESTAMPED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 GRPC_CORE_LINE = re.compile(r"[IWEF]\d{4} ")  # gRPC's C core writes its own lines to stderr
@@ -97,7 +98,10 @@ async def nack_many_times(target: str, delta: bool) -> AsyncIterator[None]:
     """NACKs `NACKS` times with `BIG_MESSAGE`, then holds the stream open while inside. SotW: the
     same response again and again (its nonce stays the latest, so each counts). Delta: a new
     response each time, asked for by subscribing to another name."""
-    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+    async with (
+        grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 8 << 20)]) as channel,
+        asyncio.timeout(NACKING_DEADLINE),  # a server that stops reading must fail the test, not hang it
+    ):
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         if delta:
             stream = AdsStream(stub.DeltaAggregatedResources())

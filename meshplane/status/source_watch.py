@@ -20,6 +20,8 @@ from meshplane.logs import redact_secrets
 
 log = logging.getLogger(__name__)
 
+NOTES_LOGGED_PER_CHECK = 20
+
 
 class SourceWatch:
     """Logs and counts source errors. Run `run()` as a task (ends only when cancelled), or call `check()`."""
@@ -50,8 +52,13 @@ class SourceWatch:
                 log.info("source %s: errors cleared", name, extra={"event": "source_recovered", "source": name})
             self._errors[name] = frozenset(errors)
             notes = frozenset(redact_secrets(str(note)) for note in source.get("notes", ()))
-            for note in sorted(notes - self._notes.get(name, frozenset())):
+            fresh = sorted(notes - self._notes.get(name, frozenset()))
+            # Bounded: a cluster's first list may note thousands of objects at once (all on /status).
+            for note in fresh[:NOTES_LOGGED_PER_CHECK]:
                 log.info("source %s: %s", name, note, extra={"event": "source_note", "source": name, "note": note})
+            if len(fresh) > NOTES_LOGGED_PER_CHECK:
+                more = len(fresh) - NOTES_LOGGED_PER_CHECK
+                log.info("source %s: %d more notes (see /status)", name, more, extra={"event": "source_note"})
             self._notes[name] = notes
             synced = bool(source.get("synced"))
             if self._synced.get(name) and not synced:
