@@ -29,6 +29,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -130,10 +131,19 @@ def serving(root: Path, config: Path, xds_port: int, status_port: int) -> Iterat
         log.unlink(missing_ok=True)
 
 
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def first_sync(binary: Path, port: int, streams: int, watch: float, timeout: float) -> tuple[Client, float]:
     """A client whose `streams` all hold the full config, and the unix time (s) its run started.
     Retries while the server is not listening yet (every stream refused)."""
     deadline = time.monotonic() + timeout
+    while not _accepts(port):  # else gRPC's reconnect back-off (1 s) would be in the figure
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on port {port}")
+        time.sleep(0.01)
     while True:
         started = time.time()
         client = start_client(binary, port, streams, watch=watch)

@@ -8,6 +8,7 @@ order a coroutine and a load's parse run.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from collections.abc import Iterator
@@ -330,6 +331,17 @@ async def test_the_event_loop_keeps_turning_during_a_real_large_parse(
     assert end > start, "the event loop did not run while the file was parsed"
     assert policy.mesh is not None
     assert len(policy.mesh.services) == 1000
+
+
+async def test_the_cycle_collector_runs_again_after_every_read(tmp_path: Path) -> None:
+    """Reads pause Python's cycle collector while they parse; it must be back on after each, good or bad."""
+    (path,) = write_policy_directory(tmp_path, services=3, endpoints=1, files=1)
+    policy = PolicyFileSource(tmp_path)
+    assert await policy.load() is True
+    assert gc.isenabled()
+    path.write_text("services: [unclosed\n")
+    assert await policy.load() is False
+    assert gc.isenabled()
 
 
 async def test_concurrent_loads_run_one_after_the_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

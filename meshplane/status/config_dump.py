@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from meshplane.model import ProxyGroup, ProxyRole
-from meshplane.status.document import group_fields, group_site, latest_per_type, nack_document
+from meshplane.status.document import group_fields, group_site, nack_document, node_types
 from meshplane.xds.server.tracking import StreamTrack
 from meshplane.xds.snapshot import Resource, Snapshot
 from meshplane.xds.types import TypeUrl
@@ -85,12 +85,17 @@ def _withheld(authorized: bool) -> list[str]:
 
 
 def node_dump(node_id: str, streams: list[StreamTrack], authorized: bool) -> dict[str, Any]:
-    """What the proxy `node_id` was last sent, per type, over all of its current streams."""
+    """What the proxy `node_id` was last sent, per type, over all of its current streams.
+
+    A type's resources are the union of what its streams hold (a per-type proxy's EDS: every
+    cluster's assignment, each from its own stream); its state, versions and NACK are combined as
+    on `/status` (`document.node_types`).
+    """
     newest = max(streams, key=lambda track: track.stream_id)
-    latest = latest_per_type(streams)
+    combined = node_types(streams)
     types = {}
     for type_url in TypeUrl:
-        entry = latest.get(type_url)
+        entry = combined.get(type_url)
         if entry is None or (type_url in SECRET_TYPES and not authorized):
             continue
         types[type_url.short] = _type_dump(

@@ -136,12 +136,16 @@ def source_note_lines(document: Mapping[str, Any]) -> list[str]:
 
 
 def config_rows(dump: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The config table: one row a type. A type held over several streams whose versions differ
+    (a per-type proxy's EDS over SotW) has no one version: `per stream` (`meshplane status -o json`
+    shows each stream's)."""
     headers = ["TYPE", "VERSION", "STATE", "RESOURCES"]
     rows = []
     for type_name, entry in dump.get("types", {}).items():
         names = [resource["name"] for resource in entry.get("resources", [])]
         shown = ", ".join(names[:6]) + (f" … (+{len(names) - 6})" if len(names) > 6 else "")
-        rows.append([type_name, entry.get("version") or "-", entry.get("state", "-"), f"{len(names)}: {shown}"])
+        version = entry.get("version") or ("per stream" if names else "-")
+        rows.append([type_name, version, entry.get("state", "-"), f"{len(names)}: {shown}"])
     return headers, rows
 
 

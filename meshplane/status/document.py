@@ -2,8 +2,9 @@
 
 Pure reads of what `StatusInputs` hands over; builds plain JSON-ready dicts (the shape is
 documented in docs/status-api.md and docs/status-api.schema.json, and tested against them).
-A proxy is one node id: the streams it holds (one ADS stream, or one per type) are merged, and
-each type shows what the latest of them was sent and answered.
+A proxy is one node id: the streams it holds (one ADS stream, or one per type: one per EDS cluster,
+SDS secret and RDS route configuration) are combined per type by `node_types`, the one place that
+rule lives (the config dump and the metrics read it too).
 
 A group's fields are read generically (`dataclasses.asdict`), so a field added to `ProxyGroup`
 shows up here without a change; `site` is read the same way, and is null where groups have none.
@@ -21,8 +22,8 @@ from meshplane.logs import redact_secrets
 from meshplane.model import ProxyGroup
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publisher import PublishState
-from meshplane.xds.server.tracking import Nack, StreamRegistry, StreamTrack, SyncState, TypeTrack
-from meshplane.xds.snapshot import Snapshot
+from meshplane.xds.server.tracking import Nack, StreamKind, StreamRegistry, StreamTrack, SyncState, TypeTrack
+from meshplane.xds.snapshot import Resource, Snapshot
 from meshplane.xds.types import TypeUrl
 
 
@@ -104,38 +105,164 @@ def nack_document(nack: Nack | None) -> dict[str, Any] | None:
     }
 
 
-def _type_document(entry: TypeTrack | None) -> dict[str, Any]:
-    if entry is None:
-        entry = TypeTrack()
+@dataclass(frozen=True, slots=True)
+class NodeType:
+    """One xDS type of one proxy, combined over the streams that count for it (`node_types`).
+
+    `entries` are those streams' records of the type, newest stream first. The state is the worst
+    of theirs; versions are shown only where every stream agrees; the resources are each counted
+    once however many streams hold them.
+    """
+
+    entries: tuple[TypeTrack, ...]
+
+    @property
+    def state(self) -> SyncState:
+        return overall_state(entry.state for entry in self.entries)
+
+    @property
+    def sent_version(self) -> str:
+        """The version every stream was last sent; "" when they differ (per-type EDS streams are
+        each sent their own cluster's assignment, so theirs differ; each is in `streams`)."""
+        return _common(entry.sent_version for entry in self.entries)
+
+    @property
+    def acked_version(self) -> str:
+        """The version every stream last acknowledged; "" when they differ."""
+        return _common(entry.acked_version for entry in self.entries)
+
+    @property
+    def last_sent(self) -> TypeTrack:
+        """The entry of the stream sent this type last: the nonce and time of the last response."""
+        return max(self.entries, key=lambda entry: entry.sent_seq)
+
+    @property
+    def acked_at(self) -> float | None:
+        return max(self.entries, key=lambda entry: entry.acked_seq).acked_at
+
+    @property
+    def pending_nonce(self) -> str:
+        """The nonce of the latest response not answered yet, on whichever stream."""
+        waiting = [entry for entry in self.entries if entry.pending_nonce]
+        return max(waiting, key=lambda entry: entry.sent_seq).pending_nonce if waiting else ""
+
+    @property
+    def last_nack(self) -> Nack | None:
+        """The NACK that makes the type NACKED (the latest such), else the latest NACK, as history."""
+        nacked = [entry for entry in self.entries if entry.state is SyncState.NACKED] or [
+            entry for entry in self.entries if entry.last_nack is not None
+        ]
+        return max(nacked, key=lambda entry: entry.nacked_seq).last_nack if nacked else None
+
+    @property
+    def keys_withheld(self) -> tuple[str, ...]:
+        return tuple(sorted({name for entry in self.entries for name in entry.keys_withheld}))
+
+    @property
+    def resource_count(self) -> int:
+        if len(self.entries) == 1:  # an ADS proxy: its count as kept, no set built per /status
+            return self.entries[0].resource_count
+        return len({resource.name for entry in self.entries for resource in entry.sent_resources()})
+
+    def sent_resources(self) -> tuple[Resource, ...]:
+        """What the proxy was last sent of this type on all these streams, one resource per name
+        (where two streams hold one name, the one sent later), sorted by name."""
+        if len(self.entries) == 1:
+            return self.entries[0].sent_resources()
+        by_name: dict[str, Resource] = {}
+        for entry in sorted(self.entries, key=lambda entry: entry.sent_seq):
+            by_name.update((resource.name, resource) for resource in entry.sent_resources())
+        return tuple(by_name[name] for name in sorted(by_name))
+
+
+def _common(values: Iterable[str]) -> str:
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else ""
+
+
+def _is_ads(track: StreamTrack) -> bool:
+    return track.kind in (StreamKind.SOTW_ADS, StreamKind.DELTA_ADS)
+
+
+def node_types(streams: Iterable[StreamTrack]) -> dict[TypeUrl, NodeType]:
+    """Each type one proxy's streams carry, combined over every stream that counts for it.
+
+    A per-type proxy holds several streams of one type (one per EDS cluster, SDS secret, RDS route
+    configuration): each counts, so a NACK or an unanswered response on any of them shows as the
+    proxy's state of the type. A stream no longer counts for a type once a newer stream of the node
+    replaced it, as when a proxy reconnects and the old stream has not closed yet: a newer ADS
+    stream carrying the type (a node has one ADS stream), or a newer stream holding every resource
+    of the type the older one holds (not none: an older stream holding nothing still counts).
+    """
+    newest_first = sorted(streams, key=lambda track: track.stream_id, reverse=True)
+    # The newest stream carrying a type is never replaced, so every type keeps at least one entry.
     return {
-        "state": entry.state.value,
-        "sent_version": entry.sent_version or None,
-        "sent_nonce": entry.sent_nonce or None,
-        "sent_at": entry.sent_at,
-        "acked_version": entry.acked_version or None,
-        "acked_at": entry.acked_at,
-        "pending_nonce": entry.pending_nonce or None,
-        "resources": entry.resource_count,
-        "last_nack": nack_document(entry.last_nack),
-        # Secrets holding private keys not sent to this unauthenticated stream (xds/server/keys.py).
-        "keys_withheld": list(entry.keys_withheld),
+        type_url: NodeType(
+            tuple(
+                track.types[type_url]
+                for track in newest_first
+                if type_url in track.types and track.stream_id not in ids
+            )
+        )
+        for type_url, ids in _replaced(newest_first).items()
     }
 
 
-def latest_per_type(streams: Iterable[StreamTrack]) -> dict[TypeUrl, TypeTrack]:
-    """For each type, the entry of the stream that sent it last (a proxy may hold a stream per type,
-    and briefly two of the same while it reconnects)."""
-    latest: dict[TypeUrl, TypeTrack] = {}
-    for track in streams:
+def _replaced(newest_first: Sequence[StreamTrack]) -> dict[TypeUrl, set[int]]:
+    """Per type, the ids of the streams a newer stream of the node replaced for it."""
+    replaced: dict[TypeUrl, set[int]] = {}
+    ads_seen: set[TypeUrl] = set()
+    newer: dict[TypeUrl, list[TypeTrack]] = {}
+    names: dict[int, frozenset[str]] = {}
+
+    def names_of(entry: TypeTrack) -> frozenset[str]:
+        # Built only where a type has two streams (per-type ones hold a resource or two), never for
+        # a proxy's only stream: /status is read every 2 s by each open dashboard.
+        key = id(entry)
+        if key not in names:
+            names[key] = frozenset(resource.name for resource in entry.sent_resources())
+        return names[key]
+
+    for track in newest_first:
         for type_url, entry in track.types.items():
-            current = latest.get(type_url)
-            if current is None or (entry.sent_seq, entry.acked_seq, entry.nacked_seq) > (
-                current.sent_seq,
-                current.acked_seq,
-                current.nacked_seq,
-            ):
-                latest[type_url] = entry
-    return latest
+            ids = replaced.setdefault(type_url, set())
+            before = newer.setdefault(type_url, [])
+            held = names_of(entry) if before and type_url not in ads_seen else frozenset()
+            if type_url in ads_seen or (held and any(held <= names_of(other) for other in before)):
+                ids.add(track.stream_id)
+            before.append(entry)
+            if _is_ads(track):
+                ads_seen.add(type_url)
+    return replaced
+
+
+def _type_document(combined: NodeType | None) -> dict[str, Any]:
+    if combined is None:
+        combined = NodeType((TypeTrack(),))
+    last_sent = combined.last_sent
+    return {
+        "state": combined.state.value,
+        "sent_version": combined.sent_version or None,
+        "sent_nonce": last_sent.sent_nonce or None,
+        "sent_at": last_sent.sent_at,
+        "acked_version": combined.acked_version or None,
+        "acked_at": combined.acked_at,
+        "pending_nonce": combined.pending_nonce or None,
+        "resources": combined.resource_count,
+        "last_nack": nack_document(combined.last_nack),
+        # Secrets holding private keys not sent to this unauthenticated stream (xds/server/keys.py).
+        "keys_withheld": list(combined.keys_withheld),
+    }
+
+
+def _stream_type_document(entry: TypeTrack, replaced: bool) -> dict[str, Any]:
+    return {
+        "state": entry.state.value,
+        "sent_version": entry.sent_version or None,
+        "acked_version": entry.acked_version or None,
+        "resources": entry.resource_count,
+        "replaced": replaced,
+    }
 
 
 def overall_state(states: Iterable[SyncState]) -> SyncState:
@@ -153,8 +280,9 @@ def proxies_by_node(registry: StreamRegistry) -> dict[str, list[StreamTrack]]:
 def _proxy_document(node_id: str, streams: list[StreamTrack]) -> dict[str, Any]:
     newest = max(streams, key=lambda track: track.stream_id)
     group = newest.group
-    latest = latest_per_type(streams)
-    types = {type_url.short: _type_document(latest.get(type_url)) for type_url in TypeUrl}
+    combined = node_types(streams)
+    replaced = _replaced(sorted(streams, key=lambda track: track.stream_id, reverse=True))
+    types = {type_url.short: _type_document(combined.get(type_url)) for type_url in TypeUrl}
     return {
         "node": node_id,
         "cluster": newest.node_cluster,
@@ -166,7 +294,7 @@ def _proxy_document(node_id: str, streams: list[StreamTrack]) -> dict[str, Any]:
         "kind": ", ".join(sorted({str(track.kind) for track in streams})),
         "connected_at": min(track.connected_at for track in streams),
         "user_agent": newest.user_agent,
-        "state": overall_state(entry.state for entry in latest.values()).value,
+        "state": overall_state(entry.state for entry in combined.values()).value,
         "streams": [
             {
                 "id": track.stream_id,
@@ -174,6 +302,11 @@ def _proxy_document(node_id: str, streams: list[StreamTrack]) -> dict[str, Any]:
                 "peer": track.peer,
                 "connected_at": track.connected_at,
                 "types": sorted(type_url.short for type_url in track.types),
+                # This stream's own record of each type, and whether a newer stream replaced it.
+                "states": {
+                    type_url.short: _stream_type_document(entry, track.stream_id in replaced.get(type_url, ()))
+                    for type_url, entry in sorted(track.types.items(), key=lambda item: item[0].short)
+                },
             }
             for track in streams
         ],

@@ -23,7 +23,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from meshplane import __version__
-from meshplane.status.document import StatusInputs, group_site, latest_per_type, proxies_by_node
+from meshplane.status.document import StatusInputs, group_site, node_types, proxies_by_node
 from meshplane.status.grpc_stats import GrpcStats
 from meshplane.xds.publisher import PublishState
 from meshplane.xds.server.tracking import DurationHistogram, StreamKind, SyncState
@@ -145,9 +145,9 @@ class _StateCollector(Collector):
         )
         states: Counter[tuple[str, str]] = Counter()
         for streams in proxies_by_node(registry).values():
-            latest = latest_per_type(streams)
+            combined = node_types(streams)  # each type over all of the proxy's streams, as /status shows it
             for type_url in TypeUrl:
-                entry = latest.get(type_url)
+                entry = combined.get(type_url)
                 states[(type_url.short, str(entry.state if entry is not None else SyncState.NOT_SENT))] += 1
         for type_url in TypeUrl:
             for state in SyncState:
