@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import signal
 import sys
@@ -20,11 +21,13 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from meshplane.xds.server.service import MAX_REFUSAL_BYTES
 from meshplane.xds.server.tracking import MAX_NACK_MESSAGE_BYTES
 from tests.envoy_harness import REPO
 from tests.meshplane_env import without_meshplane_variables
 from tests.ports import free_port
-from tests.serve_process import ServeProcess, serve
+from tests.serve_process import STARTED, ServeProcess
+from tests.test_xds_keys import running, settings
 from tests.xds_fixtures import CDS, SDS, AdsStream, delta_request, node, request
 
 NACKS = 40
@@ -50,30 +53,28 @@ def write_policy(directory: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, log_format: str) -> AsyncIterator[tuple[ServeProcess, str]]:
-    """`meshplane serve` on a one-service policy, and its xDS address (given last: it wins).
-    `serve` waits for the text log's start line; a JSON log says it in its own shape."""
-    xds = f"127.0.0.1:{free_port()}"
+    """`meshplane serve` on a one-service policy in `log_format`, and its xDS address. Its log is
+    read with lines of up to 64 MiB: a server that logged a client's megabytes in one line must
+    fail the test's assertions, not stall the reader (and then the server, on a full pipe)."""
+    xds, status_port = f"127.0.0.1:{free_port()}", free_port()
     policy = str(write_policy(tmp_path / "policy"))
-    if log_format == "text":
-        async with serve("--config", policy, "--xds-address", xds) as served:
-            yield served, xds
-        return
-    status_port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "meshplane",
         "serve",
         *("--config", policy, "--xds-address", xds, "--status-address", f"127.0.0.1:{status_port}"),
-        *("--log-format", "json"),
+        *("--log-format", log_format),
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
         env=without_meshplane_variables(),
+        limit=64 << 20,
     )
     served = ServeProcess(process, status_port)
     reader = asyncio.create_task(served.read_log())
+    started = STARTED if log_format == "text" else '"message": "xDS on port '
     try:
-        await asyncio.wait_for(served.wait_for_line(lambda line: '"message": "xDS on port ' in line), 60)
+        await asyncio.wait_for(served.wait_for_line(lambda line: started in line), 60)
         yield served, xds
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0, "\n".join(served.lines)
@@ -203,8 +204,37 @@ async def test_control_characters_from_clients_cannot_forge_log_lines(tmp_path: 
                 assert "evil" not in line
                 continue
             records.append(json.loads(line))
-        (nack,) = [record for record in records if record.get("event") == "nack"]
-        assert nack["node_id"] == EVIL_ID
-        assert nack["message"].endswith(EVIL_NACK)
+        (nack_record,) = [record for record in records if record.get("event") == "nack"]
+        assert nack_record["node_id"] == EVIL_ID
+        assert nack_record["message"].endswith(EVIL_NACK)
         assert [record for record in records if EVIL_ID in record["message"]], "the id is kept exactly, as JSON"
         assert len(mentioning) == len([record for record in records if "evil" in json.dumps(record)])
+
+
+async def test_oversized_node_fields_and_refusals_are_refused_and_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node id over 1 KiB ends its stream without being echoed; a refusal quoting 100 KB of a
+    client's text says so in at most 2 KiB, in the gRPC status and the log alike."""
+    caplog.set_level(logging.WARNING, logger="meshplane.xds.server.service")
+    async with (
+        running(settings(write_policy(tmp_path / "policy"))) as plane,
+        grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel,
+    ):
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        long_id = AdsStream(stub.StreamAggregatedResources())
+        await long_id.send(request(CDS, with_node=node("n" * 5000)))
+        assert await long_id.status() == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "node.id has 5000 characters; at most 1024",
+        )
+        long_role = AdsStream(stub.StreamAggregatedResources())
+        await long_role.send(request(CDS, with_node=node("proxy", role="r" * 100_000)))
+        code, details = await long_role.status()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("node proxy: unknown metadata.role 'rrr")
+    assert re.search(r"… \[cut: 1000\d\d bytes in all\]$", details), details[-80:]
+    assert len(details.encode()) < MAX_REFUSAL_BYTES + 64
+    refusals = [r.getMessage() for r in caplog.records if "refused stream" in r.getMessage()]
+    assert len(refusals) == 2
+    assert all(len(message) < MAX_REFUSAL_BYTES + 200 for message in refusals)

@@ -4,6 +4,7 @@ a Delta Envoy fails over to another replica: what the proxy runs, SotW and Delta
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,7 +90,7 @@ async def test_delta_and_sotw_envoys_are_synced_again_once_a_rejected_policy_is_
         }
         try:
             for node_id, envoy in envoys.items():
-                await envoy.eventually(lambda envoy=envoy: serves(envoy, "web"), f"{node_id} serving web")
+                await envoy.eventually(functools.partial(serves, envoy, "web"), f"{node_id} serving web")
 
             async def all_in(state: str) -> bool:
                 for node_id in envoys:
@@ -151,7 +152,7 @@ async def test_a_delta_envoy_failing_over_shows_what_it_holds_on_the_new_replica
     envoy = await start_envoy(tmp_path / "envoy", ports[0], node_id="roaming", delta=True, patch=both_replicas)
     try:
         for host in ("web", "api"):
-            await envoy.eventually(lambda host=host: serves(envoy, host), f"{host} through the Envoy")
+            await envoy.eventually(functools.partial(serves, envoy, host), f"{host} through the Envoy")
 
         async def holder() -> int | None:
             for index, plane in enumerate(planes):

@@ -27,7 +27,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshplane.app import ControlPlane, Settings
-from tests.envoy_harness import start_backend, start_envoy
+from tests.envoy_harness import Envoy, start_backend, start_envoy
 from tests.tls_certs import Pair, issue, make_ca
 from tests.xds_fixtures import SDS, AdsStream, delta_request, node, request
 
@@ -216,7 +216,7 @@ async def test_real_envoys_without_credentials_keep_the_keyed_cluster_warming(tm
         try:
             for node_id, envoy in envoys.items():
 
-                async def warming_on_the_key(envoy: Any = envoy) -> bool:
+                async def warming_on_the_key(envoy: Envoy = envoy) -> bool:
                     dump = await envoy.config_dump()
                     secrets = {
                         kind: sorted(entry["name"] for entry in config.get(kind, ()))
@@ -230,7 +230,7 @@ async def test_real_envoys_without_credentials_keep_the_keyed_cluster_warming(tm
                 warming = await envoy.config_dump("dynamic_warming_clusters")
                 assert [entry["cluster"]["name"] for entry in warming["configs"]] == ["secure.default:8443"]
 
-                async def serves_web(envoy: Any = envoy) -> bool:
+                async def serves_web(envoy: Envoy = envoy) -> bool:
                     status, body, _ = await envoy.request("web")
                     return status == 200 and body.startswith("web")
 

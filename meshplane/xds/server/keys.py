@@ -8,10 +8,10 @@ private key (SDS `Secret`s with a `tls_certificate` holding `private_key`, `pkcs
 `--insecure-serve-keys-without-client-auth`. CA bundles and every other type are served as usual.
 
 What "withheld" means on the wire: the secret is left out of the SDS responses as if it did not
-exist yet, never announced as removed. Envoy then keeps the listener or cluster that names it
-warming (its `initial_fetch_timeout` passes, and it serves no TLS with a certificate it does not
-have) instead of handshaking without its client certificate, and ACKs the rest. Delta removals
-would make Envoy finish warming without the certificate, so they are never sent for it. The
+exist yet, never announced as removed. Envoy then keeps the cluster (or listener) that names it
+warming, so it never connects without its client certificate, and ACKs and serves the rest of its
+config. A Delta removal would make Envoy finish warming without the certificate (it ignores the
+removal of an SDS secret and marks it ready), so none is ever sent for it. The
 server records the names on the stream (`/status`: `keys_withheld`), logs them once per stream and
 counts them (`meshplane_xds_secrets_withheld_total`).
 

@@ -10,7 +10,9 @@ with megabytes of text grows neither the status document nor the log.
 Also kept here, because only the server sees them happen: the resources each stream was last
 sent per type (references to the snapshot's own `Resource` objects, not copies, for config dumps),
 the push latency — from the moment a group's snapshot was published (or the stream connected,
-if later) to the proxy's ACK of it — and the streams the server refused, by gRPC status code.
+if later) to the proxy's ACK of it — the streams the server refused, by gRPC status code, and the
+secrets holding private keys withheld from unauthenticated streams (keys.py), each logged and
+counted once per stream.
 """
 
 from __future__ import annotations
