@@ -1,6 +1,6 @@
 # The meshplane image: the control plane (`meshplane serve`), and the rest of its command line
-# (`meshplane bootstrap`, `meshplane simulate`, `meshplane validate`) plus the demo backend
-# (`python -m meshplane.demo.backend`), which docker-compose.yml runs from this same image.
+# (`meshplane bootstrap`, `meshplane simulate`, `meshplane validate`) plus the sample backend
+# (`python -m meshplane.sample_backend`), which docker-compose.yml runs from this same image.
 #
 #   docker build -t meshplane:0.1.0 .
 #

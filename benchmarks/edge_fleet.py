@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.discovery.edge.registry import LeaseSettings
+from meshplane.discovery.registry.auth import token_digest
+from meshplane.discovery.registry.registry import LeaseSettings
 from meshplane.simulate.fleet import Fleet, FleetOptions
 from tests.edge_plane import running_edge_plane
 from tests.envoy_harness import Envoy, start_envoy

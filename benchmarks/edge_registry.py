@@ -11,7 +11,10 @@ For each fleet size N (devices spread over --sites sites):
    --concurrency calls in flight; the Python client shares the machine's cores with the server);
 4. registration → routing: a control plane loads the N devices from the store, a real
    edge-gateway Envoy serves one site; each of --routing-runs registrations of a new device is
-   timed until a request through the gateway by that device's id reaches it (polled every 5 ms).
+   timed until a request through the gateway by that device's id reaches it (polled every 5 ms);
+   beside the gateway a sidecar group is wanted (as a sidecar stream would), and each
+   registration's publication is recorded: groups translated again (the sidecar must not be) and
+   its duration.
 Prints a table and the figures as JSON.
 """
 
@@ -33,11 +36,11 @@ import grpc
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.discovery.edge.auth import Principal, PrincipalKind, token_digest
-from meshplane.discovery.edge.registry import EdgeRegistry, LeaseSettings, RegisterInput
-from meshplane.discovery.edge.store import SqliteStore
-from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
-from meshplane.model import Site
+from meshplane.discovery.registry.auth import Principal, PrincipalKind, token_digest
+from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings, RegisterInput
+from meshplane.discovery.registry.store import SqliteStore
+from meshplane.model import ProxyGroup, Site
+from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
 from tests.edge_plane import running_edge_plane
 from tests.envoy_harness import start_envoy
@@ -154,7 +157,7 @@ async def grpc_figures(
 
 async def routing_figures(
     work: Path, db: Path, tokens: Path, site_count: int, runs: int, device_host: DeviceHost
-) -> list[float]:
+) -> tuple[list[float], list[dict[str, float]]]:
     address = device_host.address
     policy = work / "policy"
     policy.mkdir(exist_ok=True)
@@ -167,6 +170,8 @@ async def routing_figures(
         # The stand-in device runs in its own network namespace (tests/netns.py): the registry refuses
         # loopback device addresses, and benchmark traffic stays on networks this run made.
         backend_port = await asyncio.to_thread(device_host.serve, "device")
+        plane.cache.subscribe(ProxyGroup(), asyncio.Event())  # a sidecar's group, built by the publisher
+        publishes: list[dict[str, float]] = []
         gateway = await start_envoy(
             work / "envoy",
             plane.xds_port,
@@ -211,9 +216,17 @@ async def routing_figures(
                             raise AssertionError(f"{device_id} never became routable")
                         await asyncio.sleep(0.005)
                     timings.append(time.perf_counter() - started)
+                    state = plane.publisher.state
+                    publishes.append(
+                        {
+                            "groups": state.groups,
+                            "rebuilt": plane.publisher.rebuilt,
+                            "ms": round(state.duration_seconds * 1000, 1),
+                        }
+                    )
         finally:
             await gateway.stop()
-    return timings
+    return timings, publishes
 
 
 async def _listening(session: aiohttp.ClientSession, port: int) -> bool:
@@ -255,12 +268,17 @@ async def run_sizes(args: argparse.Namespace, device_host: DeviceHost) -> None:
             figures["grpc_registrations"] = await grpc_figures(
                 db, tokens, size, args.sites, args.grpc, args.concurrency, address
             )
-            timings = await routing_figures(work, db, tokens, args.sites, args.routing_runs, device_host)
+            timings, publishes = await routing_figures(work, db, tokens, args.sites, args.routing_runs, device_host)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         figures["registration_to_routing_ms"] = {
             "runs": [round(t * 1000, 1) for t in timings],
             "median": round(statistics.median(timings) * 1000, 1),
+        }
+        figures["registration_publish"] = {
+            "groups": max(p["groups"] for p in publishes),
+            "groups_rebuilt_max": max(p["rebuilt"] for p in publishes),
+            "median_ms": statistics.median(p["ms"] for p in publishes),
         }
         results[str(size)] = figures
         print(f"--- {size} devices over {args.sites} sites")
@@ -270,6 +288,11 @@ async def run_sizes(args: argparse.Namespace, device_host: DeviceHost) -> None:
             print(f"{name:20s} {rate:>8}/s  p50 {p50:>7} ms  p99 {p99:>7} ms  ({f['calls']} calls)")
         routing = figures["registration_to_routing_ms"]
         print(f"registration → gateway routing: median {routing['median']} ms, runs {routing['runs']}")
+        publish = figures["registration_publish"]
+        print(
+            f"its publication: median {publish['median_ms']} ms, at most {publish['groups_rebuilt_max']} of"
+            f" {publish['groups']} groups translated again"
+        )
     print(json.dumps(results, indent=2))
 
 

@@ -2,14 +2,16 @@
 Delta streams of the Go load client, and one endpoint edited the way an editor saves a file.
 
 Run: .venv/bin/python -m benchmarks.policy_edit [--services 1000] [--endpoints 10] [--streams 1000]
-     [--only edit-10-files edit-1-file validate-5000 start-5000] [--json FILE]
+     [--edits 5]
+     [--only edit-10-files edit-1-file validate-5000 start-5000] [--json FILE] [--server-root DIR]
 
 Scenarios (`--only` takes these names):
 - `edit-10-files`: `--services` services x `--endpoints` endpoints in 10 files; `--streams` Delta
   streams (`deltaload`, built as `benchmarks.scale` builds it) hold the full config; one endpoint's
-  port is changed in one file (written beside it, then renamed over it). Figure: from just before the
-  write to the moment the last stream holds the new endpoint, as the client records it (inotify,
-  reading, parsing, validation, the default debounce, translation and the push are all in it).
+  port is changed in one file (written beside it, then renamed over it), `--edits` times 3 s apart.
+  Figure: from just before the write to the moment the last stream holds the new endpoint, as the
+  client records it (inotify, reading, parsing, validation, the default debounce, translation and
+  the push are all in it); the median edit (`last_ms`) and the worst (`worst_last_ms`).
 - `edit-1-file`: the same with every service in one file (1,000 services: about 490 KB).
 - `validate-N` (N = `--large-services`, 5,000 by default, in 5 files): `meshplane validate`'s wall
   time as a user runs it (interpreter start included), and the load itself in-process.
@@ -30,6 +32,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,12 +85,12 @@ def write_policy_directory(root: Path, services: int, endpoints: int, files: int
     per_file = -(-services // files)
     for number in range(files):
         indices = range(number * per_file, min(services, (number + 1) * per_file))
-        parts = ["services:\n", *(service_yaml(index, endpoints) for index in indices)]
+        parts = ["services:\n", *(service_yaml(index, endpoints) for index in indices)] if indices else []
         routed = [index for index in indices if index % 10 == 0]
         if routed:
             parts += ["routes:\n", *(route_yaml(index) for index in routed)]
         path = root / f"services-{number:02d}.yaml"
-        path.write_text("".join(parts))
+        path.write_text("".join(parts) or "# no services left for this file\n")
         written.append(path)
     return written
 
@@ -136,14 +139,20 @@ def _accepts(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def first_sync(binary: Path, port: int, streams: int, watch: float, timeout: float) -> tuple[Client, float]:
+def first_sync(
+    server: subprocess.Popen[bytes], binary: Path, port: int, streams: int, watch: float, timeout: float
+) -> tuple[Client, float]:
     """A client whose `streams` all hold the full config, and the unix time (s) its run started.
-    Retries while the server is not listening yet (every stream refused)."""
+    Waits until the server listens; fails at once if it exited (e.g. its port was taken)."""
     deadline = time.monotonic() + timeout
     while not _accepts(port):  # else gRPC's reconnect back-off (1 s) would be in the figure
+        if server.poll() is not None:
+            raise RuntimeError(f"meshplane serve exited ({server.returncode}) before listening on {port}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"nothing listens on port {port}")
         time.sleep(0.01)
+    if server.poll() is not None:  # what listens is not ours
+        raise RuntimeError(f"meshplane serve exited ({server.returncode}); port {port} is another's")
     while True:
         started = time.time()
         client = start_client(binary, port, streams, watch=watch)
@@ -157,39 +166,61 @@ def first_sync(binary: Path, port: int, streams: int, watch: float, timeout: flo
         time.sleep(0.05)
 
 
+EDIT_GAP_S = 3.0  # between edits: past the previous edit's racy re-read (2 s) and its push
+
+
 def measure_edit(
-    root: Path, deltaload: Path, services: int, endpoints: int, files: int, streams: int, port: int, settle: float
+    root: Path,
+    deltaload: Path,
+    services: int,
+    endpoints: int,
+    files: int,
+    streams: int,
+    port: int,
+    settle: float,
+    edits: int,
 ) -> dict[str, Any]:
-    """One endpoint edited → the last of `streams` Delta streams holds it (ms), with context."""
+    """`edits` edits of one endpoint, `EDIT_GAP_S` apart; each → the last of `streams` Delta streams
+    holds it (ms). Figures: the median and the worst edit, with context."""
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as work:
         written = write_policy_directory(Path(work) / "policy", services, endpoints, files)
         size = written[0].stat().st_size
-        watch = settle + 8.0 + streams / 200
-        with serving(root, Path(work) / "policy", port, port + 1):
-            client, _ = first_sync(deltaload, port, streams, watch, timeout=300)
-            time.sleep(settle)  # past the start's racy window: the edit's own re-reads are what is measured
+        watch = settle + edits * EDIT_GAP_S + 8.0 + streams / 200
+        edited: list[float] = []  # unix ms of each edit
+        with serving(root, Path(work) / "policy", port, port + 1) as server:
+            client, _ = first_sync(server, deltaload, port, streams, watch, timeout=300)
+            time.sleep(settle)  # past the start's racy window: the edits' own re-reads are what is measured
             load = load_average()
-            edited_ms = time.time() * 1000
-            edit_one_endpoint(written[0])
+            for edit in range(edits):
+                edited.append(time.time() * 1000)
+                edit_one_endpoint(written[0], port=EDITED_PORT - edit)
+                time.sleep(EDIT_GAP_S)
             client.finish(watch + 120)
         done = client.event("done")
         client.first_error()
-        updates = [u for u in client.updates() if u["first_unix_ms"] >= edited_ms - 5]
+        reached = []  # per edit: (streams, first ms, last ms)
+        for update in client.updates():
+            before = [at for at in edited if at <= update["first_unix_ms"] + 5]
+            if before:
+                at = max(before)
+                first = update["first_unix_ms"] - at
+                reached.append((update["streams"], first, first + update["last_ms"]))
         result: dict[str, Any] = {
             "services": services,
             "endpoints": services * endpoints,
             "files": files,
             "edited_file_kib": round(size / 1024, 1),
             "streams": streams,
+            "edits": edits,
             "load_average": load,
-            "updates": len(updates),
+            "updates": len(reached),
             "errors": done.get("errors"),
         }
-        if updates:
-            first = min(updates, key=lambda u: u["first_unix_ms"])
-            result["reached_streams"] = first["streams"]
-            result["first_ms"] = round(first["first_unix_ms"] - edited_ms, 1)
-            result["last_ms"] = round(first["first_unix_ms"] + first["last_ms"] - edited_ms, 1)
+        if reached:
+            result["reached_streams"] = min(count for count, _, _ in reached)
+            result["first_ms"] = round(statistics.median(first for _, first, _ in reached), 1)
+            result["last_ms"] = round(statistics.median(last for _, _, last in reached), 1)
+            result["worst_last_ms"] = round(max(last for _, _, last in reached), 1)
         return result
 
 
@@ -199,8 +230,8 @@ def measure_start(root: Path, deltaload: Path, services: int, endpoints: int, fi
         write_policy_directory(Path(work) / "policy", services, endpoints, files)
         load = load_average()
         started = time.time()
-        with serving(root, Path(work) / "policy", port, port + 1):
-            client, client_started = first_sync(deltaload, port, 1, 0, timeout=300)
+        with serving(root, Path(work) / "policy", port, port + 1) as server:
+            client, client_started = first_sync(server, deltaload, port, 1, 0, timeout=300)
             client.finish(30)
             synced = client.event("synced")
             client.first_error()
@@ -245,7 +276,14 @@ def measure_validate(root: Path, services: int, endpoints: int, files: int) -> d
         }
 
 
-FIGURES = ("last_ms", "first_ms", "validate_command_ms", "load_in_process_ms", "start_to_full_config_ms")
+FIGURES = (
+    "last_ms",
+    "worst_last_ms",
+    "first_ms",
+    "validate_command_ms",
+    "load_in_process_ms",
+    "start_to_full_config_ms",
+)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -265,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-services", type=int, default=5000, help="services of validate-N and start-N")
     parser.add_argument("--only", nargs="*", default=[], help="scenario names (default: all)")
     parser.add_argument("--port", type=int, default=18640, help="xDS port; the status port is the next")
+    parser.add_argument("--edits", type=int, default=5, help="edits per edit scenario; figures are medians")
     parser.add_argument("--settle", type=float, default=2.5, help="seconds between the streams' sync and the edit")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--server-root", type=Path, default=ROOT, help="run meshplane from this checkout")
@@ -279,7 +318,15 @@ def main(argv: list[str] | None = None) -> int:
             assert deltaload is not None
             files = 10 if name == "edit-10-files" else 1
             figures = measure_edit(
-                args.server_root, deltaload, args.services, args.endpoints, files, args.streams, args.port, args.settle
+                args.server_root,
+                deltaload,
+                args.services,
+                args.endpoints,
+                files,
+                args.streams,
+                args.port,
+                args.settle,
+                args.edits,
             )
         elif name.startswith("validate"):
             figures = measure_validate(args.server_root, large, args.endpoints, 5)
@@ -296,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows
         if row.get("errors")
         or row.get("valid") is False
-        or ("streams" in row and row.get("reached_streams") != row["streams"])
+        or ("edits" in row and (row.get("reached_streams") != row["streams"] or row["updates"] != row["edits"]))
     ]
     for scenario in failed:
         print(f"NOT VALID: {scenario}", file=sys.stderr)

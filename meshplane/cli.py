@@ -15,9 +15,9 @@ from pathlib import Path
 from meshplane import __version__
 from meshplane.bootstrap.cli import add_bootstrap_command, bootstrap_command
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
-from meshplane.edge.console import add_devices_command, devices_command
-from meshplane.edge.options import add_edge_arguments, edge_settings
 from meshplane.flags import env_flag, env_switch
+from meshplane.registry_api.console import add_devices_command, devices_command
+from meshplane.registry_api.options import add_edge_arguments, edge_settings
 from meshplane.simulate.cli import add_simulate_command, simulate_command
 
 
@@ -249,7 +249,7 @@ def _command(argv: Sequence[str] | None) -> int:
         return 0
 
     from meshplane.app import Settings, TokensFileError, serve
-    from meshplane.discovery.edge.store import StoreError
+    from meshplane.discovery.registry.store import StoreError
     from meshplane.logs import configure_logging
     from meshplane.tls import TlsFilesError
 

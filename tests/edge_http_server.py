@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
+from meshplane.discovery.registry.auth import token_digest
 from meshplane.model import GatewayAddress, Site
+from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 
 SITES = {
     "gym-berlin": Site(

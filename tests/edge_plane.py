@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from meshplane.app import ControlPlane, Settings
-from meshplane.discovery.edge.registry import LeaseSettings
-from meshplane.edge.server import EdgeSettings
+from meshplane.discovery.registry.registry import LeaseSettings
+from meshplane.registry_api.server import EdgeSettings
 
 # Reload fast, stop fast: tests wait on conditions, so short intervals only shorten the waits.
 QUICK = {"poll_interval": 0.2, "debounce_quiet": 0.02, "debounce_max": 0.2, "shutdown_grace": 0.5}

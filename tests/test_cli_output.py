@@ -19,11 +19,11 @@ import pytest
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.discovery.edge.registry import LeaseSettings
-from meshplane.edge.console import DEVICE_COLUMNS
-from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
+from meshplane.discovery.registry.auth import token_digest
+from meshplane.discovery.registry.registry import LeaseSettings
 from meshplane.model import Site
+from meshplane.registry_api.console import DEVICE_COLUMNS
+from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 from tests.envoy_harness import REPO
 from tests.meshplane_env import without_meshplane_variables
 from tests.serve_process import serve

@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from meshplane.cli import _parser
-from meshplane.discovery.edge.auth import PrincipalKind, TokenAuthenticator
+from meshplane.discovery.registry.auth import PrincipalKind, TokenAuthenticator
 from meshplane.simulate.fleet import FleetOptions
 from tests.envoy_harness import REPO, envoy_binary, validate_bootstrap
 from tests.meshplane_env import only_these_variables, without_meshplane_variables
@@ -86,7 +86,7 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 def meshplane_arguments(service: dict[str, Any]) -> list[str] | None:
     """The arguments `meshplane` gets in this service (the image's ENTRYPOINT), or None when the
-    service replaces the entrypoint (the demo backends)."""
+    service replaces the entrypoint (the sample backends)."""
     return None if "entrypoint" in service else command_of(service)
 
 
@@ -393,14 +393,14 @@ def test_meshplane_commands_parse_with_the_real_cli(name: str) -> None:
     assert args.command in ("serve", "bootstrap", "simulate")
 
 
-def test_the_sample_services_run_the_demo_backend_on_all_interfaces() -> None:
+def test_the_sample_services_run_the_sample_backend_on_all_interfaces() -> None:
     for name in ("web", "api"):
         service = SERVICES[name]
-        assert service["entrypoint"] == ["python", "-m", "meshplane.demo.backend"]
+        assert service["entrypoint"] == ["python", "-m", "meshplane.sample_backend"]
         arguments = command_of(service)
         assert option(arguments, "--name") == name
         assert option(arguments, "--host") == "0.0.0.0"
-    assert (REPO / "meshplane" / "demo" / "backend.py").is_file()
+    assert (REPO / "meshplane" / "sample_backend.py").is_file()
 
 
 def host_ports(text: str) -> list[tuple[str, int]]:
@@ -707,7 +707,7 @@ def test_the_build_context_holds_what_pip_install_needs(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("meshplane-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "meshplane/status/dashboard.html" in names
-    assert "meshplane/demo/backend.py" in names
+    assert "meshplane/sample_backend.py" in names
     assert any(name.startswith("meshplane/api/edge/v1/") for name in names)
     (entry_points,) = [name for name in names if name.endswith("entry_points.txt")]
     assert "meshplane = meshplane.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -14,10 +14,10 @@ import pytest
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.discovery.edge.registry import LeaseSettings
-from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
+from meshplane.discovery.registry.auth import token_digest
+from meshplane.discovery.registry.registry import LeaseSettings
 from meshplane.model import GatewayAddress, Site
+from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 
 SITES = {
     "gym-berlin": Site("gym-berlin", "eu-central", "a", (GatewayAddress("10.20.0.2", 15080),), ("10.20.0.0/16",)),

@@ -23,7 +23,7 @@ import pytest
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.discovery.edge.auth import token_digest
+from meshplane.discovery.registry.auth import token_digest
 
 DEADLINE = 30.0
 POLICY = """

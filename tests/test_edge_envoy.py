@@ -25,8 +25,8 @@ from aiohttp import web
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.app import ControlPlane
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.discovery.edge.registry import LeaseSettings
+from meshplane.discovery.registry.auth import token_digest
+from meshplane.discovery.registry.registry import LeaseSettings
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
 from tests.edge_plane import QUICK, running_edge_plane
 from tests.envoy_harness import Backend, Envoy, free_port, start_backend, start_envoy

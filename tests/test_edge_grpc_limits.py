@@ -24,9 +24,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-import meshplane.edge.options
-import meshplane.edge.server
 import meshplane.grpc_limits
+import meshplane.registry_api.options
+import meshplane.registry_api.server
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.grpc_limits import ConnectionLimits
@@ -203,11 +203,11 @@ def beats(heartbeat: pb.HeartbeatRequest, release: threading.Event) -> Iterator[
 
 
 def test_the_cli_defaults_equal_the_servers() -> None:
-    options, limits = meshplane.edge.options, meshplane.grpc_limits
+    options, limits = meshplane.registry_api.options, meshplane.grpc_limits
     assert options.DEFAULT_GRPC_READ_TIMEOUT == limits.DEFAULT_REQUEST_TIMEOUT == limits.DEFAULT_HANDSHAKE_TIMEOUT
     assert options.DEFAULT_GRPC_IDLE_TIMEOUT == limits.DEFAULT_IDLE_TIMEOUT
     assert options.DEFAULT_GRPC_MAX_CALLS_PER_CLIENT == limits.DEFAULT_MAX_CALLS_PER_CLIENT
-    settings = meshplane.edge.server.EdgeSettings(db=":memory:")
+    settings = meshplane.registry_api.server.EdgeSettings(db=":memory:")
     assert (settings.grpc_read_timeout, settings.grpc_idle_timeout) == (
         ConnectionLimits().handshake_timeout,
         ConnectionLimits().idle_timeout,

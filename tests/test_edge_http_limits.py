@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-import meshplane.edge.http
-import meshplane.edge.options
-import meshplane.edge.server
+import meshplane.registry_api.http
+import meshplane.registry_api.options
+import meshplane.registry_api.server
 from tests.edge_http_server import BIKE_TOKEN, RunningRegistry, read_answer, registry_in_thread, wait_closed_by_server
 
 TIMEOUT = 0.5  # the read timeout the server runs with here: the waits below end on the close itself
@@ -169,8 +169,8 @@ def test_connections_per_client_address_are_bounded(tmp_path: Path) -> None:
 
 
 def test_the_cli_defaults_equal_the_servers() -> None:
-    assert meshplane.edge.options.DEFAULT_HTTP_READ_TIMEOUT == meshplane.edge.http.DEFAULT_READ_TIMEOUT
+    assert meshplane.registry_api.options.DEFAULT_HTTP_READ_TIMEOUT == meshplane.registry_api.http.DEFAULT_READ_TIMEOUT
     assert (
-        meshplane.edge.options.DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT
-        == meshplane.edge.server.DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+        meshplane.registry_api.options.DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT
+        == meshplane.registry_api.server.DEFAULT_MAX_CONNECTIONS_PER_CLIENT
     )

@@ -18,8 +18,8 @@ import pytest
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
 from meshplane.model import Site
+from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 from tests.preconditions import require, requires
 
 SITES = {"gym": Site("gym", "eu-central", device_ranges=("10.20.0.0/16",))}

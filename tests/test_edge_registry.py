@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from meshplane.discovery.edge.auth import Principal, PrincipalKind, TokenAuthenticator, TokenFileError, token_digest
-from meshplane.discovery.edge.registry import (
+from meshplane.discovery.registry.auth import Principal, PrincipalKind, TokenAuthenticator, TokenFileError, token_digest
+from meshplane.discovery.registry.registry import (
     EdgeRegistry,
     ErrorCode,
     EventKind,
@@ -21,7 +21,7 @@ from meshplane.discovery.edge.registry import (
     RegisterInput,
     RegistryError,
 )
-from meshplane.discovery.edge.store import MemoryStore, RegistrationStore, SqliteStore
+from meshplane.discovery.registry.store import MemoryStore, RegistrationStore, SqliteStore
 from meshplane.model import GatewayAddress, Site
 
 BERLIN = Site("gym-berlin", "eu-central", "a", (GatewayAddress("10.20.0.2", 15080),), ("10.20.0.0/16", "fd20::/48"))

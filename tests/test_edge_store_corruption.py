@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from meshplane.discovery.edge.store import Put, Registration, SqliteStore, StoreError
+from meshplane.discovery.registry.store import Put, Registration, SqliteStore, StoreError
 from meshplane.model import Device, DeviceEndpoint
 from tests.preconditions import require, requires
 

@@ -11,9 +11,9 @@ import ipaddress
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from meshplane.discovery.edge.auth import Principal, PrincipalKind
-from meshplane.discovery.edge.registry import EdgeRegistry, LeaseSettings, RegisterInput, RegistryError
-from meshplane.discovery.edge.store import MemoryStore
+from meshplane.discovery.registry.auth import Principal, PrincipalKind
+from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings, RegisterInput, RegistryError
+from meshplane.discovery.registry.store import MemoryStore
 from meshplane.model import GatewayAddress, Site, forbidden_address_reason
 
 BERLIN = Site("gym-berlin", "eu-central", "a", (GatewayAddress("10.20.0.2", 15080),), ("10.20.0.0/16", "fd20::/48"))

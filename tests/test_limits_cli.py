@@ -73,8 +73,10 @@ async def test_an_oversized_policy_file_is_refused_with_the_limit(tmp_path: Path
 
 
 def test_registry_flag_defaults_match_the_api() -> None:
-    import meshplane.edge.api
-    import meshplane.edge.options
+    import meshplane.registry_api.options
+    import meshplane.registry_api.service
 
-    assert meshplane.edge.options.DEFAULT_REGISTER_RATE == meshplane.edge.api.DEFAULT_REGISTER_RATE
-    assert meshplane.edge.options.DEFAULT_REGISTER_BURST == meshplane.edge.api.DEFAULT_REGISTER_BURST
+    assert meshplane.registry_api.options.DEFAULT_REGISTER_RATE == meshplane.registry_api.service.DEFAULT_REGISTER_RATE
+    assert (
+        meshplane.registry_api.options.DEFAULT_REGISTER_BURST == meshplane.registry_api.service.DEFAULT_REGISTER_BURST
+    )

@@ -12,10 +12,10 @@ import pytest
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.edge.api import RateLimiter
-from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
+from meshplane.discovery.registry.auth import token_digest
 from meshplane.model import GatewayAddress, Site
+from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
+from meshplane.registry_api.service import RateLimiter
 
 SITES = {"gym-berlin": Site("gym-berlin", "eu-central", "a", (GatewayAddress("10.20.0.2", 15080),), ("10.20.0.0/16",))}
 TOKENS = {"bike-1": "token-bike-1", "bike-2": "token-bike-2"}
@@ -152,9 +152,9 @@ def test_rate_zero_is_unlimited() -> None:
 
 
 def test_idle_buckets_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
-    import meshplane.edge.api
+    import meshplane.registry_api.service
 
-    monkeypatch.setattr(meshplane.edge.api, "_MAX_IDLE_BUCKETS", 3)
+    monkeypatch.setattr(meshplane.registry_api.service, "_MAX_IDLE_BUCKETS", 3)
     clock = FakeClock()
     limit = RateLimiter(rate=1.0, burst=1, clock=clock)
     for key in "abc":

@@ -1,5 +1,5 @@
 """`benchmarks.policy_edit` keeps working: every scenario at a tiny size. No timing is asserted, only
-that the edited endpoint reached every stream, the generated directory validated and a client
+that every edit of an endpoint reached every stream, the generated directory validated and a client
 got the full config after the start."""
 
 from __future__ import annotations
@@ -23,7 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_policy_edit_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     baseline_tools()
     results = tmp_path / "results.json"
-    sizes = ["--services", "6", "--endpoints", "2", "--streams", "3", "--large-services", "10", "--settle", "0.2"]
+    sizes = [
+        "--services",
+        "6",
+        "--endpoints",
+        "2",
+        "--streams",
+        "3",
+        "--large-services",
+        "10",
+        "--settle",
+        "0.2",
+        "--edits",
+        "2",
+    ]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.policy_edit", *sizes, "--port", str(free_port()), "--json", str(results)],
         cwd=ROOT,
@@ -36,6 +49,7 @@ def test_every_policy_edit_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     assert list(rows) == ["edit-10-files", "edit-1-file", "validate-10", "start-10"]
     for name in ("edit-10-files", "edit-1-file"):
         assert rows[name]["reached_streams"] == 3, rows[name]
+        assert rows[name]["updates"] == 2, rows[name]
         assert rows[name]["errors"] == 0, rows[name]
     assert rows["edit-10-files"]["files"] == 10
     assert rows["validate-10"]["valid"] is True

@@ -30,10 +30,14 @@ SIDECAR_A = ProxyGroup(ProxyRole.SIDECAR, Locality("r", "a"))
 SIDECAR_B = ProxyGroup(ProxyRole.SIDECAR, Locality("r", "b"))
 
 
-def subscribed(cache: SnapshotCache, *groups: ProxyGroup) -> dict[ProxyGroup, asyncio.Event]:
+def subscribed(
+    publisher: SnapshotPublisher, cache: SnapshotCache, *groups: ProxyGroup
+) -> dict[ProxyGroup, asyncio.Event]:
+    """Streams subscribe to `groups`, and the publisher builds them (one pass of its loop)."""
     wakers = {group: asyncio.Event() for group in groups}
     for group, waker in wakers.items():
         cache.subscribe(group, waker)
+    publisher.build_wanted()
     return wakers
 
 
@@ -42,8 +46,11 @@ async def test_a_new_group_gets_its_snapshot_when_its_first_stream_subscribes() 
     publisher = SnapshotPublisher(cache)
     publisher.publish(mesh(1))
     waker = asyncio.Event()
+    building = asyncio.create_task(publisher.run())
     cache.subscribe(SIDECAR, waker)
-    assert waker.is_set()
+    assert cache.snapshot(SIDECAR) is None  # built by the publisher's loop, not inside subscribe
+    await asyncio.wait_for(waker.wait(), 10)  # a hang guard, not a timing
+    building.cancel()
     snapshot = cache.snapshot(SIDECAR)
     assert snapshot is not None
     assert list(snapshot.of_type(TypeUrl.CLUSTER).by_name) == ["web.default:8080"]
@@ -53,7 +60,7 @@ async def test_unchanged_mesh_publishes_nothing() -> None:
     cache = SnapshotCache()
     publisher = SnapshotPublisher(cache)
     publisher.publish(mesh(1))
-    wakers = subscribed(cache, SIDECAR)
+    wakers = subscribed(publisher, cache, SIDECAR)
     wakers[SIDECAR].clear()
     publisher.publish(mesh(1))
     assert not wakers[SIDECAR].is_set()
@@ -65,7 +72,7 @@ async def test_endpoint_only_change_translates_endpoints_only_and_shares_the_res
     cache = SnapshotCache()
     publisher = SnapshotPublisher(cache)
     publisher.publish(mesh(1, 2))
-    subscribed(cache, SIDECAR_A, SIDECAR_B)
+    subscribed(publisher, cache, SIDECAR_A, SIDECAR_B)
     before = {group: cache.snapshot(group) for group in (SIDECAR_A, SIDECAR_B)}
     full_translations = []
     real_translate = publisher_module.translate
@@ -95,7 +102,7 @@ async def test_groups_of_one_role_share_clusters_and_differ_in_endpoint_prioriti
     cache = SnapshotCache()
     publisher = SnapshotPublisher(cache)
     publisher.publish(mesh(1, 2, zone_of={1: "a", 2: "b"}))
-    subscribed(cache, SIDECAR_A, SIDECAR_B)
+    subscribed(publisher, cache, SIDECAR_A, SIDECAR_B)
     a, b = cache.snapshot(SIDECAR_A), cache.snapshot(SIDECAR_B)
     assert a is not None
     assert b is not None
@@ -109,7 +116,7 @@ async def test_inconsistent_snapshot_is_not_published_and_the_last_good_one_stay
     cache = SnapshotCache()
     publisher = SnapshotPublisher(cache)
     publisher.publish(mesh(1))
-    subscribed(cache, SIDECAR)
+    subscribed(publisher, cache, SIDECAR)
     good = cache.snapshot(SIDECAR)
     real_of = Snapshot.of
 
@@ -128,7 +135,7 @@ async def test_translation_failure_keeps_the_last_good_snapshot(monkeypatch: pyt
     cache = SnapshotCache()
     publisher = SnapshotPublisher(cache)
     publisher.publish(mesh(1))
-    subscribed(cache, SIDECAR)
+    subscribed(publisher, cache, SIDECAR)
     good = cache.snapshot(SIDECAR)
 
     def broken(*args: object) -> object:

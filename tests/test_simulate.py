@@ -23,10 +23,10 @@ import pytest
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.discovery.edge.registry import Filter, LeaseSettings
-from meshplane.edge.server import EdgeRegistryServer, EdgeSettings
+from meshplane.discovery.registry.auth import token_digest
+from meshplane.discovery.registry.registry import Filter, LeaseSettings
 from meshplane.model import Site
+from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 from meshplane.simulate.fleet import Fleet, FleetOptions, FleetStats, registry_target
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER
 from tests.edge_plane import QUICK, running_edge_plane

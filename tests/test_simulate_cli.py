@@ -23,7 +23,7 @@ from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.cli import _parser as parser
 from meshplane.cli import main
-from meshplane.discovery.edge.auth import token_digest
+from meshplane.discovery.registry.auth import token_digest
 from meshplane.simulate.cli import (
     ProgressReporter,
     fleet_options,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshplane.discovery.edge.auth import Principal, PrincipalKind, TokenAuthenticator
+from meshplane.discovery.registry.auth import Principal, PrincipalKind, TokenAuthenticator
 from meshplane.xds.server.identity import Grant, XdsTokens
 from tests.envoy_harness import REPO
 from tests.meshplane_env import without_meshplane_variables

@@ -146,7 +146,13 @@ async def test_every_refusal_is_counted_by_its_code_on_metrics_and_status(plane:
         "unknown type_url",
     )
 
-    expected = {"RESOURCE_EXHAUSTED": 1, "UNAUTHENTICATED": 2, "PERMISSION_DENIED": 1, "INVALID_ARGUMENT": 1}
+    expected = {
+        "DEADLINE_EXCEEDED": 0,
+        "RESOURCE_EXHAUSTED": 1,
+        "UNAUTHENTICATED": 2,
+        "PERMISSION_DENIED": 1,
+        "INVALID_ARGUMENT": 1,
+    }
     assert await plane.refused_metric() == {code: float(count) for code, count in expected.items()}
     assert await plane.refused_status() == expected
 

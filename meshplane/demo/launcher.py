@@ -31,11 +31,11 @@ from aiohttp import web
 
 from meshplane.app import ControlPlane, Settings
 from meshplane.bootstrap.render import BootstrapOptions, render
-from meshplane.demo.backend import start_http_backend
 from meshplane.demo.greeter import SAY_HELLO, start_greeter
-from meshplane.discovery.edge.registry import LeaseSettings
-from meshplane.edge.server import EdgeSettings
+from meshplane.discovery.registry.registry import LeaseSettings
 from meshplane.model import ProxyRole
+from meshplane.registry_api.server import EdgeSettings
+from meshplane.sample_backend import start_http_backend
 from meshplane.simulate.fleet import Fleet, FleetOptions, FleetStats
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ What scales, and why:
   call each. The server answers in order and ends the stream at its first refusal, so the first
   unanswered device is the refused one: on NOT_FOUND (its lease lapsed) that device registers
   again and the rest of the round goes on over a new stream.
-- Stand-in backends (`backends=True`): one aiohttp server per device (meshplane.demo.backend),
+- Stand-in backends (`backends=True`): one aiohttp server per device (meshplane.sample_backend),
   so one listening socket each: fine for hundreds of devices; for thousands raise the open-files
   limit (`ulimit -n`) above the fleet size plus the connections in flight.
 - Traffic (`traffic_url`): a fleet-wide rate (`traffic_rate` requests a second, spread over the
@@ -53,8 +53,8 @@ from aiohttp import web
 from meshplane.addresses import split_address
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.demo.backend import start_http_backend
 from meshplane.model.devices import forbidden_address_reason, is_device_class, is_device_id
+from meshplane.sample_backend import start_http_backend
 
 DEFAULT_REGISTRY_PORT = 18001
 # Refusals the registry documents as "retry" (docs/edge.md, Refusals), and a call that timed out.

@@ -4,7 +4,10 @@
 - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 once every source has synced
   and a configuration is published, 503 with the reasons otherwise.
 - `GET /status[?role=…&site=…&out_of_sync=true]`: JSON (docs/status-api.md).
-- `GET /config?node=ID` / `GET /config?role=…&site=…&…`: config dumps (`config_dump`).
+- `GET /config?node=ID` / `GET /config?role=…&site=…&…`: config dumps (`config_dump`). A group's
+  dump is a preview built for the request: the group is checked by the rules a node's metadata
+  is (`preview_problem`), built off the event loop one at a time, and stored nowhere, so queries
+  cannot grow the publisher's memo or the cache.
 - `GET /metrics`: Prometheus text format.
 
 Read-only by construction: only GET (and HEAD) routes exist, and the handlers are handed read
@@ -15,6 +18,7 @@ never appear anywhere; the Secret type of a dump is shown (redacted) only with
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -22,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshplane.model import ProxyGroup, is_site_id
 from meshplane.status.config_dump import DumpError, group_dump, group_from_query, node_dump
 from meshplane.status.dashboard import dashboard_html
 from meshplane.status.document import ProxyFilter, StatusInputs, proxies_by_node, readiness, status_document
@@ -74,7 +79,25 @@ def status_filter(query: Any) -> ProxyFilter:
     )
 
 
+def preview_problem(group: ProxyGroup) -> str | None:
+    """Why no proxy could be in `group`, by the rules the xDS server applies to a node's metadata
+    (`meshplane.xds.server.nodes.proxy_group`: a port in 1-65535; a site id for an edge role and
+    none for the others; `ProxyGroup` itself checks the listen address and the xDS source), or
+    None. A preview of a group no node can be in would show config nothing is ever sent."""
+    if not 1 <= group.outbound_port <= 65535:
+        return f"outbound_port {group.outbound_port} is not a port"
+    if group.role.is_edge and not is_site_id(group.site):
+        return f"role {group.role} needs site, a site id (lowercase RFC 1123 label); got {group.site[:80]!r}"
+    if not group.role.is_edge and group.site:
+        return f"site is for the edge roles; a {group.role} proxy has none"
+    return None
+
+
 def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None) -> web.Application:
+    # A preview is a whole translation (at 100,000 devices, a gateway's is large): one at a time,
+    # in a worker thread, so status requests cannot pile up builds nor stall the xDS streams.
+    previews = asyncio.Semaphore(1)
+
     async def dashboard(request: web.Request) -> web.Response:
         return web.Response(
             text=dashboard_html(),
@@ -116,8 +139,12 @@ def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None)
             group = group_from_query(query)
         except DumpError as error:
             return _error(400, str(error))
+        problem = preview_problem(group)
+        if problem is not None:
+            return _error(400, problem)
         try:
-            snapshot = inputs.snapshot_for(group)
+            async with previews:
+                snapshot = await asyncio.to_thread(inputs.snapshot_for, group)
         except Exception as error:  # a translator's failure for this group must not end the endpoint
             log.exception("config dump: cannot build the config of group %s", group)
             return _error(500, f"cannot build the config of group {group}: {error}")

@@ -50,8 +50,10 @@ class CacheSubscription:
 class SnapshotCache:
     """Current snapshots by proxy group.
 
-    `on_group_wanted(group)` is called when a stream subscribes to a group that has no snapshot,
-    so the publisher can build one at once instead of at the next source change.
+    `on_group_wanted(group)` is called when a stream subscribes to a group that has no snapshot.
+    It runs inside the stream's attach, so it must return at once: the publisher notes the group
+    and builds its snapshot later, off the stream; `set_snapshot` then wakes the stream as for any
+    update. (A snapshot it does set before returning is seen at once: tests' harnesses do that.)
     """
 
     def __init__(self) -> None:
@@ -61,6 +63,11 @@ class SnapshotCache:
     def groups(self) -> list[ProxyGroup]:
         """Every group with at least one subscribed stream, sorted."""
         return sorted(self._groups)
+
+    def lacks_snapshot(self, group: ProxyGroup) -> bool:
+        """True when `group` has a subscribed stream and no snapshot yet (a build is wanted)."""
+        entry = self._groups.get(group)
+        return entry is not None and entry.snapshot is None
 
     def snapshot(self, group: ProxyGroup) -> Snapshot | None:
         entry = self._groups.get(group)

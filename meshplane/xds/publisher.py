@@ -3,12 +3,20 @@
 Owns the step from model to cache: translate, serialise, check consistency, publish. It shares
 work where the output is the same: clusters, listeners, routes and secrets depend on a group's
 role and listener port only, so they are translated and serialised once per (role, port) and
-shared by every locality's snapshot; only endpoints are per locality. When a new mesh differs
-from the last only in endpoints, only endpoints are translated again (the fast path that keeps
-endpoint churn cheap, as Contour and Istio found they must), and only those of the services that
-changed: a service whose `Service` object is the same as in the last mesh (sources reuse the
-objects they did not change) keeps its serialised assignments, so one endpoint changed costs one
-assignment translated and serialised per group, whatever the size of the mesh.
+shared by every locality's snapshot; only endpoints are per locality.
+
+What to rebuild is decided from data, not from roles: a publication comes with `Changes` (the
+parts of the mesh that differ from the last one), each role's translator declares the parts it
+reads (`translate.Dependencies`), and a group is translated again only when a change reaches a
+part its role reads. A change of endpoints alone, for a role that gets them over EDS, replaces the
+assignments of the services that changed and nothing else (the fast path that keeps endpoint
+churn cheap, as Contour and Istio found they must); a device registration rebuilds the groups of
+roles that read devices (edge gateways) and leaves every sidecar's snapshot as it was.
+
+Builds happen in two places only, both outside any stream: `publish` (called by the debounced
+rebuild) and `run` (a loop building the groups streams asked for and the cache did not have, which
+the cache reports through `on_group_wanted` without waiting for it). `snapshot_for` builds a
+preview for the status endpoint and writes nothing: not the memo, not the cache.
 
 Never publishes a snapshot that fails `consistency_problems()`; the problems are kept for the
 status endpoint and the last good snapshot keeps serving.
@@ -16,7 +24,9 @@ status endpoint and the last good snapshot keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import enum
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +34,7 @@ from dataclasses import dataclass
 from meshplane.model import Locality, Mesh, ProxyGroup, Service, ServiceRef
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
-from meshplane.xds.translate import translate, translate_service_endpoints
+from meshplane.xds.translate import Dependencies, dependencies, translate, translate_service_endpoints
 from meshplane.xds.types import TypeUrl
 
 log = logging.getLogger(__name__)
@@ -43,136 +53,301 @@ class PublishState:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What differs between a mesh and the one published before it, by the parts of the mesh that
+    `translate.Dependencies` names.
+
+    `services`: a service added, removed or changed beyond its endpoints, or the cluster domain;
+    `endpoints`: the services whose endpoints changed (when `services` is False, nothing else of
+    them did); `routes`: the route tables; `secrets`: certificates or trust bundles; `sites`: the
+    edge sites; `devices`: the registered devices. `Changes()` is no change at all.
+    """
+
+    services: bool = False
+    endpoints: frozenset[ServiceRef] = frozenset()
+    routes: bool = False
+    secrets: bool = False
+    sites: bool = False
+    devices: bool = False
+
+    @staticmethod
+    def everything() -> Changes:
+        """A first mesh, or one whose differences are not known: every group is translated again."""
+        return Changes(services=True, routes=True, secrets=True, sites=True, devices=True)
+
+    @staticmethod
+    def between(old: Mesh | None, new: Mesh) -> Changes:
+        """What differs from `old` to `new`, by value. Cost: one comparison per part, cheap where
+        the sources kept the same objects (tuples of the same elements compare by identity first),
+        as dear as comparing the meshes where they rebuilt them."""
+        if old is None:
+            return Changes.everything()
+        parts: dict[str, bool] = {}
+        for name in _MESH_FIELDS:
+            before, after = getattr(old, name), getattr(new, name)
+            if before is not after and before != after:
+                part = _PART_OF_FIELD.get(name, "services")  # a field not mapped: assume the worst
+                parts[part] = True
+        changed = _endpoint_changes(old.services, new.services)
+        if changed is None:
+            parts["services"] = True
+            changed = frozenset()
+        return Changes(endpoints=changed, **parts)
+
+    @property
+    def none(self) -> bool:
+        return self == Changes()
+
+
+# Mesh fields beyond `services` and the part of the mesh (a `Dependencies` field) each one is.
+_PART_OF_FIELD = {
+    "routes": "routes",
+    "certificates": "secrets",
+    "trust_bundles": "secrets",
+    "cluster_domain": "services",
+    "sites": "sites",
+    "devices": "devices",
+}
 _MESH_FIELDS = tuple(f.name for f in dataclasses.fields(Mesh) if f.name != "services")
 _SERVICE_FIELDS = tuple(f.name for f in dataclasses.fields(Service) if f.name != "endpoints")
+_PARTS = ("services", "routes", "secrets", "sites", "devices")
 
 
-def endpoint_changes(old: Mesh | None, new: Mesh) -> list[Service] | None:
-    """The services of `new` whose endpoints changed, when nothing but endpoints changed; else None.
-
-    Cost: one identity check per service, plus a field comparison for the services that are not
-    the same object as before (all of them when a source rebuilds every object; then this is as
-    dear as comparing the meshes, which it replaces).
-    """
-    if old is None or len(old.services) != len(new.services):
+def _endpoint_changes(old: tuple[Service, ...], new: tuple[Service, ...]) -> frozenset[ServiceRef] | None:
+    """The services whose endpoints differ, when nothing else of the services does; else None."""
+    if old is new:
+        return frozenset()
+    if len(old) != len(new):
         return None
-    for name in _MESH_FIELDS:
-        before, after = getattr(old, name), getattr(new, name)
-        if before is not after and before != after:
-            return None
     changed = []
-    for before, after in zip(old.services, new.services, strict=True):
+    for before, after in zip(old, new, strict=True):
         if before is after:
             continue
         for name in _SERVICE_FIELDS:
             if getattr(before, name) != getattr(after, name):
                 return None
         if before.endpoints != after.endpoints:
-            changed.append(after)
-    return changed
+            changed.append(after.ref)
+    return frozenset(changed)
+
+
+class Reach(enum.Enum):
+    """How far `Changes` reach into the config of one role."""
+
+    NONE = "none"  # nothing the role reads changed: its snapshots stay as they are
+    ENDPOINTS = "endpoints"  # only EDS assignments of some services: replace those
+    ALL = "all"  # translate again
+
+
+def reach(changes: Changes, depends: Dependencies) -> Reach:
+    """Which rebuild `changes` call for in a role that reads what `depends` says."""
+    if any(getattr(changes, part) and getattr(depends, part) for part in _PARTS):
+        return Reach.ALL
+    if changes.endpoints and depends.endpoints:
+        return Reach.ENDPOINTS if depends.eds else Reach.ALL
+    return Reach.NONE
 
 
 def _base_key(group: ProxyGroup) -> ProxyGroup:
     return dataclasses.replace(group, locality=Locality())
 
 
+def build_snapshot(mesh: Mesh, group: ProxyGroup) -> tuple[Snapshot, tuple[str, ...]]:
+    """What a proxy of `group` gets from `mesh`, and the translation's warnings: a pure function.
+
+    The publisher's memo holds results of this function, assembled the same way (the base of the
+    group's (role, port), its locality's endpoints from each service's share), so a preview built
+    here equals what a connected proxy of the group is sent.
+    """
+    key = _base_key(group)
+    translation = translate(mesh, key)
+    base = Snapshot.of(translation.resources)
+    if group.locality == key.locality:
+        return base, translation.warnings
+    endpoints = TypeResources.of(
+        TypeUrl.ENDPOINT,
+        (
+            Resource.of(TypeUrl.ENDPOINT, cla.cluster_name, cla)
+            for service in mesh.services
+            for cla in translate_service_endpoints(service, group)
+        ),
+    )
+    return base.with_type(endpoints), translation.warnings
+
+
+_EndpointKey = tuple[ProxyGroup, Locality]
+
+
 class SnapshotPublisher:
-    """Publishes `Mesh` → snapshots into a `SnapshotCache`; builds a new group's at once when asked."""
+    """Publishes `Mesh` → snapshots into a `SnapshotCache`, and builds the groups streams ask for.
+
+    Run `run()` as a task: it builds, outside the stream that asked, the snapshot of a group a
+    stream subscribed to before the cache had one; it ends only when cancelled. `publish` and
+    `build_wanted` must be called on the event loop's thread (they share the memo); `snapshot_for`
+    may be called from any thread.
+    """
 
     def __init__(self, cache: SnapshotCache) -> None:
         self._cache = cache
         self._mesh: Mesh | None = None
-        # Per (role, port) group: CDS/LDS/RDS/SDS of the current topology, shared by every locality.
+        self._generation = 0
+        # The memo: parts of `build_snapshot(self._mesh, group)`, so of the current mesh generation
+        # only (what `Changes` reach is dropped or replaced as each mesh comes), and only for groups
+        # with streams (the others are dropped at each publication and each build pass): its size
+        # is bounded by the groups served, whatever previews or past groups asked. Per (role, port)
+        # group, CDS/LDS/RDS/SDS shared by every locality; per (role, port) group and locality,
+        # EDS, and each service's share of it (with the Service it was translated from, reused
+        # while that object is unchanged).
         self._bases: dict[ProxyGroup, Snapshot] = {}
-        # Per (role, port) group and locality: EDS of the current mesh, and each service's share of
-        # it (with the Service it was translated from, to reuse while that object is unchanged).
-        self._endpoints: dict[tuple[ProxyGroup, Locality], TypeResources] = {}
-        self._by_service: dict[tuple[ProxyGroup, Locality], dict[ServiceRef, tuple[Service, tuple[Resource, ...]]]] = {}
+        self._endpoints: dict[_EndpointKey, TypeResources] = {}
+        self._by_service: dict[_EndpointKey, dict[ServiceRef, tuple[Service, tuple[Resource, ...]]]] = {}
         self._warnings: dict[ProxyGroup, tuple[str, ...]] = {}
+        # Per group: why its last build was not published (kept until the group is built again).
+        self._problems: dict[ProxyGroup, list[str]] = {}
+        # Groups a stream wants that the cache has no snapshot for: built by `run`.
+        self._wanted: set[ProxyGroup] = set()
+        self._wanted_event = asyncio.Event()
         self.state = PublishState()
+        # Groups the last publication translated again (whole or their endpoints); the others kept theirs.
+        self.rebuilt = 0
         cache.on_group_wanted = self._on_group_wanted
 
     @property
     def has_mesh(self) -> bool:
         return self._mesh is not None
 
-    def publish(self, mesh: Mesh) -> None:
-        """Makes `mesh` current for every group with streams; groups whose content is unchanged see nothing."""
+    def publish(self, mesh: Mesh, changes: Changes | None = None) -> None:
+        """Makes `mesh` current for every group with streams; groups whose content is unchanged see nothing.
+
+        `changes`: what differs from the last published mesh (None: found by comparing them).
+        Groups whose role reads none of it are not translated again.
+        """
         started = time.perf_counter()
-        changed = endpoint_changes(self._mesh, mesh)
-        endpoints_only = changed is not None
+        if self._mesh is None:
+            changes = Changes.everything()
+        elif changes is None:
+            changes = Changes.between(self._mesh, mesh)
         groups = self._cache.groups()
-        if changed is not None:
-            self._update_endpoints(changed, groups)
-        else:
-            self._endpoints.clear()
-            self._bases.clear()
-            self._warnings.clear()
+        self._forget_unwanted(groups)
+        reaches = {key: reach(changes, dependencies(key.role)) for key in {_base_key(group) for group in groups}}
+        self._mesh = mesh
+        self._generation += 1
+        self._wanted.clear()  # every group with a stream is looked at below
+        fast = self._apply(changes, reaches, mesh)
+        rebuilt = 0
+        for group in groups:
+            key = _base_key(group)
+            if reaches[key] is Reach.NONE and (self._cache.snapshot(group) is not None or group in self._problems):
+                continue  # nothing it reads changed: its snapshot (or its problems) stand
+            rebuilt += 1
+            # Assignments replaced by name in a consistent snapshot cannot make it inconsistent.
+            # (Not when that base failed its check just now: then its endpoint sets are gone.)
+            check = not ((key, group.locality) in fast and (key, group.locality) in self._endpoints)
+            self._publish_group(group, check=check)
+        self.rebuilt = rebuilt
+        self.state = PublishState(
+            published_at=time.time(),
+            mesh_generation=self._generation,
+            endpoints_only=_endpoints_only(changes),
+            duration_seconds=time.perf_counter() - started,
+            groups=len(groups),
+            problems=tuple(problem for group in groups for problem in self._problems.get(group, ())),
+            warnings=tuple(sorted({w for found in self._warnings.values() for w in found})),
+        )
+        log.info(
+            "published mesh generation %d: %d of %d groups rebuilt in %.1f ms%s",
+            self._generation,
+            rebuilt,
+            len(groups),
+            self.state.duration_seconds * 1000,
+            " (endpoints only)" if self.state.endpoints_only else "",
+        )
+
+    def snapshot_for(self, group: ProxyGroup) -> Snapshot | None:
+        """What a proxy of `group` would get now, whether or not one is connected (for config dumps).
+
+        A preview: built whole from the current mesh, stored nowhere (neither the memo nor the
+        cache), so any number of distinct queries leave both as they were. None before a mesh.
+        Safe to call from another thread (it reads the current mesh once; the mesh is immutable).
+        """
+        mesh = self._mesh
+        if mesh is None:
+            return None
+        return build_snapshot(mesh, group)[0]
+
+    def memo_size(self) -> int:
+        """Entries the memo holds (bases and endpoint sets): bounded by the groups with streams."""
+        return len(self._bases) + len(self._endpoints)
+
+    async def run(self) -> None:
+        """Builds each group a stream wants and the cache lacks, soon after the stream subscribed
+        (the stream is woken by the cache when the snapshot is set). Ends only when cancelled."""
+        while True:
+            await self._wanted_event.wait()
+            self._wanted_event.clear()
+            self.build_wanted()
+
+    def build_wanted(self) -> None:
+        """One pass of `run`: builds and publishes every wanted group still without a snapshot."""
+        wanted, self._wanted = self._wanted, set()
+        if self._mesh is None:
+            return  # the first publication builds every group with a stream
+        self._forget_unwanted(self._cache.groups())  # streams that left: the memo stays bounded
+        for group in sorted(wanted):
+            if self._cache.lacks_snapshot(group):
+                self._publish_group(group)
+
+    def _on_group_wanted(self, group: ProxyGroup) -> None:
+        # Called inside a stream's attach: note it, build later (`run`), never here.
+        self._wanted.add(group)
+        self._wanted_event.set()
+
+    def _forget_unwanted(self, groups: list[ProxyGroup]) -> None:
+        """Drops the memo of groups no stream wants any more: rebuilt whole if one comes back."""
+        bases = {_base_key(group) for group in groups}
+        wanted = {(_base_key(group), group.locality) for group in groups}
+        for key in [key for key in self._bases if key not in bases]:
+            del self._bases[key]
+            self._warnings.pop(key, None)
+        for endpoint_key in [k for k in self._endpoints if k not in wanted]:
+            del self._endpoints[endpoint_key]
+        for endpoint_key in [k for k in self._by_service if k not in wanted]:
+            del self._by_service[endpoint_key]
+        kept = set(groups)
+        for group in [group for group in self._problems if group not in kept]:
+            del self._problems[group]
+
+    def _apply(self, changes: Changes, reaches: dict[ProxyGroup, Reach], mesh: Mesh) -> set[_EndpointKey]:
+        """Brings the memo to `mesh`: forgets what a change reaches whole, replaces the assignments
+        of the services whose endpoints changed where that is all that changed. Returns the
+        endpoint sets updated that way (which need no new consistency check)."""
+        if changes.services:
+            # Services gone: their shares go too (the others stay, reused while unchanged).
             refs = {service.ref for service in mesh.services}
             for shares in self._by_service.values():
                 for ref in [ref for ref in shares if ref not in refs]:
                     del shares[ref]
-        kept = set(self._endpoints)
-        self._mesh = mesh
-        problems: list[str] = []
-        for group in groups:
-            # Assignments replaced by name in a consistent snapshot cannot make it inconsistent.
-            # (Still held: a group of the same base that failed its check just now dropped it.)
-            key = (_base_key(group), group.locality)
-            fast = endpoints_only and key in kept and key in self._endpoints
-            problems += self._publish_group(group, check=not fast)
-        warnings = sorted({w for found in self._warnings.values() for w in found})
-        self.state = PublishState(
-            published_at=time.time(),
-            mesh_generation=self.state.mesh_generation + 1,
-            endpoints_only=endpoints_only,
-            duration_seconds=time.perf_counter() - started,
-            groups=len(groups),
-            problems=tuple(problems),
-            warnings=tuple(warnings),
-        )
-        log.info(
-            "published mesh generation %d to %d groups in %.1f ms%s",
-            self.state.mesh_generation,
-            len(groups),
-            self.state.duration_seconds * 1000,
-            " (endpoints only)" if endpoints_only else "",
-        )
-
-    def snapshot_for(self, group: ProxyGroup) -> Snapshot | None:
-        """What a proxy of `group` would get now, whether or not one is connected (for config dumps)."""
-        if self._mesh is None:
-            return None
-        return self._build(group)
-
-    def _on_group_wanted(self, group: ProxyGroup) -> None:
-        if self._mesh is not None:
-            self._publish_group(group)
-
-    def _update_endpoints(self, changed: list[Service], groups: list[ProxyGroup]) -> None:
-        """The endpoint fast path: replaces the assignments of `changed` services in every EDS set
-        still wanted; the others keep their Resource objects (and serialised bytes)."""
-        wanted = {(_base_key(group), group.locality) for group in groups}
-        for key in list(self._endpoints):
-            if key not in wanted:  # no stream left in that group: rebuilt whole if one comes back
-                del self._endpoints[key]
-        for key in [key for key in self._by_service if key not in wanted]:
-            del self._by_service[key]
-        for base_key in {key for key, _ in wanted}:
-            if base_key.role.is_edge:
-                # Edge roles embed endpoints in their clusters (STATIC for devices): no fast path.
-                self._bases.pop(base_key, None)
-                self._warnings.pop(base_key, None)
-                for key in [key for key in self._endpoints if key[0] == base_key]:
-                    del self._endpoints[key]
-        for key, current in list(self._endpoints.items()):
-            replaced = [resource for service in changed for resource in self._service_endpoints(key, service)]
+        for key, found in reaches.items():
+            if found is Reach.ALL:
+                self._bases.pop(key, None)
+                self._warnings.pop(key, None)
+                for endpoint_key in [k for k in self._endpoints if k[0] == key]:
+                    del self._endpoints[endpoint_key]
+        services = [service for service in mesh.services if service.ref in changes.endpoints]
+        fast: set[_EndpointKey] = set()
+        for endpoint_key, current in list(self._endpoints.items()):
+            if reaches.get(endpoint_key[0]) is not Reach.ENDPOINTS:
+                continue
+            replaced = [r for service in services for r in self._service_endpoints(endpoint_key, service)]
             try:
-                self._endpoints[key] = current.replacing(replaced)
+                self._endpoints[endpoint_key] = current.replacing(replaced)
+                fast.add(endpoint_key)
             except KeyError:  # a name the set did not have: translate the group's endpoints whole
-                del self._endpoints[key]
+                del self._endpoints[endpoint_key]
+        return fast
 
-    def _service_endpoints(self, key: tuple[ProxyGroup, Locality], service: Service) -> tuple[Resource, ...]:
+    def _service_endpoints(self, key: _EndpointKey, service: Service) -> tuple[Resource, ...]:
         """`service`'s share of the EDS of `key`, serialised; reused while the Service object is the same."""
         shares = self._by_service.setdefault(key, {})
         found = shares.get(service.ref)
@@ -185,14 +360,16 @@ class SnapshotPublisher:
         shares[service.ref] = (service, resources)
         return resources
 
-    def _publish_group(self, group: ProxyGroup, check: bool = True) -> list[str]:
-        """Builds and publishes `group`'s snapshot. `check=False` skips the consistency check: only
-        for an endpoint-only change, which replaces assignments by name and so cannot break it."""
+    def _publish_group(self, group: ProxyGroup, check: bool = True) -> None:
+        """Builds and publishes `group`'s snapshot, or records why not (`self._problems`).
+        `check=False` skips the consistency check: only for assignments replaced by name."""
+        self._problems.pop(group, None)
         try:
             snapshot = self._build(group)
         except Exception as error:  # a translator bug must not take the server down; keep serving
             log.exception("translation failed for group %s", group)
-            return [f"group {group}: translation failed: {error}"]
+            self._problems[group] = [f"group {group}: translation failed: {error}"]
+            return
         problems = snapshot.consistency_problems() if check else []
         if problems:
             log.error("not publishing an inconsistent snapshot for group %s: %s", group, problems)
@@ -201,11 +378,12 @@ class SnapshotPublisher:
             base_key = _base_key(group)
             for key in [key for key in self._endpoints if key[0] == base_key]:
                 del self._endpoints[key]
-            return [f"group {group}: {problem}" for problem in problems]
+            self._problems[group] = [f"group {group}: {problem}" for problem in problems]
+            return
         self._cache.set_snapshot(group, snapshot)
-        return []
 
     def _build(self, group: ProxyGroup) -> Snapshot:
+        """`build_snapshot(self._mesh, group)`, from the memo where it has the parts."""
         assert self._mesh is not None
         key = _base_key(group)
         base = self._bases.get(key)
@@ -222,3 +400,7 @@ class SnapshotPublisher:
         if endpoints is base.of_type(TypeUrl.ENDPOINT):
             return base
         return base.with_type(endpoints)
+
+
+def _endpoints_only(changes: Changes) -> bool:
+    return bool(changes.endpoints) and not any(getattr(changes, part) for part in _PARTS)

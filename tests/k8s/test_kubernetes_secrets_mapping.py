@@ -325,9 +325,9 @@ async def test_another_namespaces_key_never_reaches_proxies_over_sds(pem: Pem) -
     )
     assert inventory.errors == ()
     cache = SnapshotCache()
-    SnapshotPublisher(cache).publish(mesh)
     group = ProxyGroup(ProxyRole.SIDECAR)
     cache.subscribe(group, asyncio.Event())
+    SnapshotPublisher(cache).publish(mesh)
     snapshot = cache.snapshot(group)
     assert snapshot is not None
     assert sorted(snapshot.of_type(TypeUrl.SECRET).by_name) == ["dev/dev-ca#ca"]

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from meshplane.app import ControlPlane
-from meshplane.discovery.edge.auth import token_digest
-from meshplane.discovery.edge.registry import LeaseSettings
+from meshplane.discovery.registry.auth import token_digest
+from meshplane.discovery.registry.registry import LeaseSettings
 from tests.edge_plane import QUICK, running_edge_plane
 from tests.k8s import objects as k
 from tests.k8s.fake_apiserver import FakeApiServer

@@ -12,11 +12,11 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, NoReturn
-from urllib.parse import unquote
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshplane.grpc_limits import ConnectionLimits, client_address
 from meshplane.tls import ReloadingCredentials
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server.delta import DeltaStream
@@ -30,7 +30,7 @@ from meshplane.xds.server.identity import (
 )
 from meshplane.xds.server.nodes import ProtocolError
 from meshplane.xds.server.sotw import SotwStream
-from meshplane.xds.server.stream import SendGate, Stream
+from meshplane.xds.server.stream import DEFAULT_FIRST_REQUEST_TIMEOUT, SendGate, Stream
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry, bounded_text
 from meshplane.xds.types import TypeUrl
 
@@ -55,6 +55,7 @@ MAX_PENDING_STREAMS = 100_000
 # stream, or one per type without ADS; but gRPC clients (and load tests, and xDS relays) multiplex
 # many on one connection, and gRPC clients queue streams beyond the limit rather than fail, so a
 # low default would stall them silently. 1,000 (the per-client default) bounds one connection.
+# The same number as the registry port's (`meshplane.grpc_limits`), named here for the flag.
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 1_000
 # Concurrent streams per client (`--max-streams-per-client`; 0: unlimited). Without mTLS a client
 # is an IP address, and one node or NAT can front many proxies, so the default is generous.
@@ -69,16 +70,17 @@ MAX_REFUSAL_BYTES = 2048
 def client_of(peer: str, auth_context: Mapping[str, Iterable[bytes]]) -> str:
     """Whom a stream is counted against: the client certificate when the peer sent one
     (its first URI SAN or common name, and its fingerprint: two certificates are two clients),
-    else the peer's IP address without the port (`ipv4:10.0.0.1:5555` → `10.0.0.1`)."""
+    else the peer's IP address without the port, as the registry port counts its clients
+    (`grpc_limits.client_address`: `ipv4:10.0.0.1:5555` → `10.0.0.1`).
+
+    Not `client_address` alone: behind one NAT or on one host, mTLS proxies are told apart by
+    their certificates, which the registry port (bearer tokens, no client certificates) has not."""
     certificate = b"".join(auth_context.get(CERTIFICATE_KEY, ()))
     if certificate:
         names = [*auth_context.get(URI_SANS_KEY, ()), *auth_context.get("x509_common_name", ())]
         name = names[0].decode(errors="replace") if names else "?"
         return f"certificate {name} sha256:{hashlib.sha256(certificate).hexdigest()[:16]}"
-    scheme, _, address = unquote(peer).partition(":")
-    if scheme in ("ipv4", "ipv6"):
-        return address.rpartition(":")[0].strip("[]") or address
-    return peer
+    return client_address(peer)
 
 
 Handler = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, bytes]], AsyncIterator[bytes]]
@@ -96,6 +98,7 @@ class XdsServices:
         max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT,
         tokens: XdsTokens | None = None,
         serve_keys_without_client_auth: bool = False,
+        first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT,
     ) -> None:
         self.cache = cache
         self.registry = registry
@@ -110,6 +113,9 @@ class XdsServices:
         self.serve_keys_without_client_auth = serve_keys_without_client_auth
         # Open streams per client (see `client_of`); a client leaves the counter with its last stream.
         self.client_streams: Counter[str] = Counter()
+        # Seconds a stream has, from its headers, for its first request (the one naming the node);
+        # see `Stream.responses`.
+        self.first_request_timeout = first_request_timeout
 
     @property
     def refused_streams(self) -> int:
@@ -152,7 +158,9 @@ class XdsServices:
                 if grants is None:
                     message = "this xDS server requires a client certificate or a known bearer token"
                     await self._refuse(context, peer, grpc.StatusCode.UNAUTHENTICATED, message)
-            stream = stream_class(self.cache, self.registry, kind, fixed_type, peer, self.send_gate)
+            stream = stream_class(
+                self.cache, self.registry, kind, fixed_type, peer, self.send_gate, self.first_request_timeout
+            )
             stream.grants, stream.credential = grants, credential
             stream.serves_keys = grants is not None or self.serve_keys_without_client_auth
             # Counted from here to the `finally`, which runs however the stream ends (client gone,
@@ -211,14 +219,26 @@ def create_server(
     tls: ReloadingCredentials | None = None,
     *,
     max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    connections: ConnectionLimits | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every xDS service, bound to `address`; returns it and the bound port.
 
     With `tls`, the port speaks TLS (mTLS when `tls` names a client CA) with certificates reloaded
     on renewal; without, plaintext.
 
-    Keepalive settings let Envoy and gRPC clients ping every 30 s (their defaults would be
-    refused as too frequent otherwise, and an idle proxy would be disconnected).
+    Connections are bounded as the registry's gRPC port is (`meshplane.grpc_limits`), by
+    `connections` (default: `ConnectionLimits()` with `max_streams_per_connection`, which is
+    ignored when `connections` is given; tests pass small bounds): a connection that has not finished its TLS and HTTP/2 handshake within
+    `handshake_timeout` is closed; the server pings a connection silent for `keepalive_interval`
+    and closes it when the ping goes unanswered (a proxy gone without a FIN); clients may ping
+    every 10 s or more (Envoy's and gRPC's keepalives) without being told to calm down.
+
+    `idle_timeout` (gRPC's `max_connection_idle_ms`) closes, with GOAWAY, only a connection that
+    has had no call open for that long: gRPC core counts a connection as idle only while it
+    carries no call, and an xDS stream is a call that stays open for the proxy's lifetime. So it
+    never ends a proxy's ADS or per-type streams; it frees connections that carry none (a client
+    that connected and never opened a stream, or whose streams all ended). A client reconnects
+    by itself on its next call.
 
     gRPC core cancels new calls the application has not picked up yet beyond 1,000 (at random,
     all beyond 3,000): a herd of proxies (re)connecting at once would see a third of its streams
@@ -229,16 +249,14 @@ def create_server(
     more on one connection has the extra streams refused by gRPC (REFUSED_STREAM, which gRPC
     clients see as UNAVAILABLE) while the connection's other streams keep being served.
     """
+    limits = connections or ConnectionLimits(max_streams_per_connection=max_streams_per_connection)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_pings_without_data", 0),
             ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
             ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_STREAMS),
-            ("grpc.max_concurrent_streams", max_streams_per_connection),
+            *limits.grpc_options(),
         ]
     )
     server.add_generic_rpc_handlers(services.generic_handlers())

@@ -6,8 +6,18 @@ Rules (explained in docs/xds-protocol.md), from the xDS protocol document
   rejected is recorded and never sent again, only a newer one.
 - A request whose nonce is not the latest sent for its type is stale and ignored.
 - CDS and LDS responses are full state; EDS, RDS and SDS carry the names asked for.
+- EDS, RDS, SDS (and RTDS) are not full state: a resource left out of a response is neither
+  removed nor changed, so after a change a response carries only the subscribed resources whose
+  version differs from what the client may hold (its last acknowledged set, and what it was sent
+  since). "Grouping resources into responses":
+  https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#grouping-resources-into-responses
+  A response carries every resource asked for when the client's holding is not known for sure:
+  the first of its type on the stream, a request without a nonce, a changed subscription, a
+  warming re-request, and the first response after a NACK (Envoy applies a SotW EDS response
+  cluster by cluster, so after a NACK it may hold part of the rejected response). Its
+  version_info is always that of the whole subscribed set.
 - Warming: a request repeating an already-acknowledged nonce is Envoy asking again for a cluster
-  that is warming (its CDS changed); it is answered with the current resources.
+  that is warming (its CDS changed); it is answered with every current resource asked for.
 - ADS ordering: while a CDS response is unacknowledged (Envoy holds the ACK until new clusters
   have warmed), LDS and RDS wait, so routes never point at clusters that are not ready. Clusters
   the proxy holds that a new snapshot removes stay in CDS until the proxy has acknowledged the
@@ -47,8 +57,13 @@ class _TypeState:
     acked_nonce: str = ""
     acked_version: str | None = None
     nacked_version: str | None = None
-    # What the last response carried: the snapshot's own (shared) selection, never a per-stream copy.
+    # What the client holds once it applies the last response: the snapshot's own (shared)
+    # selection for the subscribed names, never a per-stream copy (a response that carried only
+    # the changed resources brings the client to the whole selection too).
     held: tuple[Resource, ...] = ()
+    # `held` as of the client's last ACK; None when unknown (nothing acknowledged yet, or a NACK:
+    # the client may hold part of what it rejected). Only-changed responses are diffed against it.
+    accepted: tuple[Resource, ...] | None = None
 
 
 class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
@@ -87,12 +102,14 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             state.needs_response = True  # a new subscription, or the client starting over
         elif request.HasField("error_detail"):
             state.nacked_version = state.sent_version
+            state.accepted = None
             self.registry.nacked(track, type_url, state.sent_version or "", request.error_detail.message)
             state.acked_nonce = request.response_nonce  # answered; a repeat of it is a re-request
             state.needs_response = names_changed
         elif request.response_nonce != state.acked_nonce:
             state.acked_nonce = request.response_nonce
             state.acked_version = request.version_info
+            state.accepted = state.held
             self.registry.acked(track, type_url, request.version_info)
             state.needs_response = names_changed
         else:
@@ -109,7 +126,10 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         if version == state.nacked_version or (not state.needs_response and version == state.sent_version):
             state.needs_response = False
             return None
-        return self._respond(type_url, state, version, chosen, snapshot)
+        carried = chosen
+        if not state.needs_response and state.accepted is not None and not type_url.requires_full_state:
+            carried = _changed(snapshot, type_url, state.accepted, state.held, chosen)
+        return self._respond(type_url, state, version, chosen, carried, snapshot)
 
     def _chosen(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[str, tuple[Resource, ...]]:
         names = None if state.wildcard else state.names
@@ -142,29 +162,41 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         return True
 
     def _respond(
-        self, type_url: TypeUrl, state: _TypeState, version: str, chosen: tuple[Resource, ...], snapshot: Snapshot
+        self,
+        type_url: TypeUrl,
+        state: _TypeState,
+        version: str,
+        chosen: tuple[Resource, ...],
+        carried: tuple[Resource, ...],
+        snapshot: Snapshot,
     ) -> bytes:
+        """Sends `carried`, which is `chosen` (every subscribed resource, at `version`) or the part
+        of it the client lacks; either way the client then holds `chosen`, and that is recorded."""
         nonce = self.next_nonce()
         state.sent_version, state.sent_nonce, state.needs_response = version, nonce, False
         state.held = chosen
         assert self.track is not None
         self.registry.sent(self.track, type_url, version, nonce, chosen)
         names = None if state.wildcard else state.names
+        whole = carried is chosen
 
         def build() -> bytes:
+            body = snapshot.sotw_body(type_url, names, chosen) if whole else b"".join(r.sotw_entry for r in carried)
             return b"".join(
                 (
                     wire.string_field(_VERSION_INFO, version),
                     wire.string_field(_TYPE_URL, type_url.value),
                     wire.string_field(_NONCE, nonce),
-                    snapshot.sotw_body(type_url, names, chosen),
+                    body,
                 )
             )
 
         # Streams of a group in step (same names, same nonce counter) send the very same bytes:
         # build them once. `version` is a hash of every (name, version) in `chosen`, so together
-        # with the nonce it decides the bytes.
-        return snapshot.shared_response(("sotw", type_url, version, nonce), build)
+        # with the nonce it decides a whole response's bytes; an only-changed one also depends on
+        # what it carries (the same shared tuple for streams that held the same).
+        key = ("sotw", type_url, version, nonce) if whole else ("sotw-changed", type_url, version, nonce, carried)
+        return snapshot.shared_response(key, build)
 
 
 def _without(
@@ -182,6 +214,30 @@ def _without(
         return aggregate_version(kept), kept
 
     return snapshot.derived(("without-keys", type_url, names), build)
+
+
+def _changed(
+    snapshot: Snapshot,
+    type_url: TypeUrl,
+    accepted: tuple[Resource, ...],
+    held: tuple[Resource, ...],
+    chosen: tuple[Resource, ...],
+) -> tuple[Resource, ...]:
+    """The resources of `chosen` a client may lack: whose version differs from the one it
+    acknowledged (`accepted`) or from the one it was sent since (`held`, which it may still be
+    applying, or may yet reject). Computed once per snapshot for every stream holding the same."""
+
+    def build() -> tuple[Resource, ...]:
+        acknowledged = {resource.name: resource.version for resource in accepted}
+        pending = acknowledged if held is accepted else {resource.name: resource.version for resource in held}
+        return tuple(
+            resource
+            for resource in chosen
+            if acknowledged.get(resource.name) != resource.version or pending.get(resource.name) != resource.version
+        )
+
+    # The three are shared selections of snapshots (streams in step hold the very same objects).
+    return snapshot.derived(("changed", type_url, accepted, held, chosen), build)
 
 
 def _gone(snapshot: Snapshot, type_url: TypeUrl, held: tuple[Resource, ...]) -> list[Resource]:

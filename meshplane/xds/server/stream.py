@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 RequestT = TypeVar("RequestT")
 
+# Seconds a stream has, from its headers, for its first request (which names the node). Envoy and
+# gRPC clients send it at once; a client that opens streams and never says who it is would
+# otherwise hold its stream slots (per client, per connection) for as long as it likes.
+DEFAULT_FIRST_REQUEST_TIMEOUT = 10.0
+
 
 class SendGate:
     """Bounds the bytes that streams have handed to gRPC and gRPC has not sent yet.
@@ -128,8 +133,10 @@ class Stream(Generic[RequestT]):
         fixed_type: TypeUrl | None,
         peer: str,
         send_gate: SendGate | None = None,
+        first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT,
     ) -> None:
         self.cache = cache
+        self.first_request_timeout = first_request_timeout
         self.send_gate = send_gate
         self.registry = registry
         self.kind = kind
@@ -251,12 +258,32 @@ class Stream(Generic[RequestT]):
             self.client_done = True
             self.waker.set()
 
+    async def _wait_for_first_request(self, deadline: float) -> None:
+        """Waits for a wake-up; raises ProtocolError (DEADLINE_EXCEEDED) once `deadline` (loop
+        time) has passed and no request has been handled yet."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.waker.wait()
+        except TimeoutError:
+            raise ProtocolError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no request arrived within {self.first_request_timeout:g} s of the stream's start: "
+                "the first request must come at once and carry the node",
+            ) from None
+
     async def responses(self, requests: AsyncIterator[RequestT]) -> AsyncIterator[bytes]:
-        """The stream's responses, until the client closes its side or a ProtocolError ends it."""
+        """The stream's responses, until the client closes its side or a ProtocolError ends it.
+
+        A stream whose first request (the one that binds it to its node) has not been handled
+        within `first_request_timeout` seconds ends with DEADLINE_EXCEEDED and the reason."""
         reader = asyncio.create_task(self._read(requests))
+        deadline = asyncio.get_running_loop().time() + self.first_request_timeout
         try:
             while True:
-                await self.waker.wait()
+                if self.track is None:
+                    await self._wait_for_first_request(deadline)
+                else:
+                    await self.waker.wait()
                 self.waker.clear()
                 while self.inbox:
                     self.handle(self.inbox.popleft())

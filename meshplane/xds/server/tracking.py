@@ -99,9 +99,16 @@ class Nack:
 
 
 # The status codes the server refuses a stream with (service.py): too many streams from its client,
-# no certificate or known token, a claim its identity does not grant, a request it cannot serve.
-# Always exported, at 0 until counted, so an alert on their rate sees a series from the start.
-REFUSAL_CODES = ("INVALID_ARGUMENT", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED")
+# no certificate or known token, a claim its identity does not grant, a request it cannot serve,
+# no first request in time (stream.py). Always exported, at 0 until counted, so an alert on their
+# rate sees a series from the start.
+REFUSAL_CODES = (
+    "DEADLINE_EXCEEDED",
+    "INVALID_ARGUMENT",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "UNAUTHENTICATED",
+)
 
 
 # Push latency buckets (seconds): a healthy push is tens of milliseconds; a warming cluster can
@@ -134,8 +141,10 @@ class DurationHistogram:
 class TypeTrack:
     """One type on one stream. Versions are aggregate versions (SotW) or the system version (Delta).
 
-    `resources` is what the proxy was sent and not told to remove: in SotW the last response's
-    selection itself (the snapshot's shared tuple: no per-stream copy), in Delta the sum of the
+    `resources` is what the proxy was sent and not told to remove: in SotW everything it holds
+    after the last response, the snapshot's shared selection for the names it asked for (no
+    per-stream copy; also when an EDS, RDS or SDS response carried only the changed ones, which the
+    proxy merges into what it held), in Delta the sum of the
     responses (a name → resource map, the same size as the Delta stream's own record of what the
     client holds). The `*_seq` fields order sends, ACKs and NACKs on one registry without relying
     on clock resolution.
@@ -260,7 +269,8 @@ class StreamRegistry:
         held: Iterable[Resource] = (),
     ) -> None:
         """Records a response. SotW (`removed` None): `resources` is everything the proxy now has of
-        the type, kept as given (pass the snapshot's tuple, and it is shared, not copied). Delta:
+        the type, kept as given (pass the snapshot's tuple, and it is shared, not copied), even
+        when the response itself carried only the changed ones (EDS, RDS, SDS: sotw.py). Delta:
         `resources` were added or changed and `removed` names were removed; `held` are resources the
         proxy already had (a reconnecting client's `initial_resource_versions`), recorded, not sent."""
         entry = track.of(type_url)

@@ -5,11 +5,16 @@ and draw no random numbers; the same input gives byte-identical output, each lis
 The mesh is already validated (`Mesh.problems()` is empty); translation never re-validates it and
 never fails on it: what it cannot express it leaves out and says so in `Translation.warnings`.
 One module per resource type; every name comes from `meshplane.xds.names`.
+
+Owns the role table (`ROLES`): each role's translator and the parts of the mesh it reads
+(`Dependencies`). The publisher decides from that data alone which groups a change touches, so
+a translator that starts reading another part of the mesh must say so there (and
+tests/test_translate_dependencies.py fails until it does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -27,7 +32,16 @@ from meshplane.xds.translate.routes import build_routes
 from meshplane.xds.translate.secrets import build_secrets
 from meshplane.xds.types import TypeUrl
 
-__all__ = ["Translation", "translate", "translate_endpoints", "translate_service_endpoints"]
+__all__ = [
+    "ROLES",
+    "Dependencies",
+    "RoleTranslator",
+    "Translation",
+    "dependencies",
+    "translate",
+    "translate_endpoints",
+    "translate_service_endpoints",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +57,49 @@ class Translation:
     warnings: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Dependencies:
+    """The parts of a `Mesh` one role's translation reads; a part it does not name can change
+    without changing a byte of that role's output.
+
+    `services`: the services themselves (added, removed, ports, policy, TLS, hosts) and the
+    cluster domain; `endpoints`: their endpoints; `routes`: the route tables; `secrets`:
+    certificates and trust bundles; `sites`: the edge sites; `devices`: the registered devices.
+    `eds`: the role gets endpoints only as EDS assignments, one set per service translated by
+    `translate_service_endpoints`, so a change of endpoints alone replaces those and nothing else
+    (the publisher's fast path); without it endpoints are inside other resources (STATIC clusters)
+    and an endpoint change means translating the group again.
+    """
+
+    services: bool = True
+    endpoints: bool = True
+    routes: bool = True
+    secrets: bool = True
+    sites: bool = False
+    devices: bool = False
+    eds: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RoleTranslator:
+    """One row of the role table: how a role is translated, and what of the mesh that reads."""
+
+    translate: Callable[[Mesh, ProxyGroup], Translation]
+    depends: Dependencies
+
+
 def translate(mesh: Mesh, group: ProxyGroup) -> Translation:
     """Clusters, endpoints, listeners, routes and secrets for `group` (and runtime for `mobile`)."""
-    if group.role.is_edge:
-        return _translate_edge(mesh, group)
+    return ROLES[group.role].translate(mesh, group)
+
+
+def dependencies(role: ProxyRole) -> Dependencies:
+    """What of the mesh a group of `role` gets its config from (see `Dependencies`)."""
+    return ROLES[role].depends
+
+
+def _translate_mesh_role(mesh: Mesh, group: ProxyGroup) -> Translation:
+    """The in-cluster roles (sidecar, proxyless gRPC): everything by name over xDS."""
     clusters, cluster_warnings = build_clusters(mesh, group)
     endpoints, endpoint_warnings = build_endpoints(mesh, group)
     listeners, listener_warnings = build_listeners(mesh, group)
@@ -66,7 +119,7 @@ def translate(mesh: Mesh, group: ProxyGroup) -> Translation:
 
 def translate_endpoints(mesh: Mesh, group: ProxyGroup) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
     """The endpoint fast path: only EDS, identical to `translate(mesh, group).resources[TypeUrl.ENDPOINT]`."""
-    if not _has_eds(group):
+    if not dependencies(group.role).eds:
         return ()
     endpoints, _ = build_endpoints(mesh, group)
     return _by_name(endpoints)
@@ -75,13 +128,9 @@ def translate_endpoints(mesh: Mesh, group: ProxyGroup) -> tuple[endpoint_pb2.Clu
 def translate_service_endpoints(service: Service, group: ProxyGroup) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
     """One service's share of `translate_endpoints(mesh, group)`, which is all services' shares
     sorted by name. The unit of work of the endpoint fast path: one changed service, one call."""
-    if not _has_eds(group):
+    if not dependencies(group.role).eds:
         return ()
     return _by_name(build_service_endpoints(service, group, []))
-
-
-def _has_eds(group: ProxyGroup) -> bool:
-    return group.role not in (ProxyRole.DEVICE, ProxyRole.MOBILE)  # their clusters are STATIC (Envoy Mobile has no EDS)
 
 
 _EDGE_BUILDERS = {ProxyRole.EDGE_GATEWAY: build_gateway, ProxyRole.DEVICE: build_device, ProxyRole.MOBILE: build_mobile}
@@ -102,6 +151,20 @@ def _translate_edge(mesh: Mesh, group: ProxyGroup) -> Translation:
     resources[TypeUrl.ENDPOINT] = translate_endpoints(mesh, group)
     resources[TypeUrl.SECRET] = _by_name(build_secrets(mesh, resources[TypeUrl.CLUSTER]))
     return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
+
+
+# The role table. Edge roles read the sites (a site's gateways, its device ranges); only the
+# gateway reads the devices (one cluster and one route per device of its site). Devices and
+# Envoy Mobile get STATIC clusters with the endpoints inline (Envoy Mobile has no EDS).
+ROLES: Mapping[ProxyRole, RoleTranslator] = MappingProxyType(
+    {
+        ProxyRole.SIDECAR: RoleTranslator(_translate_mesh_role, Dependencies()),
+        ProxyRole.GRPC: RoleTranslator(_translate_mesh_role, Dependencies()),
+        ProxyRole.EDGE_GATEWAY: RoleTranslator(_translate_edge, Dependencies(sites=True, devices=True)),
+        ProxyRole.DEVICE: RoleTranslator(_translate_edge, Dependencies(sites=True, eds=False)),
+        ProxyRole.MOBILE: RoleTranslator(_translate_edge, Dependencies(sites=True, eds=False)),
+    }
+)
 
 
 def _by_name(messages: Iterable[Any]) -> tuple[Message, ...]:

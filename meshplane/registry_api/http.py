@@ -31,9 +31,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
-from meshplane.discovery.edge.auth import Principal
-from meshplane.discovery.edge.registry import ErrorCode, RegistryError
-from meshplane.edge.api import Authenticate, RegistryCalls
+from meshplane.discovery.registry.auth import Principal
+from meshplane.discovery.registry.registry import ErrorCode, RegistryError
+from meshplane.registry_api.service import Authenticate, RegistryCalls
 
 log = logging.getLogger(__name__)
 

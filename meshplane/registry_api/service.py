@@ -3,7 +3,7 @@
 Every RPC authenticates first: an `authorization: Bearer <token>` metadata value, else (when the
 server runs TLS with client certificates) the certificate's device id. Registry errors become the
 gRPC status they name, with their reason as the message. `RegistryCalls` holds the RPCs as plain
-async functions of (request message, principal) so the JSON mirror (`meshplane.edge.http`)
+async functions of (request message, principal) so the JSON mirror (`meshplane.registry_api.http`)
 shares them exactly.
 """
 
@@ -19,8 +19,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from meshplane.api.edge.v1 import registry_pb2, registry_pb2_grpc
-from meshplane.discovery.edge.auth import Principal, PrincipalKind, TokenAuthenticator, principal_for_certificate
-from meshplane.discovery.edge.registry import (
+from meshplane.discovery.registry.auth import Principal, PrincipalKind, TokenAuthenticator, principal_for_certificate
+from meshplane.discovery.registry.registry import (
     EdgeRegistry,
     ErrorCode,
     EventKind,
@@ -28,7 +28,7 @@ from meshplane.discovery.edge.registry import (
     RegisterInput,
     RegistryError,
 )
-from meshplane.discovery.edge.store import Registration
+from meshplane.discovery.registry.store import Registration
 from meshplane.grpc_limits import DEFAULT_MAX_CALLS_PER_CLIENT, DEFAULT_REQUEST_TIMEOUT, CallLimits, ConnectionLimits
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ Owns the registry's rules:
 Sites come from the policy files (a callable, read at each registration; None until they have
 loaded, when registrations are refused with UNAVAILABLE, which devices retry). `on_change` is called
 when the set of live devices or their fields change, never for a mere renewal, so heartbeats do not
-rebuild config. Knows no wire format; `meshplane.edge.api` maps these calls to gRPC and JSON.
+rebuild config. Knows no wire format; `meshplane.registry_api.service` maps these calls to gRPC and JSON.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from meshplane.discovery.edge.auth import Principal, PrincipalKind
-from meshplane.discovery.edge.store import Delete, Put, Registration, RegistrationStore, Renew
+from meshplane.discovery.registry.auth import Principal, PrincipalKind
+from meshplane.discovery.registry.store import Delete, Put, Registration, RegistrationStore, Renew
 from meshplane.discovery.source_status import SourceStatus
 from meshplane.model import (
     Device,

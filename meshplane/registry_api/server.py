@@ -18,18 +18,10 @@ import grpc
 from aiohttp import web
 
 from meshplane.addresses import split_address
-from meshplane.discovery.edge.auth import TokenAuthenticator
-from meshplane.discovery.edge.registry import EdgeRegistry, LeaseSettings
-from meshplane.discovery.edge.store import MemoryStore, RegistrationStore, SqliteStore
+from meshplane.discovery.registry.auth import TokenAuthenticator
+from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings
+from meshplane.discovery.registry.store import MemoryStore, RegistrationStore, SqliteStore
 from meshplane.discovery.source_status import SourceStatus
-from meshplane.edge.api import (
-    DEFAULT_REGISTER_BURST,
-    RateLimiter,
-    RegistryCalls,
-    authenticator,
-    create_registry_server,
-)
-from meshplane.edge.http import DEFAULT_READ_TIMEOUT, registry_http_app, serve_limited
 from meshplane.grpc_limits import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CALLS_PER_CLIENT,
@@ -38,6 +30,14 @@ from meshplane.grpc_limits import (
     ConnectionLimits,
 )
 from meshplane.model import Device, Mesh, Site
+from meshplane.registry_api.http import DEFAULT_READ_TIMEOUT, registry_http_app, serve_limited
+from meshplane.registry_api.service import (
+    DEFAULT_REGISTER_BURST,
+    RateLimiter,
+    RegistryCalls,
+    authenticator,
+    create_registry_server,
+)
 from meshplane.tls import ReloadingCredentials, TlsFiles
 
 log = logging.getLogger(__name__)

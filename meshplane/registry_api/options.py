@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 from meshplane.flags import env_flag
 
-# Repeated from meshplane.edge.api (which imports grpc: too heavy for the CLI's start); a test keeps them equal.
+# Repeated from meshplane.registry_api.service (which imports grpc: too heavy for the CLI's start);
+# a test keeps them equal.
 DEFAULT_REGISTER_RATE = 100.0
 DEFAULT_REGISTER_BURST = 1_000
-# Repeated from meshplane.edge.http, meshplane.edge.server and meshplane.grpc_limits likewise;
+# Repeated from meshplane.registry_api.http, meshplane.registry_api.server and meshplane.grpc_limits likewise;
 # tests/test_edge_http_limits.py and tests/test_edge_grpc_limits.py keep them equal.
 DEFAULT_HTTP_READ_TIMEOUT = 10.0
 DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT = 256
@@ -21,7 +22,7 @@ DEFAULT_GRPC_IDLE_TIMEOUT = 300.0
 DEFAULT_GRPC_MAX_CALLS_PER_CLIENT = 1_000
 
 if TYPE_CHECKING:
-    from meshplane.edge.server import EdgeSettings
+    from meshplane.registry_api.server import EdgeSettings
 
 
 def positive_seconds(text: str) -> float:
@@ -122,8 +123,8 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
 def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
     if not args.registry_db:
         return None
-    from meshplane.discovery.edge.registry import LeaseSettings
-    from meshplane.edge.server import EdgeSettings
+    from meshplane.discovery.registry.registry import LeaseSettings
+    from meshplane.registry_api.server import EdgeSettings
 
     return EdgeSettings(
         db=args.registry_db,

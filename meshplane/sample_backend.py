@@ -1,8 +1,13 @@
-"""A sample HTTP backend for the demo, docker-compose and tests: it answers every request with its name.
+"""A sample HTTP backend: it answers every request with its name.
 
-`python -m meshplane.demo.backend --name web-1 --port 9101` serves until SIGINT/SIGTERM. Each answer
+`python -m meshplane.sample_backend --name web-1 --port 9101` serves until SIGINT/SIGTERM. Each answer
 is `hello from <name> (<METHOD> <path>)` with an `x-backend: <name>` header, so a client can see
 which endpoint a proxy picked.
+
+Used by the demo (`make run`), docker-compose's sample services, the device simulator's stand-in
+backends (`meshplane.simulate.fleet`) and tests. It sits beside them rather than inside the demo so
+that the simulator, which the demo imports, never imports the demo back. Imports nothing of ours;
+the control plane's own packages never import it (an import-linter contract).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ async def _serve(name: str, host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m meshplane.demo.backend", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m meshplane.sample_backend", description=__doc__)
     parser.add_argument("--name", required=True, help="the name every answer carries")
     parser.add_argument("--host", default="127.0.0.1", help="listen address [%(default)s]")
     parser.add_argument("--port", type=int, required=True, help="listen port")
