@@ -152,11 +152,11 @@ async def test_routes_carry_only_what_changed_and_clusters_stay_full(xds: XdsHar
     assert unpack_names(rds) == ["r1", "r2"]
     await stream.send(request(RDS, ["r1", "r2"], version=rds.version_info, nonce=rds.nonce))
     await probe(stream)
-    # r2 moves to cluster c, and cluster a changes: CDS carries every cluster, RDS only r2.
-    xds.publish(snapshot(NAMES, listeners=listeners, route_clusters={"r1": "a", "r2": "c"}, connect_ms=500))
+    # r2 moves to a new cluster d: CDS carries every cluster, RDS only r2.
+    xds.publish(snapshot([*NAMES, "d"], listeners=listeners, route_clusters={"r1": "a", "r2": "d"}))
     clusters = await stream.recv()
     assert clusters.type_url == CDS.value
-    assert unpack_names(clusters) == NAMES
+    assert unpack_names(clusters) == [*NAMES, "d"]
     await stream.send(request(CDS, version=clusters.version_info, nonce=clusters.nonce))
     routes = await stream.recv()
     assert routes.type_url == RDS.value

@@ -167,8 +167,9 @@ class ParsedPolicy:
 
 
 # libyaml's parser (PyYAML's C extension) reads a policy file about 10x faster than the pure-Python
-# one and gives every node and error the same line; the pure-Python loader is the fallback only
-# where PyYAML was built without libyaml. Tests run the format's suite under both.
+# one and gives every node the same line (its syntax errors are worded again: `_syntax_error`); the
+# pure-Python loader is the fallback only where PyYAML was built without libyaml. Tests run the
+# format's cases under both (tests/test_policy_load_performance.py).
 YAML_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = (
     yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
 )

@@ -228,10 +228,11 @@ def create_server(
 
     Connections are bounded as the registry's gRPC port is (`meshplane.grpc_limits`), by
     `connections` (default: `ConnectionLimits()` with `max_streams_per_connection`, which is
-    ignored when `connections` is given; tests pass small bounds): a connection that has not finished its TLS and HTTP/2 handshake within
-    `handshake_timeout` is closed; the server pings a connection silent for `keepalive_interval`
-    and closes it when the ping goes unanswered (a proxy gone without a FIN); clients may ping
-    every 10 s or more (Envoy's and gRPC's keepalives) without being told to calm down.
+    ignored when `connections` is given; tests pass small bounds): a connection that has not
+    finished its TLS and HTTP/2 handshake within `handshake_timeout` is closed; the server pings a
+    connection silent for `keepalive_interval` and closes it when the ping goes unanswered (a
+    proxy gone without a FIN); clients may ping every 10 s or more (Envoy's and gRPC's
+    keepalives) without being told to calm down.
 
     `idle_timeout` (gRPC's `max_connection_idle_ms`) closes, with GOAWAY, only a connection that
     has had no call open for that long: gRPC core counts a connection as idle only while it
