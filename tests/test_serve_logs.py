@@ -28,7 +28,13 @@ pytestmark = pytest.mark.xdist_group("envoy")
 BROKEN = "services:\n  - name: web\n    port: eighty\n"
 BROKEN_OTHERWISE = "services:\n  - name: web\n    port: ninety\n"
 EXTRA_SERVICE = "services:\n  - name: extra\n    port: 8080\n    endpoints:\n      - {address: 127.0.0.1, port: 9401}\n"
-PUBLISHED = re.compile(r" meshplane\.xds\.publisher: published mesh generation (\d+) .*")
+PUBLISHED = re.compile(r" meshplane\.xds\.publisher: published mesh generation (\d+)\b.*")
+
+
+def generation_published(line: str) -> int | None:
+    """The mesh generation a publisher log line announces, or None for any other line."""
+    match = PUBLISHED.search(line)
+    return int(match.group(1)) if match else None
 
 
 def count(lines: list[str], text: str) -> int:
@@ -86,7 +92,7 @@ async def test_start_publishes_once_and_a_change_publishes_the_next_generation(t
         assert (publication["mesh_generation"], publication["endpoints_only"]) == (1, False)
 
         (config / "extra.yaml").write_text(EXTRA_SERVICE)
-        await served.wait_for_line(lambda line: " published mesh generation 2 " in line)
+        await served.wait_for_line(lambda line: generation_published(line) == 2)
         publication = (await served.status())["publish"]
         assert (publication["mesh_generation"], publication["endpoints_only"]) == (2, False)
     published = [match.group(0) for line in served.lines if (match := PUBLISHED.search(line))]
