@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scale import Client, build_tools, start_client
+from benchmarks.scale import Client, build_tools, start_client, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 EDITED_PORT = 9999  # the edited endpoint's new port; no generated endpoint uses it
@@ -123,12 +123,7 @@ def serving(root: Path, config: Path, xds_port: int, status_port: int) -> Iterat
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         if process.returncode not in (0, -signal.SIGTERM):
             print(log.read_text()[-3000:], file=sys.stderr)
         log.unlink(missing_ok=True)

@@ -112,6 +112,16 @@ class Server:
             time.sleep(0.02)
 
 
+def stop(process: subprocess.Popen[Any]) -> None:
+    """Ends `process`: SIGTERM, up to 10 s to exit, then SIGKILL; returns once it has exited."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def running_server(kind: str, tools: dict[str, Path], port: int, clusters: int, endpoints: int) -> Iterator[Server]:
     log = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")[1])
@@ -134,12 +144,7 @@ def running_server(kind: str, tools: dict[str, Path], port: int, clusters: int, 
         server.baseline_rss_kib = server.memory()["VmRSS"]
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.unlink(missing_ok=True)
 
 

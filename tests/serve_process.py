@@ -69,9 +69,16 @@ class ServeProcess:
 
 
 @contextlib.asynccontextmanager
-async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[ServeProcess]:
-    """`meshplane serve ARGS` on free xDS and status ports, with only the MESHPLANE_* variables in
-    `env`; yields once it has started serving, then stops it with SIGTERM and expects exit 0."""
+async def serve(
+    *args: str,
+    env: dict[str, str] | None = None,
+    xds_address: str | None = None,
+    started: str = STARTED,
+    line_limit: int = 64 << 10,
+) -> AsyncIterator[ServeProcess]:
+    """`meshplane serve ARGS` on `xds_address` (a free port when None) and a free status port, with
+    only the MESHPLANE_* variables in `env`; yields once a log line holds `started`, then stops it
+    with SIGTERM and expects exit 0. The log is read in lines of up to `line_limit` bytes."""
     status_port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -79,18 +86,19 @@ async def serve(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[
         "meshplane",
         "serve",
         "--xds-address",
-        f"127.0.0.1:{free_port()}",
+        xds_address or f"127.0.0.1:{free_port()}",
         "--status-address",
         f"127.0.0.1:{status_port}",
         *args,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
         env={**without_meshplane_variables(), **(env or {})},
+        limit=line_limit,
     )
     served = ServeProcess(process, status_port)
     reader = asyncio.create_task(served.read_log())
     try:
-        await asyncio.wait_for(served.wait_for_line(lambda line: STARTED in line), 60)
+        await asyncio.wait_for(served.wait_for_line(lambda line: started in line), 60)
         yield served
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0, "\n".join(served.lines)

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import ssl
 import stat
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from tests.envoy_harness import (
     start_backend,
     validate_bootstrap,
 )
-from tests.tls_certs import Pair, issue, make_ca
+from tests.tls_certs import Pair, mesh_certificates, start_mtls_server
 
 ENVOY_ROLES = [role.value for role in ROLE_DEFAULTS if role is not ProxyRole.GRPC]
 
@@ -136,14 +135,7 @@ def test_grpc_default_is_an_insecure_xds_bootstrap() -> None:
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
-    directory = tmp_path_factory.mktemp("certificates")
-    ca = make_ca(directory)
-    return {
-        "ca": ca,
-        "server": issue(ca, directory, "server", "DNS:localhost,IP:127.0.0.1"),
-        "sidecar": issue(ca, directory, "sidecar", "URI:meshplane://role/sidecar"),
-        "grpc": issue(ca, directory, "grpc", "URI:meshplane://role/grpc"),
-    }
+    return mesh_certificates(tmp_path_factory.mktemp("certificates"), sidecar="sidecar", grpc="grpc")
 
 
 def variant(name: str, role: str, certificates: dict[str, Pair]) -> BootstrapOptions:
@@ -712,6 +704,26 @@ async def running_plane(
         await backend.close()
 
 
+async def holds_runtime_layer(mobile: Envoy, site: str, over: str) -> None:
+    """Waits until `mobile` holds the `meshplane` runtime layer (sent `over` a channel, for the
+    failure message), asserts it names `site` and clusters of service web, then waits until `mobile`
+    holds those clusters."""
+
+    async def runtime() -> dict[str, Any] | None:
+        entries: dict[str, Any] = json.loads(await mobile.admin("/runtime"))["entries"]
+        return entries if "meshplane.site" in entries else None
+
+    entries = await mobile.eventually(runtime, f"the meshplane runtime layer over {over}")
+    assert entries["meshplane.site"]["final_value"] == site
+    web_clusters = {v["final_value"] for k, v in entries.items() if k.startswith("meshplane.clusters.default.web.")}
+    assert web_clusters
+
+    async def clusters() -> bool:
+        return web_clusters <= await mobile.cluster_names()
+
+    await mobile.eventually(clusters, f"the clusters the runtime layer names: {web_clusters}")
+
+
 def serves_web(envoy: Envoy) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         status, body, _ = await envoy.request("web")
@@ -777,19 +789,7 @@ async def test_mobile_and_device_envoys_from_rendered_bootstraps(tmp_path: Path)
         # Mobile: clusters and the `meshplane` runtime layer, nothing else.
         mobile = await plane.envoy(plane.options("mobile", "app-1", site="gym"))
 
-        async def runtime() -> dict[str, Any] | None:
-            entries: dict[str, Any] = json.loads(await mobile.admin("/runtime"))["entries"]
-            return entries if "meshplane.site" in entries else None
-
-        entries = await mobile.eventually(runtime, "the meshplane runtime layer over RTDS")
-        assert entries["meshplane.site"]["final_value"] == "gym"
-        web_clusters = {v["final_value"] for k, v in entries.items() if k.startswith("meshplane.clusters.default.web.")}
-        assert web_clusters
-
-        async def clusters() -> bool:
-            return web_clusters <= await mobile.cluster_names()
-
-        await mobile.eventually(clusters, f"the clusters the runtime layer names: {web_clusters}")
+        await holds_runtime_layer(mobile, "gym", "RTDS")
         listeners = json.loads(await mobile.admin("/listeners?format=json"))
         assert listeners.get("listener_statuses", []) == []
         assert plane.kinds("app-1") == {"delta-ads"}
@@ -806,15 +806,7 @@ async def start_tls_backend(name: str, certificates: dict[str, Pair]) -> web.App
     async def answer(request: web.Request) -> web.Response:
         return web.Response(text=f"{name} {request.path}\n")
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certificates["ca"].certificate))
-    context.load_cert_chain(str(certificates["server"].certificate), str(certificates["server"].key))
-    context.verify_mode = ssl.CERT_REQUIRED
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-    return runner
+    return await start_mtls_server(answer, certificates["ca"].certificate, certificates["server"])
 
 
 @pytest.mark.envoy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.envoy_harness import REPO, free_port
+from tests.envoy_harness import REPO
 from tests.tls_certs import issue, make_ca
 
 GOOD = "services:\n  - name: web\n    port: 8080\n    endpoints:\n      - {address: 127.0.0.1, port: 9000}\n"
@@ -63,12 +64,38 @@ async def http_get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+# `meshplane serve` logs this once both ports listen (meshplane/app.py, after the status site started).
+LISTENING = re.compile(rb"xDS on port (\d+), status on port (\d+)")
+
+
+async def listening_ports(process: asyncio.subprocess.Process, output: list[bytes]) -> tuple[int, int]:
+    """The xDS and status ports a `serve` given port 0 bound, from the line it logs once both
+    listen (lines read go to `output`); fails with its output if it exits before."""
+    assert process.stderr is not None
+    while line := await asyncio.wait_for(process.stderr.readline(), 30):
+        output.append(line)
+        if match := LISTENING.search(line):
+            return int(match[1]), int(match[2])
+    code = await process.wait()
+    raise AssertionError(f"meshplane serve exited ({code}) before listening:\n{b''.join(output).decode()}")
+
+
+async def drain(process: asyncio.subprocess.Process, output: list[bytes]) -> None:
+    """Reads the rest of the process's log into `output`, so a full pipe never blocks it."""
+    assert process.stderr is not None
+    while line := await process.stderr.readline():
+        output.append(line)
+
+
 @pytest.mark.xdist_group("envoy")
 async def test_serve_is_not_ready_until_its_policy_is_valid_and_stops_on_sigterm(tmp_path: Path) -> None:
     policy = tmp_path / "policy"
     policy.mkdir()
     (policy / "web.yaml").write_text(BROKEN)
-    xds_port, status_port = free_port(), free_port()
+    # Port 0: the process binds ports no other process holds, and says which. A port picked here
+    # and bound later (tests/ports.py) is only free of this run's other tests: another pytest run
+    # on the machine walks the same ports and may bind it meanwhile, and /healthz then reaches
+    # that run's server (a 404, or another serve's answers).
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -77,20 +104,19 @@ async def test_serve_is_not_ready_until_its_policy_is_valid_and_stops_on_sigterm
         "--config",
         str(policy),
         "--xds-address",
-        f"127.0.0.1:{xds_port}",
-        env={**os.environ, "MESHPLANE_STATUS_ADDRESS": f"127.0.0.1:{status_port}", "MESHPLANE_POLL_INTERVAL": "60"},
+        "127.0.0.1:0",
+        env={**os.environ, "MESHPLANE_STATUS_ADDRESS": "127.0.0.1:0", "MESHPLANE_POLL_INTERVAL": "60"},
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
     )
-    base = f"http://127.0.0.1:{status_port}"
+    output: list[bytes] = []
+    draining: asyncio.Task[None] | None = None
     try:
+        _, status_port = await listening_ports(process, output)
+        draining = asyncio.create_task(drain(process, output))
+        base = f"http://127.0.0.1:{status_port}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            for _ in range(600):  # up to 30 s for the process to start listening
-                try:
-                    status, _ = await http_get(session, f"{base}/healthz")
-                    break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
+            status, _ = await http_get(session, f"{base}/healthz")
             assert status == 200
             status, body = await http_get(session, f"{base}/readyz")
             assert status == 503
@@ -113,11 +139,13 @@ async def test_serve_is_not_ready_until_its_policy_is_valid_and_stops_on_sigterm
             assert document["sources"][0]["counts"]["services"] == 1
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 30)
-        assert code == 0
+        assert code == 0, b"".join(output).decode()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+        if draining is not None:
+            await draining  # ends at the pipe's EOF, the process being gone
 
 
 @pytest.mark.parametrize("port", ["xds", "registry"])

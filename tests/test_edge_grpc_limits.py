@@ -38,15 +38,13 @@ from tests.edge_http_server import (
     tokens_file,
     wait_closed_by_server,
 )
+from tests.http2_frames import EMPTY_SETTINGS, GOAWAY, PREFACE, frame_types
 from tests.meshplane_env import without_meshplane_variables
 from tests.serve_process import serve
 
 TIMEOUT = 0.5  # the read and idle timeouts the server runs with here: the waits end on the event itself
 LIMIT = 3
 REGISTER = "/meshplane.edge.v1.Registry/Register"
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, no flags, stream 0
-GOAWAY = 0x7
 
 
 def bike(token: str = BIKE_TOKEN) -> tuple[tuple[str, str]]:
@@ -57,16 +55,6 @@ def bike(token: str = BIKE_TOKEN) -> tuple[tuple[str, str]]:
 def registry(tmp_path: Path) -> Iterator[RunningRegistry]:
     with registry_in_thread(tmp_path, grpc_read_timeout=TIMEOUT, grpc_idle_timeout=TIMEOUT) as running:
         yield running
-
-
-def frame_types(data: bytes) -> list[int]:
-    """The types of the HTTP/2 frames in `data` (whole frames only)."""
-    types = []
-    while len(data) >= 9:
-        length = int.from_bytes(data[:3], "big")
-        types.append(data[3])
-        data = data[9 + length :]
-    return types
 
 
 @pytest.mark.timeout(60)

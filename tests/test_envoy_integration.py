@@ -8,6 +8,7 @@ started from envoy-configs/sidecar.yaml. Every test runs over Delta and over Sot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
@@ -86,8 +87,10 @@ async def start_plane(policy: Path, xds_port: int = 0) -> tuple[ControlPlane, as
     return plane, stop, asyncio.create_task(plane.run(stop))
 
 
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+@contextlib.asynccontextmanager
+async def running_mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    """A control plane on the empty policy directory `tmp_path/policy`, its Envoys working in
+    `tmp_path/envoy`; on exit the Envoys stop, then the plane, then the backends close."""
     policy = tmp_path / "policy"
     policy.mkdir()
     plane, stop, task = await start_plane(policy)
@@ -101,6 +104,12 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         await task
         for backend in state.backends.values():
             await backend.close()
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    async with running_mesh(tmp_path) as state:
+        yield state
 
 
 @pytest.fixture(params=[True, False], ids=["delta", "sotw"])

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from meshplane.xds.types import TypeUrl
-from tests.test_envoy_integration import Mesh, answered_by, answers, service, start_plane
+from tests.test_envoy_integration import Mesh, answered_by, answers, running_mesh, service
 
 pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
 
@@ -26,19 +26,8 @@ WEB, OTHER = "web.default:8080", "other.default:8080"
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    plane, stop, task = await start_plane(policy)
-    state = Mesh(policy, tmp_path / "envoy", plane)
-    try:
+    async with running_mesh(tmp_path) as state:
         yield state
-    finally:
-        for envoy in state.envoys:
-            await envoy.stop()
-        stop.set()
-        await task
-        for backend in state.backends.values():
-            await backend.close()
 
 
 def endpoint_ports(dump: dict[str, Any]) -> dict[str, list[int]]:

@@ -29,6 +29,14 @@ def greeter_policy(port: int) -> str:
     )
 
 
+def write_grpc_bootstrap(path: Path, xds_port: int) -> Path:
+    """Writes to `path` the example gRPC xDS bootstrap, pointed at a control plane on 127.0.0.1:`xds_port`."""
+    bootstrap = json.loads((ENVOY_CONFIGS / "grpc-bootstrap.json").read_text())
+    bootstrap["xds_servers"][0]["server_uri"] = f"127.0.0.1:{xds_port}"
+    path.write_text(json.dumps(bootstrap))
+    return path
+
+
 async def run_client(bootstrap: Path, target: str, name: str) -> list[str]:
     args = [sys.executable, str(REPO / "tests" / "grpc_xds_client.py"), target, name]
     process = await asyncio.create_subprocess_exec(
@@ -58,10 +66,7 @@ async def test_grpc_xds_client_resolves_through_meshplane_and_follows_changes(
     (policy / "greeter.yaml").write_text(greeter_policy(greeters["greeter-1"][1]))
     plane, stop, task = await start_plane(policy)
     try:
-        bootstrap = json.loads((ENVOY_CONFIGS / "grpc-bootstrap.json").read_text())
-        bootstrap["xds_servers"][0]["server_uri"] = f"127.0.0.1:{plane.xds_port}"
-        bootstrap_path = tmp_path / "grpc-bootstrap.json"
-        bootstrap_path.write_text(json.dumps(bootstrap))
+        bootstrap_path = write_grpc_bootstrap(tmp_path / "grpc-bootstrap.json", plane.xds_port)
 
         for target in ("xds:///greeter:50051", "xds:///greeter.default.svc.cluster.local:50051"):
             assert await run_client(bootstrap_path, target, "ada") == ["hello ada from greeter-1"]

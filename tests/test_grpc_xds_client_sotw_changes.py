@@ -8,7 +8,6 @@ grpc's xDS client treats only Listener and Cluster responses as full state (the 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -18,8 +17,9 @@ import pytest
 
 from meshplane.demo.greeter import start_greeter
 from meshplane.xds.types import TypeUrl
-from tests.envoy_harness import ENVOY_CONFIGS, REPO
+from tests.envoy_harness import REPO
 from tests.test_envoy_integration import start_plane
+from tests.test_grpc_xds_client import write_grpc_bootstrap
 
 pytestmark = pytest.mark.xdist_group("envoy")
 
@@ -61,10 +61,7 @@ async def test_grpc_xds_client_keeps_the_unchanged_cluster_after_a_partial_eds_u
     (policy / "routes.yaml").write_text(SPLIT)  # one route, two clusters: both on the client's one stream
     plane, stop, task = await start_plane(policy)
     try:
-        bootstrap = json.loads((ENVOY_CONFIGS / "grpc-bootstrap.json").read_text())
-        bootstrap["xds_servers"][0]["server_uri"] = f"127.0.0.1:{plane.xds_port}"
-        bootstrap_path = tmp_path / "grpc-bootstrap.json"
-        bootstrap_path.write_text(json.dumps(bootstrap))
+        bootstrap_path = write_grpc_bootstrap(tmp_path / "grpc-bootstrap.json", plane.xds_port)
 
         client = await asyncio.create_subprocess_exec(
             sys.executable,

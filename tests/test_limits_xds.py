@@ -5,6 +5,7 @@ per connection (HTTP/2's MAX_CONCURRENT_STREAMS)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
 from meshplane.model import ProxyGroup
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
@@ -72,6 +74,17 @@ async def gets_config(stream: AdsStream, node_id: str) -> None:
     assert unpack_names(response) == ["a", "b"]
 
 
+async def refused(stream: AdsStream, first: DiscoveryRequest) -> tuple[grpc.StatusCode, str]:
+    """Sends `first` on a stream the server refuses, and returns the status it ended with.
+
+    A stream over its client's limit is refused on its headers, before the server reads a request:
+    its status may arrive before the client's write completes, which then fails with that very
+    status. Either way the status is the call's, which `status()` reads back."""
+    with contextlib.suppress(grpc.aio.AioRpcError):  # refused before the request went out
+        await stream.send(first)
+    return await stream.status()
+
+
 async def end_cleanly(stream: AdsStream) -> None:
     """Closes the client's side; the OK status arrives only after the handler (and its `finally`) ended."""
     await stream.call.done_writing()
@@ -83,9 +96,7 @@ async def test_a_client_over_its_limit_is_refused_and_another_client_is_served(l
     for i, stream in enumerate(held):
         await gets_config(stream, f"a-{i}")
 
-    refused = limited.ads(limited.ipv4)
-    await refused.send(request(CDS, with_node=node("a-extra")))
-    code, message = await refused.status()
+    code, message = await refused(limited.ads(limited.ipv4), request(CDS, with_node=node("a-extra")))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"the limit is {LIMIT} per client" in message
     assert "127.0.0.1" in message
@@ -234,9 +245,8 @@ async def test_over_mtls_a_client_is_its_certificate_not_its_address(tmp_path: P
         for i, stream in enumerate(held):
             await gets_config(stream, f"first-{i}")
 
-        refused = AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(one).StreamAggregatedResources())
-        await refused.send(request(CDS, with_node=node("first-extra")))
-        code, message = await refused.status()
+        extra = AdsStream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(one).StreamAggregatedResources())
+        code, message = await refused(extra, request(CDS, with_node=node("first-extra")))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         fingerprint = hashlib.sha256(first.certificate.read_bytes()).hexdigest()[:16]
         assert f"client certificate meshplane://role/sidecar sha256:{fingerprint}" in message
@@ -262,13 +272,15 @@ async def test_over_mtls_a_client_is_its_certificate_not_its_address(tmp_path: P
         await server.stop(None)
 
 
-async def until(condition: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
-    """Polls `condition` until it holds; fails naming `what` after `deadline` seconds."""
+async def until(
+    condition: Callable[[], bool], what: str, state: Callable[[], str] = lambda: "", deadline: float = 10.0
+) -> None:
+    """Polls `condition` until it holds; fails naming `what` (and `state()`) after `deadline` seconds."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     while not condition():
         if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what} {state()}".rstrip())
         await asyncio.sleep(0.01)
 
 
@@ -309,16 +321,23 @@ async def test_an_oversized_request_is_refused_and_other_streams_are_served() ->
         code, message = await oversized.status()
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert f"larger than max ({over.ByteSize()} vs. {service.MAX_REQUEST_BYTES})" in message
-        # gRPC refuses it before our handler sees it: nothing counts it as ours. Its handler is
-        # either cancelled or, when gRPC ended the call before the handler was first resumed (as
-        # happens on a loaded machine), never runs at all; either way only the three others run.
+        # gRPC refuses it before our handler sees a request: nothing counts it as ours. Its handler
+        # does run (grpc.aio steps a call's handler task before it can deliver that call's
+        # cancellation), and ends in one of two ways, whichever grpc.aio delivers first: the failed
+        # read of the oversized message, which grpc.aio reports as the end of the requests (the
+        # handler returns as when a client closes its side: OK, to the counters), or the call's
+        # cancellation by gRPC core (CANCELLED). Wait for that end: then only the three others run.
         ads = ("envoy.service.discovery.v3.AggregatedDiscoveryService", "StreamAggregatedResources")
 
-        def only_the_others_run() -> bool:
-            ended = sum(count for key, count in stats.handled.items() if key[:2] == ads)
-            return stats.started[ads] - ended == 3 and stats.handled[(*ads, "CANCELLED")] == stats.started[ads] - 3
+        def ended() -> dict[str, int]:
+            return {key[2]: count for key, count in stats.handled.items() if key[:2] == ads and count}
 
-        await until(only_the_others_run, "the oversized stream's handler to end or never start")
+        await until(
+            lambda: stats.started[ads] == 4 and sum(ended().values()) == 1,
+            "the oversized stream's handler to end",
+            lambda: f"started {stats.started[ads]}, ended {ended()}",
+        )
+        assert set(ended()) <= {"OK", "CANCELLED"}, ended()
         assert services.refused_streams == 0
 
         # The streams on the other connection and on the same one keep being served: a new

@@ -133,9 +133,9 @@ def subscribed_and_published(mesh: Mesh, groups: tuple[ProxyGroup, ...]) -> tupl
     return publisher, cache
 
 
-@pytest.fixture
-def translations(monkeypatch: pytest.MonkeyPatch) -> list[ProxyGroup]:
-    """Every group the publisher translates (whole), in order: the seam that counts builds."""
+def counted_translations(monkeypatch: pytest.MonkeyPatch) -> list[ProxyGroup]:
+    """Every group the publisher translates (whole) from now on, in order, until `monkeypatch` undoes
+    it: the seam that counts builds."""
     found: list[ProxyGroup] = []
     real = publisher_module.translate
 
@@ -145,6 +145,12 @@ def translations(monkeypatch: pytest.MonkeyPatch) -> list[ProxyGroup]:
 
     monkeypatch.setattr(publisher_module, "translate", counting)
     return found
+
+
+@pytest.fixture
+def translations(monkeypatch: pytest.MonkeyPatch) -> list[ProxyGroup]:
+    """Every group the publisher translates (whole), in order: the seam that counts builds."""
+    return counted_translations(monkeypatch)
 
 
 async def test_a_registration_rebuilds_the_gateway_and_leaves_every_other_group_as_it_was(

@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from meshplane.discovery.registry.auth import Principal, PrincipalKind, token_digest
 from meshplane.discovery.registry.registry import LeaseSettings, RegisterInput
-from meshplane.model import Mesh, ProxyGroup, ProxyRole
-from meshplane.xds import publisher as publisher_module
+from meshplane.model import ProxyGroup, ProxyRole
 from meshplane.xds.types import TypeUrl
 from tests.edge_plane import QUICK, running_edge_plane
+from tests.test_publisher_dependencies import counted_translations
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 GATEWAY = ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym")
@@ -45,14 +44,7 @@ async def test_a_registration_publishes_the_gateway_and_translates_no_sidecar(
             await asyncio.wait_for(waker.wait(), 30)  # built by the publisher's loop (a hang guard)
             waker.clear()
         before = {group: plane.cache.snapshot(group) for group in wakers}
-        translated: list[ProxyGroup] = []
-        real = publisher_module.translate
-
-        def counting(mesh: Mesh, group: ProxyGroup) -> Any:
-            translated.append(group)
-            return real(mesh, group)
-
-        monkeypatch.setattr(publisher_module, "translate", counting)
+        translated = counted_translations(monkeypatch)
         await plane.edge.registry.register(
             BIKES,
             RegisterInput(

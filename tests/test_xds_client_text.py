@@ -11,8 +11,6 @@ import contextlib
 import json
 import logging
 import re
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshplane.xds.server.service import MAX_REFUSAL_BYTES
 from meshplane.xds.server.tracking import MAX_NACK_MESSAGE_BYTES
-from tests.envoy_harness import REPO
-from tests.meshplane_env import without_meshplane_variables
+from tests.edge_plane import running_control_plane
 from tests.ports import free_port
-from tests.serve_process import STARTED, ServeProcess
-from tests.test_xds_keys import running, settings
+from tests.serve_process import STARTED, ServeProcess, serve
+from tests.test_xds_keys import settings
 from tests.xds_fixtures import CDS, SDS, AdsStream, delta_request, node, request
 
 NACKS = 40
@@ -56,36 +53,13 @@ async def serving(tmp_path: Path, log_format: str) -> AsyncIterator[tuple[ServeP
     """`meshplane serve` on a one-service policy in `log_format`, and its xDS address. Its log is
     read with lines of up to 64 MiB: a server that logged a client's megabytes in one line must
     fail the test's assertions, not stall the reader (and then the server, on a full pipe)."""
-    xds, status_port = f"127.0.0.1:{free_port()}", free_port()
+    xds = f"127.0.0.1:{free_port()}"
     policy = str(write_policy(tmp_path / "policy"))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshplane",
-        "serve",
-        *("--config", policy, "--xds-address", xds, "--status-address", f"127.0.0.1:{status_port}"),
-        *("--log-format", log_format),
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env=without_meshplane_variables(),
-        limit=64 << 20,
-    )
-    served = ServeProcess(process, status_port)
-    reader = asyncio.create_task(served.read_log())
     started = STARTED if log_format == "text" else '"message": "xDS on port '
-    try:
-        await asyncio.wait_for(served.wait_for_line(lambda line: started in line), 60)
+    async with serve(
+        *("--config", policy, "--log-format", log_format), xds_address=xds, started=started, line_limit=64 << 20
+    ) as served:
         yield served, xds
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0, "\n".join(served.lines)
-        await reader
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
 
 
 @pytest.fixture
@@ -218,7 +192,7 @@ async def test_oversized_node_fields_and_refusals_are_refused_and_cut(
     client's text says so in at most 2 KiB, in the gRPC status and the log alike."""
     caplog.set_level(logging.WARNING, logger="meshplane.xds.server.service")
     async with (
-        running(settings(write_policy(tmp_path / "policy"))) as plane,
+        running_control_plane(settings(write_policy(tmp_path / "policy"))) as plane,
         grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel,
     ):
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)

@@ -27,12 +27,10 @@ from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server import service
 from meshplane.xds.server.service import XdsServices, create_server
 from meshplane.xds.server.tracking import StreamRegistry
+from tests.http2_frames import EMPTY_SETTINGS, GOAWAY, PREFACE, frame_types
 from tests.xds_fixtures import CDS, AdsStream, node, request, snapshot, unpack_names
 
 TIMEOUT = 0.5  # the handshake, idle and first-request bounds here: the waits end on the event itself
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, no flags, stream 0
-GOAWAY = 0x7
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel with a connection of its own
 
 
@@ -69,16 +67,6 @@ async def serving(limits: ConnectionLimits) -> AsyncIterator[Bounded]:
 async def bounded() -> AsyncIterator[Bounded]:
     async with serving(ConnectionLimits(handshake_timeout=TIMEOUT, idle_timeout=TIMEOUT)) as running:
         yield running
-
-
-def frame_types(data: bytes) -> list[int]:
-    """The types of the HTTP/2 frames in `data` (whole frames only)."""
-    types = []
-    while len(data) >= 9:
-        length = int.from_bytes(data[:3], "big")
-        types.append(data[3])
-        data = data[9 + length :]
-    return types
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bytes:

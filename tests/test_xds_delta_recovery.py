@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from meshplane.app import ControlPlane
+from tests.edge_plane import running_control_plane
 from tests.envoy_harness import Backend, Envoy, start_backend, start_envoy
 from tests.ports import free_port
-from tests.test_xds_keys import get, running, settings
+from tests.test_xds_keys import get, settings
 
 pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
 
@@ -81,7 +82,7 @@ async def test_delta_and_sotw_envoys_are_synced_again_once_a_rejected_policy_is_
     tmp_path: Path, backends: tuple[Backend, Backend]
 ) -> None:
     policy = write_services(tmp_path / "policy", *backends)
-    async with running(settings(policy)) as plane:
+    async with running_control_plane(settings(policy)) as plane:
         envoys = {
             node_id: await start_envoy(
                 tmp_path / "envoy", plane.xds_port, node_id=node_id, delta=delta, patch=low_re2_limit

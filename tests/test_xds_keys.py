@@ -9,12 +9,10 @@ everything else), a token-authenticated Envoy (which gets the key and speaks mTL
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,9 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshplane.app import ControlPlane, Settings
+from tests.edge_plane import running_control_plane
 from tests.envoy_harness import Envoy, start_backend, start_envoy
-from tests.tls_certs import Pair, issue, make_ca
+from tests.tls_certs import Pair, issue, make_ca, start_mtls_server
 from tests.xds_fixtures import SDS, AdsStream, delta_request, node, request
 
 CA, CLIENT = "mesh-ca", "mesh-client"
@@ -45,14 +44,7 @@ async def tls_backend(ca: Pair, server: Pair) -> AsyncIterator[int]:
         subject = dict(item for rdn in (peer or {}).get("subject", ()) for item in rdn)
         return web.Response(text=f"secure {subject.get('commonName', '-')}\n")
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca.certificate))
-    context.load_cert_chain(server.certificate, server.key)
-    context.verify_mode = ssl.CERT_REQUIRED
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    runner = await start_mtls_server(answer, ca.certificate, server)
     try:
         yield runner.addresses[0][1]
     finally:
@@ -85,19 +77,6 @@ def certs(tmp_path: Path) -> tuple[Pair, Pair, Pair]:
     client = issue(ca, tmp_path / "certs", CLIENT, "DNS:mesh-client")
     server = issue(ca, tmp_path / "certs", "server", "DNS:localhost,IP:127.0.0.1")
     return ca, client, server
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[ControlPlane]:
-    plane = ControlPlane(settings)
-    await plane.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(plane.run(stop))
-    try:
-        yield plane
-    finally:
-        stop.set()
-        await task
 
 
 def settings(policy: Path, **extra: Any) -> Settings:
@@ -175,7 +154,7 @@ async def test_an_unauthenticated_stream_is_not_sent_private_keys(
 ) -> None:
     policy = mesh
     caplog.set_level(logging.WARNING)
-    async with running(settings(policy)) as plane:
+    async with running_control_plane(settings(policy)) as plane:
         (warning,) = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "keys_unauthenticated"]
         assert "1 certificates hold private keys" in warning
         assert "withheld from every proxy" in warning
@@ -195,7 +174,7 @@ async def test_an_unauthenticated_stream_is_not_sent_private_keys(
 async def test_the_opt_in_serves_keys_to_unauthenticated_streams(mesh: Path, caplog: pytest.LogCaptureFixture) -> None:
     policy = mesh
     caplog.set_level(logging.WARNING)
-    async with running(settings(policy, insecure_serve_keys_without_client_auth=True)) as plane:
+    async with running_control_plane(settings(policy, insecure_serve_keys_without_client_auth=True)) as plane:
         (warning,) = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "keys_unauthenticated"]
         assert "anyone who can reach 127.0.0.1:0 can fetch the certificates and private keys" in warning
         assert await ask_for_both_secrets(plane, "trusted-network", delta=False) == [CA, CLIENT]
@@ -208,7 +187,7 @@ async def test_real_envoys_without_credentials_keep_the_keyed_cluster_warming(tm
     """SotW and Delta Envoys without a credential: the CA bundle arrives, the client certificate
     never does (the cluster that names it stays warming, its secret too), every other service is
     served, and /status names what is withheld."""
-    async with running(settings(mesh)) as plane:
+    async with running_control_plane(settings(mesh)) as plane:
         envoys = {
             node_id: await start_envoy(tmp_path / "envoy", plane.xds_port, node_id=node_id, delta=delta)
             for node_id, delta in (("no-credential-sotw", False), ("no-credential-delta", True))
@@ -256,7 +235,7 @@ async def test_an_envoy_with_a_token_gets_its_key_and_speaks_mtls(
     try:
         async with tls_backend(ca, server) as secure_port:
             policy = write_policy(tmp_path / "policy", ca, client, backend.port, secure_port)
-            async with running(settings(policy, xds_tokens=tokens)) as plane:
+            async with running_control_plane(settings(policy, xds_tokens=tokens)) as plane:
                 envoy = await start_envoy(tmp_path / "envoy", plane.xds_port, node_id="with-token", xds_token=TOKEN)
                 try:
 

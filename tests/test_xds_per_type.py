@@ -33,20 +33,14 @@ from meshplane.xds.translate import translate
 from meshplane.xds.types import TypeUrl
 from tests.envoy_harness import Envoy
 from tests.golden.edge_cases import fleet
-from tests.test_bootstrap import Plane, running_plane, serves_web, start_tls_backend
-from tests.tls_certs import Pair, issue, make_ca
+from tests.test_bootstrap import Plane, holds_runtime_layer, running_plane, serves_web, start_tls_backend
+from tests.tls_certs import Pair, mesh_certificates
 from tests.xds_fixtures import CDS, AdsStream, XdsHarness, node, request, start_harness
 
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pair]:
-    directory = tmp_path_factory.mktemp("certificates")
-    ca = make_ca(directory)
-    return {
-        "ca": ca,
-        "server": issue(ca, directory, "server", "DNS:localhost,IP:127.0.0.1"),
-        "client": issue(ca, directory, "client", "URI:meshplane://role/sidecar"),
-    }
+    return mesh_certificates(tmp_path_factory.mktemp("certificates"), client="sidecar")
 
 
 def tls_policy(certificates: dict[str, Pair], port: int) -> str:
@@ -153,19 +147,7 @@ async def test_a_mobile_envoy_gets_its_runtime_layer_over_the_per_type_rtds_serv
     async with running_plane(tmp_path, sites=True) as plane:
         mobile = await plane.envoy(plane.options("mobile", "app-per-type", site="gym", sotw=sotw, transport="per-type"))
 
-        async def runtime() -> dict[str, Any] | None:
-            entries: dict[str, Any] = json.loads(await mobile.admin("/runtime"))["entries"]
-            return entries if "meshplane.site" in entries else None
-
-        entries = await mobile.eventually(runtime, "the meshplane runtime layer over the RTDS service")
-        assert entries["meshplane.site"]["final_value"] == "gym"
-        web_clusters = {v["final_value"] for k, v in entries.items() if k.startswith("meshplane.clusters.default.web.")}
-        assert web_clusters
-
-        async def clusters() -> bool:
-            return web_clusters <= await mobile.cluster_names()
-
-        await mobile.eventually(clusters, f"the clusters the runtime layer names: {web_clusters}")
+        await holds_runtime_layer(mobile, "gym", "the RTDS service")
         assert await rejected_updates(mobile) == {}
         assert list(plane.control.registry.recent_nacks) == []
         kind = "sotw" if sotw else "delta"

@@ -15,7 +15,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import struct_pb2
 
 from meshplane.app import ControlPlane
-from tests.test_xds_keys import get, running, settings
+from tests.edge_plane import running_control_plane
+from tests.test_xds_keys import get, settings
 from tests.xds_fixtures import CDS, AdsStream, node, request
 
 SIDECAR_TOKEN, GATEWAY_TOKEN = "sidecar-token-for-tests", "gym-12-gateway-token-for-tests"
@@ -35,7 +36,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
         f"  - {{sha256: {hashlib.sha256(SIDECAR_TOKEN.encode()).hexdigest()}, role: sidecar}}\n"
         f"  - {{sha256: {hashlib.sha256(GATEWAY_TOKEN.encode()).hexdigest()}, role: edge-gateway, site: gym-12}}\n"
     )
-    async with running(settings(policy, xds_tokens=tokens)) as control:
+    async with running_control_plane(settings(policy, xds_tokens=tokens)) as control:
         yield control
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiohttp import web
 
 
 @dataclass(frozen=True)
@@ -44,3 +48,31 @@ def issue(ca: Pair, directory: Path, name: str, sans: str) -> Pair:
         cwd=directory,
     )  # fmt: skip
     return Pair(certificate, key)
+
+
+def mesh_certificates(directory: Path, **clients: str) -> dict[str, Pair]:
+    """A new CA in `directory` (key "ca"), a certificate it signs for localhost and 127.0.0.1
+    ("server"), and for every `name=role` in `clients` one claiming that role with the SAN
+    `URI:meshplane://role/<role>` (key `name`)."""
+    ca = make_ca(directory)
+    issued = {"ca": ca, "server": issue(ca, directory, "server", "DNS:localhost,IP:127.0.0.1")}
+    for name, role in clients.items():
+        issued[name] = issue(ca, directory, name, f"URI:meshplane://role/{role}")
+    return issued
+
+
+async def start_mtls_server(
+    answer: Callable[[web.Request], Awaitable[web.Response]], ca: Path, server: Pair
+) -> web.AppRunner:
+    """An HTTPS server on 127.0.0.1 (a port the OS picks: `runner.addresses[0][1]`) with `server`'s
+    certificate, that requires a client certificate issued by `ca` and hands every request, any
+    method and path, to `answer`. The caller cleans the runner up."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
+    context.load_cert_chain(str(server.certificate), str(server.key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    return runner

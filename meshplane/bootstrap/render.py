@@ -318,21 +318,41 @@ def _config_source(options: BootstrapOptions, indent: int) -> str:
     if options.transport != "per-type":
         body = "ads: {}\nresource_api_version: V3\n"
     else:
-        body = f"""\
-resource_api_version: V3
-api_config_source:
-  api_type: {_api_type(options).name}
-  transport_api_version: V3
-  set_node_on_first_message_only: true
-  grpc_services:
-    - envoy_grpc:
-        cluster_name: {XDS_CLUSTER}
-        retry_policy:
-          retry_back_off:
-            base_interval: 0.05s
-            max_interval: 0.2s
-"""
-    return "".join(" " * indent + line + "\n" for line in body.splitlines())
+        body = "resource_api_version: V3\napi_config_source:\n" + _indented(_api_config_source(options), 2)
+    return _indented(body, indent)
+
+
+def _api_config_source(options: BootstrapOptions, retry_note: str = "") -> str:
+    """The fields of an ApiConfigSource, unindented: `options`' API type (GRPC or DELTA_GRPC) on a
+    gRPC service through the `meshplane` cluster that reconnects within ~100 ms, with the proxy's
+    bearer token when it has one. `retry_note`'s lines are written as a comment on the retry policy."""
+    note = "".join(f"      # {line}\n" for line in retry_note.splitlines())
+    metadata = ""
+    if options.xds_token is not None:
+        metadata = (
+            "    # The proxy's bearer token (`serve --xds-tokens`), sent on every xDS stream; it grants\n"
+            "    # a role and site. Send it over TLS only: anyone who reads it can claim that role.\n"
+            "    initial_metadata:\n"
+            "      - key: authorization\n"
+            f"        value: {_yaml_scalar('Bearer ' + options.xds_token)}\n"
+        )
+    return f"""\
+api_type: {_api_type(options).name}
+transport_api_version: V3
+set_node_on_first_message_only: true
+grpc_services:
+  - envoy_grpc:
+      cluster_name: {XDS_CLUSTER}
+{note}      retry_policy:
+        retry_back_off:
+          base_interval: 0.05s
+          max_interval: 0.2s
+{metadata}"""
+
+
+def _indented(text: str, indent: int) -> str:
+    """`text`'s lines, each indented by `indent` spaces and ended by a newline."""
+    return "".join(" " * indent + line + "\n" for line in text.splitlines())
 
 
 def _outbound_port(options: BootstrapOptions, role: ProxyRole) -> int | None:
@@ -407,31 +427,14 @@ def _dynamic_resources(options: BootstrapOptions, role: ProxyRole) -> str:
 # ~100 ms when the control plane restarts; Envoy keeps serving its last configuration meanwhile.
 dynamic_resources:
 {types}"""
-    metadata = ""
-    if options.xds_token is not None:
-        metadata = (
-            "        # The proxy's bearer token (`serve --xds-tokens`), sent on every xDS stream; it grants\n"
-            "        # a role and site. Send it over TLS only: anyone who reads it can claim that role.\n"
-            "        initial_metadata:\n"
-            "          - key: authorization\n"
-            f"            value: {_yaml_scalar('Bearer ' + options.xds_token)}\n"
-        )
+    retry_note = (
+        "Reconnect within ~100 ms when the control plane restarts; Envoy keeps serving its\n"
+        "last configuration meanwhile."
+    )
     return f"""
 {flavour}dynamic_resources:
   ads_config:
-    api_type: {"GRPC" if options.sotw else "DELTA_GRPC"}
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-      - envoy_grpc:
-          cluster_name: {XDS_CLUSTER}
-          # Reconnect within ~100 ms when the control plane restarts; Envoy keeps serving its
-          # last configuration meanwhile.
-          retry_policy:
-            retry_back_off:
-              base_interval: 0.05s
-              max_interval: 0.2s
-{metadata}{types}"""
+{_indented(_api_config_source(options, retry_note), 4)}{types}"""
 
 
 def _static_resources(options: BootstrapOptions) -> str:

@@ -128,8 +128,22 @@ class Endpoint:
         return found
 
 
+class _RemembersProblems:
+    """A base whose one slot, `_problems`, remembers a frozen value's problems on the instance.
+
+    It sits outside the dataclass fields, so equality, hashing, `repr`, `dataclasses.fields` and
+    `replace` never see it (a replaced copy starts without it). Sources hand an unchanged service
+    over as the very object of their last load (policy files keep the object of an equal service,
+    the Kubernetes source the object of a service whose objects did not change), so a reload
+    validates only the services that changed.
+    """
+
+    __slots__ = ("_problems",)
+    _problems: tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True)
-class Service:
+class Service(_RemembersProblems):
     """A named, addressable backend with its ports, endpoints and traffic policy.
 
     `hosts` are extra names clients may use beyond the ones derived from name and namespace.
@@ -162,6 +176,19 @@ class Service:
         return None
 
     def problems(self) -> list[str]:
+        """Every reason this service cannot be served, each naming it; empty when it can.
+
+        Computed once per object (a pure function of its frozen fields, most of the cost parsing
+        every endpoint's address), then remembered: asking the same object again costs a copy.
+        """
+        try:
+            remembered = self._problems
+        except AttributeError:  # the slot is unset until the first call
+            remembered = tuple(self._find_problems())
+            object.__setattr__(self, "_problems", remembered)  # frozen: its fields; this slot is no field
+        return list(remembered)
+
+    def _find_problems(self) -> list[str]:
         where = f"service {self.namespace}/{self.name}" + (f" ({self.origin})" if self.origin else "")
         found = []
         if not is_dns_label(self.name):

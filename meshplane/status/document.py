@@ -21,7 +21,7 @@ from typing import Any
 from meshplane.logs import redact_secrets
 from meshplane.model import ProxyGroup
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import PublishState
+from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import Nack, StreamKind, StreamRegistry, StreamTrack, SyncState, TypeTrack
 from meshplane.xds.snapshot import Resource, Snapshot
 from meshplane.xds.types import TypeUrl

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from meshplane import __version__
 from meshplane.status.document import StatusInputs, group_site, node_types, proxies_by_node
 from meshplane.status.grpc_stats import GrpcStats
-from meshplane.xds.publisher import PublishState
+from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import DurationHistogram, StreamKind, SyncState
 from meshplane.xds.types import TypeUrl
 

@@ -33,24 +33,12 @@ from dataclasses import dataclass
 
 from meshplane.model import Locality, Mesh, ProxyGroup, Service, ServiceRef
 from meshplane.xds.cache import SnapshotCache
+from meshplane.xds.publication import PublishState
 from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
 from meshplane.xds.translate import Dependencies, dependencies, translate, translate_service_endpoints
 from meshplane.xds.types import TypeUrl
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class PublishState:
-    """What the last publication did, for the status endpoint."""
-
-    published_at: float | None = None
-    mesh_generation: int = 0
-    endpoints_only: bool = False
-    duration_seconds: float = 0.0
-    groups: int = 0
-    problems: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,10 +78,15 @@ async def call(client: ApiClient, method: str, path: str, body: Any = None) -> t
     return response.status, (json.loads(data) if data else None)
 
 
-async def create(client: ApiClient, path: str, body: Any) -> Any:
-    status, answer = await call(client, "POST", path, body)
+async def call_ok(client: ApiClient, method: str, path: str, body: Any = None) -> Any:
+    """The decoded answer to `method path` with `body`, asserted to be 200 or 201."""
+    status, answer = await call(client, method, path, body)
     assert status in (200, 201), answer
     return answer
+
+
+async def create(client: ApiClient, path: str, body: Any) -> Any:
+    return await call_ok(client, "POST", path, body)
 
 
 async def namespace(client: ApiClient, name: str) -> str:

@@ -23,6 +23,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from meshplane.app import ControlPlane, Settings
 from meshplane.discovery.kubernetes import KubernetesSource
+from tests.edge_plane import running_control_plane
 from tests.k8s import objects as k
 from tests.k8s.conftest import wait_for
 from tests.k8s.real_apiserver import ADMIN_TOKEN, KUBE_MISSING, Cluster, RealApiServer, module_cluster
@@ -89,15 +90,8 @@ async def plane(cluster: Cluster, tmp_path: Path) -> AsyncIterator[ControlPlane]
         debounce_max=0.1,
         shutdown_grace=0.2,
     )
-    running = ControlPlane(settings)
-    await running.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(running.run(stop))
-    try:
+    async with running_control_plane(settings) as running:
         yield running
-    finally:
-        stop.set()
-        await task
 
 
 def endpoints_of(source: KubernetesSource, name: str) -> list[str] | None:

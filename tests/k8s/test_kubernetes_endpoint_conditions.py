@@ -36,6 +36,7 @@ from tests.k8s.real_apiserver import (
     RealApiServer,
     module_cluster,
 )
+from tests.k8s.test_kubernetes_apiserver import call_ok, namespace
 from tests.k8s.test_kubernetes_app import settings_for
 from tests.preconditions import requires
 
@@ -90,32 +91,15 @@ async def admin(target: Target) -> AsyncIterator[ApiClient]:
     await client.close()
 
 
-async def call(client: ApiClient, method: str, path: str, body: Any = None) -> Any:
-    response = await client.call_api(
-        path,
-        method,
-        body=body,
-        header_params={"Content-Type": "application/json", "Accept": "application/json"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-    )
-    data = await response.read()
-    response.release()
-    assert response.status in (200, 201), data
-    return json.loads(data)
-
-
 async def namespace_with_web_service(client: ApiClient, name: str) -> str:
-    await call(
-        client, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    )
+    await namespace(client, name)
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "web", "namespace": name},
         "spec": {"ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
     }
-    await call(client, "POST", f"/api/v1/namespaces/{name}/services", service)
+    await call_ok(client, "POST", f"/api/v1/namespaces/{name}/services", service)
     return name
 
 
@@ -208,8 +192,8 @@ async def test_the_api_server_stores_the_gated_fields_only_with_the_gates(target
     `terminating` and `nodeName`; with 1.20's defaults they are gone when it is read back."""
     ns = await namespace_with_web_service(admin, "stored")
     sent = web_slice(ns, [endpoint("10.1.0.4", ready=False, serving=True, terminating=True, node="node-b")])
-    await call(admin, "POST", f"{BETA}/namespaces/{ns}/endpointslices", sent)
-    (stored,) = (await call(admin, "GET", f"{BETA}/namespaces/{ns}/endpointslices/web-a"))["endpoints"]
+    await call_ok(admin, "POST", f"{BETA}/namespaces/{ns}/endpointslices", sent)
+    (stored,) = (await call_ok(admin, "GET", f"{BETA}/namespaces/{ns}/endpointslices/web-a"))["endpoints"]
     if target.kind.gated:
         assert stored["conditions"] == {"ready": False, "serving": True, "terminating": True}
         assert stored["nodeName"] == "node-b"
@@ -251,7 +235,7 @@ async def _wait_for_eds(envoy: Envoy, cluster_name: str, expected: Seen, what: s
 
 async def test_endpoint_conditions_and_nodes_reach_envoy(target: Target, admin: ApiClient, tmp_path: Path) -> None:
     ns = await namespace_with_web_service(admin, "conditions")
-    await call(admin, "POST", f"{BETA}/namespaces/{ns}/endpointslices", web_slice(ns, ENDPOINTS))
+    await call_ok(admin, "POST", f"{BETA}/namespaces/{ns}/endpointslices", web_slice(ns, ENDPOINTS))
     kubeconfig = target.server.kubeconfig(tmp_path / "kubeconfig", ADMIN_TOKEN)
     plane = ControlPlane(dataclasses.replace(settings_for(kubeconfig), namespaces=(ns,)))
     await plane.start()
@@ -262,9 +246,9 @@ async def test_endpoint_conditions_and_nodes_reach_envoy(target: Target, admin: 
     try:
         await _wait_for_eds(envoy, cluster_name, EXPECTED[target.kind], "every condition as the mapping says")
         # A change of conditions travels through the watch (a MODIFIED event) as well.
-        current = await call(admin, "GET", f"{BETA}/namespaces/{ns}/endpointslices/web-a")
+        current = await call_ok(admin, "GET", f"{BETA}/namespaces/{ns}/endpointslices/web-a")
         current["endpoints"] = MOVED
-        await call(admin, "PUT", f"{BETA}/namespaces/{ns}/endpointslices/web-a", current)
+        await call_ok(admin, "PUT", f"{BETA}/namespaces/{ns}/endpointslices/web-a", current)
         await _wait_for_eds(envoy, cluster_name, EXPECTED_MOVED[target.kind], "a pod draining, another ready")
     finally:
         await envoy.stop()

@@ -14,7 +14,8 @@ Owns the registry's rules:
 Sites come from the policy files (a callable, read at each registration; None until they have
 loaded, when registrations are refused with UNAVAILABLE, which devices retry). `on_change` is called
 when the set of live devices or their fields change, never for a mere renewal, so heartbeats do not
-rebuild config. Knows no wire format; `meshplane.registry_api.service` maps these calls to gRPC and JSON.
+rebuild config; `take_changes()` says which devices those were, as data. Knows no wire format;
+`meshplane.registry_api.service` maps these calls to gRPC and JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -116,6 +117,24 @@ class Filter:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceChanges:
+    """Which live devices differ from what the previous `EdgeRegistry.take_changes()` saw.
+
+    `ids`: devices registered, changed by a re-registration, deregistered or expired (look each up
+    with `EdgeRegistry.get`: None means it is gone). A renewal, or a re-registration that leaves the
+    device as it was, is not a change. `everything`: the changes are not known one by one (nothing
+    was taken yet, the store was loaded, or more changed than there are devices): treat every
+    device as changed, and `ids` as empty."""
+
+    ids: frozenset[str] = frozenset()
+    everything: bool = False
+
+    @property
+    def none(self) -> bool:
+        return not self.ids and not self.everything
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseSettings:
     default_ttl: float = 30.0
     min_ttl: float = 5.0
@@ -154,6 +173,9 @@ class EdgeRegistry:
         self._live: dict[str, Registration] = {}
         self._watchers: set[asyncio.Queue[object]] = set()
         self._devices: tuple[Device, ...] | None = ()
+        # What changed since the last `take_changes()` (see DeviceChanges): ids, or all of them.
+        self._changed_ids: set[str] = set()
+        self._changed_all = True
         self._loaded_at: float | None = None
         # For the status: when the store last answered (the registry is in sync while it does),
         # when it was last asked, and why it failed last, until it answers again.
@@ -175,7 +197,8 @@ class EdgeRegistry:
                 row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at
             )
         self._loaded_at = self._confirmed_at = time.time()
-        self._changed()
+        self._changed_all = True
+        self._changed(())
         log.info("edge registry: loaded %d registrations", len(self._live))
 
     async def run(self) -> None:
@@ -226,6 +249,17 @@ class EdgeRegistry:
             self._devices = tuple(self._live[key].device for key in sorted(self._live))
         return self._devices
 
+    def take_changes(self) -> DeviceChanges:
+        """The devices changed since the previous call (the first call: everything), and forgets
+        them: meant for one reader, the one that turns devices into config."""
+        if self._changed_all:
+            changes = DeviceChanges(everything=True)
+        else:
+            changes = DeviceChanges(ids=frozenset(self._changed_ids))
+        self._changed_ids = set()
+        self._changed_all = False
+        return changes
+
     def get(self, device_id: str) -> Registration | None:
         return self._live.get(device_id)
 
@@ -274,7 +308,7 @@ class EdgeRegistry:
         self._live[device.id] = registration
         if previous is None or previous.device != device:
             kind = EventKind.ADDED if previous is None else EventKind.MODIFIED
-            self._changed()
+            self._changed((device.id,))
             self._publish(Event(kind, registration))
         return registration
 
@@ -300,7 +334,7 @@ class EdgeRegistry:
         self.events["deregistrations"] += 1
         if self._live.get(device_id) is not None:
             del self._live[device_id]
-            self._changed()
+            self._changed((device_id,))
             self._publish(Event(EventKind.REMOVED, current))
 
     async def expire(self) -> list[str]:
@@ -312,7 +346,7 @@ class EdgeRegistry:
         for row in lapsed:
             del self._live[row.device.id]
         self.events["lease_expiries"] += len(lapsed)
-        self._changed()
+        self._changed(row.device.id for row in lapsed)
         for row in lapsed:
             self._publish(Event(EventKind.EXPIRED, row))
         # Losing this delete to a crash is harmless: the lease is still lapsed after a restart
@@ -449,8 +483,15 @@ class EdgeRegistry:
 
     # --- notifications ---
 
-    def _changed(self) -> None:
+    def _changed(self, device_ids: Iterable[str]) -> None:
         self._devices = None
+        if not self._changed_all:
+            self._changed_ids.update(device_ids)
+            # Bounded while nobody takes them: past one id per live device, "all of them" says as
+            # much and costs a reader no more to act on.
+            if len(self._changed_ids) > max(len(self._live), 1024):
+                self._changed_ids = set()
+                self._changed_all = True
         self.on_change()
 
     def _publish(self, event: Event) -> None:

@@ -168,15 +168,18 @@ class XdsServices:
             self.client_streams[client] += 1
             self._streams.add(stream)
             try:
-                async for payload in stream.responses(requests):
-                    yield payload
+                try:
+                    async for payload in stream.responses(requests):
+                        yield payload
+                finally:
+                    self._streams.discard(stream)
+                    self.client_streams[client] -= 1
+                    if self.client_streams[client] <= 0:
+                        del self.client_streams[client]
             except ProtocolError as error:
+                # Refused once its slot is free: the client may open its next stream as soon as
+                # it reads this status, and must not find the ended one still counted.
                 await self._refuse(context, peer, error.code, error.message)
-            finally:
-                self._streams.discard(stream)
-                self.client_streams[client] -= 1
-                if self.client_streams[client] <= 0:
-                    del self.client_streams[client]
 
         return serve
 
