@@ -4,6 +4,7 @@ hands an unchanged service over as the same object does not validate it again.""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from meshplane.discovery.policy_files import PolicyFileSource
 from meshplane.model import Endpoint, Mesh, Protocol, Service, ServicePort, TrafficPolicy
 from meshplane.model.secrets import UpstreamTls
+from meshplane.model.services import is_ip_address
 
 HTTP = (ServicePort("http", 80, Protocol.HTTP1),)
 GOOD = Service("web", "default", HTTP, (Endpoint("10.0.0.1", 8080, "http"), Endpoint("10.0.0.2", 8080, "http")))
@@ -121,3 +123,37 @@ async def test_a_reload_validates_only_the_service_that_changed(
     mesh = source.mesh
     assert mesh is not None
     assert [service.endpoints[0].port for service in mesh.services] == [80, 81, 80]
+
+
+ADDRESSES = [
+    "10.0.0.1",
+    "0.0.0.0",
+    "255.255.255.255",
+    "256.0.0.1",
+    "010.0.0.1",  # leading zeros: refused, as ipaddress refuses them
+    "1.2.3",
+    "1.2.3.4.5",
+    "1..2.3",
+    " 1.2.3.4",
+    "1.2.3.4\n",
+    "1.2.3.4\x00",
+    "\u0661.\u0662.\u0663.\u0664",  # non-ASCII (Arabic-Indic) digits
+    "0x1.2.3.4",
+    "::1",
+    "fe80::1%eth0",
+    "::ffff:1.2.3.4",
+    "2001:db8::",
+    "2001:db8:::1",
+    "web.example.com",
+    "",
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES, ids=[repr(address) for address in ADDRESSES])
+def test_the_address_check_agrees_with_ipaddress(address: str) -> None:
+    try:
+        ipaddress.ip_address(address)
+        expected = True
+    except ValueError:
+        expected = False
+    assert is_ip_address(address) is expected
