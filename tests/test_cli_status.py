@@ -20,7 +20,7 @@ from meshplane.status import console
 from meshplane.status.document import StatusInputs, status_document
 from meshplane.status.http import status_app
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import PublishState
+from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.snapshot import Resource
 from meshplane.xds.types import TypeUrl

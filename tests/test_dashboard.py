@@ -24,7 +24,7 @@ from meshplane.model import ProxyGroup, ProxyRole
 from meshplane.status.document import StatusInputs
 from meshplane.status.http import status_app
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import PublishState
+from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.types import TypeUrl
 

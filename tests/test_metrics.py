@@ -19,7 +19,7 @@ from meshplane.status.document import StatusInputs
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
 from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import PublishState
+from meshplane.xds.publication import PublishState
 from meshplane.xds.server.service import create_server
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.types import TypeUrl

@@ -26,7 +26,7 @@ from meshplane.model import Locality, ProxyGroup, ProxyRole
 from meshplane.status.document import StatusInputs
 from meshplane.status.http import status_app
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import PublishState
+from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry, StreamTrack, SyncState
 from meshplane.xds.snapshot import Resource, Snapshot
 from meshplane.xds.types import TypeUrl
