@@ -243,7 +243,8 @@ class ControlPlane:
         else:
             message = (
                 f"{what} and {unauthenticated}: they are withheld from every proxy, whose listeners and clusters"
-                " using them stay warming; turn on --client-ca or --xds-tokens (or, accepting that anyone who can"
+                " using them never get their certificate (Envoy warms them until its initial fetch timeout, then"
+                " their TLS connections fail); turn on --client-ca or --xds-tokens (or, accepting that anyone who can"
                 f" reach {settings.xds_address} can fetch the keys, --insecure-serve-keys-without-client-auth)"
             )
         log.warning("%s", message, extra={"event": "keys_unauthenticated"})

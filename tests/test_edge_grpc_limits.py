@@ -20,6 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -135,21 +136,28 @@ def test_calls_per_client_address_are_bounded(tmp_path: Path) -> None:
             response_deserializer=pb.RegisterResponse.FromString,
         )
         release = threading.Event()
+        made: list[Any] = []  # every stuck call made, for the cleanup
         try:
             # LIMIT clients that never send their request: they hold their slots from the call's
             # headers, until the read timeout ends them (here: never).
-            stuck = [register.future(never_sent(release), metadata=bike()) for _ in range(LIMIT)]
-            # The stuck calls reach the server in their own time: retry until the bound refuses.
+            stuck: list[Any] = [register.future(never_sent(release), metadata=bike()) for _ in range(LIMIT)]
+            made += stuck
+            # The stuck calls reach the server in their own time: retry until the bound refuses. A
+            # probe that took a slot before the last stuck call arrived makes that stuck call the
+            # refused one (it ends): replace any that ended, so LIMIT of them hold their slots.
             while not calls_refused(stub):
-                pass
-            stuck[0].cancel()  # type: ignore[no-untyped-call]
+                for index, call in enumerate(stuck):
+                    if call.done():
+                        stuck[index] = register.future(never_sent(release), metadata=bike())
+                        made.append(stuck[index])
+            stuck[0].cancel()
             # A freed slot is usable again: retry on the condition (a refusal means not yet freed).
             while calls_refused(stub):
                 pass
         finally:
             release.set()
-            for call in stuck:
-                call.cancel()  # type: ignore[no-untyped-call]
+            for call in made:
+                call.cancel()
 
 
 @pytest.mark.timeout(60)

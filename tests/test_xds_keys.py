@@ -3,7 +3,7 @@
 Without --client-ca or --xds-tokens any client reaching the xDS port may claim to be a sidecar.
 Such a stream gets its whole config except the secrets holding private keys: withheld (not sent,
 never announced as removed), named on /status, logged once, counted. Proven with raw gRPC
-streams (SotW and Delta), real Envoys (which keep the cluster naming the key warming and serve
+streams (SotW and Delta), real Envoys (which never get the key, warm the cluster naming it and serve
 everything else), a token-authenticated Envoy (which gets the key and speaks mTLS), and the opt-in.
 """
 
@@ -183,10 +183,11 @@ async def test_the_opt_in_serves_keys_to_unauthenticated_streams(mesh: Path, cap
 
 @pytest.mark.envoy
 @pytest.mark.xdist_group("envoy")
-async def test_real_envoys_without_credentials_keep_the_keyed_cluster_warming(tmp_path: Path, mesh: Path) -> None:
+async def test_real_envoys_without_credentials_never_get_the_key(tmp_path: Path, mesh: Path) -> None:
     """SotW and Delta Envoys without a credential: the CA bundle arrives, the client certificate
-    never does (the cluster that names it stays warming, its secret too), every other service is
-    served, and /status names what is withheld."""
+    never does (its secret stays warming; the cluster naming it warms until Envoy's initial fetch
+    timeout, 15 s, and is then activated without it), every other service is served, and /status
+    names what is withheld."""
     async with running_control_plane(settings(mesh)) as plane:
         envoys = {
             node_id: await start_envoy(tmp_path / "envoy", plane.xds_port, node_id=node_id, delta=delta)
@@ -206,8 +207,14 @@ async def test_real_envoys_without_credentials_keep_the_keyed_cluster_warming(tm
                     return secrets == {"dynamic_active_secrets": [CA], "dynamic_warming_secrets": [CLIENT]}
 
                 await envoy.eventually(warming_on_the_key, "the CA bundle active, the client certificate warming")
-                warming = await envoy.config_dump("dynamic_warming_clusters")
-                assert [entry["cluster"]["name"] for entry in warming["configs"]] == ["secure.default:8443"]
+                # Warming, or (past the initial fetch timeout, as on a loaded machine) active
+                # without its certificate: either way Envoy holds it, and the key never came.
+                held = {
+                    entry["cluster"]["name"]
+                    for kind in ("dynamic_warming_clusters", "dynamic_active_clusters")
+                    for entry in (await envoy.config_dump(kind)).get("configs", ())
+                }
+                assert "secure.default:8443" in held, held
 
                 async def serves_web(envoy: Envoy = envoy) -> bool:
                     status, body, _ = await envoy.request("web")

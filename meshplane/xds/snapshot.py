@@ -279,7 +279,7 @@ class Snapshot:
 
     def consistency_problems(self) -> list[str]:
         """What a proxy would find missing: every EDS cluster's endpoints and SDS secrets, every
-        listener's routes. (A cluster whose SDS secret never comes stays warming, and its TLS
+        listener's routes. (A cluster whose SDS secret never comes warms until the initial fetch timeout, and its TLS
         handshakes fail: Envoy's last good configuration is better than that.)
 
         A snapshot with problems must not be published (go-control-plane's `Snapshot.Consistent`).
