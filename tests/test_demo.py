@@ -115,7 +115,30 @@ def read_until_ready(process: subprocess.Popen[str], errors: Path) -> str:
             return "".join(seen)
     process.kill()
     process.wait()
-    pytest.fail(f"the demo did not become ready:\n{''.join(seen)}\n{errors.read_text()[-3000:]}")
+    pytest.fail(
+        f"the demo did not become ready:\n{''.join(seen)}\n{errors.read_text()[-3000:]}\n"
+        f"sockets on the demo's ports:\n{sockets_on(DEMO_PORTS)}"
+    )
+
+
+def sockets_on(ports: tuple[int, ...]) -> str:
+    """`ss`'s lines (with processes) for every socket on `ports`: who holds a port the demo wanted."""
+    shown = subprocess.run(["ss", "-tanp"], capture_output=True, text=True, timeout=30, check=False).stdout
+    wanted = {f":{port}" for port in ports}
+    return "\n".join(line for line in shown.splitlines() if any(f"{w} " in line for w in wanted))
+
+
+def port_is_bindable(port: int) -> bool:
+    """The demo could listen there now: as it binds (SO_REUSEADDR, which TIME_WAIT does not block),
+    so a connection of an earlier demo still closing on that port (FIN_WAIT_2: its peer has not
+    closed yet), which `port_is_free` cannot see, counts as taken."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def start_demo(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
@@ -123,6 +146,13 @@ def start_demo(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     busy = [port for port in DEMO_PORTS if not port_is_free(port)]
     if busy:
         pytest.fail(f"the demo's ports are taken (is `make run` running?): {busy}")
+    # An earlier demo's connections on its ports may still be closing (the kernel ends them within
+    # tcp_fin_timeout, 60 s by default): wait until the ports can be bound again.
+    deadline = time.monotonic() + 90
+    while not all(port_is_bindable(port) for port in DEMO_PORTS):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the demo's ports cannot be bound: {[p for p in DEMO_PORTS if not port_is_bindable(p)]}")
+        time.sleep(0.1)
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     errors = tmp_path / "stderr"
     with errors.open("w") as stderr:
