@@ -29,7 +29,7 @@ from meshplane.discovery.kubernetes import KubernetesSource
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, selector_problem
 from meshplane.discovery.policy_files import DEFAULT_MAX_FILE_SIZE, PolicyFileSource
 from meshplane.discovery.registry.auth import TokenFileError
-from meshplane.model import Mesh, Site
+from meshplane.model import Site
 from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 from meshplane.status.document import StatusInputs
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
@@ -38,7 +38,7 @@ from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.status.source_watch import SourceWatch
 from meshplane.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import Changes, SnapshotPublisher
+from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.server.identity import XdsTokens
 from meshplane.xds.server.service import (
     DEFAULT_MAX_STREAMS_PER_CLIENT,
@@ -117,7 +117,6 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.registry = StreamRegistry(published_at=self.cache.published_monotonic)
         self.publisher = SnapshotPublisher(self.cache)
-        self._published_mesh: Mesh | None = None  # what `_rebuild` last handed the publisher
         self.debouncer = Debouncer(self._rebuild, quiet=settings.debounce_quiet, max_delay=settings.debounce_max)
         self.policy = (
             PolicyFileSource(
@@ -212,11 +211,9 @@ class ControlPlane:
         if self.edge is not None:
             mesh = dataclasses.replace(mesh, devices=self.edge.devices_for(mesh))
         self._warn_if_keys_unauthenticated(len(mesh.certificates))
-        # What changed travels to the publisher as data: a registration is `devices` only, and
-        # only the roles that read devices are translated again.
-        changes = Changes.between(self._published_mesh, mesh)
-        self._published_mesh = mesh
-        self.publisher.publish(mesh, changes)
+        # The publisher finds what changed since its last mesh (`Changes.between`): a registration
+        # is `devices` only, and only the roles that read devices are translated again.
+        self.publisher.publish(mesh)
         self.metrics.observe_rebuild(self.publisher.state)
 
     def _warn_if_keys_unauthenticated(self, certificates: int | None) -> None:

@@ -174,9 +174,16 @@ def _collection_paused() -> Iterator[None]:
 
     A parse allocates hundreds of thousands of objects (YAML nodes, then model objects), none in
     cycles; each allocation burst triggers collections that walk the whole growing heap again,
-    which doubled the time to parse a big file. The pause is process-wide but short (one read),
-    and one young-generation pass at the end, in this worker thread, moves the survivors on, so
-    the event loop never pays for walking them.
+    which doubled the time to parse a big file. One young-generation pass at the end, in this
+    worker thread, moves the survivors on, so the event loop never pays for walking them.
+
+    The pause is process-wide: while one file parses, the event loop thread (xDS included) runs
+    with the cycle collector off too. That is accepted because it is bounded: one file of at most
+    `max_file_size` bytes, one source reading at a time. Reference counting still frees everything
+    not in a cycle, and cyclic garbage made meanwhile is found by the pass at the end. Overlapping
+    pauses (two sources) are safe: one entered while another holds the pause finds the collector
+    off and leaves re-enabling it to that one, so it is never left off; a collector someone else
+    turned off stays off.
     """
     was_enabled = gc.isenabled()
     gc.disable()

@@ -9,6 +9,7 @@ written once. Must not know Envoy's wire types nor where a value came from.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # google-re2, the Python binding of the RE2 library Envoy links: the same parser, the same program.
@@ -37,6 +38,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MIN_TIMEOUT = 0.001
 
 
+# Pure in `pattern`, and asked of the same patterns again and again: by the policy-file reader, then by
+# every `problems()` of every reload. Memoised so that each distinct pattern is compiled by RE2 once.
+@functools.lru_cache(maxsize=4096)
 def regex_problem(pattern: str) -> str | None:
     """Why Envoy would refuse `pattern` as a `safe_regex`, or None when it takes it.
 

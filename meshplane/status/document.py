@@ -195,6 +195,10 @@ def node_types(streams: Iterable[StreamTrack]) -> dict[TypeUrl, NodeType]:
     of the type the older one holds (not none: an older stream holding nothing still counts).
     """
     newest_first = sorted(streams, key=lambda track: track.stream_id, reverse=True)
+    return _combine(newest_first, _replaced(newest_first))
+
+
+def _combine(newest_first: Sequence[StreamTrack], replaced: Mapping[TypeUrl, set[int]]) -> dict[TypeUrl, NodeType]:
     # The newest stream carrying a type is never replaced, so every type keeps at least one entry.
     return {
         type_url: NodeType(
@@ -204,7 +208,7 @@ def node_types(streams: Iterable[StreamTrack]) -> dict[TypeUrl, NodeType]:
                 if type_url in track.types and track.stream_id not in ids
             )
         )
-        for type_url, ids in _replaced(newest_first).items()
+        for type_url, ids in replaced.items()
     }
 
 
@@ -280,8 +284,9 @@ def proxies_by_node(registry: StreamRegistry) -> dict[str, list[StreamTrack]]:
 def _proxy_document(node_id: str, streams: list[StreamTrack]) -> dict[str, Any]:
     newest = max(streams, key=lambda track: track.stream_id)
     group = newest.group
-    combined = node_types(streams)
-    replaced = _replaced(sorted(streams, key=lambda track: track.stream_id, reverse=True))
+    newest_first = sorted(streams, key=lambda track: track.stream_id, reverse=True)
+    replaced = _replaced(newest_first)  # once per proxy: both the combined types and each stream's flag read it
+    combined = _combine(newest_first, replaced)
     types = {type_url.short: _type_document(combined.get(type_url)) for type_url in TypeUrl}
     return {
         "node": node_id,

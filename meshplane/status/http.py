@@ -6,7 +6,7 @@
 - `GET /status[?role=…&site=…&out_of_sync=true]`: JSON (docs/status-api.md).
 - `GET /config?node=ID` / `GET /config?role=…&site=…&…`: config dumps (`config_dump`). A group's
   dump is a preview built for the request: the group is checked by the rules a node's metadata
-  is (`preview_problem`), built off the event loop one at a time, and stored nowhere, so queries
+  is (`nodes.group_problem`), built off the event loop one at a time, and stored nowhere, so queries
   cannot grow the publisher's memo or the cache.
 - `GET /metrics`: Prometheus text format.
 
@@ -26,11 +26,11 @@ from typing import Any
 
 from aiohttp import web
 
-from meshplane.model import ProxyGroup, is_site_id
 from meshplane.status.config_dump import DumpError, group_dump, group_from_query, node_dump
 from meshplane.status.dashboard import dashboard_html
 from meshplane.status.document import ProxyFilter, StatusInputs, proxies_by_node, readiness, status_document
 from meshplane.status.metrics import ControlPlaneMetrics
+from meshplane.xds.server.nodes import group_problem
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +79,6 @@ def status_filter(query: Any) -> ProxyFilter:
     )
 
 
-def preview_problem(group: ProxyGroup) -> str | None:
-    """Why no proxy could be in `group`, by the rules the xDS server applies to a node's metadata
-    (`meshplane.xds.server.nodes.proxy_group`: a port in 1-65535; a site id for an edge role and
-    none for the others; `ProxyGroup` itself checks the listen address and the xDS source), or
-    None. A preview of a group no node can be in would show config nothing is ever sent."""
-    if not 1 <= group.outbound_port <= 65535:
-        return f"outbound_port {group.outbound_port} is not a port"
-    if group.role.is_edge and not is_site_id(group.site):
-        return f"role {group.role} needs site, a site id (lowercase RFC 1123 label); got {group.site[:80]!r}"
-    if not group.role.is_edge and group.site:
-        return f"site is for the edge roles; a {group.role} proxy has none"
-    return None
-
-
 def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None) -> web.Application:
     # A preview is a whole translation (at 100,000 devices, a gateway's is large): one at a time,
     # in a worker thread, so status requests cannot pile up builds nor stall the xDS streams.
@@ -139,7 +125,7 @@ def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None)
             group = group_from_query(query)
         except DumpError as error:
             return _error(400, str(error))
-        problem = preview_problem(group)
+        problem = group_problem(group)
         if problem is not None:
             return _error(400, problem)
         try:

@@ -61,7 +61,7 @@ def proxy_group(node: Any) -> ProxyGroup:
             outbound_port = int(raw)
         except (TypeError, ValueError):
             outbound_port = 0
-        if not 1 <= outbound_port <= 65535 or str(raw).strip() not in (str(outbound_port), f"{outbound_port}.0"):
+        if not is_port(outbound_port) or str(raw).strip() not in (str(outbound_port), f"{outbound_port}.0"):
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: metadata.outbound_port {raw!r} is not a port"
             )
@@ -70,9 +70,7 @@ def proxy_group(node: Any) -> ProxyGroup:
         site = fields["site"].string_value if "site" in fields else ""
         if not is_site_id(site):
             raise ProtocolError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"node {node.id}: {with_article(role)} needs metadata.site, a site id (lowercase RFC 1123 label);"
-                f" got {site!r}",
+                grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: {needs_site(role, 'metadata.site', site)}"
             )
     listen_address = ""
     if role is ProxyRole.EDGE_GATEWAY and "listen_address" in fields:
@@ -151,6 +149,30 @@ def _xds_source(node: Any, role: ProxyRole) -> tuple[XdsApiType, str]:
             f" {api_type.value!r} needs",
         )
     return api_type, cluster
+
+
+def is_port(number: int) -> bool:
+    """Whether `number` is a TCP port a listener can bind (1-65535)."""
+    return 1 <= number <= 65535
+
+
+def needs_site(role: ProxyRole, field: str, site: str) -> str:
+    """Why `site`, given as `field`, cannot be the site of an edge `role`'s proxy."""
+    return f"{with_article(role)} needs {field}, a site id (lowercase RFC 1123 label); got {site!r}"
+
+
+def group_problem(group: ProxyGroup) -> str | None:
+    """Why no node's metadata could make `group`, by the rules of `proxy_group` (a port in 1-65535;
+    a site id for an edge role and none for the others; `ProxyGroup` itself checks the listen
+    address and the xDS source), or None. For groups built from elsewhere (the status endpoint's
+    previews), which would otherwise show config nothing is ever sent."""
+    if not is_port(group.outbound_port):
+        return f"outbound_port {group.outbound_port} is not a port"
+    if group.role.is_edge and not is_site_id(group.site):
+        return needs_site(group.role, "site", group.site[:80])
+    if not group.role.is_edge and group.site:
+        return f"site is for the edge roles; a {group.role} proxy has none"
+    return None
 
 
 def with_article(word: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshplane import grpc_limits
 from meshplane.grpc_limits import ConnectionLimits, client_address
 from meshplane.tls import ReloadingCredentials
 from meshplane.xds.cache import SnapshotCache
@@ -55,8 +56,8 @@ MAX_PENDING_STREAMS = 100_000
 # stream, or one per type without ADS; but gRPC clients (and load tests, and xDS relays) multiplex
 # many on one connection, and gRPC clients queue streams beyond the limit rather than fail, so a
 # low default would stall them silently. 1,000 (the per-client default) bounds one connection.
-# The same number as the registry port's (`meshplane.grpc_limits`), named here for the flag.
-DEFAULT_MAX_STREAMS_PER_CONNECTION = 1_000
+# The registry port's own bound (`meshplane.grpc_limits`), named here for the flag.
+DEFAULT_MAX_STREAMS_PER_CONNECTION = grpc_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 # Concurrent streams per client (`--max-streams-per-client`; 0: unlimited). Without mTLS a client
 # is an IP address, and one node or NAT can front many proxies, so the default is generous.
 DEFAULT_MAX_STREAMS_PER_CLIENT = 1_000
