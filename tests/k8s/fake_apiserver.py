@@ -132,7 +132,9 @@ class FakeApiServer:
         self.requests: list[Request] = []
         self._watches: list[_Watch] = []
         self._continue: dict[str, tuple[int, list[Obj]]] = {}
-        self._failures: list[tuple[int, str]] = []
+        # Injected failures, in order: [requests left, status, path part]. Kept as counts, never one
+        # entry per request: "unreachable until cleared" asks for 10**9 of them.
+        self._failures: list[list[Any]] = []
         self._holding: dict[tuple[str, str], int] = {}  # (kind, field selector) -> version when held
         self._held: list[tuple[_Watch, tuple[str, Obj]]] = []
         self._runner: web.AppRunner | None = None
@@ -204,7 +206,8 @@ class FakeApiServer:
 
     def fail_next_requests(self, count: int, status: int = 503, *, path_contains: str = "") -> None:
         """The next `count` list/watch requests (whose path contains `path_contains`) get `status`."""
-        self._failures += [(status, path_contains)] * count
+        if count > 0:
+            self._failures.append([count, status, path_contains])
 
     def clear_failures(self) -> None:
         self._failures.clear()
@@ -307,9 +310,12 @@ class FakeApiServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
-        for index, (code, part) in enumerate(self._failures):
+        for index, (left, code, part) in enumerate(self._failures):
             if part in request.path:
-                del self._failures[index]
+                if left > 1:
+                    self._failures[index][0] = left - 1
+                else:
+                    del self._failures[index]
                 return web.json_response(_status(code, "ServiceUnavailable", "injected failure"), status=code)
         route = self._route(request.path)
         if route is None:
