@@ -5,6 +5,10 @@ to anyone else asking for an ephemeral one (32768-60999 here: every outgoing con
 `:0` bind of every test). So these ports come from above that range, each xdist worker from its own
 slice, in turn within the worker, skipping any that are taken: two tests of a run never get the
 same port, and nothing the kernel assigns can take one meanwhile.
+
+Several test runs on one machine (engineers' runs beside CI) each claim a slot first
+(tests/conftest.py, by a lock file held for the run), and each slot has its own worker slices, so
+concurrent runs do not hand out each other's ports either.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import os
 import socket
 
 FIRST = 61000  # above net.ipv4.ip_local_port_range's default top (60999)
-SLICE = 1100  # per xdist worker: gw0 61000-62099, gw1 62100-63199, … (up to 4 workers)
-WORKERS = 4
+SLOTS = 4  # concurrent test runs on one machine, each with its own ports
+WORKERS = 4  # xdist workers per run, each with its own slice
+SLICE = 280  # ports per (slot, worker): 4 x 4 x 280 fit below 65535
+SLOT_VARIABLE = "MESHPLANE_TEST_PORT_SLOT"
 
 
 def _worker() -> int:
@@ -31,9 +37,24 @@ def _ephemeral_top() -> int:
         return 60999
 
 
-_START = FIRST + _worker() * SLICE
-# Even offsets only: port + 1 is never handed out, so it stays free for an edge gateway's second listener.
-_TURN = itertools.cycle(range(_START, _START + SLICE - 1, 2))
+def _slot() -> int:
+    try:
+        return int(os.environ.get(SLOT_VARIABLE, "0")) % SLOTS
+    except ValueError:
+        return 0
+
+
+def claim(slot: int) -> None:
+    """Hands out ports from `slot`'s slices from now on (the run's slot, claimed in conftest)."""
+    global _START, _TURN
+    _START = FIRST + (slot * WORKERS + _worker()) * SLICE
+    # Even offsets only: port + 1 is never handed out, so it stays free for an edge gateway's second listener.
+    _TURN = itertools.cycle(range(_START, _START + SLICE - 1, 2))
+
+
+_START = 0
+_TURN: itertools.cycle[int]
+claim(_slot())
 
 
 def _bindable(port: int) -> bool:
