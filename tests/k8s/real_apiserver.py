@@ -12,6 +12,9 @@ drops an endpoint's `serving`, `terminating` and `nodeName` when it stores the s
 could see a draining or serving-but-not-ready endpoint, or the node an endpoint runs on. A test
 asks for 1.20's defaults explicitly (`feature_gates=None`) to show what a 1.20 cluster does.
 
+`call`, `call_ok` and `wait_established` speak plain REST through a server's `client()`, for what
+meshplane has no typed client for: CustomResourceDefinitions and custom resources among them.
+
 1.20 is the newest kube-apiserver Debian's archive has a source for: the `kubernetes` source
 packages of trixie (1.32) and sid (1.36) are repacked to build kubectl only, without
 cmd/kube-apiserver or pkg/ (see docs/kubernetes.md, "Kubernetes versions").
@@ -19,7 +22,10 @@ cmd/kube-apiserver or pkg/ (see docs/kubernetes.md, "Kubernetes versions").
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -29,6 +35,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, Configuration
 
@@ -38,6 +45,11 @@ from tests.preconditions import require
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "kube-apiserver.sh"
 CACHE = Path(os.environ.get("MESHPLANE_KUBE_APISERVER_CACHE", Path.home() / ".cache/meshplane/kube-apiserver"))
+# The build script's recipe names the folder of the binary it builds (see the script): read from it,
+# so a binary of an older recipe is never used, and "not built" sends the reader to `make kube-apiserver`.
+_RECIPE = re.search(r"^recipe=(\d+)", BUILD_SCRIPT.read_text(), re.MULTILINE)
+assert _RECIPE is not None, f"{BUILD_SCRIPT} sets no recipe"
+RECIPE = int(_RECIPE[1])
 ADMIN_TOKEN = "admin-token"
 MESHPLANE_TOKEN = "meshplane-token"
 MESHPLANE_USER = "system:serviceaccount:meshplane:meshplane"
@@ -47,7 +59,7 @@ FEATURE_GATES = "--feature-gates=EndpointSliceNodeName=true,EndpointSliceTermina
 
 
 def binaries() -> tuple[Path, Path] | None:
-    apiserver = CACHE / "bin" / "kube-apiserver"
+    apiserver = CACHE / f"recipe-{RECIPE}" / "bin" / "kube-apiserver"
     etcd = shutil.which("etcd")
     return (apiserver, Path(etcd)) if apiserver.exists() and etcd else None
 
@@ -89,11 +101,20 @@ class Cluster:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     uncached: RealApiServer | None = None
     cached: RealApiServer | None = None
+    # Ports a caller has given to something else (a benchmark's own servers, in a process whose
+    # tests.ports hands out the same sequence as its caller's).
+    avoid: frozenset[int] = frozenset()
+
+    def free_port(self) -> int:
+        """A free port (tests/ports.py) that is not one of `avoid`."""
+        while (port := free_port()) in self.avoid:
+            pass
+        return port
 
     def launch(self, name: str, *flags: str, feature_gates: str | None = FEATURE_GATES) -> RealApiServer:
         """Starts API server `name` (not yet ready: see `wait_ready`). Every server of these tests
         gets `FEATURE_GATES` unless a test asks for Kubernetes' defaults with `feature_gates=None`."""
-        port = free_port()
+        port = self.free_port()
         log = self.workdir / f"{name}.log"
         with log.open("wb") as log_file:
             process = subprocess.Popen(
@@ -140,12 +161,21 @@ class Cluster:
                 process.wait()
 
 
-def start_cluster(workdir: Path, apiserver: Path, etcd: Path, *, cached: bool = True) -> Cluster:
-    """etcd, the `uncached` API server and (unless `cached` is False) the `cached` one, all ready."""
-    cluster = Cluster(workdir, apiserver)
+def start_cluster(
+    workdir: Path,
+    apiserver: Path,
+    etcd: Path,
+    *,
+    cached: bool = True,
+    uncached: bool = True,
+    avoid: frozenset[int] = frozenset(),
+) -> Cluster:
+    """etcd and the API servers asked for, all ready: `uncached` and `cached` (each unless False),
+    on free ports other than `avoid`."""
+    cluster = Cluster(workdir, apiserver, avoid=avoid)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        client_port, peer_port = free_port(), free_port()
+        client_port, peer_port = cluster.free_port(), cluster.free_port()
         cluster.etcd_url = f"http://127.0.0.1:{client_port}"
         etcd_log = (workdir / "etcd.log").open("wb")
         cluster.processes.append(
@@ -169,7 +199,8 @@ def start_cluster(workdir: Path, apiserver: Path, etcd: Path, *, cached: bool = 
             f'{MESHPLANE_TOKEN},{MESHPLANE_USER},2,"system:serviceaccounts,system:serviceaccounts:meshplane"\n'
         )
         # Both started before either is waited for: they start up side by side.
-        cluster.uncached = cluster.launch("uncached", "--watch-cache=false", "--etcd-compaction-interval=1s")
+        if uncached:
+            cluster.uncached = cluster.launch("uncached", "--watch-cache=false", "--etcd-compaction-interval=1s")
         if cached:
             cluster.cached = cluster.launch("cached", "--watch-cache=true")
         for server in (cluster.uncached, cluster.cached):
@@ -201,18 +232,78 @@ def wait_ready(server: RealApiServer, deadline: float = 90.0) -> None:
         time.sleep(0.1)
 
 
-KUBE_MISSING = None if binaries() else "kube-apiserver and etcd are not built: run `make kube-apiserver`"
+KUBE_MISSING = (
+    None if binaries() else f"kube-apiserver (recipe {RECIPE}) and etcd are not built: run `make kube-apiserver`"
+)
 
 
-def module_cluster(workdir: Path, *, cached: bool = True) -> Iterator[Cluster]:
+def module_cluster(workdir: Path, *, cached: bool = True, uncached: bool = True) -> Iterator[Cluster]:
     """A fresh etcd and kube-apiservers in `workdir` (see `start_cluster`), stopped after use: the
     body of a test module's `cluster` fixture. Fails (never skips) when the binaries are not built,
     unless opted out."""
     require(KUBE_MISSING)
     found = binaries()
     assert found is not None
-    running = start_cluster(workdir, *found, cached=cached)
+    running = start_cluster(workdir, *found, cached=cached, uncached=uncached)
     try:
         yield running
     finally:
         running.stop()
+
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+async def call(
+    client: ApiClient, method: str, path: str, body: Any = None, content_type: str = "application/json"
+) -> tuple[int, Any]:
+    """`method path` with `body` (JSON; `content_type` says how the server reads it, e.g.
+    `MERGE_PATCH`): the status code and the decoded answer (None when empty)."""
+    response = await client.call_api(
+        path,
+        method,
+        body=body,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+    )
+    data = await response.read()
+    response.release()
+    return response.status, (json.loads(data) if data else None)
+
+
+async def call_ok(
+    client: ApiClient, method: str, path: str, body: Any = None, content_type: str = "application/json"
+) -> Any:
+    """The decoded answer to `method path` with `body`, asserted to be 200 or 201."""
+    status, answer = await call(client, method, path, body, content_type)
+    assert status in (200, 201), (status, answer)
+    return answer
+
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def crd_condition(crd: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The CustomResourceDefinition's condition of type `kind` (empty when it has none yet)."""
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == kind), {})
+
+
+async def wait_established(client: ApiClient, names: list[str], deadline: float = 60.0) -> dict[str, dict[str, Any]]:
+    """The CustomResourceDefinitions `names` once each is Established (its resources are served),
+    by name. Fails with each one's conditions when one is not after `deadline` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        found = {name: await call_ok(client, "GET", f"{CRDS}/{name}") for name in names}
+        waiting = {
+            n: (c.get("status") or {}).get("conditions")
+            for n, c in found.items()
+            if crd_condition(c, "Established").get("status") != "True"
+        }
+        if not waiting:
+            return found
+        if loop.time() > end:
+            raise AssertionError(f"not Established after {deadline} s: {waiting}")
+        await asyncio.sleep(0.05)
