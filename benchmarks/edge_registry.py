@@ -159,13 +159,7 @@ async def routing_figures(
     work: Path, db: Path, tokens: Path, site_count: int, runs: int, device_host: DeviceHost
 ) -> tuple[list[float], list[dict[str, float]]]:
     address = device_host.address
-    policy = work / "policy"
-    policy.mkdir(exist_ok=True)
-    lines = ["sites:"]
-    for site in sites(site_count, address).values():
-        ranges = ", ".join(f"'{r}'" for r in site.device_ranges)
-        lines.append(f"  - {{id: {site.id}, region: {site.region}, device_ranges: [{ranges}]}}")
-    (policy / "sites.yaml").write_text("\n".join(lines) + "\n")
+    policy = write_sites(work / "policy", site_count, address)
     async with running_edge_plane(policy, db, tokens, LeaseSettings(max_ttl=3600)) as plane:
         # The stand-in device runs in its own network namespace (tests/netns.py): the registry refuses
         # loopback device addresses, and benchmark traffic stays on networks this run made.
@@ -187,35 +181,12 @@ async def routing_figures(
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
             ):
                 stub = registry_pb2_grpc.RegistryStub(channel)
-
-                async def routes(device_id: str) -> bool:
-                    try:
-                        async with session.get(
-                            f"http://127.0.0.1:{to_devices}/", headers={DEVICE_HEADER: device_id}
-                        ) as response:
-                            return response.status == 200
-                    except aiohttp.ClientError:
-                        return False
-
-                await gateway.eventually(lambda: _listening(session, to_devices), "the gateway listener", 120)
+                await gateway.eventually(lambda: listening(session, to_devices), "the gateway listener", 120)
                 for run in range(runs):
-                    device_id = f"probe-{run}"
-                    started = time.perf_counter()
-                    await stub.Register(
-                        pb.RegisterRequest(
-                            device_id=device_id,
-                            device_class="bike",
-                            site="site-000",
-                            endpoints=[pb.Endpoint(address=address, port=backend_port)],
-                            ttl_seconds=3600,
-                        ),
-                        metadata=(("authorization", f"Bearer {CLASS_TOKEN}"),),
+                    _, routed = await registration_to_routing(
+                        stub, session, to_devices, f"probe-{run}", (address, backend_port)
                     )
-                    while not await routes(device_id):
-                        if time.perf_counter() - started > 120:
-                            raise AssertionError(f"{device_id} never became routable")
-                        await asyncio.sleep(0.005)
-                    timings.append(time.perf_counter() - started)
+                    timings.append(routed)
                     state = plane.publisher.state
                     publishes.append(
                         {
@@ -229,12 +200,64 @@ async def routing_figures(
     return timings, publishes
 
 
-async def _listening(session: aiohttp.ClientSession, port: int) -> bool:
+def write_sites(policy: Path, site_count: int, extra: str) -> Path:
+    """A policy directory `policy` declaring `sites(site_count, extra)` (sites.yaml); returns it."""
+    policy.mkdir(exist_ok=True)
+    lines = ["sites:"]
+    for site in sites(site_count, extra).values():
+        ranges = ", ".join(f"'{r}'" for r in site.device_ranges)
+        lines.append(f"  - {{id: {site.id}, region: {site.region}, device_ranges: [{ranges}]}}")
+    (policy / "sites.yaml").write_text("\n".join(lines) + "\n")
+    return policy
+
+
+async def listening(session: aiohttp.ClientSession, port: int) -> bool:
+    """Whether the gateway's device listener on `port` answers (404: no device named)."""
     try:
         async with session.get(f"http://127.0.0.1:{port}/") as response:
             return response.status == 404
     except aiohttp.ClientError:
         return False
+
+
+async def routes_to(session: aiohttp.ClientSession, port: int, device_id: str) -> bool:
+    """Whether a request through the gateway's device listener on `port` by `device_id` reaches it."""
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/", headers={DEVICE_HEADER: device_id}) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def registration_to_routing(
+    stub: registry_pb2_grpc.RegistryAsyncStub,
+    session: aiohttp.ClientSession,
+    port: int,
+    device_id: str,
+    endpoint: tuple[str, int],
+    deadline: float = 120,
+) -> tuple[float, float]:
+    """Registers `device_id` (class bike, site-000, at `endpoint`) and polls the gateway's device
+    listener on `port` every 5 ms until a request by that id reaches it. Returns the seconds from
+    just before the call to its answer, and to the first request that reached the device. Fails
+    after `deadline` seconds."""
+    started = time.perf_counter()
+    await stub.Register(
+        pb.RegisterRequest(
+            device_id=device_id,
+            device_class="bike",
+            site="site-000",
+            endpoints=[pb.Endpoint(address=endpoint[0], port=endpoint[1])],
+            ttl_seconds=3600,
+        ),
+        metadata=(("authorization", f"Bearer {CLASS_TOKEN}"),),
+    )
+    answered = time.perf_counter() - started
+    while not await routes_to(session, port, device_id):
+        if time.perf_counter() - started > deadline:
+            raise AssertionError(f"{device_id} never became routable")
+        await asyncio.sleep(0.005)
+    return answered, time.perf_counter() - started
 
 
 async def main() -> None:

@@ -11,12 +11,16 @@ Scenarios (`--only` takes these names):
   port is changed in one file (written beside it, then renamed over it), `--edits` times 3 s apart.
   Figure: from just before the write to the moment the last stream holds the new endpoint, as the
   client records it (inotify, reading, parsing, validation, the default debounce, translation and
-  the push are all in it); the median edit (`last_ms`) and the worst (`worst_last_ms`).
+  the push are all in it); the median edit (`last_ms`) and the worst (`worst_last_ms`); the server's
+  CPU (user + system) per edit (`server_cpu_ms_per_edit`, the streams' idle upkeep included).
 - `edit-1-file`: the same with every service in one file (1,000 services: about 490 KB).
 - `validate-N` (N = `--large-services`, 5,000 by default, in 5 files): `meshplane validate`'s wall
-  time as a user runs it (interpreter start included), and the load itself in-process.
+  time as a user runs it (interpreter start included) and its CPU (`validate_command_cpu_ms`), and
+  the load itself in-process.
 - `start-N`: the same directory; from starting `meshplane serve` to one Delta stream holding every
-  cluster and endpoint.
+  cluster and endpoint, and the server's CPU by then (`start_server_cpu_ms`).
+
+CPU figures hold up better than wall times when other work shares the cores.
 
 Everything listens on 127.0.0.1. The machine's cores are shared by client and server: report the
 load average (printed with the figures) and compare runs of one sitting.
@@ -30,6 +34,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -41,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.scale import Client, build_tools, start_client, stop
+from benchmarks.scale import Client, build_tools, proc_cpu_seconds, start_client, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 EDITED_PORT = 9999  # the edited endpoint's new port; no generated endpoint uses it
@@ -112,11 +117,20 @@ def load_average() -> list[float]:
 
 @contextlib.contextmanager
 def serving(root: Path, config: Path, xds_port: int, status_port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """`meshplane serve` of the checkout at `root` as a user runs it (default poll interval and
-    debounce); ended by SIGTERM."""
-    command = [sys.executable, "-m", "meshplane", "serve", "--config", str(config)]
+    """`meshplane serve` of the checkout at `root` on the policy files at `config`, as a user runs
+    it (default poll interval and debounce); ended by SIGTERM."""
+    with serving_with(root, ["--config", str(config)], xds_port, status_port) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def serving_with(root: Path, sources: list[str], xds_port: int, status_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`meshplane serve SOURCES…` of the checkout at `root`, on 127.0.0.1, with defaults elsewhere
+    (debounce included) but for the per-client stream limit (one load client opens every stream);
+    ended by SIGTERM, its log shown when it ended otherwise."""
+    command = [sys.executable, "-m", "meshplane", "serve", *sources]
     command += ["--xds-address", f"127.0.0.1:{xds_port}", "--status-address", f"127.0.0.1:{status_port}"]
-    command += ["--max-streams-per-client", "0", "--log-level", "warning"]  # one load client opens every stream
+    command += ["--max-streams-per-client", "0", "--log-level", "warning"]
     log = Path(tempfile.mkstemp(prefix="bench-serve-", suffix=".log")[1])
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=root)
@@ -186,10 +200,12 @@ def measure_edit(
             client, _ = first_sync(server, deltaload, port, streams, watch, timeout=300)
             time.sleep(settle)  # past the start's racy window: the edits' own re-reads are what is measured
             load = load_average()
+            cpu_before = proc_cpu_seconds(server.pid)
             for edit in range(edits):
                 edited.append(time.time() * 1000)
                 edit_one_endpoint(written[0], port=EDITED_PORT - edit)
                 time.sleep(EDIT_GAP_S)
+            server_cpu_per_edit = (proc_cpu_seconds(server.pid) - cpu_before) / edits
             client.finish(watch + 120)
         done = client.event("done")
         client.first_error()
@@ -210,6 +226,7 @@ def measure_edit(
             "load_average": load,
             "updates": len(reached),
             "errors": done.get("errors"),
+            "server_cpu_ms_per_edit": round(server_cpu_per_edit * 1000, 1),
         }
         if reached:
             result["reached_streams"] = min(count for count, _, _ in reached)
@@ -227,6 +244,7 @@ def measure_start(root: Path, deltaload: Path, services: int, endpoints: int, fi
         started = time.time()
         with serving(root, Path(work) / "policy", port, port + 1) as server:
             client, client_started = first_sync(server, deltaload, port, 1, 0, timeout=300)
+            server_cpu = proc_cpu_seconds(server.pid)
             client.finish(30)
             synced = client.event("synced")
             client.first_error()
@@ -236,6 +254,7 @@ def measure_start(root: Path, deltaload: Path, services: int, endpoints: int, fi
             "files": files,
             "load_average": load,
             "start_to_full_config_ms": round((client_started + synced["wall_ms"] / 1000 - started) * 1000, 1),
+            "start_server_cpu_ms": round(server_cpu * 1000, 1),
         }
 
 
@@ -248,6 +267,7 @@ def measure_validate(root: Path, services: int, endpoints: int, files: int) -> d
         policy = Path(work) / "policy"
         write_policy_directory(policy, services, endpoints, files)
         load = load_average()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         run = subprocess.run(
             [sys.executable, "-m", "meshplane", "validate", "--config", str(policy)],
@@ -257,6 +277,10 @@ def measure_validate(root: Path, services: int, endpoints: int, files: int) -> d
             check=False,
         )
         command_s = time.perf_counter() - started
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        command_cpu_s = sum(
+            getattr(children, field) - getattr(children_before, field) for field in ("ru_utime", "ru_stime")
+        )
         started = time.perf_counter()
         errors = asyncio.run(validate_policy(policy))
         in_process_s = time.perf_counter() - started
@@ -267,6 +291,7 @@ def measure_validate(root: Path, services: int, endpoints: int, files: int) -> d
             "load_average": load,
             "valid": run.returncode == 0 and not errors,
             "validate_command_ms": round(command_s * 1000, 1),
+            "validate_command_cpu_ms": round(command_cpu_s * 1000, 1),
             "load_in_process_ms": round(in_process_s * 1000, 1),
         }
 
@@ -275,9 +300,12 @@ FIGURES = (
     "last_ms",
     "worst_last_ms",
     "first_ms",
+    "server_cpu_ms_per_edit",
     "validate_command_ms",
+    "validate_command_cpu_ms",
     "load_in_process_ms",
     "start_to_full_config_ms",
+    "start_server_cpu_ms",
 )
 
 

@@ -11,6 +11,8 @@ starts a fresh server, so peak RSS (VmHWM) is that scenario's; CPU seconds are t
 
 Scenarios (`--only` takes these names):
 - `sync-N`: N SotW streams connect at once; time until every stream holds the full config.
+- `delta-sync-N`: the same over Delta ADS (`deltaload`: wildcard CDS, then EDS by name), the same
+  content, so its figures sit beside `sync-N`'s: what Delta costs over SotW on each server.
 - `update-all`: every endpoint's port changes (SIGUSR1 on both); published → last stream has it (SotW).
 - `one-endpoint-delta`: one endpoint changes (meshplane SIGUSR2); published → last Delta stream has
   it. gcpbench can only change every endpoint, so its figure is its SIGUSR1 over Delta.
@@ -207,9 +209,11 @@ def ms(value: float) -> float:
     return round(value, 1)
 
 
-def sync(server: Server, tools: dict[str, Path], port: int, streams: int) -> dict[str, Any]:
+def sync(
+    server: Server, tools: dict[str, Path], port: int, streams: int, client_name: str = "gcpload"
+) -> dict[str, Any]:
     cpu = server.cpu()
-    client = start_client(tools["gcpload"], port, streams)
+    client = start_client(tools[client_name], port, streams)
     client.finish(600)
     synced = client.event("synced")
     memory = server.memory()
@@ -331,6 +335,7 @@ class Scenario:
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     c, e = args.clusters, args.endpoints
     found = [Scenario(f"sync-{n}", f"initial sync, {n} streams (SotW)", c, e) for n in args.sync_streams]
+    found += [Scenario(f"delta-sync-{n}", f"initial sync, {n} streams (Delta)", c, e) for n in args.delta_sync_streams]
     found += [
         Scenario("update-all", f"every endpoint changed, {args.update_streams} streams (SotW)", c, e),
         Scenario("one-endpoint-delta", f"one endpoint changed, {args.update_streams} streams (Delta)", c, e),
@@ -350,6 +355,8 @@ def run_one(scenario: Scenario, kind: str, tools: dict[str, Path], args: argpars
     with running_server(kind, tools, port, scenario.clusters, scenario.endpoints) as server:
         if scenario.name.startswith("sync-"):
             return sync(server, tools, port, int(scenario.name.split("-")[1]))
+        if scenario.name.startswith("delta-sync-"):
+            return sync(server, tools, port, int(scenario.name.split("-")[2]), "deltaload")
         if scenario.name == "update-all":
             return propagation(server, tools, port, args.update_streams, "gcpload", signal.SIGUSR1, settle=args.settle)
         if scenario.name == "one-endpoint-delta":
@@ -431,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--sync-streams", type=int, nargs="*", default=[1, 100, 1000, 5000])
+    parser.add_argument("--delta-sync-streams", type=int, nargs="*", default=[1000])
     parser.add_argument("--update-streams", type=int, default=1000)
     parser.add_argument("--churn-streams", type=int, default=100)
     parser.add_argument("--churn-seconds", type=int, default=60)
@@ -450,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clusters, args.endpoints, args.sync_streams = 5, 2, [1, 3]
+        args.clusters, args.endpoints, args.sync_streams, args.delta_sync_streams = 5, 2, [1, 3], [3]
         args.update_streams, args.churn_streams, args.churn_seconds, args.idle_streams = 3, 2, 2, 4
         args.settle, args.idle_streams_gcp = 3.0, 4
     tools = build_tools()

@@ -17,6 +17,12 @@ Figures (medians over `--runs` fresh processes, each on the same generated polic
 - `import_offenders`: from `python -X importtime -c "import meshplane.app"`: each top-level package
   imported (third-party or standard) with its cumulative import time, the heaviest first, and the
   meshplane modules with the most self time.
+- `phases_cpu_ms`: where a start's CPU goes, in a fresh interpreter of the checkout (no server, no
+  stream): `import meshplane.app`; the policy load (`load`: reading, parsing, validation); the
+  merge; the first translation of one proxy group with its serialisation (`translate`, what the
+  first stream waits for). CPU (`time.process_time()`, every thread), not wall: it holds up when
+  other work shares the cores. Medians of `--runs`; None with the probe's error where the
+  checkout's pieces differ (`--server-root` of an older tree).
 
 Everything listens on 127.0.0.1. The two cores are shared with whatever else runs: the load
 average is printed with the figures; compare runs of one sitting.
@@ -90,6 +96,52 @@ def measure_start(root: Path, policy: Path, port: int, idle: float, timeout: flo
     }
 
 
+# Run in the checkout under test; prints one JSON object of CPU milliseconds per phase.
+_PHASES_PROBE = """
+import asyncio, json, sys, time
+from pathlib import Path
+cpu = time.process_time
+started = cpu()
+import meshplane.app
+from meshplane.discovery.inventory import Contents, Inventory
+from meshplane.discovery.policy_files import PolicyFileSource
+from meshplane.model import ProxyGroup
+from meshplane.xds.cache import SnapshotCache
+from meshplane.xds.publisher import SnapshotPublisher
+phases = {"import": cpu() - started}
+
+async def main():
+    source = PolicyFileSource(Path(sys.argv[1]))
+    started = cpu()
+    await source.load()
+    phases["load"] = cpu() - started
+    started = cpu()
+    merged = Inventory().merge(Contents(files=source.mesh, changes=source.take_changes()))
+    phases["merge"] = cpu() - started
+    cache = SnapshotCache()
+    publisher = SnapshotPublisher(cache)
+    cache.subscribe(ProxyGroup(), asyncio.Event())
+    started = cpu()
+    publisher.publish(merged.mesh, merged.changes)
+    phases["translate"] = cpu() - started
+
+asyncio.run(main())
+print(json.dumps({name: round(seconds * 1000, 1) for name, seconds in phases.items()}))
+"""
+
+
+def measure_phases(root: Path, policy: Path) -> dict[str, float] | str:
+    """CPU ms of each phase of a start (`_PHASES_PROBE`) in a fresh interpreter of the checkout at
+    `root`, or the probe's last error line."""
+    run = subprocess.run(
+        [sys.executable, "-c", _PHASES_PROBE, str(policy)], cwd=root, capture_output=True, text=True, check=False
+    )
+    if run.returncode != 0:
+        return (run.stderr.strip().splitlines() or ["no output"])[-1]
+    phases: dict[str, float] = json.loads(run.stdout)
+    return phases
+
+
 def measure_import(root: Path) -> dict[str, float]:
     """`import meshplane.app` in a fresh interpreter: wall ms and the interpreter's RSS after it."""
     run = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], cwd=root, capture_output=True, text=True, check=True)
@@ -136,6 +188,8 @@ def table(row: dict[str, Any]) -> str:
     lines = ["| figure | value | load average (1, 5, 15 min) |", "| --- | ---: | --- |"]
     for figure in FIGURES:
         lines.append(f"| {figure} | {row[figure]} | {row['load_average']} |")
+    for name, ms in (row["phases_cpu_ms"] or {}).items():
+        lines.append(f"| start phase {name} (CPU ms) | {ms} | |")
     offenders = row["import_offenders"]
     for name, ms in offenders["packages_ms"].items():
         lines.append(f"| import {name} (cumulative ms) | {ms} | |")
@@ -160,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         write_policy_directory(policy, args.services, args.endpoints, args.files)
         load = load_average()
         starts = [measure_start(args.server_root, policy, args.port, args.idle) for _ in range(args.runs)]
+        phases = [measure_phases(args.server_root, policy) for _ in range(args.runs)]
     imports = [measure_import(args.server_root) for _ in range(args.runs)]
     row: dict[str, Any] = {
         "scenario": f"startup-{args.services}",
@@ -173,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         row[figure] = statistics.median(start[figure] for start in starts)
     for figure in imports[0]:
         row[figure] = statistics.median(run[figure] for run in imports)
+    measured = [run for run in phases if isinstance(run, dict)]
+    row["phases_cpu_ms"] = (
+        {name: statistics.median(run[name] for run in measured) for name in measured[0]} if measured else None
+    )
+    if not measured:
+        row["phases_error"] = phases[0]
     row["import_offenders"] = import_offenders(args.server_root)
     row["load_average_after"] = load_average()
     print(json.dumps(row), flush=True)

@@ -16,7 +16,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 import yaml
@@ -24,13 +24,13 @@ from aiohttp import web
 
 from meshplane.addresses import split_address
 from meshplane.debounce import Debouncer
-from meshplane.discovery.inventory import Inventory
+from meshplane.discovery.inventory import Contents, Inventory
 from meshplane.discovery.kubernetes import KubernetesSource
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, selector_problem
 from meshplane.discovery.policy_files import DEFAULT_MAX_FILE_SIZE, PolicyFileSource
 from meshplane.discovery.registry.auth import TokenFileError
-from meshplane.model import Site
-from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
+from meshplane.model import Site, SourceStatus
+from meshplane.model.changes import DeviceChanges, MeshChanges
 from meshplane.status.document import StatusInputs
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
 from meshplane.status.http import status_app
@@ -47,6 +47,11 @@ from meshplane.xds.server.service import (
     create_server,
 )
 from meshplane.xds.server.tracking import StreamRegistry
+
+if TYPE_CHECKING:
+    # Imported where used, when the registry is on: its gRPC service, store and generated API cost
+    # every `meshplane serve` start ~25 ms otherwise.
+    from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +153,12 @@ class ControlPlane:
         if self.kubernetes is not None and settings.kubernetes_secrets:
             self._warn_if_keys_unauthenticated(None)
         self.inventory = Inventory(kubernetes_secrets=settings.kubernetes_secrets)
+        self.edge: EdgeRegistryServer | None = None
         try:
-            self.edge = (
-                EdgeRegistryServer(settings.edge, self._sites, on_change=self._on_source_change)
-                if settings.edge is not None
-                else None
-            )
+            if settings.edge is not None:
+                from meshplane.registry_api.server import EdgeRegistryServer  # see TYPE_CHECKING above
+
+                self.edge = EdgeRegistryServer(settings.edge, self._sites, on_change=self._on_source_change)
         except TokenFileError as error:
             raise TokensFileError(f"--registry-tokens: {error}") from None
         except OSError as error:
@@ -195,26 +200,35 @@ class ControlPlane:
             self.debouncer.poke()
 
     def _rebuild(self) -> None:
-        """Publishes the merged mesh, once every enabled source has synced."""
-        if self.policy is not None and self.policy.mesh is None:
+        """Merges the sources' contents and publishes the result, once every enabled source has synced."""
+        contents = self._contents()
+        if contents is None:
             return
-        if self.kubernetes is not None and not self.kubernetes.synced:
-            return
-        content = self.kubernetes.content() if self.kubernetes is not None else None
-        mesh = self.inventory.merge(
-            self.policy.mesh if self.policy is not None else None,
-            content.services if content is not None else (),
-            content.routes if content is not None else (),
-            content.certificates if content is not None else (),
-            content.trust_bundles if content is not None else (),
-        )
-        if self.edge is not None:
-            mesh = dataclasses.replace(mesh, devices=self.edge.devices_for(mesh))
-        self._warn_if_keys_unauthenticated(len(mesh.certificates))
-        # The publisher finds what changed since its last mesh (`Changes.between`): a registration
-        # is `devices` only, and only the roles that read devices are translated again.
-        self.publisher.publish(mesh)
+        merged = self.inventory.merge(contents)
+        self._warn_if_keys_unauthenticated(len(merged.mesh.certificates))
+        # Only the groups whose role reads a changed part are translated again (a registration
+        # changes `devices` only: the edge gateways').
+        self.publisher.publish(merged.mesh, merged.changes)
         self.metrics.observe_rebuild(self.publisher.state)
+
+    def _contents(self) -> Contents | None:
+        """What every enabled source serves and what changed in it since the last merge; None
+        while a source has not synced (its changes wait for the first merge after it has)."""
+        policy, kubernetes, edge = self.policy, self.kubernetes, self.edge
+        if (policy is not None and policy.mesh is None) or (kubernetes is not None and not kubernetes.synced):
+            return None
+        changes = MeshChanges()
+        if policy is not None:
+            changes |= policy.take_changes()
+        if kubernetes is not None:
+            changes |= kubernetes.take_changes()
+        return Contents(
+            files=policy.mesh if policy is not None else None,
+            kubernetes=kubernetes.content() if kubernetes is not None else None,
+            changes=changes,
+            registry=edge.registry if edge is not None else None,
+            device_changes=edge.registry.take_changes() if edge is not None else DeviceChanges(),
+        )
 
     def _warn_if_keys_unauthenticated(self, certificates: int | None) -> None:
         """Says once that private keys exist while the xDS port authenticates no client: withheld
@@ -254,11 +268,11 @@ class ControlPlane:
         mesh = self.policy.mesh
         return {site.id: site for site in mesh.sites} if mesh is not None else None
 
-    def _sources(self) -> list[dict[str, Any]]:
+    def _sources(self) -> list[SourceStatus]:
         sources = [source.status for source in (self.policy, self.kubernetes, self.edge) if source is not None]
-        if self.kubernetes is not None and (self.policy is not None or self.inventory.errors):
+        if self.kubernetes is not None and (self.policy is not None or self.inventory.problems):
             sources.append(self.inventory.status)  # merge clashes, routes left out, missing secrets
-        return [dataclasses.asdict(status) for status in sources]
+        return sources
 
     def _xds_tokens(self) -> XdsTokens | None:
         path = self.settings.xds_tokens
@@ -298,6 +312,8 @@ class ControlPlane:
             max_streams_per_client=self.settings.max_streams_per_client,
             tokens=tokens,
             serve_keys_without_client_auth=self.settings.insecure_serve_keys_without_client_auth,
+            admin_token=self.settings.admin_token,  # CSDS on the xDS port answers operators only
+            authenticates_clients=self.settings.client_ca is not None,
         )
         self._grpc, self.xds_port = create_server(
             self._services,

@@ -1,16 +1,24 @@
-"""Debouncing: turn a burst of change notifications into one rebuild.
+"""Debouncing: turn a burst of change notifications into few rebuilds, and a lone change into one at once.
 
-A rebuild runs `quiet` seconds after the last change, but never later than `max_delay` after the
-first change of the burst (Contour's handler: 100 ms / 500 ms; Istio's PILOT_DEBOUNCE_AFTER /
-PILOT_DEBOUNCE_MAX: 100 ms / 10 s). Changes arriving during a rebuild start the next burst, so
-no change is ever lost and no rebuild runs twice at once.
+Leading and trailing edges. A change that comes after a quiet spell (no rebuild for `quiet`
+seconds and none pending) is rebuilt at once: a lone file edit, Kubernetes write or registration
+reaches the proxies without waiting out a window that nothing else will fill. Changes that come
+within `quiet` of a rebuild form a burst: its rebuild runs `quiet` seconds after the burst's last
+change, but never later than `max_delay` after its first (Contour's handler: 100 ms / 500 ms;
+Istio's PILOT_DEBOUNCE_AFTER / PILOT_DEBOUNCE_MAX: 100 ms / 10 s, both trailing only). So a storm
+costs at most one rebuild more than trailing alone (the leading one), and never more than one
+per `max_delay` after it. Changes arriving during a rebuild start the next burst, so no change is
+ever lost and no rebuild runs twice at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable
+
+_DUE = 0.001
 
 
 class Debouncer:
@@ -25,6 +33,7 @@ class Debouncer:
         self._changed = asyncio.Event()
         self._first: float | None = None
         self._last = 0.0
+        self._ran_at = -math.inf  # when the last rebuild ended (loop time)
         self.pokes = 0
         self.runs = 0
 
@@ -46,15 +55,21 @@ class Debouncer:
         loop = asyncio.get_running_loop()
         while True:
             await self._changed.wait()
-            while True:
+            assert self._first is not None
+            leading = self._first - self._ran_at >= self.quiet
+            while not leading:
                 self._changed.clear()
                 assert self._first is not None
                 deadline = min(self._last + self.quiet, self._first + self.max_delay)
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                # Within a millisecond counts as due: a clock of coarse resolution (or float
+                # rounding) could otherwise wake early forever with a remainder it cannot sleep.
+                if remaining < _DUE:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
+            self._changed.clear()  # every change so far is in this rebuild
             self._first = None
             self.runs += 1
             self._action()
+            self._ran_at = loop.time()

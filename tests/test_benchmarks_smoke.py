@@ -52,7 +52,7 @@ def test_every_scenario_runs_at_tiny_size_against_both_servers(tmp_path: Path) -
         timeout=600,
     )
     rows = json.loads(results.read_text())["rows"]
-    scenarios = ["sync-1", "sync-3", "update-all", "one-endpoint-delta", "churn", "idle-4"]
+    scenarios = ["sync-1", "sync-3", "delta-sync-3", "update-all", "one-endpoint-delta", "churn", "idle-4"]
     assert [row["scenario"] for row in rows] == scenarios
     for row in rows:
         for server in ("meshplane", "go-control-plane"):

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from envoy.config.cluster.v3 import cluster_pb2
 
-from meshplane.model import ProxyGroup
+from meshplane.model import ProxyGroup, SourceStatus
 from meshplane.status import console
 from meshplane.status.document import StatusInputs, status_document
 from meshplane.status.http import status_app
@@ -46,14 +46,14 @@ def registry_with_two_proxies() -> StreamRegistry:
 
 
 SOURCES = [
-    {
-        "name": "policy-files",
-        "synced": True,
-        "last_success": 1.0,
-        "last_attempt": 2.0,
-        "errors": ["policy/routes.yaml:4: route web-routes: unknown service 'nope'"],
-        "counts": {"services": 2, "routes": 1},
-    }
+    SourceStatus(
+        name="policy-files",
+        synced=True,
+        last_success=1.0,
+        last_attempt=2.0,
+        errors=("policy/routes.yaml:4: route web-routes: unknown service 'nope'",),
+        counts={"services": 2, "routes": 1},
+    )
 ]
 
 

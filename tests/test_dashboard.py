@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from meshplane.model import ProxyGroup, ProxyRole
+from meshplane.model import ProxyGroup, ProxyRole, SourceStatus
 from meshplane.status.document import StatusInputs
 from meshplane.status.http import status_app
 from meshplane.xds.cache import SnapshotCache
@@ -165,8 +165,8 @@ async def fake_endpoint() -> AsyncIterator[str]:
             registry.acked(track, type_url, "v1")
     registry.sent(bad, TypeUrl.ROUTE, "v2", "2", ())
     registry.nacked(bad, TypeUrl.ROUTE, "v2", HOSTILE)
-    sources = [{"name": "policy-files", "synced": False, "last_success": None, "last_attempt": 1.0}]
-    sources[0] |= {"errors": ["policy/web.yaml:3: port: 'eighty' is not an integer"], "counts": {"services": 0}}
+    errors = ("policy/web.yaml:3: port: 'eighty' is not an integer",)
+    sources = [SourceStatus("policy-files", False, None, 1.0, errors, {"services": 0})]
     inputs = StatusInputs(sources=lambda: sources, publish_state=PublishState, cache=SnapshotCache(), registry=registry)
     runner = web.AppRunner(status_app(inputs), access_log=None)
     await runner.setup()

@@ -29,10 +29,11 @@ async def poke_at(debouncer: Debouncer, times: list[float]) -> None:
 @pytest.mark.parametrize(
     ("pokes", "expected_runs"),
     [
-        pytest.param([0.0], [0.1], id="single-change-runs-after-quiet"),
-        pytest.param([0.0, 0.05, 0.09], [0.19], id="burst-merges-into-one"),
-        pytest.param([0.0, 0.5], [0.1, 0.6], id="separate-changes-run-separately"),
-        pytest.param([i * 0.03 for i in range(66)], [1.0, 2.02], id="steady-churn-capped-by-max-delay"),
+        pytest.param([0.0], [0.0], id="a-lone-change-runs-at-once"),
+        pytest.param([0.0, 0.05, 0.09], [0.0, 0.19], id="the-rest-of-a-burst-merges-into-one-after-quiet"),
+        pytest.param([0.0, 0.5], [0.0, 0.5], id="separate-changes-run-separately-at-once"),
+        pytest.param([0.0, 0.05, 0.3], [0.0, 0.15, 0.3], id="a-change-after-a-quiet-spell-runs-at-once"),
+        pytest.param([i * 0.03 for i in range(66)], [0.0, 1.03, 2.05], id="steady-churn-capped-by-max-delay"),
     ],
 )
 async def test_debounce_schedule(pokes: list[float], expected_runs: list[float]) -> None:
@@ -46,6 +47,21 @@ async def test_debounce_schedule(pokes: list[float], expected_runs: list[float])
     assert [round(t - start, 3) for t in runs.at] == pytest.approx(expected_runs, abs=0.011)
     assert debouncer.runs == len(expected_runs)
     assert debouncer.merged == len(pokes) - len(expected_runs)
+
+
+@pytest.mark.looptime
+async def test_a_storm_costs_one_rebuild_per_max_delay_after_the_leading_one() -> None:
+    """10,000 changes, one every millisecond for 10 s: the leading rebuild, then one per second."""
+    runs = Runs()
+    debouncer = Debouncer(runs, quiet=0.1, max_delay=1.0)
+    task = asyncio.create_task(debouncer.run())
+    await poke_at(debouncer, [i * 0.001 for i in range(10_000)])
+    await asyncio.sleep(3)
+    task.cancel()
+    assert 10 <= debouncer.runs <= 12
+    gaps = [later - earlier for earlier, later in zip(runs.at, runs.at[1:], strict=False)]
+    assert min(gaps[1:]) >= 1.0 - 0.011  # after the leading rebuild, never more than one per max_delay
+    assert debouncer.pokes == 10_000
 
 
 def test_debounce_rejects_nonsense_windows() -> None:

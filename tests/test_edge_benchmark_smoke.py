@@ -1,4 +1,5 @@
-"""benchmarks/edge_registry.py and benchmarks/edge_fleet.py keep working: one tiny run each, every figure present."""
+"""benchmarks/edge_registry.py, benchmarks/edge_fleet.py and benchmarks/registration_path.py keep working:
+one tiny run each, every figure present."""
 
 from __future__ import annotations
 
@@ -39,3 +40,14 @@ def test_edge_fleet_benchmark_runs_at_tiny_size() -> None:
     assert figures["registration_to_gateway_ms"]["from_start"] > 0
     assert figures["deregistration_ms"]["gateway_empty"] > 0
     assert figures["heartbeats"]["renewals"] > 0
+
+
+def test_registration_path_benchmark_runs_at_tiny_size() -> None:
+    tiny = ["--sizes", "200", "--sites", "2", "--runs", "2", "--gap", "0.2"]
+    figures = figures_of("benchmarks.registration_path", *tiny)["200"]
+    assert figures["devices"] == 200
+    assert len(figures["registration_to_routing_ms"]["runs"]) == 2
+    assert figures["start_to_ready_ms"] > 0
+    # The served process published each registration: the server's own view saw a rebuild per run.
+    assert len(figures["server_rebuilds"]["per_run"]) == 2
+    assert all(count >= 1 for count in figures["server_rebuilds"]["per_run"])

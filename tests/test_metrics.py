@@ -14,7 +14,7 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshplane.model import ProxyGroup
+from meshplane.model import ProxyGroup, SourceStatus
 from meshplane.status.document import StatusInputs
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
 from meshplane.status.metrics import ControlPlaneMetrics
@@ -42,18 +42,16 @@ def scrape(metrics: ControlPlaneMetrics) -> tuple[Samples, dict[str, str]]:
     return samples, kinds
 
 
-def source(name: str, synced: bool, errors: int, events: Mapping[str, int] | None = None) -> dict[str, object]:
-    entry: dict[str, object] = {
-        "name": name,
-        "synced": synced,
-        "last_success": 1.0 if synced else None,
-        "last_attempt": 2.0,
-        "errors": [f"error {i}" for i in range(errors)],
-        "counts": {"services": 3, "routes": 1},
-    }
-    if events is not None:
-        entry["events"] = dict(events)
-    return entry
+def source(name: str, synced: bool, errors: int, events: Mapping[str, int] | None = None) -> SourceStatus:
+    return SourceStatus(
+        name=name,
+        synced=synced,
+        last_success=1.0 if synced else None,
+        last_attempt=2.0,
+        errors=tuple(f"error {i}" for i in range(errors)),
+        counts={"services": 3, "routes": 1},
+        events=dict(events or {}),
+    )
 
 
 @pytest.fixture

@@ -21,13 +21,14 @@ from benchmarks.policy_edit import edit_one_endpoint, write_policy_directory
 from meshplane.discovery import policy_files, policy_schema
 from meshplane.discovery.policy_files import PolicyFileSource, validate_policy
 from meshplane.discovery.policy_schema import ParsedPolicy, parse_policy
+from meshplane.discovery.policy_yaml import LibyamlPolicyLoader, PythonPolicyLoader
 from tests.test_policy_schema import ERROR_CASES, MODEL_PROBLEM_CASES, ROUTE_CASES, SERVICE_CASES, parse, problems
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 LOADERS = [
-    pytest.param(yaml.SafeLoader, id="pure-python"),
+    pytest.param(PythonPolicyLoader, id="pure-python"),
     pytest.param(
-        getattr(yaml, "CSafeLoader", None),
+        LibyamlPolicyLoader,
         id="libyaml",
         marks=pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml"),
     ),
@@ -43,7 +44,7 @@ def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
     return request.param  # type: ignore[no-any-return]
 
 
-def parse_with(loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader], text: str, source: str) -> ParsedPolicy:
+def parse_with(loader: type[yaml.SafeLoader], text: str, source: str) -> ParsedPolicy:
     previous = policy_schema.YAML_LOADER
     policy_schema.YAML_LOADER = loader
     try:
@@ -56,7 +57,7 @@ def parse_with(loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader], text: str
 
 
 def test_libyaml_reads_the_files_where_pyyaml_has_it() -> None:
-    expected = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
+    expected = LibyamlPolicyLoader if yaml.__with_libyaml__ else PythonPolicyLoader
     assert policy_schema.YAML_LOADER is expected
 
 
@@ -91,7 +92,7 @@ def test_both_loaders_read_every_case_alike_lines_included(name: str, text: str)
     import textwrap
 
     text = textwrap.dedent(text)
-    assert parse_with(yaml.CSafeLoader, text, "p.yaml") == parse_with(yaml.SafeLoader, text, "p.yaml")
+    assert parse_with(LibyamlPolicyLoader, text, "p.yaml") == parse_with(PythonPolicyLoader, text, "p.yaml")
 
 
 @pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml")
@@ -99,8 +100,8 @@ def test_only_libyaml_takes_a_tab_after_a_colon_as_yaml_allows() -> None:
     """The one difference known: YAML lets a tab separate a key from its value; the pure-Python
     parser refuses it (docs/policy-files.md says so)."""
     text = "services:\n  - name: web\n    port:\t80\n"
-    assert [service.name for service in parse_with(yaml.CSafeLoader, text, "p.yaml").services] == ["web"]
-    assert parse_with(yaml.SafeLoader, text, "p.yaml").errors == (
+    assert [service.name for service in parse_with(LibyamlPolicyLoader, text, "p.yaml").services] == ["web"]
+    assert parse_with(PythonPolicyLoader, text, "p.yaml").errors == (
         "p.yaml:3: invalid YAML: found character '\\t' that cannot start any token",
     )
 
@@ -109,7 +110,7 @@ def test_only_libyaml_takes_a_tab_after_a_colon_as_yaml_allows() -> None:
 def test_both_loaders_read_a_generated_directory_alike(tmp_path: Path) -> None:
     for path in write_policy_directory(tmp_path, services=40, endpoints=3, files=2):
         text = path.read_text()
-        assert parse_with(yaml.CSafeLoader, text, str(path)) == parse_with(yaml.SafeLoader, text, str(path))
+        assert parse_with(LibyamlPolicyLoader, text, str(path)) == parse_with(PythonPolicyLoader, text, str(path))
 
 
 # --- parses are counted ---

@@ -619,6 +619,92 @@ def test_several_documents_and_empty_ones_merge() -> None:
     assert [service.name for service in parsed.services] == ["a", "b"]
 
 
+def test_every_document_of_many_has_its_keys_checked() -> None:
+    # Each document's nodes are freed once read; a later document's mapping may then get the id of
+    # an earlier one, and must still be checked.
+    good = "services:\n  - {name: a, port: 80}\n"
+    bad = "services:\n  - {name: b, port: 80, bogus: 1}\n"
+    parsed = parse("---\n".join([good] * 100 + [bad] * 100))
+    assert len(parsed.errors) == 100
+    assert all("unknown key 'bogus' in service" in error for error in parsed.errors)
+
+
+@pytest.mark.parametrize(
+    "tagged", ["!!bool abc", "!!timestamp abc", "!!int ''", "!!float ''", "!!timestamp 2001-02-30"]
+)
+def test_a_value_its_explicit_tag_does_not_fit_is_its_text(tagged: str) -> None:
+    parsed = parse(f"services:\n  - name: {tagged}\n    port: {tagged}\n")
+    text = tagged.split(" ", 1)[1].strip("'")
+    assert [service.name for service in parsed.services] == [text]
+    assert parsed.errors == (f"p.yaml:3: service.port must be a whole number, not {text!r}",)
+
+
+def _endpoints(text: str) -> tuple[tuple[Endpoint, ...], tuple[str, ...]]:
+    parsed = parse(text)
+    return tuple(endpoint for service in parsed.services for endpoint in service.endpoints), parsed.errors
+
+
+# Endpoints near the common `{address: A, port: P}` shape, which has a fast path: each reads as the
+# general reading does (YAML 1.1's integers, tags, order, extra keys, several ports).
+ENDPOINT_SPELLING_CASES = [
+    pytest.param("{address: 10.0.0.1, port: 80}", [Endpoint("10.0.0.1", 80, "http")], id="plain"),
+    pytest.param("{port: 80, address: 10.0.0.1}", [Endpoint("10.0.0.1", 80, "http")], id="port-first"),
+    pytest.param("{address: 10.0.0.1, port: 010}", [Endpoint("10.0.0.1", 8, "http")], id="octal"),
+    pytest.param("{address: 10.0.0.1, port: 0x50}", [Endpoint("10.0.0.1", 80, "http")], id="hex"),
+    pytest.param("{address: 10.0.0.1, port: 8_0}", [Endpoint("10.0.0.1", 80, "http")], id="underscore"),
+    pytest.param("{address: 10.0.0.1, port: 1:20}", [Endpoint("10.0.0.1", 80, "http")], id="sexagesimal"),
+    pytest.param("{address: 10.0.0.1, port: +80}", [Endpoint("10.0.0.1", 80, "http")], id="signed"),
+    pytest.param("{address: 10.0.0.1, port: 0}", [Endpoint("10.0.0.1", 0, "http")], id="zero"),
+    pytest.param("{address: 10.0.0.1, port: !!int '80'}", [Endpoint("10.0.0.1", 80, "http")], id="tagged-int"),
+    pytest.param("{address: !!str 10.0.0.1, port: 80}", [Endpoint("10.0.0.1", 80, "http")], id="tagged-str"),
+    pytest.param("{address: '10.0.0.1', port: 80}", [Endpoint("10.0.0.1", 80, "http")], id="quoted-address"),
+    pytest.param("{address: 1, port: 80}", [Endpoint("1", 80, "http")], id="integer-address"),
+    pytest.param("{address: 10.0.0.1, port: 80, weight: 3}", [Endpoint("10.0.0.1", 80, "http", weight=3)], id="weight"),
+    pytest.param("{address: 10.0.0.1, zone: z1}", [Endpoint("10.0.0.1", 8080, "http", Locality(zone="z1"))], id="zone"),
+]
+
+
+@pytest.mark.parametrize(("entry", "expected"), ENDPOINT_SPELLING_CASES)
+def test_endpoint_spellings(entry: str, expected: list[Endpoint]) -> None:
+    assert _endpoints(f"services:\n  - name: web\n    port: 8080\n    endpoints:\n      - {entry}\n") == (
+        tuple(expected),
+        (),
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        pytest.param("{address: 10.0.0.1, port: '80'}", "service.endpoints.port must be a whole number", id="quoted"),
+        pytest.param("{address: 10.0.0.1, port: 8.0}", "service.endpoints.port must be a whole number", id="float"),
+        pytest.param("{address: ~, port: 80}", "service.endpoints.address must be a string", id="null-address"),
+        pytest.param("{address: [a], port: 80}", "service.endpoints.address must be a string", id="list-address"),
+        pytest.param("{address: a, address: b}", "duplicate key 'address'", id="duplicate"),
+        pytest.param("{address: a, port: 80, bogus: 1}", "unknown key 'bogus'", id="unknown"),
+    ],
+)
+def test_endpoint_spellings_refused(entry: str, error: str) -> None:
+    _, errors = _endpoints(f"services:\n  - name: web\n    port: 8080\n    endpoints:\n      - {entry}\n")
+    assert [message for message in errors if error in message], errors
+
+
+def test_an_endpoint_of_a_service_with_several_ports_names_them() -> None:
+    text = """\
+        services:
+          - name: web
+            ports: [{name: http, port: 80}, {name: grpc, port: 90, protocol: grpc}]
+            endpoints:
+              - {address: 10.0.0.1, port: 81}
+              - {address: 10.0.0.2}
+        """
+    endpoints, errors = _endpoints(text)
+    assert errors == (
+        "p.yaml:5: service.endpoints.port: the service has several ports (http, grpc); "
+        "map each with `ports: {name: number}`",
+    )
+    assert endpoints == (Endpoint("10.0.0.2", 80, "http"), Endpoint("10.0.0.2", 90, "grpc"))
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n", "services: []\nroutes: []\nsecrets: []\n"])
 def test_empty_files_are_valid_and_empty(text: str) -> None:
     assert parse(text) == ParsedPolicy()
@@ -1014,8 +1100,8 @@ ERROR_CASES = [
         id="retries-unknown-key",
     ),
     pytest.param(
-        "routes:\n  - name: api\n    service: api\n    rules:\n      - to: [api]\n        rewrite: {path: /}\n",
-        "p.yaml:6: unknown key 'path' in route.rules.rewrite (expected one of: prefix)",
+        "routes:\n  - name: api\n    service: api\n    rules:\n      - to: [api]\n        rewrite: {host: a}\n",
+        "p.yaml:6: unknown key 'host' in route.rules.rewrite (did you mean 'hostname'?)",
         id="rewrite-unknown-key",
     ),
     # secrets
@@ -1134,7 +1220,7 @@ def problems(*files: tuple[str, str]) -> list[str]:
             if isinstance(secret, TrustBundleFile)
         ],
     )
-    return mesh.problems()
+    return [str(problem) for problem in mesh.problems()]
 
 
 MODEL_PROBLEM_CASES = [

@@ -22,12 +22,14 @@ import pytest
 from aiohttp import ClientSession, web
 
 from meshplane.model import Device, DeviceEndpoint, Locality, Mesh, ProxyGroup, ProxyRole
+from meshplane.model.changes import MeshChanges
+from meshplane.model.mesh import device_order
 from meshplane.status.config_dump import group_dump
 from meshplane.status.document import StatusInputs
 from meshplane.status.http import status_app
 from meshplane.xds import publisher as publisher_module
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publisher import Changes, SnapshotPublisher
+from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.server import stream as stream_module
 from meshplane.xds.server.service import XdsServices, create_server
 from meshplane.xds.server.tracking import StreamRegistry
@@ -54,9 +56,9 @@ GROUPS = (SIDECAR, SIDECAR_ZONE, GRPC, GATEWAY, DEVICE, MOBILE)
 
 
 def registered(mesh: Mesh, device_id: str) -> Mesh:
-    """`mesh` with one more device at Berlin (as the registry adds one: same order, by id)."""
+    """`mesh` with one more device at Berlin (as the merge adds one: in mesh order)."""
     device = Device(device_id, "bike", BERLIN.id, (DeviceEndpoint("10.20.9.9", 8080),))
-    return dataclasses.replace(mesh, devices=tuple(sorted((*mesh.devices, device), key=lambda d: d.id)))
+    return dataclasses.replace(mesh, devices=tuple(sorted((*mesh.devices, device), key=device_order)))
 
 
 def moved_endpoint(mesh: Mesh) -> Mesh:
@@ -100,27 +102,29 @@ def test_every_role_is_in_the_table() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        pytest.param(lambda m: registered(m, "bike-new"), Changes(devices=True), id="registration"),
-        pytest.param(CHANGES_OF_PART["sites"], Changes(sites=True), id="sites"),
-        pytest.param(CHANGES_OF_PART["secrets"], Changes(secrets=True), id="secrets"),
-        pytest.param(CHANGES_OF_PART["routes"], Changes(routes=True), id="routes"),
+        pytest.param(lambda m: registered(m, "bike-new"), MeshChanges(devices=True), id="registration"),
+        pytest.param(CHANGES_OF_PART["sites"], MeshChanges(sites=True), id="sites"),
+        pytest.param(CHANGES_OF_PART["secrets"], MeshChanges(secrets=True), id="secrets"),
+        pytest.param(CHANGES_OF_PART["routes"], MeshChanges(routes=True), id="routes"),
         pytest.param(
-            lambda m: dataclasses.replace(m, cluster_domain="example.org"), Changes(services=True), id="domain"
+            lambda m: dataclasses.replace(m, cluster_domain="example.org"), MeshChanges(services=True), id="domain"
         ),
-        pytest.param(lambda m: dataclasses.replace(m, services=m.services[1:]), Changes(services=True), id="removed"),
-        pytest.param(lambda m: m, Changes(), id="nothing"),
+        pytest.param(
+            lambda m: dataclasses.replace(m, services=m.services[1:]), MeshChanges(services=True), id="removed"
+        ),
+        pytest.param(lambda m: m, MeshChanges(), id="nothing"),
     ],
 )
-def test_changes_name_the_part_of_the_mesh_that_changed(change: Any, expected: Changes) -> None:
+def test_changes_name_the_part_of_the_mesh_that_changed(change: Any, expected: MeshChanges) -> None:
     mesh = fleet_with_tls()
-    assert Changes.between(mesh, change(mesh)) == expected
+    assert MeshChanges.between(mesh, change(mesh)) == expected
     # Equal content built anew (as a source that rebuilds its objects does) is no change.
-    assert Changes.between(mesh, fleet_with_tls()) == Changes()
+    assert MeshChanges.between(mesh, fleet_with_tls()) == MeshChanges()
 
 
 def test_an_endpoint_change_names_its_service() -> None:
     mesh = fleet_with_tls()
-    assert Changes.between(mesh, moved_endpoint(mesh)) == Changes(endpoints=frozenset({mesh.services[0].ref}))
+    assert MeshChanges.between(mesh, moved_endpoint(mesh)) == MeshChanges(endpoints=frozenset({mesh.services[0].ref}))
 
 
 def subscribed_and_published(mesh: Mesh, groups: tuple[ProxyGroup, ...]) -> tuple[SnapshotPublisher, SnapshotCache]:
@@ -162,7 +166,7 @@ async def test_a_registration_rebuilds_the_gateway_and_leaves_every_other_group_
     translations.clear()
 
     new = registered(mesh, "bike-new")
-    publisher.publish(new, Changes.between(mesh, new))
+    publisher.publish(new, MeshChanges.between(mesh, new))
 
     assert translations == [GATEWAY]
     assert publisher.rebuilt == 1
@@ -178,6 +182,32 @@ async def test_a_registration_rebuilds_the_gateway_and_leaves_every_other_group_
             assert snapshot is not None
             assert earlier is not None
             assert snapshot.version == earlier.version
+
+
+def test_a_registration_serialises_the_new_device_only_and_equals_a_full_build() -> None:
+    """The other devices' clusters keep their `Resource` (the same bytes object, serialised once);
+    the result is what building the gateway from scratch gives."""
+    mesh = fleet_with_tls()
+    publisher, cache = subscribed_and_published(mesh, (GATEWAY,))
+    before = cache.snapshot(GATEWAY)
+    assert before is not None
+    old = before.of_type(TypeUrl.CLUSTER).by_name
+    assert sum("device/" in name for name in old) >= 2
+
+    new = registered(mesh, "bike-new")
+    publisher.publish(new, MeshChanges(devices=True))
+
+    after = cache.snapshot(GATEWAY)
+    assert after is not None
+    clusters = after.of_type(TypeUrl.CLUSTER).by_name
+    for name, resource in old.items():
+        if name.startswith("device/"):
+            assert clusters[name] is resource, name
+    assert "device/bike-new" in clusters
+    _, fresh = subscribed_and_published(new, (GATEWAY,))
+    scratch = fresh.snapshot(GATEWAY)
+    assert scratch is not None
+    assert after.version == scratch.version
 
 
 async def test_an_endpoint_change_takes_the_fast_path_in_every_eds_role_and_equals_a_full_build(

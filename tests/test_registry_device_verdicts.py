@@ -1,9 +1,9 @@
-"""The registry's devices in the mesh, kept incrementally: a rebuild re-checks against the sites only
-the devices the registry reports as changed (`EdgeRegistry.take_changes`, a change set carried as
-data), and every device only when the sites change; what is admitted is always what a full check
-of every live device would admit.
+"""The registry's devices in the mesh, kept incrementally by the merge (`DeviceAdmission`): a merge
+re-checks against the sites only the devices the registry reports as changed
+(`EdgeRegistry.take_changes`, a change set carried as data), and every device only when the sites
+change; what is admitted is always what a full check of every live device would admit.
 
-The seam: `EdgeRegistryServer.checks` counts devices checked against the sites.
+The seam: `DeviceAdmission.checks` counts devices checked against the sites.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import dataclasses
 
 import pytest
 
+from meshplane.discovery.device_admission import DeviceAdmission
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
-from meshplane.discovery.registry.registry import DeviceChanges, EdgeRegistry, LeaseSettings, RegisterInput
+from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings, RegisterInput
 from meshplane.discovery.registry.store import MemoryStore
 from meshplane.model import Device, Mesh, Site
-from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
+from meshplane.model.changes import DeviceChanges
+from meshplane.model.mesh import device_order
 
 BERLIN = Site("gym-berlin", "eu-central", device_ranges=("10.20.0.0/16",))
 MUNICH = Site("gym-munich", "eu-central", device_ranges=("10.30.0.0/16",))
@@ -52,13 +54,35 @@ async def register(registry: EdgeRegistry, request: RegisterInput) -> None:
     await registry.register(BIKES, dataclasses.replace(request, lease_id=lease_id))
 
 
-async def serving(sites: tuple[Site, ...] = SITES, clock: Clock | None = None) -> EdgeRegistryServer:
-    """A registry server (no ports bound) with FLEET devices, its first rebuild done."""
-    server = EdgeRegistryServer(EdgeSettings(db=":memory:"), lambda: {site.id: site for site in sites}, lambda: None)
-    if clock is not None:  # the same registry, on a fake clock for its leases
-        server.registry = EdgeRegistry(
-            MemoryStore(), lambda: {site.id: site for site in sites}, leases=LeaseSettings(), clock=clock
-        )
+class Merging:
+    """A registry and the merge's admission of its devices, driven as merges drive them."""
+
+    def __init__(self, registry: EdgeRegistry) -> None:
+        self.registry = registry
+        self.admission = DeviceAdmission()
+
+    @property
+    def checks(self) -> int:
+        return self.admission.checks
+
+    def devices_for(self, mesh: Mesh) -> tuple[Device, ...]:
+        """The devices a merge with `mesh`'s sites admits (taking the registry's changes, as merges do)."""
+        devices, _ = self.admission.admit(mesh.sites, self.registry, self.registry.take_changes())
+        return devices
+
+    def left_out(self) -> dict[str, tuple[str, ...]]:
+        return {device: tuple(map(str, problems)) for device, problems in self.admission.left_out().items()}
+
+
+async def serving(sites: tuple[Site, ...] = SITES, clock: Clock | None = None) -> Merging:
+    """A registry with FLEET devices, and its first merge done."""
+    by_id = {site.id: site for site in sites}
+    registry = (
+        EdgeRegistry(MemoryStore(), lambda: by_id, leases=LeaseSettings(), clock=clock)
+        if clock is not None  # leases on a fake clock
+        else EdgeRegistry(MemoryStore(), lambda: by_id)
+    )
+    server = Merging(registry)
     await server.registry.load()
     for index in range(FLEET):
         await register(server.registry, bike(index, SITES[index % 2]))
@@ -67,10 +91,12 @@ async def serving(sites: tuple[Site, ...] = SITES, clock: Clock | None = None) -
     return server
 
 
-def full_check(server: EdgeRegistryServer, mesh: Mesh) -> tuple[Device, ...]:
+def full_check(server: Merging, mesh: Mesh) -> tuple[Device, ...]:
     """What checking every live device from scratch admits: the incremental result must equal it."""
     sites = {site.id: site for site in mesh.sites}
-    return tuple(device for device in server.registry.devices() if not device.problems(sites))
+    return tuple(
+        sorted((device for device in server.registry.devices() if not device.problems(sites)), key=device_order)
+    )
 
 
 def no_full_list() -> tuple[Device, ...]:
@@ -86,7 +112,7 @@ async def test_a_registration_rechecks_that_device_only(monkeypatch: pytest.Monk
     devices = server.devices_for(mesh)
 
     assert server.checks == FLEET + 1
-    assert [device.id for device in devices] == sorted([f"bike-{i:03d}" for i in range(FLEET)] + ["bike-500"])
+    assert sorted(device.id for device in devices) == sorted([f"bike-{i:03d}" for i in range(FLEET)] + ["bike-500"])
     monkeypatch.undo()
     assert devices == full_check(server, mesh)
 

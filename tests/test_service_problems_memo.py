@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshplane.discovery.policy_files import PolicyFileSource
-from meshplane.model import Endpoint, Mesh, Protocol, Service, ServicePort, TrafficPolicy
+from meshplane.model import Endpoint, Mesh, Problem, ProblemKind, Protocol, Service, ServicePort, TrafficPolicy
 from meshplane.model.secrets import UpstreamTls
 from meshplane.model.services import is_ip_address
 
@@ -61,10 +61,10 @@ def test_problems_are_the_same_when_asked_again(case: str) -> None:
     service = BROKEN[case]
     first = service.problems()
     if case in EXPECTED:
-        assert first == EXPECTED[case]
+        assert [str(problem) for problem in first] == EXPECTED[case]
     else:
         assert first  # the policy's own wording is test_model's
-    first.append("a caller's own addition")  # a caller may change the list it was given …
+    first.append(Problem(ProblemKind.INVALID, "", "", "a caller's own addition"))  # a caller may change its list …
     assert service.problems() == first[:-1]  # … never what the next caller gets
     assert dataclasses.replace(service).problems() == first[:-1]  # an equal new object: the same
     assert Mesh.of([service]).problems()[: len(first) - 1] == first[:-1]  # the mesh's own checks follow
@@ -78,7 +78,9 @@ def test_remembered_problems_stay_out_of_equality_and_copies() -> None:
     assert repr(asked) == repr(GOOD)
     assert [field.name for field in dataclasses.fields(asked)] == [field.name for field in dataclasses.fields(GOOD)]
     broken = dataclasses.replace(asked, endpoints=(Endpoint("nowhere", 8080, "http"),))
-    assert broken.problems() == ["service default/web: endpoint address 'nowhere' is not an IP address"]
+    assert [str(problem) for problem in broken.problems()] == [
+        "service default/web: endpoint address 'nowhere' is not an IP address"
+    ]
 
 
 def _service_yaml(name: str, port: int) -> str:
@@ -92,11 +94,11 @@ def _service_yaml(name: str, port: int) -> str:
 def validated_endpoints(monkeypatch: pytest.MonkeyPatch) -> list[Endpoint]:
     """Every endpoint validated from now on, in order (`Endpoint.problems` is a service's main cost)."""
     seen: list[Endpoint] = []
-    original: Callable[[Endpoint, str], list[str]] = Endpoint.problems
+    original: Callable[[Endpoint, str, str], list[Problem]] = Endpoint.problems
 
-    def counting(endpoint: Endpoint, where: str) -> list[str]:
+    def counting(endpoint: Endpoint, subject: str, where: str = "") -> list[Problem]:
         seen.append(endpoint)
-        return original(endpoint, where)
+        return original(endpoint, subject, where)
 
     monkeypatch.setattr(Endpoint, "problems", counting)
     return seen

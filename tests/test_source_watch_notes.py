@@ -3,6 +3,7 @@ logged as an error, and bounded per check (a first list may note thousands of ob
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from meshplane.logs import JsonFormatter
+from meshplane.model import SourceStatus
 from meshplane.status.source_watch import NOTES_LOGGED_PER_CHECK, SourceWatch
 
 
@@ -36,11 +38,11 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 
 def test_notes_are_logged_once_at_info_and_are_not_errors(logged: io.StringIO) -> None:
-    status: dict[str, Any] = {"name": "kubernetes", "synced": True, "errors": [], "notes": ["port dns is UDP"]}
-    watch = SourceWatch(lambda: [status])
+    status = [SourceStatus("kubernetes", True, None, None, (), {}, notes=("port dns is UDP",))]
+    watch = SourceWatch(lambda: status)
     watch.check()
     watch.check()  # the same note again: no new line
-    status["notes"] = ["port dns is UDP", "port syslog is UDP"]
+    status[0] = dataclasses.replace(status[0], notes=("port dns is UDP", "port syslog is UDP"))
     watch.check()
     notes = [entry for entry in lines(logged) if entry.get("event") == "source_note"]
     assert [(entry["level"], entry["note"]) for entry in notes] == [
@@ -53,7 +55,7 @@ def test_notes_are_logged_once_at_info_and_are_not_errors(logged: io.StringIO) -
 
 def test_a_burst_of_notes_is_logged_bounded(logged: io.StringIO) -> None:
     many = [f"service default/svc-{i:04d}: port dns is UDP" for i in range(2000)]
-    status: dict[str, Any] = {"name": "kubernetes", "synced": True, "errors": [], "notes": many}
+    status = SourceStatus("kubernetes", True, None, None, (), {}, notes=tuple(many))
     SourceWatch(lambda: [status]).check()
     notes = [entry for entry in lines(logged) if entry.get("event") == "source_note"]
     assert len(notes) == NOTES_LOGGED_PER_CHECK + 1

@@ -33,3 +33,4 @@ def test_the_startup_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
     assert offenders["modules_imported"] > 0
     assert offenders["packages_ms"]
     assert offenders["meshplane_self_ms"]
+    assert set(row["phases_cpu_ms"]) == {"import", "load", "merge", "translate"}

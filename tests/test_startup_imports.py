@@ -31,3 +31,14 @@ def test_the_kubernetes_source_imports_its_client_when_it_runs() -> None:
     env = {"PATH": "/usr/bin:/bin", "KUBECONFIG": "/nonexistent/kubeconfig", "HOME": "/nonexistent"}
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True, env=env)
     assert run.stdout.split() == ["False", "True"]
+
+
+def test_the_composition_root_imports_no_registry_until_the_registry_is_on() -> None:
+    """The registry's gRPC service, store and generated API are imported when `--registry-db` is given."""
+    probe = (
+        "import sys, meshplane.app\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('meshplane.registry_api', 'meshplane.api',"
+        " 'meshplane.discovery.registry.store', 'sqlite3'))))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert run.stdout.strip() == "[]"

@@ -22,7 +22,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from google.protobuf import any_pb2
 
-from meshplane.model import Locality, ProxyGroup, ProxyRole
+from meshplane.model import Locality, ProxyGroup, ProxyRole, SourceStatus
 from meshplane.status.document import StatusInputs
 from meshplane.status.http import status_app
 from meshplane.xds.cache import SnapshotCache
@@ -71,7 +71,7 @@ def tls_cluster(name: str) -> cluster_pb2.Cluster:
 @dataclass
 class Endpoint:
     registry: StreamRegistry
-    sources: list[dict[str, Any]]
+    sources: list[SourceStatus]
     publish: list[PublishState]
     url: str
     session: ClientSession
@@ -84,15 +84,15 @@ class Endpoint:
             return response.status, json.loads(text) if response.content_type == "application/json" else text
 
 
-def source(synced: bool, errors: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        "name": "policy-files",
-        "synced": synced,
-        "last_success": 1.0 if synced else None,
-        "last_attempt": 1.0,
-        "errors": list(errors),
-        "counts": {"services": 1},
-    }
+def source(synced: bool, errors: tuple[str, ...] = ()) -> SourceStatus:
+    return SourceStatus(
+        name="policy-files",
+        synced=synced,
+        last_success=1.0 if synced else None,
+        last_attempt=1.0,
+        errors=errors,
+        counts={"services": 1},
+    )
 
 
 @pytest.fixture

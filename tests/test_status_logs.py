@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from meshplane.logs import JsonFormatter, TextFormatter, configure_logging, redact_secrets
-from meshplane.model import ProxyGroup
+from meshplane.model import ProxyGroup, SourceStatus
 from meshplane.status.source_watch import SourceWatch
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.types import TypeUrl
@@ -72,11 +73,11 @@ def test_a_nack_is_one_json_line_with_node_and_type(captured: tuple[io.StringIO,
 
 def test_each_new_source_error_is_one_line_and_counted(captured: tuple[io.StringIO, io.StringIO]) -> None:
     as_json, _ = captured
-    status: dict[str, object] = {"name": "policy-files", "synced": False, "errors": ["a.yaml:1: bad"]}
-    watch = SourceWatch(lambda: [status])
+    status = [SourceStatus("policy-files", False, None, None, ("a.yaml:1: bad",), {})]
+    watch = SourceWatch(lambda: status)
     watch.check()
     watch.check()  # the same error again: no new line
-    status["errors"] = ["a.yaml:1: bad", f"b.yaml:2: key {KEY}"]
+    status[0] = dataclasses.replace(status[0], errors=("a.yaml:1: bad", f"b.yaml:2: key {KEY}"))
     watch.check()
     errors = [entry for entry in json_lines(as_json) if entry.get("event") == "source_error"]
     assert [(entry["source"], entry["error"]) for entry in errors] == [
@@ -84,9 +85,9 @@ def test_each_new_source_error_is_one_line_and_counted(captured: tuple[io.String
         ("policy-files", "b.yaml:2: key [redacted]"),
     ]
     assert watch.error_counts["policy-files"] == 2
-    status.update(synced=True, errors=[])
+    status[0] = dataclasses.replace(status[0], synced=True, errors=())
     watch.check()
-    status["synced"] = False
+    status[0] = dataclasses.replace(status[0], synced=False)
     watch.check()
     events = [entry.get("event") for entry in json_lines(as_json)]
     assert events[-3:] == ["source_recovered", "source_synced", "source_unsynced"]

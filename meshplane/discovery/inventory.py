@@ -1,6 +1,7 @@
 """The inventory: every source's content merged into the one `Mesh` the translators read.
 
-Owns the merge and its precedence rules (documented in docs/kubernetes.md):
+The one merge (`Inventory.merge(contents) -> Merged(mesh, changes, problems)`) owns every
+precedence rule (documented in docs/kubernetes.md and docs/edge.md):
 
 - A service defined by both the policy files and Kubernetes is served as the policy files define
   it; the clash is an error on the inventory's status (policy files are the operator's explicit
@@ -25,54 +26,109 @@ Owns the merge and its precedence rules (documented in docs/kubernetes.md):
 - Carried secrets and kept TLS settings live in this object's memory only (the last merged mesh):
   a process started while a reference is broken has neither, so replicas can differ until the
   reference is fixed (docs/kubernetes.md).
+- Sites are the policy files'. Edge devices are the registry's live registrations that those
+  sites admit (`DeviceAdmission`): a device whose site went, or whose address a narrowed range no
+  longer holds, stays registered but leaves the config until the sites admit it again.
 
-The merge keeps every `Service` object its sources gave (but for a service served with its
-previous TLS: the last mesh's object while equal), so a service that did not change is the same
-object in the new mesh as in the last (identity checks downstream find what changed). It is
-recomputed only when an input changed (by identity). Pure: no I/O, no clock.
+What changed travels as data: each source reports its change set (`MeshChanges`) since the last
+merge, the registry the devices it changed, and the merge adds what its own decisions changed, so
+the publisher never compares meshes. The merge costs what changed: an endpoint change walks no
+service list, and a registration re-checks that device only. Pure but for the clock of
+`status.last_success`: no I/O.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import enum
 import heapq
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from meshplane.discovery.source_status import SourceStatus
-from meshplane.model import Mesh, RouteTable, Service, ServiceRef, TlsCertificate, TrustBundle, UpstreamTls
+from meshplane.discovery.device_admission import DeviceAdmission, LiveDevices
+from meshplane.discovery.kubernetes import KubernetesContent
+from meshplane.model import (
+    Mesh,
+    RouteTable,
+    Service,
+    ServiceRef,
+    SourceStatus,
+    TlsCertificate,
+    TrustBundle,
+    UpstreamTls,
+)
+from meshplane.model.changes import DeviceChanges, MeshChanges
+from meshplane.model.mesh import backend_problems
+from meshplane.model.problems import Problem, ProblemKind, Subject
 
 SOURCE_NAME = "inventory"
 
 
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """What every enabled source serves now, and what changed in it since the previous merge.
+
+    `files`: the policy files' last good mesh; `kubernetes`: the Kubernetes source's content (each
+    None when that source is off). `changes`: what changed in those since the previous merge, as
+    the sources reported it (their `take_changes()`, folded with `|`). `registry`: the live edge
+    registrations (None: the registry is off); `device_changes`: the devices changed there since
+    the previous merge (`EdgeRegistry.take_changes()`).
+    """
+
+    files: Mesh | None = None
+    kubernetes: KubernetesContent | None = None
+    changes: MeshChanges = dataclasses.field(default_factory=MeshChanges.everything)
+    registry: LiveDevices | None = None
+    device_changes: DeviceChanges = dataclasses.field(default_factory=lambda: DeviceChanges(everything=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """The merge's result: the mesh to publish, what differs from the previous merged mesh (it may
+    say more than changed, never less), and why some content was left out or kept at an older
+    version (each problem's message names the object and the outcome)."""
+
+    mesh: Mesh
+    changes: MeshChanges
+    problems: tuple[Problem, ...]
+
+
 class Inventory:
-    """Merges policy-file content (a `Mesh`) and Kubernetes content (services and routes)."""
+    """Merges the sources' contents; remembers the last merged mesh (the precedence rules use it)."""
 
     def __init__(self, *, kubernetes_secrets: bool = True) -> None:
         # Whether Kubernetes Secrets are read: when not, an error about a missing `namespace/name`
         # secret says so instead of blaming the Secret.
         self.kubernetes_secrets = kubernetes_secrets
-        self._inputs: tuple[object, ...] | None = None
-        self._mesh: Mesh | None = None
-        self.errors: tuple[str, ...] = ()
+        self._merged: Merged | None = None
+        # Whether the last merge substituted anything for what the sources said (a previous TLS,
+        # a carried secret, a service left out for a secret): see `_changes`.
+        self._substituted = False
         self._merged_at: float | None = None
+        self.devices = DeviceAdmission()
 
     @property
     def mesh(self) -> Mesh | None:
         """The last merged mesh (None before the first merge)."""
-        return self._mesh
+        return self._merged.mesh if self._merged is not None else None
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        """The last merge's problems."""
+        return self._merged.problems if self._merged is not None else ()
 
     @property
     def status(self) -> SourceStatus:
-        mesh = self._mesh or Mesh()
+        mesh = self.mesh or Mesh()
         return SourceStatus(
             name=SOURCE_NAME,
             synced=True,
             last_success=self._merged_at,
             last_attempt=self._merged_at,
-            errors=self.errors,
+            errors=tuple(str(problem) for problem in self.problems),
             counts={
                 "services": len(mesh.services),
                 "routes": len(mesh.routes),
@@ -81,48 +137,51 @@ class Inventory:
             },
         )
 
-    def merge(
-        self,
-        files: Mesh | None,
-        kubernetes_services: Sequence[Service] = (),
-        kubernetes_routes: Sequence[RouteTable] = (),
-        kubernetes_certificates: Sequence[TlsCertificate] = (),
-        kubernetes_trust_bundles: Sequence[TrustBundle] = (),
-    ) -> Mesh:
-        """The merged mesh; the same object as last time when no input changed.
+    def merge(self, contents: Contents) -> Merged:
+        """The merged mesh of `contents`, with what changed since the previous merge and the problems.
 
-        `kubernetes_services` must be in mesh order (namespace, name), as `KubernetesContent` is.
+        `contents.kubernetes.services` must be in mesh order (namespace, name), as the Kubernetes
+        source gives them. With no change reported (`contents.changes` none, and `device_changes` too
+        when there is a registry) the previous result stands: its mesh, with no changes.
         """
-        inputs = (files, kubernetes_services, kubernetes_routes, kubernetes_certificates, kubernetes_trust_bundles)
-        last = self._inputs
-        if self._mesh is not None and last is not None and all(a is b for a, b in zip(inputs, last, strict=True)):
-            return self._mesh
-        files = files or Mesh()
-        errors: list[str] = []
+        last = self._merged
+        devices_quiet = contents.registry is None or contents.device_changes.none
+        if last is not None and contents.changes.none and devices_quiet:
+            self._merged_at = time.time()
+            return Merged(last.mesh, MeshChanges(), last.problems)
+        files = contents.files or Mesh()
+        kubernetes = contents.kubernetes or KubernetesContent((), ())
+        previous = last.mesh if last is not None else None
+        problems: list[Problem] = []
         # Linear in the policy files' services; the Kubernetes services are only walked when the
         # files define any (to find clashes): an endpoint change costs no sort and no dict here.
         policy = {service.ref: service for service in files.services}
-        kubernetes = tuple(kubernetes_services)
         if policy:
             kept = []
-            for service in kubernetes:
+            for service in kubernetes.services:
                 twin = policy.get(service.ref)
                 if twin is None:
                     kept.append(service)
                     continue
-                errors.append(
-                    f"service {service.ref} is defined by policy files ({twin.origin}) and by Kubernetes; "
-                    "serving the policy files' definition"
+                problems.append(
+                    Problem(
+                        ProblemKind.CONFLICT,
+                        f"service {service.ref}",
+                        twin.origin,
+                        f"service {service.ref} is defined by policy files ({twin.origin}) and by Kubernetes; "
+                        "serving the policy files' definition",
+                    )
                 )
             services = tuple(heapq.merge(files.services, kept, key=_order))
         else:
-            services = kubernetes
+            services = kubernetes.services
 
-        certificates = _merge_secrets(files.certificates, kubernetes_certificates, errors)
-        bundles = _merge_secrets(files.trust_bundles, kubernetes_trust_bundles, errors)
+        certificates = _merge_secrets(files.certificates, kubernetes.certificates, problems)
+        bundles = _merge_secrets(files.trust_bundles, kubernetes.trust_bundles, problems)
         resolved = _resolve_secret_references(
-            services, certificates, bundles, self._mesh, errors, self.kubernetes_secrets
+            services, certificates, bundles, previous, problems, self.kubernetes_secrets
         )
+        substituted = resolved is not None
         if resolved is not None:
             services, certificates, bundles = resolved
             policy = {ref: service for ref, service in policy.items() if _find(services, ref) is service}
@@ -130,47 +189,95 @@ class Inventory:
         def lookup(ref: ServiceRef) -> Service | None:
             return policy.get(ref) or _find(services, ref)
 
-        routes: list[RouteTable] = []
-        attached: dict[ServiceRef, RouteTable] = {}
-        names: set[str] = set()
-        for table in files.routes:
-            problems = _route_problems(table, lookup)
-            if problems:
-                errors += problems
-                continue
-            routes.append(table)
-            names.add(table.name)
-            if table.service is not None:
-                attached[table.service] = table
-        for table in kubernetes_routes:
-            if table.service is not None and (other := attached.get(table.service)) is not None:
-                errors.append(
-                    f"route {table.name} (Kubernetes annotations) and route {other.name} ({other.origin}) both "
-                    f"attach to service {table.service}; serving the policy files' route"
-                )
-                continue
-            if table.name in names or _route_problems(table, lookup):
-                continue  # its service was dropped in favour of a policy file's: said above
-            routes.append(table)
-
+        routes = _merge_routes(files.routes, kubernetes.routes, lookup, problems)
+        if contents.registry is not None:
+            devices, devices_changed = self.devices.admit(files.sites, contents.registry, contents.device_changes)
+        else:
+            devices, devices_changed = (), False
         # Everything else the files say (sites, cluster domain…) is theirs alone: kept as is.
-        self._mesh = dataclasses.replace(
+        mesh = dataclasses.replace(
             files,
             services=services,
-            routes=tuple(sorted(routes, key=lambda r: r.name)),
+            routes=routes,
             certificates=certificates,
             trust_bundles=bundles,
+            devices=devices,
         )
-        self._inputs = inputs
-        self.errors = tuple(errors)
+        changes = self._changes(previous, mesh, contents.changes, substituted, devices_changed)
+        self._substituted = substituted
+        self._merged = Merged(mesh, changes, tuple(problems))
         self._merged_at = time.time()
-        return self._mesh
+        return self._merged
+
+    def _changes(
+        self, previous: Mesh | None, mesh: Mesh, reported: MeshChanges, substituted: bool, devices: bool
+    ) -> MeshChanges:
+        """What differs from `previous` to `mesh`: the sources' change sets, plus the merge's own.
+
+        The small parts (routes, secrets, sites) are compared whole: cheap, and they change with
+        decisions of the merge (a route left out when its service goes). The services are compared
+        only where the merge substituted something for what a source said, this time or last time
+        (a previous TLS, a service left out until its secret exists): there the sources' sets
+        cannot tell. Elsewhere they are exactly the sources' sets.
+        """
+        if previous is None:
+            return MeshChanges.everything()
+        found = MeshChanges(
+            services=reported.services or previous.cluster_domain != mesh.cluster_domain,
+            endpoints=reported.endpoints,
+            routes=previous.routes != mesh.routes,
+            secrets=previous.certificates != mesh.certificates or previous.trust_bundles != mesh.trust_bundles,
+            sites=previous.sites != mesh.sites,
+            devices=devices,
+        )
+        if substituted or self._substituted:
+            found |= MeshChanges.between(previous, mesh)
+        return found
+
+
+def _merge_routes(
+    files: Sequence[RouteTable],
+    kubernetes: Sequence[RouteTable],
+    lookup: Callable[[ServiceRef], Service | None],
+    problems: list[Problem],
+) -> tuple[RouteTable, ...]:
+    """The files' routes and Kubernetes', sorted by name; those that cannot be served left out."""
+    routes: list[RouteTable] = []
+    attached: dict[ServiceRef, RouteTable] = {}
+    names: set[str] = set()
+    for table in files:
+        found = _route_problems(table, lookup)
+        if found:
+            problems += found
+            continue
+        routes.append(table)
+        names.add(table.name)
+        if table.service is not None:
+            attached[table.service] = table
+    for table in kubernetes:
+        if table.service is not None and (other := attached.get(table.service)) is not None:
+            problems.append(
+                Problem(
+                    ProblemKind.CONFLICT,
+                    f"route {table.name}",
+                    "Kubernetes annotations",
+                    f"route {table.name} (Kubernetes annotations) and route {other.name} ({other.origin}) both "
+                    f"attach to service {table.service}; serving the policy files' route",
+                )
+            )
+            continue
+        if table.name in names or _route_problems(table, lookup):
+            continue  # its service was dropped in favour of a policy file's: said above
+        routes.append(table)
+    return tuple(sorted(routes, key=lambda r: r.name))
 
 
 _Secret = TypeVar("_Secret", TlsCertificate, TrustBundle)
 
 
-def _merge_secrets(files: tuple[_Secret, ...], kubernetes: Sequence[_Secret], errors: list[str]) -> tuple[_Secret, ...]:
+def _merge_secrets(
+    files: tuple[_Secret, ...], kubernetes: Sequence[_Secret], problems: list[Problem]
+) -> tuple[_Secret, ...]:
     """The files' secrets and Kubernetes', sorted by name (the files' tuple itself when Kubernetes has none)."""
     if not kubernetes:
         return files
@@ -178,13 +285,34 @@ def _merge_secrets(files: tuple[_Secret, ...], kubernetes: Sequence[_Secret], er
     kept = list(files)
     for secret in kubernetes:
         if (twin := names.get(secret.name)) is not None:
-            errors.append(
-                f"secret {secret.name} is defined by policy files ({twin.origin}) and by Kubernetes; "
-                "serving the policy files' definition"
+            problems.append(
+                Problem(
+                    ProblemKind.CONFLICT,
+                    f"secret {secret.name}",
+                    twin.origin,
+                    f"secret {secret.name} is defined by policy files ({twin.origin}) and by Kubernetes; "
+                    "serving the policy files' definition",
+                )
             )
             continue
         kept.append(secret)
     return tuple(sorted(kept, key=lambda secret: secret.name))
+
+
+class _SecretKind(enum.Enum):
+    """The two kinds of secret a service's TLS names; the value is how messages call it."""
+
+    CERTIFICATE = "certificate"
+    CA_BUNDLE = "CA bundle"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """One secret a service's TLS names: in which field, of which kind, by which name."""
+
+    field: str
+    kind: _SecretKind
+    name: str
 
 
 def _resolve_secret_references(
@@ -192,14 +320,14 @@ def _resolve_secret_references(
     certificates: tuple[TlsCertificate, ...],
     bundles: tuple[TrustBundle, ...],
     last: Mesh | None,
-    errors: list[str],
+    problems: list[Problem],
     kubernetes_secrets: bool = True,
 ) -> tuple[tuple[Service, ...], tuple[TlsCertificate, ...], tuple[TrustBundle, ...]] | None:
     """Services, certificates and bundles with every TLS reference resolved, or None when all were
     already (the common case: nothing is copied). A secret gone since `last` is carried over from
     it. A service naming a secret never served takes the TLS of its definition in `last` when that
     one resolves (a typo in a live service's TLS must not take it from the mesh), else is dropped.
-    Errors name secrets, never their content."""
+    Problems name secrets, never their content."""
     if not any(service.tls is not None for service in services):
         return None
     current = _SecretSets(certificates, bundles)
@@ -207,13 +335,18 @@ def _resolve_secret_references(
     carried = changed = False
     kept: list[Service] = []
 
-    def carry(where: str, tls: UpstreamTls, previous: str = "") -> bool:
+    def carry(subject: str, where: str, tls: UpstreamTls, previous: str = "") -> bool:
         gone = current.carry(tls, served)
-        for field, kind, name in gone:
-            errors.append(
-                f"{where}: {previous}{field} names {kind} {name!r}, which no source has any more (a Kubernetes "
-                "Secret deleted or no longer labelled for meshplane?); serving its last version until it is "
-                "back or the reference goes"
+        for reference in gone:
+            problems.append(
+                Problem(
+                    ProblemKind.UNKNOWN_SECRET,
+                    subject,
+                    where,
+                    f"{_heading(subject, where)}: {previous}{reference.field} names {reference.kind.value} "
+                    f"{reference.name!r}, which no source has any more (a Kubernetes Secret deleted or no longer "
+                    "labelled for meshplane?); serving its last version until it is back or the reference goes",
+                )
             )
         return bool(gone)
 
@@ -221,10 +354,10 @@ def _resolve_secret_references(
         if service.tls is None:
             kept.append(service)
             continue
-        where = f"service {service.ref}" + (f" ({service.origin})" if service.origin else "")
+        subject = f"service {service.ref}"
         missing = [wanted for wanted in _references(service.tls) if not current.resolves(wanted, served)]
         if not missing:
-            carried |= carry(where, service.tls)
+            carried |= carry(subject, service.origin, service.tls)
             kept.append(service)
             continue
         changed = True
@@ -234,10 +367,10 @@ def _resolve_secret_references(
         usable = previous is not None and (
             previous.tls is None or all(current.resolves(wanted, served) for wanted in _references(previous.tls))
         )
-        for field, kind, name in missing:
+        for reference in missing:
             cause = (
                 "--kubernetes-secrets is off, so no Kubernetes Secret is read"
-                if "/" in name and not kubernetes_secrets
+                if "/" in reference.name and not kubernetes_secrets
                 else "a Kubernetes Secret not created, not labelled for meshplane, or not valid?"
             )
             outcome = (
@@ -245,56 +378,67 @@ def _resolve_secret_references(
                 if usable
                 else "the service is left out until it exists"
             )
-            errors.append(f"{where}: {field} names {kind} {name!r}, which no source has ({cause}); {outcome}")
+            problems.append(
+                Problem(
+                    ProblemKind.UNKNOWN_SECRET,
+                    subject,
+                    service.origin,
+                    f"{_heading(subject, service.origin)}: {reference.field} names {reference.kind.value} "
+                    f"{reference.name!r}, which no source has ({cause}); {outcome}",
+                )
+            )
         if previous is None or not usable:
             continue
         # The new definition (endpoints, ports, policy) with the TLS that worked: keeping the whole
         # old object would pin its endpoints, and the next rollout would empty them.
         replacement = dataclasses.replace(service, tls=previous.tls)
         if previous.tls is not None:
-            carried |= carry(where, previous.tls, "previous ")
+            carried |= carry(subject, service.origin, previous.tls, "previous ")
         kept.append(previous if replacement == previous else replacement)
     if not carried and not changed:
         return None
     return tuple(kept), current.certificates(), current.bundles()
 
 
+def _heading(subject: str, where: str) -> str:
+    return f"{subject} ({where})" if where else subject
+
+
 class _SecretSets:
     """The certificates and CA bundles by name, to resolve references against (and carry into)."""
 
     def __init__(self, certificates: Sequence[TlsCertificate], bundles: Sequence[TrustBundle]) -> None:
-        self.by_kind: dict[str, dict[str, Any]] = {
-            "certificate": {certificate.name: certificate for certificate in certificates},
-            "CA bundle": {bundle.name: bundle for bundle in bundles},
+        self.by_kind: dict[_SecretKind, dict[str, Any]] = {
+            _SecretKind.CERTIFICATE: {certificate.name: certificate for certificate in certificates},
+            _SecretKind.CA_BUNDLE: {bundle.name: bundle for bundle in bundles},
         }
 
-    def resolves(self, wanted: tuple[str, str, str], served: _SecretSets) -> bool:
+    def resolves(self, wanted: _Reference, served: _SecretSets) -> bool:
         """Whether the reference resolves here, or in `served` (to be carried over)."""
-        _, kind, name = wanted
-        return name in self.by_kind[kind] or name in served.by_kind[kind]
+        return wanted.name in self.by_kind[wanted.kind] or wanted.name in served.by_kind[wanted.kind]
 
-    def carry(self, tls: UpstreamTls, served: _SecretSets) -> list[tuple[str, str, str]]:
+    def carry(self, tls: UpstreamTls, served: _SecretSets) -> list[_Reference]:
         """Adds what `tls` names from `served` when missing here (it must resolve); the references carried."""
         carried = []
         for wanted in _references(tls):
-            _, kind, name = wanted
-            if name not in self.by_kind[kind]:
-                self.by_kind[kind][name] = served.by_kind[kind][name]
+            here = self.by_kind[wanted.kind]
+            if wanted.name not in here:
+                here[wanted.name] = served.by_kind[wanted.kind][wanted.name]
                 carried.append(wanted)
         return carried
 
     def certificates(self) -> tuple[TlsCertificate, ...]:
-        return tuple(sorted(self.by_kind["certificate"].values(), key=lambda secret: secret.name))
+        return tuple(sorted(self.by_kind[_SecretKind.CERTIFICATE].values(), key=lambda secret: secret.name))
 
     def bundles(self) -> tuple[TrustBundle, ...]:
-        return tuple(sorted(self.by_kind["CA bundle"].values(), key=lambda secret: secret.name))
+        return tuple(sorted(self.by_kind[_SecretKind.CA_BUNDLE].values(), key=lambda secret: secret.name))
 
 
-def _references(tls: UpstreamTls) -> list[tuple[str, str, str]]:
-    """(field, kind, name) of every secret `tls` names."""
-    found = [("tls.trust", "CA bundle", tls.trust)]
+def _references(tls: UpstreamTls) -> list[_Reference]:
+    """Every secret `tls` names."""
+    found = [_Reference("tls.trust", _SecretKind.CA_BUNDLE, tls.trust)]
     if tls.client_certificate:
-        found.append(("tls.client_certificate", "certificate", tls.client_certificate))
+        found.append(_Reference("tls.client_certificate", _SecretKind.CERTIFICATE, tls.client_certificate))
     return found
 
 
@@ -311,24 +455,14 @@ def _find(services: tuple[Service, ...], ref: ServiceRef) -> Service | None:
     return None
 
 
-def _route_problems(table: RouteTable, lookup: Callable[[ServiceRef], Service | None]) -> list[str]:
-    """What makes `table` unservable against the merged services: unknown services or ports."""
-    where = f"route {table.name}" + (f" ({table.origin})" if table.origin else "")
+def _route_problems(table: RouteTable, lookup: Callable[[ServiceRef], Service | None]) -> list[Problem]:
+    """What makes `table` unservable against the merged services (the model's own check of a
+    route's service and backends, `backend_problems`), each saying that the route is left out."""
+    about = Subject(f"route {table.name}", table.origin)
     found = []
     if table.service is not None and lookup(table.service) is None:
-        found.append(f"{where}: unknown service {table.service}; route left out")
+        found.append(about.problem(ProblemKind.UNKNOWN_SERVICE, f"unknown service {table.service}"))
     for index, rule in enumerate(table.rules):
-        for backend in rule.backends:
-            target = lookup(backend.service)
-            if target is None:
-                found.append(f"{where} rule {index + 1}: unknown service {backend.service}; route left out")
-                continue
-            if backend.port is None and len(target.ports) > 1:
-                found.append(f"{where} rule {index + 1}: service {backend.service} has several ports; route left out")
-                continue
-            port = target.port(backend.port)
-            if port is None:
-                found.append(f"{where} rule {index + 1}: service {backend.service} has no port {backend.port!r}")
-            elif not port.protocol.is_http:
-                found.append(f"{where} rule {index + 1}: port {port.name} of {backend.service} is not HTTP")
-    return found
+        for backend in rule.targets():
+            found += backend_problems(about.within(f"rule {index + 1}"), backend, lookup(backend.service))
+    return [dataclasses.replace(problem, message=f"{problem.message}; route left out") for problem in found]

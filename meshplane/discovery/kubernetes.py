@@ -14,8 +14,11 @@ and EndpointSlices, and Secrets when enabled, in every selected namespace); befo
 slices changed since the last call and returns, for every other service, the very `Service`
 object it returned before, so downstream identity checks (`is`) find what changed without
 comparing (certificates and CA bundles likewise keep their tuples while unchanged).
-`on_change()` is called synchronously after each batch of changes; keep it cheap (poke a
-debouncer). `run()` ends only by cancellation.
+`take_changes()` says what changed in that content since its previous call, as a change set built
+from the objects the watches reported (a Service or slice event of one service changes that
+service, its endpoints alone when nothing else of it moved); the merge passes it on, so nothing
+downstream compares content to find it. `on_change()` is called synchronously after each batch
+of changes; keep it cheap (poke a debouncer). `run()` ends only by cancellation.
 
 Status: `errors` are what stops the source from being in sync (it cannot start, a list or watch
 fails) and clear as soon as the API server answers again; `notes` are what mapping left out of
@@ -62,8 +65,8 @@ from meshplane.discovery.kubernetes_watching import (
     get_json,
     newer_object,
 )
-from meshplane.discovery.source_status import SourceStatus
-from meshplane.model import RouteTable, Service, TlsCertificate, TrustBundle
+from meshplane.model import RouteTable, Service, SourceStatus, TlsCertificate, TrustBundle
+from meshplane.model.changes import MeshChanges, service_changes
 
 if TYPE_CHECKING:
     # Imported where used, when the source runs: `kubernetes_asyncio` and its generated models
@@ -189,6 +192,7 @@ class KubernetesSource:
         self._notes_of: dict[Key, tuple[str, ...]] = {}
         self._dirty: set[Key] = set()
         self._content: KubernetesContent | None = None
+        self._changes = MeshChanges.everything()  # in `_content` since the last `take_changes()`
         self._notes: tuple[str, ...] = ()
         # Secrets: the objects watched, what is served of each (its last good mapping), and notes.
         self._secret_objects: dict[SecretKey, Object] = {}
@@ -229,6 +233,13 @@ class KubernetesSource:
             },
         )
 
+    def take_changes(self) -> MeshChanges:
+        """What changed in `content()` since the previous call (the first call: everything), and
+        forgets it: meant for one reader, the merge."""
+        self.content()  # folds in the changes not mapped yet
+        changes, self._changes = self._changes, MeshChanges()
+        return changes
+
     def content(self) -> KubernetesContent:
         """The services and routes as the watched objects describe them now (see the module contract).
 
@@ -241,6 +252,7 @@ class KubernetesSource:
         certificates, trust_bundles = self._secret_content(previous)
         membership_changed = routes_changed = notes_changed = False
         replaced: list[tuple[int, Service]] = []
+        changes = MeshChanges()
         for key in self._dirty:
             old = self._mapped.get(key)
             mapped = self._map(key, old)
@@ -254,6 +266,7 @@ class KubernetesSource:
                 membership_changed = True
             elif new_service is not None and new_service is not old_service:
                 replaced.append((self._position[key], new_service))
+                changes |= service_changes(old_service, new_service)
             new_route = mapped.route if mapped is not None else None
             if (old.route if old is not None else None) is not new_route:
                 routes_changed = True
@@ -283,6 +296,11 @@ class KubernetesSource:
         routes = tuple(self._routes[key] for key in sorted(self._routes)) if routes_changed else previous.routes
         if notes_changed:
             self._notes = tuple(note for key in sorted(self._notes_of) for note in self._notes_of[key])
+        self._changes |= changes | MeshChanges(
+            services=membership_changed,
+            routes=routes_changed,
+            secrets=certificates is not previous.certificates or trust_bundles is not previous.trust_bundles,
+        )
         if (
             services is previous.services
             and routes is previous.routes

@@ -198,7 +198,7 @@ def policy_of(obj: Mapping[str, Any]) -> AnnotationPolicy:
             skip(key, str(error))
             return
         # A value that parses may still be out of range: the model's own checks decide.
-        new_problems = set(candidate.problems(where)) - set(policy.problems(where))
+        new_problems = set(map(str, candidate.problems(where))) - set(map(str, policy.problems(where)))
         if new_problems:
             skip(key, "; ".join(sorted(p.removeprefix(f"{where}: ") for p in new_problems)))
             return

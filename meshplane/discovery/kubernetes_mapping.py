@@ -172,7 +172,7 @@ def map_service(obj: Object, slices: Iterable[Object], annotated: AnnotationPoli
         origin=ORIGIN,
         external_name=external_name,
     )
-    problems = service.problems()
+    problems = [str(problem) for problem in service.problems()]
     if problems:
         return Mapped(None, None, (*notes, *problems, f"{where}: not served"))
     return Mapped(service, _route(service, annotated, notes), tuple(notes))

@@ -27,7 +27,6 @@ import gc
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,8 +36,9 @@ from pathlib import Path
 import watchfiles
 
 from meshplane.discovery.policy_schema import CertificateFiles, FileRef, ParsedPolicy, SecretFiles, parse_policy
-from meshplane.discovery.source_status import SourceStatus
-from meshplane.model import Mesh, RouteTable, Service, Site, TlsCertificate, TrustBundle
+from meshplane.memory import release_free_memory
+from meshplane.model import Mesh, ProblemKind, RouteTable, Service, Site, SourceStatus, TlsCertificate, TrustBundle
+from meshplane.model.changes import MeshChanges
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,10 @@ POLICY_SUFFIXES = (".yaml", ".yml")
 # re-read on the next poll instead of trusted. Re-reading is harmless: equal content changes nothing.
 _RACY_WINDOW_NS = 2_000_000_000
 
-# How Mesh.problems() says a route names a service the mesh lacks (see `open_world`).
-_UNKNOWN_SERVICE = re.compile(r": unknown service [^ ]+$")
-# … and a service's TLS names a secret the mesh lacks: with `open_world`, a `namespace/name` secret
-# is a Kubernetes Secret's (kubernetes_secrets.py), which the inventory checks in the merged mesh.
-_UNKNOWN_KUBERNETES_SECRET = re.compile(r": tls\.\w+ names unknown (CA bundle|certificate) '[^'/]+/[^']+'$")
+# The problems another source may resolve (see `open_world`): a route naming a service the files
+# lack, and a service's TLS naming a `namespace/name` secret, a Kubernetes Secret's
+# (kubernetes_secrets.py). The inventory checks both in the merged mesh.
+_OPEN_WORLD_KINDS = frozenset({ProblemKind.UNKNOWN_SERVICE, ProblemKind.UNKNOWN_NAMESPACED_SECRET})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +133,10 @@ class _Attempt:
     signed_at_ns: int
     contents: tuple[object, ...] = ()
     parses: Mapping[_ParseKey, ParsedPolicy] | None = None
+    # How many files this read parsed (not found parsed in `previous`).
+    parsed: int = 0
+    # What `mesh` changes from the mesh served when it was read (everything: not known).
+    changes: MeshChanges = dataclasses.field(default_factory=MeshChanges.everything)
 
     def is_racy(self) -> bool:
         return any(state.mtime_ns >= self.signed_at_ns - _RACY_WINDOW_NS for state in self.signature)
@@ -198,9 +201,10 @@ def _collection_paused() -> Iterator[None]:
 def _reuse_equal(parsed: ParsedPolicy, served: Mesh | None) -> ParsedPolicy:
     """`parsed` with each service and route equal to one of `served` replaced by that object.
 
-    Downstream works by identity: the publisher re-translates only the services that are not the
-    same object as before, and the served mesh is compared with the next one element by element.
-    So an edit of one endpoint in a file of a thousand services changes one object, not a thousand.
+    Finding what changed (`MeshChanges.between`, in the worker thread) then compares by identity
+    first: an edit of one endpoint in a file of a thousand services leaves one object to compare
+    field by field, not a thousand. (Identity is this module's shortcut only: what leaves the
+    source is the change set.)
     """
     if served is None:
         return parsed
@@ -235,6 +239,7 @@ def _read_policy(
     states = [FileState.of(path) for path in files]
     known = previous.parses if previous is not None and previous.parses is not None else {}
     parses: dict[_ParseKey, ParsedPolicy] = {}
+    parsed_files = 0
     contents: list[object] = []
     errors: list[str] = []
     services: list[Service] = []
@@ -252,6 +257,7 @@ def _read_policy(
         contents.append(key)
         parsed = known.get(key)
         if parsed is None:
+            parsed_files += 1
             try:
                 with _collection_paused():
                     parsed = _reuse_equal(parse_policy(_decode(data), str(path)), served)
@@ -309,18 +315,22 @@ def _read_policy(
             signed_at_ns=signed_at_ns,
             contents=previous.contents,
             parses=parses,
+            parsed=parsed_files,
+            changes=MeshChanges() if previous.mesh is served else MeshChanges.between(served, previous.mesh),
         )
     mesh = Mesh.of(services, routes, certificates, bundles, sites=sites)
-    if served is not None and mesh == served:
+    # By part, and by identity first: the services equal to served ones are those objects.
+    changes = MeshChanges.between(served, mesh)
+    if served is not None and changes.none:
         mesh = served
     # An unreadable secret file is reported already; the empty PEM it leaves need not be too.
-    said = set(errors) | {problem for secret in unreadable for problem in secret.problems()}
+    said = set(errors) | {str(problem) for secret in unreadable for problem in secret.problems()}
     for problem in mesh.problems():
-        if open_world and (_UNKNOWN_SERVICE.search(problem) or _UNKNOWN_KUBERNETES_SECRET.search(problem)):
+        if open_world and problem.kind in _OPEN_WORLD_KINDS:
             continue
-        if problem not in said:
-            errors.append(problem)
-            said.add(problem)
+        if (message := str(problem)) not in said:
+            errors.append(message)
+            said.add(message)
     return _Attempt(
         mesh=mesh,
         errors=tuple(errors),
@@ -330,6 +340,8 @@ def _read_policy(
         signed_at_ns=signed_at_ns,
         contents=tuple(contents),
         parses=parses,
+        parsed=parsed_files,
+        changes=changes,
     )
 
 
@@ -343,14 +355,17 @@ def _secret_files(secret: SecretFiles) -> tuple[tuple[str, FileRef], ...]:
 class PolicyFileSource:
     """Serves the mesh that policy files at `path` (a file or a directory) describe.
 
-    Contract: `mesh` is the last good content (None before the first); bad content never replaces
-    it. `load()` reads only when the files' signature (path, inode, size, mtime of every policy
-    file and every secret file they name) changed, calls `on_change()` exactly when the last good
-    mesh changed, and returns whether it did. `on_change` is called synchronously from `load()`;
-    keep it cheap (poke a debouncer); its exceptions propagate. A definition that moves to another
-    line counts as a change: origins are part of the model (the snapshot downstream is unchanged).
-    With `open_world` (another source, e.g. Kubernetes, also defines services), a route naming a
-    service the files do not define is not an error here; the inventory checks the merged mesh.
+    Contract: `mesh` is the last good content (None before the first); bad content never
+    replaces it. `take_changes()` says what changed in it since the previous call (everything at
+    the first), as a change set: the merge passes it on, and nobody downstream compares meshes
+    to find it. `load()` reads only when the files' signature (path, inode, size, mtime of every
+    policy file and every secret file they name) changed, calls `on_change()` exactly when the
+    last good mesh changed, and returns whether it did. `on_change` is called synchronously from
+    `load()`; keep it cheap (poke a debouncer); its exceptions propagate. A definition that
+    moves to another line counts as a change: origins are part of the model (the snapshot
+    downstream is unchanged). With `open_world` (another source, e.g. Kubernetes, also defines
+    services), a route naming a service the files do not define is not an error here; the
+    inventory checks the merged mesh.
 
     Logging: the errors themselves are not logged here. They are `status.errors`, and whoever
     reports source errors (the control plane's `SourceWatch`: one line per distinct error, with its
@@ -378,6 +393,7 @@ class PolicyFileSource:
         self._on_errors_changed = on_errors_changed
         self._max_file_size = max_file_size
         self._mesh: Mesh | None = None
+        self._changes = MeshChanges.everything()  # since the last `take_changes()`
         self._served_files = 0
         self._attempt: _Attempt | None = None
         self._errors: tuple[str, ...] = ()
@@ -389,6 +405,12 @@ class PolicyFileSource:
     @property
     def mesh(self) -> Mesh | None:
         return self._mesh
+
+    def take_changes(self) -> MeshChanges:
+        """What changed in `mesh` since the previous call (the first call: everything), and
+        forgets it: meant for one reader, the merge."""
+        changes, self._changes = self._changes, MeshChanges()
+        return changes
 
     @property
     def status(self) -> SourceStatus:
@@ -432,6 +454,10 @@ class PolicyFileSource:
         attempt = await asyncio.to_thread(
             _read_policy, files, self._max_file_size, self._open_world, previous, self._mesh
         )
+        if attempt.parsed:
+            # The parse's garbage (YAML nodes, the previous model objects) sits freed in the worker
+            # thread's heap arena; give it back, off the event loop.
+            await asyncio.to_thread(release_free_memory)
         self._attempt = attempt
         return self._refuse(attempt.errors) if attempt.errors else self._adopt(attempt)
 
@@ -497,6 +523,7 @@ class PolicyFileSource:
         changed = attempt.mesh is not self._mesh
         if changed:
             self._mesh = attempt.mesh
+            self._changes |= attempt.changes
             mesh = attempt.mesh
             log.info(
                 "policy files at %s loaded: %d services, %d routes, %d secrets from %d files",

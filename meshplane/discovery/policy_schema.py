@@ -31,23 +31,37 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from meshplane.discovery.policy_yaml import LibyamlPolicyLoader, PythonPolicyLoader
 from meshplane.model import (
+    HTTP_METHODS,
+    REDIRECT_STATUSES,
     RETRY_CONDITIONS,
     CircuitBreakers,
+    CorsPolicy,
     Endpoint,
     EndpointHealth,
+    FaultAbort,
+    FaultDelay,
+    FaultInjection,
     GatewayAddress,
     HashKey,
     HeaderMatch,
     HeaderMatchKind,
+    HeaderModifier,
+    HeaderValue,
     HealthCheck,
     HealthCheckProtocol,
     LoadBalancing,
     Locality,
+    Mirror,
     OutlierDetection,
     PathMatch,
     PathMatchKind,
     Protocol,
+    QueryMatch,
+    QueryMatchKind,
+    RateLimit,
+    Redirect,
     RetryPolicy,
     RouteMatch,
     RouteRule,
@@ -111,13 +125,45 @@ KEYS: Mapping[str, tuple[str, ...]] = {
     ),
     "service.tls": ("trust", "sni", "client_certificate"),
     "route": ("name", "service", "hosts", "rules"),
-    "route.rules": ("match", "backends", "to", "timeout", "retries", "rewrite"),
-    "route.rules.match": ("path", "headers"),
+    "route.rules": (
+        "name",
+        "match",
+        "backends",
+        "to",
+        "timeout",
+        "retries",
+        "rewrite",
+        "request_headers",
+        "response_headers",
+        "redirect",
+        "mirror",
+        "fault",
+        "rate_limit",
+        "cors",
+    ),
+    "route.rules.match": ("path", "method", "headers", "query"),
     "route.rules.match.path": ("prefix", "exact", "regex"),
     "route.rules.match.headers": ("name", "exact", "prefix", "regex", "present", "invert"),
+    "route.rules.match.query": ("name", "exact", "regex"),
     "route.rules.backends": ("service", "port", "weight"),
+    "route.rules.mirror": ("service", "port", "percent"),
+    "route.rules.fault": ("delay", "abort"),
+    "route.rules.fault.delay": ("duration", "percent"),
+    "route.rules.fault.abort": ("status", "percent"),
+    "route.rules.rate_limit": ("requests", "interval", "burst", "per_header"),
+    "route.rules.cors": (
+        "allow_origins",
+        "allow_methods",
+        "allow_headers",
+        "expose_headers",
+        "max_age",
+        "allow_credentials",
+    ),
     "route.rules.retries": ("on", "attempts", "per_try_timeout"),
-    "route.rules.rewrite": ("prefix",),
+    "route.rules.rewrite": ("prefix", "path", "hostname"),
+    "route.rules.request_headers": ("set", "add", "remove"),
+    "route.rules.response_headers": ("set", "add", "remove"),
+    "route.rules.redirect": ("scheme", "hostname", "port", "path", "prefix", "status"),
     "secret": ("name", "certificate_file", "key_file", "ca_file"),
     "site": ("id", "region", "zone", "gateways", "device_ranges"),
 }
@@ -169,10 +215,9 @@ class ParsedPolicy:
 # libyaml's parser (PyYAML's C extension) reads a policy file about 10x faster than the pure-Python
 # one and gives every node the same line (its syntax errors are worded again: `_syntax_error`); the
 # pure-Python loader is the fallback only where PyYAML was built without libyaml. Tests run the
-# format's cases under both (tests/test_policy_load_performance.py).
-YAML_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = (
-    yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
-)
+# format's cases under both (tests/test_policy_load_performance.py). Both resolve tags as PyYAML's
+# SafeLoader does, only cheaper (policy_yaml).
+YAML_LOADER: type[yaml.SafeLoader] = LibyamlPolicyLoader if yaml.__with_libyaml__ else PythonPolicyLoader
 
 
 def parse_policy(text: str, source: str) -> ParsedPolicy:
@@ -222,9 +267,9 @@ def _syntax_error(text: str, error: yaml.YAMLError) -> tuple[int, str]:
     its error is derived again by the pure-Python parser: messages and lines are the same whichever
     loader read the file. Only a broken file pays for the second parse.
     """
-    if YAML_LOADER is not yaml.SafeLoader:
+    if YAML_LOADER is not PythonPolicyLoader:
         try:
-            for _ in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            for _ in yaml.compose_all(text, Loader=PythonPolicyLoader):
                 pass
         except yaml.YAMLError as python_error:
             error = python_error
@@ -243,7 +288,12 @@ def parse_duration(text: str) -> float | None:
 
 
 _NULL = "tag:yaml.org,2002:null"
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
 _STANDARD_TAG = "tag:yaml.org,2002:"
+# Keys that make `flatten_mapping` change a mapping: a merge (`<<`) and YAML 1.1's value key (`=`).
+_FLATTENED_KEY_TAGS = frozenset(("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"))
+_KEY_SETS: Mapping[str, frozenset[str]] = {section: frozenset(keys) for section, keys in KEYS.items()}
 _DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ms|s|m|h))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -255,6 +305,26 @@ _T = TypeVar("_T")
 
 class _TooManyNodes(Exception):
     pass
+
+
+def _is_decimal(text: str) -> bool:
+    """Whether SafeConstructor reads `text`, tagged int, as `int(text)`: plain ASCII digits, no
+    leading zero (octal in YAML 1.1), no `_`, sign, base prefix or `:`."""
+    return text.isascii() and text.isdigit() and (text[0] != "0" or text == "0")
+
+
+def _clean_fields(node: MappingNode, allowed: frozenset[str]) -> dict[str, Node] | None:
+    """The mapping's values by key when `_Reader.mapping` would report nothing and merge nothing:
+    plain keys, each once, all in `allowed` (or any key when `allowed` is empty). Otherwise None,
+    and the reader checks the mapping key by key."""
+    fields: dict[str, Node] = {}
+    for key, value in node.value:
+        if type(key) is not ScalarNode or key.tag in _FLATTENED_KEY_TAGS:
+            return None
+        fields[key.value] = value
+    if len(fields) != len(node.value) or (allowed and not allowed.issuperset(fields)):
+        return None
+    return fields
 
 
 def _kind(node: Node) -> str:
@@ -275,7 +345,8 @@ class _Reader:
         self.errors: list[tuple[int, str]] = []  # (line, "source:line: reason")
         self._constructor = SafeConstructor()
         self._nodes = 0
-        self._checked: set[int] = set()
+        # Mappings whose keys were checked, held (not their ids: a freed document's ids are reused).
+        self._checked: set[Node] = set()
 
     def origin(self, node: Node) -> str:
         return f"{self.source}:{node.start_mark.line + 1}"
@@ -283,21 +354,26 @@ class _Reader:
     def error(self, node: Node, reason: str) -> None:
         self.errors.append((node.start_mark.line + 1, f"{self.origin(node)}: {reason}"))
 
-    def _visit(self) -> None:
-        self._nodes += 1
+    def visited(self, nodes: int = 1) -> None:
+        """Counts nodes read: each call of `mapping`, `items` and `scalar` (and the readers built on
+        them) counts one, and a fast path counts one for each call it stands in for."""
+        self._nodes += nodes
         if self._nodes > MAX_NODES:
             raise _TooManyNodes
 
     def mapping(self, node: Node, section: str, keys: Collection[str] | None = None) -> dict[str, Node] | None:
         """The mapping's values by key. Keys not in `keys` (by default KEYS[section]) are reported and left
         out; an empty `keys` accepts any key (e.g. port names)."""
-        self._visit()
+        self.visited()
         if not isinstance(node, MappingNode):
             self.error(node, f"{section} must be a mapping, not {_kind(node)}")
             return None
         allowed = KEYS[section] if keys is None else keys
-        if id(node) not in self._checked:  # an aliased mapping is checked once (merging changes it)
-            self._checked.add(id(node))
+        if node not in self._checked:  # an aliased mapping is checked once (merging changes it)
+            self._checked.add(node)
+            clean = _clean_fields(node, _KEY_SETS[section] if keys is None else frozenset(keys))
+            if clean is not None:
+                return clean
             self._check_keys(node, section, allowed)
             try:
                 self._constructor.flatten_mapping(node)  # YAML merge keys: `<<: *defaults`
@@ -326,7 +402,7 @@ class _Reader:
                 self.error(key, f"unknown key {name!r} in {section}{_suggest(name, allowed)}")
 
     def items(self, node: Node, what: str) -> list[Node]:
-        self._visit()
+        self.visited()
         if isinstance(node, SequenceNode):
             return list(node.value)
         self.error(node, f"{what} must be a list, not {_kind(node)}")
@@ -334,7 +410,14 @@ class _Reader:
 
     def scalar(self, node: Node, what: str, expected: str) -> object:
         """The scalar's value as YAML types it, or `_BAD` (error reported)."""
-        self._visit()
+        self.visited()
+        if type(node) is ScalarNode:
+            # The two types nearly every value has, read as SafeConstructor reads them, without it.
+            tag = node.tag
+            if tag == _STR:
+                return node.value
+            if tag == _INT and _is_decimal(value := node.value):
+                return int(value)
         if not isinstance(node, ScalarNode) or node.tag == _NULL:
             self.error(node, f"{what} must be {expected}, not {_kind(node)}")
             return _BAD
@@ -343,11 +426,17 @@ class _Reader:
             return _BAD
         try:
             return self._constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError):
-            return str(node.value)  # e.g. an impossible date: the text it is
+        except (yaml.YAMLError, ValueError, LookupError, AttributeError):
+            # e.g. an impossible date: the text it is. SafeConstructor raises more than YAMLError
+            # for an explicit tag its text does not fit: `!!bool abc` (KeyError), `!!int ""`
+            # (IndexError), `!!timestamp x` (AttributeError).
+            return str(node.value)
 
     def string(self, node: Node, what: str) -> str | None:
         # Any scalar's text as written: `exact: 010` means "010", `sni: true` means "true".
+        if type(node) is ScalarNode and node.tag == _STR:  # what `scalar` would find, without it
+            self.visited()
+            return str(node.value)
         if self.scalar(node, what, "a string") is _BAD:
             return None
         return str(node.value)
@@ -459,6 +548,20 @@ _FIELD_READERS: Mapping[str, Mapping[str, _FieldReader]] = {
         "healthy_threshold": _Reader.integer,
     },
     "service.tls": {"trust": _Reader.string, "sni": _Reader.string, "client_certificate": _Reader.string},
+    "route.rules.cors": {
+        "allow_origins": _Reader.strings,
+        "allow_methods": _Reader.strings,
+        "allow_headers": _Reader.strings,
+        "expose_headers": _Reader.strings,
+        "max_age": _Reader.integer,
+        "allow_credentials": _Reader.boolean,
+    },
+    "route.rules.rate_limit": {
+        "requests": _Reader.integer,
+        "interval": _Reader.duration,
+        "burst": _Reader.integer,
+        "per_header": _Reader.string,
+    },
 }
 
 
@@ -486,8 +589,15 @@ def _service(reader: _Reader, node: Node) -> Service | None:
     ports = _ports(reader, node, fields)
     endpoints: list[Endpoint] = []
     if "endpoints" in fields:
+        # Nearly every endpoint is `{address: A, port: P}` of a one-port service: such an entry has
+        # no error to report, and is read here without the general reader (`_endpoint`).
+        only_port = ports[0].name if len(ports) == 1 else None
         for item in reader.items(fields["endpoints"], "service.endpoints"):
-            endpoints += _endpoint(reader, item, ports)
+            if only_port is not None and (plain := _address_and_port(item)) is not None:
+                reader.visited(3)  # the mapping and its two values, as `_endpoint` counts them
+                endpoints.append(Endpoint(plain[0], plain[1], only_port, _UNKNOWN_LOCALITY, _READY, 1))
+            else:
+                endpoints += _endpoint(reader, item, ports)
     policy = _policy(reader, fields["policy"]) if "policy" in fields else TrafficPolicy()
     tls = _tls(reader, fields["tls"]) if "tls" in fields else None
     if name is None:
@@ -539,25 +649,54 @@ def _port(reader: _Reader, node: Node) -> ServicePort | None:
     return None if number is None else ServicePort(name, number, protocol)
 
 
+_UNKNOWN_LOCALITY = Locality()
+_READY = EndpointHealth.READY
+
+
+def _address_and_port(node: Node) -> tuple[str, int] | None:
+    """The address and port of an endpoint entry written `{address: A, port: P}`: in that order, A
+    a string, P a decimal (`_is_decimal`). None for any other entry."""
+    if type(node) is not MappingNode or len(pairs := node.value) != 2:
+        return None
+    (address_key, address), (port_key, port) = pairs
+    if (
+        type(address_key) is ScalarNode
+        and type(port_key) is ScalarNode
+        and address_key.value == "address"
+        and port_key.value == "port"
+        and address_key.tag == _STR
+        and port_key.tag == _STR
+        and type(address) is ScalarNode
+        and type(port) is ScalarNode
+        and address.tag == _STR
+        and port.tag == _INT
+        and _is_decimal(port.value)
+    ):
+        return address.value, int(port.value)
+    return None
+
+
 def _endpoint(reader: _Reader, node: Node, ports: tuple[ServicePort, ...]) -> list[Endpoint]:
     """One endpoint entry: one `Endpoint` per service port it serves."""
     fields = reader.mapping(node, "service.endpoints")
     if fields is None:
         return []
     address = _required_string(reader, node, fields, "address", "service.endpoints")
-    locality = Locality(
-        region=_optional(fields, "region", reader.string, "service.endpoints.region", ""),
-        zone=_optional(fields, "zone", reader.string, "service.endpoints.zone", ""),
-        sub_zone=_optional(fields, "sub_zone", reader.string, "service.endpoints.sub_zone", ""),
-    )
-    health = _optional(
-        fields,
-        "health",
-        lambda n, w: reader.choice(n, w, EndpointHealth),
-        "service.endpoints.health",
-        EndpointHealth.READY,
-    )
-    weight = _optional(fields, "weight", reader.integer, "service.endpoints.weight", 1)
+    # Absent keys' defaults are taken without a reader.
+    locality = _UNKNOWN_LOCALITY
+    if "region" in fields or "zone" in fields or "sub_zone" in fields:
+        locality = Locality(
+            region=_optional(fields, "region", reader.string, "service.endpoints.region", ""),
+            zone=_optional(fields, "zone", reader.string, "service.endpoints.zone", ""),
+            sub_zone=_optional(fields, "sub_zone", reader.string, "service.endpoints.sub_zone", ""),
+        )
+    health = EndpointHealth.READY
+    if "health" in fields:
+        chosen = reader.choice(fields["health"], "service.endpoints.health", EndpointHealth)
+        health = health if chosen is None else chosen
+    weight = 1
+    if "weight" in fields:
+        weight = _optional(fields, "weight", reader.integer, "service.endpoints.weight", weight)
     targets: list[tuple[str, int]] = []  # (port name, number)
     if "port" in fields and "ports" in fields:
         reader.error(node, "service.endpoints: use either `port` or `ports`, not both")
@@ -574,7 +713,7 @@ def _endpoint(reader: _Reader, node: Node, ports: tuple[ServicePort, ...]) -> li
             )
     elif "ports" in fields:
         mapped = reader.mapping(fields["ports"], "service.endpoints.ports", keys=())
-        known = {port.name for port in ports}
+        known = tuple(port.name for port in ports)  # in order: the error's suggestion lists them
         for port_name, value in (mapped or {}).items():
             if port_name not in known:
                 reader.error(
@@ -668,9 +807,164 @@ def _rule(reader: _Reader, node: Node) -> RouteRule | None:
     timeout = _optional(fields, "timeout", reader.duration, "route.rules.timeout", None)
     retry = _retries(reader, fields["retries"]) if "retries" in fields else None
     rewrite: str | None = None
+    path_rewrite: str | None = None
+    host_rewrite: str | None = None
     if "rewrite" in fields and (rewrites := reader.mapping(fields["rewrite"], "route.rules.rewrite")) is not None:
         rewrite = _optional(rewrites, "prefix", reader.string, "route.rules.rewrite.prefix", None)
-    return RouteRule(match=match, backends=tuple(backends), timeout=timeout, retry=retry, prefix_rewrite=rewrite)
+        path_rewrite = _optional(rewrites, "path", reader.string, "route.rules.rewrite.path", None)
+        host_rewrite = _optional(rewrites, "hostname", reader.string, "route.rules.rewrite.hostname", None)
+        if rewrite is not None and path_rewrite is not None:
+            reader.error(fields["rewrite"], "route.rules.rewrite: use either `prefix` or `path`, not both")
+    redirect = _redirect(reader, fields["redirect"]) if "redirect" in fields else None
+    if redirect is not None and backends_node is not None:
+        reader.error(node, "route.rules: a rule with a `redirect` answers the request itself and has no backends")
+    return RouteRule(
+        match=match,
+        backends=tuple(backends),
+        timeout=timeout,
+        retry=retry,
+        prefix_rewrite=rewrite,
+        name=_optional(fields, "name", reader.string, "route.rules.name", None),
+        request_headers=_modifier(reader, fields, "request_headers"),
+        response_headers=_modifier(reader, fields, "response_headers"),
+        redirect=redirect,
+        path_rewrite=path_rewrite,
+        host_rewrite=host_rewrite,
+        mirrors=tuple(_each(reader, fields["mirror"], "route.rules.mirror", _mirror)) if "mirror" in fields else (),
+        fault=_fault(reader, fields["fault"]) if "fault" in fields else None,
+        rate_limit=_rate_limit(reader, fields["rate_limit"]) if "rate_limit" in fields else None,
+        cors=_cors(reader, fields["cors"]) if "cors" in fields else None,
+    )
+
+
+def _cors(reader: _Reader, node: Node) -> CorsPolicy | None:
+    """Shapes and types here; the model checks the origins, methods, header names and ranges."""
+    section = "route.rules.cors"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    if "allow_origins" not in fields:
+        reader.error(node, f"{section} needs `allow_origins`")
+        return None
+    values = _plain(reader, fields, section)
+    return CorsPolicy(**values)
+
+
+def _rate_limit(reader: _Reader, node: Node) -> RateLimit | None:
+    section = "route.rules.rate_limit"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    if "requests" not in fields:
+        reader.error(node, f"{section} needs `requests`")
+        return None
+    values = _plain(reader, fields, section)
+    header = values.get("per_header")
+    # Checked here, where the line is known; a refused header is left out like any bad part.
+    if header is not None and (problem := header_name_problem(header)) is not None:
+        reader.error(fields["per_header"], f"{section}.per_header: {problem}")
+        return None
+    return RateLimit(**values) if "requests" in values else None
+
+
+def _fault(reader: _Reader, node: Node) -> FaultInjection | None:
+    section = "route.rules.fault"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    if "delay" not in fields and "abort" not in fields:
+        reader.error(node, f"{section} needs `delay`, `abort` or both")
+        return None
+    delay: FaultDelay | None = None
+    if "delay" in fields and (parts := reader.mapping(fields["delay"], f"{section}.delay")) is not None:
+        if "duration" not in parts:
+            reader.error(fields["delay"], f"{section}.delay needs `duration`")
+        elif (duration := reader.duration(parts["duration"], f"{section}.delay.duration")) is not None:
+            delay = FaultDelay(duration, _percent(reader, parts, f"{section}.delay"))
+    abort: FaultAbort | None = None
+    if "abort" in fields and (parts := reader.mapping(fields["abort"], f"{section}.abort")) is not None:
+        if "status" not in parts:
+            reader.error(fields["abort"], f"{section}.abort needs `status`")
+        elif (status := reader.integer(parts["status"], f"{section}.abort.status")) is not None:
+            if 200 <= status <= 599:
+                abort = FaultAbort(status, _percent(reader, parts, f"{section}.abort"))
+            else:
+                reader.error(parts["status"], f"{section}.abort.status: {status} is not an HTTP status from 200 to 599")
+    return FaultInjection(delay, abort) if delay is not None or abort is not None else None
+
+
+def _percent(reader: _Reader, fields: Mapping[str, Node], section: str) -> float:
+    """The number 0-100 at `percent`; 100 when absent or wrong (the error is reported)."""
+    if "percent" not in fields:
+        return 100.0
+    node = fields["percent"]
+    value = reader.scalar(node, f"{section}.percent", "a number from 0 to 100")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+        return float(value)
+    if value is not _BAD:
+        reader.error(node, f"{section}.percent: {node.value!r} is not a number from 0 to 100")
+    return 100.0
+
+
+def _modifier(reader: _Reader, fields: Mapping[str, Node], key: str) -> HeaderModifier | None:
+    """`set` and `add` map header names to values; `remove` lists names. Names are checked here, on
+    their own lines; the model checks the rest (repeats across lists, values, counts)."""
+    section = f"route.rules.{key}"
+    if key not in fields or (parts := reader.mapping(fields[key], section)) is None:
+        return None
+    found: dict[str, tuple[HeaderValue, ...]] = {}
+    for part in ("set", "add"):
+        if part in parts and (values := reader.mapping(parts[part], f"{section}.{part}", keys=())) is not None:
+            headers = []
+            for name, value in values.items():
+                text = reader.string(value, f"{section}.{part}.{name}")
+                if _modifiable_header(reader, value, name, f"{section}.{part}") and text is not None:
+                    headers.append(HeaderValue(name, text))
+            found[part] = tuple(headers)
+    removed: list[str] = []
+    for item in reader.items(parts["remove"], f"{section}.remove") if "remove" in parts else ():
+        header = reader.string(item, f"{section}.remove")
+        if header is not None and _modifiable_header(reader, item, header, f"{section}.remove"):
+            removed.append(header)
+    return HeaderModifier(set=found.get("set", ()), add=found.get("add", ()), remove=tuple(removed))
+
+
+def _modifiable_header(reader: _Reader, node: Node, name: str, what: str) -> bool:
+    """Whether a header modifier may change header `name`; if not, reports why at `node`."""
+    lowered = name.lower()
+    if (problem := header_name_problem(lowered)) is not None:
+        reader.error(node, f"{what}: {problem}")
+        return False
+    if lowered.startswith(":") or lowered == "host":
+        reader.error(node, f"{what}: header {name!r} cannot be changed (pseudo-headers and host; see rewrite.hostname)")
+        return False
+    return True
+
+
+def _redirect(reader: _Reader, node: Node) -> Redirect | None:
+    section = "route.rules.redirect"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    if "path" in fields and "prefix" in fields:
+        reader.error(node, f"{section}: use either `path` or `prefix`, not both")
+    scheme = _optional(fields, "scheme", reader.string, f"{section}.scheme", None)
+    if scheme is not None and scheme not in ("http", "https"):
+        reader.error(fields["scheme"], f"{section}.scheme: {scheme!r} is not one of http, https")
+        scheme = None
+    status = _optional(fields, "status", reader.integer, f"{section}.status", 302)
+    if status not in REDIRECT_STATUSES:
+        statuses = ", ".join(str(code) for code in REDIRECT_STATUSES)
+        reader.error(fields["status"], f"{section}.status: {status} is not one of {statuses}")
+        status = 302
+    return Redirect(
+        scheme=scheme,
+        hostname=_optional(fields, "hostname", reader.string, f"{section}.hostname", None),
+        port=_optional(fields, "port", reader.integer, f"{section}.port", None),
+        path=_optional(fields, "path", reader.string, f"{section}.path", None),
+        prefix=_optional(fields, "prefix", reader.string, f"{section}.prefix", None),
+        status=status,
+    )
 
 
 def _match(reader: _Reader, node: Node) -> RouteMatch:
@@ -690,7 +984,36 @@ def _match(reader: _Reader, node: Node) -> RouteMatch:
                 continue
             path = PathMatch(PathMatchKind(key), text)
     headers = _each(reader, fields["headers"], "route.rules.match.headers", _header) if "headers" in fields else []
-    return RouteMatch(path=path, headers=tuple(headers))
+    method: str | None = None
+    if "method" in fields and (text := reader.string(fields["method"], "route.rules.match.method")) is not None:
+        if text in HTTP_METHODS:
+            method = text
+        else:
+            hint = _suggest(text.upper(), HTTP_METHODS)
+            reader.error(fields["method"], f"route.rules.match.method: {text!r} is not an HTTP method{hint}")
+    query = _each(reader, fields["query"], "route.rules.match.query", _query) if "query" in fields else []
+    return RouteMatch(path=path, headers=tuple(headers), method=method, query=tuple(query))
+
+
+def _query(reader: _Reader, node: Node) -> QueryMatch | None:
+    section = "route.rules.match.query"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    name = _required_string(reader, node, fields, "name", section)
+    kinds = [kind for kind in QueryMatchKind if kind.value in fields]
+    if len(kinds) != 1:
+        reader.error(node, f"{section} needs exactly one of exact, regex")
+        return None
+    kind = kinds[0]
+    value = reader.string(fields[kind.value], f"{section}.{kind.value}")
+    # Checked here, where the line is known; a refused match is left out like any bad part.
+    if kind is QueryMatchKind.REGEX and value is not None and (problem := regex_problem(value)) is not None:
+        reader.error(fields["regex"], f"{section}.regex: {problem}")
+        value = None
+    if name is None or value is None:
+        return None
+    return QueryMatch(name=name, kind=kind, value=value)
 
 
 def _header(reader: _Reader, node: Node) -> HeaderMatch | None:
@@ -737,15 +1060,36 @@ def _backend(reader: _Reader, node: Node) -> WeightedBackend | None:
         reader.error(node, f"{section} needs `service`")
         return None
     ref = _service_ref(reader, fields["service"], f"{section}.service")
-    port: str | int | None = None
-    if "port" in fields:
-        value = reader.scalar(fields["port"], f"{section}.port", "a port name or number")
-        if isinstance(value, int) and not isinstance(value, bool):
-            port = value
-        elif value is not _BAD:
-            port = str(fields["port"].value)
+    port = _port_reference(reader, fields, section)
     weight = _optional(fields, "weight", reader.integer, f"{section}.weight", 100)
     return None if ref is None else WeightedBackend(ref, port, weight)
+
+
+def _port_reference(reader: _Reader, fields: Mapping[str, Node], section: str) -> str | int | None:
+    """A service port named by `port:` (a name or a number), None when absent or wrong."""
+    if "port" not in fields:
+        return None
+    value = reader.scalar(fields["port"], f"{section}.port", "a port name or number")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None if value is _BAD else str(fields["port"].value)
+
+
+def _mirror(reader: _Reader, node: Node) -> Mirror | None:
+    section = "route.rules.mirror"
+    if isinstance(node, ScalarNode):  # `mirror: [api-shadow]`: every request, to its only port
+        ref = _service_ref(reader, node, section)
+        return None if ref is None else Mirror(ref)
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    if "service" not in fields:
+        reader.error(node, f"{section} needs `service`")
+        return None
+    ref = _service_ref(reader, fields["service"], f"{section}.service")
+    port = _port_reference(reader, fields, section)
+    percent = _percent(reader, fields, section)
+    return None if ref is None else Mirror(ref, port, percent)
 
 
 def _retries(reader: _Reader, node: Node) -> RetryPolicy | None:

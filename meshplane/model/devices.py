@@ -13,6 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from meshplane.model.problems import Problem, ProblemKind, Subject
 from meshplane.model.sites import Site
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -28,8 +29,22 @@ def is_device_class(value: str) -> bool:
     return bool(_DEVICE_CLASS.match(value))
 
 
-def forbidden_address_reason(address: str) -> str | None:
-    """Why no device may ever claim `address` (loopback, link-local, cloud metadata, …), or None.
+@dataclass(frozen=True, slots=True)
+class AddressRefusal:
+    """Why no device may claim an address: `kind` is NOT_AN_IP_ADDRESS when it does not parse,
+    FORBIDDEN_ADDRESS when it names somewhere no device may be; `reason` is the words that follow
+    the address in a message ("is a loopback address"), and `str()` of a refusal."""
+
+    kind: ProblemKind
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def forbidden_address_reason(address: str) -> AddressRefusal | None:
+    """Why no device may ever claim `address` (loopback, link-local, cloud metadata, …), or None;
+    its kind tells an address that does not parse from one no device may have.
 
     Checked whatever a site's ranges say: an operator's too-wide range must not let a device make
     a gateway call its own admin port or a cloud metadata service. An IPv6 address that carries an
@@ -43,7 +58,13 @@ def forbidden_address_reason(address: str) -> str | None:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return "is not an IP address"
+        return AddressRefusal(ProblemKind.NOT_AN_IP_ADDRESS, "is not an IP address")
+    reason = _forbidden_ip_reason(ip)
+    return None if reason is None else AddressRefusal(ProblemKind.FORBIDDEN_ADDRESS, reason)
+
+
+def _forbidden_ip_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """`forbidden_address_reason` of an address that parses: the words, or None."""
     if isinstance(ip, ipaddress.IPv4Address):
         return _own_reason(ip)
     if ip.scope_id is not None:
@@ -144,23 +165,29 @@ class Device:
     version: str = ""
     labels: tuple[tuple[str, str], ...] = ()
 
-    def problems(self, sites: dict[str, Site]) -> list[str]:
-        where = f"device {self.id}"
+    def problems(self, sites: dict[str, Site]) -> list[Problem]:
+        """Why this device cannot be served at `sites` (by id), each naming it; empty when it can."""
+        about = Subject(f"device {self.id}")
         found = []
         if not is_device_id(self.id):
-            found.append(f"{where}: malformed id")
+            found.append(about.invalid("malformed id"))
         if not is_device_class(self.device_class):
-            found.append(f"{where}: malformed class {self.device_class!r}")
+            found.append(about.invalid(f"malformed class {self.device_class!r}"))
         site = sites.get(self.site)
         if site is None:
-            found.append(f"{where}: unknown site {self.site!r}")
+            found.append(about.problem(ProblemKind.UNKNOWN_SITE, f"unknown site {self.site!r}"))
         networks = site.networks() if site is not None else ()
         for endpoint in self.endpoints:
-            reason = forbidden_address_reason(endpoint.address)
-            if reason is not None:
-                found.append(f"{where}: address {endpoint.address} {reason}")
+            refusal = forbidden_address_reason(endpoint.address)
+            if refusal is not None:
+                found.append(about.problem(refusal.kind, f"address {endpoint.address} {refusal.reason}"))
             elif site is not None and not any(ipaddress.ip_address(endpoint.address) in net for net in networks):
-                found.append(f"{where}: address {endpoint.address} is outside the ranges of site {site.id}")
+                found.append(
+                    about.problem(
+                        ProblemKind.FORBIDDEN_ADDRESS,
+                        f"address {endpoint.address} is outside the ranges of site {site.id}",
+                    )
+                )
             if not 1 <= endpoint.port <= 65535:
-                found.append(f"{where}: port {endpoint.port} is out of range 1-65535")
+                found.append(about.invalid(f"port {endpoint.port} is out of range 1-65535"))
         return found

@@ -6,9 +6,11 @@ problem rather than the first. Must not do I/O or know any wire format.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from meshplane.model.devices import Device
+from meshplane.model.problems import Problem, ProblemKind, Subject
 from meshplane.model.routes import RouteTable, WeightedBackend
 from meshplane.model.secrets import TlsCertificate, TrustBundle
 from meshplane.model.services import Service, ServiceRef
@@ -17,12 +19,25 @@ from meshplane.model.sites import Site
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 
+def device_order(device: Device) -> tuple[str, str]:
+    """The order of `Mesh.devices`: by site, then id (so one site's devices are one slice)."""
+    return (device.site, device.id)
+
+
+def _service_order(service: Service) -> tuple[str, str]:
+    return (service.namespace, service.name)
+
+
+def _site_only(device: Device) -> tuple[str]:
+    return (device.site,)
+
+
 @dataclass(frozen=True, slots=True)
 class Mesh:
     """Services and route tables, each sorted by key, so equal meshes compare and translate equal.
 
     `sites` (edge sites, from the policy files) and `devices` (live edge registrations, sorted by
-    id) matter only to the edge roles' translators.
+    site, then id: `device_order`) matter only to the edge roles' translators.
     """
 
     services: tuple[Service, ...] = ()
@@ -51,8 +66,15 @@ class Mesh:
             trust_bundles=tuple(sorted(trust_bundles, key=lambda b: b.name)),
             cluster_domain=cluster_domain,
             sites=tuple(sorted(sites, key=lambda s: s.id)),
-            devices=tuple(sorted(devices, key=lambda d: d.id)),
+            devices=tuple(sorted(devices, key=device_order)),
         )
+
+    def devices_at(self, site_id: str) -> tuple[Device, ...]:
+        """The devices of one site, by id: a slice of `devices` found by binary search (a gateway's
+        translation reads its site's devices without walking a fleet's)."""
+        start = bisect.bisect_left(self.devices, (site_id,), key=_site_only)
+        end = bisect.bisect_right(self.devices, (site_id,), key=_site_only)
+        return self.devices[start:end]
 
     def site(self, site_id: str) -> Site | None:
         for site in self.sites:
@@ -61,9 +83,12 @@ class Mesh:
         return None
 
     def service(self, ref: ServiceRef) -> Service | None:
-        for service in self.services:
-            if service.namespace == ref.namespace and service.name == ref.name:
-                return service
+        """The service `ref`, by binary search (`services` are in (namespace, name) order)."""
+        index = bisect.bisect_left(self.services, (ref.namespace, ref.name), key=_service_order)
+        if index < len(self.services):
+            found = self.services[index]
+            if found.namespace == ref.namespace and found.name == ref.name:
+                return found
         return None
 
     def services_by_ref(self) -> dict[ServiceRef, Service]:
@@ -84,14 +109,16 @@ class Mesh:
         names += [host for host in service.hosts if host not in names]
         return tuple(names)
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         """Every reason this mesh cannot be served; empty when it can."""
-        found: list[str] = []
+        found: list[Problem] = []
         by_ref: dict[ServiceRef, Service] = {}
         for service in self.services:
             found += service.problems()
             if (twin := by_ref.get(service.ref)) is not None:
-                found.append(f"service {service.ref} is defined twice: in {twin.origin} and in {service.origin}")
+                found.append(
+                    _twice(f"service {service.ref}", service.origin, f"in {twin.origin} and in {service.origin}")
+                )
             by_ref[service.ref] = service
         found += self._secret_problems()
         found += self._edge_problems()
@@ -99,74 +126,103 @@ class Mesh:
         attached: dict[ServiceRef, RouteTable] = {}
         for table in self.routes:
             found += table.problems()
+            subject = f"route {table.name}"
             if (twin_table := route_names.get(table.name)) is not None:
-                found.append(f"route {table.name} is defined twice: in {twin_table.origin} and in {table.origin}")
+                found.append(_twice(subject, table.origin, f"in {twin_table.origin} and in {table.origin}"))
             route_names[table.name] = table
+            # These messages name the origin even when it is empty ("route r ()"), as they always have.
+            about = Subject(subject, table.origin, f"{subject} ({table.origin})")
             if table.service is not None:
                 if table.service not in by_ref:
-                    found.append(f"route {table.name} ({table.origin}): unknown service {table.service}")
+                    found.append(about.problem(ProblemKind.UNKNOWN_SERVICE, f"unknown service {table.service}"))
                 elif (other := attached.get(table.service)) is not None:
                     found.append(
-                        f"route {table.name} ({table.origin}) and route {other.name} ({other.origin}) "
-                        f"both attach to service {table.service}"
+                        Problem(
+                            ProblemKind.CONFLICT,
+                            subject,
+                            table.origin,
+                            f"{about.heading} and route {other.name} ({other.origin}) "
+                            f"both attach to service {table.service}",
+                        )
                     )
                 attached[table.service] = table
             for index, rule in enumerate(table.rules):
-                for backend in rule.backends:
-                    where = f"route {table.name} ({table.origin}) rule {index + 1}"
-                    found += _backend_problems(where, backend, by_ref.get(backend.service))
+                for backend in rule.targets():
+                    found += backend_problems(about.within(f"rule {index + 1}"), backend, by_ref.get(backend.service))
         return found
 
-    def _edge_problems(self) -> list[str]:
-        found: list[str] = []
+    def _edge_problems(self) -> list[Problem]:
+        found: list[Problem] = []
         sites: dict[str, Site] = {}
         for site in self.sites:
             found += site.problems()
             if (twin := sites.get(site.id)) is not None:
-                found.append(f"site {site.id} is defined twice: in {twin.origin} and in {site.origin}")
+                found.append(_twice(f"site {site.id}", site.origin, f"in {twin.origin} and in {site.origin}"))
             sites[site.id] = site
         seen: set[str] = set()
         for device in self.devices:
             found += device.problems(sites)
             if device.id in seen:
-                found.append(f"device {device.id} is registered twice")
+                found.append(
+                    Problem(ProblemKind.DUPLICATE, f"device {device.id}", "", f"device {device.id} is registered twice")
+                )
             seen.add(device.id)
         return found
 
-    def _secret_problems(self) -> list[str]:
-        found: list[str] = []
+    def _secret_problems(self) -> list[Problem]:
+        found: list[Problem] = []
         origins: dict[str, str] = {}
         secrets: list[TlsCertificate | TrustBundle] = [*self.certificates, *self.trust_bundles]
         for secret in secrets:
             found += secret.problems()
             if secret.name in origins:
-                found.append(f"secret {secret.name} is defined twice: in {origins[secret.name]} and in {secret.origin}")
+                found.append(
+                    _twice(f"secret {secret.name}", secret.origin, f"in {origins[secret.name]} and in {secret.origin}")
+                )
             origins[secret.name] = secret.origin
         certificates = {c.name for c in self.certificates}
         bundles = {b.name for b in self.trust_bundles}
         for service in self.services:
             if (tls := service.tls) is None:
                 continue
+            # These messages name the origin even when it is empty, as they always have.
+            subject = f"service {service.ref}"
+            about = Subject(subject, service.origin, f"{subject} ({service.origin})")
             if tls.trust not in bundles:
                 found.append(
-                    f"service {service.ref} ({service.origin}): tls.trust names unknown CA bundle {tls.trust!r}"
+                    about.problem(_unknown_secret(tls.trust), f"tls.trust names unknown CA bundle {tls.trust!r}")
                 )
             if tls.client_certificate and tls.client_certificate not in certificates:
                 found.append(
-                    f"service {service.ref} ({service.origin}): tls.client_certificate names unknown "
-                    f"certificate {tls.client_certificate!r}"
+                    about.problem(
+                        _unknown_secret(tls.client_certificate),
+                        f"tls.client_certificate names unknown certificate {tls.client_certificate!r}",
+                    )
                 )
         return found
 
 
-def _backend_problems(where: str, backend: WeightedBackend, target: Service | None) -> list[str]:
+def _twice(subject: str, where: str, places: str) -> Problem:
+    """`subject` is defined twice, at `places` ("in a.yaml:3 and in b.yaml:9"), the second at `where`."""
+    return Problem(ProblemKind.DUPLICATE, subject, where, f"{subject} is defined twice: {places}")
+
+
+def _unknown_secret(name: str) -> ProblemKind:
+    """The kind of a reference to a secret the mesh lacks: a `namespace/name` one names a Kubernetes
+    Secret, which a source reading no Secrets cannot rule out; any other one is simply unknown."""
+    return ProblemKind.UNKNOWN_NAMESPACED_SECRET if "/" in name else ProblemKind.UNKNOWN_SECRET
+
+
+def backend_problems(about: Subject, backend: WeightedBackend, target: Service | None) -> list[Problem]:
+    """Why a route rule cannot send traffic to `backend` (`target`: the service it names, None when
+    none has its name): an unknown service, an ambiguous or unknown port, a port that is not HTTP."""
     if target is None:
-        return [f"{where}: unknown service {backend.service}"]
+        return [about.problem(ProblemKind.UNKNOWN_SERVICE, f"unknown service {backend.service}")]
     if backend.port is None and len(target.ports) > 1:
-        return [f"{where}: service {backend.service} has several ports; name one"]
+        return [about.invalid(f"service {backend.service} has several ports; name one")]
     port = target.port(backend.port)
     if port is None:
-        return [f"{where}: service {backend.service} has no port {backend.port!r}"]
+        return [about.problem(ProblemKind.UNKNOWN_PORT, f"service {backend.service} has no port {backend.port!r}")]
     if not port.protocol.is_http:
-        return [f"{where}: port {port.name} of {backend.service} is {port.protocol}, not HTTP"]
+        return [about.invalid(f"port {port.name} of {backend.service} is {port.protocol}, not HTTP")]
     return []

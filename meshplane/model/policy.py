@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from meshplane.model.limits import MIN_TIMEOUT, has_control_characters, header_name_problem
+from meshplane.model.problems import Problem, Subject
 
 
 class LoadBalancing(StrEnum):
@@ -89,47 +90,50 @@ class TrafficPolicy:
     health_check: HealthCheck | None = None
     locality_failover: bool = True
 
-    def problems(self, where: str) -> list[str]:
-        found = _non_finite(where, self)
+    def problems(self, subject: str, where: str = "") -> list[Problem]:
+        """Why this policy cannot be served, each problem about `subject` (the service whose policy
+        it is, as "service default/web") said at `where` ("" when nothing says)."""
+        about = Subject(subject, where)
+        found = _non_finite(about, self)
         if not MIN_TIMEOUT <= self.connect_timeout <= 300:
-            found.append(f"{where}: connect_timeout must be within 1ms and 300s")
+            found.append(about.invalid("connect_timeout must be within 1ms and 300s"))
         if self.load_balancing.is_consistent_hash and self.hash_key is None:
-            found.append(f"{where}: {self.load_balancing} needs a hash_key (header, cookie or source_ip)")
+            found.append(about.invalid(f"{self.load_balancing} needs a hash_key (header, cookie or source_ip)"))
         if self.hash_key is not None:
             chosen = sum((bool(self.hash_key.header), bool(self.hash_key.cookie), self.hash_key.source_ip))
             if chosen != 1:
-                found.append(f"{where}: hash_key must name exactly one of header, cookie, source_ip")
+                found.append(about.invalid("hash_key must name exactly one of header, cookie, source_ip"))
             # Proxies compare header names without case (Envoy lowercases the one it hashes on).
             if self.hash_key.header and (problem := header_name_problem(self.hash_key.header.lower())):
-                found.append(f"{where}: hash_key: {problem}")
+                found.append(about.invalid(f"hash_key: {problem}"))
         if self.circuit_breakers is not None:
             for name in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
                 value = getattr(self.circuit_breakers, name)
                 if value is not None and value < 0:
-                    found.append(f"{where}: circuit_breakers.{name} must not be negative")
+                    found.append(about.invalid(f"circuit_breakers.{name} must not be negative"))
         if (od := self.outlier_detection) is not None:
             if od.consecutive_5xx < 1:
-                found.append(f"{where}: outlier_detection.consecutive_5xx must be at least 1")
+                found.append(about.invalid("outlier_detection.consecutive_5xx must be at least 1"))
             # Sent as a uint32: a negative count would become 0 on the wire, not be refused.
             if od.consecutive_gateway_failure is not None and od.consecutive_gateway_failure < 1:
-                found.append(f"{where}: outlier_detection.consecutive_gateway_failure must be at least 1")
+                found.append(about.invalid("outlier_detection.consecutive_gateway_failure must be at least 1"))
             if od.interval < MIN_TIMEOUT or od.base_ejection_time < MIN_TIMEOUT:
-                found.append(f"{where}: outlier_detection interval and base_ejection_time must be at least 1ms")
+                found.append(about.invalid("outlier_detection interval and base_ejection_time must be at least 1ms"))
             if not 0 <= od.max_ejection_percent <= 100:
-                found.append(f"{where}: outlier_detection.max_ejection_percent must be within 0-100")
+                found.append(about.invalid("outlier_detection.max_ejection_percent must be within 0-100"))
         if (hc := self.health_check) is not None:
             if hc.interval < MIN_TIMEOUT or hc.timeout < MIN_TIMEOUT:
-                found.append(f"{where}: health_check interval and timeout must be at least 1ms")
+                found.append(about.invalid("health_check interval and timeout must be at least 1ms"))
             if hc.unhealthy_threshold < 1 or hc.healthy_threshold < 1:
-                found.append(f"{where}: health_check thresholds must be at least 1")
+                found.append(about.invalid("health_check thresholds must be at least 1"))
             if hc.protocol is HealthCheckProtocol.HTTP and not hc.path.startswith("/"):
-                found.append(f"{where}: health_check.path must start with '/'")
+                found.append(about.invalid("health_check.path must start with '/'"))
             if has_control_characters(hc.path):
-                found.append(f"{where}: health_check.path {hc.path!r} must not contain control characters")
+                found.append(about.invalid(f"health_check.path {hc.path!r} must not contain control characters"))
         return found
 
 
-def _non_finite(where: str, policy: TrafficPolicy) -> list[str]:
+def _non_finite(about: Subject, policy: TrafficPolicy) -> list[Problem]:
     """NaN passes every `> 0` check and infinity most upper bounds: refuse both anywhere in the policy."""
     parts: list[object] = [policy, policy.circuit_breakers, policy.outlier_detection, policy.health_check]
     found = []
@@ -139,5 +143,5 @@ def _non_finite(where: str, policy: TrafficPolicy) -> list[str]:
         for name in part.__slots__:  # type: ignore[attr-defined]
             value = getattr(part, name)
             if isinstance(value, float) and not math.isfinite(value):
-                found.append(f"{where}: {name} must be a finite number")
+                found.append(about.invalid(f"{name} must be a finite number"))
     return found

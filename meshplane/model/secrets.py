@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from meshplane.model.problems import Problem, Subject
+
 _PEM_CERT = "-----BEGIN CERTIFICATE-----"
 
 
@@ -20,13 +22,13 @@ class TlsCertificate:
     private_key: str = field(repr=False)
     origin: str = ""
 
-    def problems(self) -> list[str]:
-        where = f"secret {self.name}" + (f" ({self.origin})" if self.origin else "")
+    def problems(self) -> list[Problem]:
+        about = Subject(f"secret {self.name}", self.origin)
         found = []
         if _PEM_CERT not in self.certificate_chain:
-            found.append(f"{where}: certificate is not PEM")
+            found.append(about.invalid("certificate is not PEM"))
         if "PRIVATE KEY-----" not in self.private_key:
-            found.append(f"{where}: private key is not PEM")
+            found.append(about.invalid("private key is not PEM"))
         return found
 
 
@@ -36,9 +38,9 @@ class TrustBundle:
     ca_certificates: str = field(repr=False)
     origin: str = ""
 
-    def problems(self) -> list[str]:
-        where = f"secret {self.name}" + (f" ({self.origin})" if self.origin else "")
-        return [] if _PEM_CERT in self.ca_certificates else [f"{where}: CA bundle is not PEM"]
+    def problems(self) -> list[Problem]:
+        about = Subject(f"secret {self.name}", self.origin)
+        return [] if _PEM_CERT in self.ca_certificates else [about.invalid("CA bundle is not PEM")]
 
 
 @dataclass(frozen=True, slots=True)

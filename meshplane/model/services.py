@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from meshplane.model.policy import TrafficPolicy
+from meshplane.model.problems import Problem, ProblemKind, Subject
 from meshplane.model.secrets import UpstreamTls
 
 # RFC 1123 label, as Kubernetes requires of service names and namespaces.
@@ -115,12 +116,18 @@ class ServicePort:
     port: int
     protocol: Protocol = Protocol.HTTP1
 
-    def problems(self, where: str) -> list[str]:
+    def problems(self, subject: str, where: str = "") -> list[Problem]:
+        """Why this port cannot be served, each problem about `subject` (its service) said at `where`."""
+        about = Subject(subject, where)
         found = []
         if not _PORT_NAME.match(self.name):
-            found.append(f"{where}: port name {self.name!r} must be a lowercase DNS label of at most 15 chars")
+            found.append(
+                about.problem(
+                    ProblemKind.INVALID, f"port name {self.name!r} must be a lowercase DNS label of at most 15 chars"
+                )
+            )
         if not 1 <= self.port <= 65535:
-            found.append(f"{where}: port {self.port} is out of range 1-65535")
+            found.append(about.invalid(f"port {self.port} is out of range 1-65535"))
         return found
 
 
@@ -135,14 +142,18 @@ class Endpoint:
     health: EndpointHealth = EndpointHealth.READY
     weight: int = 1
 
-    def problems(self, where: str) -> list[str]:
+    def problems(self, subject: str, where: str = "") -> list[Problem]:
+        """Why this endpoint cannot be served, each problem about `subject` (its service) said at `where`."""
+        about = Subject(subject, where)
         found = []
         if not is_ip_address(self.address):
-            found.append(f"{where}: endpoint address {self.address!r} is not an IP address")
+            found.append(
+                about.problem(ProblemKind.NOT_AN_IP_ADDRESS, f"endpoint address {self.address!r} is not an IP address")
+            )
         if not 1 <= self.port <= 65535:
-            found.append(f"{where}: endpoint port {self.port} is out of range 1-65535")
+            found.append(about.invalid(f"endpoint port {self.port} is out of range 1-65535"))
         if not 1 <= self.weight <= 128:
-            found.append(f"{where}: endpoint weight {self.weight} is out of range 1-128")
+            found.append(about.invalid(f"endpoint weight {self.weight} is out of range 1-128"))
         return found
 
 
@@ -157,7 +168,7 @@ class _RemembersProblems:
     """
 
     __slots__ = ("_problems",)
-    _problems: tuple[str, ...]
+    _problems: tuple[Problem, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +204,7 @@ class Service(_RemembersProblems):
                 return port
         return None
 
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         """Every reason this service cannot be served, each naming it; empty when it can.
 
         Computed once per object (a pure function of its frozen fields, most of the cost parsing
@@ -206,39 +217,45 @@ class Service(_RemembersProblems):
             object.__setattr__(self, "_problems", remembered)  # frozen: its fields; this slot is no field
         return list(remembered)
 
-    def _find_problems(self) -> list[str]:
-        where = f"service {self.namespace}/{self.name}" + (f" ({self.origin})" if self.origin else "")
+    def _find_problems(self) -> list[Problem]:
+        subject, where = f"service {self.namespace}/{self.name}", self.origin
+        about = Subject(subject, where)
         found = []
         if not is_dns_label(self.name):
-            found.append(f"{where}: name must be a lowercase RFC 1123 label")
+            found.append(about.invalid("name must be a lowercase RFC 1123 label"))
         if not is_dns_label(self.namespace):
-            found.append(f"{where}: namespace must be a lowercase RFC 1123 label")
+            found.append(about.invalid("namespace must be a lowercase RFC 1123 label"))
         if not self.ports:
-            found.append(f"{where}: declares no ports")
+            found.append(about.invalid("declares no ports"))
         seen_names: set[str] = set()
         seen_numbers: set[int] = set()
         for port in self.ports:
-            found += port.problems(where)
+            found += port.problems(subject, where)
             if port.name in seen_names:
-                found.append(f"{where}: port name {port.name!r} is declared twice")
+                found.append(about.problem(ProblemKind.DUPLICATE, f"port name {port.name!r} is declared twice"))
             if port.port in seen_numbers:
-                found.append(f"{where}: port {port.port} is declared twice")
+                found.append(about.problem(ProblemKind.DUPLICATE, f"port {port.port} is declared twice"))
             seen_names.add(port.name)
             seen_numbers.add(port.port)
         for endpoint in self.endpoints:
-            found += endpoint.problems(where)
+            found += endpoint.problems(subject, where)
             if endpoint.port_name not in seen_names:
-                found.append(f"{where}: endpoint {endpoint.address} names unknown port {endpoint.port_name!r}")
+                found.append(
+                    about.problem(
+                        ProblemKind.UNKNOWN_PORT,
+                        f"endpoint {endpoint.address} names unknown port {endpoint.port_name!r}",
+                    )
+                )
         for host in self.hosts:
             if not is_host_name(host):
-                found.append(f"{where}: host {host!r} is not a valid host name")
+                found.append(about.invalid(f"host {host!r} is not a valid host name"))
         # SNI is a DNS host name (RFC 6066: no address, no wildcard); Envoy refuses one over 255 bytes.
         if self.tls is not None and self.tls.sni and (not is_host_name(self.tls.sni) or self.tls.sni.startswith("*")):
-            found.append(f"{where}: tls.sni {self.tls.sni!r} is not a host name")
+            found.append(about.invalid(f"tls.sni {self.tls.sni!r} is not a host name"))
         if self.external_name:
             if not is_host_name(self.external_name) or self.external_name.startswith("*"):
-                found.append(f"{where}: external name {self.external_name!r} is not a valid DNS name")
+                found.append(about.invalid(f"external name {self.external_name!r} is not a valid DNS name"))
             if self.endpoints:
-                found.append(f"{where}: a service with an external name has no endpoints of its own")
-        found += self.policy.problems(where)
+                found.append(about.invalid("a service with an external name has no endpoints of its own"))
+        found += self.policy.problems(subject, where)
         return found

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from meshplane.model.problems import Problem, ProblemKind, Subject
 from meshplane.model.services import Locality
 
 _SITE_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -54,36 +55,40 @@ class Site:
         """The device ranges as networks (a validated site's all parse)."""
         return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.device_ranges)
 
-    def problems(self) -> list[str]:
-        where = f"site {self.id}" + (f" ({self.origin})" if self.origin else "")
+    def problems(self) -> list[Problem]:
+        about = Subject(f"site {self.id}", self.origin)
         found = []
         if not is_site_id(self.id):
-            found.append(f"{where}: id must be a lowercase RFC 1123 label")
+            found.append(about.invalid("id must be a lowercase RFC 1123 label"))
         if not self.region:
-            found.append(f"{where}: region is required")
+            found.append(about.invalid("region is required"))
         if len(self.gateways) > MAX_GATEWAYS:
-            found.append(f"{where}: at most {MAX_GATEWAYS} gateways")
+            found.append(about.invalid(f"at most {MAX_GATEWAYS} gateways"))
         for gateway in self.gateways:
             try:
                 ipaddress.ip_address(gateway.address)
             except ValueError:
-                found.append(f"{where}: gateway address {gateway.address!r} is not an IP address")
+                found.append(
+                    about.problem(
+                        ProblemKind.NOT_AN_IP_ADDRESS, f"gateway address {gateway.address!r} is not an IP address"
+                    )
+                )
             if not 1 <= gateway.port <= 65535:
-                found.append(f"{where}: gateway port {gateway.port} is out of range 1-65535")
+                found.append(about.invalid(f"gateway port {gateway.port} is out of range 1-65535"))
         if len(self.device_ranges) > MAX_RANGES:
-            found.append(f"{where}: at most {MAX_RANGES} device ranges")
+            found.append(about.invalid(f"at most {MAX_RANGES} device ranges"))
         networks = []
         for cidr in self.device_ranges:
             try:
                 network = ipaddress.ip_network(cidr, strict=False)
             except ValueError:
-                found.append(f"{where}: device range {cidr!r} is not a CIDR")
+                found.append(about.invalid(f"device range {cidr!r} is not a CIDR"))
                 continue
             if network.prefixlen == 0:
-                found.append(f"{where}: device range {cidr!r} allows every address; name the site's networks")
+                found.append(about.invalid(f"device range {cidr!r} allows every address; name the site's networks"))
                 continue
             networks.append(network)
-        found += [f"{where}: {problem}" for problem in union_problems(networks)]
+        found += [about.invalid(problem) for problem in union_problems(networks)]
         return found
 
 

@@ -1,18 +1,15 @@
 """The edge registry as one running part of a control plane: store, registry, gRPC and JSON servers.
 
 The composition root (`meshplane.app`) creates an `EdgeRegistryServer` when `--registry-db` is
-given, hands it the sites (from the policy files) and a change callback, starts it, runs
-`run()` in its task group, and merges `devices_for(mesh)` into every mesh it publishes.
-
-Owns the verdict on each live device under the mesh's sites (admitted, or left out with its
-reasons), kept between rebuilds: a rebuild re-checks only the devices the registry reports as
-changed (`EdgeRegistry.take_changes`), and every device only when the sites change.
+given, hands it the sites (from the policy files: registrations outside them are refused) and a
+change callback, starts it, and runs `run()` in its task group. Its `registry` is a source: the
+merge (`meshplane.discovery.inventory`) reads its live devices and their changes, and decides which
+devices the sites admit into config.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -26,7 +23,6 @@ from meshplane.addresses import split_address
 from meshplane.discovery.registry.auth import TokenAuthenticator
 from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings
 from meshplane.discovery.registry.store import MemoryStore, RegistrationStore, SqliteStore
-from meshplane.discovery.source_status import SourceStatus
 from meshplane.grpc_limits import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CALLS_PER_CLIENT,
@@ -34,7 +30,7 @@ from meshplane.grpc_limits import (
     CallLimits,
     ConnectionLimits,
 )
-from meshplane.model import Device, Mesh, Site
+from meshplane.model import Site, SourceStatus
 from meshplane.registry_api.http import DEFAULT_READ_TIMEOUT, registry_http_app, serve_limited
 from meshplane.registry_api.service import (
     DEFAULT_REGISTER_BURST,
@@ -106,88 +102,10 @@ class EdgeRegistryServer:
         self.tls: ReloadingCredentials | None = None  # with TLS on: its reload counts
         self._http: web.AppRunner | None = None
         self._http_listener: asyncio.Server | None = None
-        # The sites every verdict was reached under; None: no verdicts yet.
-        self._checked_sites: tuple[Site, ...] | None = None
-        self._sites_by_id: dict[str, Site] = {}
-        # Per live device id: why the sites leave it out (empty: admitted).
-        self._verdicts: dict[str, tuple[str, ...]] = {}
-        # The admitted devices sorted by id, and their ids (parallel lists, for bisect).
-        self._admitted_ids: list[str] = []
-        self._admitted: list[Device] = []
-        self._devices: tuple[Device, ...] | None = ()  # `_admitted` as handed out; None: stale
-        # Devices checked against the sites since start (for tests and profiling: what a rebuild cost).
-        self.checks = 0
 
     @property
     def status(self) -> SourceStatus:
         return self.registry.status
-
-    def devices_for(self, mesh: Mesh) -> tuple[Device, ...]:
-        """The live devices the mesh's sites allow, sorted by id (a policy change may have removed
-        a site or narrowed its ranges since they registered); the others are left out, with a log
-        line each time they are checked.
-
-        Checks only the devices the registry changed since the previous call, and all of them when
-        `mesh.sites` differ from the previous call's. Returns the same tuple object while the
-        admitted devices are the same, so comparing it with the last one costs nothing."""
-        changes = self.registry.take_changes()
-        if changes.everything or mesh.sites != self._checked_sites:
-            self._check_all(mesh.sites)
-        else:
-            for device_id in sorted(changes.ids):
-                self._check_one(device_id)
-        if self._devices is None:
-            self._devices = tuple(self._admitted)
-        return self._devices
-
-    def _check_all(self, sites: tuple[Site, ...]) -> None:
-        self._checked_sites = sites
-        self._sites_by_id = {site.id: site for site in sites}
-        self._verdicts = {}
-        self._admitted_ids, self._admitted = [], []
-        for device in self.registry.devices():  # sorted by id: the admitted lists come out sorted
-            problems = self._verdict(device)
-            if not problems:
-                self._admitted_ids.append(device.id)
-                self._admitted.append(device)
-        self._devices = None
-
-    def _check_one(self, device_id: str) -> None:
-        """Brings the verdict on `device_id` (and the admitted lists) to its live registration."""
-        registration = self.registry.get(device_id)
-        index = bisect.bisect_left(self._admitted_ids, device_id)
-        was_admitted = index < len(self._admitted_ids) and self._admitted_ids[index] == device_id
-        if registration is None:
-            self._verdicts.pop(device_id, None)
-            admitted = False
-        else:
-            admitted = not self._verdict(registration.device)
-        if was_admitted and admitted:
-            assert registration is not None
-            self._admitted[index] = registration.device
-        elif was_admitted:
-            del self._admitted_ids[index], self._admitted[index]
-        elif admitted:
-            assert registration is not None
-            self._admitted_ids.insert(index, device_id)
-            self._admitted.insert(index, registration.device)
-        else:
-            return  # left out before and after: the admitted devices are as they were
-        self._devices = None
-
-    def _verdict(self, device: Device) -> tuple[str, ...]:
-        """Checks `device` against the current sites and records why it is left out (empty: it is not)."""
-        self.checks += 1
-        problems = tuple(device.problems(self._sites_by_id))
-        if problems:
-            log.warning("edge device left out of config: %s", "; ".join(problems))
-        self._verdicts[device.id] = problems
-        return problems
-
-    def left_out(self) -> dict[str, tuple[str, ...]]:
-        """The live devices the current sites leave out, by id, with the reasons (as of the last
-        `devices_for`)."""
-        return {device_id: problems for device_id, problems in self._verdicts.items() if problems}
 
     async def start(self) -> None:
         await self.registry.load()

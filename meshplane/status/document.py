@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshplane.logs import redact_secrets
-from meshplane.model import ProxyGroup
+from meshplane.model import ProxyGroup, SourceStatus
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import Nack, StreamKind, StreamRegistry, StreamTrack, SyncState, TypeTrack
@@ -31,14 +31,13 @@ from meshplane.xds.types import TypeUrl
 class StatusInputs:
     """What the status endpoint reads; every field is a read function or a registry it only reads.
 
-    `sources` returns one mapping per enabled source: name, synced, last_success, last_attempt,
-    errors, counts (see `SourceStatus`), optionally `notes` and `events` (monotonic counters such
-    as registrations or lease expiries, exported as metrics). `snapshot_for(group)` builds what a
+    `sources` returns the `SourceStatus` of each enabled source (its `events` are monotonic
+    counters such as registrations or lease expiries, exported as metrics). `snapshot_for(group)` builds what a
     proxy of that group would get now. `admin_token`: the token that unlocks secret-bearing dumps;
     None means they stay locked.
     """
 
-    sources: Callable[[], Sequence[Mapping[str, Any]]]
+    sources: Callable[[], Sequence[SourceStatus]]
     publish_state: Callable[[], PublishState]
     cache: SnapshotCache
     registry: StreamRegistry
@@ -86,8 +85,8 @@ def readiness(inputs: StatusInputs) -> list[str]:
     """Why the control plane is not ready to serve; empty when it is."""
     reasons = []
     for source in inputs.sources():
-        if not source.get("synced"):
-            reasons.append(f"source {source.get('name')} has not synced")
+        if not source.synced:
+            reasons.append(f"source {source.name} has not synced")
     if inputs.publish_state().published_at is None:
         reasons.append("no configuration has been published yet")
     return reasons
@@ -333,14 +332,15 @@ def source_state(synced: bool, errors: Sequence[str]) -> str:
     return SOURCE_SERVING_LAST_GOOD if errors else SOURCE_SYNCED
 
 
-def _source_document(source: Mapping[str, Any], now: float) -> dict[str, Any]:
-    document: dict[str, Any] = _plain(dict(source))
-    last_success = document.get("last_success")
+def _source_document(source: SourceStatus, now: float) -> dict[str, Any]:
+    """Every field of `source`, JSON-ready, then its age, its redacted errors and notes, and its state."""
+    document: dict[str, Any] = _plain(dataclasses.asdict(source))
+    last_success = source.last_success
     # Since the source last confirmed it is in sync (SourceStatus.last_success), not since a change.
-    document["sync_age_seconds"] = max(0.0, now - last_success) if isinstance(last_success, int | float) else None
-    document["errors"] = [redact_secrets(str(error)) for error in document.get("errors", [])]
-    document["notes"] = [redact_secrets(str(note)) for note in document.get("notes", [])]
-    document["state"] = source_state(bool(document.get("synced")), document["errors"])
+    document["sync_age_seconds"] = max(0.0, now - last_success) if last_success is not None else None
+    document["errors"] = [redact_secrets(error) for error in source.errors]
+    document["notes"] = [redact_secrets(note) for note in source.notes]
+    document["state"] = source_state(source.synced, document["errors"])
     return document
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -252,16 +251,15 @@ class _StateCollector(Collector):
         )
         counted = self._source_errors()
         for source in self._inputs.sources():
-            name = str(source.get("name"))
-            synced.add_metric([name], 1 if source.get("synced") else 0)
-            current.add_metric([name], len(source.get("errors", ())))
+            name = source.name
+            synced.add_metric([name], 1 if source.synced else 0)
+            current.add_metric([name], len(source.errors))
             errors.add_metric([name], counted.get(name, 0))
-            last = source.get("last_success")
-            if isinstance(last, int | float):
-                age.add_metric([name], max(0.0, now - last))
-            for kind, count in sorted(_numbers(source.get("counts")).items()):
+            if source.last_success is not None:
+                age.add_metric([name], max(0.0, now - source.last_success))
+            for kind, count in sorted(source.counts.items()):
                 objects.add_metric([name, kind], count)
-            for event, count in sorted(_numbers(source.get("events")).items()):
+            for event, count in sorted(source.events.items()):
                 events.add_metric([name, event], count)
         yield from (synced, current, errors, age, objects, events)
 
@@ -289,11 +287,3 @@ class _StateCollector(Collector):
 
 def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
-
-
-def _numbers(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {
-        str(key): item for key, item in value.items() if isinstance(item, int | float) and not isinstance(item, bool)
-    }

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from meshplane.logs import redact_secrets
+from meshplane.model import SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ NOTES_LOGGED_PER_CHECK = 20
 class SourceWatch:
     """Logs and counts source errors. Run `run()` as a task (ends only when cancelled), or call `check()`."""
 
-    def __init__(self, sources: Callable[[], Sequence[Mapping[str, Any]]], interval: float = 0.5) -> None:
+    def __init__(self, sources: Callable[[], Sequence[SourceStatus]], interval: float = 0.5) -> None:
         self._sources = sources
         self.interval = interval
         self._errors: dict[str, frozenset[str]] = {}
@@ -36,8 +36,8 @@ class SourceWatch:
 
     def check(self) -> None:
         for source in self._sources():
-            name = str(source.get("name"))
-            errors = tuple(redact_secrets(str(error)) for error in source.get("errors", ()))
+            name = source.name
+            errors = tuple(redact_secrets(error) for error in source.errors)
             seen = self._errors.get(name, frozenset())
             for error in errors:
                 if error not in seen:
@@ -51,7 +51,7 @@ class SourceWatch:
             if seen and not errors:
                 log.info("source %s: errors cleared", name, extra={"event": "source_recovered", "source": name})
             self._errors[name] = frozenset(errors)
-            notes = frozenset(redact_secrets(str(note)) for note in source.get("notes", ()))
+            notes = frozenset(redact_secrets(note) for note in source.notes)
             fresh = sorted(notes - self._notes.get(name, frozenset()))
             # Bounded: a cluster's first list may note thousands of objects at once (all on /status).
             for note in fresh[:NOTES_LOGGED_PER_CHECK]:
@@ -60,7 +60,7 @@ class SourceWatch:
                 more = len(fresh) - NOTES_LOGGED_PER_CHECK
                 log.info("source %s: %d more notes (see /status)", name, more, extra={"event": "source_note"})
             self._notes[name] = notes
-            synced = bool(source.get("synced"))
+            synced = source.synced
             if self._synced.get(name) and not synced:
                 log.warning("source %s lost its sync", name, extra={"event": "source_unsynced", "source": name})
             elif name in self._synced and synced and not self._synced[name]:

@@ -5,13 +5,14 @@ work where the output is the same: clusters, listeners, routes and secrets depen
 role and listener port only, so they are translated and serialised once per (role, port) and
 shared by every locality's snapshot; only endpoints are per locality.
 
-What to rebuild is decided from data, not from roles: a publication comes with `Changes` (the
-parts of the mesh that differ from the last one), each role's translator declares the parts it
-reads (`translate.Dependencies`), and a group is translated again only when a change reaches a
-part its role reads. A change of endpoints alone, for a role that gets them over EDS, replaces the
-assignments of the services that changed and nothing else (the fast path that keeps endpoint
-churn cheap, as Contour and Istio found they must); a device registration rebuilds the groups of
-roles that read devices (edge gateways) and leaves every sidecar's snapshot as it was.
+What to rebuild is decided from data, not from roles: a publication comes with `MeshChanges` (the
+parts of the mesh that differ from the last one, as the sources and the merge reported them), each
+role's translator declares the parts it reads (`translate.Dependencies`), and a group is
+translated again only when a change reaches a part its role reads. A change of endpoints alone,
+for a role that gets them over EDS, replaces the assignments of the services that changed and
+nothing else (the fast path that keeps endpoint churn cheap, as Contour and Istio found they
+must); a device registration rebuilds the groups of roles that read devices (edge gateways) and
+leaves every sidecar's snapshot as it was.
 
 Builds happen in two places only, both outside any stream: `publish` (called by the debounced
 rebuild) and `run` (a loop building the groups streams asked for and the cache did not have, which
@@ -29,9 +30,9 @@ import dataclasses
 import enum
 import logging
 import time
-from dataclasses import dataclass
 
 from meshplane.model import Locality, Mesh, ProxyGroup, Service, ServiceRef
+from meshplane.model.changes import PARTS, MeshChanges
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publication import PublishState
 from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
@@ -41,96 +42,17 @@ from meshplane.xds.types import TypeUrl
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Changes:
-    """What differs between a mesh and the one published before it, by the parts of the mesh that
-    `translate.Dependencies` names.
-
-    `services`: a service added, removed or changed beyond its endpoints, or the cluster domain;
-    `endpoints`: the services whose endpoints changed (when `services` is False, nothing else of
-    them did); `routes`: the route tables; `secrets`: certificates or trust bundles; `sites`: the
-    edge sites; `devices`: the registered devices. `Changes()` is no change at all.
-    """
-
-    services: bool = False
-    endpoints: frozenset[ServiceRef] = frozenset()
-    routes: bool = False
-    secrets: bool = False
-    sites: bool = False
-    devices: bool = False
-
-    @staticmethod
-    def everything() -> Changes:
-        """A first mesh, or one whose differences are not known: every group is translated again."""
-        return Changes(services=True, routes=True, secrets=True, sites=True, devices=True)
-
-    @staticmethod
-    def between(old: Mesh | None, new: Mesh) -> Changes:
-        """What differs from `old` to `new`, by value. Cost: one comparison per part, cheap where
-        the sources kept the same objects (tuples of the same elements compare by identity first),
-        as dear as comparing the meshes where they rebuilt them."""
-        if old is None:
-            return Changes.everything()
-        parts: dict[str, bool] = {}
-        for name in _MESH_FIELDS:
-            before, after = getattr(old, name), getattr(new, name)
-            if before is not after and before != after:
-                part = _PART_OF_FIELD.get(name, "services")  # a field not mapped: assume the worst
-                parts[part] = True
-        changed = _endpoint_changes(old.services, new.services)
-        if changed is None:
-            parts["services"] = True
-            changed = frozenset()
-        return Changes(endpoints=changed, **parts)
-
-    @property
-    def none(self) -> bool:
-        return self == Changes()
-
-
-# Mesh fields beyond `services` and the part of the mesh (a `Dependencies` field) each one is.
-_PART_OF_FIELD = {
-    "routes": "routes",
-    "certificates": "secrets",
-    "trust_bundles": "secrets",
-    "cluster_domain": "services",
-    "sites": "sites",
-    "devices": "devices",
-}
-_MESH_FIELDS = tuple(f.name for f in dataclasses.fields(Mesh) if f.name != "services")
-_SERVICE_FIELDS = tuple(f.name for f in dataclasses.fields(Service) if f.name != "endpoints")
-_PARTS = ("services", "routes", "secrets", "sites", "devices")
-
-
-def _endpoint_changes(old: tuple[Service, ...], new: tuple[Service, ...]) -> frozenset[ServiceRef] | None:
-    """The services whose endpoints differ, when nothing else of the services does; else None."""
-    if old is new:
-        return frozenset()
-    if len(old) != len(new):
-        return None
-    changed = []
-    for before, after in zip(old, new, strict=True):
-        if before is after:
-            continue
-        for name in _SERVICE_FIELDS:
-            if getattr(before, name) != getattr(after, name):
-                return None
-        if before.endpoints != after.endpoints:
-            changed.append(after.ref)
-    return frozenset(changed)
-
-
 class Reach(enum.Enum):
-    """How far `Changes` reach into the config of one role."""
+    """How far `MeshChanges` reach into the config of one role."""
 
     NONE = "none"  # nothing the role reads changed: its snapshots stay as they are
     ENDPOINTS = "endpoints"  # only EDS assignments of some services: replace those
     ALL = "all"  # translate again
 
 
-def reach(changes: Changes, depends: Dependencies) -> Reach:
+def reach(changes: MeshChanges, depends: Dependencies) -> Reach:
     """Which rebuild `changes` call for in a role that reads what `depends` says."""
-    if any(getattr(changes, part) and getattr(depends, part) for part in _PARTS):
+    if any(getattr(changes, part) and getattr(depends, part) for part in PARTS):
         return Reach.ALL
     if changes.endpoints and depends.endpoints:
         return Reach.ENDPOINTS if depends.eds else Reach.ALL
@@ -181,13 +103,16 @@ class SnapshotPublisher:
         self._mesh: Mesh | None = None
         self._generation = 0
         # The memo: parts of `build_snapshot(self._mesh, group)`, so of the current mesh generation
-        # only (what `Changes` reach is dropped or replaced as each mesh comes), and only for groups
+        # only (what `MeshChanges` reach is dropped or replaced as each mesh comes), and only for groups
         # with streams (the others are dropped at each publication and each build pass): its size
         # is bounded by the groups served, whatever previews or past groups asked. Per (role, port)
         # group, CDS/LDS/RDS/SDS shared by every locality; per (role, port) group and locality,
         # EDS, and each service's share of it (with the Service it was translated from, reused
         # while that object is unchanged).
         self._bases: dict[ProxyGroup, Snapshot] = {}
+        # Bases a change reached, until translated again: what they share with the new one (the
+        # messages a translator hands back unchanged) is not serialised again (`Snapshot.of`).
+        self._replaced: dict[ProxyGroup, Snapshot] = {}
         self._endpoints: dict[_EndpointKey, TypeResources] = {}
         self._by_service: dict[_EndpointKey, dict[ServiceRef, tuple[Service, tuple[Resource, ...]]]] = {}
         self._warnings: dict[ProxyGroup, tuple[str, ...]] = {}
@@ -205,17 +130,18 @@ class SnapshotPublisher:
     def has_mesh(self) -> bool:
         return self._mesh is not None
 
-    def publish(self, mesh: Mesh, changes: Changes | None = None) -> None:
+    def publish(self, mesh: Mesh, changes: MeshChanges | None = None) -> None:
         """Makes `mesh` current for every group with streams; groups whose content is unchanged see nothing.
 
-        `changes`: what differs from the last published mesh (None: found by comparing them).
-        Groups whose role reads none of it are not translated again.
+        `changes`: what differs from the last published mesh, as the sources and the merge said
+        (it may say more than changed, never less); None: found by comparing the meshes
+        (`MeshChanges.between`). Groups whose role reads none of it are not translated again.
         """
         started = time.perf_counter()
         if self._mesh is None:
-            changes = Changes.everything()
+            changes = MeshChanges.everything()
         elif changes is None:
-            changes = Changes.between(self._mesh, mesh)
+            changes = MeshChanges.between(self._mesh, mesh)
         groups = self._cache.groups()
         self._forget_unwanted(groups)
         reaches = {key: reach(changes, dependencies(key.role)) for key in {_base_key(group) for group in groups}}
@@ -237,7 +163,7 @@ class SnapshotPublisher:
         self.state = PublishState(
             published_at=time.time(),
             mesh_generation=self._generation,
-            endpoints_only=_endpoints_only(changes),
+            endpoints_only=changes.endpoints_only,
             duration_seconds=time.perf_counter() - started,
             groups=len(groups),
             problems=tuple(problem for group in groups for problem in self._problems.get(group, ())),
@@ -297,6 +223,8 @@ class SnapshotPublisher:
         wanted = {(_base_key(group), group.locality) for group in groups}
         for key in [key for key in self._bases if key not in bases]:
             del self._bases[key]
+        for key in [key for key in self._replaced if key not in bases]:
+            del self._replaced[key]
             self._warnings.pop(key, None)
         for endpoint_key in [k for k in self._endpoints if k not in wanted]:
             del self._endpoints[endpoint_key]
@@ -306,7 +234,7 @@ class SnapshotPublisher:
         for group in [group for group in self._problems if group not in kept]:
             del self._problems[group]
 
-    def _apply(self, changes: Changes, reaches: dict[ProxyGroup, Reach], mesh: Mesh) -> set[_EndpointKey]:
+    def _apply(self, changes: MeshChanges, reaches: dict[ProxyGroup, Reach], mesh: Mesh) -> set[_EndpointKey]:
         """Brings the memo to `mesh`: forgets what a change reaches whole, replaces the assignments
         of the services whose endpoints changed where that is all that changed. Returns the
         endpoint sets updated that way (which need no new consistency check)."""
@@ -318,7 +246,8 @@ class SnapshotPublisher:
                     del shares[ref]
         for key, found in reaches.items():
             if found is Reach.ALL:
-                self._bases.pop(key, None)
+                if (old_base := self._bases.pop(key, None)) is not None:
+                    self._replaced[key] = old_base
                 self._warnings.pop(key, None)
                 for endpoint_key in [k for k in self._endpoints if k[0] == key]:
                     del self._endpoints[endpoint_key]
@@ -377,7 +306,7 @@ class SnapshotPublisher:
         base = self._bases.get(key)
         if base is None:
             translation = translate(self._mesh, key)
-            base = self._bases[key] = Snapshot.of(translation.resources)
+            base = self._bases[key] = Snapshot.of(translation.resources, self._replaced.pop(key, None))
             self._warnings[key] = translation.warnings
             self._endpoints[(key, Locality())] = base.of_type(TypeUrl.ENDPOINT)
         endpoints = self._endpoints.get((key, group.locality))
@@ -388,7 +317,3 @@ class SnapshotPublisher:
         if endpoints is base.of_type(TypeUrl.ENDPOINT):
             return base
         return base.with_type(endpoints)
-
-
-def _endpoints_only(changes: Changes) -> bool:
-    return bool(changes.endpoints) and not any(getattr(changes, part) for part in _PARTS)

@@ -3,25 +3,25 @@
 Owns `Resource` (a message with its content-hash version and its pre-serialised bytes),
 `TypeResources` (one type's resources and their aggregate version) and `Snapshot` (every type,
 plus `consistency_problems()`). A snapshot is built whole and never changed; the server shares
-its bytes among every stream that receives it. Must not know streams, nodes or sources.
+its bytes among every stream that receives it. Holds content only: what the server derives from
+a snapshot for its streams (selections, encoded responses) is the server's (`server/responses.py`).
+Must not know streams, nodes, sources or translators.
 """
 
 from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from google.protobuf.message import Message
 
 from meshplane.xds import wire
-from meshplane.xds.translate.secrets import sds_secret_names
+from meshplane.xds.references import rds_names, sds_secret_names
 from meshplane.xds.types import TypeUrl
 
 # Field numbers of the repeated `resources` field, whose entries each Resource pre-encodes.
@@ -30,8 +30,6 @@ _DELTA_RESOURCES = 2  # DeltaDiscoveryResponse.resources (envoy.service.discover
 _DELTA_RESOURCE_NAME = 3
 _DELTA_RESOURCE_VERSION = 1
 _DELTA_RESOURCE_BODY = 2
-
-_HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 def content_version(data: bytes) -> str:
@@ -158,34 +156,35 @@ class TypeResources:
         return len(self.by_name)
 
 
-# How many distinct (type, names) selections a snapshot remembers. Streams of one group nearly
-# always ask for the same names, so a few entries serve thousands of streams.
-_MEMO_LIMIT = 256
-_MISSING = object()
-T = TypeVar("T")
-# Whole responses kept per snapshot (each is as large as the selection it carries).
-_RESPONSE_MEMO_LIMIT = 16
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Snapshot:
     """Every type's resources for one proxy group. Equal content gives equal versions.
 
-    `select` and `sotw_body` remember their results: the snapshot never changes, so every stream
-    asking for the same names shares one selection, one version and one encoded body.
+    Weakly referenceable: the server keeps what it derives from a snapshot only while the
+    snapshot lives (`server/responses.py`).
     """
 
     types: Mapping[TypeUrl, TypeResources] = field(default_factory=dict)
-    _memo: dict[Hashable, object] = field(default_factory=dict, compare=False, repr=False)
-    _responses: dict[Hashable, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
-    def of(messages: Mapping[TypeUrl, Iterable[Message]]) -> Snapshot:
-        """Serialises and versions `messages`; every type meshplane serves is present, maybe empty."""
+    def of(messages: Mapping[TypeUrl, Iterable[Message]], earlier: Snapshot | None = None) -> Snapshot:
+        """Serialises and versions `messages`; every type meshplane serves is present, maybe empty.
+
+        A message that is the very object `earlier` holds (a translator hands back what it built
+        before for the same input) keeps its `Resource`: serialised once, not once per snapshot.
+        """
+        known: dict[int, Resource] = {}
+        if earlier is not None:
+            known = {id(r.message): r for t in earlier.types.values() for r in t.by_name.values()}
+
+        def resource(type_url: TypeUrl, message: Message) -> Resource:
+            found = known.get(id(message))
+            if found is not None and found.message is message and found.type_url is type_url:
+                return found
+            return Resource.of(type_url, _name_of(message), message)
+
         types = {
-            type_url: TypeResources.of(
-                type_url, (Resource.of(type_url, _name_of(m), m) for m in messages.get(type_url, ()))
-            )
+            type_url: TypeResources.of(type_url, (resource(type_url, m) for m in messages.get(type_url, ())))
             for type_url in TypeUrl
         }
         return Snapshot(MappingProxyType(types))
@@ -199,75 +198,6 @@ class Snapshot:
     def of_type(self, type_url: TypeUrl) -> TypeResources:
         found = self.types.get(type_url)  # not `or`: an empty TypeResources is falsy
         return found if found is not None else TypeResources.empty(type_url)
-
-    def select(self, type_url: TypeUrl, names: frozenset[str] | None) -> tuple[str, tuple[Resource, ...]]:
-        """The resources of `type_url` named in `names` (all of them for None), and their version."""
-        key = ("select", type_url, names)
-        found = self._memo.get(key)
-        if found is not None:
-            return found  # type: ignore[return-value]
-        resources = self.of_type(type_url)
-        if names is None:
-            result = (resources.version, tuple(resources.by_name.values()))
-        else:
-            chosen = tuple(resources.by_name[name] for name in sorted(names) if name in resources.by_name)
-            result = (aggregate_version(chosen), chosen)
-        self._remember(key, result)
-        return result
-
-    def sotw_body(self, type_url: TypeUrl, names: frozenset[str] | None, chosen: tuple[Resource, ...]) -> bytes:
-        """The encoded `resources` entries of a SotW response holding `chosen` (selected by `names`)."""
-        key = ("body", type_url, names)
-        found = self._memo.get(key)
-        if isinstance(found, tuple) and found[0] is chosen:
-            return found[1]  # type: ignore[no-any-return]
-        body = b"".join(resource.sotw_entry for resource in chosen)
-        self._remember(key, (chosen, body))
-        return body
-
-    def intern_names(self, names: frozenset[str]) -> frozenset[str]:
-        """One shared set object for every stream asking for the same names.
-
-        Thousands of streams of a group subscribe to the same names; sharing the set (and its
-        strings) keeps per-stream memory flat, and makes the memo lookups above identity hits.
-        """
-        key = ("names", names)
-        found = self._memo.get(key)
-        if found is not None:
-            return found  # type: ignore[return-value]
-        self._remember(key, names)
-        return names
-
-    def known_names(self, names: frozenset[str]) -> frozenset[str] | None:
-        """The shared set equal to `names` if `intern_names` has one, else None."""
-        found = self._memo.get(("names", names))
-        return found  # type: ignore[return-value]
-
-    def shared_response(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
-        """A whole encoded response, built once for every stream that would build the same bytes.
-
-        The server decides the key (it includes everything per-stream in the bytes, such as the
-        nonce); streams of one group that are in step share one object instead of one copy each.
-        At most `_RESPONSE_MEMO_LIMIT` are kept per snapshot: they are large.
-        """
-        found = self._responses.get(key)
-        if found is None:
-            found = build()
-            if len(self._responses) < _RESPONSE_MEMO_LIMIT:
-                self._responses[key] = found
-        return found
-
-    def derived(self, key: Hashable, build: Callable[[], T]) -> T:
-        """A value the server derives from this snapshot alone, computed once (up to `_MEMO_LIMIT` kept)."""
-        found = self._memo.get(key, _MISSING)
-        if found is _MISSING:
-            found = build()
-            self._remember(key, found)
-        return found  # type: ignore[return-value]
-
-    def _remember(self, key: Hashable, value: object) -> None:
-        if len(self._memo) < _MEMO_LIMIT:
-            self._memo[key] = value
 
     @property
     def version(self) -> str:
@@ -299,7 +229,9 @@ class Snapshot:
                     found.append(f"cluster {cluster.name} wants secret {secret_name!r}, which is missing")
         routes = self.of_type(TypeUrl.ROUTE).by_name
         for resource in self.of_type(TypeUrl.LISTENER).by_name.values():
-            for route_name in _rds_names(resource.message):
+            listener = resource.message
+            assert isinstance(listener, listener_pb2.Listener)
+            for route_name in rds_names(listener):
                 if route_name not in routes:
                     found.append(f"listener {resource.name} wants routes {route_name!r}, which are missing")
         return found
@@ -310,25 +242,3 @@ def _name_of(message: Message) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{type(message).__name__} has no name")
     return name
-
-
-def _rds_names(listener: Message) -> list[str]:
-    """The RouteConfiguration names a listener's HTTP connection managers ask for over RDS."""
-    assert isinstance(listener, listener_pb2.Listener)
-    configs = []
-    if listener.HasField("api_listener"):
-        configs.append(listener.api_listener.api_listener)
-    for chain in [
-        *listener.filter_chains,
-        *([listener.default_filter_chain] if listener.HasField("default_filter_chain") else []),
-    ]:
-        configs += [f.typed_config for f in chain.filters if f.HasField("typed_config")]
-    names = []
-    for packed in configs:
-        if packed.type_url != _HCM_TYPE:
-            continue
-        hcm = http_connection_manager_pb2.HttpConnectionManager()
-        packed.Unpack(hcm)
-        if hcm.HasField("rds"):
-            names.append(hcm.rds.route_config_name)
-    return names

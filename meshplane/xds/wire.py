@@ -10,10 +10,15 @@ exactly as if the whole message had been built and serialised per stream.
 from __future__ import annotations
 
 _LENGTH_DELIMITED = 2
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
 
 
 def varint(value: int) -> bytes:
     """Base-128 varint of a non-negative integer."""
+    if value < 0x80:  # field tags and short lengths: one byte, shared
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while True:
         low = value & 0x7F

@@ -11,22 +11,33 @@ from pathlib import Path
 
 from meshplane.model import (
     CircuitBreakers,
+    CorsPolicy,
     Endpoint,
     EndpointHealth,
+    FaultAbort,
+    FaultDelay,
+    FaultInjection,
     HashKey,
     HeaderMatch,
     HeaderMatchKind,
+    HeaderModifier,
+    HeaderValue,
     HealthCheck,
     HealthCheckProtocol,
     LoadBalancing,
     Locality,
     Mesh,
+    Mirror,
     OutlierDetection,
     PathMatch,
     PathMatchKind,
     Protocol,
     ProxyGroup,
     ProxyRole,
+    QueryMatch,
+    QueryMatchKind,
+    RateLimit,
+    Redirect,
     RetryPolicy,
     RouteMatch,
     RouteRule,
@@ -385,6 +396,63 @@ def external_name() -> Mesh:
     )
 
 
+def route_features() -> Mesh:
+    """The Gateway API's route features: named rules, a redirect, method and query matches, path and
+    host rewrites, request and response header modifiers, mirrors, faults, rate limits and CORS (and
+    so their filters in the listeners); on a gRPC port too, which takes only some."""
+    shop = ServiceRef("shop", "web")
+    web = Service(
+        "web",
+        "shop",
+        (http(), ServicePort("grpc", 9090, Protocol.GRPC)),
+        endpoints=(ready("10.0.0.11", 8080), ready("10.0.0.11", 9090, "grpc")),
+    )
+    rules = (
+        RouteRule(
+            RouteMatch(PathMatch(PathMatchKind.PREFIX, "/old/")),
+            (),
+            name="moved",
+            redirect=Redirect("https", "shop.example.com", 8443, prefix="/new/", status=301),
+            response_headers=HeaderModifier(set=(HeaderValue("x-moved", "yes"),)),
+        ),
+        RouteRule(
+            RouteMatch(
+                PathMatch(PathMatchKind.EXACT, "/search"),
+                method="GET",
+                query=(
+                    QueryMatch("lang", QueryMatchKind.EXACT, "en"),
+                    QueryMatch("page", QueryMatchKind.REGEX, "[0-9]+"),
+                ),
+            ),
+            (WeightedBackend(shop, "http"),),
+            name="search",
+            path_rewrite="/v2/search",
+            host_rewrite="search.internal",
+            request_headers=HeaderModifier(
+                set=(HeaderValue("x-tenant", "shop"),), add=(HeaderValue("x-trace", "50%"),), remove=("x-debug",)
+            ),
+            response_headers=HeaderModifier(add=(HeaderValue("x-served-by", "mesh"),), remove=("x-internal",)),
+            mirrors=(Mirror(shop, "grpc"), Mirror(shop, "http", 12.5)),
+            rate_limit=RateLimit(10, 1.0, 20, per_header="x-device-id"),
+            cors=CorsPolicy(
+                allow_origins=("https://shop.example.com", "https://*.shop.example.com", "*"),
+                allow_methods=("GET", "POST"),
+                allow_headers=("content-type",),
+                expose_headers=("x-request-id",),
+                max_age=600,
+            ),
+        ),
+        RouteRule(
+            RouteMatch(method="POST"),
+            (WeightedBackend(shop, "grpc"),),
+            name="calls",
+            fault=FaultInjection(FaultDelay(0.5, 10), FaultAbort(503, 5)),
+            rate_limit=RateLimit(100, 60.0),
+        ),
+    )
+    return Mesh.of([web], [RouteTable("web-features", rules, service=shop)])
+
+
 CASES: tuple[GoldenCase, ...] = (
     GoldenCase("plain", plain(), (SIDECAR, GRPC)),
     GoldenCase("multi_port", multi_port(), (SIDECAR, ProxyGroup(outbound_port=15006), GRPC)),
@@ -402,4 +470,5 @@ CASES: tuple[GoldenCase, ...] = (
     ),
     GoldenCase("tls", tls(), (SIDECAR, GRPC, PER_TYPE)),
     GoldenCase("external_name", external_name(), (SIDECAR, GRPC)),
+    GoldenCase("route_features", route_features(), (SIDECAR, GRPC)),
 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshplane.discovery.inventory import Inventory
+from meshplane.discovery.inventory import Contents, Inventory
+from meshplane.discovery.kubernetes import KubernetesContent
 from meshplane.discovery.policy_files import validate_policy
 from meshplane.model import (
     Endpoint,
@@ -17,6 +18,8 @@ from meshplane.model import (
     ServiceRef,
     WeightedBackend,
 )
+from meshplane.model.changes import MeshChanges
+from tests.k8s.merging import errors, merge
 
 
 def svc(name: str, origin: str, address: str = "10.0.0.1") -> Service:
@@ -31,14 +34,14 @@ def route(name: str, to: str, attach: str | None = None, origin: str = "routes.y
 
 def test_policy_files_win_a_clash_and_it_is_reported() -> None:
     files = Mesh.of([svc("web", "mesh.yaml:3")])
-    mesh = Inventory().merge(files, (svc("web", "kubernetes", "10.9.9.9"), svc("api", "kubernetes")))
+    mesh = merge(Inventory(), files, (svc("web", "kubernetes", "10.9.9.9"), svc("api", "kubernetes")))
     assert [(s.name, s.origin) for s in mesh.services] == [("api", "kubernetes"), ("web", "mesh.yaml:3")]
     assert mesh.problems() == []
 
 
 def test_clash_error_is_on_the_status() -> None:
     inventory = Inventory()
-    inventory.merge(Mesh.of([svc("web", "mesh.yaml:3")]), (svc("web", "kubernetes"),))
+    merge(inventory, Mesh.of([svc("web", "mesh.yaml:3")]), (svc("web", "kubernetes"),))
     (error,) = inventory.status.errors
     assert error == (
         "service default/web is defined by policy files (mesh.yaml:3) and by Kubernetes; "
@@ -49,41 +52,45 @@ def test_clash_error_is_on_the_status() -> None:
 def test_policy_routes_may_point_at_kubernetes_services() -> None:
     files = Mesh.of([svc("web", "mesh.yaml:3")], [route("to-api", "api", attach="web")])
     inventory = Inventory()
-    mesh = inventory.merge(files, (svc("api", "kubernetes"),))
+    mesh = merge(inventory, files, (svc("api", "kubernetes"),))
     assert [r.name for r in mesh.routes] == ["to-api"]
-    assert inventory.errors == ()
+    assert errors(inventory) == ()
     assert mesh.problems() == []
 
 
 def test_a_route_to_a_missing_service_is_left_out_with_a_reason() -> None:
     files = Mesh.of([svc("web", "mesh.yaml:3")], [route("to-api", "api", attach="web"), route("plain", "web", None)])
     inventory = Inventory()
-    mesh = inventory.merge(files, ())
+    mesh = merge(inventory, files, ())
     assert [r.name for r in mesh.routes] == ["plain"]
-    assert inventory.errors == ("route to-api (routes.yaml:1) rule 1: unknown service default/api; route left out",)
+    assert errors(inventory) == ("route to-api (routes.yaml:1) rule 1: unknown service default/api; route left out",)
 
 
 def test_annotation_routes_yield_to_policy_file_routes() -> None:
     files = Mesh.of([], [route("from-files", "web", attach="web")])
     inventory = Inventory()
-    mesh = inventory.merge(
-        files, (svc("web", "kubernetes"),), (route("kubernetes/default/web", "web", "web", "kubernetes"),)
+    mesh = merge(
+        inventory, files, (svc("web", "kubernetes"),), (route("kubernetes/default/web", "web", "web", "kubernetes"),)
     )
     assert [r.name for r in mesh.routes] == ["from-files"]
-    assert any("both attach to service default/web" in e for e in inventory.errors)
+    assert any("both attach to service default/web" in e for e in errors(inventory))
 
 
-def test_unchanged_inputs_give_the_same_mesh_and_services_keep_identity() -> None:
+def test_no_change_reported_gives_the_same_mesh_and_a_change_set_travels_through() -> None:
     inventory = Inventory()
     files = Mesh.of([svc("web", "mesh.yaml:3")])
-    kube = (svc("a", "kubernetes"), svc("b", "kubernetes"))
-    first = inventory.merge(files, kube)
-    assert inventory.merge(files, kube) is first
-    changed = (kube[0], svc("b", "kubernetes", "10.0.0.2"))
-    second = inventory.merge(files, changed)
-    assert second is not first
-    same = [s for s in second.services if any(s is t for t in first.services)]
-    assert [s.name for s in same] == ["a", "web"]
+    kube = KubernetesContent((svc("a", "kubernetes"), svc("b", "kubernetes")), ())
+    first = inventory.merge(Contents(files, kube))
+    assert first.changes == MeshChanges.everything()
+    quiet = inventory.merge(Contents(files, kube, MeshChanges()))
+    assert quiet.mesh is first.mesh
+    assert quiet.changes.none
+    moved = svc("b", "kubernetes", "10.0.0.2")
+    reported = MeshChanges(endpoints=frozenset({moved.ref}))
+    second = inventory.merge(Contents(files, KubernetesContent((kube.services[0], moved), ()), reported))
+    assert second.changes == reported
+    assert [s.name for s in second.mesh.services] == ["a", "b", "web"]
+    assert second.mesh.services[1] is moved
 
 
 async def test_policy_files_may_name_services_they_do_not_define_only_with_kubernetes(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from meshplane.model import ServiceRef
 from tests.k8s import objects as k
 from tests.k8s.conftest import wait_for
 from tests.k8s.fake_apiserver import FakeApiServer
+from tests.k8s.merging import errors
 
 
 def write_kubeconfig(path: Path, url: str) -> Path:
@@ -122,13 +123,13 @@ routes:
     assert sorted(refs) == ["default/api", "default/web"]
     assert refs["default/api"].origin.endswith("mesh.yaml:2")
     assert [r.name for r in merged.routes] == ["web-canary"]  # a policy-file route to a Kubernetes service
-    (clash,) = plane.inventory.errors
+    (clash,) = errors(plane.inventory)
     assert "default/api is defined by policy files" in clash
-    sources = {source["name"]: source for source in plane._sources()}
-    assert tuple(sources["inventory"]["errors"]) == (clash,)
+    sources = {source.name: source for source in plane._sources()}
+    assert sources["inventory"].errors == (clash,)
     # The Kubernetes service goes away: the route to it is left out, with a reason; the rest serves.
     apiserver.delete("Service", "default", "web")
-    await wait_for(lambda: any("unknown service default/web" in e for e in plane.inventory.errors))
+    await wait_for(lambda: any("unknown service default/web" in e for e in errors(plane.inventory)))
     merged = plane.inventory.mesh
     assert merged is not None
     assert merged.routes == ()

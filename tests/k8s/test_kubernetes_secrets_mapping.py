@@ -26,6 +26,7 @@ from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.types import TypeUrl
 from tests.k8s import objects as k
+from tests.k8s.merging import errors, merge
 from tests.tls_certs import Pair, issue, make_ca
 
 
@@ -316,14 +317,15 @@ async def test_another_namespaces_key_never_reaches_proxies_over_sds(pem: Pem) -
     )
     assert mapped.service is not None
     inventory = Inventory()
-    mesh = inventory.merge(
+    mesh = merge(
+        inventory,
         None,
         (mapped.service,),
         (),
         tuple(s.certificate for s in secrets if s.certificate),
         tuple(s.bundle for s in secrets if s.bundle),
     )
-    assert inventory.errors == ()
+    assert errors(inventory) == ()
     cache = SnapshotCache()
     group = ProxyGroup(ProxyRole.SIDECAR)
     cache.subscribe(group, asyncio.Event())

@@ -32,6 +32,7 @@ from meshplane.model import (
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.types import TypeUrl
+from tests.k8s.merging import errors, merge
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfake\n-----END PRIVATE KEY-----\n"
@@ -72,13 +73,13 @@ def test_inventory_merges_secrets_and_reports_missing_ones() -> None:
     certificate = TlsCertificate("shop/web-client", CERT, KEY, "kubernetes")
     inventory = Inventory()
     tls = UpstreamTls("shop/mesh-ca#ca", client_certificate="shop/web-client")
-    merged = inventory.merge(files, (web(1, tls=tls),), (), (certificate,), (bundle,))
+    merged = merge(inventory, files, (web(1, tls=tls),), (), (certificate,), (bundle,))
     assert [c.name for c in merged.certificates] == ["file-cert", "shop/web-client"]
     assert merged.trust_bundles == (bundle,)
-    assert not inventory.errors
+    assert not errors(inventory)
     assert merged.problems() == []
-    merged = inventory.merge(files, (web(1, tls=tls),), (), (), (bundle,))  # the tls Secret deleted
-    (error,) = inventory.errors
+    merged = merge(inventory, files, (web(1, tls=tls),), (), (), (bundle,))  # the tls Secret deleted
+    (error,) = errors(inventory)
     assert error.startswith(
         "service shop/web (kubernetes): tls.client_certificate names certificate 'shop/web-client', "
         "which no source has any more"
@@ -89,34 +90,34 @@ def test_inventory_merges_secrets_and_reports_missing_ones() -> None:
     assert merged.service(web().ref) is not None
     assert [c.name for c in merged.certificates] == ["file-cert", "shop/web-client"]
     assert merged.problems() == []
-    merged = inventory.merge(files, (web(1, 2, tls=tls),), (), (), (bundle,))  # and again, on a later change
+    merged = merge(inventory, files, (web(1, 2, tls=tls),), (), (), (bundle,))  # and again, on a later change
     assert [c.name for c in merged.certificates] == ["file-cert", "shop/web-client"]
-    merged = inventory.merge(files, (web(1, 2),), (), (), (bundle,))  # the reference goes: so does the secret
+    merged = merge(inventory, files, (web(1, 2),), (), (), (bundle,))  # the reference goes: so does the secret
     assert [c.name for c in merged.certificates] == ["file-cert"]
-    assert inventory.errors == ()
+    assert errors(inventory) == ()
 
 
 def test_a_service_naming_a_secret_never_served_is_left_out_alone() -> None:
     """A typo or a Secret not created yet must not hold the rest of the mesh (nor its routes' other services)."""
     inventory = Inventory()
     other = Service("api", "shop", (ServicePort("http", 80, Protocol.HTTP1),), origin="kubernetes")
-    merged = inventory.merge(None, (other, web(1, tls=UpstreamTls("shop/typo-ca#ca"))))
+    merged = merge(inventory, None, (other, web(1, tls=UpstreamTls("shop/typo-ca#ca"))))
     assert [service.name for service in merged.services] == ["api"]
-    (error,) = inventory.errors
+    (error,) = errors(inventory)
     assert "tls.trust names CA bundle 'shop/typo-ca#ca', which no source has" in error
     assert "left out until it exists" in error
     bundle = TrustBundle("shop/typo-ca#ca", CERT, "kubernetes")
-    merged = inventory.merge(None, (other, web(1, tls=UpstreamTls("shop/typo-ca#ca"))), (), (), (bundle,))
+    merged = merge(inventory, None, (other, web(1, tls=UpstreamTls("shop/typo-ca#ca"))), (), (), (bundle,))
     assert [service.name for service in merged.services] == ["api", "web"]
-    assert inventory.errors == ()
+    assert errors(inventory) == ()
 
 
 def test_a_clash_is_impossible_by_name_but_the_files_would_win() -> None:
     files = Mesh.of([], trust_bundles=[TrustBundle("x/y#ca", CERT, "a.yaml:1")])
     inventory = Inventory()
-    merged = inventory.merge(files, (), (), (), (TrustBundle("x/y#ca", CERT + CERT, "kubernetes"),))
+    merged = merge(inventory, files, (), (), (), (TrustBundle("x/y#ca", CERT + CERT, "kubernetes"),))
     assert merged.trust_bundles == files.trust_bundles
-    assert "secret x/y#ca is defined by policy files (a.yaml:1) and by Kubernetes" in inventory.errors[0]
+    assert "secret x/y#ca is defined by policy files (a.yaml:1) and by Kubernetes" in errors(inventory)[0]
 
 
 async def test_the_gate_keeps_the_last_good_snapshot_while_a_secret_is_missing() -> None:
@@ -159,12 +160,12 @@ def test_a_typo_in_a_live_services_tls_keeps_its_previous_tls_not_an_outage() ->
     bundle = TrustBundle("shop/mesh-ca#ca", CERT, "kubernetes")
     good = UpstreamTls("shop/mesh-ca#ca")
     inventory = Inventory()
-    inventory.merge(None, (web(1, tls=good),), (), (), (bundle,))
-    assert not inventory.errors
+    merge(inventory, None, (web(1, tls=good),), (), (), (bundle,))
+    assert not errors(inventory)
 
     typo = web(1, 2, tls=UpstreamTls("shop/mesh-caa#ca"))  # the edit also brought an endpoint
-    merged = inventory.merge(None, (typo,), (), (), (bundle,))
-    (error,) = inventory.errors
+    merged = merge(inventory, None, (typo,), (), (), (bundle,))
+    (error,) = errors(inventory)
     assert error == (
         "service shop/web (kubernetes): tls.trust names CA bundle 'shop/mesh-caa#ca', which no source has "
         "(a Kubernetes Secret not created, not labelled for meshplane, or not valid?); serving its previous "
@@ -180,53 +181,53 @@ def test_a_typo_in_a_live_services_tls_keeps_its_previous_tls_not_an_outage() ->
     # Later merges keep it (the very object while nothing about it changed), even once its old
     # Secret is gone too: that one is carried over, said separately.
     other = Service("api", "shop", (ServicePort("http", 80, Protocol.HTTP1),), origin="kubernetes")
-    again = inventory.merge(None, (other, typo), (), (), (bundle,))
+    again = merge(inventory, None, (other, typo), (), (), (bundle,))
     assert again.service(web().ref) is kept
-    gone = inventory.merge(None, (other, typo))
+    gone = merge(inventory, None, (other, typo))
     assert gone.service(web().ref) is kept
     assert gone.trust_bundles == (bundle,)
     assert gone.problems() == []
-    assert len(inventory.errors) == 2
-    assert "serving its previous TLS settings" in inventory.errors[0]
-    assert inventory.errors[1].startswith(
+    assert len(errors(inventory)) == 2
+    assert "serving its previous TLS settings" in errors(inventory)[0]
+    assert errors(inventory)[1].startswith(
         "service shop/web (kubernetes): previous tls.trust names CA bundle 'shop/mesh-ca#ca', which no source "
         "has any more"
     )
 
-    fixed = inventory.merge(None, (other, web(1, 2, tls=good)), (), (), (bundle,))
+    fixed = merge(inventory, None, (other, web(1, 2, tls=good)), (), (), (bundle,))
     assert fixed.service(web().ref) == web(1, 2, tls=good)
-    assert not inventory.errors
+    assert not errors(inventory)
 
 
 def test_a_kept_definition_lives_in_memory_only_so_a_restart_leaves_the_service_out() -> None:
     """Documented (docs/kubernetes.md): a replica started while the reference is broken has no previous."""
     restarted = Inventory()
-    merged = restarted.merge(None, (web(1, tls=UpstreamTls("shop/mesh-caa#ca")),))
+    merged = merge(restarted, None, (web(1, tls=UpstreamTls("shop/mesh-caa#ca")),))
     assert merged.services == ()
-    (error,) = restarted.errors
+    (error,) = errors(restarted)
     assert error.endswith("the service is left out until it exists")
 
 
 def test_a_live_plaintext_service_given_a_broken_tls_stays_as_it_was() -> None:
     inventory = Inventory()
-    inventory.merge(None, (web(1),))
-    merged = inventory.merge(None, (web(1, tls=UpstreamTls("shop/typo#ca")),))
+    merge(inventory, None, (web(1),))
+    merged = merge(inventory, None, (web(1, tls=UpstreamTls("shop/typo#ca")),))
     served = merged.service(web().ref)
     assert served is not None
     assert served.tls is None
-    assert "serving its previous TLS settings" in inventory.errors[0]
+    assert "serving its previous TLS settings" in errors(inventory)[0]
 
 
 def test_the_missing_secret_error_says_when_kubernetes_secrets_are_off() -> None:
     tls = UpstreamTls("shop/mesh-ca#ca", client_certificate="shop/web-client")
     inventory = Inventory(kubernetes_secrets=False)
-    inventory.merge(None, (web(1, tls=tls),))
-    assert len(inventory.errors) == 2
-    for error in inventory.errors:
+    merge(inventory, None, (web(1, tls=tls),))
+    assert len(errors(inventory)) == 2
+    for error in errors(inventory):
         assert "which no source has (--kubernetes-secrets is off, so no Kubernetes Secret is read)" in error
     on = Inventory()
-    on.merge(None, (web(1, tls=tls),))
-    assert all("--kubernetes-secrets" not in error for error in on.errors)
+    merge(on, None, (web(1, tls=tls),))
+    assert all("--kubernetes-secrets" not in error for error in errors(on))
     # The control plane tells its inventory.
     plane = ControlPlane(Settings(kubernetes=True, xds_address="127.0.0.1:0", status_address="127.0.0.1:0"))
     assert not plane.inventory.kubernetes_secrets

@@ -35,15 +35,17 @@ from enum import StrEnum
 
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
 from meshplane.discovery.registry.store import Delete, Put, Registration, RegistrationStore, Renew
-from meshplane.discovery.source_status import SourceStatus
 from meshplane.model import (
     Device,
     DeviceEndpoint,
+    ProblemKind,
     Site,
+    SourceStatus,
     forbidden_address_reason,
     is_device_class,
     is_device_id,
 )
+from meshplane.model.changes import DeviceChanges
 
 log = logging.getLogger(__name__)
 
@@ -117,24 +119,6 @@ class Filter:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceChanges:
-    """Which live devices differ from what the previous `EdgeRegistry.take_changes()` saw.
-
-    `ids`: devices registered, changed by a re-registration, deregistered or expired (look each up
-    with `EdgeRegistry.get`: None means it is gone). A renewal, or a re-registration that leaves the
-    device as it was, is not a change. `everything`: the changes are not known one by one (nothing
-    was taken yet, the store was loaded, or more changed than there are devices): treat every
-    device as changed, and `ids` as empty."""
-
-    ids: frozenset[str] = frozenset()
-    everything: bool = False
-
-    @property
-    def none(self) -> bool:
-        return not self.ids and not self.everything
-
-
-@dataclass(frozen=True, slots=True)
 class LeaseSettings:
     default_ttl: float = 30.0
     min_ttl: float = 5.0
@@ -171,6 +155,8 @@ class EdgeRegistry:
         self._clock = clock
         self.on_change = on_change
         self._live: dict[str, Registration] = {}
+        # Live devices per site, kept by `_put` and `_drop` (status counts it without a scan).
+        self._devices_per_site: Counter[str] = Counter()
         self._watchers: set[asyncio.Queue[object]] = set()
         self._devices: tuple[Device, ...] | None = ()
         # What changed since the last `take_changes()` (see DeviceChanges): ids, or all of them.
@@ -193,9 +179,7 @@ class EdgeRegistry:
         self._attempted_at = time.time()
         for row in await self._store.load():
             expires_at = max(row.expires_at, now + row.ttl)
-            self._live[row.device.id] = Registration(
-                row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at
-            )
+            self._put(Registration(row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at))
         self._loaded_at = self._confirmed_at = time.time()
         self._changed_all = True
         self._changed(())
@@ -260,8 +244,29 @@ class EdgeRegistry:
         self._changed_all = False
         return changes
 
+    def _put(self, registration: Registration) -> None:
+        """Makes `registration` its device's live one (`_live` changes only here and in `_drop`)."""
+        previous = self._live.get(registration.device.id)
+        if previous is not None:
+            self._uncount(previous.device.site)
+        self._live[registration.device.id] = registration
+        self._devices_per_site[registration.device.site] += 1
+
+    def _drop(self, device_id: str) -> None:
+        self._uncount(self._live.pop(device_id).device.site)
+
+    def _uncount(self, site: str) -> None:
+        self._devices_per_site[site] -= 1
+        if self._devices_per_site[site] <= 0:
+            del self._devices_per_site[site]
+
     def get(self, device_id: str) -> Registration | None:
         return self._live.get(device_id)
+
+    def device(self, device_id: str) -> Device | None:
+        """The live device `device_id`, None when it is not registered."""
+        registration = self._live.get(device_id)
+        return registration.device if registration is not None else None
 
     def matching(self, selector: Filter) -> list[Registration]:
         return [self._live[key] for key in sorted(self._live) if selector.matches(self._live[key].device)]
@@ -305,7 +310,7 @@ class EdgeRegistry:
         registration = Registration(device, lease_id, str(principal), ttl, now + ttl, registered_at)
         await self._write([Put(registration)])
         previous = self._live.get(device.id)
-        self._live[device.id] = registration
+        self._put(registration)
         if previous is None or previous.device != device:
             kind = EventKind.ADDED if previous is None else EventKind.MODIFIED
             self._changed((device.id,))
@@ -333,7 +338,7 @@ class EdgeRegistry:
         await self._write([Delete(device_id)])
         self.events["deregistrations"] += 1
         if self._live.get(device_id) is not None:
-            del self._live[device_id]
+            self._drop(device_id)
             self._changed((device_id,))
             self._publish(Event(EventKind.REMOVED, current))
 
@@ -344,7 +349,7 @@ class EdgeRegistry:
         if not lapsed:
             return []
         for row in lapsed:
-            del self._live[row.device.id]
+            self._drop(row.device.id)
         self.events["lease_expiries"] += len(lapsed)
         self._changed(row.device.id for row in lapsed)
         for row in lapsed:
@@ -455,12 +460,13 @@ class EdgeRegistry:
             if not 1 <= port <= 65535:
                 malformed.append(f"endpoint {_shown(address)}: port {port} is out of range 1-65535")
                 continue
-            reason = forbidden_address_reason(address)
-            if reason == "is not an IP address":
-                malformed.append(f"endpoint address {_shown(address)} is not an IP address")
+            refusal = forbidden_address_reason(address)
+            if refusal is not None and refusal.kind is ProblemKind.NOT_AN_IP_ADDRESS:
+                # Shown escaped and cut: it is not an address, so it may hold anything.
+                malformed.append(f"endpoint address {_shown(address)} {refusal.reason}")
                 continue
-            if reason is not None:
-                denied.append(f"endpoint address {address} {reason}")
+            if refusal is not None:
+                denied.append(f"endpoint address {address} {refusal.reason}")
                 continue
             if site is not None and not _inside(address, site):
                 ranges = ", ".join(site.device_ranges) or "none"
@@ -520,7 +526,7 @@ class EdgeRegistry:
             counts={
                 "devices": len(self._live),
                 "sites": len(configured),
-                "sites_with_devices": len({row.device.site for row in self._live.values()}),
+                "sites_with_devices": len(self._devices_per_site),
             },
             events=dict(self.events),
         )

@@ -40,10 +40,7 @@ def carries_private_key(secret: object) -> bool:
 
 
 def private_key_secrets(snapshot: Snapshot) -> frozenset[str]:
-    """The names of the snapshot's secrets that carry a private key, computed once per snapshot."""
-
-    def build() -> frozenset[str]:
-        secrets = snapshot.of_type(TypeUrl.SECRET).by_name.values()
-        return frozenset(resource.name for resource in secrets if carries_private_key(resource.message))
-
-    return snapshot.derived(("private-key-secrets",), build)
+    """The names of the snapshot's secrets that carry a private key. (The server asks once per
+    snapshot: `ResponseCache.private_key_secrets` remembers the answer.)"""
+    secrets = snapshot.of_type(TypeUrl.SECRET).by_name.values()
+    return frozenset(resource.name for resource in secrets if carries_private_key(resource.message))

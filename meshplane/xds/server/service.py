@@ -1,8 +1,10 @@
-"""The gRPC services: ADS and the per-type services, SotW and Delta, on one grpc.aio server.
+"""The gRPC services: ADS and the per-type services, SotW and Delta, on one grpc.aio server, and
+CSDS (csds.py) beside them for operators.
 
 Responses leave as bytes the streams assemble from pre-encoded snapshot entries: the handlers are
 registered with an identity response serializer, so no DiscoveryResponse is ever built or
-serialised per stream.
+serialised per stream, and what streams of a group would each derive from a snapshot is derived
+once for all of them (one `ResponseCache` per server, responses.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from meshplane import grpc_limits
 from meshplane.grpc_limits import ConnectionLimits, client_address
 from meshplane.tls import ReloadingCredentials
 from meshplane.xds.cache import SnapshotCache
+from meshplane.xds.server.csds import ClientStatusService, OpenStream
 from meshplane.xds.server.delta import DeltaStream
 from meshplane.xds.server.identity import (
     BEARER_TOKEN,
@@ -30,6 +33,7 @@ from meshplane.xds.server.identity import (
     grants_of,
 )
 from meshplane.xds.server.nodes import ProtocolError
+from meshplane.xds.server.responses import ResponseCache
 from meshplane.xds.server.sotw import SotwStream
 from meshplane.xds.server.stream import DEFAULT_FIRST_REQUEST_TIMEOUT, SendGate, Stream
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry, bounded_text
@@ -100,11 +104,15 @@ class XdsServices:
         tokens: XdsTokens | None = None,
         serve_keys_without_client_auth: bool = False,
         first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT,
+        admin_token: str | None = None,
+        authenticates_clients: bool = False,
     ) -> None:
         self.cache = cache
         self.registry = registry
         # Shared by every stream: at most this many response bytes handed to gRPC and not yet sent.
         self.send_gate = SendGate(send_budget, send_hold)
+        # Shared by every stream: what each snapshot's streams would otherwise each derive and encode.
+        self.response_cache = ResponseCache()
         self._streams: set[Stream[Any]] = set()
         self.max_streams_per_client = max_streams_per_client
         # With tokens, a proxy without a client certificate must present one (see identity.XdsTokens).
@@ -117,6 +125,12 @@ class XdsServices:
         # Seconds a stream has, from its headers, for its first request (the one naming the node);
         # see `Stream.responses`.
         self.first_request_timeout = first_request_timeout
+        # CSDS on the same port, for operators (csds.py): `admin_token` is `--admin-token`;
+        # `authenticates_clients` says the port checks proxies' credentials (`--client-ca`; tokens
+        # say so by themselves), which refuses CSDS without an admin token.
+        self.client_status = ClientStatusService(
+            self._open_streams, admin_token, authenticates_clients=authenticates_clients or tokens is not None
+        )
 
     @property
     def refused_streams(self) -> int:
@@ -133,6 +147,10 @@ class XdsServices:
         self.registry.refused(code.name)
         log.warning("refused stream from %s: %s", peer, message)
         await context.abort(code, message)
+
+    def _open_streams(self) -> list[OpenStream]:
+        """Every stream bound to its node, with the types it subscribed to (what CSDS reads)."""
+        return [OpenStream(stream.track, stream.subscribed_types()) for stream in self._streams if stream.track]
 
     def close_streams(self) -> None:
         """Ends every open stream now. xDS streams never finish by themselves, so a graceful stop
@@ -160,7 +178,14 @@ class XdsServices:
                     message = "this xDS server requires a client certificate or a known bearer token"
                     await self._refuse(context, peer, grpc.StatusCode.UNAUTHENTICATED, message)
             stream = stream_class(
-                self.cache, self.registry, kind, fixed_type, peer, self.send_gate, self.first_request_timeout
+                self.cache,
+                self.registry,
+                kind,
+                fixed_type,
+                peer,
+                self.send_gate,
+                self.first_request_timeout,
+                shared=self.response_cache,
             )
             stream.grants, stream.credential = grants, credential
             stream.serves_keys = grants is not None or self.serve_keys_without_client_auth
@@ -214,6 +239,7 @@ class XdsServices:
                     {sotw_method: sotw(StreamKind.SOTW, type_url), delta_method: delta(StreamKind.DELTA, type_url)},
                 )
             )
+        handlers.append(self.client_status.generic_handler())
         return handlers
 
 

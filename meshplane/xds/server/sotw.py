@@ -57,9 +57,9 @@ class _TypeState:
     acked_nonce: str = ""
     acked_version: str | None = None
     nacked_version: str | None = None
-    # What the client holds once it applies the last response: the snapshot's own (shared)
-    # selection for the subscribed names, never a per-stream copy (a response that carried only
-    # the changed resources brings the client to the whole selection too).
+    # What the client holds once it applies the last response: the shared selection of the
+    # snapshot for the subscribed names (responses.py), never a per-stream copy (a response that
+    # carried only the changed resources brings the client to the whole selection too).
     held: tuple[Resource, ...] = ()
     # `held` as of the client's last ACK; None when unknown (nothing acknowledged yet, or a NACK:
     # the client may hold part of what it rejected). Only-changed responses are diffed against it.
@@ -80,9 +80,9 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         names = frozenset(request.resource_names)
         snapshot = self.subscription.snapshot if self.subscription is not None else None
         # Every ACK repeats the names, and every stream of a group asks for the same ones: a set
-        # this stream holds, or that the snapshot has interned, was checked when it first came.
+        # this stream holds, or that is interned for the snapshot, was checked when it first came.
         if state is None or names != state.names:
-            known = snapshot.known_names(names) if snapshot is not None else None
+            known = self.shared.known_names(snapshot, names) if snapshot is not None else None
             if known is None:
                 check_resource_names(names)
         first = state is None
@@ -91,7 +91,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         if request.response_nonce and request.response_nonce != state.sent_nonce:
             return  # stale: answers a response that a newer one replaced
         names_changed = names != state.names
-        state.names = snapshot.intern_names(names) if snapshot is not None else names
+        state.names = self.shared.intern_names(snapshot, names) if snapshot is not None else names
         # Legacy wildcard: an empty first LDS/CDS request means "everything", and stays so while
         # the client keeps sending no names; "*" asks for everything explicitly.
         if type_url.allows_wildcard and ((first and not names) or (state.wildcard and not names)):
@@ -128,19 +128,20 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             return None
         carried = chosen
         if not state.needs_response and state.accepted is not None and not type_url.requires_full_state:
-            carried = _changed(snapshot, type_url, state.accepted, state.held, chosen)
+            carried = self.shared.changed(snapshot, type_url, state.accepted, state.held, chosen)
         return self._respond(type_url, state, version, chosen, carried, snapshot)
 
     def _chosen(self, type_url: TypeUrl, state: _TypeState, snapshot: Snapshot) -> tuple[str, tuple[Resource, ...]]:
         names = None if state.wildcard else state.names
-        version, chosen = snapshot.select(type_url, names)
+        version, chosen = self.shared.select(snapshot, type_url, names)
         if type_url is TypeUrl.SECRET and not self.serves_keys:
             withheld = self.withheld_secrets(type_url, snapshot)
             self.note_withheld(type_url, withheld if names is None else withheld & names)
             if withheld:
-                version, chosen = _without(snapshot, type_url, names, chosen, withheld)
+                version, chosen = self.shared.without_keys(snapshot, type_url, names, chosen, withheld)
         if type_url is TypeUrl.CLUSTER and self.is_ads and state.held and state.held is not chosen:
-            kept = [r for r in _gone(snapshot, type_url, state.held) if state.wildcard or r.name in state.names]
+            gone = self.shared.gone(snapshot, type_url, state.held)
+            kept = [r for r in gone if state.wildcard or r.name in state.names]
             if kept and not self._routes_current(snapshot):
                 chosen = tuple(sorted((*chosen, *kept), key=lambda r: r.name))
                 version = aggregate_version(chosen)
@@ -156,7 +157,7 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
             state = self.states.get(type_url)
             if state is None or (not state.wildcard and not state.names):
                 continue
-            version, _ = snapshot.select(type_url, None if state.wildcard else state.names)
+            version, _ = self.shared.select(snapshot, type_url, None if state.wildcard else state.names)
             if state.acked_version != version:
                 return False
         return True
@@ -181,7 +182,10 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         whole = carried is chosen
 
         def build() -> bytes:
-            body = snapshot.sotw_body(type_url, names, chosen) if whole else b"".join(r.sotw_entry for r in carried)
+            if whole:
+                body = self.shared.sotw_body(snapshot, type_url, names, chosen)
+            else:
+                body = b"".join(r.sotw_entry for r in carried)
             return b"".join(
                 (
                     wire.string_field(_VERSION_INFO, version),
@@ -195,57 +199,4 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
         # build them once. `version` is a hash of every (name, version) in `chosen`, so together
         # with the nonce it decides a whole response's bytes; an only-changed one also depends on
         # what it carries (the same shared tuple for streams that held the same).
-        key = ("sotw", type_url, version, nonce) if whole else ("sotw-changed", type_url, version, nonce, carried)
-        return snapshot.shared_response(key, build)
-
-
-def _without(
-    snapshot: Snapshot,
-    type_url: TypeUrl,
-    names: frozenset[str] | None,
-    chosen: tuple[Resource, ...],
-    withheld: frozenset[str],
-) -> tuple[str, tuple[Resource, ...]]:
-    """`chosen` (the selection for `names`) less the `withheld` secrets, and its version: the same
-    for every stream of the group asking for the same names, so computed once per snapshot."""
-
-    def build() -> tuple[str, tuple[Resource, ...]]:
-        kept = tuple(resource for resource in chosen if resource.name not in withheld)
-        return aggregate_version(kept), kept
-
-    return snapshot.derived(("without-keys", type_url, names), build)
-
-
-def _changed(
-    snapshot: Snapshot,
-    type_url: TypeUrl,
-    accepted: tuple[Resource, ...],
-    held: tuple[Resource, ...],
-    chosen: tuple[Resource, ...],
-) -> tuple[Resource, ...]:
-    """The resources of `chosen` a client may lack: whose version differs from the one it
-    acknowledged (`accepted`) or from the one it was sent since (`held`, which it may still be
-    applying, or may yet reject). Computed once per snapshot for every stream holding the same."""
-
-    def build() -> tuple[Resource, ...]:
-        acknowledged = {resource.name: resource.version for resource in accepted}
-        pending = acknowledged if held is accepted else {resource.name: resource.version for resource in held}
-        return tuple(
-            resource
-            for resource in chosen
-            if acknowledged.get(resource.name) != resource.version or pending.get(resource.name) != resource.version
-        )
-
-    # The three are shared selections of snapshots (streams in step hold the very same objects).
-    return snapshot.derived(("changed", type_url, accepted, held, chosen), build)
-
-
-def _gone(snapshot: Snapshot, type_url: TypeUrl, held: tuple[Resource, ...]) -> list[Resource]:
-    """The resources of `held` that `snapshot` no longer has (the same for every stream holding `held`)."""
-
-    def build() -> list[Resource]:
-        current = snapshot.of_type(type_url).by_name
-        return [resource for resource in held if resource.name not in current]
-
-    # `held` is the shared selection of an earlier snapshot: every stream holding it asks the same.
-    return snapshot.derived(("gone", type_url, held), build)
+        return self.shared.shared_response(snapshot, (type_url, version, nonce, None if whole else carried), build)

@@ -19,8 +19,8 @@ import grpc
 
 from meshplane.xds.cache import CacheSubscription, SnapshotCache
 from meshplane.xds.server.identity import CLIENT_CERTIFICATE, Grant, refusal
-from meshplane.xds.server.keys import private_key_secrets
 from meshplane.xds.server.nodes import MAX_NAME_LENGTH, ProtocolError, proxy_group
+from meshplane.xds.server.responses import ResponseCache
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry, StreamTrack
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.types import ADS_ORDER, TypeUrl, parse_type_url
@@ -134,8 +134,12 @@ class Stream(Generic[RequestT]):
         peer: str,
         send_gate: SendGate | None = None,
         first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT,
+        shared: ResponseCache | None = None,
     ) -> None:
         self.cache = cache
+        # What the server derives from snapshots, shared by its streams (responses.py); a stream
+        # given none shares only with itself.
+        self.shared = shared if shared is not None else ResponseCache()
         self.first_request_timeout = first_request_timeout
         self.send_gate = send_gate
         self.registry = registry
@@ -196,7 +200,9 @@ class Stream(Generic[RequestT]):
         if (reason := refusal(self.grants, group.role.value, site, self.credential)) is not None:
             raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED, f"node {node.id}: {reason}")
         user_agent = f"{node.user_agent_name} {node.user_agent_version or _build_version(node)}"
-        self.track = self.registry.open(self.kind, node.id, node.cluster, group, user_agent.strip(), self.peer)
+        self.track = self.registry.open(
+            self.kind, node.id, node.cluster, group, user_agent.strip(), self.peer, node=node
+        )
         self.subscription = self.cache.subscribe(group, self.waker)
         log.info("stream %d opened: node %s, group %s, %s", self.track.stream_id, node.id, group, self.kind)
         return self.track
@@ -206,7 +212,7 @@ class Stream(Generic[RequestT]):
         secrets holding private keys when the stream may not have keys (keys.py), else none."""
         if type_url is not TypeUrl.SECRET or self.serves_keys:
             return frozenset()
-        return private_key_secrets(snapshot)
+        return self.shared.private_key_secrets(snapshot)
 
     def note_withheld(self, type_url: TypeUrl, names: Iterable[str]) -> None:
         """Records which secrets the stream asked for and is not sent (status, log once, count)."""

@@ -12,7 +12,9 @@ sent per type (references to the snapshot's own `Resource` objects, not copies, 
 the push latency — from the moment a group's snapshot was published (or the stream connected,
 if later) to the proxy's ACK of it — the streams the server refused, by gRPC status code, and the
 secrets holding private keys withheld from unauthenticated streams (keys.py), each logged and
-counted once per stream.
+counted once per stream, and the node each stream's first request carried (bounded: `kept_node`),
+which CSDS answers with (csds.py). Delta streams in step share their records here, as they share
+their own state (`delta_shared`, delta_shared.py): one map for every stream sent the same.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from envoy.config.core.v3 import base_pb2
+
 from meshplane.logs import redact_secrets
 from meshplane.model import ProxyGroup
+from meshplane.xds.server.delta_shared import DeltaShared, is_shared
 from meshplane.xds.server.keys import WITHHELD_REASON
-from meshplane.xds.snapshot import Resource
+from meshplane.xds.snapshot import Resource, TypeResources
 from meshplane.xds.types import TypeUrl
 
 log = logging.getLogger(__name__)
@@ -145,9 +150,9 @@ class TypeTrack:
     after the last response, the snapshot's shared selection for the names it asked for (no
     per-stream copy; also when an EDS, RDS or SDS response carried only the changed ones, which the
     proxy merges into what it held), in Delta the sum of the
-    responses (a name → resource map, the same size as the Delta stream's own record of what the
-    client holds). The `*_seq` fields order sends, ACKs and NACKs on one registry without relying
-    on clock resolution.
+    responses (a name → resource map: shared by the streams sent the same, see `sent`, or the
+    stream's own `dict`). The `*_seq` fields order sends, ACKs and NACKs on one registry without
+    relying on clock resolution.
     """
 
     sent_version: str = ""
@@ -158,7 +163,7 @@ class TypeTrack:
     pending_nonce: str = ""
     resource_count: int = 0
     last_nack: Nack | None = None
-    resources: tuple[Resource, ...] | dict[str, Resource] = ()
+    resources: tuple[Resource, ...] | Mapping[str, Resource] = ()
     sent_seq: int = 0
     acked_seq: int = 0
     nacked_seq: int = 0
@@ -170,9 +175,9 @@ class TypeTrack:
     def sent_resources(self) -> tuple[Resource, ...]:
         """What the proxy was last sent of this type, less what it was told to remove, sorted by
         name. A NACKed response is included: this is what was sent, not what the proxy runs."""
-        if isinstance(self.resources, dict):
-            return tuple(sorted(self.resources.values(), key=lambda resource: resource.name))
-        return self.resources
+        if isinstance(self.resources, tuple):
+            return self.resources
+        return tuple(sorted(self.resources.values(), key=lambda resource: resource.name))
 
     @property
     def state(self) -> SyncState:
@@ -199,12 +204,31 @@ class StreamTrack:
     types: dict[TypeUrl, TypeTrack] = field(default_factory=dict)
     # Every secret ever withheld on this stream: each is logged and counted once per stream.
     withheld_noted: set[str] = field(default_factory=set)
+    # The node of the stream's first request, as the proxy sent it (`kept_node`); CSDS answers with it.
+    node: base_pb2.Node | None = None
 
     def of(self, type_url: TypeUrl) -> TypeTrack:
         track = self.types.get(type_url)
         if track is None:
             track = self.types[type_url] = TypeTrack()
         return track
+
+
+# The bytes of a proxy's node kept per stream. Envoy's node, with its extension list, is a few KiB;
+# a node bigger than this is kept without what makes it big (metadata, extensions, features).
+MAX_KEPT_NODE_BYTES = 64 * 1024
+
+
+def kept_node(node: base_pb2.Node) -> base_pb2.Node:
+    """A copy of `node` to keep for the stream's lifetime: a copy, so the first request it came in
+    is not kept with it; at most `MAX_KEPT_NODE_BYTES`, beyond which only its id, cluster,
+    locality and user agent are kept."""
+    kept = base_pb2.Node()
+    kept.CopyFrom(node)
+    if kept.ByteSize() > MAX_KEPT_NODE_BYTES:
+        for name in ("metadata", "extensions", "client_features", "listening_addresses", "dynamic_parameters"):
+            kept.ClearField(name)
+    return kept
 
 
 class StreamRegistry:
@@ -235,13 +259,25 @@ class StreamRegistry:
         self.push_latency: dict[TypeUrl, DurationHistogram] = {t: DurationHistogram() for t in TypeUrl}
         # Secrets withheld from unauthenticated streams (keys.py): each (stream, secret) counted once.
         self.secrets_withheld = 0
+        # What Delta streams in step share: their records here and their own state (delta.py).
+        self.delta_shared = DeltaShared()
 
     def open(
-        self, kind: StreamKind, node_id: str, node_cluster: str, group: ProxyGroup, user_agent: str, peer: str
+        self,
+        kind: StreamKind,
+        node_id: str,
+        node_cluster: str,
+        group: ProxyGroup,
+        user_agent: str,
+        peer: str,
+        node: base_pb2.Node | None = None,
     ) -> StreamTrack:
+        """Records a new stream; `node`, the node its first request carried, is kept (`kept_node`)."""
         track = StreamTrack(
             next(self._ids), kind, node_id, node_cluster, group, user_agent, peer, time.time(), time.monotonic()
         )
+        if node is not None:
+            track.node = kept_node(node)
         self._streams[track.stream_id] = track
         self.opened_counts[kind] += 1
         return track
@@ -267,24 +303,35 @@ class StreamRegistry:
         removed: Iterable[str] | None = None,
         *,
         held: Iterable[Resource] = (),
+        source: TypeResources | None = None,
     ) -> None:
         """Records a response. SotW (`removed` None): `resources` is everything the proxy now has of
         the type, kept as given (pass the snapshot's tuple, and it is shared, not copied), even
         when the response itself carried only the changed ones (EDS, RDS, SDS: sotw.py). Delta:
         `resources` were added or changed and `removed` names were removed; `held` are resources the
-        proxy already had (a reconnecting client's `initial_resource_versions`), recorded, not sent."""
+        proxy already had (a reconnecting client's `initial_resource_versions`), recorded, not sent.
+        With `source` (the type set `resources` come from), the record is a map shared with every
+        stream of this registry whose record was the same and that was sent the same."""
         entry = track.of(type_url)
         if removed is None:
             entry.resources = resources if isinstance(resources, tuple) else tuple(resources)
         else:
-            held_now = entry.resources if isinstance(entry.resources, dict) else {r.name: r for r in entry.resources}
-            for resource in held:
-                held_now[resource.name] = resource
-            for resource in resources:
-                held_now[resource.name] = resource
-            for name in removed:
-                held_now.pop(name, None)
-            entry.resources = held_now
+            record = entry.resources
+            if isinstance(record, tuple):  # nothing recorded yet: a Delta record is a map
+                record = {r.name: r for r in record} if record else self.delta_shared.no_holding
+            if source is not None and is_shared(record):
+                # A record still shared stays shared: streams sent the same get the same map.
+                updates, gone = tuple(resources), tuple(removed)
+                entry.resources = self.delta_shared.holding_after(source, record, tuple(held), updates, gone)
+            else:
+                held_now = record if isinstance(record, dict) else dict(record)
+                for resource in held:
+                    held_now[resource.name] = resource
+                for resource in resources:
+                    held_now[resource.name] = resource
+                for name in removed:
+                    held_now.pop(name, None)
+                entry.resources = held_now
         if version != entry.acked_version and (version != entry.sent_version or entry.latency_start is None):
             # A version the proxy does not have yet: its latency runs from when it could first have
             # been pushed, the snapshot's publication or the stream's connection, whichever is later.

@@ -16,11 +16,19 @@ The cloud clusters are a sidecar's, upstream TLS included: a TLS service's clust
 secrets over SDS, and the gateway gets those secrets (`secrets.build_secrets`), so devices speak
 plain HTTP on the site network and the gateway adds the TLS.
 Must stay pure; names come from `meshplane.xds.names`.
+
+A registration rebuilds the gateways of the device's site, each with a cluster and a route per
+device of the site. Those two are built once per device value (a bounded memo of a pure function)
+and handed back as the same message objects while the device is unchanged, so the publisher does
+not serialise them again (`Snapshot.of` keeps the `Resource` of a message it already holds): a
+registration costs about one device's translation, not the whole site's. The messages are shared:
+nothing may change them after they are built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -43,6 +51,9 @@ DEVICE_CONNECT_TIMEOUT = 2.0
 DEVICE_ROUTE_TIMEOUT = 30.0
 
 _Cluster = cluster_pb2.Cluster
+# Devices whose cluster and route stay built (per kind). Above a large site's device count, so a
+# registration never rebuilds the others; entries of devices gone age out as new ones come.
+_DEVICE_MEMO = 1 << 17
 
 
 def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], list[str]]:
@@ -66,7 +77,7 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
             group,
         )
     ]
-    devices = [device for device in mesh.devices if device.site == group.site and device.endpoints]
+    devices = [device for device in mesh.devices_at(group.site) if device.endpoints]
     clusters += [_device_cluster(device) for device in devices]
     routes = [outbound]
     to_devices_port = from_devices_port + 1
@@ -97,6 +108,7 @@ def _listener(name: str, address: str, port: int, route_name: str, group: ProxyG
     )
 
 
+@functools.lru_cache(maxsize=_DEVICE_MEMO)
 def _device_cluster(device: Device) -> Any:
     name = names.edge_device_cluster_name(device.id)
     assignment = endpoint_pb2.ClusterLoadAssignment(
@@ -128,24 +140,29 @@ def _device_cluster(device: Device) -> Any:
 
 def _to_devices_routes(route_name: str, devices: list[Device]) -> Any:
     """One route per device, matched on the exact id in the device header; no match is a 404."""
-    routes = [
-        route_components_pb2.Route(
-            name=names.device_virtual_host_name(device.id),
-            match=route_components_pb2.RouteMatch(
-                prefix="/",
-                headers=[
-                    route_components_pb2.HeaderMatcher(
-                        name=DEVICE_HEADER, string_match=string_pb2.StringMatcher(exact=device.id)
-                    )
-                ],
-            ),
-            route=route_components_pb2.RouteAction(
-                cluster=names.edge_device_cluster_name(device.id), timeout=core.duration(DEVICE_ROUTE_TIMEOUT)
-            ),
-        )
-        for device in devices
-    ]
     return route_pb2.RouteConfiguration(
         name=route_name,
-        virtual_hosts=[route_components_pb2.VirtualHost(name="devices", domains=["*"], routes=routes)],
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(
+                name="devices", domains=["*"], routes=[_device_route(device.id) for device in devices]
+            )
+        ],
+    )
+
+
+@functools.lru_cache(maxsize=_DEVICE_MEMO)
+def _device_route(device_id: str) -> Any:
+    return route_components_pb2.Route(
+        name=names.device_virtual_host_name(device_id),
+        match=route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[
+                route_components_pb2.HeaderMatcher(
+                    name=DEVICE_HEADER, string_match=string_pb2.StringMatcher(exact=device_id)
+                )
+            ],
+        ),
+        route=route_components_pb2.RouteAction(
+            cluster=names.edge_device_cluster_name(device_id), timeout=core.duration(DEVICE_ROUTE_TIMEOUT)
+        ),
     )

@@ -7,6 +7,7 @@ config source: ADS, or the per-type service), by the name `meshplane.xds.names` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -19,6 +20,7 @@ from meshplane.model import Mesh, Protocol, ProxyGroup, ProxyRole
 from meshplane.xds import names
 from meshplane.xds.translate import core
 from meshplane.xds.translate.hostnames import HostClaim, HostNames, grant
+from meshplane.xds.translate.routes import http_filters
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -38,14 +40,15 @@ def build_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]
     return _sidecar_listeners(mesh, group)
 
 
-def http_connection_manager(route_name: str, stat_prefix: str, group: ProxyGroup) -> Any:
-    """An HTTP connection manager routing by `route_name`, fetched over RDS from `group`'s config source."""
+def http_connection_manager(route_name: str, stat_prefix: str, group: ProxyGroup, filters: Sequence[Any] = ()) -> Any:
+    """An HTTP connection manager routing by `route_name`, fetched over RDS from `group`'s config
+    source, with the HTTP `filters` its routes need before the router."""
     return _hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         # AUTO: the app may speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c), as gRPC does.
         codec_type=_hcm.HttpConnectionManager.AUTO,
         rds=_hcm.Rds(config_source=core.config_source(group), route_config_name=route_name),
-        http_filters=[_hcm.HttpFilter(name=ROUTER, typed_config=core.pack(router_pb2.Router()))],
+        http_filters=[*filters, _hcm.HttpFilter(name=ROUTER, typed_config=core.pack(router_pb2.Router()))],
     )
 
 
@@ -54,7 +57,12 @@ def _sidecar_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[s
     warnings: list[str] = []
     outbound_port = group.outbound_port
     http_name = names.outbound_listener_name(outbound_port)
-    hcm = http_connection_manager(names.outbound_route_name(outbound_port), stat_prefix=http_name, group=group)
+    hcm = http_connection_manager(
+        names.outbound_route_name(outbound_port),
+        stat_prefix=http_name,
+        group=group,
+        filters=http_filters(mesh, grpc=False),
+    )
     listeners = [_listener(http_name, outbound_port, HTTP_CONNECTION_MANAGER, hcm)]
     # Services come in (namespace, name) order, so the first to ask for a port keeps it.
     owners: dict[int, str] = {outbound_port: f"the outbound HTTP listener {http_name}"}
@@ -110,8 +118,9 @@ def _grpc_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]
     # gRPC takes the dialled target literally as the listener name, so names differing in case differ.
     grants = grant(requests, what="listener", fold_case=False)
     listeners = []
+    filters = http_filters(mesh, grpc=True)
     for owner, listener_names in grants.names.items():
-        hcm = core.pack(http_connection_manager(routes[owner], stat_prefix=_GRPC_STAT_PREFIX, group=group))
+        hcm = core.pack(http_connection_manager(routes[owner], _GRPC_STAT_PREFIX, group, filters))
         for name in listener_names:
             listeners.append(
                 listener_pb2.Listener(name=name, api_listener=api_listener_pb2.ApiListener(api_listener=hcm))

@@ -1,9 +1,14 @@
 """Routes (RDS): the sidecar's outbound RouteConfiguration, and one per gRPC port for proxyless gRPC.
 
 Owns virtual hosts (which domains reach which service port), default routes, and how route tables'
-rules become Envoy routes. Proxyless gRPC gets only what it honours (gRFCs A28, A31, A42, A44):
-timeouts as `max_stream_duration`, retries on gRPC status codes only, header and channel-id hashes,
-no prefix rewrite. Must stay pure; names come from `meshplane.xds.names`.
+rules become Envoy routes: matches, weighted clusters, redirects, rewrites, header modifiers,
+mirrors, faults, rate limits and CORS, and the HTTP filters those need (`http_filters`).
+Proxyless gRPC gets only what it honours (gRFCs A28, A31, A33, A42, A44): timeouts as
+`max_stream_duration`, retries on gRPC status codes only, header and channel-id hashes, faults; no
+rewrites, header modifiers, mirrors, rate limits or CORS (left out with a warning), and no rule it could
+never take or would fail every call of (redirects, query parameter matches, methods but POST),
+which is left out with a warning.
+Must stay pure; names come from `meshplane.xds.names`.
 """
 
 from __future__ import annotations
@@ -12,23 +17,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2, token_bucket_pb2
+from google.protobuf import wrappers_pb2
 
 from meshplane.model import (
+    CorsPolicy,
+    FaultInjection,
     HeaderMatch,
     HeaderMatchKind,
+    HeaderModifier,
     LoadBalancing,
     Mesh,
+    Mirror,
     PathMatchKind,
     Protocol,
     ProxyGroup,
     ProxyRole,
+    QueryMatch,
+    QueryMatchKind,
+    RateLimit,
+    Redirect,
     RouteRule,
     RouteTable,
     Service,
     ServicePort,
     ServiceRef,
+    wildcard_origin_regex,
 )
 from meshplane.xds import names
 from meshplane.xds.translate import core
@@ -42,6 +64,30 @@ _GRPC_RETRY_CONDITIONS = frozenset({"cancelled", "deadline-exceeded", "internal"
 # gRPC hashes a filter-state key of this name on the channel: every RPC of one client channel
 # lands on one endpoint, its nearest equivalent of Envoy's source-IP hash (gRFC A42).
 _GRPC_CHANNEL_ID = "io.grpc.channel_id"
+# The HTTP filter that answers browsers' CORS preflights and marks answers by a rule's CORS policy.
+CORS_FILTER = "envoy.filters.http.cors"
+# The HTTP filter that injects a rule's faults; its name keys the route's per-filter config.
+FAULT_FILTER = "envoy.filters.http.fault"
+# The HTTP filter that keeps rules' rate limits (token buckets); gRPC has no such filter.
+LOCAL_RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+_RATE_LIMIT_STATS = "local_rate_limit"
+# A rate limit per client keys each bucket by this descriptor entry, whose value is the client's header.
+_CLIENT_KEY = "client"
+# How many clients' buckets a proxy keeps per rule, least recently used evicted first: an evicted
+# client starts again with a full bucket, so this is well above the clients one proxy serves.
+_MAX_CLIENT_BUCKETS = 10_000
+# Every gRPC call is a POST.
+_GRPC_METHOD = "POST"
+_REDIRECT_CODES = {
+    301: _rc.RedirectAction.MOVED_PERMANENTLY,
+    302: _rc.RedirectAction.FOUND,
+    303: _rc.RedirectAction.SEE_OTHER,
+    307: _rc.RedirectAction.TEMPORARY_REDIRECT,
+    308: _rc.RedirectAction.PERMANENT_REDIRECT,
+}
+# Replacing the whole path is a regex rewrite of everything: the query string is not part of what
+# Envoy rewrites, so it is kept, as the Gateway API's ReplaceFullPath keeps it.
+_WHOLE_PATH = "^/.*$"
 
 
 def build_routes(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
@@ -49,6 +95,33 @@ def build_routes(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
     if group.role is ProxyRole.GRPC:
         return _grpc_route_configs(mesh)
     return _outbound_route_config(mesh, group.outbound_port)
+
+
+def http_filters(mesh: Mesh, *, grpc: bool) -> list[Any]:
+    """The HTTP filters the routes of `mesh` need in an HTTP connection manager, before the router.
+
+    Each filter is there only when some rule uses it, configured to do nothing: a route turns it on
+    through its `typed_per_filter_config`. So a mesh using no such feature keeps the listener it had.
+    A proxyless gRPC client (`grpc`) gets only the filters it knows: it refuses a listener naming
+    any other.
+    """
+    rules = [rule for table in mesh.routes for rule in table.rules]
+    filters = []
+    # First, so that a preflight is answered before faults or rate limits could touch it.
+    if not grpc and any(rule.cors is not None for rule in rules):
+        filters.append(
+            http_connection_manager_pb2.HttpFilter(name=CORS_FILTER, typed_config=core.pack(cors_pb2.Cors()))
+        )
+    if any(rule.fault is not None for rule in rules):
+        filters.append(
+            http_connection_manager_pb2.HttpFilter(name=FAULT_FILTER, typed_config=core.pack(fault_pb2.HTTPFault()))
+        )
+    if not grpc and any(rule.rate_limit is not None for rule in rules):
+        idle = local_rate_limit_pb2.LocalRateLimit(stat_prefix=_RATE_LIMIT_STATS)  # no bucket: limits nothing
+        filters.append(
+            http_connection_manager_pb2.HttpFilter(name=LOCAL_RATE_LIMIT_FILTER, typed_config=core.pack(idle))
+        )
+    return filters
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,21 +215,122 @@ def _table_routes(mesh: Mesh, table: RouteTable, *, grpc: bool, warnings: list[s
     for index, rule in enumerate(table.rules):
         where = f"route {table.name} rule {index + 1}"
         targets = _resolve(mesh, rule)
-        if targets is None:
+        mirrors = _resolve_mirrors(mesh, rule.mirrors)
+        if targets is None or mirrors is None:
             warnings.append(f"{where}: a backend names no known service port; rule left out")
             continue
-        match = _match(rule)
+        if grpc and (reason := _grpc_cannot_take(rule)) is not None:
+            warnings.append(f"{where}: {reason}; rule left out for proxyless gRPC")
+            continue
+        match = _match(rule, grpc=grpc)
         if match is None:
             warnings.append(f"{where}: an empty path regex matches no path; rule left out")
             continue
-        route = _rc.Route(match=match)
-        _set_action(route, targets, timeout=rule.timeout, grpc=grpc)
-        if rule.retry is not None:
-            _set_retry(route, rule, grpc=grpc)
-        if rule.prefix_rewrite is not None and not grpc:
-            route.route.prefix_rewrite = rule.prefix_rewrite
+        route = _rc.Route(match=match, name=rule.name or "")
+        if rule.redirect is not None:
+            route.redirect.CopyFrom(_redirect(rule.redirect))
+        elif targets:
+            _set_action(route, targets, timeout=rule.timeout, grpc=grpc)
+            if rule.retry is not None:
+                _set_retry(route, rule, grpc=grpc)
+            if not grpc:
+                _set_rewrites(route, rule)
+                route.route.request_mirror_policies.extend(mirrors)
+            if rule.fault is not None:  # gRPC injects faults too (gRFC A33)
+                route.typed_per_filter_config[FAULT_FILTER].CopyFrom(core.pack(_fault(rule.fault)))
+        else:  # an invalid mesh's rule with neither backends nor a redirect: nowhere to send requests
+            warnings.append(f"{where}: has no backends; rule left out")
+            continue
+        if rule.rate_limit is not None and not grpc:
+            route.typed_per_filter_config[LOCAL_RATE_LIMIT_FILTER].CopyFrom(core.pack(_rate_limit(rule.rate_limit)))
+        if rule.cors is not None and not grpc:
+            route.typed_per_filter_config[CORS_FILTER].CopyFrom(core.pack(_cors(rule.cors)))
+        if grpc:
+            if _grpc_ignores(rule):
+                warnings.append(
+                    f"{where}: proxyless gRPC applies no rewrites, header modifiers, mirrors, rate limits "
+                    "or CORS; they are left out"
+                )
+        else:
+            _set_header_modifiers(route, rule)
         routes.append(route)
     return routes
+
+
+def _grpc_cannot_take(rule: RouteRule) -> str | None:
+    """Why a gRPC client could never take `rule` (or would fail every call that matched it), or None.
+
+    gRPC fails the calls a redirect route matches (a route whose action is not `route`); it has no
+    query string to match; and every call it makes is a POST.
+    """
+    if rule.redirect is not None:
+        return "a redirect is no answer to a gRPC call"
+    if rule.match.query:
+        return "gRPC calls have no query parameters to match"
+    if rule.match.method is not None and rule.match.method != _GRPC_METHOD:
+        return f"gRPC calls are POSTs, never {rule.match.method}"
+    return None
+
+
+def _grpc_ignores(rule: RouteRule) -> bool:
+    """Whether `rule` asks for what gRPC's xDS client does not do (and so is left out of its routes)."""
+    rewrites = rule.path_rewrite is not None or rule.host_rewrite is not None
+    modifiers = rule.request_headers is not None or rule.response_headers is not None
+    return rewrites or modifiers or bool(rule.mirrors) or rule.rate_limit is not None or rule.cors is not None
+
+
+def _redirect(redirect: Redirect) -> Any:
+    action = _rc.RedirectAction(response_code=_REDIRECT_CODES[redirect.status])
+    if redirect.scheme is not None:
+        action.scheme_redirect = redirect.scheme
+    if redirect.hostname is not None:
+        action.host_redirect = redirect.hostname
+    if redirect.port is not None:
+        action.port_redirect = redirect.port
+    if redirect.path is not None:
+        action.path_redirect = redirect.path
+    elif redirect.prefix is not None:
+        action.prefix_rewrite = redirect.prefix
+    return action
+
+
+def _set_rewrites(route: Any, rule: RouteRule) -> None:
+    action = route.route
+    if rule.prefix_rewrite is not None:
+        action.prefix_rewrite = rule.prefix_rewrite
+    elif rule.path_rewrite is not None:
+        # RE2's rewrite string reads `\1` as a group: a backslash of the path is doubled to stay one.
+        action.regex_rewrite.pattern.regex = _WHOLE_PATH
+        action.regex_rewrite.substitution = rule.path_rewrite.replace("\\", "\\\\")
+    if rule.host_rewrite is not None:
+        action.host_rewrite_literal = rule.host_rewrite
+
+
+def _set_header_modifiers(route: Any, rule: RouteRule) -> None:
+    if (request := rule.request_headers) is not None:
+        route.request_headers_to_add.extend(_header_options(request))
+        route.request_headers_to_remove.extend(name.lower() for name in request.remove)
+    if (response := rule.response_headers) is not None:
+        route.response_headers_to_add.extend(_header_options(response))
+        route.response_headers_to_remove.extend(name.lower() for name in response.remove)
+
+
+def _header_options(modifier: HeaderModifier) -> list[Any]:
+    """`set` then `add` as Envoy's header options; Envoy removes before it sets and adds, as the model says."""
+    options = []
+    for headers, append in (
+        (modifier.set, base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+        (modifier.add, base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD),
+    ):
+        for header in headers:
+            # Envoy reads `%` as the start of a substitution (`%REQ(...)%`); values are literal text.
+            value = header.value.replace("%", "%%")
+            options.append(
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=header.name.lower(), value=value), append_action=append
+                )
+            )
+    return options
 
 
 def _resolve(mesh: Mesh, rule: RouteRule) -> list[_Target] | None:
@@ -171,7 +345,96 @@ def _resolve(mesh: Mesh, rule: RouteRule) -> list[_Target] | None:
     return targets
 
 
-def _match(rule: RouteRule) -> Any | None:
+def _fault(fault: FaultInjection) -> Any:
+    config = fault_pb2.HTTPFault()
+    if (delay := fault.delay) is not None:
+        config.delay.fixed_delay.CopyFrom(core.duration(delay.duration))
+        config.delay.percentage.CopyFrom(_per_million(delay.percent))
+    if (abort := fault.abort) is not None:
+        config.abort.http_status = abort.status
+        config.abort.percentage.CopyFrom(_per_million(abort.percent))
+    return config
+
+
+def _cors(cors: CorsPolicy) -> Any:
+    policy = cors_pb2.CorsPolicy(
+        allow_methods=", ".join(cors.allow_methods),
+        allow_headers=", ".join(cors.allow_headers),
+        expose_headers=", ".join(cors.expose_headers),
+        allow_credentials=wrappers_pb2.BoolValue(value=cors.allow_credentials),
+    )
+    if cors.max_age is not None:
+        policy.max_age = str(cors.max_age)
+    for origin in cors.allow_origins:
+        if origin == "*":
+            matcher = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*"))
+        elif "*" in origin:
+            matcher = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=wildcard_origin_regex(origin)))
+        else:
+            matcher = string_pb2.StringMatcher(exact=origin)
+        policy.allow_origin_string_match.append(matcher)
+    return policy
+
+
+def _rate_limit(limit: RateLimit) -> Any:
+    bucket = token_bucket_pb2.TokenBucket(
+        max_tokens=limit.requests if limit.burst is None else limit.burst,
+        tokens_per_fill=core.uint32(limit.requests),
+        fill_interval=core.duration(limit.interval),
+    )
+    everything = base_pb2.RuntimeFractionalPercent(default_value=_per_million(100))
+    config = local_rate_limit_pb2.LocalRateLimit(
+        stat_prefix=_RATE_LIMIT_STATS, token_bucket=bucket, filter_enabled=everything, filter_enforced=everything
+    )
+    if limit.per_header is not None:
+        # A bucket per value of the header: the action makes the descriptor (client, value) of a
+        # request that has the header; the descriptor's empty value matches any value, and each
+        # value gets its bucket. A request without the header makes no descriptor: the rule's own
+        # bucket, shared, takes it. A request with one takes only its client's bucket.
+        config.rate_limits.append(
+            _rc.RateLimit(
+                actions=[
+                    _rc.RateLimit.Action(
+                        request_headers=_rc.RateLimit.Action.RequestHeaders(
+                            header_name=limit.per_header, descriptor_key=_CLIENT_KEY
+                        )
+                    )
+                ]
+            )
+        )
+        config.descriptors.append(
+            ratelimit_pb2.LocalRateLimitDescriptor(
+                entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=_CLIENT_KEY, value="")], token_bucket=bucket
+            )
+        )
+        config.always_consume_default_token_bucket.CopyFrom(wrappers_pb2.BoolValue(value=False))
+        config.max_dynamic_descriptors.CopyFrom(core.uint32(_MAX_CLIENT_BUCKETS))
+    return config
+
+
+def _per_million(percent: float) -> Any:
+    """`percent` per million, Envoy's finest denominator: a percent with four decimals is exact."""
+    return percent_pb2.FractionalPercent(
+        numerator=round(percent * 10_000), denominator=percent_pb2.FractionalPercent.MILLION
+    )
+
+
+def _resolve_mirrors(mesh: Mesh, mirrors: Sequence[Mirror]) -> list[Any] | None:
+    """Envoy's mirror policies for `mirrors`, or None if one names no service port (a validated mesh never does)."""
+    policies = []
+    for mirror in mirrors:
+        service = mesh.service(mirror.service)
+        port = service.port(mirror.port) if service is not None else None
+        if service is None or port is None:
+            return None
+        policy = _rc.RouteAction.RequestMirrorPolicy(cluster=names.cluster_name(service.ref, port))
+        if mirror.percent < 100:
+            policy.runtime_fraction.default_value.CopyFrom(_per_million(mirror.percent))
+        policies.append(policy)
+    return policies
+
+
+def _match(rule: RouteRule, *, grpc: bool) -> Any | None:
     path = rule.match.path
     match = _rc.RouteMatch()
     if path.kind is PathMatchKind.PREFIX:
@@ -184,8 +447,21 @@ def _match(rule: RouteRule) -> Any | None:
             return None
         # RE2 is the default (and only) engine; `google_re2` is deprecated, so it is left unset.
         match.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=path.value))
+    # A gRPC client has no `:method` header to match, and every call it makes is a POST.
+    if (method := rule.match.method) is not None and not grpc:
+        match.headers.append(_rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=method)))
     match.headers.extend(_header_matcher(header) for header in rule.match.headers)
+    match.query_parameters.extend(_query_matcher(query) for query in rule.match.query)
     return match
+
+
+def _query_matcher(query: QueryMatch) -> Any:
+    # Envoy rejects an empty regex; the model refuses one, and full-matched it takes only "".
+    if query.kind is QueryMatchKind.REGEX and query.value:
+        matcher = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=query.value))
+    else:
+        matcher = string_pb2.StringMatcher(exact=query.value)
+    return _rc.QueryParameterMatcher(name=query.name, string_match=matcher)
 
 
 def _header_matcher(header: HeaderMatch) -> Any:

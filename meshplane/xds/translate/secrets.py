@@ -1,8 +1,9 @@
 """Secrets (SDS): the TLS certificates and CA bundles a proxy group's clusters use, PEM inlined.
 
 Owns the shape of the Secret resources that clusters' SDS configs name, and which of them a group
-gets: exactly the names its own built clusters ask for over SDS (`sds_secret_names`: the upstream
-TLS contexts' `tls_certificate_sds_secret_configs` and `validation_context_sds_secret_config`).
+gets: exactly the names its own built clusters ask for over SDS (`xds.references.sds_secret_names`:
+the upstream TLS contexts' `tls_certificate_sds_secret_configs` and
+`validation_context_sds_secret_config`, read as the snapshot's consistency check reads them).
 Deriving them from the clusters, for every role alike, keeps the two from disagreeing: a group
 never lacks a secret its clusters wait for (which would leave them warming, and the snapshot
 refused), and never gets one it has no use for, so a proxy cannot fetch a private key by asking
@@ -17,30 +18,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
 from meshplane.model import Mesh
-
-_UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-
-
-def sds_secret_names(clusters: Iterable[Any]) -> frozenset[str]:
-    """Every Secret name the clusters' upstream TLS asks for over SDS (certificates and validation
-    contexts), from `transport_socket` and `transport_socket_matches` alike."""
-    names: set[str] = set()
-    for cluster in clusters:
-        sockets = [cluster.transport_socket] if cluster.HasField("transport_socket") else []
-        sockets += [match.transport_socket for match in cluster.transport_socket_matches]
-        for socket in sockets:
-            if socket.typed_config.type_url != _UPSTREAM_TLS_TYPE:
-                continue
-            context = tls_pb2.UpstreamTlsContext()
-            socket.typed_config.Unpack(context)
-            common = context.common_tls_context
-            names.update(config.name for config in common.tls_certificate_sds_secret_configs)
-            if common.HasField("validation_context_sds_secret_config"):
-                names.add(common.validation_context_sds_secret_config.name)
-    return frozenset(names)
+from meshplane.xds.references import sds_secret_names
 
 
 def build_secrets(mesh: Mesh, clusters: Iterable[Any]) -> list[Any]:

@@ -1,7 +1,9 @@
 """The health of one source, as the status endpoint and the CLI show it.
 
 Owns `SourceStatus`, a frozen snapshot a source hands out on request. Holds no behaviour: a
-source builds a new one whenever asked, so readers never see it change under them.
+source builds a new one whenever asked, so readers never see it change under them. Here, in the
+model, because both sides read it typed: the sources (discovery) that build it and the status
+endpoint, metrics and logs that show it, which must not import discovery.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ class SourceStatus:
     its age tells a quiet source (young) from a stale one (growing); None before the first.
     `last_attempt`: when it last tried to load, list, watch or reach its store, good or not.
     `errors` say why the source cannot load or why its current content is refused (each
-    `path:line: reason`, or the request that fails); empty when it is good. While `synced` with
-    errors, it serves its last good content. `notes` tell what the source left out of individual
-    objects or noticed about them (a UDP port not served, an annotation skipped, a Secret kept at
-    its last good version); they never make the source itself unhealthy. `counts` describe the
-    content being served (the last good content), e.g. {"services": 3, "routes": 1, "secrets": 0,
-    "files": 2}. `events` counts what happened since start, e.g. {"registrations": 9,
-    "lease_expiries": 2}.
+    `path:line: reason`, or the request that fails; a `Problem` is there as its message); empty
+    when it is good. While `synced` with errors, it serves its last good content. `notes` tell
+    what the source left out of individual objects or noticed about them (a UDP port not served,
+    an annotation skipped, a Secret kept at its last good version); they never make the source
+    itself unhealthy. `counts` describe the content being served (the last good content), e.g.
+    {"services": 3, "routes": 1, "secrets": 0, "files": 2}. `events` counts what happened since
+    start, e.g. {"registrations": 9, "lease_expiries": 2}.
     """
 
     name: str
