@@ -1,8 +1,8 @@
 """Through the composition root: a device registration reaches the edge gateway's group only.
 
-`ControlPlane._rebuild` hands the publisher what changed (`Changes`); with gateway and sidecar
-groups served, a registration publishes a new gateway snapshot, translates no other group, and
-leaves the sidecar's snapshot object and version as they were.
+`ControlPlane._rebuild` hands the publisher what the merge says changed (`MeshChanges`); with
+gateway and sidecar groups served, a registration publishes a new gateway snapshot, translates no
+other group, and leaves the sidecar's snapshot object and version as they were.
 """
 
 from __future__ import annotations

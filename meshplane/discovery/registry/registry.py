@@ -228,7 +228,7 @@ class EdgeRegistry:
     # --- reads ---
 
     def devices(self) -> tuple[Device, ...]:
-        """Every live device, sorted by id (what the mesh gets)."""
+        """Every live device, sorted by id (the merge admits them into the mesh: `DeviceAdmission`)."""
         if self._devices is None:
             self._devices = tuple(self._live[key].device for key in sorted(self._live))
         return self._devices
@@ -245,7 +245,9 @@ class EdgeRegistry:
         return changes
 
     def _put(self, registration: Registration) -> None:
-        """Makes `registration` its device's live one (`_live` changes only here and in `_drop`)."""
+        """Makes `registration` its device's live one. A device joins, moves between sites or leaves
+        `_live` only here and in `_drop` (a renewal replaces its registration in place), so the
+        per-site counts stay right."""
         previous = self._live.get(registration.device.id)
         if previous is not None:
             self._uncount(previous.device.site)
