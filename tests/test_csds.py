@@ -30,7 +30,7 @@ from meshplane.demo.greeter import start_greeter
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.server.csds import MAX_REFUSAL_BYTES, access_refusal
 from meshplane.xds.server.service import XdsServices, create_server
-from meshplane.xds.server.tracking import MAX_NACK_MESSAGE_BYTES, StreamRegistry
+from meshplane.xds.server.tracking import MAX_NACK_MESSAGE_BYTES, StreamRegistry, kept_node
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.types import TypeUrl
 from tests.envoy_harness import REPO
@@ -486,3 +486,16 @@ async def test_grpcio_xds_client_is_seen_synced_through_a_whole_control_plane(tm
         stop.set()
         await task
         await greeter.stop(None)
+
+
+def test_a_kept_node_leaves_out_the_extension_list_every_envoy_of_a_build_sends() -> None:
+    sent = base_pb2.Node(
+        id="sidecar~10.0.0.1",
+        cluster="web",
+        extensions=[base_pb2.Extension(name=f"envoy.filters.http.e{i}", category="filters") for i in range(200)],
+    )
+    sent.metadata.update({"role": "sidecar"})
+    kept = kept_node(sent)
+    assert (kept.id, kept.cluster, dict(kept.metadata)) == ("sidecar~10.0.0.1", "web", {"role": "sidecar"})
+    assert not kept.extensions
+    assert len(sent.extensions) == 200  # the request's node is left as it came

@@ -214,17 +214,20 @@ class StreamTrack:
         return track
 
 
-# The bytes of a proxy's node kept per stream. Envoy's node, with its extension list, is a few KiB;
-# a node bigger than this is kept without what makes it big (metadata, extensions, features).
+# The bytes of a proxy's node kept per stream; a node bigger than this is kept without what makes
+# it big (metadata, features, addresses).
 MAX_KEPT_NODE_BYTES = 64 * 1024
 
 
 def kept_node(node: base_pb2.Node) -> base_pb2.Node:
     """A copy of `node` to keep for the stream's lifetime: a copy, so the first request it came in
-    is not kept with it; at most `MAX_KEPT_NODE_BYTES`, beyond which only its id, cluster,
+    is not kept with it. Never its `extensions`: Envoy lists every extension of its build there,
+    the bulk of its node (several KiB, the same for every Envoy of the build), which 10,000 streams
+    would hold 10,000 times. At most `MAX_KEPT_NODE_BYTES`, beyond which only its id, cluster,
     locality and user agent are kept."""
     kept = base_pb2.Node()
     kept.CopyFrom(node)
+    kept.ClearField("extensions")
     if kept.ByteSize() > MAX_KEPT_NODE_BYTES:
         for name in ("metadata", "extensions", "client_features", "listening_addresses", "dynamic_parameters"):
             kept.ClearField(name)
