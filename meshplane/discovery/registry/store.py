@@ -8,13 +8,17 @@ three methods.
 
 `SqliteStore`: one file, WAL journal, `synchronous=FULL` (fsync on every commit). One writer
 thread commits the changes of every waiting caller in one transaction (group commit), so the
-fsync cost is shared by a burst of registrations instead of paid by each.
+fsync cost is shared by a burst of registrations instead of paid by each. One process at a time
+may use a file: each process keeps its live devices in memory, so two sharing one file would
+diverge silently (see `SqliteStore`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import queue
@@ -127,13 +131,39 @@ class _Job:
 
 
 class SqliteStore:
-    """The default store (see the module docstring). Use from one event loop."""
+    """The default store (see the module docstring). Use from one event loop.
+
+    Single writer: opening the store (its first `load`, or its first `write` without one) takes an
+    exclusive advisory lock, held until `close`; while another store holds it, in this process or
+    another, opening raises `StoreError` saying so, and a store that fails to open holds nothing.
+    The lock is `flock` on a file beside the database, `<database>.lock` (see `_WriterLock`). The
+    kernel drops it when the process ends however it ends (kill -9 included), so a restart after a
+    crash is never refused. SQLite's own locks cannot do this: a connection holds none between
+    transactions. (`--registry-db :memory:` is a `MemoryStore`, with nothing to share and no lock.)"""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.commits = 0  # transactions committed, for the benchmark and the status endpoint
+        # The single-writer lock while held; taken by `load`'s thread or by the writer thread.
+        self._lock: _WriterLock | None = None
+        self._lock_guard = threading.Lock()
+
+    def _take_lock(self) -> bool:
+        """Holds the single-writer lock from now until `close`; True when this call took it, False
+        when it was held already. Raises `StoreError` when another store holds it."""
+        with self._lock_guard:
+            if self._lock is not None:
+                return False
+            self._lock = _WriterLock.take(self.path)
+            return True
+
+    def _release_lock(self) -> None:
+        with self._lock_guard:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -145,11 +175,21 @@ class SqliteStore:
 
     async def load(self) -> list[Registration]:
         """Every stored registration. Raises `StoreError` when the file is unreadable, not a database
-        or corrupt: starting on it would serve an empty fleet and overwrite what it still holds."""
+        or corrupt: starting on it would serve an empty fleet and overwrite what it still holds; and
+        when another store holds it (see the class docstring)."""
 
         def read() -> list[Registration]:
             if (problem := _access_problem(self.path)) is not None:
                 raise StoreError(f"registry store {self.path}: {problem}; left untouched")
+            took = self._take_lock()  # before SQLite opens the file: a second process stops here
+            try:
+                return read_rows()
+            except BaseException:
+                if took:  # a store that failed to open holds nothing
+                    self._release_lock()
+                raise
+
+        def read_rows() -> list[Registration]:
             try:
                 connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             except sqlite3.Error as error:
@@ -187,16 +227,19 @@ class SqliteStore:
         await future
 
     async def close(self) -> None:
+        """Stops the writer thread once it has answered every write given, then releases the lock."""
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        self._release_lock()
 
     def _run(self) -> None:
         """The writer thread: take every waiting job, commit them in one transaction, answer each."""
         try:
+            self._take_lock()
             connection = self._connect()
-        except sqlite3.Error as unopened:
+        except (StoreError, sqlite3.Error) as unopened:
             self._fail_all(unopened)
             return
         try:
@@ -269,6 +312,86 @@ def _access_problem(path: Path) -> str | None:
         needs = f"its {path.name}-wal and {path.name}-shm files" if exists else "it and its -wal and -shm files"
         return f"cannot create {needs}: directory {directory} is not writable (permission denied)"
     return None
+
+
+# Attempts at locking a lock file that holders keep deleting as they let go (see `_WriterLock`).
+_LOCK_ATTEMPTS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _WriterLock:
+    """An exclusive `flock` on `path`, a database's lock file, held through `descriptor`.
+
+    The file records its holder's pid (for the message refusing another process) and exists only
+    while held, as SQLite's -wal and -shm files exist only while the database is open: the holder
+    deletes it before letting go, and a kill -9 leaves it behind unlocked, to be taken over. A
+    process may thus lock a file just deleted by its holder; holding a lock on a file that is no
+    longer at `path` guards nothing, so `take` then tries again with the file at `path` now."""
+
+    descriptor: int
+    path: Path
+
+    @classmethod
+    def take(cls, database: Path) -> _WriterLock:
+        """Locks `database`'s lock file and records this process's pid in it. Raises `StoreError`
+        naming `database` when another descriptor holds the lock (with the pid the file records),
+        or when the lock file cannot be opened or locked."""
+        # Resolved as SQLite resolves the database's name for its -wal file: every name of one
+        # database (a symbolic link to it included) locks the same file.
+        path = Path(os.path.realpath(database) + ".lock")
+        for _ in range(_LOCK_ATTEMPTS):
+            try:
+                # O_NOFOLLOW: the pid is written into the lock file, never into a file a link points at.
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as error:
+                raise StoreError(
+                    f"registry store {database}: cannot open its lock file {path}: {error.strerror or error}"
+                ) from None
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                holder = _recorded_pid(descriptor)
+                os.close(descriptor)
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    who = "another meshplane process" + (f" (pid {holder})" if holder is not None else "")
+                    raise StoreError(
+                        f"registry store {database}: {who} is using it (it holds {path}); one process at a"
+                        " time may use a store file: stop the other first"
+                    ) from None
+                raise StoreError(f"registry store {database}: cannot lock {path}: {error.strerror or error}") from None
+            lock = cls(descriptor, path)
+            if lock._at_path():
+                with contextlib.suppress(OSError):  # the pid only helps a refused process's message
+                    os.ftruncate(descriptor, 0)
+                    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+                return lock
+            os.close(descriptor)  # deleted by the holder we waited on, or replaced since: take the new one
+        raise StoreError(f"registry store {database}: cannot lock {path}: it keeps being deleted and created")
+
+    def release(self) -> None:
+        """Deletes the lock file (unless it is no longer this one), then lets the lock go."""
+        if self._at_path():
+            with contextlib.suppress(OSError):  # left behind unlocked, it is taken over by the next holder
+                os.unlink(self.path)
+        os.close(self.descriptor)  # the only descriptor of its open file: closing it drops the flock
+
+    def _at_path(self) -> bool:
+        """Whether the file at `path` is the locked file."""
+        try:
+            current = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        held = os.fstat(self.descriptor)
+        return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _recorded_pid(descriptor: int) -> int | None:
+    """The pid a lock file records, or None when it holds none (its holder may be writing it)."""
+    try:
+        text = os.pread(descriptor, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
