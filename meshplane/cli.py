@@ -1,4 +1,7 @@
-"""`meshplane serve | validate | status | config`: the command line. Flags can also be set by `MESHPLANE_<FLAG>`."""
+"""`meshplane serve | validate | status | config | diff`: the command line.
+
+Flags can also be set by `MESHPLANE_<FLAG>`.
+"""
 
 from __future__ import annotations
 
@@ -164,13 +167,27 @@ def _parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], metavar="FIELD=VALUE", help="another group field (e.g. zone=a)"
     )
     env_flag(config, "--admin-token", secret=True, help="include Secret resources (redacted)")
+
+    diff = commands.add_parser(
+        "diff",
+        parents=[server],
+        help="what a proxy holds against what it should have now; exit 0 in sync, 1 differs, 2 on errors",
+    )
+    diff.add_argument("node", help="node id of a connected proxy")
+    diff.add_argument("--json", dest="output", action="store_const", const="json", help="the same as --output json")
     return parser
 
 
 def _operator_command(args: argparse.Namespace) -> int:
-    """`status` and `config`: read a running control plane's status endpoint."""
+    """`status`, `config` and `diff`: read a running control plane's status endpoint."""
     from meshplane.status import console
 
+    if args.command == "diff":
+        try:
+            return console.diff_command(args.server, args.node, output=args.output)
+        except console.ConsoleError as error:
+            print(f"meshplane diff: {error}", file=sys.stderr)
+            return 2  # 1 says the proxy differs: an error must not read as an answer
     try:
         if args.command == "status" and args.what == "sources":
             return console.sources_command(args.server, output=args.output)
@@ -229,7 +246,7 @@ def _command(argv: Sequence[str] | None) -> int:
         return simulate_command(args)
     if args.command == "bootstrap":
         return bootstrap_command(args)
-    if args.command in ("status", "config"):
+    if args.command in ("status", "config", "diff"):
         return _operator_command(args)
     if args.config is None and not (args.command == "serve" and args.kubernetes):
         print("meshplane: --config (or MESHPLANE_CONFIG) is required", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""`meshplane status`, `meshplane status sources` and `meshplane config`: the status endpoint in a terminal.
+"""`meshplane status`, `meshplane status sources`, `meshplane config` and `meshplane diff`: the status
+endpoint in a terminal.
 
-Reads a running control plane's `/status` and `/config` over HTTP (the standard library's client:
+Reads a running control plane's `/status`, `/config` and `/diff` over HTTP (the standard library's client:
 nothing to set up) and prints a table, like `istioctl proxy-status`: one row a proxy, one column
 a type, each cell SYNCED, STALE, NACKED or NOT SENT. With `rich` tables where stdout is a terminal,
 plain aligned text otherwise (pipes, files, `watch`); `--output json` prints the JSON as served.
@@ -251,3 +252,50 @@ def config_command(
     if dump.get("withheld"):
         out.write(f"\nwithheld without the admin token: {', '.join(dump['withheld'])}\n")
     return 0
+
+
+# Resources listed per type and kind of difference in `meshplane diff`'s text; `--json` lists all.
+MAX_DIFF_LINES = 50
+
+
+def _listed(entries: Sequence[Mapping[str, Any]], line: Any) -> list[str]:
+    shown = [line(entry) for entry in entries[:MAX_DIFF_LINES]]
+    if len(entries) > MAX_DIFF_LINES:
+        shown.append(f"  … and {len(entries) - MAX_DIFF_LINES:,} more (--json lists every one)")
+    return shown
+
+
+def diff_lines(document: Mapping[str, Any]) -> list[str]:
+    """`/diff` as text: per type, how many resources are in sync, then each one that is not:
+    `~ name  held → current  (state)` for a version held that is not the current one or not ACKed,
+    `+ name  not held → current` for one it should have, `- name  held → not current  (state)` for
+    one it holds that is no longer current."""
+    lines = []
+    for type_name, entry in document.get("types", {}).items():
+        lines.append(f"{type_name}  in sync: {int(entry.get('in_sync', 0)):,}")
+        lines += _listed(
+            entry.get("differing", []),
+            lambda item: f"  ~ {item['name']}  {item['held_version']} → {item['current_version']}  ({item['state']})",
+        )
+        lines += _listed(
+            entry.get("missing", []), lambda item: f"  + {item['name']}  not held → {item['current_version']}"
+        )
+        lines += _listed(
+            entry.get("no_longer_current", []),
+            lambda item: f"  - {item['name']}  {item['held_version']} → not current  ({item['state']})",
+        )
+    return lines
+
+
+def diff_command(server: str, node: str, *, output: str = "table", out: TextIO = sys.stdout) -> int:
+    """Prints `/diff?node=NODE`; 0 when the proxy holds exactly what it should, 1 when it does not.
+    Raises ConsoleError when the endpoint cannot answer (an unknown node, unreachable)."""
+    document = fetch_json(server, "/diff", {"node": node})
+    if output == "json":
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    else:
+        verdict = "in sync" if document.get("in_sync") else "differs from its group's current config"
+        out.write(f"node {node} (group {document.get('group')}): {verdict}\n")
+        out.write("".join(f"{line}\n" for line in diff_lines(document)))
+    return 0 if document.get("in_sync") else 1

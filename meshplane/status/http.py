@@ -1,4 +1,4 @@
-"""The operator HTTP endpoint: the dashboard, health, readiness, status, config dumps and metrics.
+"""The operator HTTP endpoint: the dashboard, health, readiness, status, config dumps, diffs and metrics.
 
 - `GET /`: the dashboard (one self-contained HTML page).
 - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 once every source has synced
@@ -8,6 +8,8 @@
   dump is a preview built for the request: the group is checked by the rules a node's metadata
   is (`nodes.group_problem`), built off the event loop one at a time, and stored nowhere, so queries
   cannot grow the publisher's memo or the cache.
+- `GET /diff?node=ID`: what a connected proxy holds against its group's current snapshot,
+  resource by resource (`diff`): names and versions only, so it needs no admin token.
 - `GET /metrics`: Prometheus text format.
 
 Read-only by construction: only GET (and HEAD) routes exist, and the handlers are handed read
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from meshplane.status.config_dump import DumpError, group_dump, group_from_query, node_dump
 from meshplane.status.dashboard import dashboard_html
+from meshplane.status.diff import MAX_NODE_ID_LENGTH, node_diff
 from meshplane.status.document import ProxyFilter, StatusInputs, proxies_by_node, readiness, status_document
 from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.xds.server.nodes import group_problem
@@ -138,6 +141,25 @@ def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None)
             return _error(503, "no configuration has been built yet")
         return _json(group_dump(group, snapshot, allowed))
 
+    async def diff(request: web.Request) -> web.Response:
+        # No token: the document holds names and versions, never contents (diff.py).
+        query = dict(request.query)
+        node = query.pop("node", None)
+        if query:
+            return _error(400, f"unknown parameter(s) {', '.join(sorted(query))[:200]!r}; the only one is node")
+        if not node:
+            return _error(400, "node= is required: the node id of a connected proxy")
+        if len(node) > MAX_NODE_ID_LENGTH:
+            return _error(400, f"a node id is at most {MAX_NODE_ID_LENGTH} characters; this one has {len(node)}")
+        streams = proxies_by_node(inputs.registry).get(node)
+        if not streams:
+            return _error(404, f"no proxy with node id {node!r} is connected")
+        group = max(streams, key=lambda track: track.stream_id).group
+        snapshot = inputs.cache.snapshot(group)
+        if snapshot is None:
+            return _error(503, f"no configuration is published for the proxy's group {group}")
+        return _json(node_diff(node, streams, snapshot))
+
     async def prometheus(request: web.Request) -> web.Response:
         if metrics is None:
             return web.Response(status=404, text="metrics are not enabled\n")
@@ -153,6 +175,7 @@ def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None)
         ("/readyz", readyz),
         ("/status", status),
         ("/config", config),
+        ("/diff", diff),
         ("/metrics", prometheus),
     ):
         app.router.add_get(path, handler)  # GET and HEAD only: nothing here changes anything
