@@ -172,6 +172,8 @@ class ControlPlane:
             registry=self.registry,
             snapshot_for=self.publisher.snapshot_for,
             admin_token=settings.admin_token,
+            # The server exists once started; until then no proxy is connected to ask about.
+            subscriptions=lambda node_id: self._services.subscriptions_of(node_id) if self._services else {},
         )
         self.source_watch = SourceWatch(self._sources)
         self.grpc_stats = GrpcStats()

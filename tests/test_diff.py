@@ -27,7 +27,19 @@ from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.snapshot import Snapshot
 from tests.envoy_harness import REPO
-from tests.xds_fixtures import CDS, EDS, LDS, RDS, AdsStream, XdsHarness, node, request, snapshot, start_harness
+from tests.xds_fixtures import (
+    CDS,
+    EDS,
+    LDS,
+    RDS,
+    AdsStream,
+    XdsHarness,
+    node,
+    request,
+    snapshot,
+    start_harness,
+    unpack_names,
+)
 
 SCHEMA = json.loads((REPO / "docs" / "status-api.schema.json").read_text())
 ANSWER_TIMEOUT = 10.0
@@ -70,7 +82,14 @@ class Plane:
 async def plane() -> AsyncIterator[Plane]:
     async for harness in start_harness():
         harness.current = MESH
-        inputs = StatusInputs(sources=list, publish_state=PublishState, cache=harness.cache, registry=harness.registry)
+        assert harness.services is not None
+        inputs = StatusInputs(
+            sources=list,
+            publish_state=PublishState,
+            cache=harness.cache,
+            registry=harness.registry,
+            subscriptions=harness.services.subscriptions_of,
+        )
         runner = web.AppRunner(status_app(inputs), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -301,6 +320,20 @@ async def test_a_resource_it_should_have_and_does_not_hold_yet_is_missing(plane:
     await answer(stream, clusters)
     await ack_through(stream, LDS)
     await plane.diff_when("sidecar-1", is_in_sync)
+    await stream.close()
+
+
+async def test_what_a_proxy_should_have_is_what_its_streams_subscribed_to(plane: Plane) -> None:
+    """An Envoy-like proxy that asks for one cluster by name (not every cluster): only that one is
+    due, so the others are not listed as missing; the server's subscriptions say so, not a rule."""
+    stream = plane.harness.ads()
+    await stream.send(request(CDS, ["api"], with_node=node("sidecar-2")))
+    response = await stream.recv()
+    assert unpack_names(response) == ["api"]
+    await stream.send(request(CDS, ["api"], version=response.version_info, nonce=response.nonce))
+    document = await plane.diff_when("sidecar-2", lambda document: document["types"]["CDS"]["in_sync"] == 1)
+    assert document["types"]["CDS"]["subscription"] == "names"
+    assert listed(document, "CDS") == {"differing": [], "missing": [], "no_longer_current": []}
     await stream.close()
 
 

@@ -153,6 +153,7 @@ class XdsHarness:
     current: Snapshot = field(default_factory=lambda: snapshot())
 
     port: int = 0
+    services: XdsServices | None = None
 
     @property
     def target(self) -> str:
@@ -200,10 +201,11 @@ class AdsStream:
 async def start_harness() -> AsyncIterator[XdsHarness]:
     cache = SnapshotCache()
     registry = StreamRegistry()
-    server, port = create_server(XdsServices(cache, registry), "127.0.0.1:0")
+    services = XdsServices(cache, registry)
+    server, port = create_server(services, "127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    harness = XdsHarness(cache, registry, channel, port=port)
+    harness = XdsHarness(cache, registry, channel, port=port, services=services)
     cache.on_group_wanted = lambda group: cache.set_snapshot(group, harness.current)
     try:
         yield harness

@@ -6,13 +6,13 @@ streams hold one name, the one sent later), each resource with the answer to the
 last carried it: `acked`, `awaiting` (sent, not answered yet) or `nacked`. "Should have" is the
 current snapshot of the proxy's group, for the names the proxy subscribes to.
 
-What the status endpoint cannot see is a stream's subscribed names (the streams keep them), so the
-subscription is taken from the protocol: an Envoy's CDS and LDS are wildcard subscriptions (every
-`meshplane bootstrap` asks so), so it should have every current resource of them; every other
-subscription names its resources (a gRPC client's CDS and LDS, every EDS, RDS and SDS), and a
-response carries every subscribed name that exists, so it should have the current resources of the
-names it holds, and of the secrets withheld from it (keys.py), which it asked for. A name asked for
-that never existed is therefore not listed as missing.
+The subscription is what the proxy's open streams asked for, as the xDS server reports it
+(`StatusInputs.subscriptions`): a wildcard subscription should have every current resource of the
+type, a subscription by name the current resources of those names (a name asked for that does not
+exist in the mesh is not listed: there is nothing to have). Without the server at hand (a status
+endpoint serving a registry alone, in tests), it is taken from the protocol's rules instead: an
+Envoy's CDS and LDS are wildcard (every `meshplane bootstrap` asks so); every other subscription
+names the resources it holds, and the secrets withheld from it (keys.py), which it asked for.
 
 Names and versions only, never a resource's contents, so no key material can leave; reads only,
 and builds nothing: the snapshot compared with is the one the cache holds.
@@ -48,6 +48,21 @@ class _Held:
         return HELD_STATES.get(self.entry.state, "awaiting")
 
 
+def _subscribed(
+    type_url: TypeUrl,
+    group: ProxyGroup,
+    combined: NodeType,
+    subscriptions: Mapping[TypeUrl, frozenset[str] | None] | None,
+) -> frozenset[str] | None:
+    """The names the proxy subscribes to for `type_url` (None: every one): the server's word when
+    given, else the protocol's rules (see the module)."""
+    if subscriptions is not None and type_url in subscriptions:
+        return subscriptions[type_url]
+    if is_wildcard(type_url, group):
+        return None
+    return frozenset(_held(combined)) | frozenset(combined.keys_withheld)
+
+
 def is_wildcard(type_url: TypeUrl, group: ProxyGroup) -> bool:
     """Whether a proxy of `group` subscribes to every resource of `type_url` (see the module)."""
     return type_url.allows_wildcard and group.role is not ProxyRole.GRPC
@@ -61,15 +76,16 @@ def _held(combined: NodeType) -> dict[str, _Held]:
     return held
 
 
-def type_diff(combined: NodeType, current: TypeResources, wildcard: bool) -> dict[str, Any]:
+def type_diff(combined: NodeType, current: TypeResources, subscribed: frozenset[str] | None) -> dict[str, Any]:
     """One type's comparison: the count of resources held at their current version and ACKed, and
-    every other resource the proxy holds or should have, by name."""
+    every other resource the proxy holds or should have, by name. `subscribed`: the names the
+    proxy subscribes to, None for every resource of the type."""
     held = _held(combined)
-    if wildcard:
+    wildcard = subscribed is None
+    if subscribed is None:
         wanted: Mapping[str, Resource] = current.by_name
     else:
-        names = held.keys() | set(combined.keys_withheld)
-        wanted = {name: current.by_name[name] for name in names if name in current.by_name}
+        wanted = {name: current.by_name[name] for name in subscribed if name in current.by_name}
     in_sync = 0
     differing, missing, gone = [], [], []
     for name in sorted(held.keys() | wanted.keys()):
@@ -103,14 +119,25 @@ def type_diff(combined: NodeType, current: TypeResources, wildcard: bool) -> dic
     }
 
 
-def node_diff(node_id: str, streams: Sequence[StreamTrack], snapshot: Snapshot) -> dict[str, Any]:
+def node_diff(
+    node_id: str,
+    streams: Sequence[StreamTrack],
+    snapshot: Snapshot,
+    subscriptions: Mapping[TypeUrl, frozenset[str] | None] | None = None,
+) -> dict[str, Any]:
     """The `/diff` document of the proxy `node_id` (its open `streams`, at least one) against
     `snapshot`, its group's current one: one entry per type its streams carry, in type order.
-    `in_sync` is true when no type lists anything."""
+    `subscriptions`: what its streams subscribe to, per type (None: wildcard), as the server knows
+    it; None to take it from the protocol's rules (see the module). `in_sync` is true when no type
+    lists anything."""
     group = max(streams, key=lambda track: track.stream_id).group
     combined = node_types(streams)
     types = {
-        type_url.short: type_diff(combined[type_url], snapshot.of_type(type_url), is_wildcard(type_url, group))
+        type_url.short: type_diff(
+            combined[type_url],
+            snapshot.of_type(type_url),
+            _subscribed(type_url, group, combined[type_url], subscriptions),
+        )
         for type_url in TypeUrl
         if type_url in combined
     }

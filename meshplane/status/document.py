@@ -34,7 +34,9 @@ class StatusInputs:
     `sources` returns the `SourceStatus` of each enabled source (its `events` are monotonic
     counters such as registrations or lease expiries, exported as metrics). `snapshot_for(group)` builds what a
     proxy of that group would get now. `admin_token`: the token that unlocks secret-bearing dumps;
-    None means they stay locked.
+    None means they stay locked. `subscriptions(node_id)`: what that proxy's open streams subscribe
+    to, per type (None: wildcard), as the xDS server knows it; None when no server is at hand
+    (`/diff` then takes the subscriptions from the protocol's rules).
     """
 
     sources: Callable[[], Sequence[SourceStatus]]
@@ -43,6 +45,7 @@ class StatusInputs:
     registry: StreamRegistry
     snapshot_for: Callable[[ProxyGroup], Snapshot | None] = lambda group: None
     admin_token: str | None = None
+    subscriptions: Callable[[str], Mapping[TypeUrl, frozenset[str] | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

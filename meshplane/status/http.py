@@ -158,7 +158,8 @@ def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None)
         snapshot = inputs.cache.snapshot(group)
         if snapshot is None:
             return _error(503, f"no configuration is published for the proxy's group {group}")
-        return _json(node_diff(node, streams, snapshot))
+        subscriptions = inputs.subscriptions(node) if inputs.subscriptions is not None else None
+        return _json(node_diff(node, streams, snapshot, subscriptions))
 
     async def prometheus(request: web.Request) -> web.Response:
         if metrics is None:

@@ -139,6 +139,9 @@ class DeltaStream(Stream[discovery_pb2.DeltaDiscoveryRequest]):
     def subscribed_types(self) -> Collection[TypeUrl]:
         return self.states.keys()
 
+    def subscriptions(self) -> dict[TypeUrl, frozenset[str] | None]:
+        return {type_url: None if state.wildcard else state.subscribed for type_url, state in self.states.items()}
+
     def response_for(self, type_url: TypeUrl, snapshot: Snapshot) -> bytes | None:
         state = self.states[type_url]
         if type_url is TypeUrl.SECRET and not self.serves_keys:

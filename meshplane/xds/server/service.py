@@ -152,6 +152,21 @@ class XdsServices:
         """Every stream bound to its node, with the types it subscribed to (what CSDS reads)."""
         return [OpenStream(stream.track, stream.subscribed_types()) for stream in self._streams if stream.track]
 
+    def subscriptions_of(self, node_id: str) -> dict[TypeUrl, frozenset[str] | None]:
+        """What the open streams of the proxy `node_id` subscribe to, per type (None: wildcard),
+        merged over its streams (a per-type proxy has one per type): what `/diff` compares with."""
+        merged: dict[TypeUrl, frozenset[str] | None] = {}
+        for stream in self._streams:
+            if stream.track is None or stream.track.node_id != node_id:
+                continue
+            for type_url, names in stream.subscriptions().items():
+                if type_url in merged:
+                    known = merged[type_url]
+                    merged[type_url] = None if known is None or names is None else known | names
+                else:
+                    merged[type_url] = names
+        return merged
+
     def close_streams(self) -> None:
         """Ends every open stream now. xDS streams never finish by themselves, so a graceful stop
         that only waited for them would always wait its whole grace period; ending them with OK

@@ -118,6 +118,9 @@ class SotwStream(Stream[discovery_pb2.DiscoveryRequest]):
     def subscribed_types(self) -> Collection[TypeUrl]:
         return self.states.keys()
 
+    def subscriptions(self) -> dict[TypeUrl, frozenset[str] | None]:
+        return {type_url: None if state.wildcard else state.names for type_url, state in self.states.items()}
+
     def response_for(self, type_url: TypeUrl, snapshot: Snapshot) -> bytes | None:
         state = self.states[type_url]
         if not state.wildcard and not state.names:

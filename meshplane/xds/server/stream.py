@@ -247,6 +247,11 @@ class Stream(Generic[RequestT]):
         """The types this stream has asked for."""
         raise NotImplementedError
 
+    def subscriptions(self) -> dict[TypeUrl, frozenset[str] | None]:
+        """Per type asked for, the names subscribed to; None for a wildcard subscription (every
+        resource of the type, the names given besides included)."""
+        raise NotImplementedError
+
     def clusters_unacked(self) -> bool:
         """True while a CDS response sent on this stream awaits its ACK or NACK."""
         raise NotImplementedError
