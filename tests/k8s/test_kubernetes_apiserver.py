@@ -10,7 +10,6 @@ builds it first; without it these tests fail (see tests/preconditions.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -38,6 +37,8 @@ from tests.k8s.real_apiserver import (
     REPO,
     Cluster,
     RealApiServer,
+    call,
+    call_ok,
     module_cluster,
 )
 from tests.preconditions import requires
@@ -62,27 +63,6 @@ async def admin(uncached: RealApiServer) -> AsyncIterator[ApiClient]:
     client = uncached.client()
     yield client
     await client.close()
-
-
-async def call(client: ApiClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    response = await client.call_api(
-        path,
-        method,
-        body=body,
-        header_params={"Content-Type": "application/json", "Accept": "application/json"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-    )
-    data = await response.read()
-    response.release()
-    return response.status, (json.loads(data) if data else None)
-
-
-async def call_ok(client: ApiClient, method: str, path: str, body: Any = None) -> Any:
-    """The decoded answer to `method path` with `body`, asserted to be 200 or 201."""
-    status, answer = await call(client, method, path, body)
-    assert status in (200, 201), answer
-    return answer
 
 
 async def create(client: ApiClient, path: str, body: Any) -> Any:
