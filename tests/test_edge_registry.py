@@ -5,6 +5,8 @@ through the SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -377,3 +379,33 @@ async def test_events_are_counted_for_status_and_metrics_and_refusals_logged_onc
         "deregistrations": 1,
         "lease_expiries": 1,
     }
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_the_sweep_drops_exactly_the_lapsed_leases_whatever_the_renewals(seed: int) -> None:
+    """Random registrations (TTLs 1-60 s, so a re-registration may shorten a lease), renewals,
+    deregistrations and clock steps: each sweep returns exactly the leases a full scan finds lapsed,
+    and leaves the others."""
+    rng = random.Random(seed)
+    clock = Clock()
+    registry, _ = make_registry(clock=clock)
+    devices = [f"bike-{index}" for index in range(12)]
+    leases: dict[str, str] = {}
+    for _ in range(300):
+        action, device_id = rng.random(), rng.choice(devices)
+        current = registry.get(device_id)
+        if action < 0.3:
+            request = bike(device_id, address=f"10.20.1.{devices.index(device_id) + 2}", ttl_seconds=rng.randint(1, 60))
+            lease = current.lease_id if current is not None else ""
+            leases[device_id] = (await registry.register(BIKES, dataclasses.replace(request, lease_id=lease))).lease_id
+        elif action < 0.6 and current is not None and current.expires_at > clock.now:
+            await registry.heartbeat(BIKES, device_id, leases[device_id])
+        elif action < 0.65 and current is not None:
+            await registry.deregister(OPERATOR, device_id, "")
+        else:
+            clock.now += rng.choice([0.5, 1, 3, 10, 30])
+            live = [registry.get(device.id) for device in registry.devices()]
+            lapsed = sorted(row.device.id for row in live if row is not None and row.expires_at <= clock.now)
+            assert await registry.expire() == lapsed
+            left = [registry.get(device.id) for device in registry.devices()]
+            assert all(row is not None and row.expires_at > clock.now for row in left)

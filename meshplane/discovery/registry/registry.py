@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import ipaddress
 import logging
 import math
@@ -157,6 +158,12 @@ class EdgeRegistry:
         self._live: dict[str, Registration] = {}
         # Live devices per site, kept by `_put` and `_drop` (status counts it without a scan).
         self._devices_per_site: Counter[str] = Counter()
+        # When the sweep next looks at each device: one (time, device id) entry a device, earliest
+        # first, and the time of each device's entry. A renewal does not touch them: when its entry
+        # comes due, the sweep finds the lease renewed and looks again at its new end. So a sweep
+        # costs the entries due, not the fleet, and renewals cost nothing here.
+        self._expiries: list[tuple[float, str]] = []
+        self._looks_at: dict[str, float] = {}
         self._watchers: set[asyncio.Queue[object]] = set()
         self._devices: tuple[Device, ...] | None = ()
         # What changed since the last `take_changes()` (see DeviceChanges): ids, or all of them.
@@ -253,6 +260,14 @@ class EdgeRegistry:
             self._uncount(previous.device.site)
         self._live[registration.device.id] = registration
         self._devices_per_site[registration.device.site] += 1
+        scheduled = self._looks_at.get(registration.device.id)
+        if scheduled is None or scheduled > registration.expires_at:  # none, or too late: a shorter TTL
+            self._look_at(registration.device.id, registration.expires_at)
+
+    def _look_at(self, device_id: str, when: float) -> None:
+        """Schedules the sweep's next look at `device_id` at `when` (an entry it had becomes stale)."""
+        heapq.heappush(self._expiries, (when, device_id))
+        self._looks_at[device_id] = when
 
     def _drop(self, device_id: str) -> None:
         self._uncount(self._live.pop(device_id).device.site)
@@ -345,21 +360,35 @@ class EdgeRegistry:
             self._publish(Event(EventKind.REMOVED, current))
 
     async def expire(self) -> list[str]:
-        """Drops every registration whose lease has lapsed; returns their ids."""
+        """Drops every registration whose lease has lapsed; returns their ids (sorted). Costs what
+        lapsed (and the stale entries of renewed leases before them), not what is registered."""
         now = self._clock()
-        lapsed = [row for row in self._live.values() if row.expires_at <= now]
+        lapsed: dict[str, Registration] = {}
+        while self._expiries and self._expiries[0][0] <= now:
+            when, device_id = heapq.heappop(self._expiries)
+            if self._looks_at.get(device_id) != when:
+                continue  # replaced by an earlier look (a registration with a shorter TTL)
+            del self._looks_at[device_id]
+            current = self._live.get(device_id)
+            if current is None:
+                continue  # left meanwhile
+            if current.expires_at <= now:
+                lapsed[device_id] = current
+            else:  # renewed (or registered again) since: look again at its lease's new end
+                self._look_at(device_id, current.expires_at)
         if not lapsed:
             return []
-        for row in lapsed:
-            self._drop(row.device.id)
+        lapsed = dict(sorted(lapsed.items()))
+        for device_id in lapsed:
+            self._drop(device_id)
         self.events["lease_expiries"] += len(lapsed)
-        self._changed(row.device.id for row in lapsed)
-        for row in lapsed:
+        self._changed(lapsed)
+        for row in lapsed.values():
             self._publish(Event(EventKind.EXPIRED, row))
         # Losing this delete to a crash is harmless: the lease is still lapsed after a restart
         # (load() grants one TTL of grace, after which it lapses again).
-        await self._write([Delete(row.device.id) for row in lapsed])
-        return [row.device.id for row in lapsed]
+        await self._write([Delete(device_id) for device_id in lapsed])
+        return list(lapsed)
 
     async def watch(self, selector: Filter) -> AsyncIterator[Event]:
         """The live devices matching `selector` as ADDED events, then every matching change."""
