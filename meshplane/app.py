@@ -38,6 +38,7 @@ from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.status.source_watch import SourceWatch
 from meshplane.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.cache import SnapshotCache
+from meshplane.xds.publication import Cause
 from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.server.identity import XdsTokens
 from meshplane.xds.server.service import (
@@ -203,34 +204,42 @@ class ControlPlane:
 
     def _rebuild(self) -> None:
         """Merges the sources' contents and publishes the result, once every enabled source has synced."""
-        contents = self._contents()
-        if contents is None:
+        found = self._contents()
+        if found is None:
             return
+        contents, cause = found
         merged = self.inventory.merge(contents)
         self._warn_if_keys_unauthenticated(len(merged.mesh.certificates))
         # Only the groups whose role reads a changed part are translated again (a registration
         # changes `devices` only: the edge gateways').
-        self.publisher.publish(merged.mesh, merged.changes)
+        self.publisher.publish(merged.mesh, merged.changes, cause)
         self.metrics.observe_rebuild(self.publisher.state)
 
-    def _contents(self) -> Contents | None:
-        """What every enabled source serves and what changed in it since the last merge; None
-        while a source has not synced (its changes wait for the first merge after it has)."""
+    def _contents(self) -> tuple[Contents, Cause] | None:
+        """What every enabled source serves and what changed in it since the last merge, with the
+        sources that reported changes (the publication's cause, for `/changes`); None while a
+        source has not synced (its changes wait for the first merge after it has)."""
         policy, kubernetes, edge = self.policy, self.kubernetes, self.edge
         if (policy is not None and policy.mesh is None) or (kubernetes is not None and not kubernetes.synced):
             return None
         changes = MeshChanges()
-        if policy is not None:
-            changes |= policy.take_changes()
-        if kubernetes is not None:
-            changes |= kubernetes.take_changes()
-        return Contents(
+        sources: list[str] = []
+        for name, source in (("policy files", policy), ("kubernetes", kubernetes)):
+            if source is not None and not (taken := source.take_changes()).none:
+                changes |= taken
+                sources.append(name)
+        device_changes = edge.registry.take_changes() if edge is not None else DeviceChanges()
+        if not device_changes.none:
+            sources.append("edge registry")
+        contents = Contents(
             files=policy.mesh if policy is not None else None,
             kubernetes=kubernetes.content() if kubernetes is not None else None,
             changes=changes,
             registry=edge.registry if edge is not None else None,
-            device_changes=edge.registry.take_changes() if edge is not None else DeviceChanges(),
+            device_changes=device_changes,
         )
+        devices = None if device_changes.everything else len(device_changes.ids)
+        return contents, Cause(tuple(sources), devices)
 
     def _warn_if_keys_unauthenticated(self, certificates: int | None) -> None:
         """Says once that private keys exist while the xDS port authenticates no client: withheld
@@ -324,7 +333,9 @@ class ControlPlane:
             max_streams_per_connection=self.settings.max_streams_per_connection,
         )
         await self._grpc.start()
-        self._http = web.AppRunner(status_app(self.status_inputs, self.metrics), access_log=None)
+        self._http = web.AppRunner(
+            status_app(self.status_inputs, self.metrics, self.publisher.changes), access_log=None
+        )
         await self._http.setup()
         host, port = split_address(self.settings.status_address)
         site = web.TCPSite(self._http, host, port)

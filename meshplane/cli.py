@@ -1,4 +1,4 @@
-"""`meshplane serve | validate | status | config | diff`: the command line.
+"""`meshplane serve | validate | status | config | diff | changes | wait`: the command line.
 
 Flags can also be set by `MESHPLANE_<FLAG>`.
 """
@@ -175,13 +175,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("node", help="node id of a connected proxy")
     diff.add_argument("--json", dest="output", action="store_const", const="json", help="the same as --output json")
+
+    changes = commands.add_parser(
+        "changes", parents=[server], help="the last published generations, their causes, and which proxies have them"
+    )
+    changes.add_argument("--limit", type=int, help="the newest N generations [server's default: 20]")
+    changes.add_argument("--json", dest="output", action="store_const", const="json", help="the same as --output json")
+
+    wait = commands.add_parser(
+        "wait",
+        parents=[server],
+        help="wait until every proxy has a generation; exit 0 reached, 1 NACKed, 2 timed out, 3 on errors",
+    )
+    wait.add_argument("--generation", required=True, help="a generation number, or `latest` (the newest now)")
+    wait.add_argument("--timeout", type=float, default=120.0, help="seconds [%(default)s]")
     return parser
 
 
 def _operator_command(args: argparse.Namespace) -> int:
-    """`status`, `config` and `diff`: read a running control plane's status endpoint."""
+    """`status`, `config`, `diff`, `changes` and `wait`: read a running control plane's status endpoint."""
     from meshplane.status import console
 
+    if args.command == "wait":
+        return console.wait_command(args.server, args.generation, timeout=args.timeout)
     if args.command == "diff":
         try:
             return console.diff_command(args.server, args.node, output=args.output)
@@ -189,6 +205,8 @@ def _operator_command(args: argparse.Namespace) -> int:
             print(f"meshplane diff: {error}", file=sys.stderr)
             return 2  # 1 says the proxy differs: an error must not read as an answer
     try:
+        if args.command == "changes":
+            return console.changes_command(args.server, limit=args.limit, output=args.output)
         if args.command == "status" and args.what == "sources":
             return console.sources_command(args.server, output=args.output)
         if args.command == "status":
@@ -246,7 +264,7 @@ def _command(argv: Sequence[str] | None) -> int:
         return simulate_command(args)
     if args.command == "bootstrap":
         return bootstrap_command(args)
-    if args.command in ("status", "config", "diff"):
+    if args.command in ("status", "config", "diff", "changes", "wait"):
         return _operator_command(args)
     if args.config is None and not (args.command == "serve" and args.kubernetes):
         print("meshplane: --config (or MESHPLANE_CONFIG) is required", file=sys.stderr)

@@ -1,7 +1,7 @@
-"""`meshplane status`, `meshplane status sources`, `meshplane config` and `meshplane diff`: the status
-endpoint in a terminal.
+"""`meshplane status`, `meshplane status sources`, `meshplane config`, `meshplane diff`, `meshplane
+changes` and `meshplane wait`: the status endpoint in a terminal.
 
-Reads a running control plane's `/status`, `/config` and `/diff` over HTTP (the standard library's client:
+Reads a running control plane's `/status`, `/config`, `/diff` and `/changes` over HTTP (the standard library's client:
 nothing to set up) and prints a table, like `istioctl proxy-status`: one row a proxy, one column
 a type, each cell SYNCED, STALE, NACKED or NOT SENT. With `rich` tables where stdout is a terminal,
 plain aligned text otherwise (pipes, files, `watch`); `--output json` prints the JSON as served.
@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 DEFAULT_SERVER = "http://127.0.0.1:9900"
@@ -299,3 +299,123 @@ def diff_command(server: str, node: str, *, output: str = "table", out: TextIO =
         out.write(f"node {node} (group {document.get('group')}): {verdict}\n")
         out.write("".join(f"{line}\n" for line in diff_lines(document)))
     return 0 if document.get("in_sync") else 1
+
+
+def printable(text: str) -> str:
+    """`text` on one line, with control characters shown as escapes: node ids and NACK messages come
+    from clients, and must not move a terminal's cursor or hide what follows them."""
+    one_line = " ".join(text.split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in one_line)
+
+
+def _named(count: int, names: Sequence[str]) -> str:
+    shown = ", ".join(printable(name) for name in names)
+    return shown + (f" and {count - len(names)} more" if count > len(names) else "")
+
+
+def generation_line(generation: Mapping[str, Any]) -> str:
+    """`gen 42  12:03:01  policy files (endpoints: default/web)  reached 118 of 120, 2 pending: a, b`."""
+    proxies = generation.get("proxies", {})
+    when = time.strftime("%H:%M:%S", time.localtime(float(generation.get("published_at", 0.0))))
+    line = (
+        f"gen {generation.get('generation')}  {when}  {printable(str(generation.get('cause', {}).get('summary', '')))}"
+        f"  reached {proxies.get('reached', 0)} of {proxies.get('total', 0)}"
+    )
+    if proxies.get("nacked"):
+        nodes = [str(entry.get("node")) for entry in proxies.get("nacked_nodes", [])]
+        line += f", {proxies['nacked']} nacked: {_named(proxies['nacked'], nodes)}"
+    if proxies.get("pending"):
+        line += f", {proxies['pending']} pending: {_named(proxies['pending'], proxies.get('pending_nodes', []))}"
+    return line
+
+
+def changes_command(server: str, *, limit: int | None = None, output: str = "table", out: TextIO = sys.stdout) -> int:
+    """Prints `/changes` (the newest `limit` generations), one line each, newest first."""
+    document = fetch_json(server, "/changes", {"limit": str(limit)} if limit is not None else None)
+    if output == "json":
+        json.dump(document, out, indent=2)
+        out.write("\n")
+        return 0
+    generations = document.get("generations", [])
+    if not generations:
+        out.write("nothing published yet\n")
+    out.write("".join(f"{generation_line(generation)}\n" for generation in generations))
+    return 0
+
+
+# What `meshplane wait` exits with: every proxy reached the generation, one NACKed it, the time ran
+# out, or the endpoint could not answer (unreachable, or the generation is not kept).
+WAIT_REACHED, WAIT_NACKED, WAIT_TIMEOUT, WAIT_ERROR = 0, 1, 2, 3
+# How often `meshplane wait` asks: a rollout takes seconds; a request is a few milliseconds of the server's.
+WAIT_POLL_SECONDS = 0.5
+
+
+def newest_generation(server: str) -> int | None:
+    """The newest generation published now (None: nothing yet); raises ConsoleError when the
+    endpoint cannot answer."""
+    newest = fetch_json(server, "/changes", {"limit": "1"}).get("newest")
+    return None if newest is None else int(newest)
+
+
+def wait_command(
+    server: str,
+    generation: str,
+    *,
+    timeout: float,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Polls `/changes/G` until every proxy the generation concerns has reached it (`WAIT_REACHED`),
+    one has NACKed it (`WAIT_NACKED`, naming the proxy and the NACK's message) or `timeout` seconds
+    have passed (`WAIT_TIMEOUT`, naming the pending proxies). `generation`: a number, or `latest`
+    for the newest at the time of the call. A generation not published yet is waited for; one no
+    longer kept, or an endpoint that cannot answer, is `WAIT_ERROR`."""
+    try:
+        number = newest_generation(server) if generation == "latest" else int(generation)
+    except (ConsoleError, ValueError) as error:
+        err.write(f"meshplane wait: {error}\n")
+        return WAIT_ERROR
+    if number is None:
+        err.write(f"meshplane wait: {server}: nothing is published yet\n")
+        return WAIT_ERROR
+    deadline = clock() + timeout
+    document: Mapping[str, Any] | None = None
+    while True:
+        try:
+            document = fetch_json(server, f"/changes/{number}")
+        except ConsoleError as error:
+            try:
+                newest = newest_generation(server)
+            except ConsoleError as unreachable:
+                err.write(f"meshplane wait: {unreachable}\n")
+                return WAIT_ERROR
+            if newest is not None and newest >= number:
+                err.write(f"meshplane wait: {error}\n")  # no longer kept
+                return WAIT_ERROR
+            document = None  # not published yet: wait for it
+        if document is not None:
+            proxies = document.get("proxies", {})
+            if proxies.get("nacked"):
+                for entry in proxies.get("nacked_nodes", []):
+                    message = printable(str(entry.get("message") or "no message"))
+                    err.write(
+                        f"generation {number}: {printable(str(entry.get('node')))} NACKED"
+                        f" {printable(str(entry.get('type') or ''))}: {message}\n"
+                    )
+                return WAIT_NACKED
+            if document.get("complete"):
+                out.write(f"generation {number}: reached by every proxy ({proxies.get('total', 0)})\n")
+                return WAIT_REACHED
+        if clock() >= deadline:
+            if document is None:
+                err.write(f"generation {number}: not published within {timeout:g}s\n")
+            else:
+                pending = _named(proxies.get("pending", 0), proxies.get("pending_nodes", []))
+                err.write(
+                    f"generation {number}: {proxies.get('pending', 0)} of {proxies.get('total', 0)} proxies"
+                    f" still pending after {timeout:g}s: {pending}\n"
+                )
+            return WAIT_TIMEOUT
+        sleep(WAIT_POLL_SECONDS)

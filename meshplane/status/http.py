@@ -10,6 +10,9 @@
   cannot grow the publisher's memo or the cache.
 - `GET /diff?node=ID`: what a connected proxy holds against its group's current snapshot,
   resource by resource (`diff`): names and versions only, so it needs no admin token.
+- `GET /changes[?limit=N]`, `GET /changes/G`: the last generations (publications that changed
+  something), their causes, and how many proxies of the groups each touched have reached it
+  (`changes`); 404 with the reason for a generation not kept or not published yet.
 - `GET /metrics`: Prometheus text format.
 
 Read-only by construction: only GET (and HEAD) routes exist, and the handlers are handed read
@@ -28,11 +31,13 @@ from typing import Any
 
 from aiohttp import web
 
+from meshplane.status.changes import changes_document, one_generation, parse_generation, parse_limit
 from meshplane.status.config_dump import DumpError, group_dump, group_from_query, node_dump
 from meshplane.status.dashboard import dashboard_html
 from meshplane.status.diff import MAX_NODE_ID_LENGTH, node_diff
 from meshplane.status.document import ProxyFilter, StatusInputs, proxies_by_node, readiness, status_document
 from meshplane.status.metrics import ControlPlaneMetrics
+from meshplane.xds.publication import ChangeLog
 from meshplane.xds.server.nodes import group_problem
 
 log = logging.getLogger(__name__)
@@ -82,7 +87,10 @@ def status_filter(query: Any) -> ProxyFilter:
     )
 
 
-def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None) -> web.Application:
+def status_app(
+    inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None, changes: ChangeLog | None = None
+) -> web.Application:
+    """The endpoint's routes. `changes`: the publisher's change log; without it `/changes` is 404."""
     # A preview is a whole translation (at 100,000 devices, a gateway's is large): one at a time,
     # in a worker thread, so status requests cannot pile up builds nor stall the xDS streams.
     previews = asyncio.Semaphore(1)
@@ -161,6 +169,29 @@ def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None)
         subscriptions = inputs.subscriptions(node) if inputs.subscriptions is not None else None
         return _json(node_diff(node, streams, snapshot, subscriptions))
 
+    async def change_list(request: web.Request) -> web.Response:
+        if changes is None:
+            return _error(404, "no change log: this endpoint serves no publisher")
+        try:
+            limit = parse_limit(request.query)
+        except ValueError as error:
+            return _error(400, str(error))
+        return _json(changes_document(changes, inputs.registry, inputs.cache, limit))
+
+    async def change(request: web.Request) -> web.Response:
+        if changes is None:
+            return _error(404, "no change log: this endpoint serves no publisher")
+        if request.query:
+            return _error(400, "/changes/G takes no parameters")
+        try:
+            number = parse_generation(request.match_info["generation"])
+        except ValueError as error:
+            return _error(400, str(error))
+        try:
+            return _json(one_generation(changes, inputs.registry, inputs.cache, number))
+        except LookupError as error:
+            return _error(404, str(error.args[0]))
+
     async def prometheus(request: web.Request) -> web.Response:
         if metrics is None:
             return web.Response(status=404, text="metrics are not enabled\n")
@@ -177,6 +208,8 @@ def status_app(inputs: StatusInputs, metrics: ControlPlaneMetrics | None = None)
         ("/status", status),
         ("/config", config),
         ("/diff", diff),
+        ("/changes", change_list),
+        ("/changes/{generation}", change),
         ("/metrics", prometheus),
     ):
         app.router.add_get(path, handler)  # GET and HEAD only: nothing here changes anything

@@ -19,6 +19,10 @@ rebuild) and `run` (a loop building the groups streams asked for and the cache d
 the cache reports through `on_group_wanted` without waiting for it). `snapshot_for` builds a
 preview for the status endpoint and writes nothing: not the memo, not the cache.
 
+Each publication that changes something (and the first) is a generation, recorded in `changes`
+(a `ChangeLog`, read by the status endpoint's `/changes`): its cause, and the snapshot version of
+every group it rebuilt or whose endpoints it replaced.
+
 Never publishes a snapshot that fails `consistency_problems()`; the problems are kept for the
 status endpoint and the last good snapshot keeps serving.
 """
@@ -34,7 +38,7 @@ import time
 from meshplane.model import Locality, Mesh, ProxyGroup, Service, ServiceRef
 from meshplane.model.changes import PARTS, MeshChanges
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publication import PublishState
+from meshplane.xds.publication import MAX_NAMED_SERVICES, Cause, ChangeLog, Generation, PublishState
 from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
 from meshplane.xds.translate import Dependencies, dependencies, translate, translate_service_endpoints
 from meshplane.xds.types import TypeUrl
@@ -122,6 +126,7 @@ class SnapshotPublisher:
         self._wanted: set[ProxyGroup] = set()
         self._wanted_event = asyncio.Event()
         self.state = PublishState()
+        self.changes = ChangeLog()
         # Groups the last publication translated again (whole or their endpoints); the others kept theirs.
         self.rebuilt = 0
         cache.on_group_wanted = self._on_group_wanted
@@ -130,12 +135,13 @@ class SnapshotPublisher:
     def has_mesh(self) -> bool:
         return self._mesh is not None
 
-    def publish(self, mesh: Mesh, changes: MeshChanges | None = None) -> None:
+    def publish(self, mesh: Mesh, changes: MeshChanges | None = None, cause: Cause | None = None) -> None:
         """Makes `mesh` current for every group with streams; groups whose content is unchanged see nothing.
 
         `changes`: what differs from the last published mesh, as the sources and the merge said
         (it may say more than changed, never less); None: found by comparing the meshes
         (`MeshChanges.between`). Groups whose role reads none of it are not translated again.
+        `cause`: why, for the generation's record in `changes` (no source named when None).
         """
         started = time.perf_counter()
         if self._mesh is None:
@@ -150,6 +156,7 @@ class SnapshotPublisher:
         self._wanted.clear()  # every group with a stream is looked at below
         fast = self._apply(changes, reaches, mesh)
         rebuilt = 0
+        affected: dict[ProxyGroup, Snapshot] = {}
         for group in groups:
             key = _base_key(group)
             if reaches[key] is Reach.NONE and (self._cache.snapshot(group) is not None or group in self._problems):
@@ -159,6 +166,11 @@ class SnapshotPublisher:
             # (Not when that base failed its check just now: then its endpoint sets are gone.)
             check = not ((key, group.locality) in fast and (key, group.locality) in self._endpoints)
             self._publish_group(group, check=check)
+            snapshot = self._cache.snapshot(group)
+            if snapshot is not None and group not in self._problems:
+                affected[group] = snapshot
+        if self._generation == 1 or not changes.none:
+            self._record_generation(changes, cause or Cause(), affected)
         self.rebuilt = rebuilt
         self.state = PublishState(
             published_at=time.time(),
@@ -177,6 +189,26 @@ class SnapshotPublisher:
             self.state.duration_seconds * 1000,
             " (endpoints only)" if self.state.endpoints_only else "",
         )
+
+    def _record_generation(self, changes: MeshChanges, cause: Cause, affected: dict[ProxyGroup, Snapshot]) -> None:
+        parts = [part for part in PARTS if getattr(changes, part)]
+        if changes.endpoints:
+            parts.append("endpoints")
+        services = sorted(str(ref) for ref in changes.endpoints)
+        generation = Generation(
+            number=self._generation,
+            published_at=time.time(),
+            cause=cause,
+            parts=tuple(parts),
+            services=tuple(services[:MAX_NAMED_SERVICES]),
+            services_changed=len(services),
+            groups={group: snapshot.version for group, snapshot in affected.items()},
+        )
+        versions = {
+            group: {str(type_url): snapshot.of_type(type_url).version for type_url in TypeUrl}
+            for group, snapshot in affected.items()
+        }
+        self.changes.record(generation, versions)
 
     def snapshot_for(self, group: ProxyGroup) -> Snapshot | None:
         """What a proxy of `group` would get now, whether or not one is connected (for config dumps).
