@@ -1,7 +1,7 @@
 """`meshplane devices …`: the edge registry from a terminal, through its JSON mirror.
 
     meshplane devices list [--site S] [--class C] [--label k=v]…   (operator token)
-    meshplane devices get DEVICE_ID
+    meshplane devices get DEVICE_ID                               (and its last issued certificate)
     meshplane devices hash-token < token                          (prints a tokens-file line)
 
 The token comes from `--token` or `MESHPLANE_REGISTRY_TOKEN`; the registry from `--registry`
@@ -75,6 +75,8 @@ def devices_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(json.dumps(answer, indent=2), file=out)
         return 0
     print(devices_table(devices), file=out)
+    if args.action == "get" and (certificate := certificate_line(answer)):
+        print(certificate, file=out)
     return 0
 
 
@@ -100,6 +102,17 @@ def devices_table(devices: list[dict[str, Any]]) -> str:
     return "\n".join(
         "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]) for row in rows
     )
+
+
+def certificate_line(device: dict[str, Any]) -> str:
+    """`devices get`'s line on the certificate last issued to the device, empty when none was:
+    `CERTIFICATE  serial <hex>  not after <UTC>  SAN <uri>`."""
+    certificate = device.get("certificate")
+    if not isinstance(certificate, dict):
+        return ""
+    not_after = _to_the_second(str(certificate.get("not_after", "")))
+    serial, san = certificate.get("serial", ""), certificate.get("uri_san", "")
+    return f"CERTIFICATE  serial {serial}  not after {not_after}  SAN {san}"
 
 
 def _to_the_second(timestamp: str) -> str:

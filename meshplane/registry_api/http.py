@@ -48,6 +48,8 @@ HTTP_STATUS = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.UNAVAILABLE: 503,
+    # A csr sent to a registry without a CA: what the client sent cannot be served (gRPC-gateway's mapping too).
+    ErrorCode.FAILED_PRECONDITION: 400,
 }
 # What aiohttp itself refuses with (no route, wrong method, unparsable HTTP), as gRPC status names.
 _HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED"}

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,10 @@ DEFAULT_HTTP_MAX_CONNECTIONS_PER_CLIENT = 256
 DEFAULT_GRPC_READ_TIMEOUT = 10.0
 DEFAULT_GRPC_IDLE_TIMEOUT = 300.0
 DEFAULT_GRPC_MAX_CALLS_PER_CLIENT = 1_000
+# Repeated from meshplane.discovery.registry.identity (which imports cryptography); tests/test_edge_identity.py
+# keeps them equal.
+DEFAULT_TRUST_DOMAIN = "meshplane.local"
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 
 if TYPE_CHECKING:
     from meshplane.registry_api.server import EdgeSettings
@@ -37,6 +43,14 @@ def connection_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be 0 (unlimited) or more")
     return value
+
+
+def trust_domain(text: str) -> str:
+    if not _TRUST_DOMAIN.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:64]!r}: a SPIFFE trust domain is lowercase letters, digits, '.', '-', '_' (at most 255)"
+        )
+    return text
 
 
 def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +73,20 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
         "--registry-client-ca",
         type=Path,
         help="with TLS: CA of device client certificates (an alternative to tokens)",
+    )
+    env_flag(
+        group,
+        "--registry-ca-cert",
+        type=Path,
+        help="CA certificate (PEM) signing the CSRs devices send with Register (with --registry-ca-key)",
+    )
+    env_flag(group, "--registry-ca-key", type=Path, help="that CA's private key (PEM file, unencrypted)")
+    env_flag(
+        group,
+        "--registry-trust-domain",
+        type=trust_domain,
+        default=DEFAULT_TRUST_DOMAIN,
+        help="SPIFFE trust domain of issued device certificates (spiffe://<domain>/site/<site>/device/<id>)",
     )
     env_flag(group, "--lease-ttl", type=float, default=30.0, help="lease seconds when a device asks for none")
     env_flag(group, "--lease-min-ttl", type=float, default=5.0, help="shortest lease granted, seconds")
@@ -121,8 +149,13 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
+    """The registry's settings, None when it is off. Exits (status 2, the reason on stderr) when
+    only one of --registry-ca-cert and --registry-ca-key is given."""
     if not args.registry_db:
         return None
+    if (args.registry_ca_cert is None) != (args.registry_ca_key is None):
+        print("meshplane: --registry-ca-cert and --registry-ca-key go together: give both or neither", file=sys.stderr)
+        raise SystemExit(2)
     from meshplane.discovery.registry.registry import LeaseSettings
     from meshplane.registry_api.server import EdgeSettings
 
@@ -134,6 +167,9 @@ def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
         tls_certificate=args.registry_tls_cert,
         tls_key=args.registry_tls_key,
         client_ca=args.registry_client_ca,
+        ca_certificate=args.registry_ca_cert,
+        ca_key=args.registry_ca_key,
+        trust_domain=args.registry_trust_domain,
         leases=LeaseSettings(
             default_ttl=args.lease_ttl,
             min_ttl=args.lease_min_ttl,

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from meshplane.addresses import split_address
 from meshplane.discovery.registry.auth import TokenAuthenticator
+from meshplane.discovery.registry.identity import DEFAULT_TRUST_DOMAIN, CertificateAuthority, CertificateAuthorityError
 from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings
 from meshplane.discovery.registry.store import MemoryStore, RegistrationStore, SqliteStore
 from meshplane.grpc_limits import (
@@ -39,7 +40,7 @@ from meshplane.registry_api.service import (
     authenticator,
     create_registry_server,
 )
-from meshplane.tls import ReloadingCredentials, TlsFiles
+from meshplane.tls import ReloadingCredentials, TlsFiles, TlsFilesError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
 class EdgeSettings:
     """`db`: the SQLite file (`:memory:` keeps nothing across restarts). `tokens`: the hashed tokens
     file. With `tls_certificate` and `tls_key` the gRPC registry serves TLS; with `client_ca` too,
-    devices may authenticate by client certificate instead of a token.
+    devices may authenticate by client certificate instead of a token. With `ca_certificate` and
+    `ca_key` (both or neither), a device registering with a CSR gets a certificate naming its SPIFFE
+    id in `trust_domain`.
 
     On the JSON port, `http_read_timeout` bounds the seconds a client has to send a request's
     headers (from connecting, or from the previous answer on a kept-alive connection: an idle
@@ -73,6 +76,10 @@ class EdgeSettings:
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    # With both, the registry signs the CSRs devices send (meshplane.discovery.registry.identity).
+    ca_certificate: Path | None = None
+    ca_key: Path | None = None
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
     leases: LeaseSettings = dataclasses.field(default_factory=LeaseSettings)
     # Register calls per principal (token bucket; rate 0: unlimited). Heartbeats are not limited.
     # `meshplane serve` passes DEFAULT_REGISTER_RATE/BURST (100/s, bursts of 1,000); built in code (benchmarks,
@@ -91,8 +98,9 @@ class EdgeRegistryServer:
         self, settings: EdgeSettings, sites: Callable[[], Mapping[str, Site] | None], on_change: Callable[[], None]
     ) -> None:
         self.settings = settings
+        authority = _authority(settings)
         store: RegistrationStore = MemoryStore() if settings.db == ":memory:" else SqliteStore(Path(settings.db))
-        self.registry = EdgeRegistry(store, sites, leases=settings.leases, on_change=on_change)
+        self.registry = EdgeRegistry(store, sites, leases=settings.leases, on_change=on_change, authority=authority)
         self.tokens = TokenAuthenticator.from_file(settings.tokens) if settings.tokens else TokenAuthenticator()
         # Shared by the gRPC and JSON APIs: one bucket per principal, whichever API it calls.
         self.register_limit = RateLimiter(settings.register_rate, settings.register_burst)
@@ -153,6 +161,12 @@ class EdgeRegistryServer:
             len(self.registry),
             len(self.tokens),
         )
+        if self.registry.authority is not None:
+            log.info(
+                "edge registry: signing device CSRs for trust domain %s with the CA in %s",
+                self.registry.authority.trust_domain,
+                settings.ca_certificate,
+            )
 
     async def run(self) -> None:
         await self.registry.run()
@@ -171,3 +185,16 @@ class EdgeRegistryServer:
             await self._http_listener.wait_closed()
             self._http_listener = None
         await self.registry.close()
+
+
+def _authority(settings: EdgeSettings) -> CertificateAuthority | None:
+    """The CA of `settings`, None without one. Raises TlsFilesError (which `meshplane serve` reports
+    as a bad TLS file, exit status 1) when its files cannot serve, or only one of them is given."""
+    if settings.ca_certificate is None and settings.ca_key is None:
+        return None
+    if settings.ca_certificate is None or settings.ca_key is None:
+        raise TlsFilesError("--registry-ca-cert and --registry-ca-key go together: give both or neither")
+    try:
+        return CertificateAuthority(settings.ca_certificate, settings.ca_key, settings.trust_domain)
+    except CertificateAuthorityError as error:
+        raise TlsFilesError(f"the registry's CA (--registry-ca-cert, --registry-ca-key): {error}") from None

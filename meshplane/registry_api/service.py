@@ -51,6 +51,14 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 def device_message(row: Registration) -> pb.Device:
     device = row.device
+    certificate = row.certificate
+    issued = (
+        pb.IssuedCertificate(
+            serial=certificate.serial, not_after=timestamp(certificate.not_after), uri_san=certificate.uri_san
+        )
+        if certificate is not None
+        else None
+    )
     return pb.Device(
         device_id=device.id,
         device_class=device.device_class,
@@ -60,6 +68,7 @@ def device_message(row: Registration) -> pb.Device:
         labels=dict(device.labels),
         expires_at=timestamp(row.expires_at),
         registered_at=timestamp(row.registered_at),
+        certificate=issued,
     )
 
 
@@ -132,7 +141,7 @@ class RegistryCalls:
                 f"too many Register calls from {principal}: the limit is {limit.rate:g} a second"
                 f" (bursts of {limit.burst}); retry later",
             )
-        registration = await self.registry.register(
+        registered = await self.registry.register_issuing(
             principal,
             RegisterInput(
                 device_id=request.device_id,
@@ -143,12 +152,16 @@ class RegistryCalls:
                 labels=dict(request.labels),
                 ttl_seconds=request.ttl_seconds,
                 lease_id=request.lease_id,
+                csr=request.csr,
             ),
         )
+        registration, issued = registered.registration, registered.issued
         return pb.RegisterResponse(
             lease_id=registration.lease_id,
             ttl_seconds=round(registration.ttl),
             expires_at=timestamp(registration.expires_at),
+            certificate=issued.certificate_pem if issued is not None else "",
+            certificate_chain=issued.chain_pem if issued is not None else "",
         )
 
     async def heartbeat(self, request: pb.HeartbeatRequest, principal: Principal) -> pb.HeartbeatResponse:

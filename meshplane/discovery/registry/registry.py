@@ -9,7 +9,11 @@ Owns the registry's rules:
 - addresses must lie inside the site's ranges and never in loopback, link-local, metadata or
   similar ranges; malformed or oversized fields are refused; every refusal says why;
 - a principal acts only on itself: a device token on its own id, a class token on devices of its
-  class (renewals and removals need the lease id too), an operator token reads and removes.
+  class (renewals and removals need the lease id too), an operator token reads and removes;
+- a registration carrying a CSR gets a certificate for the device's SPIFFE id from the CA
+  (`identity.py`) when one is configured, or is refused (FAILED_PRECONDITION) when none is; a
+  refused CSR refuses the registration (INVALID_ARGUMENT). Only registrations issue: heartbeats
+  renew the lease, never the certificate. The registry never makes a private key.
 
 Sites come from the policy files (a callable, read at each registration; None until they have
 loaded, when registrations are refused with UNAVAILABLE, which devices retry). `on_change` is called
@@ -31,10 +35,11 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
+from meshplane.discovery.registry.identity import CaExpired, CertificateAuthority, CsrRefused, IssuedCertificate
 from meshplane.discovery.registry.store import Delete, Put, Registration, RegistrationStore, Renew
 from meshplane.model import (
     Device,
@@ -68,6 +73,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
 
 
 class RegistryError(Exception):
@@ -89,6 +95,15 @@ class RegisterInput:
     labels: Mapping[str, str] = field(default_factory=dict)
     ttl_seconds: float = 0
     lease_id: str = ""
+    csr: str = ""  # a PEM certificate signing request, or empty (see `identity.py`)
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A registration as accepted, and the certificate issued for its CSR (None without one)."""
+
+    registration: Registration
+    issued: IssuedCertificate | None = None
 
 
 class EventKind(StrEnum):
@@ -147,8 +162,11 @@ class EdgeRegistry:
         leases: LeaseSettings | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
+        authority: CertificateAuthority | None = None,
     ) -> None:
+        """`authority`: the CA that signs devices' CSRs; None: a registration with a CSR is refused."""
         self._store = store
+        self.authority = authority
         # Counted for /status and /metrics (meshplane_source_events_total{source="edge-registry"}).
         self.events: Counter[str] = Counter()
         self._sites = sites
@@ -186,7 +204,7 @@ class EdgeRegistry:
         self._attempted_at = time.time()
         for row in await self._store.load():
             expires_at = max(row.expires_at, now + row.ttl)
-            self._put(Registration(row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at))
+            self._put(replace(row, expires_at=expires_at))
         self._loaded_at = self._confirmed_at = time.time()
         self._changed_all = True
         self._changed(())
@@ -294,9 +312,17 @@ class EdgeRegistry:
     # --- writes ---
 
     async def register(self, principal: Principal, request: RegisterInput) -> Registration:
-        """Registers (or re-registers) a device; a refusal is counted and logged once, with its reason."""
+        """Registers (or re-registers) a device; a refusal is counted and logged once, with its reason.
+        See `register_issuing` for the certificate issued when `request` carries a CSR."""
+        return (await self.register_issuing(principal, request)).registration
+
+    async def register_issuing(self, principal: Principal, request: RegisterInput) -> Registered:
+        """Registers (or re-registers) a device and, when `request` carries a CSR, issues its
+        certificate (counted as `certificates_issued`; a CSR refused, or sent while no CA is
+        configured, as `csr_refused` and refuses the registration, which is then left as it was).
+        A refusal is counted and logged once, with its reason."""
         try:
-            registration = await self._register(principal, request)
+            registered = await self._register(principal, request)
         except RegistryError as error:
             self.events["rejected_registrations"] += 1
             log.warning(
@@ -309,9 +335,11 @@ class EdgeRegistry:
             )
             raise
         self.events["registrations"] += 1
-        return registration
+        if registered.issued is not None:
+            self.events["certificates_issued"] += 1
+        return registered
 
-    async def _register(self, principal: Principal, request: RegisterInput) -> Registration:
+    async def _register(self, principal: Principal, request: RegisterInput) -> Registered:
         device = self._validate(request)
         self._authorize(principal, device.id, device.device_class)
         now = self._clock()
@@ -322,9 +350,13 @@ class EdgeRegistry:
                 f"device {device.id} is registered by another holder; re-register with its lease_id",
             )
         ttl = self.leases.ttl(request.ttl_seconds)
+        issued = self._issue(request.csr, device, ttl, now) if request.csr else None
         lease_id = current.lease_id if current is not None else secrets.token_hex(16)
         registered_at = current.registered_at if current is not None else now
-        registration = Registration(device, lease_id, str(principal), ttl, now + ttl, registered_at)
+        # Without a new certificate, the last one issued to this device id is still the one it holds.
+        kept = self._live.get(device.id)
+        certificate = issued.record if issued is not None else kept.certificate if kept is not None else None
+        registration = Registration(device, lease_id, str(principal), ttl, now + ttl, registered_at, certificate)
         await self._write([Put(registration)])
         previous = self._live.get(device.id)
         self._put(registration)
@@ -332,15 +364,30 @@ class EdgeRegistry:
             kind = EventKind.ADDED if previous is None else EventKind.MODIFIED
             self._changed((device.id,))
             self._publish(Event(kind, registration))
-        return registration
+        return Registered(registration, issued)
+
+    def _issue(self, csr: str, device: Device, ttl: float, now: float) -> IssuedCertificate:
+        """The certificate for `csr`, or RegistryError saying why none is issued."""
+        if self.authority is None:
+            self.events["csr_refused"] += 1
+            raise RegistryError(
+                ErrorCode.FAILED_PRECONDITION,
+                "this registry issues no certificates (it has no CA configured): register without a csr",
+            )
+        try:
+            return self.authority.issue(csr, site=device.site, device_id=device.id, lease_ttl=ttl, now=now)
+        except CaExpired as expired:  # not the device's doing: its CSR may be fine
+            self.events["csr_refused"] += 1
+            raise RegistryError(ErrorCode.FAILED_PRECONDITION, expired.reason) from None
+        except CsrRefused as refused:
+            self.events["csr_refused"] += 1
+            raise RegistryError(ErrorCode.INVALID_ARGUMENT, refused.reason) from None
 
     async def heartbeat(self, principal: Principal, device_id: str, lease_id: str) -> Registration:
         current = self._leased(principal, device_id, lease_id)
         expires_at = self._clock() + current.ttl
         await self._write([Renew(device_id, expires_at)])
-        renewed = Registration(
-            current.device, current.lease_id, current.principal, current.ttl, expires_at, current.registered_at
-        )
+        renewed = replace(current, expires_at=expires_at)
         if self._live.get(device_id) is current:
             self._live[device_id] = renewed
         return renewed

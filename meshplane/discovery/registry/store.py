@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -27,15 +28,27 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from meshplane.model import Device, DeviceEndpoint
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """What is kept of the certificate last issued to a device (`identity.py`): its serial
+    (lowercase hex), its not-after (seconds since the epoch) and its one SAN. The certificate itself
+    goes only to the device."""
+
+    serial: str
+    not_after: float
+    uri_san: str
+
+
+@dataclass(frozen=True, slots=True)
 class Registration:
     """A device with its lease. `principal` is who registered it (`device:<id>`, `class:<class>`);
-    times are seconds since the epoch (leases outlive the process, so no monotonic clock)."""
+    times are seconds since the epoch (leases outlive the process, so no monotonic clock).
+    `certificate`: the last certificate issued to the device, None when none was."""
 
     device: Device
     lease_id: str
@@ -43,6 +56,7 @@ class Registration:
     ttl: float
     expires_at: float
     registered_at: float
+    certificate: CertificateRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +119,7 @@ class MemoryStore:
 
 
 def _renewed(row: Registration, expires_at: float) -> Registration:
-    return Registration(row.device, row.lease_id, row.principal, row.ttl, expires_at, row.registered_at)
+    return dataclasses.replace(row, expires_at=expires_at)
 
 
 _SCHEMA = """
@@ -204,7 +218,7 @@ class SqliteStore:
                 rows = connection.execute(
                     "SELECT lease_id, principal, ttl, expires_at, registered_at, device FROM registrations"
                 ).fetchall()
-                return [Registration(_device(row[5]), row[0], row[1], row[2], row[3], row[4]) for row in rows]
+                return [_registration(row) for row in rows]
             except sqlite3.Error as error:
                 raise StoreError(f"registry store {self.path}: cannot read: {error}; left untouched") from error
             except (ValueError, KeyError, TypeError) as error:  # a row whose device JSON is not ours
@@ -420,22 +434,33 @@ def _apply(connection: sqlite3.Connection, changes: Sequence[Change]) -> None:
 
 
 def _json(row: Registration) -> str:
+    """The `device` column: the device, and the certificate last issued to it when there is one.
+
+    The certificate rides in this JSON rather than in a column of its own: a new column would need
+    a migration, and a meshplane of before it would then fail on every insert (it names seven
+    values); an older reader simply ignores the key."""
     device = row.device
-    return json.dumps(
-        {
-            "id": device.id,
-            "class": device.device_class,
-            "site": device.site,
-            "endpoints": [[e.address, e.port] for e in device.endpoints],
-            "version": device.version,
-            "labels": [list(pair) for pair in device.labels],
-        },
-        separators=(",", ":"),
-    )
+    value: dict[str, object] = {
+        "id": device.id,
+        "class": device.device_class,
+        "site": device.site,
+        "endpoints": [[e.address, e.port] for e in device.endpoints],
+        "version": device.version,
+        "labels": [list(pair) for pair in device.labels],
+    }
+    if row.certificate is not None:
+        certificate = row.certificate
+        value["certificate"] = [certificate.serial, certificate.not_after, certificate.uri_san]
+    return json.dumps(value, separators=(",", ":"))
 
 
-def _device(text: str) -> Device:
-    data = json.loads(text)
+def _registration(row: tuple[str, str, float, float, float, str]) -> Registration:
+    """A row of `SELECT lease_id, principal, ttl, expires_at, registered_at, device`."""
+    data = json.loads(row[5])
+    return Registration(_device(data), row[0], row[1], row[2], row[3], row[4], _certificate(data))
+
+
+def _device(data: dict[str, Any]) -> Device:
     return Device(
         id=data["id"],
         device_class=data["class"],
@@ -444,3 +469,11 @@ def _device(text: str) -> Device:
         version=data["version"],
         labels=tuple((key, value) for key, value in data["labels"]),
     )
+
+
+def _certificate(data: dict[str, Any]) -> CertificateRecord | None:
+    stored = data.get("certificate")
+    if stored is None:
+        return None
+    serial, not_after, uri_san = stored
+    return CertificateRecord(str(serial), float(not_after), str(uri_san))

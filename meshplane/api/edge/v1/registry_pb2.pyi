@@ -9,11 +9,12 @@ Authentication: every call carries `authorization: Bearer <token>` in its metada
 per-device or per-class token), or a TLS client certificate naming the device when the
 registry serves TLS. A caller may register, renew and remove only itself.
 
-Errors: INVALID_ARGUMENT (malformed or oversized fields, unknown site), PERMISSION_DENIED (an
+Errors: INVALID_ARGUMENT (malformed or oversized fields, unknown site, a csr refused), PERMISSION_DENIED (an
 address the site does not allow, a device id the credentials do not cover), UNAUTHENTICATED
 (no or unknown credentials), NOT_FOUND (unknown device or lease, e.g. an expired one),
 RESOURCE_EXHAUSTED (a message over 64 KiB, a Watch too far behind), UNAVAILABLE (the sites are
-not loaded yet: retry). The status message says why.
+not loaded yet: retry), FAILED_PRECONDITION (a csr sent to a registry that issues no
+certificates). The status message says why.
 """
 
 from collections import abc as _abc
@@ -91,6 +92,7 @@ class RegisterRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """[A-Za-z0-9][A-Za-z0-9._-]{0,127}"""
     device_class: _builtins.str
@@ -103,6 +105,12 @@ class RegisterRequest(_message.Message):
     """requested lease TTL; 0: the server's default; clamped to its bounds"""
     lease_id: _builtins.str
     """the current lease when re-registering (required with class tokens)"""
+    csr: _builtins.str
+    """Optional: a PEM certificate signing request (at most 8 KiB) for this device's identity. When
+    the registry has a CA, it answers with a certificate for the device's SPIFFE id
+    (spiffe://<trust-domain>/site/<site>/device/<device-id>); without one it refuses the call
+    (FAILED_PRECONDITION). Re-registering with a new CSR renews the certificate; heartbeats never do.
+    """
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]:
         """where the site's gateway reaches the device; at most 8"""
@@ -122,10 +130,11 @@ class RegisterRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
         lease_id: _builtins.str = ...,
+        csr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_class", b"device_class", "device_id", b"device_id", "endpoints", b"endpoints", "labels", b"labels", "lease_id", b"lease_id", "site", b"site", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "device_class", b"device_class", "device_id", b"device_id", "endpoints", b"endpoints", "labels", b"labels", "lease_id", b"lease_id", "site", b"site", "ttl_seconds", b"ttl_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -138,8 +147,14 @@ class RegisterResponse(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_CHAIN_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     ttl_seconds: _builtins.int
+    certificate: _builtins.str
+    """PEM, issued for the request's csr; empty without one"""
+    certificate_chain: _builtins.str
+    """PEM, the issuing CA's certificate; empty without a csr"""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -148,10 +163,12 @@ class RegisterResponse(_message.Message):
         lease_id: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        certificate: _builtins.str = ...,
+        certificate_chain: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "lease_id", b"lease_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "certificate_chain", b"certificate_chain", "expires_at", b"expires_at", "lease_id", b"lease_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,6 +425,7 @@ class Device(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     device_class: _builtins.str
     site: _builtins.str
@@ -420,6 +438,10 @@ class Device(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def certificate(self) -> Global___IssuedCertificate:
+        """the last certificate issued to the device; unset when none"""
+
     def __init__(
         self,
         *,
@@ -431,14 +453,45 @@ class Device(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
+        certificate: Global___IssuedCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "registered_at", b"registered_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "expires_at", b"expires_at", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_class", b"device_class", "device_id", b"device_id", "endpoints", b"endpoints", "expires_at", b"expires_at", "labels", b"labels", "registered_at", b"registered_at", "site", b"site", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "device_class", b"device_class", "device_id", b"device_id", "endpoints", b"endpoints", "expires_at", b"expires_at", "labels", b"labels", "registered_at", b"registered_at", "site", b"site", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class IssuedCertificate(_message.Message):
+    """What the registry last issued to a device (the certificate itself only went to the device)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    URI_SAN_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """lowercase hex"""
+    uri_san: _builtins.str
+    """its only SAN: the device's SPIFFE id"""
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        uri_san: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "serial", b"serial", "uri_san", b"uri_san"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuedCertificate: _TypeAlias = IssuedCertificate  # noqa: Y015
 
 @_typing.final
 class WatchEvent(_message.Message):

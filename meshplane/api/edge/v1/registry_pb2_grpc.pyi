@@ -9,11 +9,12 @@ Authentication: every call carries `authorization: Bearer <token>` in its metada
 per-device or per-class token), or a TLS client certificate naming the device when the
 registry serves TLS. A caller may register, renew and remove only itself.
 
-Errors: INVALID_ARGUMENT (malformed or oversized fields, unknown site), PERMISSION_DENIED (an
+Errors: INVALID_ARGUMENT (malformed or oversized fields, unknown site, a csr refused), PERMISSION_DENIED (an
 address the site does not allow, a device id the credentials do not cover), UNAUTHENTICATED
 (no or unknown credentials), NOT_FOUND (unknown device or lease, e.g. an expired one),
 RESOURCE_EXHAUSTED (a message over 64 KiB, a Watch too far behind), UNAVAILABLE (the sites are
-not loaded yet: retry). The status message says why.
+not loaded yet: retry), FAILED_PRECONDITION (a csr sent to a registry that issues no
+certificates). The status message says why.
 """
 
 from collections import abc as _abc
