@@ -187,6 +187,7 @@ class ControlPlane:
             },
             source_errors=lambda: self.source_watch.error_counts,
             grpc_stats=self.grpc_stats,
+            changes=self.publisher.changes,
         )
         self.xds_port = 0
         self.status_port = 0

@@ -24,7 +24,7 @@ from meshplane.model import ProxyGroup, ProxyRole, SourceStatus
 from meshplane.status.document import StatusInputs
 from meshplane.status.http import status_app
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publication import PublishState
+from meshplane.xds.publication import Cause, ChangeLog, Generation, PublishState
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.types import TypeUrl
 
@@ -215,3 +215,78 @@ async def test_dashboard_is_self_contained(fake_endpoint: str) -> None:
             assert name not in element.attrs, f"<{element.tag} {name}=…> loads an asset"
     assert "http://" not in html
     assert "https://" not in html
+
+
+# Two generations of the sidecars' clusters, "v1" then "v2"; the second's cause names a service
+# whose name would be markup if the page inserted it as HTML.
+MARKUP_SERVICE = "default/<i id=injected>web</i>"
+
+
+@pytest.fixture
+async def changes_endpoint() -> AsyncIterator[str]:
+    registry, log = StreamRegistry(), ChangeLog()
+    group = ProxyGroup(role=ProxyRole.SIDECAR)
+    for number, version, cause, parts, services in (
+        (1, "v1", Cause(("policy files",)), ("services",), ()),
+        (2, "v2", Cause(("kubernetes",)), ("endpoints",), (MARKUP_SERVICE,)),
+    ):
+        log.record(
+            Generation(number, 1_800_000_000.0 + number, cause, parts, services, len(services), {group: version}),
+            {group: {str(TypeUrl.CLUSTER): version}},
+        )
+    # Every proxy took "v1"; of "v2", one ACKed it, one has not answered, one NACKed it.
+    tracks = {
+        node_id: registry.open(StreamKind.DELTA_ADS, node_id, "web", group, "envoy 1.40", "ipv4:127.0.0.1:1")
+        for node_id in ("new-proxy", "waiting-proxy", "bad-proxy")
+    }
+    for track in tracks.values():
+        registry.sent(track, TypeUrl.CLUSTER, "v1", "1", ())
+        registry.acked(track, TypeUrl.CLUSTER, "v1")
+        registry.sent(track, TypeUrl.CLUSTER, "v2", "2", ())
+    registry.acked(tracks["new-proxy"], TypeUrl.CLUSTER, "v2")
+    registry.nacked(tracks["bad-proxy"], TypeUrl.CLUSTER, "v2", HOSTILE)
+    inputs = StatusInputs(sources=list, publish_state=PublishState, cache=SnapshotCache(), registry=registry)
+    runner = web.AppRunner(status_app(inputs, changes=log), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_dashboard_shows_the_last_generations_with_their_causes_and_who_reached_them(
+    changes_endpoint: str,
+) -> None:
+    page = await dashboard_when(f"{changes_endpoint}/", lambda page: bool(page.find("tr", class_="change")))
+    rows = page.find("tr", class_="change")
+    assert [row.attrs["data-generation"] for row in rows] == ["2", "1"]  # newest first
+
+    first = page.one("tr", class_="change", data_generation="1")
+    assert "policy files (services)" in first.content
+    assert "reached 3 of 3" in first.content
+    assert first.attrs["data-complete"] == "true"
+
+    second = page.one("tr", class_="change", data_generation="2")
+    assert "reached 1 of 3" in second.content
+    assert page.one("td", title="2027-01-15T08:00:02.000Z").content  # its local time; UTC on hover
+    assert (second.attrs["data-pending"], second.attrs["data-nacked"]) == ("1", "1")
+    assert "waiting-proxy" in second.content
+    nacked = page.one("li", class_="nacked", data_node="bad-proxy")
+    assert "NACKED" in nacked.content
+    assert "new-proxy" not in second.content
+
+    # Text from the server, the cause's service name and the NACK's message, is shown as text.
+    assert f"kubernetes (endpoints: {MARKUP_SERVICE})" in second.content
+    assert HOSTILE in nacked.content
+    assert not page.find(id="injected")
+    assert not page.find("img")
+
+
+async def test_dashboard_says_so_when_the_endpoint_keeps_no_change_log(fake_endpoint: str) -> None:
+    page = await dashboard_when(
+        f"{fake_endpoint}/", lambda page: "no change log" in page.one("table", id="changes").content
+    )
+    assert not page.find("tr", class_="change")
+    assert page.body.attrs.get("data-error") == ""

@@ -15,11 +15,12 @@ from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshplane.model import ProxyGroup, SourceStatus
+from meshplane.status.changes import changes_document
 from meshplane.status.document import StatusInputs
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
 from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publication import PublishState
+from meshplane.xds.publication import Cause, ChangeLog, Generation, PublishState
 from meshplane.xds.server.service import create_server
 from meshplane.xds.server.tracking import StreamKind, StreamRegistry
 from meshplane.xds.types import TypeUrl
@@ -190,3 +191,53 @@ async def subscribed(cache: SnapshotCache, group: ProxyGroup, deadline: float = 
     while group not in cache.groups():
         assert loop.time() < end, "the stream never subscribed"
         await asyncio.sleep(0.01)
+
+
+def _generation(log: ChangeLog, number: int, group: ProxyGroup, version: str) -> None:
+    """Records generation `number` as the publisher does: `group`'s clusters at `version`."""
+    cause = Cause(("policy files",))
+    log.record(
+        Generation(number, float(number), cause, ("services",), (), 0, {group: version}),
+        {group: {str(TypeUrl.CLUSTER): version}},
+    )
+
+
+def test_rollout_gauges_count_the_newest_generation_as_changes_does() -> None:
+    registry, cache, log = StreamRegistry(), SnapshotCache(), ChangeLog()
+    group = ProxyGroup()
+    inputs = StatusInputs(sources=list, publish_state=PublishState, cache=cache, registry=registry)
+    metrics = ControlPlaneMetrics(inputs, changes=log)
+    samples, kinds = scrape(metrics)
+    assert kinds["meshplane_generation"] == "gauge"
+    assert kinds["meshplane_generation_proxies"] == "gauge"
+    # Nothing published yet: the families exist, with no sample to mislead an alert.
+    assert not any(name.startswith("meshplane_generation") for name, _ in samples)
+
+    _generation(log, 1, group, "v1")
+    _generation(log, 2, group, "v2")
+    streams = {
+        node_id: registry.open(StreamKind.DELTA_ADS, node_id, "web", group, "envoy", "peer")
+        for node_id in ("reached-1", "reached-2", "pending", "nacked")
+    }
+    for track in streams.values():
+        registry.sent(track, TypeUrl.CLUSTER, "v1", "1", ())
+        registry.acked(track, TypeUrl.CLUSTER, "v1")
+        registry.sent(track, TypeUrl.CLUSTER, "v2", "2", ())
+    registry.acked(streams["reached-1"], TypeUrl.CLUSTER, "v2")
+    registry.acked(streams["reached-2"], TypeUrl.CLUSTER, "v2")
+    registry.nacked(streams["nacked"], TypeUrl.CLUSTER, "v2", "rejected")
+
+    samples, _ = scrape(metrics)
+    assert samples[("meshplane_generation", ())] == 2
+    by_state = {
+        labels[0][1]: value for (name, labels), value in samples.items() if name == "meshplane_generation_proxies"
+    }
+    assert by_state == {"reached": 2, "pending": 1, "nacked": 1}
+    newest = changes_document(log, registry, cache, 1)["generations"][0]["proxies"]
+    assert by_state == {state: newest[state] for state in ("reached", "pending", "nacked")}
+
+
+def test_without_a_change_log_the_rollout_gauges_have_no_sample(metrics: ControlPlaneMetrics) -> None:
+    samples, kinds = scrape(metrics)
+    assert kinds["meshplane_generation"] == "gauge"
+    assert not any(name.startswith("meshplane_generation") for name, _ in samples)

@@ -8,6 +8,10 @@ happen (`observe_rebuild`, called by the composition root).
 
 Names follow Prometheus conventions: `meshplane_` prefix, counters end in `_total`, durations are
 `_seconds`. The full list is in docs/status-api.md.
+
+Rollout gauges (`meshplane_generation`, `meshplane_generation_proxies`) are the newest entry of
+`/changes`, computed by the same function (changes.py), so a scrape and `/changes` never disagree
+on who reached a generation.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from meshplane import __version__
+from meshplane.status.changes import NACKED, PENDING, REACHED, one_generation
 from meshplane.status.document import StatusInputs, group_site, node_types, proxies_by_node
 from meshplane.status.grpc_stats import GrpcStats
-from meshplane.xds.publication import PublishState
+from meshplane.xds.publication import ChangeLog, PublishState
 from meshplane.xds.server.tracking import DurationHistogram, StreamKind, SyncState
 from meshplane.xds.types import TypeUrl
 
@@ -39,7 +44,9 @@ class ControlPlaneMetrics:
     """Every metric of one control plane.
 
     `render()` gives the scrape body; `debounce()` returns the debouncer's counters (`pokes`,
-    `runs`, `merged`); `source_errors()` the errors each source reported since start (`SourceWatch`).
+    `runs`, `merged`); `source_errors()` the errors each source reported since start (`SourceWatch`);
+    `changes` is the publisher's change log (as `status_app` receives it): without it, or before the
+    first generation, the rollout gauges have no sample.
     """
 
     def __init__(
@@ -49,10 +56,13 @@ class ControlPlaneMetrics:
         debounce: Callable[[], Mapping[str, int]] = _no_counts,
         source_errors: Callable[[], Mapping[str, int]] = _no_counts,
         grpc_stats: GrpcStats | None = None,
+        changes: ChangeLog | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.rebuilds = {kind: DurationHistogram(REBUILD_BUCKETS) for kind in ("full", "endpoints")}
-        self._collector = _StateCollector(inputs, debounce, source_errors, grpc_stats or GrpcStats(), self.rebuilds)
+        self._collector = _StateCollector(
+            inputs, debounce, source_errors, grpc_stats or GrpcStats(), self.rebuilds, changes
+        )
         self.registry.register(self._collector)
         ProcessCollector(registry=self.registry)
 
@@ -75,8 +85,10 @@ class _StateCollector(Collector):
         source_errors: Callable[[], Mapping[str, int]],
         grpc_stats: GrpcStats,
         rebuilds: Mapping[str, DurationHistogram],
+        changes: ChangeLog | None,
     ) -> None:
         self._inputs = inputs
+        self._changes = changes
         self._rebuilds = rebuilds
         self._debounce = debounce
         self._source_errors = source_errors
@@ -91,6 +103,7 @@ class _StateCollector(Collector):
         yield from self._pushes()
         yield from self._snapshots()
         yield from self._rebuild_metrics()
+        yield from self._rollout()
         yield from self._debouncer()
         yield from self._sources()
         yield from self._grpc_server()
@@ -216,6 +229,27 @@ class _StateCollector(Collector):
             seconds.add_metric([kind], [(_bound(b), n) for b, n in histogram.cumulative()], histogram.sum)
         yield count
         yield seconds
+
+    def _rollout(self) -> Iterator[Metric]:
+        generation = GaugeMetricFamily(
+            "meshplane_generation",
+            "The newest generation (publication that changed something), as /changes numbers it.",
+        )
+        proxies = GaugeMetricFamily(
+            "meshplane_generation_proxies",
+            "Connected proxies of the groups the newest generation reached, by whether they have reached it, "
+            "are pending, or NACKed it (counted once per node, as /changes counts them).",
+            labels=["state"],
+        )
+        log = self._changes
+        newest = log.newest if log is not None else None
+        if log is not None and newest is not None:
+            counts = one_generation(log, self._inputs.registry, self._inputs.cache, newest)["proxies"]
+            generation.add_metric([], newest)
+            for state in (REACHED, PENDING, NACKED):
+                proxies.add_metric([state], counts[state])
+        yield generation
+        yield proxies
 
     def _debouncer(self) -> Iterator[Metric]:
         counts = self._debounce()
