@@ -43,6 +43,11 @@ class DeviceHost:
     address: str
     processes: list[subprocess.Popen[str]]
 
+    @property
+    def host_address(self) -> str:
+        """This host's end of the pair: an address of this host that is not loopback."""
+        return self.address.rsplit(".", 1)[0] + ".1"
+
     def serve(self, name: str) -> int:
         """Starts an HTTP server in the namespace answering `<name> <path>`; returns its port."""
         process = subprocess.Popen(

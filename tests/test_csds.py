@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -34,6 +33,8 @@ from meshplane.xds.server.tracking import MAX_NACK_MESSAGE_BYTES, StreamRegistry
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.types import TypeUrl
 from tests.envoy_harness import REPO
+from tests.netns import make_device_host, unavailable_reason
+from tests.preconditions import require, requires
 from tests.test_envoy_integration import start_plane
 from tests.test_grpc_xds_client import greeter_policy, write_grpc_bootstrap
 from tests.xds_fixtures import CDS, EDS, LDS, SDS, AdsStream, eds_cluster, endpoints, node, request
@@ -416,28 +417,22 @@ def test_without_an_admin_token_only_loopback_is_answered(peer: str, allowed: bo
         assert "loopback" in refusal.message
 
 
-def local_address() -> str | None:
-    """An address of this host that is not loopback, when it has one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route's source
-        except OSError:
-            return None
-        address: str = probe.getsockname()[0]
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
-
-
+@requires(unavailable_reason())
 async def test_a_caller_from_another_address_is_refused_without_an_admin_token() -> None:
-    address = local_address()
-    if address is None:
-        pytest.skip("this host has no address but loopback")
-    async with running_plane("0.0.0.0:0") as plane:
-        async with grpc.aio.insecure_channel(f"{address}:{plane.port}") as remote:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await plane.csds(remote).FetchClientStatus(csds_pb2.ClientStatusRequest())
-        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "loopback" in (refused.value.details() or "")
-        assert (await plane.csds().FetchClientStatus(csds_pb2.ClientStatusRequest())).config == []
+    """A caller whose address is not loopback: this host's end of a veth pair the test makes (the
+    host's own interfaces vary from machine to machine; this one is always there)."""
+    require(unavailable_reason())
+    host = await asyncio.to_thread(make_device_host)
+    try:
+        async with running_plane("0.0.0.0:0") as plane:
+            async with grpc.aio.insecure_channel(f"{host.host_address}:{plane.port}") as remote:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await plane.csds(remote).FetchClientStatus(csds_pb2.ClientStatusRequest())
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "loopback" in (refused.value.details() or "")
+            assert (await plane.csds().FetchClientStatus(csds_pb2.ClientStatusRequest())).config == []
+    finally:
+        await asyncio.to_thread(host.close)
 
 
 @pytest.mark.xdist_group("envoy")
