@@ -12,7 +12,6 @@ Never logs key material.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import cast
 
 import grpc
+
+from meshplane.file_signature import files_signature
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,6 @@ class TlsFiles:
 
     def paths(self) -> tuple[Path, ...]:
         return (self.certificate, self.key) + ((self.client_ca,) if self.client_ca else ())
-
-
-def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
-    found = []
-    for path in paths:
-        stat = os.stat(path)  # follows symlinks: a Kubernetes Secret mount swaps them
-        found.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
-    return tuple(found)
 
 
 def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
@@ -85,7 +78,7 @@ class ReloadingCredentials:
         self.files = files
         self.port = port
         try:
-            self._signature = _signature(files.paths())
+            self._signature = files_signature(files.paths())
             self._initial = _configuration(files)
         except OSError as error:
             raise TlsFilesError(f"TLS for {port}: {error.filename or files.certificate}: {error.strerror}") from None
@@ -108,7 +101,7 @@ class ReloadingCredentials:
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by gRPC before each handshake: a new configuration when the files changed, else None."""
         try:
-            signature = _signature(self.files.paths())
+            signature = files_signature(self.files.paths())
             if signature == self._signature:
                 return None
             configuration = _configuration(self.files)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ import jsonschema
 import pytest
 from aiohttp import web
 
-from meshplane.discovery.registry.auth import Principal, PrincipalKind, token_digest
-from meshplane.discovery.registry.registry import LeaseSettings, RegisterInput
-from meshplane.model import ProxyGroup, ProxyRole
+from meshplane.discovery.registry.auth import Principal, PrincipalKind
+from meshplane.discovery.registry.registry import RegisterInput
+from meshplane.model import ProxyRole
 from meshplane.status.changes import cause_summary
 from meshplane.status.console import generation_line
 from meshplane.status.document import StatusInputs
@@ -29,14 +28,12 @@ from meshplane.status.http import status_app
 from meshplane.xds.publication import Cause, ChangeLog, Generation, PublishState
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.types import TypeUrl
-from tests.edge_plane import QUICK, running_edge_plane
-from tests.test_diff import MESH, NAMES, answer, meshplane
-from tests.xds_fixtures import CDS, EDS, LDS, RDS, AdsStream, XdsHarness, node, request, snapshot, start_harness
+from tests.edge_plane import GYM_GATEWAY, SIDECAR, gym_plane
+from tests.test_diff import MESH, answer, meshplane, synced_proxy
+from tests.xds_fixtures import CDS, EDS, XdsHarness, node, request, snapshot, start_harness
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "status-api.schema.json").read_text())
 ANSWER_TIMEOUT = 10.0
-SIDECAR = ProxyGroup()
-EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def mesh_with_web_on(port: int) -> Snapshot:
@@ -117,21 +114,8 @@ async def plane() -> AsyncIterator[Plane]:
             await runner.cleanup()
 
 
-async def synced_proxy(plane: Plane, node_id: str) -> AdsStream:
-    """An Envoy-like ADS stream of `node_id` that asked for and ACKed every type of the current snapshot."""
-    stream = plane.harness.ads()
-    await stream.send(request(CDS, with_node=node(node_id)))
-    for type_url in (CDS, EDS, LDS, RDS):
-        if type_url is not CDS:
-            await stream.send(request(type_url, NAMES[type_url.value]))
-        response = await stream.recv()
-        assert response.type_url == type_url.value
-        await answer(stream, response)
-    return stream
-
-
 async def test_a_generation_is_reached_once_every_proxy_acks_it_and_wait_exits_0(plane: Plane) -> None:
-    streams = [await synced_proxy(plane, node_id) for node_id in ("sidecar-1", "sidecar-2")]
+    streams = [await synced_proxy(plane.harness, node_id) for node_id in ("sidecar-1", "sidecar-2")]
     first = await plane.generation_when(1, proxies(reached=2))
     assert first["complete"] is True
 
@@ -165,7 +149,7 @@ async def test_a_generation_is_reached_once_every_proxy_acks_it_and_wait_exits_0
 
 
 async def test_a_proxy_holding_back_its_ack_is_pending_and_wait_times_out_with_exit_2(plane: Plane) -> None:
-    quick, slow = await synced_proxy(plane, "quick"), await synced_proxy(plane, "slow")
+    quick, slow = await synced_proxy(plane.harness, "quick"), await synced_proxy(plane.harness, "slow")
     number = plane.publish(mesh_with_web_on(9090))
     await answer(quick, await quick.recv())
     held = await slow.recv()  # its ACK held back
@@ -186,7 +170,7 @@ async def test_a_proxy_holding_back_its_ack_is_pending_and_wait_times_out_with_e
 
 
 async def test_a_nack_fails_the_generation_and_wait_exits_1_naming_the_proxy(plane: Plane) -> None:
-    good, bad = await synced_proxy(plane, "good"), await synced_proxy(plane, "bad\x1b[2J")
+    good, bad = await synced_proxy(plane.harness, "good"), await synced_proxy(plane.harness, "bad\x1b[2J")
     number = plane.publish(mesh_with_web_on(9090))
     await answer(good, await good.recv())
     await answer(bad, await bad.recv(), nack="endpoint web: port 9090 refused")
@@ -211,7 +195,7 @@ async def test_a_nack_fails_the_generation_and_wait_exits_1_naming_the_proxy(pla
 
 
 async def test_a_later_generations_ack_reaches_the_earlier_one(plane: Plane) -> None:
-    stream = await synced_proxy(plane, "sidecar-1")
+    stream = await synced_proxy(plane.harness, "sidecar-1")
     second = plane.publish(mesh_with_web_on(9090))
     await stream.recv()  # generation 2's endpoints, never answered
     await plane.generation_when(second, proxies(reached=0, pending=1))
@@ -334,23 +318,9 @@ async def _generation(plane: Any, condition: Callable[[Any], bool]) -> Any:
             await asyncio.sleep(0.02)
 
 
-GATEWAY = ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym")
-
-
 async def test_the_cause_of_a_policy_edit_and_of_a_registration(tmp_path: Path) -> None:
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    shutil.copy(EXAMPLES / "services.yaml", policy / "services.yaml")
-    (policy / "sites.yaml").write_text("sites:\n  - {id: gym, region: local, device_ranges: ['198.18.0.0/24']}\n")
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(f"tokens:\n  - {{sha256: {token_digest('bikes')}, class: bike}}\n")
-    async with running_edge_plane(policy, tmp_path / "registry.db", tokens, LeaseSettings(), **QUICK) as plane:
+    async with gym_plane(tmp_path) as (plane, policy, _):
         assert plane.edge is not None
-        wakers = {group: asyncio.Event() for group in (GATEWAY, SIDECAR)}
-        for group, waker in wakers.items():
-            plane.cache.subscribe(group, waker)  # as a stream of that group does
-        for waker in wakers.values():
-            await asyncio.wait_for(waker.wait(), 30)  # built by the publisher's loop (a hang guard)
         first = await _generation(plane, lambda generation: generation["generation"] >= 1)
 
         services = policy / "services.yaml"
@@ -375,7 +345,7 @@ async def test_the_cause_of_a_policy_edit_and_of_a_registration(tmp_path: Path) 
         assert registered["cause"]["parts"] == ["devices"]
         assert registered["cause"]["devices_changed"] == 1
         assert registered["cause"]["summary"] == "edge registry (devices: 1 changed)"
-        gateway = plane.cache.snapshot(GATEWAY)
+        gateway = plane.cache.snapshot(GYM_GATEWAY)
         assert gateway is not None
         # Only the gateway's group was rebuilt: the sidecar's snapshot stands.
         assert [entry["version"] for entry in registered["groups"]] == [gateway.version]

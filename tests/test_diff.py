@@ -113,9 +113,10 @@ async def answer(stream: AdsStream, response: Any, *, nack: str | None = None) -
     )
 
 
-async def synced_proxy(plane: Plane, node_id: str) -> AdsStream:
-    """An Envoy-like ADS stream of `node_id` that asked for and ACKed every type of `MESH`."""
-    stream = plane.harness.ads()
+async def synced_proxy(harness: XdsHarness, node_id: str) -> AdsStream:
+    """An Envoy-like ADS stream of `node_id` that asked for and ACKed every type of the harness's
+    current snapshot (`MESH`, or one with the same names)."""
+    stream = harness.ads()
     await stream.send(request(CDS, with_node=node(node_id)))
     for type_url in (CDS, EDS, LDS, RDS):
         if type_url is not CDS:
@@ -167,7 +168,7 @@ async def meshplane(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_a_proxy_in_sync_lists_nothing_and_the_cli_exits_0(plane: Plane) -> None:
-    stream = await synced_proxy(plane, "sidecar-1")
+    stream = await synced_proxy(plane.harness, "sidecar-1")
     document = await plane.diff_when("sidecar-1", is_in_sync)
     assert {name: entry["in_sync"] for name, entry in document["types"].items()} == {
         "CDS": 2,
@@ -193,7 +194,7 @@ async def test_a_proxy_in_sync_lists_nothing_and_the_cli_exits_0(plane: Plane) -
 
 
 async def test_a_change_sent_and_not_acked_is_awaiting_and_a_nack_is_nacked(plane: Plane) -> None:
-    stream = await synced_proxy(plane, "sidecar-1")
+    stream = await synced_proxy(plane.harness, "sidecar-1")
     await plane.diff_when("sidecar-1", is_in_sync)
     changed = snapshot(
         ["api", "web"],
@@ -232,7 +233,7 @@ async def test_a_change_sent_and_not_acked_is_awaiting_and_a_nack_is_nacked(plan
 
 
 async def test_a_type_held_back_behind_clusters_shows_the_held_version_against_the_current(plane: Plane) -> None:
-    stream = await synced_proxy(plane, "sidecar-1")
+    stream = await synced_proxy(plane.harness, "sidecar-1")
     await plane.diff_when("sidecar-1", is_in_sync)
     # Clusters and routes change together: routes wait for the proxy's ACK of the clusters (ADS
     # ordering), so it holds the old routes, ACKed, while the current ones differ.
@@ -258,7 +259,7 @@ async def test_a_type_held_back_behind_clusters_shows_the_held_version_against_t
 
 
 async def test_a_resource_removed_from_the_mesh_is_no_longer_current_until_acked(plane: Plane) -> None:
-    stream = await synced_proxy(plane, "sidecar-1")
+    stream = await synced_proxy(plane.harness, "sidecar-1")
     await plane.diff_when("sidecar-1", is_in_sync)
     plane.harness.publish(API_GONE)
     # The routes stop using `api` first; the proxy keeps the cluster until it ACKs them. Nothing
@@ -293,7 +294,7 @@ async def test_a_resource_removed_from_the_mesh_is_no_longer_current_until_acked
 
 
 async def test_a_resource_it_should_have_and_does_not_hold_yet_is_missing(plane: Plane) -> None:
-    stream = await synced_proxy(plane, "sidecar-1")
+    stream = await synced_proxy(plane.harness, "sidecar-1")
     await plane.diff_when("sidecar-1", is_in_sync)
     # A new listener, with a cluster change: listeners wait for the proxy's ACK of the clusters.
     changed = snapshot(

@@ -514,6 +514,16 @@ def _optional(
     return default if value is None else value
 
 
+def _mapping_needing(reader: _Reader, node: Node, section: str, key: str) -> Mapping[str, Node] | None:
+    """The mapping at `node` when it has `key`; None when it is no mapping or lacks `key` (the
+    error is reported: a part without what it cannot do without is left out whole)."""
+    fields = reader.mapping(node, section)
+    if fields is not None and key not in fields:
+        reader.error(node, f"{section} needs `{key}`")
+        return None
+    return fields
+
+
 def _required_string(reader: _Reader, node: Node, fields: Mapping[str, Node], key: str, section: str) -> str | None:
     if key not in fields:
         reader.error(node, f"{section} needs `{key}`")
@@ -840,11 +850,8 @@ def _rule(reader: _Reader, node: Node) -> RouteRule | None:
 def _cors(reader: _Reader, node: Node) -> CorsPolicy | None:
     """Shapes and types here; the model checks the origins, methods, header names and ranges."""
     section = "route.rules.cors"
-    fields = reader.mapping(node, section)
+    fields = _mapping_needing(reader, node, section, "allow_origins")
     if fields is None:
-        return None
-    if "allow_origins" not in fields:
-        reader.error(node, f"{section} needs `allow_origins`")
         return None
     values = _plain(reader, fields, section)
     return CorsPolicy(**values)
@@ -852,11 +859,8 @@ def _cors(reader: _Reader, node: Node) -> CorsPolicy | None:
 
 def _rate_limit(reader: _Reader, node: Node) -> RateLimit | None:
     section = "route.rules.rate_limit"
-    fields = reader.mapping(node, section)
+    fields = _mapping_needing(reader, node, section, "requests")
     if fields is None:
-        return None
-    if "requests" not in fields:
-        reader.error(node, f"{section} needs `requests`")
         return None
     values = _plain(reader, fields, section)
     header = values.get("per_header")
@@ -875,22 +879,26 @@ def _fault(reader: _Reader, node: Node) -> FaultInjection | None:
     if "delay" not in fields and "abort" not in fields:
         reader.error(node, f"{section} needs `delay`, `abort` or both")
         return None
-    delay: FaultDelay | None = None
-    if "delay" in fields and (parts := reader.mapping(fields["delay"], f"{section}.delay")) is not None:
-        if "duration" not in parts:
-            reader.error(fields["delay"], f"{section}.delay needs `duration`")
-        elif (duration := reader.duration(parts["duration"], f"{section}.delay.duration")) is not None:
-            delay = FaultDelay(duration, _percent(reader, parts, f"{section}.delay"))
-    abort: FaultAbort | None = None
-    if "abort" in fields and (parts := reader.mapping(fields["abort"], f"{section}.abort")) is not None:
-        if "status" not in parts:
-            reader.error(fields["abort"], f"{section}.abort needs `status`")
-        elif (status := reader.integer(parts["status"], f"{section}.abort.status")) is not None:
-            if 200 <= status <= 599:
-                abort = FaultAbort(status, _percent(reader, parts, f"{section}.abort"))
-            else:
-                reader.error(parts["status"], f"{section}.abort.status: {status} is not an HTTP status from 200 to 599")
+    delay = _fault_delay(reader, fields["delay"], f"{section}.delay") if "delay" in fields else None
+    abort = _fault_abort(reader, fields["abort"], f"{section}.abort") if "abort" in fields else None
     return FaultInjection(delay, abort) if delay is not None or abort is not None else None
+
+
+def _fault_delay(reader: _Reader, node: Node, section: str) -> FaultDelay | None:
+    parts = _mapping_needing(reader, node, section, "duration")
+    if parts is None or (duration := reader.duration(parts["duration"], f"{section}.duration")) is None:
+        return None
+    return FaultDelay(duration, _percent(reader, parts, section))
+
+
+def _fault_abort(reader: _Reader, node: Node, section: str) -> FaultAbort | None:
+    parts = _mapping_needing(reader, node, section, "status")
+    if parts is None or (status := reader.integer(parts["status"], f"{section}.status")) is None:
+        return None
+    if not 200 <= status <= 599:
+        reader.error(parts["status"], f"{section}.status: {status} is not an HTTP status from 200 to 599")
+        return None
+    return FaultAbort(status, _percent(reader, parts, section))
 
 
 def _percent(reader: _Reader, fields: Mapping[str, Node], section: str) -> float:
@@ -1053,11 +1061,8 @@ def _backend(reader: _Reader, node: Node) -> WeightedBackend | None:
     if isinstance(node, ScalarNode):  # `to: [api]`: the whole service, weight 100
         ref = _service_ref(reader, node, section)
         return None if ref is None else WeightedBackend(ref)
-    fields = reader.mapping(node, section)
+    fields = _mapping_needing(reader, node, section, "service")
     if fields is None:
-        return None
-    if "service" not in fields:
-        reader.error(node, f"{section} needs `service`")
         return None
     ref = _service_ref(reader, fields["service"], f"{section}.service")
     port = _port_reference(reader, fields, section)
@@ -1080,11 +1085,8 @@ def _mirror(reader: _Reader, node: Node) -> Mirror | None:
     if isinstance(node, ScalarNode):  # `mirror: [api-shadow]`: every request, to its only port
         ref = _service_ref(reader, node, section)
         return None if ref is None else Mirror(ref)
-    fields = reader.mapping(node, section)
+    fields = _mapping_needing(reader, node, section, "service")
     if fields is None:
-        return None
-    if "service" not in fields:
-        reader.error(node, f"{section} needs `service`")
         return None
     ref = _service_ref(reader, fields["service"], f"{section}.service")
     port = _port_reference(reader, fields, section)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshplane.discovery.registry.store import CertificateRecord
+from meshplane.file_signature import files_signature
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,6 @@ def _load_pair(certificate_path: Path, key_path: Path) -> _Pair:
     return _Pair(certificate, pem, key)
 
 
-def _signature(paths: tuple[Path, Path]) -> tuple[tuple[int, int, int], ...]:
-    found = []
-    for path in paths:
-        stat = os.stat(path)  # follows symlinks: a Kubernetes Secret mount swaps them
-        found.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
-    return tuple(found)
-
-
 class CertificateAuthority:
     """Signs device CSRs with the CA in `certificate_path` and `key_path` (PEM; the key unencrypted).
 
@@ -158,7 +150,7 @@ class CertificateAuthority:
         self.trust_domain = trust_domain
         self._paths = (certificate_path, key_path)
         try:
-            self._signature = _signature(self._paths)
+            self._signature = files_signature(self._paths)
             self._pair = _load_pair(certificate_path, key_path)
         except OSError as error:
             raise CertificateAuthorityError(f"{error.filename or certificate_path}: {error.strerror}") from None
@@ -171,7 +163,7 @@ class CertificateAuthority:
 
     def _current(self) -> _Pair:
         try:
-            signature = _signature(self._paths)
+            signature = files_signature(self._paths)
             if signature != self._signature:
                 self._pair = _load_pair(*self._paths)
                 self._signature = signature

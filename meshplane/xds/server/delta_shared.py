@@ -28,12 +28,12 @@ only remembers.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
+from meshplane.xds.server.while_alive import WhileAlive
 from meshplane.xds.snapshot import Resource, TypeResources
 
 # Per type set: derived answers (plans, shared maps) and whole responses (large: fewer of them).
@@ -61,6 +61,18 @@ T = TypeVar("T")
 def is_shared(mapping: Mapping[str, object]) -> bool:
     """True for a map streams may share (never changed); False for a stream's own `dict`."""
     return not isinstance(mapping, dict)
+
+
+def apply_sent(holding: dict[str, Resource], kept: Updates, updates: Updates, removed: Removed) -> dict[str, Resource]:
+    """`holding` (changed in place, and returned) after a response: `kept` and `updates` now held,
+    `removed` not."""
+    for resource in kept:
+        holding[resource.name] = resource
+    for resource in updates:
+        holding[resource.name] = resource
+    for name in removed:
+        holding.pop(name, None)
+    return holding
 
 
 class _Bounded(Generic[T]):
@@ -101,24 +113,10 @@ class DeltaShared:
         self.no_holding: Holding = MappingProxyType({})
         self._names: _Bounded[frozenset[str]] = _Bounded(NAMES_LIMIT)
         self._initial: _Bounded[Versions] = _Bounded(INITIAL_LIMIT)
-        # By the type set's id, with a weak reference that drops the entry with the set: type sets
-        # compare by content and are not hashable, and identity is what is meant.
-        self._scopes: dict[int, tuple[weakref.ref[TypeResources], _Scope]] = {}
+        self._scopes: WhileAlive[TypeResources, _Scope] = WhileAlive(_Scope)
 
     def _scope(self, resources: TypeResources) -> _Scope:
-        key = id(resources)
-        found = self._scopes.get(key)
-        if found is not None and found[0]() is resources:
-            return found[1]
-        scopes = self._scopes
-
-        def forget(ref: weakref.ref[TypeResources]) -> None:
-            if scopes.get(key, (None,))[0] is ref:
-                del scopes[key]
-
-        scope = _Scope()
-        scopes[key] = (weakref.ref(resources, forget), scope)
-        return scope
+        return self._scopes.get(resources)
 
     def names(self, names: frozenset[str]) -> frozenset[str]:
         """One shared set object for every stream subscribed to the same names (and their strings)."""
@@ -165,14 +163,7 @@ class DeltaShared:
         assert is_shared(holding)
 
         def build() -> Holding:
-            after = dict(holding)
-            for resource in kept:
-                after[resource.name] = resource
-            for resource in updates:
-                after[resource.name] = resource
-            for name in removed:
-                after.pop(name, None)
-            return MappingProxyType(after)
+            return MappingProxyType(apply_sent(dict(holding), kept, updates, removed))
 
         return self._scope(resources).holdings.remember((id(holding), kept, updates, removed), holding, build)
 

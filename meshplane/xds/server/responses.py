@@ -21,11 +21,11 @@ and of selections streams hold; what to send, and when, the streams decide.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshplane.xds.server.keys import private_key_secrets
+from meshplane.xds.server.while_alive import WhileAlive
 from meshplane.xds.snapshot import Resource, Snapshot, aggregate_version
 from meshplane.xds.types import TypeUrl
 
@@ -80,29 +80,14 @@ class ResponseCache:
     """
 
     def __init__(self) -> None:
-        # Keyed by the snapshot's id, with a weak reference that removes the entry when the snapshot
-        # goes: snapshots compare by content and are not hashable, so a WeakKeyDictionary cannot
-        # hold them, and identity is what is meant (two equal snapshots are two sets of objects).
-        self._entries: dict[int, tuple[weakref.ref[Snapshot], _Derived]] = {}
+        self._kept: WhileAlive[Snapshot, _Derived] = WhileAlive(_Derived)
 
     def __len__(self) -> int:
         """How many snapshots have something remembered (those still alive)."""
-        return len(self._entries)
+        return len(self._kept)
 
     def _derived(self, snapshot: Snapshot) -> _Derived:
-        key = id(snapshot)
-        found = self._entries.get(key)
-        if found is not None and found[0]() is snapshot:
-            return found[1]
-        entries = self._entries
-
-        def forget(ref: weakref.ref[Snapshot]) -> None:
-            if entries.get(key, (None,))[0] is ref:
-                del entries[key]
-
-        derived = _Derived()
-        entries[key] = (weakref.ref(snapshot, forget), derived)
-        return derived
+        return self._kept.get(snapshot)
 
     def select(self, snapshot: Snapshot, type_url: TypeUrl, names: Names) -> Selection:
         """The resources of `type_url` named in `names` (all of them for None), and their version:

@@ -32,7 +32,7 @@ from envoy.config.core.v3 import base_pb2
 
 from meshplane.logs import redact_secrets
 from meshplane.model import ProxyGroup
-from meshplane.xds.server.delta_shared import DeltaShared, is_shared
+from meshplane.xds.server.delta_shared import DeltaShared, apply_sent, is_shared
 from meshplane.xds.server.keys import WITHHELD_REASON
 from meshplane.xds.snapshot import Resource, TypeResources
 from meshplane.xds.types import TypeUrl
@@ -327,14 +327,8 @@ class StreamRegistry:
                 updates, gone = tuple(resources), tuple(removed)
                 entry.resources = self.delta_shared.holding_after(source, record, tuple(held), updates, gone)
             else:
-                held_now = record if isinstance(record, dict) else dict(record)
-                for resource in held:
-                    held_now[resource.name] = resource
-                for resource in resources:
-                    held_now[resource.name] = resource
-                for name in removed:
-                    held_now.pop(name, None)
-                entry.resources = held_now
+                own = record if isinstance(record, dict) else dict(record)
+                entry.resources = apply_sent(own, tuple(held), tuple(resources), tuple(removed))
         if version != entry.acked_version and (version != entry.sent_version or entry.latency_start is None):
             # A version the proxy does not have yet: its latency runs from when it could first have
             # been pushed, the snapshot's publication or the stream's connection, whichever is later.
