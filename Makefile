@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck layers unit golden protos bootstraps clean chromium kube-apiserver
+.PHONY: install run test lint typecheck layers unit golden protos bootstraps clean chromium kube-apiserver postgresql screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,13 +34,17 @@ layers: $(STAMP)
 chromium:
 	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
+# PostgreSQL (initdb, pg_ctl, postgres) for the shared registry store tests (tests/postgres.py).
+postgresql:
+	@{ command -v initdb && command -v pg_ctl; } >/dev/null 2>&1 || test -x /usr/lib/postgresql/15/bin/initdb || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
+
 # A real kube-apiserver (1.20, the newest Debian's archive can build) for the tests that use
 # tests/k8s/real_apiserver.py, built from Debian bookworm's `kubernetes` source package and cached
 # under ~/.cache/meshplane/ (about 4 minutes the first time).
 kube-apiserver:
 	scripts/kube-apiserver.sh >/dev/null
 
-test: lint typecheck layers chromium kube-apiserver
+test: lint typecheck layers chromium kube-apiserver postgresql
 	$(VENV)/bin/pytest -n 2 --dist loadgroup
 
 # Regenerate meshplane/api/ (gRPC code and mypy stubs) from protos/; commit the result.
@@ -52,6 +56,11 @@ protos: $(STAMP)
 # the result. tests/test_bootstrap.py fails while a committed bootstrap is stale.
 bootstraps: $(STAMP)
 	$(PY) -m meshplane.bootstrap envoy-configs
+
+# Regenerate docs/images/dashboard.png: the `make run` demo's dashboard, drawn by headless Chromium
+# (uses the demo's ports; not part of `make test`). Commit the result.
+screenshot: $(STAMP) chromium
+	$(PY) scripts/dashboard_screenshot.py
 
 golden: $(STAMP)
 	$(VENV)/bin/pytest tests/golden --update-golden

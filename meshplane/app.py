@@ -24,12 +24,14 @@ from aiohttp import web
 
 from meshplane.addresses import split_address
 from meshplane.debounce import Debouncer
+from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME, controller_name_problem
+from meshplane.discovery.gateway_api.source import GatewayApiSource
 from meshplane.discovery.inventory import Contents, Inventory
 from meshplane.discovery.kubernetes import KubernetesSource
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, selector_problem
 from meshplane.discovery.policy_files import DEFAULT_MAX_FILE_SIZE, PolicyFileSource
 from meshplane.discovery.registry.auth import TokenFileError
-from meshplane.model import Site, SourceStatus
+from meshplane.model import ProxyRole, Site, SourceStatus
 from meshplane.model.changes import DeviceChanges, MeshChanges
 from meshplane.status.document import StatusInputs
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
@@ -38,16 +40,18 @@ from meshplane.status.metrics import ControlPlaneMetrics
 from meshplane.status.source_watch import SourceWatch
 from meshplane.tls import ReloadingCredentials, TlsFiles
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publication import Cause
+from meshplane.xds.publication import Cause, ChangeLog, Instant
 from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.server.identity import XdsTokens
+from meshplane.xds.server.nodes import peer_address
 from meshplane.xds.server.service import (
     DEFAULT_MAX_STREAMS_PER_CLIENT,
     DEFAULT_MAX_STREAMS_PER_CONNECTION,
     XdsServices,
     create_server,
 )
-from meshplane.xds.server.tracking import StreamRegistry
+from meshplane.xds.server.tracking import StreamRegistry, SyncState
+from meshplane.xds.types import TypeUrl
 
 if TYPE_CHECKING:
     # Imported where used, when the registry is on: its gRPC service, store and generated API cost
@@ -81,6 +85,10 @@ class Settings:
     # kubernetes.io/tls or Opaque with ca.crt, labelled `secret_selector`, in `namespaces`.
     kubernetes_secrets: bool = False
     secret_selector: str = DEFAULT_SECRET_SELECTOR
+    # Gateway API objects watched and served to gateway proxies (docs/gateway-api.md); status written
+    # on the GatewayClasses of `gateway_controller_name`, their Gateways and the routes naming them.
+    gateway_api: bool = False
+    gateway_controller_name: str = DEFAULT_CONTROLLER_NAME
     # Unlocks config dumps that hold secrets (their Secret resources, redacted); None: never shown.
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     # The edge registry (docs/edge.md): on when set; its devices join every published mesh.
@@ -112,6 +120,10 @@ class Settings:
             found.append("--kubernetes-secrets needs --kubernetes (MESHPLANE_KUBERNETES=true)")
         if self.kubernetes_secrets and (problem := selector_problem(self.secret_selector)) is not None:
             found.append(problem)
+        if self.gateway_api and not self.kubernetes:
+            found.append("--gateway-api needs --kubernetes (MESHPLANE_KUBERNETES=true)")
+        if self.gateway_api and (problem := controller_name_problem(self.gateway_controller_name)) is not None:
+            found.append(f"--gateway-controller-name: {problem}")
         return found
 
 
@@ -121,8 +133,12 @@ class ControlPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache = SnapshotCache()
-        self.registry = StreamRegistry(published_at=self.cache.published_monotonic)
-        self.publisher = SnapshotPublisher(self.cache)
+        changes = ChangeLog()  # the publisher records generations, the server the ACKs reaching them
+        self.registry = StreamRegistry(published_at=self.cache.published_monotonic, changes=changes)
+        self.publisher = SnapshotPublisher(self.cache, changes)
+        # When the oldest change not yet published was first observed: the start, for the first
+        # publication (which waits for every source's sync), then each debounce window's first poke.
+        self._unpublished_since: Instant | None = Instant.now()
         self.debouncer = Debouncer(self._rebuild, quiet=settings.debounce_quiet, max_delay=settings.debounce_max)
         self.policy = (
             PolicyFileSource(
@@ -134,6 +150,7 @@ class ControlPlane:
                 on_errors_changed=lambda: self.source_watch.check(),
                 open_world=settings.kubernetes,
                 max_file_size=settings.max_policy_file_size,
+                gateway_controller=settings.gateway_controller_name,
             )
             if settings.config is not None
             else None
@@ -150,6 +167,19 @@ class ControlPlane:
             if settings.kubernetes
             else None
         )
+        # Merged into the mesh (Gateways for gateway proxies); it does not hold back the first
+        # publication: until it has synced its content is empty (sidecars need no CRDs).
+        self.gateway_api = (
+            GatewayApiSource(
+                kubeconfig=settings.kubeconfig,
+                controller_name=settings.gateway_controller_name,
+                on_change=self._on_source_change,
+                serving=self._gateway_envoys,
+            )
+            if settings.gateway_api and settings.kubernetes
+            else None
+        )
+        self._gateway_envoys_seen: tuple[int, dict[str, list[str]]] = (-1, {})  # see _gateway_envoys
         self._keys_warned = False  # see _warn_if_keys_unauthenticated
         if self.kubernetes is not None and settings.kubernetes_secrets:
             self._warn_if_keys_unauthenticated(None)
@@ -175,6 +205,7 @@ class ControlPlane:
             admin_token=settings.admin_token,
             # The server exists once started; until then no proxy is connected to ask about.
             subscriptions=lambda node_id: self._services.subscriptions_of(node_id) if self._services else {},
+            mesh=lambda: self.inventory.mesh,
         )
         self.source_watch = SourceWatch(self._sources)
         self.grpc_stats = GrpcStats()
@@ -205,16 +236,42 @@ class ControlPlane:
 
     def _rebuild(self) -> None:
         """Merges the sources' contents and publishes the result, once every enabled source has synced."""
+        if self._unpublished_since is None and (opened := self.debouncer.window_opened) is not None:
+            self._unpublished_since = Instant(*opened)
         found = self._contents()
         if found is None:
             return
         contents, cause = found
         merged = self.inventory.merge(contents)
+        if self.gateway_api is not None and contents.gateway_api is not None:
+            self.gateway_api.gateway_writer.update(merged.gateway_status)
         self._warn_if_keys_unauthenticated(len(merged.mesh.certificates))
         # Only the groups whose role reads a changed part are translated again (a registration
         # changes `devices` only: the edge gateways').
-        self.publisher.publish(merged.mesh, merged.changes, cause)
+        self.publisher.publish(merged.mesh, merged.changes, cause, self._unpublished_since)
+        self._unpublished_since = None
         self.metrics.observe_rebuild(self.publisher.state)
+
+    def _gateway_envoys(self, gateway: str) -> list[str]:
+        """The addresses of the connected gateway Envoys serving Gateway `gateway` (namespace/name)
+        that took its listeners (ACKed the last listeners sent, and there are some): their listen
+        address, or the address they connect from when they listen on every address."""
+        # The status writer asks for every Gateway every second: one pass over the streams per
+        # change of the stream registry (its revision), then lookups.
+        revision, serving = self._gateway_envoys_seen
+        if revision != self.registry.revision:
+            serving = {}
+            for track in self.registry.streams():
+                group = track.group
+                listeners = track.types.get(TypeUrl.LISTENER)
+                if group.role is not ProxyRole.GATEWAY or listeners is None:
+                    continue
+                if listeners.state is SyncState.SYNCED and listeners.resource_count > 0:
+                    address = group.listen_address or peer_address(track.peer)
+                    if address:
+                        serving.setdefault(group.gateway, []).append(address)
+            self._gateway_envoys_seen = (self.registry.revision, serving)
+        return list(serving.get(gateway, ()))
 
     def _contents(self) -> tuple[Contents, Cause] | None:
         """What every enabled source serves and what changed in it since the last merge, with the
@@ -229,6 +286,10 @@ class ControlPlane:
             if source is not None and not (taken := source.take_changes()).none:
                 changes |= taken
                 sources.append(name)
+        gateway_api = self.gateway_api if self.gateway_api is not None and self.gateway_api.synced else None
+        if gateway_api is not None and not gateway_api.take_changes().none:
+            changes |= MeshChanges(gateways=True)
+            sources.append("gateway api")
         device_changes = edge.registry.take_changes() if edge is not None else DeviceChanges()
         if not device_changes.none:
             sources.append("edge registry")
@@ -238,6 +299,8 @@ class ControlPlane:
             changes=changes,
             registry=edge.registry if edge is not None else None,
             device_changes=device_changes,
+            gateway_api=gateway_api.content() if gateway_api is not None else None,
+            gateway_controller=self.settings.gateway_controller_name,
         )
         devices = None if device_changes.everything else len(device_changes.ids)
         return contents, Cause(tuple(sources), devices)
@@ -282,6 +345,8 @@ class ControlPlane:
 
     def _sources(self) -> list[SourceStatus]:
         sources = [source.status for source in (self.policy, self.kubernetes, self.edge) if source is not None]
+        if self.gateway_api is not None:
+            sources.append(self.gateway_api.status)
         if self.kubernetes is not None and (self.policy is not None or self.inventory.problems):
             sources.append(self.inventory.status)  # merge clashes, routes left out, missing secrets
         return sources
@@ -353,6 +418,8 @@ class ControlPlane:
                 loops = [group.create_task(self.debouncer.run()), group.create_task(self.source_watch.run())]
                 loops.append(group.create_task(self.publisher.run()))  # builds groups new streams want
                 loops += [group.create_task(source.run()) for source in (self.policy, self.kubernetes) if source]
+                if self.gateway_api is not None:
+                    loops.append(group.create_task(self.gateway_api.run()))
                 if self.edge is not None:
                     loops.append(group.create_task(self.edge.run()))
                 await stop.wait()

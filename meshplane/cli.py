@@ -7,21 +7,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
+import json
 import os
 import select
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from meshplane import __version__
 from meshplane.bootstrap.cli import add_bootstrap_command, bootstrap_command
+from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
-from meshplane.flags import env_flag, env_switch
+from meshplane.flags import env_flag, env_switch, gateway_api_flags
 from meshplane.registry_api.console import add_devices_command, devices_command
+from meshplane.registry_api.migrate import add_registry_command, registry_command
 from meshplane.registry_api.options import add_edge_arguments, edge_settings
 from meshplane.simulate.cli import add_simulate_command, simulate_command
+
+if TYPE_CHECKING:  # types only: `validate` imports the Gateway API modules when it runs
+    from meshplane.discovery.gateway_api.conditions import GatewayApiStatus
+    from meshplane.discovery.gateway_api.objects import GatewayApiObjects
 
 
 def _env(name: str, default: str) -> str:
@@ -62,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_SECRET_SELECTOR,
         help="with --kubernetes-secrets: label selector for the Secrets served",
     )
+    gateway_api_flags(kubernetes, default_controller_name=DEFAULT_CONTROLLER_NAME)
     env_flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC xDS listen address")
     env_flag(serve, "--status-address", default="0.0.0.0:9900", help="operator HTTP listen address")
     env_flag(serve, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
@@ -130,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     add_edge_arguments(serve)
 
     add_devices_command(commands)
+    add_registry_command(commands)
     add_simulate_command(commands)
     add_bootstrap_command(commands)
 
@@ -139,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
         "--kubernetes",
         action="store_true",
         help="routes may name services the files do not define (Kubernetes will); checked when serving",
+    )
+    validate.add_argument(
+        "--output", "-o", default="text", choices=["text", "json"], help="Gateway API status as [%(default)s]"
     )
 
     server = argparse.ArgumentParser(add_help=False)
@@ -163,6 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("node", nargs="?", help="node id of a connected proxy")
     config.add_argument("--role", help="a proxy role: dump what such a proxy would get now")
     config.add_argument("--site", help="an edge site, with --role")
+    config.add_argument(
+        "--gateway", help="NAMESPACE/NAME of the Gateway a gateway proxy serves (implies --role gateway)"
+    )
+    config.add_argument("--port-offset", type=int, help="a gateway proxy's port offset, with --gateway")
+    config.add_argument(
+        "--config",
+        type=Path,
+        help="policy file or directory: show what the proxy would get from it, offline (no --server)",
+    )
     config.add_argument(
         "--param", action="append", default=[], metavar="FIELD=VALUE", help="another group field (e.g. zone=a)"
     )
@@ -215,9 +238,21 @@ def _operator_command(args: argparse.Namespace) -> int:
             )
         group = dict(param.partition("=")[::2] for param in args.param)
         group.update({key: value for key, value in (("role", args.role), ("site", args.site)) if value})
+        if args.gateway is not None:
+            if group.setdefault("role", "gateway") != "gateway":
+                print("meshplane config: --gateway is for --role gateway", file=sys.stderr)
+                return 2
+            group["gateway"] = args.gateway
+        if args.port_offset is not None:
+            group["port_offset"] = str(args.port_offset)
         if args.node and group:
             print("meshplane config: give NODE or a group (--role, --site, --param), not both", file=sys.stderr)
             return 2
+        if args.config is not None:
+            if args.node:
+                print("meshplane config: --config previews a group (--role …), not a node", file=sys.stderr)
+                return 2
+            return _offline_config(args.config, group, args.output)
         return console.config_command(args.server, args.node, group, token=args.admin_token, output=args.output)
     except console.ConsoleError as error:
         print(f"meshplane {args.command}: {error}", file=sys.stderr)
@@ -256,10 +291,188 @@ def _stdout_closed() -> bool:
     return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
+@dataclasses.dataclass
+class _Report:
+    """The status each Gateway API object of a policy would get. `entries`: (kind, name, its
+    status as the API would hold it: `conditions`, a Gateway's `listeners`, a route's `parents`;
+    or `served: false` with a `reason`). `refused`: how many Accepted or ResolvedRefs conditions
+    are False, or objects are not served at all."""
+
+    entries: list[tuple[str, str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    refused: int = 0
+
+    def document(self) -> dict[str, Any]:
+        found: dict[str, dict[str, Any]] = {}
+        for kind, name, status in self.entries:
+            found.setdefault(kind, {})[name] = status
+        return found
+
+    def text(self) -> str:
+        lines = []
+        for kind, name, status in self.entries:
+            lines.append(f"{kind} {name}")
+            if not status.get("served", True):
+                lines.append(f"  not served: {status['reason']}")
+            lines += _condition_lines(status.get("conditions", ()), "  ")
+            for listener in status.get("listeners", ()):
+                lines.append(f"  listener {listener['name']}: attachedRoutes {listener['attachedRoutes']}")
+                lines += _condition_lines(listener["conditions"], "    ")
+            for parent in status.get("parents", ()):
+                ref = parent["parentRef"]
+                where = f"{ref.get('namespace') or name.split('/')[0]}/{ref['name']}"
+                part = "".join(f" {key} {ref[key]}" for key in ("sectionName", "port") if key in ref)
+                lines.append(f"  parent {ref['kind']} {where}{part}")
+                lines += _condition_lines(parent["conditions"], "    ")
+        return "\n".join(lines) + "\n"
+
+
+def _condition_lines(conditions: Sequence[Mapping[str, Any]], indent: str) -> list[str]:
+    return [
+        f"{indent}{c['type']} {c['status']} ({c['reason']})" + (f": {c['message']}" if c["message"] else "")
+        for c in conditions
+    ]
+
+
+def _gateway_api_report(objects: GatewayApiObjects, status: GatewayApiStatus) -> _Report:
+    """Every status condition each object of `objects` would get from `status` (`resolve`'s),
+    `Programmed` as it stands while no gateway Envoy has taken the Gateway's listeners."""
+    from meshplane.discovery.gateway_api.class_status import accepted_condition
+    from meshplane.discovery.gateway_api.conditions import ACCEPTED, FALSE, RESOLVED_REFS, programmed
+
+    report = _Report()
+
+    def rendered(conditions: Iterable[Any]) -> list[dict[str, Any]]:
+        found = []
+        for condition in conditions:
+            if condition.type in (ACCEPTED, RESOLVED_REFS) and condition.status == FALSE:
+                report.refused += 1
+            found.append(
+                {
+                    "type": condition.type,
+                    "status": condition.status,
+                    "reason": condition.reason,
+                    "message": condition.message,
+                }
+            )
+        return found
+
+    for (_, name), parsed_class in sorted(objects.gateway_classes.items()):
+        report.entries.append(("GatewayClass", name, {"conditions": rendered([accepted_condition(parsed_class)])}))
+    for key, parsed_gateway in sorted(objects.gateways.items()):
+        name = "/".join(key)
+        gateway_status = status.gateways.get(key)
+        if gateway_status is None:
+            report.refused += 1
+            reason = f"GatewayClass {parsed_gateway.value.gateway_class_name!r} is not one meshplane owns"
+            report.entries.append(("Gateway", name, {"served": False, "reason": reason}))
+            continue
+        gateway_programmed, listener_programmed = programmed(gateway_status, serving=False)
+        listeners = [
+            {
+                "name": listener.name,
+                "attachedRoutes": listener.attached_routes,
+                "conditions": rendered((*listener.conditions, listener_condition)),
+            }
+            for listener, listener_condition in zip(gateway_status.listeners, listener_programmed, strict=True)
+        ]
+        conditions = rendered((*gateway_status.conditions, gateway_programmed))
+        report.entries.append(("Gateway", name, {"conditions": conditions, "listeners": listeners}))
+    for kind, routes, statuses in (
+        ("HTTPRoute", objects.http_routes, status.http_routes),
+        ("GRPCRoute", objects.grpc_routes, status.grpc_routes),
+    ):
+        for key in sorted(routes):
+            name = "/".join(key)
+            route_status = statuses.get(key)
+            if route_status is None:
+                report.refused += 1
+                reason = "its parentRefs name no Gateway meshplane serves"
+                report.entries.append((kind, name, {"served": False, "reason": reason}))
+                continue
+            parents = []
+            for parent in route_status.parents:
+                ref = parent.parent
+                shown: dict[str, Any] = {"group": ref.group, "kind": ref.kind, "name": ref.name}
+                shown |= {
+                    k: v
+                    for k, v in (("namespace", ref.namespace), ("sectionName", ref.section_name), ("port", ref.port))
+                    if v is not None
+                }
+                parents.append({"parentRef": shown, "conditions": rendered(parent.conditions)})
+            report.entries.append((kind, name, {"parents": parents}))
+    return report
+
+
+def _validate(path: Path, *, open_world: bool, output: str) -> int:
+    """`meshplane validate`: every error (stderr), then, when the files hold Gateway API documents,
+    every status condition each object would get (stdout). Exit 1 on an error, or when a condition
+    says part of a Gateway API object is not served as written (see `gateway_api_report`)."""
+    from meshplane.discovery.policy_files import check_policy
+
+    check = asyncio.run(check_policy(path, open_world=open_world))
+    for error in check.errors:
+        print(error, file=sys.stderr)
+    found = _gateway_api_report(check.gateway_api, check.gateway_status)
+    if found.entries:
+        if output == "json":
+            json.dump(found.document(), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(found.text())
+    if check.errors:
+        print(f"{path}: {len(check.errors)} error(s)", file=sys.stderr)
+        return 1
+    if found.refused:
+        print(f"{path}: {found.refused} Gateway API condition(s) say a part is not served as written", file=sys.stderr)
+        return 1
+    print(f"{path}: valid", file=sys.stderr if output == "json" else sys.stdout)
+    return 0
+
+
+def _offline_config(path: Path, query: dict[str, str], output: str) -> int:
+    """`meshplane config --config PATH --role …`: what a proxy of the group would get from the
+    policy at PATH, translated here as the control plane would; exit 1 when the policy has errors,
+    2 when the group is not one a node could make."""
+    from meshplane.discovery.policy_files import check_policy
+    from meshplane.status import console
+    from meshplane.status.config_dump import DumpError, group_dump, group_from_query
+    from meshplane.xds.publisher import build_snapshot
+    from meshplane.xds.server.nodes import group_problem
+
+    try:
+        group = group_from_query(query)
+    except DumpError as error:
+        print(f"meshplane config: {error}", file=sys.stderr)
+        return 2
+    if (problem := group_problem(group)) is not None:
+        print(f"meshplane config: {problem}", file=sys.stderr)
+        return 2
+    check = asyncio.run(check_policy(path))
+    if check.errors:
+        for reason in check.errors:
+            print(reason, file=sys.stderr)
+        print(f"{path}: {len(check.errors)} error(s): nothing would be served from it", file=sys.stderr)
+        return 1
+    snapshot, warnings = build_snapshot(check.mesh, group)
+    dump = group_dump(group, snapshot, authorized=False)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if output == "json":
+        json.dump(dump, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(f"group {dump['group']}: from {path}\n")
+    headers, rows = console.config_rows(dump)
+    console.print_table(headers, rows, sys.stdout, rich=sys.stdout.isatty())
+    return 0
+
+
 def _command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "devices":
         return devices_command(args)
+    if args.command == "registry":
+        return registry_command(args)
     if args.command == "simulate":
         return simulate_command(args)
     if args.command == "bootstrap":
@@ -272,16 +485,7 @@ def _command(argv: Sequence[str] | None) -> int:
             print("meshplane: (or --kubernetes, to serve what Kubernetes discovery finds)", file=sys.stderr)
         return 2
     if args.command == "validate":
-        from meshplane.discovery.policy_files import validate_policy
-
-        errors = asyncio.run(validate_policy(args.config, open_world=args.kubernetes))
-        for error in errors:
-            print(error, file=sys.stderr)
-        if errors:
-            print(f"{args.config}: {len(errors)} error(s)", file=sys.stderr)
-            return 1
-        print(f"{args.config}: valid")
-        return 0
+        return _validate(args.config, open_world=args.kubernetes, output=args.output)
 
     from meshplane.app import Settings, TokensFileError, serve
     from meshplane.discovery.registry.store import StoreError
@@ -302,6 +506,8 @@ def _command(argv: Sequence[str] | None) -> int:
         service_selector=args.service_selector,
         kubernetes_secrets=args.kubernetes_secrets,
         secret_selector=args.secret_selector,
+        gateway_api=args.gateway_api,
+        gateway_controller_name=args.gateway_controller_name,
         admin_token=args.admin_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -9,6 +9,10 @@ Istio's PILOT_DEBOUNCE_AFTER / PILOT_DEBOUNCE_MAX: 100 ms / 10 s, both trailing 
 costs at most one rebuild more than trailing alone (the leading one), and never more than one
 per `max_delay` after it. Changes arriving during a rebuild start the next burst, so no change is
 ever lost and no rebuild runs twice at once.
+
+While `action` runs, `window_opened` says when the first change it rebuilds for was noted (Unix
+time and monotonic seconds, read from the system clocks, not the loop's): the start of the
+change-to-proxy time (the convergence time) that the wait here is part of.
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Callable
 
 _DUE = 0.001
 
 
 class Debouncer:
-    """Coalesces `poke()` calls into calls of `action`. Run `run()` as a task; it ends only when cancelled."""
+    """Coalesces `poke()` calls into calls of `action`. Run `run()` as a task; it ends only when cancelled.
+
+    `window_opened`: while `action` runs, (Unix time, monotonic time) of the first `poke()` it
+    rebuilds for; None at any other time.
+    """
 
     def __init__(self, action: Callable[[], None], *, quiet: float = 0.1, max_delay: float = 1.0) -> None:
         if quiet <= 0 or max_delay < quiet:
@@ -32,6 +41,8 @@ class Debouncer:
         self.max_delay = max_delay
         self._changed = asyncio.Event()
         self._first: float | None = None
+        self._first_clocks: tuple[float, float] | None = None
+        self.window_opened: tuple[float, float] | None = None
         self._last = 0.0
         self._ran_at = -math.inf  # when the last rebuild ended (loop time)
         self.pokes = 0
@@ -42,6 +53,7 @@ class Debouncer:
         now = asyncio.get_running_loop().time()
         if self._first is None:
             self._first = now
+            self._first_clocks = (time.time(), time.monotonic())
         self._last = now
         self.pokes += 1
         self._changed.set()
@@ -70,6 +82,10 @@ class Debouncer:
                     await asyncio.wait_for(self._changed.wait(), remaining)
             self._changed.clear()  # every change so far is in this rebuild
             self._first = None
+            self.window_opened, self._first_clocks = self._first_clocks, None
             self.runs += 1
-            self._action()
+            try:
+                self._action()
+            finally:
+                self.window_opened = None
             self._ran_at = loop.time()

@@ -67,3 +67,24 @@ def env_switch(
         default=os.environ.get(variable, "").lower() in TRUE,
         help=f"{help} [{variable}=true]",
     )
+
+
+def gateway_api_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default_controller_name: str
+) -> None:
+    """Adds the Gateway API flags of `meshplane serve`: `--gateway-api` (watch Gateway API objects
+    and own GatewayClasses) and `--gateway-controller-name` (the classes owned; the caller gives
+    the default, `gateway_classes.DEFAULT_CONTROLLER_NAME`, since this module imports nothing of
+    meshplane's and the bootstrap tool, which uses it, may not import discovery)."""
+    env_switch(
+        parser,
+        "--gateway-api",
+        help="with --kubernetes: watch Gateway API objects and write the status of the GatewayClasses meshplane"
+        " owns (docs/kubernetes.md; needs deploy/kubernetes/gateway-api/)",
+    )
+    env_flag(
+        parser,
+        "--gateway-controller-name",
+        default=default_controller_name,
+        help="with --gateway-api: the spec.controllerName of the GatewayClasses meshplane owns",
+    )

@@ -183,9 +183,12 @@ async def start_envoy(
     tls: tuple[Path, Path | None, Path | None] | None = None,
     xds_token: str | None = None,
     patch: Callable[[dict[str, Any]], None] | None = None,
+    concurrency: int | None = None,
 ) -> Envoy:
     """An Envoy from `template`, patched as the arguments say; `patch` may then change anything
-    else in the bootstrap (a runtime layer, more control-plane endpoints)."""
+    else in the bootstrap (a runtime layer, more control-plane endpoints). `concurrency`: its
+    worker threads (`--concurrency`; None: Envoy's default, one per core). A test whose barrier
+    needs every request handled, logged and traced in order asks for 1."""
     outbound_port = free_port()
     meta = {"outbound_port": outbound_port, **(metadata or {})}
     config = patched_bootstrap(
@@ -222,6 +225,7 @@ async def start_envoy(
                 "1",
                 "--parent-shutdown-time-s",
                 "2",
+                *([] if concurrency is None else ["--concurrency", str(concurrency)]),
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

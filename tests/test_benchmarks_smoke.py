@@ -83,3 +83,34 @@ def test_the_benchmark_server_serves_more_streams_than_one_client_may_in_product
     assert run.returncode == 0, run.stderr[-2000:]
     (row,) = json.loads(results.read_text())["rows"]
     assert (row["meshplane"]["streams"], row["meshplane"].get("errors")) == (1010, 0), row
+
+
+def test_the_topology_benchmark_runs_at_tiny_size() -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.topology",
+            "--services",
+            "3",
+            "--routes",
+            "2",
+            "--groups",
+            "2",
+            "--proxies",
+            "2",
+            "--devices",
+            "10",
+            "--repeat",
+            "1",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (figures["services"], figures["proxies"], figures["devices"]) == (3, 2, 10)
+    assert figures["nodes"] > 0
+    assert figures["bytes"] > 0

@@ -28,11 +28,16 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from meshplane.app import ControlPlane, Settings
 from meshplane.bootstrap.render import (
     COMMITTED_FILES,
+    KUBERNETES_STATS_ADDRESS,
     ROLE_DEFAULTS,
+    STATS_ADMIN_CLUSTER,
+    STATS_LISTENER,
     BootstrapError,
     BootstrapOptions,
     render,
@@ -166,12 +171,16 @@ def variant(name: str, role: str, certificates: dict[str, Pair]) -> BootstrapOpt
             tls_cert=str(client.certificate),
             tls_key=str(client.key),
         ),
+        "stats": BootstrapOptions(role, stats_address=KUBERNETES_STATS_ADDRESS),
+        "stats-admin-everywhere": BootstrapOptions(
+            role, admin_address="0.0.0.0:19901", stats_address="[::]:15090", transport="per-type"
+        ),
     }[name]
 
 
 VARIANTS = [
     *("committed", "sotw", "dns", "kubernetes", "ipv6", "tls", "tls-ip", "mtls", "token", "locality"),
-    *("per-type", "per-type-sotw", "per-type-mtls"),
+    *("per-type", "per-type-sotw", "per-type-mtls", "stats", "stats-admin-everywhere"),
 ]
 
 
@@ -231,7 +240,12 @@ def test_variants_say_what_they_were_asked(certificates: dict[str, Pair]) -> Non
     assert node["locality"] == {"region": "eu", "sub_zone": "rack-1"}
 
 
-PER_TYPE_SOURCES = {"sidecar": ["cds", "lds"], "edge-gateway": ["cds", "lds"], "device": ["cds", "lds"]}
+PER_TYPE_SOURCES = {
+    "sidecar": ["cds", "lds"],
+    "edge-gateway": ["cds", "lds"],
+    "device": ["cds", "lds"],
+    "gateway": ["cds", "lds"],
+}
 
 
 @pytest.mark.parametrize("sotw", [False, True], ids=["delta", "sotw"])
@@ -344,6 +358,18 @@ def test_a_gateways_listen_address_goes_into_its_node(value: str, rendered: str,
     default = yaml.safe_load(render(BootstrapOptions("edge-gateway")))
     assert "listen_address" not in default["node"]["metadata"]
     assert "listen_address" not in yaml.safe_load((ENVOY_CONFIGS / "edge-gateway.yaml").read_text())["node"]["metadata"]
+
+
+def test_a_gateway_bootstrap_names_its_gateway_address_and_offset(tmp_path: Path) -> None:
+    text = render(BootstrapOptions("gateway", gateway="shop/edge", listen_address="127.0.0.1", port_offset=8000))
+    metadata = yaml.safe_load(text)["node"]["metadata"]
+    assert metadata == {"role": "gateway", "listen_address": "127.0.0.1", "gateway": "shop/edge", "port_offset": 8000}
+    assert "# 127.0.0.1:<port + node.metadata.port_offset>" in text
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    assert "Deprecated field" not in validate_bootstrap(path)
+    default = yaml.safe_load(render(BootstrapOptions("gateway")))["node"]["metadata"]
+    assert default == {"role": "gateway", "gateway": "default/meshplane"}  # no offset, every address
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -518,17 +544,44 @@ def test_the_token_is_never_shown_in_help(monkeypatch: pytest.MonkeyPatch, capsy
         ),
         pytest.param(["edge-gateway", "--listen-address", "224.0.0.1"], "no multicast", id="listen-multicast"),
         pytest.param(
-            ["sidecar", "--listen-address", "127.0.0.1"], "is for edge-gateway, not sidecar", id="listen-sidecar"
+            ["sidecar", "--listen-address", "127.0.0.1"],
+            "is for edge-gateway and gateway, not sidecar",
+            id="listen-sidecar",
         ),
         pytest.param(
-            ["device", "--listen-address", "127.0.0.1"], "is for edge-gateway, not device", id="listen-device"
+            ["device", "--listen-address", "127.0.0.1"],
+            "is for edge-gateway and gateway, not device",
+            id="listen-device",
         ),
+        pytest.param(["gateway", "--gateway", "edge"], "'edge' is not namespace/name", id="gateway-no-namespace"),
+        pytest.param(["sidecar", "--gateway", "shop/edge"], "--gateway is for the gateway role", id="gateway-sidecar"),
+        pytest.param(["gateway", "--port-offset", "70000"], "--port-offset 70000 is not in 0-64511", id="offset-big"),
+        pytest.param(["device", "--port-offset", "1"], "--port-offset is for the gateway role", id="offset-device"),
         pytest.param(["sidecar", "--transport", "rest"], "invalid choice: 'rest'", id="unknown-transport"),
         pytest.param(["grpc", "--transport", "per-type"], "proxyless gRPC speaks ADS only", id="grpc-per-type"),
         pytest.param(
             ["sidecar", "--transport", "per-type", "--xds-token", "t"],
             "--xds-token does not apply to --transport per-type",
             id="per-type-token",
+        ),
+        pytest.param(["grpc", "--stats-address", "0.0.0.0:15090"], "no admin interface", id="grpc-stats"),
+        pytest.param(
+            ["sidecar", "--stats-address", "15090"], "--stats-address '15090' is not IP:PORT", id="stats-port"
+        ),
+        pytest.param(["sidecar", "--stats-address", "localhost:15090"], "is not IP:PORT", id="stats-by-name"),
+        pytest.param(
+            ["sidecar", "--admin-address", "127.0.0.1:0", "--stats-address", "0.0.0.0:15090"],
+            "needs the admin interface on a fixed port",
+            id="stats-admin-port-0",
+        ),
+        pytest.param(
+            ["sidecar", "--stats-address", "0.0.0.0:9901"], "uses the admin interface's port 9901", id="stats-on-admin"
+        ),
+        pytest.param(
+            ["sidecar", "--stats-address", "0.0.0.0:15001"], "uses the outbound listener's port", id="stats-outbound"
+        ),
+        pytest.param(
+            ["edge-gateway", "--stats-address", "0.0.0.0:15081"], "uses the device listener's port", id="stats-device"
         ),
     ],
 )
@@ -604,8 +657,9 @@ def test_the_command_imports_nothing_heavy() -> None:
 
 async def start_rendered_envoy(workdir: Path, options: BootstrapOptions) -> Envoy:
     """An Envoy started from `render(options)` exactly as rendered: the options must put the admin
-    interface on 127.0.0.1:0 (Envoy picks the port and writes it to a file)."""
-    assert options.admin_address == "127.0.0.1:0"
+    interface on 127.0.0.1 (port 0: Envoy picks one; either way Envoy writes it to a file)."""
+    assert options.admin_address is not None
+    assert options.admin_address.startswith("127.0.0.1:")
     node_id = options.node_id or "envoy"
     workdir.mkdir(parents=True, exist_ok=True)
     bootstrap = workdir / f"{node_id}.yaml"
@@ -655,14 +709,14 @@ class Plane:
         self.envoys: list[Envoy] = []
 
     def options(self, role: str, node_id: str, **options: Any) -> BootstrapOptions:
-        """A bootstrap reaching this plane by the DNS name `localhost`, admin on a port Envoy picks."""
+        """A bootstrap reaching this plane by the DNS name `localhost`, admin on a port Envoy picks
+        unless `options` say otherwise."""
         outbound = {"outbound_port": free_port()} if ROLE_DEFAULTS[ProxyRole(role)].outbound_port else {}
         return BootstrapOptions(
             role,
             xds_server=f"localhost:{self.control.xds_port}",
             node_id=node_id,
-            admin_address="127.0.0.1:0",
-            **{**outbound, **options},
+            **{"admin_address": "127.0.0.1:0", **outbound, **options},
         )
 
     async def envoy(self, options: BootstrapOptions) -> Envoy:
@@ -909,3 +963,62 @@ async def test_grpc_client_over_mtls_from_a_rendered_bootstrap(tmp_path: Path, c
         stop.set()
         await task
         await greeter.stop(None)
+
+
+def test_the_stats_listener_forwards_only_the_scrape_and_ready_to_the_admin_interface() -> None:
+    bootstrap = load(BootstrapOptions("edge-gateway", admin_address="0.0.0.0:9902", stats_address="10.0.0.7:15090"))
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    assert listener["name"] == STATS_LISTENER
+    assert listener["address"]["socket_address"] == {"address": "10.0.0.7", "port_value": 15090}
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert (manager["normalize_path"], manager["merge_slashes"]) == (True, True)
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    forwarded = [(r["match"]["path"], r["match"]["headers"]) for r in routes if "route" in r]
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    assert forwarded == [("/stats/prometheus", get), ("/ready", get)]
+    assert routes[-1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    (admin,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == STATS_ADMIN_CLUSTER]
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert endpoint == {"address": "127.0.0.1", "port_value": 9902}  # an admin on every address, reached on loopback
+    assert "listeners" not in load(BootstrapOptions("edge-gateway"))["static_resources"]  # off unless asked
+
+
+@pytest.mark.envoy
+@pytest.mark.xdist_group("envoy")
+async def test_a_real_envoys_stats_listener_serves_prometheus_text_and_nothing_else(tmp_path: Path) -> None:
+    async with running_plane(tmp_path) as plane:
+        stats_port = free_port()
+        options = plane.options(
+            "sidecar", "scraped", admin_address=f"127.0.0.1:{free_port()}", stats_address=f"127.0.0.1:{stats_port}"
+        )
+        envoy = await plane.envoy(options)
+        await envoy.eventually(serves_web(envoy), "web through the Envoy with a stats listener")
+        stats = f"http://127.0.0.1:{stats_port}"
+
+        async def scrape() -> str | None:
+            async with envoy.session.get(f"{stats}/stats/prometheus") as response:
+                return await response.text() if response.status == 200 else None
+
+        text = await envoy.eventually(scrape, "a scrape of the stats listener")
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        assert all(name.startswith("envoy_") for name in families), sorted(families)[:5]
+        assert families["envoy_server_live"].samples[0].value == 1
+        assert "envoy_cluster_upstream_rq_completed" in families  # web's requests, as the admin counts them
+        async with envoy.session.get(f"{stats}/ready") as response:
+            assert (response.status, (await response.text()).strip()) == (200, "LIVE")
+        refused = [
+            ("GET", "/config_dump"),
+            ("GET", "/quitquitquit"),
+            ("POST", "/quitquitquit"),
+            ("POST", "/stats/prometheus"),
+            ("GET", "/stats"),
+            ("GET", "/stats/prometheus/../../config_dump"),
+            ("GET", "//config_dump"),
+            ("GET", "/stats%2Fprometheus"),
+        ]
+        for method, path in refused:
+            # Sent as written: aiohttp would otherwise resolve the `..` itself.
+            async with envoy.session.request(method, URL(stats + path, encoded=True)) as response:
+                assert response.status == 404, f"{method} {path}: {response.status} {await response.text()}"
+        assert envoy.process.poll() is None
+        assert (await envoy.admin("/ready")).strip() == "LIVE"  # /quitquitquit did not reach it

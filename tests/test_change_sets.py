@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME, parse_gateway_class
+from meshplane.discovery.gateway_api.gateways import parse_gateway
+from meshplane.discovery.gateway_api.http_routes import parse_http_route
+from meshplane.discovery.gateway_api.objects import GatewayApiObjects
 from meshplane.discovery.inventory import Contents, Inventory
 from meshplane.discovery.kubernetes import KubernetesContent, KubernetesSource
 from meshplane.discovery.policy_files import PolicyFileSource
@@ -157,3 +162,51 @@ async def test_registrations_reach_the_merged_mesh_as_device_changes_only() -> N
     quiet = inventory.merge(Contents(files, None, MeshChanges(), registry, DeviceChanges()))
     assert quiet.changes.none
     assert quiet.mesh is merged.mesh
+
+
+def _gateway_api(route_backend: str) -> GatewayApiObjects:
+    """A Gateway of meshplane's class with one HTTPRoute sending everything to `route_backend`."""
+    gateway_class = {"metadata": {"name": "mesh", "generation": 1}, "spec": {"controllerName": DEFAULT_CONTROLLER_NAME}}
+    gateway = {
+        "metadata": {"namespace": "shop", "name": "edge", "generation": 1},
+        "spec": {"gatewayClassName": "mesh", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+    }
+    route = {
+        "metadata": {"namespace": "shop", "name": "web", "generation": 1},
+        "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": route_backend, "port": 443}]}]},
+    }
+    return GatewayApiObjects(
+        gateway_classes=MappingProxyType({("", "mesh"): parse_gateway_class(gateway_class)}),
+        gateways=MappingProxyType({("shop", "edge"): parse_gateway(gateway)}),
+        http_routes=MappingProxyType({("shop", "web"): parse_http_route(route)}),
+    )
+
+
+def test_the_merge_reports_what_gateway_api_changes_and_service_changes_do_to_gateways() -> None:
+    """Gateways are resolved against the merged services: the Gateway API source reports
+    `gateways`, Kubernetes `services`; a Service going changes the Gateway (its rule answers 500),
+    an endpoint change alone leaves the Gateway as it was."""
+    inventory = Inventory()
+    first = inventory.merge(Contents(None, KubernetesContent((web(1),), ()), gateway_api=_gateway_api("web")))
+    (gateway,) = first.mesh.gateways
+    assert gateway.listeners[0].hosts[0].rules[0].rule.backends[0].service == web().ref
+    steps: list[tuple[KubernetesContent, GatewayApiObjects, MeshChanges]] = [
+        (KubernetesContent((web(1, 2),), ()), _gateway_api("web"), MeshChanges(endpoints=frozenset({web().ref}))),
+        (KubernetesContent((web(1, 2),), ()), _gateway_api("nowhere"), MeshChanges(gateways=True)),
+        (KubernetesContent((web(1, 2),), ()), _gateway_api("web"), MeshChanges(gateways=True)),
+        (KubernetesContent((), ()), _gateway_api("web"), MeshChanges(services=True)),  # the Service goes
+    ]
+    before = first.mesh
+    for content, objects, reported in steps:
+        merged = inventory.merge(Contents(None, content, reported, gateway_api=objects))
+        found = MeshChanges.between(before, merged.mesh)
+        assert merged.changes.covers(found), (merged.changes, found)
+        assert merged.changes.gateways == (before.gateways != merged.mesh.gateways)
+        before = merged.mesh
+    (gateway,) = before.gateways
+    assert gateway.listeners[0].hosts[0].rules[0].fails_all
+    status = merged.gateway_status.http_routes[("shop", "web")].parents[0].conditions
+    assert [(c.type, c.status, c.reason) for c in status] == [
+        ("Accepted", "True", "Accepted"),
+        ("ResolvedRefs", "False", "BackendNotFound"),
+    ]

@@ -67,3 +67,32 @@ async def test_a_storm_costs_one_rebuild_per_max_delay_after_the_leading_one() -
 def test_debounce_rejects_nonsense_windows() -> None:
     with pytest.raises(ValueError, match="quiet"):
         Debouncer(lambda: None, quiet=0.5, max_delay=0.1)
+
+
+class LoopClock:
+    """Stands for the `time` module in debounce.py: its clocks read the fake loop's time."""
+
+    @staticmethod
+    def time() -> float:
+        return 1_000_000.0 + asyncio.get_running_loop().time()
+
+    @staticmethod
+    def monotonic() -> float:
+        return asyncio.get_running_loop().time()
+
+
+@pytest.mark.looptime
+async def test_each_rebuild_knows_when_the_first_change_of_its_window_came(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("meshplane.debounce.time", LoopClock())
+    opened: list[tuple[float, float] | None] = []
+    debouncer: Debouncer = Debouncer(lambda: opened.append(debouncer.window_opened), quiet=0.1, max_delay=1.0)
+    task = asyncio.create_task(debouncer.run())
+    start = asyncio.get_running_loop().time()
+    await poke_at(debouncer, [0.0, 0.05, 0.09])  # a lone change, then a burst of two run at 0.19
+    await asyncio.sleep(3)
+    task.cancel()
+    assert [(round(wall - 1_000_000.0 - start, 3), round(mono - start, 3)) for wall, mono in filter(None, opened)] == [
+        (0.0, 0.0),
+        (0.05, 0.05),
+    ]
+    assert debouncer.window_opened is None  # only while a rebuild runs

@@ -791,7 +791,7 @@ ERROR_CASES = [
     pytest.param("servces: []\n", "p.yaml:1: unknown key 'servces' in document (did you mean 'services'?)", id="typo"),
     pytest.param(
         "services: []\nkind: Mesh\n",
-        "p.yaml:2: unknown key 'kind' in document (expected one of: services, routes, secrets, sites)",
+        "p.yaml:2: unknown key 'kind' in document (expected one of: services, routes, secrets, sites, telemetry)",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -1160,7 +1160,7 @@ def test_every_error_is_collected_not_just_the_first() -> None:
         "p.yaml:6: unknown key 'load_balancer' in service.policy (did you mean 'load_balancing'?)",
         "p.yaml:8: route needs `name`",
         "p.yaml:10: secret needs `certificate_file` and `key_file`, or `ca_file`",
-        "p.yaml:11: unknown key 'extra' in document (expected one of: services, routes, secrets, sites)",
+        "p.yaml:11: unknown key 'extra' in document (expected one of: services, routes, secrets, sites, telemetry)",
     )
 
 

@@ -21,9 +21,25 @@ import grpc
 import pytest
 from aiohttp import ClientSession, web
 
-from meshplane.model import Device, DeviceEndpoint, Locality, Mesh, ProxyGroup, ProxyRole
+from meshplane.model import (
+    Device,
+    DeviceEndpoint,
+    Gateway,
+    GatewayHost,
+    GatewayListener,
+    GatewayRule,
+    ListenerProtocol,
+    Locality,
+    Mesh,
+    ProxyGroup,
+    ProxyRole,
+    RouteMatch,
+    RouteRule,
+    WeightedBackend,
+)
 from meshplane.model.changes import MeshChanges
 from meshplane.model.mesh import device_order
+from meshplane.model.telemetry import AccessLog, Telemetry
 from meshplane.status.config_dump import group_dump
 from meshplane.status.document import StatusInputs
 from meshplane.status.http import status_app
@@ -45,20 +61,30 @@ MOBILE = ProxyGroup(ProxyRole.MOBILE, site=MUNICH.id)
 SIDECAR = ProxyGroup()
 SIDECAR_ZONE = ProxyGroup(locality=Locality("eu-central", "eu-central-1b"))
 GRPC = ProxyGroup(ProxyRole.GRPC)
+GATEWAY_API = ProxyGroup(ProxyRole.GATEWAY, gateway="shop/edge", listen_address="127.0.0.1")
 GROUP_OF_ROLE = {
     ProxyRole.SIDECAR: SIDECAR,
     ProxyRole.GRPC: GRPC,
     ProxyRole.EDGE_GATEWAY: GATEWAY,
     ProxyRole.DEVICE: DEVICE,
     ProxyRole.MOBILE: MOBILE,
+    ProxyRole.GATEWAY: GATEWAY_API,
 }
-GROUPS = (SIDECAR, SIDECAR_ZONE, GRPC, GATEWAY, DEVICE, MOBILE)
+GROUPS = (SIDECAR, SIDECAR_ZONE, GRPC, GATEWAY, DEVICE, MOBILE, GATEWAY_API)
 
 
 def registered(mesh: Mesh, device_id: str) -> Mesh:
     """`mesh` with one more device at Berlin (as the merge adds one: in mesh order)."""
     device = Device(device_id, "bike", BERLIN.id, (DeviceEndpoint("10.20.9.9", 8080),))
     return dataclasses.replace(mesh, devices=tuple(sorted((*mesh.devices, device), key=device_order)))
+
+
+def with_gateway(mesh: Mesh) -> Mesh:
+    """`mesh` with the Gateway `shop/edge`: one HTTP listener sending everything to the first service."""
+    first = mesh.services[0]
+    rule = GatewayRule(RouteRule(RouteMatch(), (WeightedBackend(first.ref, first.ports[0].port),)))
+    listener = GatewayListener("http", 80, ListenerProtocol.HTTP, hosts=(GatewayHost("*", (rule,)),))
+    return dataclasses.replace(mesh, gateways=(Gateway("shop", "edge", (listener,)),))
 
 
 def moved_endpoint(mesh: Mesh) -> Mesh:
@@ -76,6 +102,9 @@ CHANGES_OF_PART = {
     "secrets": lambda mesh: dataclasses.replace(mesh, certificates=mesh.certificates[:1]),
     "routes": lambda mesh: dataclasses.replace(mesh, routes=()),
     "endpoints": moved_endpoint,
+    # An access log on stdout for every role that takes telemetry: grpc and mobile take none.
+    "telemetry": lambda mesh: dataclasses.replace(mesh, telemetry=Telemetry(access_logs=(AccessLog(),))),
+    "gateways": with_gateway,
 }
 
 
@@ -88,7 +117,8 @@ def undeclared() -> Iterator[Any]:
 
 @pytest.mark.parametrize(("role", "part"), list(undeclared()))
 def test_a_part_a_role_does_not_declare_never_changes_its_output(role: ProxyRole, part: str) -> None:
-    mesh = fleet_with_tls()
+    # The gateway role serves a Gateway here, so what it ignores is shown ignored by one that has listeners.
+    mesh = with_gateway(fleet_with_tls()) if role is ProxyRole.GATEWAY else fleet_with_tls()
     changed = CHANGES_OF_PART[part](mesh)
     assert changed != mesh
     group = GROUP_OF_ROLE[role]
@@ -106,6 +136,8 @@ def test_every_role_is_in_the_table() -> None:
         pytest.param(CHANGES_OF_PART["sites"], MeshChanges(sites=True), id="sites"),
         pytest.param(CHANGES_OF_PART["secrets"], MeshChanges(secrets=True), id="secrets"),
         pytest.param(CHANGES_OF_PART["routes"], MeshChanges(routes=True), id="routes"),
+        pytest.param(CHANGES_OF_PART["telemetry"], MeshChanges(telemetry=True), id="telemetry"),
+        pytest.param(CHANGES_OF_PART["gateways"], MeshChanges(gateways=True), id="gateways"),
         pytest.param(
             lambda m: dataclasses.replace(m, cluster_domain="example.org"), MeshChanges(services=True), id="domain"
         ),

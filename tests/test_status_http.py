@@ -175,11 +175,25 @@ async def test_readyz_is_not_ready_before_the_first_sync_and_after_a_source_lose
     endpoint.sources[0] = source(False, ("watch failed: connection refused",))
     code, body = await endpoint.get("/readyz")
     assert code == 503
-    assert "source policy-files has not synced" in body
+    assert "source policy-files has not synced: watch failed: connection refused" in body  # and why
     _, document = await endpoint.get("/status")
     assert document["ready"] is False
     assert document["sources"][0]["errors"] == ["watch failed: connection refused"]
     assert (await endpoint.get("/healthz"))[0] == 200  # alive all along
+
+
+async def test_a_source_that_feeds_nothing_served_does_not_hold_readiness_back(endpoint: Endpoint) -> None:
+    endpoint.sources[0] = source(True)
+    endpoint.publish[0] = PublishState(published_at=2.0, mesh_generation=1)
+    # Read and shown, not yet translated (the Gateway API source today): unsynced, yet ready.
+    endpoint.sources.append(
+        dataclasses.replace(source(False, ("the CRDs are not installed",)), name="gateway-api", feeds_mesh=False)
+    )
+    assert (await endpoint.get("/readyz"))[0] == 200
+    endpoint.sources[-1] = dataclasses.replace(endpoint.sources[-1], feeds_mesh=True)
+    code, body = await endpoint.get("/readyz")
+    assert code == 503
+    assert "source gateway-api has not synced" in body
 
 
 async def test_status_filters_by_role_site_and_out_of_sync(endpoint: Endpoint) -> None:

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshplane.bootstrap.render import (
+    DEFAULT_GATEWAY,
     DEFAULT_REGION,
     DEFAULT_XDS_SERVER,
     DEFAULT_ZONE,
+    KUBERNETES_STATS_ADDRESS,
     ROLE_DEFAULTS,
     TRANSPORTS,
     BootstrapError,
@@ -50,7 +52,7 @@ def add_bootstrap_command(commands: Any) -> None:
     """Adds `bootstrap` to the `meshplane` command's subparsers."""
     bootstrap = commands.add_parser(
         "bootstrap",
-        help="print the bootstrap of an Envoy (sidecar, edge-gateway, device, mobile) or a gRPC client",
+        help="print the bootstrap of an Envoy (sidecar, edge-gateway, device, mobile, gateway) or a gRPC client",
         description="Render the bootstrap of a proxy of ROLE: YAML for Envoy, JSON for a proxyless gRPC "
         "client (GRPC_XDS_BOOTSTRAP). docs/bootstraps.md.",
     )
@@ -86,8 +88,23 @@ def add_bootstrap_command(commands: Any) -> None:
         bootstrap,
         "--listen-address",
         scope=SCOPE,
-        help="node.metadata.listen_address, edge-gateway only: the IP its two listeners bind (default 0.0.0.0, "
+        help="node.metadata.listen_address, edge-gateway and gateway: the IP its listeners bind (default 0.0.0.0, "
         "every IPv4 address; 127.0.0.1 keeps a laptop's gateway off the network)",
+    )
+    env_flag(
+        bootstrap,
+        "--gateway",
+        scope=SCOPE,
+        help=f"node.metadata.gateway, gateway only: the Kubernetes Gateway it serves, NAMESPACE/NAME "
+        f"(default {DEFAULT_GATEWAY})",
+    )
+    env_flag(
+        bootstrap,
+        "--port-offset",
+        scope=SCOPE,
+        type=_port,
+        help="node.metadata.port_offset, gateway only: added to each Gateway listener's port (default 0; "
+        "8000 serves port 80 on 8080 without privileges)",
     )
     env_flag(
         bootstrap,
@@ -95,6 +112,13 @@ def add_bootstrap_command(commands: Any) -> None:
         scope=SCOPE,
         help="Envoy's admin interface, IP:PORT (127.0.0.1 and 9901 sidecar, 9902 edge-gateway, 9903 device, "
         "9904 mobile)",
+    )
+    env_flag(
+        bootstrap,
+        "--stats-address",
+        scope=SCOPE,
+        help="a listener, IP:PORT, serving only GET /stats/prometheus and /ready of the admin interface, for "
+        f"Prometheus (off by default; {KUBERNETES_STATS_ADDRESS} for a Kubernetes sidecar)",
     )
     env_switch(bootstrap, "--sotw", scope=SCOPE, help="state-of-the-world xDS instead of Delta")
     env_flag(
@@ -147,6 +171,9 @@ def options_of(args: argparse.Namespace) -> BootstrapOptions:
         tls_server_name=args.tls_server_name,
         xds_token=args.xds_token,
         listen_address=args.listen_address,
+        stats_address=args.stats_address,
+        gateway=args.gateway,
+        port_offset=args.port_offset,
     )
 
 

@@ -1,9 +1,10 @@
 """Bootstraps for the proxies meshplane serves: `BootstrapOptions` in, the bootstrap's text out.
 
-Owns what an Envoy (sidecar, edge-gateway, device, mobile) or a proxyless gRPC client (grpc) needs
+Owns what an Envoy (sidecar, edge-gateway, device, mobile, gateway) or a proxyless gRPC client (grpc) needs
 before its first xDS request: where the control plane is, who the proxy is (node id, role, site,
-locality, outbound port), ADS or the per-type services, Delta or SotW, and the credentials of the
-xDS connection. The files in envoy-configs/ are `render(BootstrapOptions(role))` for each role,
+locality, outbound port), ADS or the per-type services, Delta or SotW, the credentials of the
+xDS connection, and (`stats_address`) a listener that lets Prometheus scrape Envoy's own stats
+without reaching its admin interface. The files in envoy-configs/ are `render(BootstrapOptions(role))` for each role,
 byte for byte (`make bootstraps`; tests/test_bootstrap.py fails while they are stale).
 
 Pure: no I/O, no clock, no environment; the same options give the same text. Envoy bootstraps are
@@ -24,18 +25,29 @@ import re
 from dataclasses import dataclass
 
 from meshplane.model import ProxyRole
-from meshplane.model.proxy import XdsApiType, listen_address_of
+from meshplane.model.proxy import MAX_PORT_OFFSET, XdsApiType, gateway_key_problem, listen_address_of
 from meshplane.model.sites import is_site_id
 
 DEFAULT_XDS_SERVER = "127.0.0.1:18000"
 DEFAULT_REGION = "local"
 DEFAULT_ZONE = "local-a"
 DEFAULT_SITE = "gym-local"
+# The Gateway a `gateway` bootstrap names when --gateway is not given (the demo's).
+DEFAULT_GATEWAY = "default/meshplane"
 # The static cluster every Envoy bootstrap reaches the control plane through; a per-type proxy
 # names it in node.metadata.xds_cluster so the config sources meshplane sends name it too.
 XDS_CLUSTER = "meshplane"
 # `--transport`: one ADS stream for every type (the default), or one stream per type.
 TRANSPORTS = ("ads", "per-type")
+# `--stats-address` for a Kubernetes sidecar (Istio's merged-metrics port): documented, not a default.
+KUBERNETES_STATS_ADDRESS = "0.0.0.0:15090"
+# The static listener and cluster of `--stats-address`. A contract with meshplane's names
+# (xds/names.py): its dynamic listeners and clusters always hold a `_` + port, `.` + `:`, or `/`
+# in other places, so CDS and LDS can never send these names and replace them.
+STATS_LISTENER = "envoy_stats"
+STATS_ADMIN_CLUSTER = "envoy_admin"
+# What the stats listener forwards to the admin interface (GET only); any other path or method is 404.
+STATS_PATHS = ("/stats/prometheus", "/ready")
 
 # The file in envoy-configs/ holding each role's default bootstrap (`make bootstraps`).
 COMMITTED_FILES: dict[ProxyRole, str] = {
@@ -44,6 +56,7 @@ COMMITTED_FILES: dict[ProxyRole, str] = {
     ProxyRole.DEVICE: "device.yaml",
     ProxyRole.MOBILE: "mobile.yaml",
     ProxyRole.GRPC: "grpc-bootstrap.json",
+    ProxyRole.GATEWAY: "gateway.yaml",
 }
 
 
@@ -74,6 +87,7 @@ ROLE_DEFAULTS: dict[ProxyRole, RoleDefaults] = {
     ),
     ProxyRole.MOBILE: RoleDefaults("mobile-demo", "mobile-ios", "127.0.0.1:9904", None, DEFAULT_SITE),
     ProxyRole.GRPC: RoleDefaults("grpc-client-demo", "demo-client", None, None, None),
+    ProxyRole.GATEWAY: RoleDefaults("gateway-demo", "gateway", "127.0.0.1:9905", None, None),
 }
 
 
@@ -95,12 +109,18 @@ class BootstrapOptions:
     (`tls_server_name`, else the host of `xds_server`); with `tls_cert` and `tls_key` too, mTLS:
     the certificate's URI SAN `meshplane://role/<role>[/site/<site>]` grants what the proxy may
     claim. `xds_token` is a bearer token sent on every xDS stream (`serve --xds-tokens`).
-    `listen_address` (edge-gateway only) is the IP the gateway's listeners bind, rendered as
+    `listen_address` (edge-gateway and gateway) is the IP the gateway's listeners bind, rendered as
     node.metadata.listen_address; None leaves it out, and meshplane binds them to 0.0.0.0.
+    `gateway` (gateway only; None: `DEFAULT_GATEWAY`) is the Kubernetes Gateway, `namespace/name`,
+    the proxy serves; `port_offset` (gateway only) is added to each of its listeners' ports.
     `transport` is `ads` (one ADS stream for every type) or `per-type` (CDS, LDS, and RTDS for
     mobile, each on its own service; node.metadata.xds_api_type and xds_cluster then tell
     meshplane to point the EDS, RDS and SDS sources it sends there too); `sotw` chooses SotW or
-    Delta for either.
+    Delta for either. `stats_address` (IP:PORT, off when None) adds a listener there that forwards
+    `GET /stats/prometheus` and `GET /ready` to the admin interface and answers everything else
+    404: Envoy's stats for a Prometheus that cannot reach the loopback admin (which serves
+    /quitquitquit and config dumps to anyone who can). It needs the admin interface on a fixed
+    port, so an Envoy role with a nonzero admin port.
     """
 
     role: str
@@ -121,6 +141,9 @@ class BootstrapOptions:
     tls_server_name: str | None = None
     xds_token: str | None = None
     listen_address: str | None = None
+    stats_address: str | None = None
+    gateway: str | None = None
+    port_offset: int | None = None
 
     def problems(self) -> list[str]:
         """Every reason these options make no bootstrap (empty when they do)."""
@@ -149,9 +172,23 @@ class BootstrapOptions:
                 found.append(f"--outbound-port does not apply to {role}: meshplane sends it no listener")
             elif not 1 <= self.outbound_port <= 65535:
                 found.append(f"--outbound-port {self.outbound_port} is not a port (1-65535)")
+        if role is ProxyRole.GATEWAY:
+            if self.gateway is not None and (problem := gateway_key_problem(self.gateway)) is not None:
+                found.append(f"--{problem}")
+            if self.port_offset is not None and not 0 <= self.port_offset <= MAX_PORT_OFFSET:
+                found.append(f"--port-offset {self.port_offset} is not in 0-{MAX_PORT_OFFSET}")
+        else:
+            for flag, given in (
+                ("--gateway", self.gateway is not None),
+                ("--port-offset", self.port_offset is not None),
+            ):
+                if given:
+                    found.append(f"{flag} is for the gateway role, not {role}")
         if self.listen_address is not None:
-            if role is not ProxyRole.EDGE_GATEWAY:
-                found.append(f"--listen-address is for edge-gateway, not {role}: meshplane binds its listeners itself")
+            if not role.has_listen_address:
+                found.append(
+                    f"--listen-address is for edge-gateway and gateway, not {role}: meshplane binds its listeners"
+                )
             elif listen_address_of(self.listen_address) is None:
                 found.append(
                     f"--listen-address {self.listen_address!r} is not an IP address to listen on "
@@ -163,6 +200,7 @@ class BootstrapOptions:
                 found.append(f"--admin-address does not apply to {role}: a gRPC client has no admin interface")
             elif admin is None or not _is_ip(admin[0]):
                 found.append(f"--admin-address {self.admin_address!r} is not IP:PORT (port 0-65535; 0: Envoy picks)")
+        found += self._stats_problems(role)
         if (self.tls_cert is None) != (self.tls_key is None):
             found.append("--tls-cert and --tls-key go together (the client certificate and its key, for mTLS)")
         for flag, value in (("--tls-cert", self.tls_cert), ("--tls-server-name", self.tls_server_name)):
@@ -202,6 +240,33 @@ class BootstrapOptions:
                 )
         return found
 
+    def _stats_problems(self, role: ProxyRole) -> list[str]:
+        if self.stats_address is None:
+            return []
+        defaults = ROLE_DEFAULTS[role]
+        if defaults.admin_address is None:
+            return [f"--stats-address does not apply to {role}: it has no admin interface to serve stats from"]
+        stats = split_host_port(self.stats_address)
+        if stats is None or not _is_ip(stats[0]):
+            return [f"--stats-address {self.stats_address!r} is not IP:PORT (port 1-65535; 0.0.0.0 for every address)"]
+        admin = split_host_port(self.admin_address or defaults.admin_address, allow_zero=True)
+        if admin is None:
+            return []  # --admin-address's own problem says why
+        if admin[1] == 0:
+            return [
+                f"--stats-address needs the admin interface on a fixed port: --admin-address {self.admin_address} "
+                "lets Envoy pick one, which the stats listener cannot forward to"
+            ]
+        taken = {admin[1]: "the admin interface's"}
+        outbound = _outbound_port(self, role)
+        if outbound is not None:
+            taken[outbound] = "the outbound listener's"
+            if role is ProxyRole.EDGE_GATEWAY:
+                taken[outbound + 1] = "the device listener's"
+        if stats[1] in taken:
+            return [f"--stats-address {self.stats_address} uses {taken[stats[1]]} port {stats[1]}"]
+        return []
+
 
 def split_host_port(value: str, *, allow_zero: bool = False) -> tuple[str, int] | None:
     """`host:port` → (host, port), `[::1]:18000` → ('::1', 18000); None when it is not one."""
@@ -233,6 +298,7 @@ def render(options: BootstrapOptions) -> str:
             _mobile_runtime(options) if role is ProxyRole.MOBILE else "",
             _dynamic_resources(options, role),
             _static_resources(options),
+            _stats(options, role),
             _admin(options, role),
         )
     )
@@ -287,6 +353,17 @@ _HEADERS: dict[ProxyRole, str] = {
 # and one runtime layer named `meshplane` (site, region, retry settings, and the cluster name of
 # every service as `meshplane.clusters.<namespace>.<service>.<port>`), which the app's own
 # routes read. The app's listener and routes are its own, not meshplane's.
+""",
+    ProxyRole.GATEWAY: """\
+# Envoy bootstrap for a gateway: the Envoy serving one Kubernetes Gateway (the Gateway API).
+# See docs/gateway-api.md.
+#
+# node.metadata.gateway names the Gateway (namespace/name); meshplane sends a listener on
+# {listen_address}:<port + node.metadata.port_offset> for each port of the Gateway's HTTP and HTTPS
+# listeners, their routes (HTTPRoutes and GRPCRoutes attached to them) and the certificates of
+# HTTPS listeners.
+# The listeners bind node.metadata.listen_address (--listen-address), 0.0.0.0 when it is absent.
+# The Gateway's `Programmed` condition turns True once a gateway Envoy has taken its listeners.
 """,
 }
 
@@ -393,6 +470,10 @@ def _node(options: BootstrapOptions, role: ProxyRole) -> str:
         lines.append(f"    outbound_port: {outbound_port}")
     if options.listen_address is not None:
         lines.append(f"    listen_address: {_yaml_scalar(_listen_address(options))}")
+    if role is ProxyRole.GATEWAY:
+        lines.append(f"    gateway: {_yaml_scalar(options.gateway or DEFAULT_GATEWAY)}")
+        if options.port_offset:
+            lines.append(f"    port_offset: {options.port_offset}")
     if options.transport == "per-type":
         # Where the EDS, RDS, SDS (and RTDS) sources meshplane sends must point: without these
         # it sends `ads: {}`, which an Envoy without ADS rejects.
@@ -526,12 +607,87 @@ def _transport_socket(options: BootstrapOptions, host: str) -> str:
 {client}"""
 
 
-def _admin(options: BootstrapOptions, role: ProxyRole) -> str:
+def _admin_host_port(options: BootstrapOptions, role: ProxyRole) -> tuple[str, int]:
     address = options.admin_address or ROLE_DEFAULTS[role].admin_address
     assert address is not None  # every Envoy role has one
     parsed = split_host_port(address, allow_zero=True)
     assert parsed is not None  # checked by problems()
-    host, port = parsed
+    return parsed
+
+
+_HTTP_CONNECTION_MANAGER = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+
+
+def _stats(options: BootstrapOptions, role: ProxyRole) -> str:
+    """`--stats-address`: a cluster reaching the admin interface and a listener forwarding the
+    scrape to it; appended to `static_resources` (its `clusters` list comes last before it)."""
+    if options.stats_address is None:
+        return ""
+    stats = split_host_port(options.stats_address)
+    assert stats is not None  # checked by problems()
+    host, port = _admin_host_port(options, role)
+    # An admin bound to every address is reached on loopback.
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    routes = "".join(
+        f"""                        - match:
+                            path: {path}
+                            headers: [{{name: ":method", string_match: {{exact: GET}}}}]
+                          route: {{cluster: {STATS_ADMIN_CLUSTER}}}
+"""
+        for path in STATS_PATHS
+    )
+    return f"""    # --stats-address: the admin interface, for the stats listener below only.
+    - name: {STATS_ADMIN_CLUSTER}
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: {STATS_ADMIN_CLUSTER}
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address:
+                      address: {_yaml_scalar(host)}
+                      port_value: {port}
+  listeners:
+    # --stats-address {options.stats_address}: Envoy's stats for Prometheus, as Istio's port 15090.
+    # Only GET /stats/prometheus (its query, e.g. ?usedonly, passes) and GET /ready (for probes)
+    # reach the admin interface; every other path or method is 404 here, so /quitquitquit,
+    # /config_dump and the rest stay on loopback. Paths are normalised first: no `..` or `//`
+    # way around the exact match.
+    - name: {STATS_LISTENER}
+      address:
+        socket_address:
+          address: {_yaml_scalar(stats[0])}
+          port_value: {stats[1]}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": {_HTTP_CONNECTION_MANAGER}
+                stat_prefix: {STATS_LISTENER}
+                normalize_path: true
+                merge_slashes: true
+                route_config:
+                  name: {STATS_LISTENER}
+                  virtual_hosts:
+                    - name: {STATS_LISTENER}
+                      domains: ["*"]
+                      routes:
+{routes}                        - match: {{prefix: /}}
+                          direct_response: {{status: 404}}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+
+def _admin(options: BootstrapOptions, role: ProxyRole) -> str:
+    host, port = _admin_host_port(options, role)
     return f"""
 # Envoy's admin interface: config dumps, stats, and /quitquitquit. Loopback only unless
 # --admin-address says otherwise: it is unauthenticated.

@@ -9,6 +9,9 @@ precedence rule (documented in docs/kubernetes.md and docs/edge.md):
 - A route attached to a service (policy files, or a Service's timeout/retry annotations) wins in
   the same order: a Kubernetes annotation route for a service a policy-file route attaches to is
   left out, with an error.
+- One route table per service: a policy-file route attached to it first, then the Gateway API's
+  mesh routes (HTTPRoutes/GRPCRoutes with a Service parent, `resolve_mesh`), then an annotation
+  route; each one left out is a conflict.
 - Policy-file routes may send traffic to Kubernetes services. A route whose backends or attached
   service do not exist in the merged mesh (e.g. the Kubernetes service was deleted) is left out,
   with an error, and the rest is served.
@@ -29,6 +32,22 @@ precedence rule (documented in docs/kubernetes.md and docs/edge.md):
 - Sites are the policy files'. Edge devices are the registry's live registrations that those
   sites admit (`DeviceAdmission`): a device whose site went, or whose address a narrowed range no
   longer holds, stays registered but leaves the config until the sites admit it again.
+- Gateways are the Gateway API's (`gateway_api/resolve.py`): those of Gateway API documents in
+  policy files, resolved by the policy-file source against the files' own services and
+  certificates, and those of Kubernetes, resolved here against the merged services and
+  certificates. Each source's routes attach to its own Gateways only. A Gateway (namespace/name)
+  both define is served as the files define it, with an error (the files' rule for services).
+  For Kubernetes' Gateways: a backend Service both sources define is the policy files' one, and
+  a certificateRef is a served Secret. Policy-file routes and Gateway API routes with a Gateway
+  parent never clash: the former go to sidecars (and edge gateways), the latter to `gateway`
+  proxies only (routes with a Service parent are the route-table rule above). Gateways are
+  resolved again when the Gateway API objects, the services or the secrets change; an endpoint
+  change alone keeps them. What the resolution refuses is status on the objects, not a problem
+  here; a Gateway the model refuses (`Mesh` checks: a backend or certificate gone) is left out
+  with an error.
+- Telemetry (access logs, tracing, collectors) is the policy files'. A collector may name a
+  Kubernetes service; one whose service or gRPC port the merged mesh lacks is an error here, and
+  the proxies get no access log or tracer pointing at it (the translators leave them out).
 
 What changed travels as data: each source reports its change set (`MeshChanges`) since the last
 merge, the registry the devices it changed, and the merge adds what its own decisions changed, so
@@ -49,8 +68,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from meshplane.discovery.device_admission import DeviceAdmission, LiveDevices
+from meshplane.discovery.gateway_api.conditions import GatewayApiStatus
+from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME
+from meshplane.discovery.gateway_api.objects import GatewayApiObjects
+from meshplane.discovery.gateway_api.resolve import MeshResolution, Resolution, joined_status, resolve, resolve_mesh
 from meshplane.discovery.kubernetes import KubernetesContent
 from meshplane.model import (
+    Gateway,
     Mesh,
     RouteTable,
     Service,
@@ -63,6 +87,7 @@ from meshplane.model import (
 from meshplane.model.changes import DeviceChanges, MeshChanges
 from meshplane.model.mesh import backend_problems
 from meshplane.model.problems import Problem, ProblemKind, Subject
+from meshplane.model.telemetry import collector_problems
 
 SOURCE_NAME = "inventory"
 
@@ -75,7 +100,9 @@ class Contents:
     None when that source is off). `changes`: what changed in those since the previous merge, as
     the sources reported it (their `take_changes()`, folded with `|`). `registry`: the live edge
     registrations (None: the registry is off); `device_changes`: the devices changed there since
-    the previous merge (`EdgeRegistry.take_changes()`).
+    the previous merge (`EdgeRegistry.take_changes()`). `gateway_api`: the Gateway API objects
+    (None: that source is off), whose changes `changes.gateways` reports; `gateway_controller`:
+    the controller name whose GatewayClasses meshplane serves.
     """
 
     files: Mesh | None = None
@@ -83,17 +110,21 @@ class Contents:
     changes: MeshChanges = dataclasses.field(default_factory=MeshChanges.everything)
     registry: LiveDevices | None = None
     device_changes: DeviceChanges = dataclasses.field(default_factory=lambda: DeviceChanges(everything=True))
+    gateway_api: GatewayApiObjects | None = None
+    gateway_controller: str = DEFAULT_CONTROLLER_NAME
 
 
 @dataclass(frozen=True, slots=True)
 class Merged:
     """The merge's result: the mesh to publish, what differs from the previous merged mesh (it may
     say more than changed, never less), and why some content was left out or kept at an older
-    version (each problem's message names the object and the outcome)."""
+    version (each problem's message names the object and the outcome). `gateway_status`: the
+    status owed to the Gateway API objects (empty without that source)."""
 
     mesh: Mesh
     changes: MeshChanges
     problems: tuple[Problem, ...]
+    gateway_status: GatewayApiStatus = dataclasses.field(default_factory=GatewayApiStatus)
 
 
 class Inventory:
@@ -109,6 +140,8 @@ class Inventory:
         self._substituted = False
         self._merged_at: float | None = None
         self.devices = DeviceAdmission()
+        self._resolution = Resolution()
+        self._mesh_resolution = MeshResolution()
 
     @property
     def mesh(self) -> Mesh | None:
@@ -148,7 +181,7 @@ class Inventory:
         devices_quiet = contents.registry is None or contents.device_changes.none
         if last is not None and contents.changes.none and devices_quiet:
             self._merged_at = time.time()
-            return Merged(last.mesh, MeshChanges(), last.problems)
+            return Merged(last.mesh, MeshChanges(), last.problems, last.gateway_status)
         files = contents.files or Mesh()
         kubernetes = contents.kubernetes or KubernetesContent((), ())
         previous = last.mesh if last is not None else None
@@ -189,11 +222,22 @@ class Inventory:
         def lookup(ref: ServiceRef) -> Service | None:
             return policy.get(ref) or _find(services, ref)
 
-        routes = _merge_routes(files.routes, kubernetes.routes, lookup, problems)
+        mesh_routes = self._mesh_routes(contents, services, substituted)
+        routes = _merge_routes(
+            files.routes, _gateway_api_routes(files.routes, mesh_routes, kubernetes.routes, problems), lookup, problems
+        )
+        problems += _collector_problems(files, lookup)
         if contents.registry is not None:
             devices, devices_changed = self.devices.admit(files.sites, contents.registry, contents.device_changes)
         else:
             devices, devices_changed = (), False
+        resolution = self._gateways(contents, services, certificates, substituted)
+        refused = {gateway.key: _one_gateway_problems(gateway, lookup, certificates) for gateway in resolution.gateways}
+        for found in refused.values():
+            problems += [dataclasses.replace(p, message=f"{p.message}; the Gateway is left out") for p in found]
+        gateways = _merge_gateways(
+            files.gateways, tuple(gateway for gateway in resolution.gateways if not refused[gateway.key]), problems
+        )
         # Everything else the files say (sites, cluster domain…) is theirs alone: kept as is.
         mesh = dataclasses.replace(
             files,
@@ -202,10 +246,14 @@ class Inventory:
             certificates=certificates,
             trust_bundles=bundles,
             devices=devices,
+            gateways=gateways,
         )
         changes = self._changes(previous, mesh, contents.changes, substituted, devices_changed)
         self._substituted = substituted
-        self._merged = Merged(mesh, changes, tuple(problems))
+        self._resolution = resolution
+        self._mesh_resolution = mesh_routes
+        status = joined_status(resolution.status, mesh_routes.status)
+        self._merged = Merged(mesh, changes, tuple(problems), status)
         self._merged_at = time.time()
         return self._merged
 
@@ -229,10 +277,140 @@ class Inventory:
             secrets=previous.certificates != mesh.certificates or previous.trust_bundles != mesh.trust_bundles,
             sites=previous.sites != mesh.sites,
             devices=devices,
+            telemetry=previous.telemetry != mesh.telemetry,
+            gateways=previous.gateways != mesh.gateways,
         )
         if substituted or self._substituted:
             found |= MeshChanges.between(previous, mesh)
         return found
+
+    def _mesh_routes(self, contents: Contents, services: tuple[Service, ...], substituted: bool) -> MeshResolution:
+        """The Gateway API's routes with a Service parent (GAMMA), resolved against the merged
+        services: again when what it reads may have changed, else the previous resolution."""
+        if contents.gateway_api is None:
+            return MeshResolution()
+        reported = contents.changes
+        if (
+            self._merged is not None
+            and not (reported.gateways or reported.services)
+            and not (substituted or self._substituted)
+        ):
+            return self._mesh_resolution
+        return resolve_mesh(contents.gateway_api, {service.ref: service for service in services})
+
+    def _gateways(
+        self,
+        contents: Contents,
+        services: tuple[Service, ...],
+        certificates: tuple[TlsCertificate, ...],
+        substituted: bool,
+    ) -> Resolution:
+        """The Gateway API content resolved against the merged services and certificates: again
+        when what it reads may have changed, else the previous resolution."""
+        if contents.gateway_api is None:
+            return Resolution()
+        reported = contents.changes
+        if (
+            self._merged is not None
+            and not (reported.gateways or reported.services or reported.secrets)
+            and not (substituted or self._substituted)
+        ):
+            return self._resolution
+        return resolve(
+            contents.gateway_api,
+            contents.gateway_controller,
+            {service.ref: service for service in services},
+            frozenset(certificate.name for certificate in certificates),
+        )
+
+
+def _merge_gateways(
+    files: tuple[Gateway, ...], kubernetes: tuple[Gateway, ...], problems: list[Problem]
+) -> tuple[Gateway, ...]:
+    """The policy files' Gateways and Kubernetes', sorted by namespace/name (the files' tuple itself
+    when Kubernetes has none). A Gateway both define is served as the files define it, with an error."""
+    if not kubernetes:
+        return files
+    if not files:
+        return kubernetes
+    mine = {gateway.key: gateway for gateway in files}
+    kept = list(files)
+    for gateway in kubernetes:
+        if gateway.key in mine:
+            subject = f"Gateway {gateway.namespace}/{gateway.name}"
+            problems.append(
+                Problem(
+                    ProblemKind.CONFLICT,
+                    subject,
+                    "policy files",
+                    f"{subject} is defined by policy files and by Kubernetes; serving the policy files' "
+                    "definition (with the routes of the policy files)",
+                )
+            )
+            continue
+        kept.append(gateway)
+    return tuple(sorted(kept, key=lambda gateway: (gateway.namespace, gateway.name)))
+
+
+def _gateway_api_routes(
+    files: Sequence[RouteTable], mesh: MeshResolution, annotations: Sequence[RouteTable], problems: list[Problem]
+) -> tuple[RouteTable, ...]:
+    """The Gateway API's mesh route tables and the Kubernetes annotation routes, by precedence for
+    one service: a policy-file route first, then the Gateway API's, then an annotation route; each
+    one left out is a conflict. (An annotation route losing to a policy-file route is kept here:
+    `_merge_routes` leaves it out and says so.)"""
+    by_files = {table.service: table for table in files if table.service is not None}
+    kept: list[RouteTable] = []
+    gateway_api: dict[ServiceRef, RouteTable] = {}
+    for table in mesh.routes:
+        assert table.service is not None  # a mesh route table is attached to its Service
+        if (other := by_files.get(table.service)) is not None:
+            problems.append(
+                Problem(
+                    ProblemKind.CONFLICT,
+                    f"route {table.name}",
+                    table.origin,
+                    f"route {table.name} ({table.origin}) and route {other.name} ({other.origin}) both attach to "
+                    f"service {table.service}; serving the policy files' route",
+                )
+            )
+            continue
+        gateway_api[table.service] = table
+        kept.append(table)
+    for table in annotations:
+        if table.service is not None and (other := gateway_api.get(table.service)) is not None:
+            problems.append(
+                Problem(
+                    ProblemKind.CONFLICT,
+                    f"route {table.name}",
+                    "Kubernetes annotations",
+                    f"route {table.name} (Kubernetes annotations) and route {other.name} ({other.origin}) both "
+                    f"attach to service {table.service}; serving the Gateway API's route",
+                )
+            )
+            continue
+        kept.append(table)
+    return tuple(kept)
+
+
+def _one_gateway_problems(
+    gateway: Gateway, lookup: Callable[[ServiceRef], Service | None], certificates: tuple[TlsCertificate, ...]
+) -> list[Problem]:
+    """What the model refuses in `gateway` against the merged mesh (`Mesh` checks it so)."""
+    return Mesh(
+        services=tuple(s for s in _targets(gateway, lookup)), certificates=certificates, gateways=(gateway,)
+    ).problems()
+
+
+def _targets(gateway: Gateway, lookup: Callable[[ServiceRef], Service | None]) -> list[Service]:
+    found: dict[ServiceRef, Service] = {}
+    for listener in gateway.listeners:
+        for host in listener.hosts:
+            for rule in host.rules:
+                for backend in rule.rule.targets():
+                    if backend.service not in found and (service := lookup(backend.service)) is not None:
+                        found[backend.service] = service
+    return sorted(found.values(), key=_order)
 
 
 def _merge_routes(
@@ -453,6 +631,18 @@ def _find(services: tuple[Service, ...], ref: ServiceRef) -> Service | None:
     if index < len(services) and services[index].namespace == ref.namespace and services[index].name == ref.name:
         return services[index]
     return None
+
+
+def _collector_problems(files: Mesh, lookup: Callable[[ServiceRef], Service | None]) -> list[Problem]:
+    """Why a collector of the files cannot be reached in the merged mesh (its service gone, or its
+    port not gRPC), each saying that telemetry to it is left out."""
+    found = []
+    for collector in files.telemetry.collectors:
+        about = Subject(f"collector {collector.name}", collector.origin)
+        found += collector_problems(about, collector, lookup(collector.service))
+    return [
+        dataclasses.replace(problem, message=f"{problem.message}; no access log or tracing to it") for problem in found
+    ]
 
 
 def _route_problems(table: RouteTable, lookup: Callable[[ServiceRef], Service | None]) -> list[Problem]:

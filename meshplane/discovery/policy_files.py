@@ -7,6 +7,12 @@ and refusing the whole new content when anything is wrong: the last good mesh ke
 via watchfiles), and by polling a cheap signature of the files every `poll_interval` as a fallback
 for file systems that send no notifications (some network and FUSE mounts).
 
+Gateway API documents of the files (docs/gateway-api.md, "Without Kubernetes") are gathered here
+into one `GatewayApiObjects` (an object defined twice is an error; the GatewayClass `meshplane` is
+implied) and resolved by `gateway_api/resolve.py` against the files' own services: their Gateways
+are the mesh's `gateways`, their routes with a Service parent join its `routes`, and the status
+each object gets is `gateway_status` (nothing writes it: `meshplane validate` shows it).
+
 Parsing is `policy_schema`'s (pure); this module does the I/O. No module-level state: everything
 lives on a `PolicyFileSource`; `run()` is a trivial loop around `load()`, which is what tests drive.
 
@@ -32,12 +38,44 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import watchfiles
 
-from meshplane.discovery.policy_schema import CertificateFiles, FileRef, ParsedPolicy, SecretFiles, parse_policy
+from meshplane.discovery.gateway_api.conditions import GatewayApiStatus
+from meshplane.discovery.gateway_api.fields import Parsed
+from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME, GatewayClass
+from meshplane.discovery.gateway_api.objects import (
+    GATEWAY,
+    GATEWAY_CLASS,
+    GRPC_ROUTE,
+    HTTP_ROUTE,
+    REFERENCE_GRANT,
+    GatewayApiObjects,
+    Key,
+)
+from meshplane.discovery.gateway_api.resolve import joined_status, resolve, resolve_mesh
+from meshplane.discovery.policy_schema import (
+    CertificateFiles,
+    FileRef,
+    GatewayApiDocument,
+    ParsedPolicy,
+    SecretFiles,
+    parse_policy,
+)
 from meshplane.memory import release_free_memory
-from meshplane.model import Mesh, ProblemKind, RouteTable, Service, Site, SourceStatus, TlsCertificate, TrustBundle
+from meshplane.model import (
+    Mesh,
+    ProblemKind,
+    RouteTable,
+    Service,
+    Site,
+    SourceStatus,
+    Telemetry,
+    TlsCertificate,
+    TrustBundle,
+)
 from meshplane.model.changes import MeshChanges
 
 log = logging.getLogger(__name__)
@@ -137,6 +175,9 @@ class _Attempt:
     parsed: int = 0
     # What `mesh` changes from the mesh served when it was read (everything: not known).
     changes: MeshChanges = dataclasses.field(default_factory=MeshChanges.everything)
+    # The Gateway API documents read, and the status `resolve` gives them (their Gateways are `mesh.gateways`).
+    gateway_api: GatewayApiObjects = dataclasses.field(default_factory=GatewayApiObjects)
+    gateway_status: GatewayApiStatus = dataclasses.field(default_factory=GatewayApiStatus)
 
     def is_racy(self) -> bool:
         return any(state.mtime_ns >= self.signed_at_ns - _RACY_WINDOW_NS for state in self.signature)
@@ -226,6 +267,7 @@ def _read_policy(
     open_world: bool = False,
     previous: _Attempt | None = None,
     served: Mesh | None = None,
+    controller_name: str = DEFAULT_CONTROLLER_NAME,
 ) -> _Attempt:
     """Read, parse, merge and validate `files` and the secret files they name. With `open_world`,
     routes may name services the files do not define (another source may; the inventory checks).
@@ -245,7 +287,9 @@ def _read_policy(
     services: list[Service] = []
     routes: list[RouteTable] = []
     sites: list[Site] = []
+    telemetry: list[Telemetry] = []
     secrets: list[tuple[Path, SecretFiles]] = []
+    documents: list[GatewayApiDocument] = []
     for path, state in zip(files, states, strict=True):
         try:
             data = _read_bytes(path, state.size, max_file_size)
@@ -269,6 +313,8 @@ def _read_policy(
         services += parsed.services
         routes += parsed.routes
         sites += parsed.sites
+        telemetry.append(parsed.telemetry)
+        documents += parsed.gateway_api
         secrets += [(path.parent, secret) for secret in parsed.secrets]
 
     # Secret files are relative to the directory of the policy file naming them, as found: beside a
@@ -317,8 +363,27 @@ def _read_policy(
             parses=parses,
             parsed=parsed_files,
             changes=MeshChanges() if previous.mesh is served else MeshChanges.between(served, previous.mesh),
+            gateway_api=previous.gateway_api,
+            gateway_status=previous.gateway_status,
         )
-    mesh = Mesh.of(services, routes, certificates, bundles, sites=sites)
+    mesh = Mesh.of(services, routes, certificates, bundles, sites=sites, telemetry=Telemetry.joined(telemetry))
+    gateway_api = _gateway_api_objects(documents, controller_name, errors)
+    gateway_status = GatewayApiStatus()
+    if documents:
+        by_ref = {service.ref: service for service in mesh.services}
+        resolution = resolve(
+            gateway_api, controller_name, by_ref, frozenset(certificate.name for certificate in mesh.certificates)
+        )
+        # Routes with a Service parent (GAMMA) join the files' routes: one attaching to a service a
+        # files' route attaches to too is the mesh's conflict, an error like any other.
+        origins = {(document.kind, document.key): document.origin for document in documents}
+        mesh_routes = resolve_mesh(gateway_api, by_ref, origins)
+        gateway_status = joined_status(resolution.status, mesh_routes.status)
+        mesh = dataclasses.replace(
+            mesh,
+            gateways=resolution.gateways,
+            routes=tuple(sorted((*mesh.routes, *mesh_routes.routes), key=lambda table: table.name)),
+        )
     # By part, and by identity first: the services equal to served ones are those objects.
     changes = MeshChanges.between(served, mesh)
     if served is not None and changes.none:
@@ -342,6 +407,45 @@ def _read_policy(
         parses=parses,
         parsed=parsed_files,
         changes=changes,
+        gateway_api=gateway_api,
+        gateway_status=gateway_status,
+    )
+
+
+# The GatewayClass a policy directory's Gateways may name without declaring it.
+IMPLICIT_GATEWAY_CLASS = "meshplane"
+
+
+def _gateway_api_objects(
+    documents: Sequence[GatewayApiDocument], controller_name: str, errors: list[str]
+) -> GatewayApiObjects:
+    """The Gateway API documents of every file as the content `resolve` reads; an object defined
+    twice is an error (at the second definition). The GatewayClass `meshplane` is implied, owned by
+    `controller_name`, unless the files declare a class of that name. No Namespace has labels: a
+    listener's `allowedRoutes` selector selects none."""
+    by_kind: dict[str, dict[Key, Parsed[Any]]] = {
+        kind: {} for kind in (GATEWAY_CLASS, GATEWAY, HTTP_ROUTE, GRPC_ROUTE, REFERENCE_GRANT)
+    }
+    origins: dict[tuple[str, Key], str] = {}
+    for document in documents:
+        if (first := origins.get((document.kind, document.key))) is not None:
+            namespace, name = document.key
+            shown = f"{namespace}/{name}" if namespace else name
+            errors.append(f"{document.origin}: {document.kind} {shown} is defined already at {first}")
+            continue
+        origins[(document.kind, document.key)] = document.origin
+        by_kind[document.kind][document.key] = document.parsed
+    classes = by_kind[GATEWAY_CLASS]
+    if documents and ("", IMPLICIT_GATEWAY_CLASS) not in classes:
+        classes[("", IMPLICIT_GATEWAY_CLASS)] = Parsed(GatewayClass(IMPLICIT_GATEWAY_CLASS, 1, controller_name))
+    frozen = {kind: MappingProxyType(found) for kind, found in by_kind.items()}
+    return GatewayApiObjects(
+        gateway_classes=frozen[GATEWAY_CLASS],
+        gateways=frozen[GATEWAY],
+        http_routes=frozen[HTTP_ROUTE],
+        grpc_routes=frozen[GRPC_ROUTE],
+        reference_grants=frozen[REFERENCE_GRANT],
+        namespace_labels=MappingProxyType({}),
     )
 
 
@@ -385,14 +489,17 @@ class PolicyFileSource:
         on_errors_changed: Callable[[], None] = lambda: None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         open_world: bool = False,
+        gateway_controller: str = DEFAULT_CONTROLLER_NAME,
     ) -> None:
         self._path = path
+        self._gateway_controller = gateway_controller
         self._open_world = open_world
         self._poll_interval = poll_interval
         self._on_change = on_change
         self._on_errors_changed = on_errors_changed
         self._max_file_size = max_file_size
         self._mesh: Mesh | None = None
+        self._gateway_status = GatewayApiStatus()
         self._changes = MeshChanges.everything()  # since the last `take_changes()`
         self._served_files = 0
         self._attempt: _Attempt | None = None
@@ -405,6 +512,12 @@ class PolicyFileSource:
     @property
     def mesh(self) -> Mesh | None:
         return self._mesh
+
+    @property
+    def gateway_status(self) -> GatewayApiStatus:
+        """The status the Gateway API documents of the last good content get (their Gateways are
+        `mesh.gateways`); empty before the first good content."""
+        return self._gateway_status
 
     def take_changes(self) -> MeshChanges:
         """What changed in `mesh` since the previous call (the first call: everything), and
@@ -426,6 +539,8 @@ class PolicyFileSource:
                 "routes": len(mesh.routes),
                 "secrets": len(mesh.certificates) + len(mesh.trust_bundles),
                 "files": self._served_files,
+                # Only for files that hold Gateway API documents: others' counts stay as they were.
+                **({"gateways": len(mesh.gateways)} if mesh.gateways else {}),
             },
         )
 
@@ -452,7 +567,13 @@ class PolicyFileSource:
             if signature == previous.signature:
                 return self._refuse(previous.errors) if previous.errors else self._adopt(previous)
         attempt = await asyncio.to_thread(
-            _read_policy, files, self._max_file_size, self._open_world, previous, self._mesh
+            _read_policy,
+            files,
+            self._max_file_size,
+            self._open_world,
+            previous,
+            self._mesh,
+            self._gateway_controller,
         )
         if attempt.parsed:
             # The parse's garbage (YAML nodes, the previous model objects) sits freed in the worker
@@ -521,6 +642,7 @@ class PolicyFileSource:
         # By identity: `_read_policy` hands back the served mesh itself when the new one equals it,
         # so a big mesh is never compared here, on the event loop.
         changed = attempt.mesh is not self._mesh
+        self._gateway_status = attempt.gateway_status
         if changed:
             self._mesh = attempt.mesh
             self._changes |= attempt.changes
@@ -575,3 +697,34 @@ async def validate_policy(
     except OSError as error:
         return [f"{path}: cannot list: {error.strerror or error}"]
     return list((await asyncio.to_thread(_read_policy, files, max_file_size, open_world)).errors)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyCheck:
+    """What validating a policy found: every reason it would be refused ([] when good), and, when
+    it holds Gateway API documents, those objects and the status each would get."""
+
+    errors: tuple[str, ...]
+    gateway_api: GatewayApiObjects
+    gateway_status: GatewayApiStatus
+    mesh: Mesh
+
+
+async def check_policy(
+    path: Path,
+    *,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    open_world: bool = False,
+    gateway_controller: str = DEFAULT_CONTROLLER_NAME,
+) -> PolicyCheck:
+    """As `validate_policy`, with the Gateway API objects read, their status, and the mesh read
+    (served only when there are no errors). Logs nothing."""
+    try:
+        files = await asyncio.to_thread(find_policy_files, path)
+    except FileNotFoundError:
+        return PolicyCheck((f"{path}: does not exist",), GatewayApiObjects(), GatewayApiStatus(), Mesh())
+    except OSError as error:
+        reason = f"{path}: cannot list: {error.strerror or error}"
+        return PolicyCheck((reason,), GatewayApiObjects(), GatewayApiStatus(), Mesh())
+    attempt = await asyncio.to_thread(_read_policy, files, max_file_size, open_world, None, None, gateway_controller)
+    return PolicyCheck(attempt.errors, attempt.gateway_api, attempt.gateway_status, attempt.mesh)

@@ -6,6 +6,10 @@ clock. The caller passes the text and the name to report it under (the file's pa
 object's `origin` is `name:line` of its definition, so the model's own problems (ranges, names,
 duplicates across files, unknown references) point at the right file and line too.
 
+A document with `apiVersion` (or `kind` and no policy key) is a Gateway API object: read into the
+JSON the API server would send and parsed by the Gateway API source's own typed parsers (never a
+second parser), their problems reported at the line of the field they name (`GatewayApiDocument`).
+
 Secrets come back as file references (`CertificateFiles`, `TrustBundleFile`), not PEM: reading the
 files is I/O, which belongs to the caller (`policy_files`).
 
@@ -31,12 +35,29 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from meshplane.discovery.gateway_api.fields import DNS_LABEL, DNS_SUBDOMAIN, Parsed
+from meshplane.discovery.gateway_api.gateway_classes import parse_gateway_class
+from meshplane.discovery.gateway_api.gateways import parse_gateway
+from meshplane.discovery.gateway_api.grpc_routes import parse_grpc_route
+from meshplane.discovery.gateway_api.http_routes import parse_http_route
+from meshplane.discovery.gateway_api.objects import (
+    BACKEND_TLS_POLICY,
+    GATEWAY,
+    GATEWAY_CLASS,
+    GRPC_ROUTE,
+    HTTP_ROUTE,
+    REFERENCE_GRANT,
+)
+from meshplane.discovery.gateway_api.reference_grants import parse_reference_grant
+from meshplane.discovery.gateway_api.references import GATEWAY_GROUP
 from meshplane.discovery.policy_yaml import LibyamlPolicyLoader, PythonPolicyLoader
 from meshplane.model import (
     HTTP_METHODS,
     REDIRECT_STATUSES,
     RETRY_CONDITIONS,
+    AccessLog,
     CircuitBreakers,
+    Collector,
     CorsPolicy,
     Endpoint,
     EndpointHealth,
@@ -53,11 +74,13 @@ from meshplane.model import (
     HealthCheckProtocol,
     LoadBalancing,
     Locality,
+    LogSink,
     Mirror,
     OutlierDetection,
     PathMatch,
     PathMatchKind,
     Protocol,
+    ProxyRole,
     QueryMatch,
     QueryMatchKind,
     RateLimit,
@@ -66,16 +89,21 @@ from meshplane.model import (
     RouteMatch,
     RouteRule,
     RouteTable,
+    RouteTelemetry,
     Service,
     ServicePort,
     ServiceRef,
     Site,
+    Telemetry,
+    Tracing,
     TrafficPolicy,
     UpstreamTls,
     WeightedBackend,
+    format_problems,
     header_name_problem,
     regex_problem,
 )
+from meshplane.model.telemetry import NO_TELEMETRY
 
 DEFAULT_NAMESPACE = "default"
 
@@ -93,7 +121,7 @@ SHORTHAND_PORT_NAMES: Mapping[Protocol, str] = {
 # Every key the format accepts, by section. Section names are what error messages and the headings of
 # docs/policy-files.md call them; tests check that the docs describe every key listed here.
 KEYS: Mapping[str, tuple[str, ...]] = {
-    "document": ("services", "routes", "secrets", "sites"),
+    "document": ("services", "routes", "secrets", "sites", "telemetry"),
     "service": ("name", "namespace", "hosts", "port", "protocol", "ports", "endpoints", "policy", "tls"),
     "service.ports": ("name", "port", "protocol"),
     "service.endpoints": ("address", "port", "ports", "zone", "region", "sub_zone", "health", "weight"),
@@ -166,6 +194,11 @@ KEYS: Mapping[str, tuple[str, ...]] = {
     "route.rules.redirect": ("scheme", "hostname", "port", "path", "prefix", "status"),
     "secret": ("name", "certificate_file", "key_file", "ca_file"),
     "site": ("id", "region", "zone", "gateways", "device_ranges"),
+    "telemetry": ("collectors", "access_logs", "tracing", "routes"),
+    "telemetry.collectors": ("name", "service", "port"),
+    "telemetry.access_logs": ("to", "path", "collector", "format", "json", "roles"),
+    "telemetry.tracing": ("collector", "sampling", "service_name", "roles"),
+    "telemetry.routes": ("route", "rule", "access_log", "sampling"),
 }
 
 
@@ -210,6 +243,8 @@ class ParsedPolicy:
     secrets: tuple[SecretFiles, ...] = ()
     errors: tuple[str, ...] = ()
     sites: tuple[Site, ...] = ()
+    telemetry: Telemetry = NO_TELEMETRY
+    gateway_api: tuple[GatewayApiDocument, ...] = ()
 
 
 # libyaml's parser (PyYAML's C extension) reads a policy file about 10x faster than the pure-Python
@@ -227,12 +262,18 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
     routes: list[RouteTable] = []
     secrets: list[SecretFiles] = []
     sites: list[Site] = []
+    telemetry: list[Telemetry] = []
+    gateway_api: list[GatewayApiDocument] = []
     try:
         for document in yaml.compose_all(text, Loader=YAML_LOADER):
             if isinstance(document, ScalarNode) and document.tag == _NULL:
                 continue  # an empty document, e.g. between two `---`
             if not isinstance(document, MappingNode):
                 reader.error(document, "a policy document must be a mapping with services, routes and/or secrets")
+                continue
+            if _is_gateway_api(document):
+                if (found_document := _gateway_api_document(reader, document)) is not None:
+                    gateway_api.append(found_document)
                 continue
             fields = reader.mapping(document, "document")
             if fields is None:
@@ -245,6 +286,8 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
                 secrets += _each(reader, fields["secrets"], "secrets", _secret)
             if "sites" in fields:
                 sites += _each(reader, fields["sites"], "sites", _site)
+            if "telemetry" in fields and (found := _telemetry(reader, fields["telemetry"])) is not None:
+                telemetry.append(found)
     except yaml.YAMLError as error:
         line, reason = _syntax_error(text, error)
         reader.errors.append((line, f"{source}:{line}: invalid YAML: {reason}"))
@@ -255,6 +298,8 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
         routes=tuple(routes),
         secrets=tuple(secrets),
         sites=tuple(sites),
+        telemetry=Telemetry.joined(telemetry) if telemetry else NO_TELEMETRY,
+        gateway_api=tuple(gateway_api),
         # In file order; an aliased node is read once per use, but its problems are reported once.
         errors=tuple(dict.fromkeys(text for _, text in sorted(reader.errors, key=lambda error: error[0]))),
     )
@@ -1199,3 +1244,284 @@ def _site(reader: _Reader, node: Node) -> Site | None:
         device_ranges=ranges,
         origin=reader.origin(node),
     )
+
+
+# --- telemetry ---
+
+
+def _telemetry(reader: _Reader, node: Node) -> Telemetry | None:
+    """Access logs and tracing. Shapes, types, enum values, percents and format operators are
+    checked here, each on its own line; the model checks references (collectors, services, ports,
+    routes and rules) and counts."""
+    fields = reader.mapping(node, "telemetry")
+    if fields is None:
+        return None
+    parts = {
+        key: tuple(_each(reader, fields[key], f"telemetry.{key}", read)) if key in fields else ()
+        for key, read in _TELEMETRY_PARTS.items()
+    }
+    return Telemetry(**parts)
+
+
+def _collector(reader: _Reader, node: Node) -> Collector | None:
+    section = "telemetry.collectors"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    name = _required_string(reader, node, fields, "name", section)
+    if "service" not in fields:
+        reader.error(node, f"{section} needs `service`")
+        return None
+    ref = _service_ref(reader, fields["service"], f"{section}.service")
+    port = _port_reference(reader, fields, section)
+    if name is None or ref is None:
+        return None
+    return Collector(name, ref, port, origin=reader.origin(node))
+
+
+def _access_log(reader: _Reader, node: Node) -> AccessLog | None:
+    section = "telemetry.access_logs"
+    fields = _mapping_needing(reader, node, section, "to")
+    if fields is None or (sink := reader.choice(fields["to"], f"{section}.to", LogSink)) is None:
+        return None
+    text_format = ""
+    if "format" in fields and (text := reader.string(fields["format"], f"{section}.format")) is not None:
+        if not text:
+            reader.error(fields["format"], f"{section}.format must not be empty (leave it out for the default)")
+        elif reasons := format_problems(text):
+            for reason in reasons:
+                reader.error(fields["format"], f"{section}.format: {reason}")
+        else:
+            text_format = text
+    json_fields: list[tuple[str, str]] = []
+    if "json" in fields and (entries := reader.mapping(fields["json"], f"{section}.json", keys=())) is not None:
+        if not entries:
+            reader.error(fields["json"], f"{section}.json needs at least one field")
+        for key, value in entries.items():
+            operators = reader.string(value, f"{section}.json.{key}")
+            if operators is None:
+                continue
+            if reasons := format_problems(operators):
+                for reason in reasons:
+                    reader.error(value, f"{section}.json.{key}: {reason}")
+                continue
+            json_fields.append((key, operators))
+    return AccessLog(
+        sink=sink,
+        path=_optional(fields, "path", reader.string, f"{section}.path", ""),
+        collector=_optional(fields, "collector", reader.string, f"{section}.collector", ""),
+        text_format=text_format,
+        json_fields=tuple(json_fields),
+        roles=_roles(reader, fields, section),
+        origin=reader.origin(node),
+    )
+
+
+def _tracing(reader: _Reader, node: Node) -> Tracing | None:
+    section = "telemetry.tracing"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    collector = _required_string(reader, node, fields, "collector", section)
+    sampling = _sampling(reader, fields, section)
+    if collector is None:
+        return None
+    return Tracing(
+        collector=collector,
+        sampling=100.0 if sampling is None else sampling,
+        service_name=_optional(fields, "service_name", reader.string, f"{section}.service_name", ""),
+        roles=_roles(reader, fields, section),
+        origin=reader.origin(node),
+    )
+
+
+def _route_telemetry(reader: _Reader, node: Node) -> RouteTelemetry | None:
+    section = "telemetry.routes"
+    fields = reader.mapping(node, section)
+    if fields is None:
+        return None
+    route = _required_string(reader, node, fields, "route", section)
+    rule = _required_string(reader, node, fields, "rule", section)
+    access_log = _optional(fields, "access_log", reader.boolean, f"{section}.access_log", None)
+    if route is None or rule is None:
+        return None
+    return RouteTelemetry(route, rule, access_log, _sampling(reader, fields, section), origin=reader.origin(node))
+
+
+def _sampling(reader: _Reader, fields: Mapping[str, Node], section: str) -> float | None:
+    """The percent 0-100 at `sampling`; None when absent or wrong (the error is reported)."""
+    if "sampling" not in fields:
+        return None
+    node = fields["sampling"]
+    value = reader.scalar(node, f"{section}.sampling", "a number from 0 to 100")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+        return float(value)
+    if value is not _BAD:
+        reader.error(node, f"{section}.sampling: {node.value!r} is not a percent from 0 to 100")
+    return None
+
+
+def _roles(reader: _Reader, fields: Mapping[str, Node], section: str) -> tuple[ProxyRole, ...]:
+    """The roles a setting names; () when `roles` is left out, which the model reads as every
+    role taking telemetry. So an empty list, which reads as "no role", is refused rather than
+    silently meaning every role."""
+    if "roles" not in fields:
+        return ()
+    node = fields["roles"]
+    items = reader.items(node, f"{section}.roles")
+    if isinstance(node, SequenceNode) and not items:
+        reader.error(node, f"{section}.roles: an empty list means no role: leave `roles` out for every role")
+    found = (reader.choice(item, f"{section}.roles", ProxyRole) for item in items)
+    return tuple(role for role in found if role is not None)
+
+
+# The parts of a `telemetry:` section and their readers (the keys are `Telemetry`'s fields).
+_TELEMETRY_PARTS: Mapping[str, Callable[[_Reader, Node], Any]] = {
+    "collectors": _collector,
+    "access_logs": _access_log,
+    "tracing": _tracing,
+    "routes": _route_telemetry,
+}
+
+
+# --- Gateway API documents -------------------------------------------------------------------
+#
+# A document with `apiVersion` or `kind` is a Gateway API object, written as for kubectl. It is
+# turned into the JSON the API server would send (plain mappings, lists and scalars) and read by
+# the Kubernetes source's own typed parsers; their problems come back at the line of the field
+# they name. What the API server adds is added here: a namespace ("default" when none is given),
+# `metadata.generation` 1.
+
+GATEWAY_API_VERSION = f"{GATEWAY_GROUP}/v1"
+# A Gateway API document nested deeper than this is refused (the parsers read a few levels).
+MAX_GATEWAY_API_DEPTH = 32
+_GATEWAY_API_PARSERS: Mapping[str, Callable[[Mapping[str, Any]], Parsed[Any]]] = {
+    GATEWAY_CLASS: parse_gateway_class,
+    GATEWAY: parse_gateway,
+    HTTP_ROUTE: parse_http_route,
+    GRPC_ROUTE: parse_grpc_route,
+    REFERENCE_GRANT: parse_reference_grant,
+}
+_GATEWAY_API_KEYS = ("apiVersion", "kind", "metadata", "spec")
+_METADATA_KEYS = ("name", "namespace", "labels", "annotations")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayApiDocument:
+    """One Gateway API object of a policy file: its kind, (namespace, name) (namespace "" for a
+    GatewayClass), the typed parser's reading, and `origin`, `source:line` of the document. Its
+    parser's problems are in the file's errors already."""
+
+    kind: str
+    key: tuple[str, str]
+    parsed: Parsed[Any]
+    origin: str
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _is_gateway_api(document: Node) -> bool:
+    """Whether `document` is read as a Gateway API object: it has `apiVersion`, or `kind` and none
+    of a policy document's keys (`services: […]` beside a stray `kind:` stays a policy document,
+    whose error names the stray key)."""
+    if not isinstance(document, MappingNode):
+        return False
+    keys = {key.value for key, _ in document.value if isinstance(key, ScalarNode)}
+    return "apiVersion" in keys or ("kind" in keys and keys.isdisjoint(KEYS["document"]))
+
+
+def _gateway_api_document(reader: _Reader, node: Node) -> GatewayApiDocument | None:
+    """The Gateway API object of `node`, its problems reported at their lines; None when it cannot
+    be read as one (unknown kind, no name)."""
+    fields = reader.mapping(node, "a Gateway API document", keys=_GATEWAY_API_KEYS)
+    if fields is None:
+        return None
+    version = _required_string(reader, node, fields, "apiVersion", "a Gateway API document")
+    kind = _required_string(reader, node, fields, "kind", "a Gateway API document")
+    if version is not None and version != GATEWAY_API_VERSION:
+        reader.error(fields["apiVersion"], f"apiVersion must be {GATEWAY_API_VERSION}, not {version!r}")
+        return None
+    if kind is None or version is None:
+        return None
+    if kind == BACKEND_TLS_POLICY:
+        reader.error(fields["kind"], f"{kind} is not read from policy files")
+        return None
+    if kind not in _GATEWAY_API_PARSERS:
+        reader.error(fields["kind"], f"unknown Gateway API kind {kind!r}{_suggest(kind, _GATEWAY_API_PARSERS)}")
+        return None
+    metadata = (
+        reader.mapping(fields["metadata"], f"{kind} metadata", keys=_METADATA_KEYS) if "metadata" in fields else {}
+    )
+    if metadata is None or "name" not in metadata:
+        if metadata is not None:
+            reader.error(fields.get("metadata", node), f"{kind} needs `metadata.name`")
+        return None
+    name = reader.string(metadata["name"], f"{kind} metadata.name")
+    namespace = DEFAULT_NAMESPACE if kind != GATEWAY_CLASS else ""
+    if "namespace" in metadata:
+        if kind == GATEWAY_CLASS:
+            reader.error(metadata["namespace"], f"{kind} is cluster-scoped: it has no namespace")
+        elif (given := reader.string(metadata["namespace"], f"{kind} metadata.namespace")) is not None:
+            if len(given) > 63 or not DNS_LABEL.fullmatch(given):
+                reader.error(metadata["namespace"], f"{kind} metadata.namespace {given!r} is not a DNS label")
+                return None
+            namespace = given
+    if name is None:
+        return None
+    if len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        reader.error(metadata["name"], f"{kind} metadata.name {name!r} is not a DNS subdomain name")
+        return None
+    lines: dict[str, int] = {"": node.start_mark.line + 1}
+    try:
+        spec = _json_value(reader, fields["spec"], "spec", lines, 1) if "spec" in fields else None
+    except _TooDeep:
+        reader.error(node, f"{kind} {name}: nested deeper than {MAX_GATEWAY_API_DEPTH} levels")
+        return None
+    obj: dict[str, Any] = {
+        "apiVersion": version,
+        "kind": kind,
+        "metadata": {"name": name, "generation": 1, **({"namespace": namespace} if namespace else {})},
+    }
+    if spec is not None:
+        obj["spec"] = spec
+    parsed = _GATEWAY_API_PARSERS[kind](obj)
+    for problem in parsed.problems:
+        text = problem.message.removeprefix(f"{problem.subject}: ")
+        line = _line_of(text.split(": ", 1)[0], lines)
+        reader.errors.append((line, f"{reader.source}:{line}: {problem.message}"))
+    return GatewayApiDocument(kind, (namespace, name), parsed, reader.origin(node))
+
+
+def _json_value(reader: _Reader, node: Node, path: str, lines: dict[str, int], depth: int) -> Any:
+    """`node` as the API server's JSON would have it (mappings, lists, str, int, float, bool,
+    None), recording the line of every path (`spec.rules[0].matches`) in `lines`."""
+    if depth > MAX_GATEWAY_API_DEPTH:
+        raise _TooDeep
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, MappingNode):
+        fields = reader.mapping(node, path, keys=())
+        if fields is None:
+            return None
+        return {key: _json_value(reader, value, f"{path}.{key}", lines, depth + 1) for key, value in fields.items()}
+    if isinstance(node, SequenceNode):
+        items = reader.items(node, path)
+        return [_json_value(reader, item, f"{path}[{index}]", lines, depth + 1) for index, item in enumerate(items)]
+    if node.tag == _NULL:
+        reader.visited()
+        return None
+    value = reader.scalar(node, path, "a value")
+    if value is _BAD:
+        return None
+    if isinstance(value, str | bool | int | float):
+        return value
+    return str(node.value)  # a date or binary YAML typed: the text, as JSON would carry it
+
+
+def _line_of(path: str, lines: Mapping[str, int]) -> int:
+    """The line of `path` or of its closest enclosing field that has one."""
+    while path not in lines:
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return lines[path]

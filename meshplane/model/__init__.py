@@ -9,6 +9,7 @@ from meshplane.model.devices import (
     is_device_class,
     is_device_id,
 )
+from meshplane.model.gateways import Gateway, GatewayHost, GatewayListener, GatewayRule, ListenerProtocol
 from meshplane.model.limits import ENVOY_REGEX_MAX_PROGRAM_SIZE, header_name_problem, regex_problem
 from meshplane.model.mesh import DEFAULT_CLUSTER_DOMAIN, Mesh
 from meshplane.model.policy import (
@@ -62,17 +63,34 @@ from meshplane.model.services import (
 )
 from meshplane.model.sites import GatewayAddress, Site, is_site_id
 from meshplane.model.source_status import SourceStatus
+from meshplane.model.telemetry import (
+    DEFAULT_TEXT_FORMAT,
+    ENVOY_COMMAND_OPERATORS,
+    TELEMETRY_ROLES,
+    AccessLog,
+    Collector,
+    LogSink,
+    RouteTelemetry,
+    Telemetry,
+    Tracing,
+    format_problems,
+)
 
 __all__ = [
     "DEFAULT_CLUSTER_DOMAIN",
     "DEFAULT_OUTBOUND_PORT",
+    "DEFAULT_TEXT_FORMAT",
+    "ENVOY_COMMAND_OPERATORS",
     "ENVOY_REGEX_MAX_PROGRAM_SIZE",
     "HTTP_METHODS",
     "METADATA_ADDRESSES",
     "REDIRECT_STATUSES",
     "RETRY_CONDITIONS",
+    "TELEMETRY_ROLES",
+    "AccessLog",
     "AddressRefusal",
     "CircuitBreakers",
+    "Collector",
     "CorsPolicy",
     "Device",
     "DeviceEndpoint",
@@ -81,7 +99,11 @@ __all__ = [
     "FaultAbort",
     "FaultDelay",
     "FaultInjection",
+    "Gateway",
     "GatewayAddress",
+    "GatewayHost",
+    "GatewayListener",
+    "GatewayRule",
     "HashKey",
     "HeaderMatch",
     "HeaderMatchKind",
@@ -89,8 +111,10 @@ __all__ = [
     "HeaderValue",
     "HealthCheck",
     "HealthCheckProtocol",
+    "ListenerProtocol",
     "LoadBalancing",
     "Locality",
+    "LogSink",
     "Mesh",
     "Mirror",
     "OutlierDetection",
@@ -109,17 +133,21 @@ __all__ = [
     "RouteMatch",
     "RouteRule",
     "RouteTable",
+    "RouteTelemetry",
     "Service",
     "ServicePort",
     "ServiceRef",
     "Site",
     "SourceStatus",
+    "Telemetry",
     "TlsCertificate",
+    "Tracing",
     "TrafficPolicy",
     "TrustBundle",
     "UpstreamTls",
     "WeightedBackend",
     "forbidden_address_reason",
+    "format_problems",
     "header_name_problem",
     "is_device_class",
     "is_device_id",

@@ -25,7 +25,10 @@ class MeshChanges:
     `services`: a service added, removed or changed beyond its endpoints, or the cluster domain;
     `endpoints`: the services whose endpoints changed (when `services` is False, nothing else of
     them did); `routes`: the route tables; `secrets`: certificates or trust bundles; `sites`: the
-    edge sites; `devices`: the admitted devices. `MeshChanges()` is no change at all.
+    edge sites; `devices`: the admitted devices; `telemetry`: access logs, tracing, collectors and
+    their per-rule overrides (the listeners and routes of every role that takes telemetry);
+    `gateways`: the Kubernetes Gateways and the routes resolved onto them.
+    `MeshChanges()` is no change at all.
 
     A change set may say more than changed (a part marked that turns out equal costs a rebuild),
     never less: a part that differs and is not marked would leave proxies on old config.
@@ -37,11 +40,15 @@ class MeshChanges:
     secrets: bool = False
     sites: bool = False
     devices: bool = False
+    telemetry: bool = False
+    gateways: bool = False
 
     @staticmethod
     def everything() -> MeshChanges:
         """A first mesh, or one whose differences are not known: everything is rebuilt."""
-        return MeshChanges(services=True, routes=True, secrets=True, sites=True, devices=True)
+        return MeshChanges(
+            services=True, routes=True, secrets=True, sites=True, devices=True, telemetry=True, gateways=True
+        )
 
     @property
     def none(self) -> bool:
@@ -61,6 +68,8 @@ class MeshChanges:
             secrets=self.secrets or other.secrets,
             sites=self.sites or other.sites,
             devices=self.devices or other.devices,
+            telemetry=self.telemetry or other.telemetry,
+            gateways=self.gateways or other.gateways,
         )
 
     def covers(self, other: MeshChanges) -> bool:
@@ -109,7 +118,7 @@ class DeviceChanges:
 
 _NONE = MeshChanges()
 # The parts marked by a flag (`endpoints` is a set of services, apart).
-PARTS = ("services", "routes", "secrets", "sites", "devices")
+PARTS = ("services", "routes", "secrets", "sites", "devices", "telemetry", "gateways")
 # Mesh fields beyond `services`, and the part each one is.
 _PART_OF_FIELD = {
     "routes": "routes",
@@ -118,6 +127,8 @@ _PART_OF_FIELD = {
     "cluster_domain": "services",
     "sites": "sites",
     "devices": "devices",
+    "telemetry": "telemetry",
+    "gateways": "gateways",
 }
 _MESH_FIELDS = tuple(f.name for f in dataclasses.fields(Mesh) if f.name != "services")
 _SERVICE_FIELDS = tuple(f.name for f in dataclasses.fields(Service) if f.name != "endpoints")

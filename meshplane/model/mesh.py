@@ -10,11 +10,13 @@ import bisect
 from dataclasses import dataclass
 
 from meshplane.model.devices import Device
+from meshplane.model.gateways import Gateway
 from meshplane.model.problems import Problem, ProblemKind, Subject
 from meshplane.model.routes import RouteTable, WeightedBackend
 from meshplane.model.secrets import TlsCertificate, TrustBundle
 from meshplane.model.services import Service, ServiceRef
 from meshplane.model.sites import Site
+from meshplane.model.telemetry import NO_TELEMETRY, Telemetry
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
@@ -37,7 +39,9 @@ class Mesh:
     """Services and route tables, each sorted by key, so equal meshes compare and translate equal.
 
     `sites` (edge sites, from the policy files) and `devices` (live edge registrations, sorted by
-    site, then id: `device_order`) matter only to the edge roles' translators.
+    site, then id: `device_order`) matter only to the edge roles' translators. `telemetry` (access
+    logs and tracing, from the policy files) matters to the Envoy roles' listeners and routes.
+    `gateways` (Kubernetes Gateways, sorted by namespace/name) matter only to the `gateway` role.
     """
 
     services: tuple[Service, ...] = ()
@@ -47,6 +51,8 @@ class Mesh:
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     sites: tuple[Site, ...] = ()
     devices: tuple[Device, ...] = ()
+    telemetry: Telemetry = NO_TELEMETRY
+    gateways: tuple[Gateway, ...] = ()
 
     @staticmethod
     def of(
@@ -57,6 +63,8 @@ class Mesh:
         cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
         sites: list[Site] | tuple[Site, ...] = (),
         devices: list[Device] | tuple[Device, ...] = (),
+        telemetry: Telemetry = NO_TELEMETRY,
+        gateways: list[Gateway] | tuple[Gateway, ...] = (),
     ) -> Mesh:
         """A mesh with its parts in canonical order (services by namespace/name, others by name or id)."""
         return Mesh(
@@ -67,6 +75,8 @@ class Mesh:
             cluster_domain=cluster_domain,
             sites=tuple(sorted(sites, key=lambda s: s.id)),
             devices=tuple(sorted(devices, key=device_order)),
+            telemetry=telemetry,
+            gateways=tuple(sorted(gateways, key=lambda g: (g.namespace, g.name))),
         )
 
     def devices_at(self, site_id: str) -> tuple[Device, ...]:
@@ -122,6 +132,8 @@ class Mesh:
             by_ref[service.ref] = service
         found += self._secret_problems()
         found += self._edge_problems()
+        found += self.telemetry.problems(by_ref, self.routes)
+        found += self._gateway_problems(by_ref)
         route_names: dict[str, RouteTable] = {}
         attached: dict[ServiceRef, RouteTable] = {}
         for table in self.routes:
@@ -149,6 +161,28 @@ class Mesh:
             for index, rule in enumerate(table.rules):
                 for backend in rule.targets():
                     found += backend_problems(about.within(f"rule {index + 1}"), backend, by_ref.get(backend.service))
+        return found
+
+    def gateway(self, key: str) -> Gateway | None:
+        """The Gateway `namespace/name`, or None."""
+        for gateway in self.gateways:
+            if gateway.key == key:
+                return gateway
+        return None
+
+    def _gateway_problems(self, by_ref: dict[ServiceRef, Service]) -> list[Problem]:
+        """A Gateway's own problems, and each rule's backends checked as a route's are."""
+        found: list[Problem] = []
+        certificates = frozenset(c.name for c in self.certificates)
+        for gateway in self.gateways:
+            found += gateway.problems(certificates)
+            about = Subject(f"gateway {gateway.key}")
+            for listener in gateway.listeners:
+                for host in listener.hosts:
+                    for index, rule in enumerate(host.rules):
+                        where = about.within(f"listener {listener.name} host {host.hostname} rule {index + 1}")
+                        for backend in rule.rule.targets():
+                            found += backend_problems(where, backend, by_ref.get(backend.service))
         return found
 
     def _edge_problems(self) -> list[Problem]:

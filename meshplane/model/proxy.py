@@ -22,6 +22,10 @@ DEFAULT_EDGE_GATEWAY_PORT = 15080
 # source meshplane sends it: bounded, and plain enough to read back the same in YAML, logs and stats.
 MAX_XDS_CLUSTER_LENGTH = 128
 _XDS_CLUSTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+# A gateway proxy's listeners are the Gateway's ports plus its offset, which keeps them ports.
+MAX_PORT_OFFSET = 64511
+# `namespace/name` of a Gateway: a DNS label, then a DNS subdomain (Kubernetes' own limits).
+_GATEWAY_KEY = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 class ProxyRole(StrEnum):
@@ -31,6 +35,7 @@ class ProxyRole(StrEnum):
     cloud traffic to one registered device of its site by id.
     `device`: a full Envoy on a piece of equipment, reaching cloud APIs through its site's gateways.
     `mobile`: Envoy Mobile in an app; it speaks ADS with CDS and RTDS only.
+    `gateway`: an Envoy serving one Kubernetes Gateway (Gateway API): its listeners and routes.
     """
 
     SIDECAR = "sidecar"
@@ -38,11 +43,17 @@ class ProxyRole(StrEnum):
     EDGE_GATEWAY = "edge-gateway"
     DEVICE = "device"
     MOBILE = "mobile"
+    GATEWAY = "gateway"
 
     @property
     def is_edge(self) -> bool:
         """Roles whose config depends on the proxy's edge site."""
         return self in (ProxyRole.EDGE_GATEWAY, ProxyRole.DEVICE, ProxyRole.MOBILE)
+
+    @property
+    def has_listen_address(self) -> bool:
+        """Roles whose listeners bind an address of the host (the others' are loopback)."""
+        return self in (ProxyRole.EDGE_GATEWAY, ProxyRole.GATEWAY)
 
     @property
     def default_outbound_port(self) -> int:
@@ -83,7 +94,10 @@ class ProxyGroup:
     `xds_api_type` and `xds_cluster` say where the config sources sent to the proxy point: its ADS
     stream (`ads`, with no cluster), or the per-type services (`grpc`, `delta_grpc`) reached
     through the xDS cluster its bootstrap names. Two proxies differing only there get different
-    bytes, so they are two groups; proxyless gRPC speaks ADS only.
+    bytes, so they are two groups; proxyless gRPC speaks ADS only. A `gateway` proxy serves the
+    Gateway `gateway` (`namespace/name`) on `listen_address` too, each listener on its port plus
+    `port_offset` (0-64511; a test or a laptop moves port 80 to 8080 so); both are empty (0) for
+    the other roles.
     """
 
     role: ProxyRole = ProxyRole.SIDECAR
@@ -93,18 +107,28 @@ class ProxyGroup:
     listen_address: str = ""
     xds_api_type: XdsApiType = XdsApiType.ADS
     xds_cluster: str = ""
+    gateway: str = ""
+    port_offset: int = 0
 
     def __post_init__(self) -> None:
         # One spelling per address, and none for roles it does not apply to: otherwise equal
         # configs would make distinct groups (and the status endpoint's queries could name a
         # group no proxy can be in).
         if self.listen_address and (
-            self.role is not ProxyRole.EDGE_GATEWAY or listen_address_of(self.listen_address) != self.listen_address
+            not self.role.has_listen_address or listen_address_of(self.listen_address) != self.listen_address
         ):
             raise ValueError(
-                f"listen_address {self.listen_address!r}: only an edge-gateway has one, an IP address in "
-                "canonical form (127.0.0.1, ::1)"
+                f"listen_address {self.listen_address!r}: only an edge-gateway or a gateway has one, an IP address"
+                " in canonical form (127.0.0.1, ::1)"
             )
+        if self.role is ProxyRole.GATEWAY:
+            # Empty: a group naming no Gateway, served no listeners (the node parser requires one).
+            if self.gateway and (problem := gateway_key_problem(self.gateway)) is not None:
+                raise ValueError(problem)
+            if not 0 <= self.port_offset <= MAX_PORT_OFFSET:
+                raise ValueError(f"port_offset {self.port_offset} is out of range 0-{MAX_PORT_OFFSET}")
+        elif self.gateway or self.port_offset:
+            raise ValueError("gateway and port_offset are for a gateway proxy only")
         if self.xds_api_type is XdsApiType.ADS:
             if self.xds_cluster:
                 raise ValueError(f"xds_cluster {self.xds_cluster!r}: only a per-type proxy names its xDS cluster")
@@ -130,9 +154,20 @@ class ProxyGroup:
             text += f"#{self.site}"
         if self.listen_address:
             text += f" on {self.listen_address}"
+        if self.gateway:
+            text += f" for {self.gateway}"
+        if self.port_offset:
+            text += f" +{self.port_offset}"
         if self.xds_api_type is not XdsApiType.ADS:
             text += f" per-type {self.xds_api_type} via {self.xds_cluster}"
         return text
+
+
+def gateway_key_problem(key: str) -> str | None:
+    """Why `key` cannot name the Gateway a gateway proxy serves (`namespace/name`), or None."""
+    if _GATEWAY_KEY.fullmatch(key):
+        return None
+    return f"gateway {key[:80]!r} is not namespace/name of a Gateway (lowercase DNS names)"
 
 
 def listen_address_of(text: str) -> str | None:

@@ -231,6 +231,11 @@ class RouteRule:
     of them at most), `host_rewrite` the Host header. `mirrors` get copies of the forwarded
     requests; `fault` delays or fails some of them; `rate_limit` caps them; `cors` lets browsers'
     scripts of other origins call them. `name`, optional, is unique in its table.
+
+    `timeout` bounds a request from the proxy's first byte received to the response's last sent
+    (0: none; None: the proxy's default); `backend_timeout` bounds each request to a backend (one
+    try; 0 or None: no bound of its own). Without retries there is one try, so the stricter of
+    the two applies; with retries, `backend_timeout` is each try's when `retry` names none.
     """
 
     match: RouteMatch
@@ -248,6 +253,7 @@ class RouteRule:
     fault: FaultInjection | None = None
     rate_limit: RateLimit | None = None
     cors: CorsPolicy | None = None
+    backend_timeout: float | None = None
 
     def targets(self) -> tuple[WeightedBackend, ...]:
         """Every service port the rule sends requests to, for checks that they exist: its backends,
@@ -319,6 +325,9 @@ def _rule_problems(about: Subject, rule: RouteRule) -> list[Problem]:
         found.append(about.invalid("backend weights add up to zero"))
     if rule.timeout is not None and not (rule.timeout == 0 or MIN_TIMEOUT <= rule.timeout < float("inf")):
         found.append(about.invalid("timeout must be 0 (none) or at least 1ms"))
+    backend = rule.backend_timeout
+    if backend is not None and not (backend == 0 or MIN_TIMEOUT <= backend < float("inf")):
+        found.append(about.invalid("backend timeout must be 0 (none) or at least 1ms"))
     if (retry := rule.retry) is not None:
         unknown = sorted(set(retry.on) - RETRY_CONDITIONS)
         if unknown:
@@ -431,7 +440,7 @@ def _redirect_problems(about: Subject, rule: RouteRule) -> list[Problem]:
     # A redirect answers the request itself: nothing is forwarded, so nothing about forwarding applies.
     forwarding = {
         "backends": bool(rule.backends),
-        "timeout": rule.timeout is not None,
+        "timeout": rule.timeout is not None or rule.backend_timeout is not None,
         "retries": rule.retry is not None,
         "a rewrite": rule.prefix_rewrite is not None or rule.path_rewrite is not None or rule.host_rewrite is not None,
         "request headers": rule.request_headers is not None,

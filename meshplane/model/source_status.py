@@ -29,7 +29,8 @@ class SourceStatus:
     an annotation skipped, a Secret kept at its last good version); they never make the source
     itself unhealthy. `counts` describe the content being served (the last good content), e.g.
     {"services": 3, "routes": 1, "secrets": 0, "files": 2}. `events` counts what happened since
-    start, e.g. {"registrations": 9, "lease_expiries": 2}.
+    start, e.g. {"registrations": 9, "lease_expiries": 2}. `feeds_mesh`: False for a source whose
+    objects are read and shown but not yet part of what is served; it does not hold readiness back.
     """
 
     name: str
@@ -40,3 +41,4 @@ class SourceStatus:
     counts: Mapping[str, int]
     events: Mapping[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    feeds_mesh: bool = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,9 +54,69 @@ def trust_domain(text: str) -> str:
     return text
 
 
+# Bounds of --registry-store-pool, repeated from meshplane.discovery.registry.store_postgres (which
+# imports psycopg); tests/test_registry_postgres.py keeps them equal.
+MIN_STORE_POOL = 2
+MAX_STORE_POOL = 64
+
+
+def store_url(text: str) -> str:
+    """A `--registry-store` URL: postgresql:// (or postgres://), never with a password in it."""
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("postgresql", "postgres") or not parsed.path.strip("/"):
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r}: expected postgresql://[user@]host[:port]/database[?sslmode=…&sslrootcert=…]"
+        )
+    query = urllib.parse.parse_qs(parsed.query)
+    if parsed.password is not None or "password" in query:
+        raise argparse.ArgumentTypeError(
+            "the URL holds a password: give it in --registry-store-password-file or the PGPASSWORD"
+            " environment variable instead (a command line is visible to every process on the machine)"
+        )
+    return text
+
+
+def store_pool(text: str) -> int:
+    value = int(text)
+    if not MIN_STORE_POOL <= value <= MAX_STORE_POOL:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be from {MIN_STORE_POOL} to {MAX_STORE_POOL} connections")
+    return value
+
+
 def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("edge registry (docs/edge.md); on when --registry-db is given")
+    group = parser.add_argument_group(
+        "edge registry (docs/edge.md); on when --registry-db or --registry-store is given"
+    )
     env_flag(group, "--registry-db", help="SQLite file holding registrations (`:memory:`: keep none across restarts)")
+    env_flag(
+        group,
+        "--registry-store",
+        type=store_url,
+        help="instead of --registry-db: a PostgreSQL database shared by every replica"
+        " (postgresql://user@host:port/db?sslmode=verify-full&sslrootcert=…; no password in it)",
+    )
+    env_flag(
+        group,
+        "--registry-store-password-file",
+        type=Path,
+        help="file holding the --registry-store password (else libpq's PGPASSWORD or ~/.pgpass)",
+    )
+    env_flag(
+        group,
+        "--registry-store-pool",
+        type=store_pool,
+        default=4,
+        help=f"--registry-store: most connections for writes and reads ({MIN_STORE_POOL}-{MAX_STORE_POOL};"
+        " one more listens for other replicas' changes)",
+    )
+    env_flag(
+        group,
+        "--registry-store-resync",
+        type=positive_seconds,
+        default=30.0,
+        help="--registry-store: seconds between full re-reads of the database (bounds how long a missed"
+        " change notification can go unseen)",
+    )
     env_flag(group, "--registry-address", default="0.0.0.0:18001", help="gRPC registry listen address")
     env_flag(
         group, "--registry-http-address", default="0.0.0.0:18002", help="the registry's JSON mirror listen address"
@@ -150,9 +211,13 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
 
 def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
     """The registry's settings, None when it is off. Exits (status 2, the reason on stderr) when
-    only one of --registry-ca-cert and --registry-ca-key is given."""
-    if not args.registry_db:
+    only one of --registry-ca-cert and --registry-ca-key is given, or both --registry-db and
+    --registry-store."""
+    if not args.registry_db and not args.registry_store:
         return None
+    if args.registry_db and args.registry_store:
+        print("meshplane: give --registry-db (one machine) or --registry-store (shared), not both", file=sys.stderr)
+        raise SystemExit(2)
     if (args.registry_ca_cert is None) != (args.registry_ca_key is None):
         print("meshplane: --registry-ca-cert and --registry-ca-key go together: give both or neither", file=sys.stderr)
         raise SystemExit(2)
@@ -160,7 +225,11 @@ def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
     from meshplane.registry_api.server import EdgeSettings
 
     return EdgeSettings(
-        db=args.registry_db,
+        db=args.registry_db or "",
+        store=args.registry_store or "",
+        store_password_file=args.registry_store_password_file,
+        store_pool=args.registry_store_pool,
+        store_resync=args.registry_store_resync,
         address=args.registry_address,
         http_address=args.registry_http_address,
         tokens=args.registry_tokens,

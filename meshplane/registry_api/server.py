@@ -23,7 +23,7 @@ from meshplane.addresses import split_address
 from meshplane.discovery.registry.auth import TokenAuthenticator
 from meshplane.discovery.registry.identity import DEFAULT_TRUST_DOMAIN, CertificateAuthority, CertificateAuthorityError
 from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings
-from meshplane.discovery.registry.store import MemoryStore, RegistrationStore, SqliteStore
+from meshplane.discovery.registry.store import MemoryStore, RegistrationStore, SqliteStore, StoreError
 from meshplane.grpc_limits import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CALLS_PER_CLIENT,
@@ -52,7 +52,8 @@ DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 256
 
 @dataclass(frozen=True, slots=True)
 class EdgeSettings:
-    """`db`: the SQLite file (`:memory:` keeps nothing across restarts). `tokens`: the hashed tokens
+    """`db`: the SQLite file (`:memory:` keeps nothing across restarts); or `store`, a PostgreSQL
+    database several replicas share (`meshplane.discovery.registry.store_postgres`). `tokens`: the hashed tokens
     file. With `tls_certificate` and `tls_key` the gRPC registry serves TLS; with `client_ca` too,
     devices may authenticate by client certificate instead of a token. With `ca_certificate` and
     `ca_key` (both or neither), a device registering with a CSR gets a certificate naming its SPIFFE
@@ -70,6 +71,12 @@ class EdgeSettings:
     at once (0: no limit). See `meshplane.grpc_limits` for the keepalive and per-connection bounds."""
 
     db: str
+    # Instead of `db`: a PostgreSQL URL shared by replicas (no password in it: `store_password_file`
+    # or libpq's PGPASSWORD), with its pool size and the period of full re-reads.
+    store: str = ""
+    store_password_file: Path | None = None
+    store_pool: int = 4
+    store_resync: float = 30.0
     address: str = "0.0.0.0:18001"
     http_address: str = "0.0.0.0:18002"
     tokens: Path | None = None
@@ -99,7 +106,7 @@ class EdgeRegistryServer:
     ) -> None:
         self.settings = settings
         authority = _authority(settings)
-        store: RegistrationStore = MemoryStore() if settings.db == ":memory:" else SqliteStore(Path(settings.db))
+        store = _store(settings)
         self.registry = EdgeRegistry(store, sites, leases=settings.leases, on_change=on_change, authority=authority)
         self.tokens = TokenAuthenticator.from_file(settings.tokens) if settings.tokens else TokenAuthenticator()
         # Shared by the gRPC and JSON APIs: one bucket per principal, whichever API it calls.
@@ -185,6 +192,34 @@ class EdgeRegistryServer:
             await self._http_listener.wait_closed()
             self._http_listener = None
         await self.registry.close()
+
+
+def _store(settings: EdgeSettings) -> RegistrationStore:
+    """The store `settings` name. Raises StoreError (which `meshplane serve` reports, exit status 1)
+    when the password file cannot be read or the URL cannot be used."""
+    if not settings.store:
+        return MemoryStore() if settings.db == ":memory:" else SqliteStore(Path(settings.db))
+    from meshplane.discovery.registry.store_postgres import PostgresSettings, PostgresStore  # only when used
+
+    password = None
+    if settings.store_password_file is not None:
+        try:
+            password = settings.store_password_file.read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise StoreError(f"--registry-store-password-file {settings.store_password_file}: {error}") from None
+        if not password or "\n" in password:
+            raise StoreError(
+                f"--registry-store-password-file {settings.store_password_file}: must hold the password on one line"
+            )
+    return PostgresStore(
+        PostgresSettings(
+            settings.store,
+            password=password,
+            pool_size=settings.store_pool,
+            resync_interval=settings.store_resync,
+            sweep_interval=settings.leases.check_interval,
+        )
+    )
 
 
 def _authority(settings: EdgeSettings) -> CertificateAuthority | None:

@@ -18,19 +18,24 @@ Per stream and type, from what the stream registry recorded (tracking.py):
 A stream has reached G when every type it subscribes to has; it failed when one type failed. A node
 (several streams, without ADS) has reached G when every stream of it has; failed when one failed.
 
+Each generation also says when its change was first observed (`changed_at`) and how fast ACKs
+reached it (`acks`: the count of (stream, type) ACKs of content it published, from streams
+connected before it was published, and the first and last of them in seconds from `changed_at`),
+as the server noted them (`ChangeLog.reached`): figures of a fixed size, whatever the fleet.
+
 Reads only: the change log, the stream registry and the cache; builds nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshplane.model import ProxyGroup
 from meshplane.status.document import group_fields
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publication import Cause, ChangeLog, Generation
+from meshplane.xds.publication import Acks, Cause, ChangeLog, Generation
 from meshplane.xds.server.tracking import Nack, StreamRegistry, StreamTrack, TypeTrack, bounded_text
 from meshplane.xds.snapshot import aggregate_version
 from meshplane.xds.types import TypeUrl
@@ -76,13 +81,22 @@ class _StreamStand:
         return PENDING, None
 
 
-def _type_stand(log: ChangeLog, cache: SnapshotCache, group: ProxyGroup, type_url: str, entry: TypeTrack) -> _TypeStand:
-    acked = log.generation_of(group, type_url, entry.acked_version) if entry.acked_version else None
+def _type_stand(
+    log: ChangeLog,
+    cache: SnapshotCache,
+    group: ProxyGroup,
+    versions: Mapping[str, Mapping[str, int]],
+    type_url: str,
+    entry: TypeTrack,
+) -> _TypeStand:
+    """`versions`: `log.versions_of(group)`, looked up once per group, not per stream and type."""
+    by_version = versions.get(type_url, {})
+    acked = by_version.get(entry.acked_version) if entry.acked_version else None
     selection = isinstance(entry.resources, tuple)  # SotW; a Delta stream ACKs the type's version
     if acked is None and selection and entry.acked_version and entry.acked_version == entry.sent_version:
         acked = _current_selection(log, cache, group, type_url, entry)
     nack = entry.last_nack
-    nacked = log.generation_of(group, type_url, nack.rejected_version) if nack is not None else None
+    nacked = by_version.get(nack.rejected_version) if nack is not None else None
     return _TypeStand(-1 if acked is None else acked, -1 if nacked is None else nacked, nack)
 
 
@@ -103,21 +117,45 @@ def _current_selection(
     return log.newest_for(group)
 
 
-def _stands(log: ChangeLog, cache: SnapshotCache, streams: Iterable[StreamTrack]) -> list[_StreamStand]:
-    return [
-        _StreamStand(
-            track.node_id,
-            track.group,
-            tuple(
-                _type_stand(log, cache, track.group, str(t), entry)
-                for t, entry in track.types.items()
-                # A type never sent (nor NACKed) has no version to judge: the server had nothing to
-                # send it (secrets withheld, say) or has not got to it; the types it was sent judge.
-                if entry.sent_seq or entry.last_nack is not None
-            ),
-        )
-        for track in streams
-    ]
+@dataclass(slots=True)
+class _Place:
+    """One group's part of `_stands`: its version maps, its streams' stands, and the type stands
+    judged so far (by what decides them)."""
+
+    versions: Mapping[str, Mapping[str, int]]
+    stands: list[_StreamStand] = field(default_factory=list)
+    judged: dict[tuple[str, str, bool, type], _TypeStand] = field(default_factory=dict)
+
+
+def _stands(
+    log: ChangeLog, cache: SnapshotCache, streams: Iterable[StreamTrack], groups: Collection[ProxyGroup]
+) -> dict[ProxyGroup, list[_StreamStand]]:
+    """Where each stream of `groups` stands, by group: a generation looks at its own groups' streams
+    only (at 10,000 streams, a page of generations otherwise passes over every stream once each)."""
+    places: dict[ProxyGroup, _Place] = {group: _Place(log.versions_of(group)) for group in groups}
+    for track in streams:
+        place = places.get(track.group)
+        if place is None:
+            continue
+        types = []
+        for t, entry in track.types.items():
+            # A type never sent (nor NACKed) has no version to judge: the server had nothing to
+            # send it (secrets withheld, say) or has not got to it; the types it was sent judge.
+            if not entry.sent_seq and entry.last_nack is None:
+                continue
+            type_url = str(t)
+            if entry.last_nack is not None:  # the stand carries this stream's own NACK
+                types.append(_type_stand(log, cache, track.group, place.versions, type_url, entry))
+                continue
+            # Without a NACK a stand is a function of these (a selection's version is a hash of
+            # what it holds), and most streams of a group share them: judged once per group.
+            key = (type_url, entry.acked_version, entry.acked_version == entry.sent_version, type(entry.resources))
+            stand = place.judged.get(key)
+            if stand is None:
+                stand = place.judged[key] = _type_stand(log, cache, track.group, place.versions, type_url, entry)
+            types.append(stand)
+        place.stands.append(_StreamStand(track.node_id, track.group, tuple(types)))
+    return {group: place.stands for group, place in places.items() if place.stands}
 
 
 def cause_summary(cause: Cause, parts: Iterable[str], services: Iterable[str], services_changed: int) -> str:
@@ -137,12 +175,13 @@ def cause_summary(cause: Cause, parts: Iterable[str], services: Iterable[str], s
     return f"{sources} ({'; '.join(items)})" if items else sources
 
 
-def generation_document(generation: Generation, stands: Iterable[_StreamStand]) -> dict[str, Any]:
-    """One generation, JSON-ready (docs/status-api.md, "Changes")."""
+def generation_document(
+    generation: Generation, stands: Mapping[ProxyGroup, list[_StreamStand]], acks: Acks
+) -> dict[str, Any]:
+    """One generation, JSON-ready (docs/status-api.md, "Changes"); `stands`: where the streams of
+    (at least) its groups stand, by group (`_stands`); `acks`: the ACKs that reached it."""
     nodes: dict[str, tuple[str, Nack | None]] = {}
-    for stand in stands:
-        if stand.group not in generation.groups:
-            continue
+    for stand in (stand for group in generation.groups for stand in stands.get(group, ())):
         state, nack = stand.state(generation.number)
         before = nodes.get(stand.node_id)
         # Per node: one failed stream fails it; one pending stream keeps it pending.
@@ -157,6 +196,8 @@ def generation_document(generation: Generation, stands: Iterable[_StreamStand]) 
     return {
         "generation": generation.number,
         "published_at": generation.published_at,
+        "changed_at": generation.changed_at,
+        "acks": {"first_seconds": acks.first_seconds, "last_seconds": acks.last_seconds, "acked": acks.acked},
         "cause": {
             "summary": cause_summary(cause, generation.parts, generation.services, generation.services_changed),
             "sources": list(cause.sources),
@@ -197,12 +238,13 @@ def _nacked_node(node_id: str, nack: Nack | None) -> dict[str, Any]:
 
 def changes_document(log: ChangeLog, registry: StreamRegistry, cache: SnapshotCache, limit: int) -> dict[str, Any]:
     """`/changes?limit=N`: the newest `limit` kept generations, newest first."""
-    stands = _stands(log, cache, registry.streams())
+    listed = log.newest_first(limit)
+    stands = _stands(log, cache, registry.streams(), {group for generation in listed for group in generation.groups})
     return {
         "oldest_kept": log.oldest,
         "newest": log.newest,
         "kept": log.keep,
-        "generations": [generation_document(generation, stands) for generation in log.newest_first(limit)],
+        "generations": [generation_document(generation, stands, log.acks(generation.number)) for generation in listed],
     }
 
 
@@ -211,8 +253,9 @@ def one_generation(log: ChangeLog, registry: StreamRegistry, cache: SnapshotCach
     generation = log.get(number)
     if generation is None:
         raise LookupError(_missing_reason(log, number))
-    streams = [track for track in registry.streams() if track.group in generation.groups]
-    return generation_document(generation, _stands(log, cache, streams))
+    return generation_document(
+        generation, _stands(log, cache, registry.streams(), generation.groups.keys()), log.acks(number)
+    )
 
 
 def _missing_reason(log: ChangeLog, number: int) -> str:

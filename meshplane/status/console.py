@@ -314,7 +314,8 @@ def _named(count: int, names: Sequence[str]) -> str:
 
 
 def generation_line(generation: Mapping[str, Any]) -> str:
-    """`gen 42  12:03:01  policy files (endpoints: default/web)  reached 118 of 120, 2 pending: a, b`."""
+    """`gen 42  12:03:01  policy files (endpoints: default/web)  reached 118 of 120, 2 pending: a, b`;
+    a complete generation with a counted ACK ends `, converged in 212 ms` (its `acks.last_seconds`)."""
     proxies = generation.get("proxies", {})
     when = time.strftime("%H:%M:%S", time.localtime(float(generation.get("published_at", 0.0))))
     line = (
@@ -326,6 +327,9 @@ def generation_line(generation: Mapping[str, Any]) -> str:
         line += f", {proxies['nacked']} nacked: {_named(proxies['nacked'], nodes)}"
     if proxies.get("pending"):
         line += f", {proxies['pending']} pending: {_named(proxies['pending'], proxies.get('pending_nodes', []))}"
+    last = (generation.get("acks") or {}).get("last_seconds")
+    if generation.get("complete") and isinstance(last, int | float):
+        line += f", converged in {last * 1000:.0f} ms"
     return line
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshplane.logs import redact_secrets
-from meshplane.model import ProxyGroup, SourceStatus
+from meshplane.model import Mesh, ProxyGroup, SourceStatus
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import Nack, StreamKind, StreamRegistry, StreamTrack, SyncState, TypeTrack
@@ -36,7 +36,8 @@ class StatusInputs:
     proxy of that group would get now. `admin_token`: the token that unlocks secret-bearing dumps;
     None means they stay locked. `subscriptions(node_id)`: what that proxy's open streams subscribe
     to, per type (None: wildcard), as the xDS server knows it; None when no server is at hand
-    (`/diff` then takes the subscriptions from the protocol's rules).
+    (`/diff` then takes the subscriptions from the protocol's rules). `mesh`: the current merged
+    mesh, None before the first merge (`/topology` draws it).
     """
 
     sources: Callable[[], Sequence[SourceStatus]]
@@ -46,6 +47,7 @@ class StatusInputs:
     snapshot_for: Callable[[ProxyGroup], Snapshot | None] = lambda group: None
     admin_token: str | None = None
     subscriptions: Callable[[str], Mapping[TypeUrl, frozenset[str] | None]] | None = None
+    mesh: Callable[[], Mesh | None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +90,10 @@ def readiness(inputs: StatusInputs) -> list[str]:
     """Why the control plane is not ready to serve; empty when it is."""
     reasons = []
     for source in inputs.sources():
-        if not source.synced:
-            reasons.append(f"source {source.name} has not synced")
+        if source.feeds_mesh and not source.synced:
+            # The first error says why (the database or the API server unreachable, a file refused).
+            why = f": {source.errors[0]}" if source.errors else ""
+            reasons.append(f"source {source.name} has not synced{why}")
     if inputs.publish_state().published_at is None:
         reasons.append("no configuration has been published yet")
     return reasons

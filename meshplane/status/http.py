@@ -13,6 +13,8 @@
 - `GET /changes[?limit=N]`, `GET /changes/G`: the last generations (publications that changed
   something), their causes, and how many proxies of the groups each touched have reached it
   (`changes`); 404 with the reason for a generation not kept or not published yet.
+- `GET /topology`: the mesh as a graph of who routes to whom, bounded (`topology`), for the
+  dashboard's picture.
 - `GET /metrics`: Prometheus text format.
 
 Read-only by construction: only GET (and HEAD) routes exist, and the handlers are handed read
@@ -37,6 +39,7 @@ from meshplane.status.dashboard import dashboard_html
 from meshplane.status.diff import MAX_NODE_ID_LENGTH, node_diff
 from meshplane.status.document import ProxyFilter, StatusInputs, proxies_by_node, readiness, status_document
 from meshplane.status.metrics import ControlPlaneMetrics
+from meshplane.status.topology import CachedTopology
 from meshplane.xds.publication import ChangeLog
 from meshplane.xds.server.nodes import group_problem
 
@@ -94,6 +97,7 @@ def status_app(
     # A preview is a whole translation (at 100,000 devices, a gateway's is large): one at a time,
     # in a worker thread, so status requests cannot pile up builds nor stall the xDS streams.
     previews = asyncio.Semaphore(1)
+    topologies = CachedTopology()
 
     async def dashboard(request: web.Request) -> web.Response:
         return web.Response(
@@ -192,6 +196,15 @@ def status_app(
         except LookupError as error:
             return _error(404, str(error.args[0]))
 
+    async def topology(request: web.Request) -> web.Response:
+        if request.query:
+            return _error(400, "/topology takes no parameters")
+        # The same bytes while the mesh and the streams are unchanged: every open dashboard polls.
+        body = topologies.body(inputs.mesh(), inputs.registry)
+        return web.Response(
+            body=body, content_type="application/json", charset="utf-8", headers={"Cache-Control": "no-store"}
+        )
+
     async def prometheus(request: web.Request) -> web.Response:
         if metrics is None:
             return web.Response(status=404, text="metrics are not enabled\n")
@@ -210,6 +223,7 @@ def status_app(
         ("/diff", diff),
         ("/changes", change_list),
         ("/changes/{generation}", change),
+        ("/topology", topology),
         ("/metrics", prometheus),
     ):
         app.router.add_get(path, handler)  # GET and HEAD only: nothing here changes anything

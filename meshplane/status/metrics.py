@@ -176,6 +176,12 @@ class _StateCollector(Collector):
             "From a snapshot's publication (or the stream's connection, if later) to the proxy's ACK of it.",
             labels=["type"],
         )
+        convergence = HistogramMetricFamily(
+            "meshplane_proxy_convergence_seconds",
+            "From a change's first observation (before debounce and build) to a proxy's ACK of the content "
+            "carrying it; once per stream, type and generation, for streams connected before its publication.",
+            labels=["type"],
+        )
         for type_url in TypeUrl:
             labels = [type_url.short]
             pushes.add_metric(labels, registry.push_counts[type_url])
@@ -184,7 +190,9 @@ class _StateCollector(Collector):
             histogram = registry.push_latency[type_url]
             buckets = [(_bound(bound), count) for bound, count in histogram.cumulative()]
             latency.add_metric(labels, buckets, histogram.sum)
-        yield from (pushes, acks, nacks, latency)
+            converged = registry.convergence[type_url]
+            convergence.add_metric(labels, [(_bound(b), n) for b, n in converged.cumulative()], converged.sum)
+        yield from (pushes, acks, nacks, latency, convergence)
 
     def _snapshots(self) -> Iterator[Metric]:
         cache = self._inputs.cache

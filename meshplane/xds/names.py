@@ -89,3 +89,30 @@ def device_virtual_host_name(device_id: str) -> str:
 
 # The RTDS layer Envoy Mobile asks for; its bootstrap names it (`rtds_layer.name`).
 MOBILE_RUNTIME_NAME = "meshplane"
+
+
+# --- gateway role (Kubernetes Gateway API) ---
+
+# The cluster a gateway route's share of unresolved backends names: never defined, so Envoy
+# answers that share with the route's `cluster_not_found_response_code` (500, as the spec says).
+GATEWAY_UNRESOLVED_CLUSTER = "gateway_unresolved_backend"
+
+
+def gateway_listener_name(port: int) -> str:
+    """A gateway proxy's listener on `port` (the Gateway listener's port plus the proxy's offset)."""
+    return f"gateway_{port}"
+
+
+def gateway_route_name(port: int) -> str:
+    """The RouteConfiguration of every Gateway listener on `port` (plus offset)."""
+    return f"gateway_{port}"
+
+
+def gateway_virtual_host_name(hostname: str) -> str:
+    """The virtual host of one (intersected) hostname in a gateway route configuration."""
+    return f"gateway/{hostname}"
+
+
+def gateway_filter_chain_name(listener: str) -> str:
+    """The filter chain of one HTTPS Gateway listener (by its name in the Gateway)."""
+    return f"listener/{listener}"

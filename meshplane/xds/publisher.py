@@ -20,8 +20,9 @@ the cache reports through `on_group_wanted` without waiting for it). `snapshot_f
 preview for the status endpoint and writes nothing: not the memo, not the cache.
 
 Each publication that changes something (and the first) is a generation, recorded in `changes`
-(a `ChangeLog`, read by the status endpoint's `/changes`): its cause, and the snapshot version of
-every group it rebuilt or whose endpoints it replaced.
+(a `ChangeLog`, read by the status endpoint's `/changes`): its cause, when its change was first
+observed (as the caller says), and the snapshot version of every group it rebuilt or whose
+endpoints it replaced.
 
 Never publishes a snapshot that fails `consistency_problems()`; the problems are kept for the
 status endpoint and the last good snapshot keeps serving.
@@ -38,7 +39,7 @@ import time
 from meshplane.model import Locality, Mesh, ProxyGroup, Service, ServiceRef
 from meshplane.model.changes import PARTS, MeshChanges
 from meshplane.xds.cache import SnapshotCache
-from meshplane.xds.publication import MAX_NAMED_SERVICES, Cause, ChangeLog, Generation, PublishState
+from meshplane.xds.publication import MAX_NAMED_SERVICES, Cause, ChangeLog, Generation, Instant, PublishState
 from meshplane.xds.snapshot import Resource, Snapshot, TypeResources
 from meshplane.xds.translate import Dependencies, dependencies, translate, translate_service_endpoints
 from meshplane.xds.types import TypeUrl
@@ -99,10 +100,11 @@ class SnapshotPublisher:
     Run `run()` as a task: it builds, outside the stream that asked, the snapshot of a group a
     stream subscribed to before the cache had one; it ends only when cancelled. `publish` and
     `build_wanted` must be called on the event loop's thread (they share the memo); `snapshot_for`
-    may be called from any thread.
+    may be called from any thread. `changes`: the change log to record generations in (the stream
+    registry notes ACKs in the same one); a new one when not given.
     """
 
-    def __init__(self, cache: SnapshotCache) -> None:
+    def __init__(self, cache: SnapshotCache, changes: ChangeLog | None = None) -> None:
         self._cache = cache
         self._mesh: Mesh | None = None
         self._generation = 0
@@ -126,7 +128,7 @@ class SnapshotPublisher:
         self._wanted: set[ProxyGroup] = set()
         self._wanted_event = asyncio.Event()
         self.state = PublishState()
-        self.changes = ChangeLog()
+        self.changes = changes if changes is not None else ChangeLog()
         # Groups the last publication translated again (whole or their endpoints); the others kept theirs.
         self.rebuilt = 0
         cache.on_group_wanted = self._on_group_wanted
@@ -135,13 +137,20 @@ class SnapshotPublisher:
     def has_mesh(self) -> bool:
         return self._mesh is not None
 
-    def publish(self, mesh: Mesh, changes: MeshChanges | None = None, cause: Cause | None = None) -> None:
+    def publish(
+        self,
+        mesh: Mesh,
+        changes: MeshChanges | None = None,
+        cause: Cause | None = None,
+        changed: Instant | None = None,
+    ) -> None:
         """Makes `mesh` current for every group with streams; groups whose content is unchanged see nothing.
 
         `changes`: what differs from the last published mesh, as the sources and the merge said
         (it may say more than changed, never less); None: found by comparing the meshes
         (`MeshChanges.between`). Groups whose role reads none of it are not translated again.
-        `cause`: why, for the generation's record in `changes` (no source named when None).
+        `cause`: why, for the generation's record in `changes` (no source named when None);
+        `changed`: when the change was first observed, for the same record (None: now).
         """
         started = time.perf_counter()
         if self._mesh is None:
@@ -170,7 +179,7 @@ class SnapshotPublisher:
             if snapshot is not None and group not in self._problems:
                 affected[group] = snapshot
         if self._generation == 1 or not changes.none:
-            self._record_generation(changes, cause or Cause(), affected)
+            self._record_generation(changes, cause or Cause(), affected, changed)
         self.rebuilt = rebuilt
         self.state = PublishState(
             published_at=time.time(),
@@ -190,7 +199,9 @@ class SnapshotPublisher:
             " (endpoints only)" if self.state.endpoints_only else "",
         )
 
-    def _record_generation(self, changes: MeshChanges, cause: Cause, affected: dict[ProxyGroup, Snapshot]) -> None:
+    def _record_generation(
+        self, changes: MeshChanges, cause: Cause, affected: dict[ProxyGroup, Snapshot], changed: Instant | None
+    ) -> None:
         parts = [part for part in PARTS if getattr(changes, part)]
         if changes.endpoints:
             parts.append("endpoints")
@@ -203,6 +214,7 @@ class SnapshotPublisher:
             services=tuple(services[:MAX_NAMED_SERVICES]),
             services_changed=len(services),
             groups={group: snapshot.version for group, snapshot in affected.items()},
+            changed=changed,
         )
         versions = {
             group: {str(type_url): snapshot.of_type(type_url).version for type_url in TypeUrl}

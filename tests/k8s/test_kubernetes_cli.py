@@ -78,3 +78,16 @@ def test_an_empty_secret_selector_is_refused(served: list[Settings], capsys: pyt
     assert main(["serve", "--kubernetes", "--kubernetes-secrets", "--secret-selector", ""]) == 2
     assert "is empty: it would read every Secret" in capsys.readouterr().err
     assert served == []
+
+
+def test_gateway_api_flags_and_environment(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["serve", "--kubernetes", "--gateway-api", "--gateway-controller-name", "example.com/gw"]) == 0
+    monkeypatch.setenv("MESHPLANE_KUBERNETES", "true")
+    monkeypatch.setenv("MESHPLANE_GATEWAY_API", "true")
+    assert main(["serve"]) == 0
+    flagged, from_environment = served
+    assert (flagged.gateway_api, flagged.gateway_controller_name) == (True, "example.com/gw")
+    assert (from_environment.gateway_api, from_environment.gateway_controller_name) == (
+        True,
+        "meshplane.io/gateway-controller",
+    )

@@ -20,6 +20,12 @@ loaded, when registrations are refused with UNAVAILABLE, which devices retry). `
 when the set of live devices or their fields change, never for a mere renewal, so heartbeats do not
 rebuild config; `take_changes()` says which devices those were, as data. Knows no wire format;
 `meshplane.registry_api.service` maps these calls to gRPC and JSON.
+
+On a shared store (`SharedStore`: several replicas, one database) the registry's live devices are
+that replica's view of the database: the store decides lease expiry by the database's clock and
+tells the registry what changed anywhere (`apply_stored`); the registry then expires nothing
+itself, and a lease is live while its row is. While the store cannot be reached the registry is
+not synced (so not ready), and every write is refused UNAVAILABLE with the reason.
 """
 
 from __future__ import annotations
@@ -34,13 +40,21 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
 from meshplane.discovery.registry.identity import CaExpired, CertificateAuthority, CsrRefused, IssuedCertificate
-from meshplane.discovery.registry.store import Delete, Put, Registration, RegistrationStore, Renew
+from meshplane.discovery.registry.store import (
+    Delete,
+    LeaseLost,
+    Put,
+    Registration,
+    RegistrationStore,
+    Renew,
+    SharedStore,
+)
 from meshplane.model import (
     Device,
     DeviceEndpoint,
@@ -166,6 +180,9 @@ class EdgeRegistry:
     ) -> None:
         """`authority`: the CA that signs devices' CSRs; None: a registration with a CSR is refused."""
         self._store = store
+        self._shared = store if isinstance(store, SharedStore) else None
+        # Why the shared store cannot be reached now ("" while it can): not ready meanwhile.
+        self._store_down = ""
         self.authority = authority
         # Counted for /status and /metrics (meshplane_source_events_total{source="edge-registry"}).
         self.events: Counter[str] = Counter()
@@ -203,6 +220,9 @@ class EdgeRegistry:
         now = self._clock()
         self._attempted_at = time.time()
         for row in await self._store.load():
+            if self._shared is not None:  # the database's clock decides (see the module docstring)
+                self._put(row)
+                continue
             expires_at = max(row.expires_at, now + row.ttl)
             self._put(replace(row, expires_at=expires_at))
         self._loaded_at = self._confirmed_at = time.time()
@@ -211,7 +231,11 @@ class EdgeRegistry:
         log.info("edge registry: loaded %d registrations", len(self._live))
 
     async def run(self) -> None:
-        """Expires lapsed leases every check interval, until cancelled."""
+        """Expires lapsed leases every check interval, until cancelled; on a shared store, follows
+        the store instead (which expires them)."""
+        if self._shared is not None:
+            await self._shared.follow(self)
+            return
         while True:
             await asyncio.sleep(self.leases.check_interval)
             self._attempted_at = time.time()
@@ -231,13 +255,20 @@ class EdgeRegistry:
         self._store_error = f"the registration store failed: {type(error).__name__}: {str(error)[:300]}"
 
     async def _write(self, changes: list[Put | Renew | Delete]) -> None:
-        """Writes to the store, keeping the status's view of it (see `status`)."""
+        """Writes to the store, keeping the status's view of it (see `status`). A renewal of a lease
+        the store no longer holds is NOT_FOUND; any other failure of the store is UNAVAILABLE with
+        its reason (nothing was acknowledged: the device retries)."""
         self._attempted_at = time.time()
         try:
             await self._store.write(changes)
+        except LeaseLost as lost:
+            raise RegistryError(ErrorCode.NOT_FOUND, f"device {lost.device_ids[0]} has no live lease") from None
         except Exception as error:
             self._store_failed(error)
-            raise
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE,
+                f"the registration store is unavailable ({type(error).__name__}: {str(error)[:200]}); retry",
+            ) from error
         self._store_answered()
 
     def end_watches(self) -> None:
@@ -278,6 +309,8 @@ class EdgeRegistry:
             self._uncount(previous.device.site)
         self._live[registration.device.id] = registration
         self._devices_per_site[registration.device.site] += 1
+        if self._shared is not None:
+            return  # the store sweeps lapsed leases: nothing to schedule here
         scheduled = self._looks_at.get(registration.device.id)
         if scheduled is None or scheduled > registration.expires_at:  # none, or too late: a shorter TTL
             self._look_at(registration.device.id, registration.expires_at)
@@ -460,6 +493,8 @@ class EdgeRegistry:
 
     def _live_registration(self, device_id: str, now: float) -> Registration | None:
         current = self._live.get(device_id)
+        if self._shared is not None:
+            return current  # live while stored: the store decides expiry by the database's clock
         return current if current is not None and current.expires_at > now else None
 
     def _may_take_over(self, principal: Principal, current: Registration, lease_id: str) -> bool:
@@ -565,6 +600,52 @@ class EdgeRegistry:
             labels=tuple(sorted(request.labels.items())),
         )
 
+    # --- a shared store's view (`StoreView`) ---
+
+    def apply_stored(
+        self, rows: Sequence[Registration], gone: Sequence[str] = (), *, expired: bool = False, everything: bool = False
+    ) -> None:
+        """Makes the live devices agree with what the shared store holds (see `StoreView`). Devices
+        whose fields did not change are replaced silently (a renewal elsewhere rebuilds nothing)."""
+        changed: list[str] = []
+        for row in rows:
+            previous = self._live.get(row.device.id)
+            self._put(row)
+            if previous is None or previous.device != row.device:
+                changed.append(row.device.id)
+                self._publish(Event(EventKind.ADDED if previous is None else EventKind.MODIFIED, row))
+        removed = set(gone)
+        if everything:
+            removed |= self._live.keys() - {row.device.id for row in rows}
+        dropped: list[str] = []
+        for device_id in sorted(removed):
+            current = self._live.get(device_id)
+            if current is None:
+                continue
+            self._drop(device_id)
+            dropped.append(device_id)
+            self._publish(Event(EventKind.EXPIRED if expired else EventKind.REMOVED, current))
+        if expired and dropped:
+            self.events["lease_expiries"] += len(dropped)
+        self._store_answered()
+        if changed or dropped:
+            self._changed([*changed, *dropped])
+
+    def store_unreachable(self, reason: str) -> bool:
+        was_up = not self._store_down
+        self._store_down = reason
+        self._store_error = reason
+        return was_up
+
+    def store_reachable(self) -> bool:
+        was_down = bool(self._store_down)
+        self._store_down = ""
+        self._store_answered()
+        return was_down
+
+    def count(self, event: str, n: int) -> None:
+        self.events[event] += n
+
     # --- notifications ---
 
     def _changed(self, device_ids: Iterable[str]) -> None:
@@ -597,7 +678,7 @@ class EdgeRegistry:
         configured = self._sites() or {}
         return SourceStatus(
             name="edge-registry",
-            synced=self._loaded_at is not None,
+            synced=self._loaded_at is not None and not self._store_down,
             last_success=self._confirmed_at,
             last_attempt=self._attempted_at,
             errors=(self._store_error,) if self._store_error else (),

@@ -3,8 +3,8 @@
 Contract of `RegistrationStore.write`: when it returns, every change given is durable (a crash,
 kill -9 or power loss afterwards keeps it); when it raises, none is. The registry acknowledges a
 registration to a device only after `write` returns, so an acknowledged registration is never
-lost. A shared store (for several control-plane replicas serving one fleet) implements the same
-three methods.
+lost. A shared store (several control-plane replicas serving one fleet: `store_postgres.py`)
+implements the same three methods, and `SharedStore.follow` to keep each replica's view in step.
 
 `SqliteStore`: one file, WAL journal, `synchronous=FULL` (fsync on every commit). One writer
 thread commits the changes of every waiting caller in one transaction (group commit), so the
@@ -28,7 +28,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from meshplane.model import Device, DeviceEndpoint
 
@@ -83,6 +83,15 @@ class StoreError(Exception):
     file; the file is left exactly as it was, so an operator can inspect or restore it."""
 
 
+class LeaseLost(StoreError):
+    """A `Renew` found no stored registration (a shared store's sweep or another replica removed
+    it): nothing was renewed. `device_ids`: those renewals."""
+
+    def __init__(self, device_ids: Sequence[str]) -> None:
+        super().__init__(f"no stored lease for {', '.join(device_ids[:8])}")
+        self.device_ids = tuple(device_ids)
+
+
 class RegistrationStore(Protocol):
     async def load(self) -> list[Registration]:
         """Every stored registration, expired or not (the registry decides)."""
@@ -93,6 +102,40 @@ class RegistrationStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class StoreView(Protocol):
+    """What a shared store keeps in step with the database: one replica's registry."""
+
+    def apply_stored(
+        self, rows: Sequence[Registration], gone: Sequence[str] = (), *, expired: bool = False, everything: bool = False
+    ) -> None:
+        """`rows` are stored now; `gone` are not (lapsed when `expired`); with `everything`, `rows`
+        are all there are, and every other live device is gone."""
+        ...
+
+    def store_unreachable(self, reason: str) -> bool:
+        """The store cannot be reached, for `reason`; True when it could until now."""
+        ...
+
+    def store_reachable(self) -> bool:
+        """The store answers again; True when it could not until now."""
+        ...
+
+    def count(self, event: str, n: int) -> None:
+        """Counts `n` events of the store's (shown with the registry's)."""
+        ...
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """A store several control-plane replicas share (`store_postgres.PostgresStore`). It decides
+    lease expiry itself, by one clock for every replica; the registry then expires nothing on its
+    own and runs `follow` instead."""
+
+    async def follow(self, view: StoreView) -> None:
+        """Keeps `view` in step with the store until cancelled."""
+        ...
 
 
 class MemoryStore:

@@ -1,12 +1,17 @@
 """The contract between a proxy's bootstrap and meshplane: which node fields decide its config.
 
 - `node.id`: required, names the proxy on the status endpoint.
-- `node.metadata.role`: `sidecar` (default when absent), `grpc`, `edge-gateway`, `device` or `mobile`.
+- `node.metadata.role`: `sidecar` (default when absent), `grpc`, `edge-gateway`, `device`, `mobile`
+  or `gateway`.
 - `node.metadata.site`: the edge site of an `edge-gateway`, `device` or `mobile` (required for those).
 - `node.locality` (region, zone, sub_zone): endpoint priorities prefer the proxy's zone, then region.
 - `node.metadata.outbound_port`: a sidecar's or device's outbound listener port, an edge gateway's
   device listener port (defaults: `ProxyRole.default_outbound_port`, 15001; 15080 for a gateway).
-- `node.metadata.listen_address`: the IP an `edge-gateway`'s two listeners bind (default 0.0.0.0,
+- `node.metadata.gateway`: the Gateway (`namespace/name`) a `gateway` proxy serves (required for
+  that role; ignored for the others). `node.metadata.port_offset`: added to each of its Gateway
+  listeners' ports (default 0, at most 64511), so an unprivileged Envoy serves port 80 on 8080. A bad
+  value of either ends the stream with INVALID_ARGUMENT.
+- `node.metadata.listen_address`: the IP an `edge-gateway`'s two listeners (or a `gateway`'s) bind (default 0.0.0.0,
   every IPv4 address; `127.0.0.1` keeps a laptop's gateway off the network). A bad value ends the
   stream with INVALID_ARGUMENT. Ignored for the other roles (as `site` is for non-edge roles):
   their listeners are loopback, and it must not split their group.
@@ -26,7 +31,14 @@ from typing import Any
 import grpc
 
 from meshplane.model import Locality, ProxyGroup, ProxyRole, is_site_id
-from meshplane.model.proxy import MAX_XDS_CLUSTER_LENGTH, XdsApiType, is_xds_cluster_name, listen_address_of
+from meshplane.model.proxy import (
+    MAX_PORT_OFFSET,
+    MAX_XDS_CLUSTER_LENGTH,
+    XdsApiType,
+    gateway_key_problem,
+    is_xds_cluster_name,
+    listen_address_of,
+)
 
 MAX_NAME_LENGTH = 1024
 
@@ -73,7 +85,7 @@ def proxy_group(node: Any) -> ProxyGroup:
                 grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: {needs_site(role, 'metadata.site', site)}"
             )
     listen_address = ""
-    if role is ProxyRole.EDGE_GATEWAY and "listen_address" in fields:
+    if role.has_listen_address and "listen_address" in fields:
         value = fields["listen_address"]
         raw_address = value.string_value if value.WhichOneof("kind") == "string_value" else None
         parsed = listen_address_of(raw_address) if raw_address is not None else None
@@ -85,6 +97,7 @@ def proxy_group(node: Any) -> ProxyGroup:
                 "(e.g. 127.0.0.1; no multicast, no IPv6 zone)",
             )
         listen_address = parsed
+    gateway, port_offset = _gateway_of(node) if role is ProxyRole.GATEWAY else ("", 0)
     api_type, xds_cluster = _xds_source(node, role)
     locality = Locality(node.locality.region, node.locality.zone, node.locality.sub_zone)
     return ProxyGroup(
@@ -95,7 +108,32 @@ def proxy_group(node: Any) -> ProxyGroup:
         listen_address=listen_address,
         xds_api_type=api_type,
         xds_cluster=xds_cluster,
+        gateway=gateway,
+        port_offset=port_offset,
     )
+
+
+def _gateway_of(node: Any) -> tuple[str, int]:
+    """`metadata.gateway` and `metadata.port_offset` of a gateway proxy (see the module docstring)."""
+    fields = node.metadata.fields
+    value = fields.get("gateway")
+    key = value.string_value if value is not None and value.WhichOneof("kind") == "string_value" else ""
+    if (problem := gateway_key_problem(key)) is not None:
+        raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: a gateway needs metadata.{problem}")
+    offset = 0
+    if "port_offset" in fields:
+        raw_value = fields["port_offset"]
+        raw = raw_value.string_value if raw_value.WhichOneof("kind") == "string_value" else raw_value.number_value
+        try:
+            offset = int(raw)
+        except (TypeError, ValueError):
+            offset = -1
+        if not 0 <= offset <= MAX_PORT_OFFSET or str(raw).strip() not in (str(offset), f"{offset}.0"):
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node {node.id}: metadata.port_offset {str(raw)[:20]!r} is not a number in 0-{MAX_PORT_OFFSET}",
+            )
+    return key, offset
 
 
 def _xds_source(node: Any, role: ProxyRole) -> tuple[XdsApiType, str]:
@@ -151,6 +189,16 @@ def _xds_source(node: Any, role: ProxyRole) -> tuple[XdsApiType, str]:
     return api_type, cluster
 
 
+def peer_address(peer: str) -> str:
+    """The IP address of a gRPC peer (`ipv4:10.0.0.7:51234`, `ipv6:[::1]:51234`), "" for any other
+    kind of peer (a Unix socket)."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return ""
+    host = rest.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def is_port(number: int) -> bool:
     """Whether `number` is a TCP port a listener can bind (1-65535)."""
     return 1 <= number <= 65535
@@ -172,6 +220,8 @@ def group_problem(group: ProxyGroup) -> str | None:
         return needs_site(group.role, "site", group.site[:80])
     if not group.role.is_edge and group.site:
         return f"site is for the edge roles; a {group.role} proxy has none"
+    if group.role is ProxyRole.GATEWAY and (problem := gateway_key_problem(group.gateway)) is not None:
+        return problem
     return None
 
 

@@ -10,11 +10,14 @@ with megabytes of text grows neither the status document nor the log.
 Also kept here, because only the server sees them happen: the resources each stream was last
 sent per type (references to the snapshot's own `Resource` objects, not copies, for config dumps),
 the push latency — from the moment a group's snapshot was published (or the stream connected,
-if later) to the proxy's ACK of it — the streams the server refused, by gRPC status code, and the
-secrets holding private keys withheld from unauthenticated streams (keys.py), each logged and
-counted once per stream, and the node each stream's first request carried (bounded: `kept_node`),
-which CSDS answers with (csds.py). Delta streams in step share their records here, as they share
-their own state (`delta_shared`, delta_shared.py): one map for every stream sent the same.
+if later) to the proxy's ACK of it — the convergence time — from when a change was first observed
+(`Generation.changed`) to a proxy's ACK of the content that carries it, as Istio's
+pilot_proxy_convergence_time, also noted per generation in the change log (`ChangeLog.reached`) —
+the streams the server refused, by gRPC status code, and the secrets holding private keys
+withheld from unauthenticated streams (keys.py), each logged and counted once per stream, and the
+node each stream's first request carried (bounded: `kept_node`), which CSDS answers with (csds.py).
+Delta streams in step share their records here, as they share their own state (`delta_shared`,
+delta_shared.py): one map for every stream sent the same.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from envoy.config.core.v3 import base_pb2
 
 from meshplane.logs import redact_secrets
 from meshplane.model import ProxyGroup
+from meshplane.xds.publication import ChangeLog
 from meshplane.xds.server.delta_shared import DeltaShared, apply_sent, is_shared
 from meshplane.xds.server.keys import WITHHELD_REASON
 from meshplane.xds.snapshot import Resource, TypeResources
@@ -119,6 +123,9 @@ REFUSAL_CODES = (
 # Push latency buckets (seconds): a healthy push is tens of milliseconds; a warming cluster can
 # hold an ACK for Envoy's 15 s initial fetch timeout.
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Convergence buckets (seconds): a change waits out the debounce (100 ms quiet, at most 1 s by
+# default) and a build before its push, and a rollout to a large fleet can take minutes.
+CONVERGENCE_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class DurationHistogram:
@@ -168,6 +175,11 @@ class TypeTrack:
     acked_seq: int = 0
     nacked_seq: int = 0
     latency_start: float | None = None  # monotonic; set when a new version is sent, cleared by its answer
+    # The generation the last response sent brings the proxy to (`ChangeLog.generation_sent`; 0:
+    # none kept), and the newest one an ACK of this type on this stream was counted for: each
+    # (stream, type, generation) is counted once, and never one older than a generation counted.
+    sent_generation: int = 0
+    converged_generation: int = 0
     # Secrets the proxy asked for and is not sent, as they hold private keys and its stream is not
     # authenticated (keys.py); sorted. Envoy keeps what names them warming.
     keys_withheld: tuple[str, ...] = ()
@@ -239,15 +251,24 @@ class StreamRegistry:
 
     `published_at(group)` gives the monotonic time the group's current snapshot was published
     (the cache knows); push latency is measured from it, or from the stream's connection when
-    that is later (a proxy cannot get a snapshot before it connects).
+    that is later (a proxy cannot get a snapshot before it connects). With `changes` (the
+    publisher's change log), an ACK of content a kept generation published is observed into
+    `convergence` and noted on that generation (`ChangeLog.reached`): a few dictionary look-ups at the
+    send, one at the ACK, whatever the number of streams and generations.
     """
 
     def __init__(
-        self, recent_nacks: int = 200, published_at: Callable[[ProxyGroup], float | None] = lambda group: None
+        self,
+        recent_nacks: int = 200,
+        published_at: Callable[[ProxyGroup], float | None] = lambda group: None,
+        changes: ChangeLog | None = None,
     ) -> None:
         self._streams: dict[int, StreamTrack] = {}
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
+        # Bumped by every change a reader could see (a stream opened or closed, a response sent, an
+        # answer, withheld secrets): equal revisions mean nothing changed (status caches key on it).
+        self.revision = 0
         self._published_at = published_at
         self.recent_nacks: deque[Nack] = deque(maxlen=recent_nacks)
         self._recent_nack_bytes = 0  # the UTF-8 size of the messages in `recent_nacks`
@@ -260,6 +281,10 @@ class StreamRegistry:
         # `REFUSAL_CODES`); never by client or message, which would be unbounded label values.
         self.refused_counts: Counter[str] = Counter({code: 0 for code in REFUSAL_CODES})
         self.push_latency: dict[TypeUrl, DurationHistogram] = {t: DurationHistogram() for t in TypeUrl}
+        self.changes = changes
+        self.convergence: dict[TypeUrl, DurationHistogram] = {
+            t: DurationHistogram(CONVERGENCE_BUCKETS) for t in TypeUrl
+        }
         # Secrets withheld from unauthenticated streams (keys.py): each (stream, secret) counted once.
         self.secrets_withheld = 0
         # What Delta streams in step share: their records here and their own state (delta.py).
@@ -283,11 +308,13 @@ class StreamRegistry:
             track.node = kept_node(node)
         self._streams[track.stream_id] = track
         self.opened_counts[kind] += 1
+        self.revision += 1
         return track
 
     def close(self, track: StreamTrack) -> None:
         if self._streams.pop(track.stream_id, None) is not None:
             self.closed_counts[track.kind] += 1
+            self.revision += 1
 
     def refused(self, code: str) -> None:
         """Counts a stream the server refused, or ended for cause, with status `code` (its name)."""
@@ -335,8 +362,11 @@ class StreamRegistry:
             published = self._published_at(track.group)
             entry.latency_start = max(published or 0.0, track.connected_monotonic) or time.monotonic()
         entry.sent_version, entry.sent_nonce, entry.pending_nonce = version, nonce, nonce
+        if self.changes is not None:
+            entry.sent_generation = self.changes.generation_sent(track.group, str(type_url), version) or 0
         entry.sent_at = time.time()
         entry.sent_seq = next(self._seq)
+        self.revision += 1
         entry.resource_count = len(entry.resources)
         self.push_counts[type_url] += 1
 
@@ -345,10 +375,18 @@ class StreamRegistry:
         entry.acked_version, entry.pending_nonce = version, ""
         entry.acked_at = time.time()
         entry.acked_seq = next(self._seq)
+        self.revision += 1
         self.ack_counts[type_url] += 1
         if entry.latency_start is not None and version == entry.sent_version:
             self.push_latency[type_url].observe(max(0.0, time.monotonic() - entry.latency_start))
             entry.latency_start = None
+        if self.changes is not None and version == entry.sent_version:
+            number = entry.sent_generation
+            if number > entry.converged_generation:
+                entry.converged_generation = number
+                seconds = self.changes.reached(number, track.connected_monotonic, time.monotonic())
+                if seconds is not None:
+                    self.convergence[type_url].observe(seconds)
 
     def caught_up(self, track: StreamTrack, type_url: TypeUrl, version: str, resources: Sequence[Resource]) -> None:
         """Records that a Delta proxy holds, and acknowledged, exactly `resources` (the current ones
@@ -361,6 +399,7 @@ class StreamRegistry:
         entry.pending_nonce = ""
         entry.acked_at = time.time()
         entry.acked_seq = next(self._seq)
+        self.revision += 1
         entry.latency_start = None
 
     def keys_withheld(self, track: StreamTrack, type_url: TypeUrl, names: Iterable[str]) -> None:
@@ -369,6 +408,7 @@ class StreamRegistry:
         withheld = tuple(sorted(names))
         entry = track.of(type_url)
         entry.keys_withheld = withheld
+        self.revision += 1
         new = [name for name in withheld if name not in track.withheld_noted]
         if not new:
             return
@@ -396,6 +436,7 @@ class StreamRegistry:
         entry = track.of(type_url)
         entry.last_nack, entry.pending_nonce = nack, ""
         entry.nacked_seq = next(self._seq)
+        self.revision += 1
         entry.latency_start = None
         self._remember_nack(nack)
         self.nack_counts[type_url] += 1

@@ -27,6 +27,7 @@ from meshplane.xds.translate.clusters import build_clusters
 from meshplane.xds.translate.edge_device import build_device, build_mobile
 from meshplane.xds.translate.edge_gateway import build_gateway
 from meshplane.xds.translate.endpoints import build_endpoints, build_service_endpoints
+from meshplane.xds.translate.gateway_api import build_gateway_api
 from meshplane.xds.translate.listeners import build_listeners
 from meshplane.xds.translate.routes import build_routes
 from meshplane.xds.translate.secrets import build_secrets
@@ -64,7 +65,9 @@ class Dependencies:
 
     `services`: the services themselves (added, removed, ports, policy, TLS, hosts) and the
     cluster domain; `endpoints`: their endpoints; `routes`: the route tables; `secrets`:
-    certificates and trust bundles; `sites`: the edge sites; `devices`: the registered devices.
+    certificates and trust bundles; `sites`: the edge sites; `devices`: the registered devices;
+    `telemetry`: access logs, tracing and their per-rule overrides (the listeners and routes);
+    `gateways`: the Kubernetes Gateways and the routes resolved onto them.
     `eds`: the role gets endpoints only as EDS assignments, one set per service translated by
     `translate_service_endpoints`, so a change of endpoints alone replaces those and nothing else
     (the publisher's fast path); without it endpoints are inside other resources (STATIC clusters)
@@ -77,6 +80,8 @@ class Dependencies:
     secrets: bool = True
     sites: bool = False
     devices: bool = False
+    telemetry: bool = True
+    gateways: bool = False
     eds: bool = True
 
 
@@ -153,16 +158,34 @@ def _translate_edge(mesh: Mesh, group: ProxyGroup) -> Translation:
     return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
 
 
+def _translate_gateway_api(mesh: Mesh, group: ProxyGroup) -> Translation:
+    """The `gateway` role (see `gateway_api`): its Gateway's listeners and routes, every service's
+    clusters over EDS, and the secrets its listeners and clusters name."""
+    built, warnings = build_gateway_api(mesh, group)
+    resources: dict[TypeUrl, tuple[Message, ...]] = {type_url: () for type_url in TypeUrl}
+    resources[TypeUrl.CLUSTER] = _by_name(built["cds"])
+    resources[TypeUrl.LISTENER] = _by_name(built["lds"])
+    resources[TypeUrl.ROUTE] = _by_name(built["rds"])
+    resources[TypeUrl.SECRET] = _by_name(built["sds"])
+    resources[TypeUrl.ENDPOINT] = translate_endpoints(mesh, group)
+    return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
+
+
 # The role table. Edge roles read the sites (a site's gateways, its device ranges); only the
 # gateway reads the devices (one cluster and one route per device of its site). Devices and
-# Envoy Mobile get STATIC clusters with the endpoints inline (Envoy Mobile has no EDS).
+# Envoy Mobile get STATIC clusters with the endpoints inline (Envoy Mobile has no EDS). Proxyless
+# gRPC and Envoy Mobile take no telemetry (`model.TELEMETRY_ROLES`). Only the gateway reads the
+# Gateways; it reads no route tables (those are the sidecars') and takes no telemetry yet.
 ROLES: Mapping[ProxyRole, RoleTranslator] = MappingProxyType(
     {
         ProxyRole.SIDECAR: RoleTranslator(_translate_mesh_role, Dependencies()),
-        ProxyRole.GRPC: RoleTranslator(_translate_mesh_role, Dependencies()),
+        ProxyRole.GRPC: RoleTranslator(_translate_mesh_role, Dependencies(telemetry=False)),
         ProxyRole.EDGE_GATEWAY: RoleTranslator(_translate_edge, Dependencies(sites=True, devices=True)),
         ProxyRole.DEVICE: RoleTranslator(_translate_edge, Dependencies(sites=True, eds=False)),
-        ProxyRole.MOBILE: RoleTranslator(_translate_edge, Dependencies(sites=True, eds=False)),
+        ProxyRole.MOBILE: RoleTranslator(_translate_edge, Dependencies(sites=True, eds=False, telemetry=False)),
+        ProxyRole.GATEWAY: RoleTranslator(
+            _translate_gateway_api, Dependencies(routes=False, telemetry=False, gateways=True)
+        ),
     }
 )
 

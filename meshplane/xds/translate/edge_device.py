@@ -53,6 +53,7 @@ from meshplane.xds.translate import core
 from meshplane.xds.translate.clusters import build_clusters
 from meshplane.xds.translate.listeners import build_listeners
 from meshplane.xds.translate.routes import build_routes
+from meshplane.xds.translate.telemetry import proxy_telemetry
 
 # A device's own request headers a canary rule may match on (documented in docs/edge.md).
 DEVICE_CLASS_HEADER = "x-device-class"
@@ -84,7 +85,9 @@ def build_device(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], l
         warnings.append(f"{group.role} at site {group.site!r}: no such site; cloud services are reached directly")
     clusters = _clusters(mesh, site, warnings)
     sidecar = dataclasses.replace(group, role=ProxyRole.SIDECAR, site="")
-    listeners, listener_warnings = build_listeners(Mesh(), sidecar)  # the outbound HTTP listener only
+    # The outbound HTTP listener only, logging and tracing as the policy says for devices (a
+    # collector's cluster is one of the STATIC clusters above: through the gateways first).
+    listeners, listener_warnings = build_listeners(Mesh(), sidecar, proxy_telemetry(mesh, ProxyRole.DEVICE))
     routes, route_warnings = build_routes(_http_only(mesh), sidecar)
     for config in routes:
         for vhost in config.virtual_hosts:

@@ -12,6 +12,8 @@ a laptop demo says 127.0.0.1):
   and expired ones (which the registry has already dropped from the mesh), have no route, so
   Envoy answers 404. Addresses were checked against the site's ranges by the registry and again
   by `Mesh.problems()`.
+Both listeners log and trace as the policy says for the role, except the traffic to collectors
+(`telemetry.quiet_collector_routes`).
 The cloud clusters are a sidecar's, upstream TLS included: a TLS service's cluster names its
 secrets over SDS, and the gateway gets those secrets (`secrets.build_secrets`), so devices speak
 plain HTTP on the site network and the gateway adds the TLS.
@@ -44,6 +46,7 @@ from meshplane.xds.translate import core
 from meshplane.xds.translate.clusters import build_clusters
 from meshplane.xds.translate.listeners import HTTP_CONNECTION_MANAGER, http_connection_manager
 from meshplane.xds.translate.routes import build_routes
+from meshplane.xds.translate.telemetry import ProxyTelemetry, proxy_telemetry, quiet_collector_routes
 
 DEVICE_HEADER = "x-meshplane-device"
 ANY_ADDRESS = "0.0.0.0"
@@ -66,8 +69,15 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
     routes, route_warnings = build_routes(mesh, sidecar)
     from_devices_port = group.outbound_port
     address = group.listen_address or ANY_ADDRESS
+    # Both listeners log and trace as the policy says for the role (its collectors' clusters are
+    # among the cloud clusters above).
+    telemetry = proxy_telemetry(mesh, ProxyRole.EDGE_GATEWAY)
+    warnings += telemetry.warnings
     [outbound] = routes  # a sidecar has exactly one outbound RouteConfiguration
     outbound.name = names.gateway_from_devices_route_name(from_devices_port)
+    # Devices export their own logs and spans through this listener: the gateway neither logs
+    # nor traces those exports.
+    quiet_collector_routes(mesh, outbound)
     listeners = [
         _listener(
             names.gateway_from_devices_listener_name(from_devices_port),
@@ -75,6 +85,7 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
             from_devices_port,
             names.gateway_from_devices_route_name(from_devices_port),
             group,
+            telemetry,
         )
     ]
     devices = [device for device in mesh.devices_at(group.site) if device.endpoints]
@@ -87,15 +98,20 @@ def build_gateway(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], 
         route_name = names.gateway_to_devices_route_name(to_devices_port)
         listeners.append(
             _listener(
-                names.gateway_to_devices_listener_name(to_devices_port), address, to_devices_port, route_name, group
+                names.gateway_to_devices_listener_name(to_devices_port),
+                address,
+                to_devices_port,
+                route_name,
+                group,
+                telemetry,
             )
         )
         routes.append(_to_devices_routes(route_name, devices))
     return {"cds": clusters, "lds": listeners, "rds": routes}, [*warnings, *cluster_warnings, *route_warnings]
 
 
-def _listener(name: str, address: str, port: int, route_name: str, group: ProxyGroup) -> Any:
-    hcm = http_connection_manager(route_name, stat_prefix=name, group=group)
+def _listener(name: str, address: str, port: int, route_name: str, group: ProxyGroup, telemetry: ProxyTelemetry) -> Any:
+    hcm = http_connection_manager(route_name, stat_prefix=name, group=group, telemetry=telemetry)
     return listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port)),

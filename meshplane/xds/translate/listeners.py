@@ -2,7 +2,9 @@
 
 Owns which ports a sidecar listens on and which names a gRPC client can dial. Routes are never
 inlined: every HTTP connection manager asks for its RouteConfiguration over RDS (on the group's
-config source: ADS, or the per-type service), by the name `meshplane.xds.names` gives it. Must stay pure.
+config source: ADS, or the per-type service), by the name `meshplane.xds.names` gives it. Access
+logs and tracing, when policy turns them on for the role, come from `telemetry.proxy_telemetry`;
+proxyless gRPC gets neither. Must stay pure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from meshplane.xds import names
 from meshplane.xds.translate import core
 from meshplane.xds.translate.hostnames import HostClaim, HostNames, grant
 from meshplane.xds.translate.routes import http_filters
+from meshplane.xds.translate.telemetry import NO_PROXY_TELEMETRY, ProxyTelemetry, proxy_telemetry
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -33,28 +36,42 @@ _GRPC_STAT_PREFIX = "grpc"
 _hcm = http_connection_manager_pb2
 
 
-def build_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
-    """Every listener `group` needs, and warnings for what was left out."""
+def build_listeners(
+    mesh: Mesh, group: ProxyGroup, telemetry: ProxyTelemetry | None = None
+) -> tuple[list[Any], list[str]]:
+    """Every listener `group` needs, and warnings for what was left out. `telemetry`: the access
+    logs and tracing the listeners carry (None: those of `group`'s role in `mesh`)."""
     if group.role is ProxyRole.GRPC:
         return _grpc_listeners(mesh, group)
-    return _sidecar_listeners(mesh, group)
+    return _sidecar_listeners(mesh, group, proxy_telemetry(mesh, group.role) if telemetry is None else telemetry)
 
 
-def http_connection_manager(route_name: str, stat_prefix: str, group: ProxyGroup, filters: Sequence[Any] = ()) -> Any:
+def http_connection_manager(
+    route_name: str,
+    stat_prefix: str,
+    group: ProxyGroup,
+    filters: Sequence[Any] = (),
+    telemetry: ProxyTelemetry = NO_PROXY_TELEMETRY,
+) -> Any:
     """An HTTP connection manager routing by `route_name`, fetched over RDS from `group`'s config
-    source, with the HTTP `filters` its routes need before the router."""
-    return _hcm.HttpConnectionManager(
+    source, with the HTTP `filters` its routes need before the router, and `telemetry`'s access
+    logs and tracing (when it has any)."""
+    hcm = _hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         # AUTO: the app may speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c), as gRPC does.
         codec_type=_hcm.HttpConnectionManager.AUTO,
         rds=_hcm.Rds(config_source=core.config_source(group), route_config_name=route_name),
         http_filters=[*filters, _hcm.HttpFilter(name=ROUTER, typed_config=core.pack(router_pb2.Router()))],
+        access_log=telemetry.http_access_logs,
     )
+    if telemetry.tracing is not None:
+        hcm.tracing.CopyFrom(telemetry.tracing)
+    return hcm
 
 
-def _sidecar_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
+def _sidecar_listeners(mesh: Mesh, group: ProxyGroup, telemetry: ProxyTelemetry) -> tuple[list[Any], list[str]]:
     """The outbound HTTP listener, always (so the snapshot keeps its shape), and one per TCP port."""
-    warnings: list[str] = []
+    warnings: list[str] = list(telemetry.warnings)
     outbound_port = group.outbound_port
     http_name = names.outbound_listener_name(outbound_port)
     hcm = http_connection_manager(
@@ -62,6 +79,7 @@ def _sidecar_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[s
         stat_prefix=http_name,
         group=group,
         filters=http_filters(mesh, grpc=False),
+        telemetry=telemetry,
     )
     listeners = [_listener(http_name, outbound_port, HTTP_CONNECTION_MANAGER, hcm)]
     # Services come in (namespace, name) order, so the first to ask for a port keeps it.
@@ -76,7 +94,7 @@ def _sidecar_listeners(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[s
                 continue
             owners[port.port] = f"{service.ref}"
             name = names.tcp_listener_name(port.port)
-            proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=cluster)
+            proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=cluster, access_log=telemetry.tcp_access_logs)
             listeners.append(_listener(name, port.port, TCP_PROXY, proxy))
     return listeners, warnings
 

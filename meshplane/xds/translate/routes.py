@@ -2,7 +2,8 @@
 
 Owns virtual hosts (which domains reach which service port), default routes, and how route tables'
 rules become Envoy routes: matches, weighted clusters, redirects, rewrites, header modifiers,
-mirrors, faults, rate limits and CORS, and the HTTP filters those need (`http_filters`).
+mirrors, faults, rate limits and CORS, the HTTP filters those need (`http_filters`), and a named
+rule's telemetry override (`telemetry.apply_route_telemetry`).
 Proxyless gRPC gets only what it honours (gRFCs A28, A31, A33, A42, A44): timeouts as
 `max_stream_duration`, retries on gRPC status codes only, header and channel-id hashes, faults; no
 rewrites, header modifiers, mirrors, rate limits or CORS (left out with a warning), and no rule it could
@@ -55,6 +56,7 @@ from meshplane.model import (
 from meshplane.xds import names
 from meshplane.xds.translate import core
 from meshplane.xds.translate.hostnames import HostClaim, HostNames, grant
+from meshplane.xds.translate.telemetry import apply_route_telemetry
 
 _rc = route_components_pb2
 
@@ -105,7 +107,11 @@ def http_filters(mesh: Mesh, *, grpc: bool) -> list[Any]:
     A proxyless gRPC client (`grpc`) gets only the filters it knows: it refuses a listener naming
     any other.
     """
-    rules = [rule for table in mesh.routes for rule in table.rules]
+    return rule_http_filters([rule for table in mesh.routes for rule in table.rules], grpc=grpc)
+
+
+def rule_http_filters(rules: Sequence[RouteRule], *, grpc: bool) -> list[Any]:
+    """`http_filters` for the routes built from `rules`."""
     filters = []
     # First, so that a preflight is answered before faults or rate limits could touch it.
     if not grpc and any(rule.cors is not None for rule in rules):
@@ -213,48 +219,65 @@ def _default_route(service: Service, port: ServicePort, *, grpc: bool) -> Any:
 def _table_routes(mesh: Mesh, table: RouteTable, *, grpc: bool, warnings: list[str]) -> list[Any]:
     routes = []
     for index, rule in enumerate(table.rules):
-        where = f"route {table.name} rule {index + 1}"
-        targets = _resolve(mesh, rule)
-        mirrors = _resolve_mirrors(mesh, rule.mirrors)
-        if targets is None or mirrors is None:
-            warnings.append(f"{where}: a backend names no known service port; rule left out")
+        route = rule_route(mesh, rule, grpc=grpc, where=f"route {table.name} rule {index + 1}", warnings=warnings)
+        if route is None:
             continue
-        if grpc and (reason := _grpc_cannot_take(rule)) is not None:
-            warnings.append(f"{where}: {reason}; rule left out for proxyless gRPC")
-            continue
-        match = _match(rule, grpc=grpc)
-        if match is None:
-            warnings.append(f"{where}: an empty path regex matches no path; rule left out")
-            continue
-        route = _rc.Route(match=match, name=rule.name or "")
-        if rule.redirect is not None:
-            route.redirect.CopyFrom(_redirect(rule.redirect))
-        elif targets:
-            _set_action(route, targets, timeout=rule.timeout, grpc=grpc)
-            if rule.retry is not None:
-                _set_retry(route, rule, grpc=grpc)
-            if not grpc:
-                _set_rewrites(route, rule)
-                route.route.request_mirror_policies.extend(mirrors)
-            if rule.fault is not None:  # gRPC injects faults too (gRFC A33)
-                route.typed_per_filter_config[FAULT_FILTER].CopyFrom(core.pack(_fault(rule.fault)))
-        else:  # an invalid mesh's rule with neither backends nor a redirect: nowhere to send requests
-            warnings.append(f"{where}: has no backends; rule left out")
-            continue
-        if rule.rate_limit is not None and not grpc:
-            route.typed_per_filter_config[LOCAL_RATE_LIMIT_FILTER].CopyFrom(core.pack(_rate_limit(rule.rate_limit)))
-        if rule.cors is not None and not grpc:
-            route.typed_per_filter_config[CORS_FILTER].CopyFrom(core.pack(_cors(rule.cors)))
-        if grpc:
-            if _grpc_ignores(rule):
-                warnings.append(
-                    f"{where}: proxyless gRPC applies no rewrites, header modifiers, mirrors, rate limits "
-                    "or CORS; they are left out"
-                )
-        else:
-            _set_header_modifiers(route, rule)
+        if not grpc:
+            # gRPC takes no telemetry; Envoy's roles read the rule's own sampling or log switch.
+            apply_route_telemetry(route, mesh.telemetry.route_override(table.name, rule.name))
         routes.append(route)
     return routes
+
+
+def rule_route(mesh: Mesh, rule: RouteRule, *, grpc: bool, where: str, warnings: list[str]) -> Any | None:
+    """One rule as an Envoy route (telemetry overrides aside), or None with a warning naming
+    `where` when it cannot be one: a backend naming no service port of `mesh`, a rule gRPC cannot
+    take, an empty path regex, neither backends nor a redirect."""
+    targets = _resolve(mesh, rule)
+    mirrors = _resolve_mirrors(mesh, rule.mirrors)
+    if targets is None or mirrors is None:
+        warnings.append(f"{where}: a backend names no known service port; rule left out")
+        return None
+    if grpc and (reason := _grpc_cannot_take(rule)) is not None:
+        warnings.append(f"{where}: {reason}; rule left out for proxyless gRPC")
+        return None
+    match = _match(rule, grpc=grpc)
+    if match is None:
+        warnings.append(f"{where}: an empty path regex matches no path; rule left out")
+        return None
+    route = _rc.Route(match=match, name=rule.name or "")
+    if rule.redirect is not None:
+        route.redirect.CopyFrom(_redirect(rule.redirect))
+    elif targets:
+        _set_action(route, targets, timeout=_forward_timeout(rule), grpc=grpc)
+        if rule.retry is not None:
+            _set_retry(route, rule, grpc=grpc)
+        if not grpc:
+            _set_rewrites(route, rule)
+            route.route.request_mirror_policies.extend(mirrors)
+        if rule.fault is not None:  # gRPC injects faults too (gRFC A33)
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(core.pack(_fault(rule.fault)))
+    else:  # an invalid mesh's rule with neither backends nor a redirect: nowhere to send requests
+        warnings.append(f"{where}: has no backends; rule left out")
+        return None
+    if rule.rate_limit is not None and not grpc:
+        route.typed_per_filter_config[LOCAL_RATE_LIMIT_FILTER].CopyFrom(core.pack(_rate_limit(rule.rate_limit)))
+    if rule.cors is not None and not grpc:
+        route.typed_per_filter_config[CORS_FILTER].CopyFrom(core.pack(_cors(rule.cors)))
+    if grpc:
+        if _grpc_ignores(rule):
+            warnings.append(
+                f"{where}: proxyless gRPC applies no rewrites, header modifiers, mirrors, rate limits "
+                "or CORS; they are left out"
+            )
+    else:
+        _set_header_modifiers(route, rule)
+    return route
+
+
+def rule_match(rule: RouteRule) -> Any | None:
+    """The Envoy route match of `rule` for an Envoy proxy (None: an empty path regex, which matches nothing)."""
+    return _match(rule, grpc=False)
 
 
 def _grpc_cannot_take(rule: RouteRule) -> str | None:
@@ -535,8 +558,20 @@ def _set_retry(route: Any, rule: RouteRule, *, grpc: bool) -> None:
     policy = route.route.retry_policy
     policy.retry_on = ",".join(conditions)
     policy.num_retries.CopyFrom(core.uint32(retry.attempts))
-    if retry.per_try_timeout is not None and not grpc:  # gRPC has no per-try timeout
-        policy.per_try_timeout.CopyFrom(core.duration(retry.per_try_timeout))
+    per_try = retry.per_try_timeout if retry.per_try_timeout is not None else rule.backend_timeout or None
+    if per_try is not None and not grpc:  # gRPC has no per-try timeout
+        policy.per_try_timeout.CopyFrom(core.duration(per_try))
+
+
+def _forward_timeout(rule: RouteRule) -> float | None:
+    """The route timeout of a forwarding rule: its `timeout`, or, without retries (one try to a
+    backend), its `backend_timeout` when that is stricter (0 means none for either)."""
+    backend = rule.backend_timeout
+    if not backend or rule.retry is not None:
+        return rule.timeout
+    if not rule.timeout:
+        return backend
+    return min(rule.timeout, backend)
 
 
 def _fit_uint32(weights: list[int]) -> list[int]:

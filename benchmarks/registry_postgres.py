@@ -1,0 +1,614 @@
+"""Edge registry on PostgreSQL: throughput beside SQLite, and three real replicas' routing and failover.
+
+Run: .venv/bin/python -m benchmarks.registry_postgres [--sizes 10000,100000] [--path-devices 100000]
+
+Part 1, in process, no wire, for each --sizes fleet and each store (SQLite: one registry, a file
+has one writer; PostgreSQL: three registries, each with its own store, pool and LISTEN connection,
+following the database as three `meshplane serve` replicas would, callers spread round-robin):
+1. registrations: the fleet registered by --concurrency concurrent callers (validation, lease,
+   durable group commit);
+2. heartbeats, flat out: --heartbeats renewals, same concurrency and spread (calls/s and p50/p99);
+3. heartbeats, paced: every device renews once over --heartbeat-seconds (30 s) at the even rate
+   that takes (100,000 devices: 3,333/s), each call started at its due time whatever is still in
+   flight (open loop); latency counted from the due time, so a store falling behind shows in p99;
+4. PostgreSQL: the time until every replica's view holds every device (the notifications);
+5. PostgreSQL, paced heartbeats again on a new database with each replica's registry in a process
+   of its own (its own event loop and garbage collector, as `meshplane serve` runs): each
+   registers its third of the fleet, waits until it holds every device, collects its garbage
+   once (steady state, not the burst's aftermath), then renews its third at a third of the rate;
+   p50/p99 per replica, and each one's full garbage-collector passes in the window.
+
+Part 2, through real processes: one PostgreSQL holding --path-devices devices over --sites sites,
+three `meshplane serve --registry-store …` replicas (default settings but ports), a real
+edge-gateway Envoy for site-000 and a stand-in device in a network namespace (tests/netns.py; root
+and `ip` needed):
+6. registration at replica A → the gateway connected to replica C routing to the device:
+   --runs registrations, --gap s apart, each timed until a request through the gateway with
+   `x-meshplane-device` reaches it (polled every 5 ms); median, p90, p99 (nearest rank), max;
+7. failover: a gateway whose bootstrap lists the three replicas; --failovers times, kill -9 of
+   the replica it is connected to (Envoy's own connection count says which), a new device
+   registered at a survivor right after, timed from the kill until the gateway, reconnected to a
+   survivor, routes to it; the killed replica is started again on its ports before the next run.
+
+PostgreSQL is a private server (tests/postgres.py) on this machine, fsync on: every acknowledged
+call is durable. Every process (PostgreSQL, the replicas, Envoy, this client) shares the
+machine's cores. Prints tables and every figure as JSON with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from benchmarks.edge_registry import BIKES, listening, registration_to_routing, write_sites
+from benchmarks.edge_registry import device as fleet_device
+from benchmarks.edge_registry import sites as fleet_sites
+from benchmarks.registration_path import load_average, quantile, write_tokens
+from meshplane.api.edge.v1 import registry_pb2_grpc
+from meshplane.discovery.registry.auth import Principal, PrincipalKind
+from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings, RegisterInput
+from meshplane.discovery.registry.store import RegistrationStore, SqliteStore
+from meshplane.discovery.registry.store_postgres import PostgresSettings, PostgresStore
+from meshplane.model import GatewayAddress, Site
+from tests.envoy_harness import REPO, Envoy, start_envoy
+from tests.meshplane_env import without_meshplane_variables
+from tests.netns import DeviceHost, make_device_host
+from tests.ports import free_port
+from tests.postgres import PASSWORD, PostgresServer, running_postgres
+
+SITES = {"gym": Site("gym", "eu-central", "a", (GatewayAddress("10.20.0.2", 15080),), ("10.0.0.0/8",))}
+LEASES = LeaseSettings(default_ttl=600, min_ttl=1, max_ttl=3600, check_interval=1.0)
+REPLICAS = 3
+HEARTBEAT_PERIOD = 30.0  # the seconds in which every device renews once (the issue's fleet figure)
+
+
+def device(index: int) -> RegisterInput:
+    address = f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256 or 1}"
+    return RegisterInput(f"bike-{index:06d}", "bike", "gym", ((address, 8080),), "1.0.0", {"row": "a"}, 600)
+
+
+def percentiles(latencies: list[float], calls: int, elapsed: float) -> dict[str, float | int]:
+    cuts = statistics.quantiles(latencies, n=100)
+    return {
+        "calls": calls,
+        "seconds": round(elapsed, 3),
+        "per_second": round(calls / elapsed),
+        "p50_ms": round(cuts[49] * 1000, 2),
+        "p99_ms": round(cuts[98] * 1000, 2),
+    }
+
+
+async def timed(calls: int, concurrency: int, call: Callable[[int], Awaitable[object]]) -> dict[str, float | int]:
+    """Runs `call(0..calls-1)` with `concurrency` in flight; calls/s and latency percentiles (ms)."""
+    latencies: list[float] = []
+    counter = iter(range(calls))
+
+    async def worker() -> None:
+        for index in counter:
+            start = time.perf_counter()
+            await call(index)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return percentiles(latencies, calls, time.perf_counter() - start)
+
+
+async def paced(calls: int, rate: float, call: Callable[[int], Awaitable[object]]) -> dict[str, float | int]:
+    """Starts `call(i)` at `start + i / rate` (open loop: never waits for earlier calls); latency is
+    from each call's due time to its answer, so lateness in starting it counts too. Adds the rate
+    the calls were started at and the most in flight at once."""
+    latencies: list[float] = []
+    in_flight = peak = 0
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(index: int, due: float) -> None:
+        nonlocal in_flight
+        try:
+            await call(index)
+        finally:
+            in_flight -= 1
+        latencies.append(time.perf_counter() - due)
+
+    start = time.perf_counter()
+    for index in range(calls):
+        due = start + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        task = asyncio.create_task(one(index, due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    started_for = time.perf_counter() - start
+    await asyncio.gather(*pending)
+    figures = percentiles(latencies, calls, time.perf_counter() - start)
+    figures["target_per_second"] = round(rate)
+    figures["started_per_second"] = round(calls / started_for)
+    figures["peak_in_flight"] = peak
+    return figures
+
+
+async def measure(
+    registries: Sequence[EdgeRegistry], devices: int, heartbeats: int, concurrency: int, period: float
+) -> dict[str, Any]:
+    leases: dict[int, str] = {}
+
+    async def register(index: int) -> None:
+        registry = registries[index % len(registries)]
+        registered = await registry.register(Principal(PrincipalKind.DEVICE, f"bike-{index:06d}"), device(index))
+        leases[index] = registered.lease_id
+
+    async def heartbeat(call: int) -> None:
+        index = call % devices
+        registry = registries[index % len(registries)]  # a device renews where it registered
+        await registry.heartbeat(
+            Principal(PrincipalKind.DEVICE, f"bike-{index:06d}"), f"bike-{index:06d}", leases[index]
+        )
+
+    return {
+        "registrations": await timed(devices, concurrency, register),
+        "heartbeats": await timed(heartbeats, concurrency, heartbeat),
+        "heartbeats_paced": await paced(devices, devices / period, heartbeat),
+    }
+
+
+@contextlib.asynccontextmanager
+async def following(stores: Sequence[RegistrationStore]) -> AsyncIterator[list[EdgeRegistry]]:
+    registries = [EdgeRegistry(store, lambda: SITES, leases=LEASES) for store in stores]
+    for registry in registries:
+        await registry.load()
+    tasks = [asyncio.create_task(registry.run()) for registry in registries]
+    try:
+        yield registries
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for registry in registries:
+            await registry.close()
+
+
+async def in_process(
+    server: PostgresServer, devices: int, heartbeats: int, concurrency: int, period: float
+) -> dict[str, Any]:
+    """Part 1 at one fleet size: SQLite, then three registries on a new PostgreSQL database."""
+    figures: dict[str, Any] = {"devices": devices, "load_average_start": load_average()}
+    directory = Path(tempfile.mkdtemp(prefix="meshplane-bench-"))
+    try:
+        async with following([SqliteStore(directory / "registry.db")]) as registries:
+            figures["sqlite_1_process"] = await measure(registries, devices, heartbeats, concurrency, period)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+    url = server.url(server.create_database())
+    stores = [PostgresStore(PostgresSettings(url, pool_size=4)) for _ in range(REPLICAS)]
+    async with following(stores) as registries:
+        postgres = await measure(registries, devices, heartbeats, concurrency, period)
+        start = time.perf_counter()
+        end = start + 120
+        while any(len(registry) < devices for registry in registries):
+            assert time.perf_counter() < end, [len(registry) for registry in registries]
+            await asyncio.sleep(0.01)  # polling a condition
+        postgres["every_replica_holds_every_device_after_s"] = round(time.perf_counter() - start, 3)
+        postgres["commits"] = sum(store.commits for store in stores)
+    figures["postgresql_3_replicas"] = postgres
+    figures["postgresql_3_processes_heartbeats_paced"] = await heartbeats_in_processes(
+        server.url(server.create_database()), devices, period
+    )
+    figures["load_average_end"] = load_average()
+    return figures
+
+
+def heartbeat_replica(url: str, mine: int, devices: int, period: float, barrier: Any, answer: Any) -> None:
+    """One replica's registry in a process of its own, as `meshplane serve` runs it: registers the
+    devices `index % REPLICAS == mine`, waits until it holds every device (the others' too, by
+    notification) and every replica is there, then renews its devices once each over `period` s
+    at the even rate (paced, open loop). Sends back its latencies (s) and its garbage collector's
+    full passes (count, longest s)."""
+    os.environ["PGPASSWORD"] = PASSWORD
+    pauses: list[float] = []
+    started: list[float] = []
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            pauses.append(time.perf_counter() - started[0])
+
+    async def run() -> None:
+        store = PostgresStore(PostgresSettings(url, pool_size=4))
+        async with following([store]) as (registry,):
+            own = list(range(mine, devices, REPLICAS))
+            leases: dict[int, str] = {}
+
+            async def register(call: int) -> None:
+                index = own[call]
+                principal = Principal(PrincipalKind.DEVICE, f"bike-{index:06d}")
+                leases[index] = (await registry.register(principal, device(index))).lease_id
+
+            await timed(len(own), 64 // REPLICAS, register)
+            end = time.monotonic() + 300
+            while len(registry) < devices:
+                assert time.monotonic() < end, len(registry)
+                await asyncio.sleep(0.05)  # polling a condition: every replica's devices notified
+            # Steady state, not the registration burst's aftermath: its garbage is collected now,
+            # before the window, as a replica that has served for a while has long done.
+            gc.collect()
+            await asyncio.to_thread(barrier.wait)
+
+            async def heartbeat(call: int) -> None:
+                index = own[call]
+                await registry.heartbeat(
+                    Principal(PrincipalKind.DEVICE, f"bike-{index:06d}"), f"bike-{index:06d}", leases[index]
+                )
+
+            pauses.clear()
+            figures = await paced(len(own), len(own) / period, heartbeat)
+            answer.send({"figures": figures, "gc_full_passes": len(pauses), "gc_longest_s": max(pauses, default=0.0)})
+
+    gc.callbacks.append(collected)
+    asyncio.run(run())
+
+
+async def heartbeats_in_processes(url: str, devices: int, period: float) -> dict[str, Any]:
+    """Paced heartbeats on PostgreSQL with each of the three replicas' registries in its own
+    process (its own event loop and garbage collector, as in production): each replica's latency
+    percentiles, counted from each call's due time, and the worst replica's p99."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no copy of this one's heap
+    barrier = context.Barrier(REPLICAS)
+    pipes = [context.Pipe(duplex=False) for _ in range(REPLICAS)]
+    processes = [
+        context.Process(target=heartbeat_replica, args=(url, mine, devices, period, barrier, pipes[mine][1]))
+        for mine in range(REPLICAS)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        answers = [await asyncio.to_thread(receiver.recv) for receiver, _ in pipes]
+    finally:
+        for process in processes:
+            await asyncio.to_thread(process.join, 600)
+            if process.exitcode is None:
+                process.kill()
+    replicas = [answer["figures"] for answer in answers]
+    calls = sum(int(figures["calls"]) for figures in replicas)
+    return {
+        "calls": calls,
+        "target_per_second": round(devices / period),
+        "per_second": round(calls / max(float(figures["seconds"]) for figures in replicas)),
+        "p50_ms_per_replica": [figures["p50_ms"] for figures in replicas],
+        "p99_ms_per_replica": [figures["p99_ms"] for figures in replicas],
+        "p99_ms_worst_replica": max(float(figures["p99_ms"]) for figures in replicas),
+        "gc_full_passes_per_replica": [answer["gc_full_passes"] for answer in answers],
+        "gc_longest_ms": round(max(answer["gc_longest_s"] for answer in answers) * 1000, 1),
+    }
+
+
+# --- part 2: real replicas ---------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    """One `meshplane serve` on the shared database, on ports it keeps across restarts."""
+
+    name: str
+    command: list[str]
+    xds_port: int
+    status_port: int
+    registry_port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                self.command, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO, env=replica_environment()
+            )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.process.wait, 30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+
+    async def ready(self, session: aiohttp.ClientSession, deadline: float) -> None:
+        """Returns once `/readyz` answers 200; fails at once if the process exited, or after `deadline` s."""
+        end = time.monotonic() + deadline
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"replica {self.name} exited:\n{self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                async with session.get(f"http://127.0.0.1:{self.status_port}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass  # not listening yet
+            if time.monotonic() > end:
+                raise RuntimeError(f"replica {self.name} not ready after {deadline} s")
+            await asyncio.sleep(0.05)
+
+
+def replica_environment() -> dict[str, str]:
+    """No MESHPLANE_* variable of this shell, and no PGPASSWORD: the password comes from its file."""
+    return {key: value for key, value in without_meshplane_variables().items() if key != "PGPASSWORD"}
+
+
+def replica(name: str, work: Path, url: str, policy: Path, tokens: Path, password: Path) -> Replica:
+    xds, status, registry, http = (free_port() for _ in range(4))
+    command = [sys.executable, "-m", "meshplane", "serve", "--config", str(policy)]
+    command += ["--registry-store", url, "--registry-store-password-file", str(password)]
+    command += ["--registry-tokens", str(tokens), "--xds-address", f"127.0.0.1:{xds}"]
+    command += ["--status-address", f"127.0.0.1:{status}", "--registry-address", f"127.0.0.1:{registry}"]
+    command += ["--registry-http-address", f"127.0.0.1:{http}"]
+    return Replica(name, command, xds, status, registry, work / f"replica-{name}.log")
+
+
+async def fill(url: str, size: int, site_count: int, extra: str) -> float:
+    """Registers `size` fleet devices (`benchmarks.edge_registry.device`, leases of an hour) into the
+    database at `url` through one registry; returns the seconds it took."""
+    site_map = fleet_sites(site_count, extra)
+    registry = EdgeRegistry(
+        PostgresStore(PostgresSettings(url, pool_size=4)), lambda: site_map, leases=LeaseSettings(max_ttl=3600)
+    )
+    await registry.load()
+    started = time.perf_counter()
+    try:
+        await timed(size, 64, lambda index: registry.register(BIKES, fleet_device(index, site_count)))
+    finally:
+        await registry.close()
+    return time.perf_counter() - started
+
+
+async def connected_to(gateway: Envoy, replicas: Sequence[Replica], deadline: float = 60) -> Replica:
+    """The one replica the gateway's `meshplane` cluster holds a connection to (Envoy's cx_active)."""
+    end = time.monotonic() + deadline
+    last = ""
+    while True:
+        last = await gateway.admin("/clusters")
+        active = {
+            int(port)
+            for port, count in re.findall(r"^meshplane::127\.0\.0\.1:(\d+)::cx_active::(\d+)$", last, re.MULTILINE)
+            if int(count) > 0
+        }
+        holding = [r for r in replicas if r.xds_port in active]
+        if len(holding) == 1 and holding[0].process is not None and holding[0].process.poll() is None:
+            return holding[0]
+        if time.monotonic() > end:
+            raise RuntimeError(f"no single connected replica after {deadline} s; last seen:\n{last}")
+        await asyncio.sleep(0.05)
+
+
+def every_replica(ports: Sequence[int]) -> Callable[[dict[str, Any]], None]:
+    """A bootstrap patch: the `meshplane` cluster lists every replica's xDS port, so Envoy
+    reconnects to another when the one it holds dies."""
+
+    def patch(config: dict[str, Any]) -> None:
+        (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "meshplane"]
+        cluster["load_assignment"]["endpoints"] = [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                    for port in ports
+                ]
+            }
+        ]
+
+    return patch
+
+
+def distribution(seconds: list[float]) -> dict[str, Any]:
+    return {
+        "runs": [round(s * 1000, 1) for s in seconds],
+        "median": round(statistics.median(seconds) * 1000, 1),
+        "p90": round(quantile(seconds, 0.9) * 1000, 1),
+        "p99": round(quantile(seconds, 0.99) * 1000, 1),
+        "max": round(max(seconds) * 1000, 1),
+    }
+
+
+async def through_replicas(
+    server: PostgresServer, device_host: DeviceHost, size: int, site_count: int, runs: int, gap: float, failovers: int
+) -> dict[str, Any]:
+    """Part 2 (see the module docstring)."""
+    work = Path(tempfile.mkdtemp(prefix="meshplane-bench-replicas-"))
+    address = device_host.address
+    url = server.url(server.create_database())
+    group: list[Replica] = []
+    envoys: list[Envoy] = []
+    figures: dict[str, Any] = {"devices": size, "sites": site_count}
+    try:
+        figures["fill_seconds"] = round(await fill(url, size, site_count, address), 1)
+        policy = write_sites(work / "policy", site_count, address)
+        tokens = write_tokens(work / "tokens.yaml")
+        password = work / "password"
+        password.write_text(PASSWORD + "\n")
+        backend_port = await asyncio.to_thread(device_host.serve, "replicas-device")
+        group = [replica(name, work, url, policy, tokens, password) for name in "abc"]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            started = time.perf_counter()
+            for member in group:
+                member.start()
+            for member in group:
+                await member.ready(session, 600)
+            figures["three_replicas_start_to_ready_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            a, _, c = group
+
+            # 6. registration at A → the gateway on C routing to it.
+            gateway = await start_envoy(
+                work / "envoy-c",
+                c.xds_port,
+                node_id="bench-gateway-c",
+                template="edge-gateway.yaml",
+                metadata={"role": "edge-gateway", "site": "site-000"},
+            )
+            envoys.append(gateway)
+            to_devices = gateway.outbound_port + 1
+            await gateway.eventually(lambda: listening(session, to_devices), "the gateway listener", 120)
+            figures["load_average_path"] = load_average()
+            calls: list[float] = []
+            timings: list[float] = []
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{a.registry_port}") as channel:
+                stub = registry_pb2_grpc.RegistryStub(channel)
+                for run in range(runs):
+                    await asyncio.sleep(gap)  # pacing: each registration comes after a quiet spell
+                    answered, routed = await registration_to_routing(
+                        stub, session, to_devices, f"across-{run}", (address, backend_port)
+                    )
+                    calls.append(answered)
+                    timings.append(routed)
+            figures["registration_at_a_to_gateway_on_c_ms"] = distribution(timings)
+            figures["register_call_ms"] = distribution(calls)
+            await gateway.stop()
+            envoys.remove(gateway)
+
+            # 7. failover: kill -9 the replica the gateway holds, register after the kill at a survivor.
+            gateway = await start_envoy(
+                work / "envoy-all",
+                c.xds_port,
+                node_id="bench-gateway-all",
+                template="edge-gateway.yaml",
+                metadata={"role": "edge-gateway", "site": "site-000"},
+                patch=every_replica([member.xds_port for member in group]),
+            )
+            envoys.append(gateway)
+            to_devices = gateway.outbound_port + 1
+            await gateway.eventually(lambda: listening(session, to_devices), "the gateway listener", 120)
+            figures["load_average_failover"] = load_average()
+            outages: list[float] = []
+            acknowledged: list[float] = []
+            moves: list[str] = []
+            for run in range(failovers):
+                await asyncio.sleep(gap)
+                victim = await connected_to(gateway, group)
+                survivor = next(member for member in group if member is not victim)
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{survivor.registry_port}") as channel:
+                    await channel.channel_ready()  # connected before the clock starts
+                    stub = registry_pb2_grpc.RegistryStub(channel)
+                    killed = time.perf_counter()
+                    victim.kill()
+                    answered, routed = await registration_to_routing(
+                        stub, session, to_devices, f"after-kill-{run}", (address, backend_port)
+                    )
+                # registration_to_routing's clock starts just before its call, right after the kill.
+                registering = time.perf_counter() - routed - killed
+                outages.append(registering + routed)
+                acknowledged.append(registering + answered)
+                now = await connected_to(gateway, group)
+                moves.append(f"{victim.name}→{now.name}")
+                victim.start()  # back on its ports for the next run
+                await victim.ready(session, 600)
+            figures["failover_kill_to_routing_ms"] = distribution(outages)
+            figures["failover_kill_to_register_ack_ms"] = distribution(acknowledged)
+            figures["failover_moves"] = moves
+            figures["gateway_xds_reconnects"] = await gateway.stat("cluster.meshplane.upstream_cx_total")
+    finally:
+        for envoy in envoys:
+            await envoy.stop()
+        for member in group:
+            await member.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {"cores": os.cpu_count()}
+    os.environ["PGPASSWORD"] = PASSWORD  # the in-process stores' password; the replicas read a file
+    with running_postgres() as server:
+        if not args.skip_in_process:
+            for size in (int(s) for s in args.sizes.split(",")):
+                figures[f"in_process_{size}"] = await in_process(
+                    server, size, args.heartbeats, args.concurrency, args.heartbeat_seconds
+                )
+        if args.path_devices:
+            device_host = await asyncio.to_thread(make_device_host)
+            try:
+                figures["replicas"] = await through_replicas(
+                    server, device_host, args.path_devices, args.sites, args.runs, args.gap, args.failovers
+                )
+            finally:
+                await asyncio.to_thread(device_host.close)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="10000,100000", help="fleet sizes of part 1")
+    parser.add_argument("--heartbeats", type=int, default=20_000, help="flat-out renewals per size")
+    parser.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_PERIOD)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--skip-in-process", action="store_true", help="part 2 only")
+    parser.add_argument("--path-devices", type=int, default=100_000, help="part 2's fleet; 0: skip part 2")
+    parser.add_argument("--sites", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds between one run's end and the next")
+    parser.add_argument("--failovers", type=int, default=5)
+    args = parser.parse_args()
+    figures = asyncio.run(run(args))
+    print(f"{'size':>7} {'store':<22} {'what':<17} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for key, sized in figures.items():
+        if not key.startswith("in_process_"):
+            continue
+        for store in ("sqlite_1_process", "postgresql_3_replicas"):
+            for what in ("registrations", "heartbeats", "heartbeats_paced"):
+                row = sized[store][what]
+                print(
+                    f"{sized['devices']:>7} {store:<22} {what:<17} {row['per_second']:>9}"
+                    f" {row['p50_ms']:>8} {row['p99_ms']:>8}"
+                )
+        spread = sized["postgresql_3_processes_heartbeats_paced"]
+        print(
+            f"{sized['devices']:>7} {'postgresql_3_processes':<22} {'heartbeats_paced':<17} {spread['per_second']:>9}"
+            f" {max(spread['p50_ms_per_replica']):>8} {spread['p99_ms_worst_replica']:>8}"
+        )
+    if "replicas" in figures:
+        path, failover = figures["replicas"], figures["replicas"]["failover_kill_to_routing_ms"]
+        across = path["registration_at_a_to_gateway_on_c_ms"]
+        print(
+            f"registration at A → gateway on C routing ({path['devices']} devices): median {across['median']} ms,"
+            f" p90 {across['p90']} ms, p99 {across['p99']} ms, max {across['max']} ms"
+        )
+        print(
+            f"failover, kill -9 → routing to a device registered after it: median {failover['median']} ms,"
+            f" max {failover['max']} ms ({path['failover_moves']})"
+        )
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""The Gateway API source: GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes, ReferenceGrants and
+BackendTLSPolicies watched live (all namespaces), read into typed values; and the status of the
+GatewayClasses meshplane owns.
+
+Owns the source's life, on the list/watch machinery of `kubernetes_watching.py`: loading the client
+configuration (`kubernetes.load_configuration`, the Kubernetes source's own), one `Watcher` per
+kind, and one per kind's CustomResourceDefinition (selected by name) to tell a kind that is not
+installed from a failing one and to read the CRDs' bundle versions for `SupportedVersion`. A CRD
+installed or changed wakes every watcher from its backoff, so the source recovers as soon as the
+CRDs are installed. Writing GatewayClass status is `ClassStatusWriter`'s, off the watch callbacks;
+writing the status of Gateways and routes is `GatewayStatusWriter`'s (`gateway_writer`), from the
+status the merge hands it (`gateway_writer.update`) and `serving`: the listen addresses of the
+connected gateway Envoys that took a Gateway's listeners (`namespace/name` → addresses).
+
+Namespaces are watched only once a Gateway's listener selects routes' namespaces by label
+(`allowedRoutes.namespaces.from: Selector`); from then on their labels are in the content
+(`namespace_labels`) and a change of them is in the change set.
+
+Contract: `synced` turns true once every watcher has completed its first list (so never while a
+CRD is missing). `content()` returns the objects as an immutable `GatewayApiObjects`, reading
+again only the objects that changed since the last call (the mappings of unchanged kinds are the
+very ones returned before). `take_changes()` names what changed in that content since its
+previous call (the first call: everything). `on_change()` is called synchronously after each
+batch once synced; keep it cheap. `run()` ends only by cancellation.
+
+The content feeds the mesh: `Inventory.merge` resolves it (`resolve.py`) into the Gateways that
+gateway proxies serve. Until the source has synced (the CRDs installed, every kind listed) its
+content is empty: sidecars do not wait for the Gateway API.
+
+Status: `errors` are what keeps the source from being in sync or its writes from landing (the
+configuration, the CRDs not installed, a list or watch failing, a status write failing), cleared
+when the API server answers again; `notes` say which objects break the CRDs' rules (at most
+`MAX_PROBLEM_NOTES` of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from meshplane.discovery.gateway_api.backend_tls_policies import parse_backend_tls_policy
+from meshplane.discovery.gateway_api.class_status import bundle_version_of
+from meshplane.discovery.gateway_api.fields import Parsed
+from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME, parse_gateway_class
+from meshplane.discovery.gateway_api.gateways import parse_gateway
+from meshplane.discovery.gateway_api.grpc_routes import parse_grpc_route
+from meshplane.discovery.gateway_api.http_routes import parse_http_route
+from meshplane.discovery.gateway_api.objects import (
+    BACKEND_TLS_POLICY,
+    GATEWAY,
+    GATEWAY_CLASS,
+    GRPC_ROUTE,
+    HTTP_ROUTE,
+    NAMESPACE_LABELS,
+    REFERENCE_GRANT,
+    GatewayApiChanges,
+    GatewayApiObjects,
+    Key,
+)
+from meshplane.discovery.gateway_api.reference_grants import parse_reference_grant
+from meshplane.discovery.gateway_api.references import GATEWAY_GROUP
+from meshplane.discovery.gateway_api.status_writer import ClassStatusWriter, GatewayStatusWriter
+from meshplane.discovery.kubernetes import SERVICE_ACCOUNT, load_configuration
+from meshplane.discovery.kubernetes_watching import Backoff, Change, Object, Reconnect, Resource, Watcher, key_of
+from meshplane.model import SourceStatus
+
+if TYPE_CHECKING:  # a type only (kubernetes.py says why)
+    from kubernetes_asyncio.client import ApiClient
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "gateway-api"
+MAX_PROBLEM_NOTES = 50
+CRDS = Resource("CustomResourceDefinition", "/apis/apiextensions.k8s.io/v1", "customresourcedefinitions")
+NAMESPACES = Resource("Namespace", "/api/v1", "namespaces")
+MAX_LABELS = 64  # per Namespace, read for selectors (a selector names a few)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind watched: its name, API resource, CRD name and parser."""
+
+    name: str
+    resource: Resource
+    parse: Callable[[Any], Parsed[Any]]
+
+    @property
+    def crd(self) -> str:
+        return f"{self.resource.plural}.{GATEWAY_GROUP}"
+
+
+def _resource(kind: str, plural: str) -> Resource:
+    return Resource(kind, f"/apis/{GATEWAY_GROUP}/v1", plural)
+
+
+KINDS = (
+    Kind(GATEWAY_CLASS, _resource(GATEWAY_CLASS, "gatewayclasses"), parse_gateway_class),
+    Kind(GATEWAY, _resource(GATEWAY, "gateways"), parse_gateway),
+    Kind(HTTP_ROUTE, _resource(HTTP_ROUTE, "httproutes"), parse_http_route),
+    Kind(GRPC_ROUTE, _resource(GRPC_ROUTE, "grpcroutes"), parse_grpc_route),
+    Kind(REFERENCE_GRANT, _resource(REFERENCE_GRANT, "referencegrants"), parse_reference_grant),
+    Kind(BACKEND_TLS_POLICY, _resource(BACKEND_TLS_POLICY, "backendtlspolicies"), parse_backend_tls_policy),
+)
+CLASSES = KINDS[0]
+# The kinds meshplane writes status on beside GatewayClass.
+_STATUS_KINDS = (GATEWAY, HTTP_ROUTE, GRPC_ROUTE)
+
+
+class GatewayApiSource:
+    """The Gateway API objects of the cluster, and status for the GatewayClasses whose controller
+    is `controller_name`. `client` is for tests and embedding; without it the configuration is
+    loaded in `run()` (from `kubeconfig`, else as the Kubernetes source loads it). `now` gives the
+    conditions' transition times."""
+
+    def __init__(
+        self,
+        *,
+        client: ApiClient | None = None,
+        kubeconfig: Path | None = None,
+        service_account: Path = SERVICE_ACCOUNT,
+        controller_name: str = DEFAULT_CONTROLLER_NAME,
+        on_change: Callable[[], None] = lambda: None,
+        backoff: Backoff | None = None,
+        watch_timeout_seconds: int = 300,
+        page_size: int = 500,
+        rng: random.Random | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        serving: Callable[[str], list[str]] = lambda gateway: [],
+    ) -> None:
+        self._client = client
+        self._kubeconfig = kubeconfig
+        self._service_account = service_account
+        self.controller_name = controller_name
+        self._on_change = on_change
+        self._backoff = backoff or Backoff()
+        self._watch_timeout = watch_timeout_seconds
+        self._page_size = page_size
+        self._rng = rng or random.Random()
+        self._reconnect = Reconnect()
+        self.watchers: dict[str, Watcher] = {}  # by kind name
+        self.crd_watchers: dict[str, Watcher] = {}  # by kind name
+        self.writer = ClassStatusWriter(
+            CLASSES.resource, controller_name, self._class_object, self.bundle_versions,
+            backoff=self._backoff, rng=self._rng, now=now,
+        )  # fmt: skip
+        self.gateway_writer = GatewayStatusWriter(
+            {kind.name: kind.resource for kind in KINDS if kind.name in _STATUS_KINDS},
+            controller_name,
+            self._object,
+            serving,
+            backoff=self._backoff,
+            rng=self._rng,
+            now=now,
+        )
+        self._setup_error = ""
+        self._last_attempt: float | None = None
+        self._synced = False
+        self._parsed: dict[str, dict[Key, Parsed[Any]]] = {kind.name: {} for kind in KINDS}
+        self._dirty: dict[str, set[Key]] = {kind.name: set() for kind in KINDS}
+        self._content = GatewayApiObjects()
+        self._changes = GatewayApiChanges(everything=True)
+        self._notes: tuple[GatewayApiObjects | None, tuple[str, ...], int] = (None, (), 0)
+        # The Namespace watch, started once a listener has a selector (`_namespaces_wanted`).
+        self.namespaces: Watcher | None = None
+        self._namespaces_wanted = asyncio.Event()
+        self._namespaces_dirty = False
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def bundle_versions(self) -> dict[str, str | None] | None:
+        """The installed Gateway API CRDs watched, each with its bundle version (None: it has none);
+        None until every CRD watch has listed."""
+        if len(self.crd_watchers) < len(KINDS) or not all(w.synced for w in self.crd_watchers.values()):
+            return None
+        return {
+            kind.crd: bundle_version_of(crd) for kind in KINDS for crd in self.crd_watchers[kind.name].objects.values()
+        }
+
+    def missing_crds(self) -> list[str]:
+        """The CRDs of the kinds watched that are not installed; none until every CRD watch has
+        listed (one picture, not one CRD at a time)."""
+        installed = self.bundle_versions()
+        return [] if installed is None else [kind.crd for kind in KINDS if kind.crd not in installed]
+
+    def take_changes(self) -> GatewayApiChanges:
+        """What changed in `content()` since the previous call (the first call: everything), and
+        forgets it: meant for one reader."""
+        self.content()
+        changes, self._changes = self._changes, GatewayApiChanges()
+        return changes
+
+    def content(self) -> GatewayApiObjects:
+        """Every object as the watches hold it now, read (see the module contract)."""
+        if not any(self._dirty.values()) and not self._namespaces_ready():
+            return self._content
+        changed: set[tuple[str, Key]] = set()
+        replaced: dict[str, Any] = {}
+        for kind in KINDS:
+            dirty = self._dirty[kind.name]
+            if not dirty:
+                continue
+            parsed = self._parsed[kind.name]
+            watcher = self.watchers.get(kind.name)
+            for key in dirty:
+                obj = watcher.objects.get(key) if watcher is not None else None
+                if obj is None:
+                    parsed.pop(key, None)
+                else:
+                    parsed[key] = kind.parse(obj)
+                changed.add((kind.name, key))
+            dirty.clear()
+            replaced[kind.name] = MappingProxyType(dict(sorted(parsed.items())))
+        current = self._content
+        self._content = GatewayApiObjects(
+            gateway_classes=replaced.get(GATEWAY_CLASS, current.gateway_classes),
+            gateways=replaced.get(GATEWAY, current.gateways),
+            http_routes=replaced.get(HTTP_ROUTE, current.http_routes),
+            grpc_routes=replaced.get(GRPC_ROUTE, current.grpc_routes),
+            reference_grants=replaced.get(REFERENCE_GRANT, current.reference_grants),
+            backend_tls_policies=replaced.get(BACKEND_TLS_POLICY, current.backend_tls_policies),
+            namespace_labels=current.namespace_labels,
+        )
+        if self._namespaces_ready():
+            self._namespaces_dirty = False
+            self._content = dataclasses.replace(self._content, namespace_labels=self._namespace_labels())
+            changed.add((NAMESPACE_LABELS, ("", "")))
+        if GATEWAY in replaced and any(
+            listener.allowed_routes.namespaces == "Selector"
+            for parsed in self._content.gateways.values()
+            for listener in parsed.value.listeners
+        ):
+            self._namespaces_wanted.set()
+        self._changes |= GatewayApiChanges(frozenset(changed))
+        return self._content
+
+    def _namespaces_ready(self) -> bool:
+        """Whether the Namespaces changed and their watch has listed: their labels are to be read."""
+        return self._namespaces_dirty and self.namespaces is not None and self.namespaces.synced
+
+    def _namespace_labels(self) -> Mapping[str, Mapping[str, str]]:
+        """Every Namespace's labels (at most `MAX_LABELS` each), by name."""
+        assert self.namespaces is not None
+        labels: dict[str, Mapping[str, str]] = {}
+        for (_, name), obj in sorted(self.namespaces.objects.items()):
+            raw = (obj.get("metadata") or {}).get("labels") or {}
+            pairs = sorted((k, v) for k, v in raw.items() if isinstance(k, str) and isinstance(v, str))
+            labels[name] = MappingProxyType(dict(pairs[:MAX_LABELS]))
+        return MappingProxyType(labels)
+
+    @property
+    def status(self) -> SourceStatus:
+        missing = self.missing_crds()
+        errors = [self._setup_error] if self._setup_error else []
+        if missing:
+            errors.append(
+                f"the Gateway API CRDs are not installed: {', '.join(missing)} not found (install the standard"
+                " channel, v1.6.x: kubectl apply --server-side -f"
+                " https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml)"
+            )
+        missing_kinds = {kind.name for kind in KINDS if kind.crd in missing}
+        watchers = [*self.crd_watchers.values(), *self.watchers.values()]
+        errors += [
+            w.last_error
+            for name, w in self.watchers.items()
+            if w.last_error and name not in missing_kinds  # the missing CRD is the reason
+        ]
+        errors += [w.last_error for w in self.crd_watchers.values() if w.last_error]
+        errors += [w.last_error for w in (self.writer, self.gateway_writer) if w.last_error]
+        content = self.content()
+        notes, with_problems = self._notes_of(content)
+        confirmed = [w.confirmed_at for w in watchers]
+        attempts = [t for t in (self._last_attempt, *(w.attempted_at for w in watchers)) if t is not None]
+        counts = {
+            "gateway_classes": len(content.gateway_classes),
+            "owned_gateway_classes": sum(
+                1 for p in content.gateway_classes.values() if p.value.controller_name == self.controller_name
+            ),
+            "gateways": len(content.gateways),
+            "http_routes": len(content.http_routes),
+            "grpc_routes": len(content.grpc_routes),
+            "reference_grants": len(content.reference_grants),
+            "backend_tls_policies": len(content.backend_tls_policies),
+            "objects_with_problems": with_problems,
+            "relists": sum(w.relists for w in watchers),
+        }
+        return SourceStatus(
+            name=SOURCE_NAME,
+            synced=self._synced,
+            last_success=(
+                min(c for c in confirmed if c is not None) if self._synced and None not in confirmed else None
+            ),
+            last_attempt=max(attempts, default=None),
+            errors=tuple(errors),
+            counts=counts,
+            events={
+                "status_writes": self.writer.writes + self.gateway_writer.writes,
+                "status_conflicts": self.writer.conflicts + self.gateway_writer.conflicts,
+                "status_unchanged": self.writer.skipped + self.gateway_writer.skipped,
+            },
+            notes=notes,
+        )
+
+    def _notes_of(self, content: GatewayApiObjects) -> tuple[tuple[str, ...], int]:
+        """The notes for `content` and how many objects have problems: worked out once per content
+        (a status request must not walk every object each time)."""
+        if self._notes[0] is not content:
+            problems = [
+                str(problem)
+                for kind in KINDS
+                for parsed in content.of_kind(kind.name).values()
+                for problem in parsed.problems
+            ]
+            notes = problems[:MAX_PROBLEM_NOTES]
+            if len(problems) > MAX_PROBLEM_NOTES:
+                notes.append(f"… and {len(problems) - MAX_PROBLEM_NOTES} more problems")
+            count = sum(1 for kind in KINDS for parsed in content.of_kind(kind.name).values() if parsed.problems)
+            self._notes = (content, tuple(notes), count)
+        return self._notes[1], self._notes[2]
+
+    async def run(self) -> None:
+        """Load the configuration (retrying with backoff), then watch and write status forever."""
+        attempt = 0
+        owned: ApiClient | None = None
+        while self._client is None:
+            self._last_attempt = time.time()
+            try:
+                from kubernetes_asyncio.client import ApiClient  # see TYPE_CHECKING above
+
+                self._client = owned = ApiClient(await load_configuration(self._kubeconfig, self._service_account))
+                self._setup_error = ""
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # no configuration: say so, retry
+                self._setup_error = f"cannot start watching the Gateway API: {type(error).__name__}: {error}"
+                attempt += 1
+                delay = self._backoff.delay(attempt, self._rng)
+                log.warning("%s; retrying in %.2f s", self._setup_error, delay)
+                await asyncio.sleep(delay)
+        client = self._client
+        self._make_watchers(client)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for watcher in (*self.crd_watchers.values(), *self.watchers.values()):
+                    group.create_task(watcher.run())
+                group.create_task(self.writer.run(client))
+                group.create_task(self.gateway_writer.run(client))
+                group.create_task(self._watch_namespaces(client))
+        finally:
+            if owned is not None:
+                self._client = None
+                with contextlib.suppress(Exception):
+                    await owned.close()
+
+    async def _watch_namespaces(self, client: ApiClient) -> None:
+        """Watches Namespaces once a listener selects by them; ends only by cancellation."""
+        await self._namespaces_wanted.wait()
+        self.namespaces = Watcher(
+            client,
+            NAMESPACES,
+            on_change=self._on_namespaces,
+            reconnect=self._reconnect,
+            backoff=self._backoff,
+            timeout_seconds=self._watch_timeout,
+            page_size=self._page_size,
+            rng=self._rng,
+        )
+        await self.namespaces.run()
+
+    def _on_namespaces(self, changes: list[Change]) -> None:
+        if changes:
+            self._namespaces_dirty = True
+            self._changed(True)
+
+    def _make_watchers(self, client: ApiClient) -> None:
+        common: dict[str, Any] = {
+            "reconnect": self._reconnect,
+            "backoff": self._backoff,
+            "timeout_seconds": self._watch_timeout,
+            "page_size": self._page_size,
+            "rng": self._rng,
+        }
+        for kind in KINDS:
+            self.crd_watchers[kind.name] = Watcher(
+                client, CRDS, field_selector=f"metadata.name={kind.crd}", on_change=self._on_crds, **common
+            )
+            self.watchers[kind.name] = Watcher(
+                client, kind.resource, on_change=functools.partial(self._on_objects, kind.name), **common
+            )
+
+    def _object(self, kind: str, key: Key) -> Object | None:
+        watcher = self.watchers.get(kind)
+        return watcher.objects.get(key) if watcher is not None else None
+
+    def _class_object(self, name: str) -> Object | None:
+        watcher = self.watchers.get(GATEWAY_CLASS)
+        return watcher.objects.get(("", name)) if watcher is not None else None
+
+    def _on_crds(self, changes: list[Change]) -> None:
+        if changes:
+            # A CRD installed (or Established, or upgraded): the watches failing for want of it go
+            # again now, and the classes' SupportedVersion is looked at again.
+            self._reconnect.answered()
+            self._mark_all_classes()
+        elif self.bundle_versions() is not None:
+            self._mark_all_classes()  # the first lists are in: versions are known
+        self._changed(False)
+
+    def _mark_all_classes(self) -> None:
+        watcher = self.watchers.get(GATEWAY_CLASS)
+        if watcher is not None:
+            self.writer.mark(name for _, name in watcher.objects)
+
+    def _on_objects(self, kind: str, changes: list[Change]) -> None:
+        keys = [key_of(new if new is not None else old or {}) for old, new in changes]
+        self._dirty[kind].update(keys)
+        if kind == GATEWAY_CLASS:
+            self.writer.mark(name for _, name in keys)
+        elif kind in _STATUS_KINDS:
+            self.gateway_writer.mark(kind, keys)  # our write, or someone's, coming back
+        self._changed(bool(changes))
+
+    def _changed(self, anything: bool) -> None:
+        """After a batch: tell the owner, unless nothing changed or some watcher has not listed yet."""
+        if not self._synced:
+            watchers = [*self.crd_watchers.values(), *self.watchers.values()]
+            if not watchers or not all(w.synced for w in watchers):
+                return
+            self._synced = True
+            log.info("Gateway API synced: %s", ", ".join(f"{len(w.objects)} {k}" for k, w in self.watchers.items()))
+        elif not anything:
+            return
+        self._on_change()

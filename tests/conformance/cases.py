@@ -1,0 +1,386 @@
+"""The conformance cases as data: one YAML file per upstream test in tests/conformance/cases/.
+
+Owns the case format and its validation. A case says what upstream's Go test says, as facts:
+the manifests it applies, the features it needs, the status it waits for and every request with
+the response it expects. Its `steps` run in order; each step is one of `STEP_KEYS`:
+
+- `accepted`: the Gateway is Programmed and each route has a parent status for it (for each of
+  `listeners` when given) with Accepted True (upstream's GatewayAndHTTPRoutesMustBeAccepted);
+- `resolved_refs`: each route's parent status for the Gateway has ResolvedRefs True;
+- `route_condition`: the route's parent status for the Gateway has `condition`;
+- `route_parents`: the route's parent status for the Gateway has exactly `conditions` (by type);
+- `no_accepted_parents`: no parent status of the route has Accepted True;
+- `zero_routes`: every listener of the Gateway has attachedRoutes 0;
+- `listeners`: these listeners of the Gateway have these attachedRoutes, supported kinds (at
+  least these; `[]`: none) and conditions (by default Accepted and ResolvedRefs True);
+- `gateway_condition` / `listener_condition`: the Gateway (or one listener) has `condition`;
+- `requests`: each request, sent to the Gateway, gets its expected response consistently (over
+  TLS with `scheme: https`, trusting the certificate of Secret `ca_secret`, the SNI being
+  `server_name` or the request's host);
+- `distribution`: the request's answers spread over backends as `weights` say;
+- `latest_conditions`: every condition of the object (of each parent status, for a route) has
+  the object's current generation as observedGeneration, and with `accepted` one is Accepted True;
+- `patch`: a JSON patch to an object, which must change its generation (a test that changes what
+  it applied: `object` is {apiVersion, kind, name, namespace?}).
+
+A condition is `{type, status, reason?}`; a missing reason matches any. Requests default as
+upstream's ExpectedResponse does: method GET, status 200, and (without `expected_request`) the
+backend must see the request as sent. Must not: hold Go, or anything the Go test does not say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CASES = Path(__file__).resolve().parent / "cases"
+PROFILES = ("GATEWAY-HTTP", "GATEWAY-GRPC", "MESH-HTTP")
+MAX_CASE_BYTES = 1 << 20
+TOP_KEYS = {"test", "upstream", "profiles", "features", "manifests", "steps"}
+REQUEST_KEYS = {
+    "host", "path", "method", "headers", "unfollow_redirect", "backend_set_response_headers", "status",
+    "backend", "namespace", "expected_request", "response_headers", "response_absent_headers", "redirect",
+    "mirrored_to", "protocol",
+}  # fmt: skip
+EXPECTED_REQUEST_KEYS = {"host", "path", "method", "headers", "absent_headers"}
+REDIRECT_KEYS = {"scheme", "host", "port", "path"}
+CONDITION_KEYS = {"type", "status", "reason"}
+LISTENER_KEYS = {"name", "attached_routes", "kinds", "conditions"}
+# Each step kind: (required keys, optional keys).
+STEP_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    "accepted": ({"gateway", "routes"}, {"listeners", "kind"}),
+    "resolved_refs": ({"gateway", "routes"}, {"kind"}),
+    "route_condition": ({"route", "gateway", "condition"}, {"kind"}),
+    "route_parents": ({"route", "gateway", "conditions"}, {"kind"}),
+    "no_accepted_parents": ({"route"}, {"kind"}),
+    "zero_routes": ({"gateway"}, set()),
+    "listeners": ({"gateway", "listeners"}, set()),
+    "gateway_condition": ({"gateway", "condition"}, set()),
+    "listener_condition": ({"gateway", "listener", "condition"}, set()),
+    "requests": ({"gateway", "cases"}, {"listener_port", "scheme", "ca_secret", "server_name"}),
+    "distribution": ({"gateway", "request", "total", "concurrency", "tolerance", "attempts", "weights"}, set()),
+    "latest_conditions": ({"kind", "name"}, {"accepted"}),
+    "patch": ({"object", "json_patch"}, set()),
+}
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+
+
+class CaseError(ValueError):
+    """A case file that is not a valid case; the message lists every problem, one per line."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str = ""
+
+    def holds(self, found: Mapping[str, Any]) -> bool:
+        return (
+            found.get("type") == self.type
+            and found.get("status") == self.status
+            and (not self.reason or found.get("reason") == self.reason)
+        )
+
+
+@dataclass(frozen=True)
+class ExpectedRequest:
+    """What must reach the backend (upstream's ExpectedRequest)."""
+
+    host: str = ""
+    path: str = ""
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    absent_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """The Location a redirect must carry; an empty part is defaulted as upstream does."""
+
+    scheme: str = ""
+    host: str = ""
+    port: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class RequestCase:
+    """One request and its expected response (upstream's ExpectedResponse)."""
+
+    path: str
+    host: str = ""
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    unfollow_redirect: bool = False
+    backend_set_response_headers: tuple[tuple[str, str], ...] = ()
+    status: int = 200
+    backend: str = ""
+    namespace: str = ""
+    expected_request: ExpectedRequest | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_absent_headers: tuple[str, ...] = ()
+    redirect: Redirect | None = None
+    mirrored_to: tuple[tuple[str, str], ...] = ()
+
+    def backend_sees(self) -> ExpectedRequest:
+        """What the backend must see: `expected_request`, or the request as sent."""
+        if self.expected_request is not None:
+            return self.expected_request
+        return ExpectedRequest(self.host, self.path, self.method, self.headers)
+
+    def describe(self) -> str:
+        with_headers = " with headers" if self.headers else ""
+        return f"{self.method} {self.host}{self.path}{with_headers}"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    spec: Mapping[str, Any]
+    requests: tuple[RequestCase, ...] = ()
+
+
+@dataclass(frozen=True)
+class Case:
+    test: str
+    upstream: str
+    summary: str
+    profiles: tuple[str, ...]
+    features: tuple[str, ...]
+    manifests: tuple[str, ...]
+    steps: tuple[Step, ...]
+    path: Path = field(compare=False)
+
+    def gateways(self) -> list[str]:
+        """Every Gateway (`ns/name`) a step names, in first-named order."""
+        found: list[str] = []
+        for step in self.steps:
+            gateway = step.spec.get("gateway")
+            if isinstance(gateway, str) and gateway not in found:
+                found.append(gateway)
+        return found
+
+
+def named_objects(case: Case) -> set[tuple[str, str]]:
+    """Every (kind, `ns/name`) a case's steps name: Gateways, routes and mirror target Services."""
+    found: set[tuple[str, str]] = set()
+    for step in case.steps:
+        route_kind = str(step.spec.get("kind", "HTTPRoute"))
+        if isinstance(step.spec.get("gateway"), str):
+            found.add(("Gateway", step.spec["gateway"]))
+        if step.kind == "latest_conditions" and step.spec["kind"] != "GatewayClass":
+            found.add((str(step.spec["kind"]), str(step.spec["name"])))
+        for route in [*step.spec.get("routes", []), *([step.spec["route"]] if "route" in step.spec else [])]:
+            found.add((route_kind, str(route)))
+        for request in step.requests:
+            found.update(("Service", f"{namespace}/{name}") for namespace, name in request.mirrored_to)
+    return found
+
+
+def split_name(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    return namespace, name
+
+
+def _pairs(value: Any, where: str, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        problems.append(f"{where}: must be a mapping of names to strings")
+        return ()
+    return tuple((k, str(v)) for k, v in value.items())
+
+
+def _names(value: Any, where: str, problems: list[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(f"{where}: must be a list of strings")
+        return ()
+    return tuple(value)
+
+
+def _namespaced(value: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(value, str) or value.count("/") != 1 or not all(split_name(value)):
+        problems.append(f"{where}: {value!r} is not NAMESPACE/NAME")
+
+
+def _condition(value: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(value, dict) or not {"type", "status"} <= set(value) or set(value) - CONDITION_KEYS:
+        problems.append(f"{where}: a condition is {{type, status, reason?}}, not {value!r}")
+    elif value["status"] not in ("True", "False", "Unknown"):
+        problems.append(f"{where}: status {value['status']!r} is not True, False or Unknown (quote it in YAML)")
+
+
+def parse_request(raw: Any, where: str, problems: list[str]) -> RequestCase | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: a request is a mapping")
+        return None
+    unknown = set(raw) - REQUEST_KEYS
+    if unknown:
+        problems.append(f"{where}: unknown keys {sorted(unknown)}")
+    if not isinstance(raw.get("path"), str) or not raw["path"].startswith("/"):
+        problems.append(f"{where}: path must start with /")
+        return None
+    expected = None
+    if (er := raw.get("expected_request")) is not None:
+        if not isinstance(er, dict) or set(er) - EXPECTED_REQUEST_KEYS:
+            problems.append(f"{where}.expected_request: keys must be among {sorted(EXPECTED_REQUEST_KEYS)}")
+        else:
+            expected = ExpectedRequest(
+                str(er.get("host", "")),
+                str(er.get("path", "")),
+                str(er.get("method", "GET")),
+                _pairs(er.get("headers"), f"{where}.expected_request.headers", problems),
+                _names(er.get("absent_headers"), f"{where}.expected_request.absent_headers", problems),
+            )
+    redirect = None
+    if (rd := raw.get("redirect")) is not None:
+        if not isinstance(rd, dict) or set(rd) - REDIRECT_KEYS:
+            problems.append(f"{where}.redirect: keys must be among {sorted(REDIRECT_KEYS)}")
+        else:
+            redirect = Redirect(**{k: str(v) for k, v in rd.items()})
+    mirrored: list[tuple[str, str]] = []
+    for index, target in enumerate(raw.get("mirrored_to") or []):
+        _namespaced(target, f"{where}.mirrored_to[{index}]", problems)
+        if isinstance(target, str):
+            mirrored.append(split_name(target))
+    status = raw.get("status", 200)
+    if not isinstance(status, int) or not 100 <= status <= 599:
+        problems.append(f"{where}: status {status!r} is not an HTTP status code")
+        status = 200
+    return RequestCase(
+        path=raw["path"],
+        host=str(raw.get("host", "")),
+        method=str(raw.get("method", "GET")),
+        headers=_pairs(raw.get("headers"), f"{where}.headers", problems),
+        unfollow_redirect=bool(raw.get("unfollow_redirect", False)),
+        backend_set_response_headers=_pairs(
+            raw.get("backend_set_response_headers"), f"{where}.backend_set_response_headers", problems
+        ),
+        status=status,
+        backend=str(raw.get("backend", "")),
+        namespace=str(raw.get("namespace", "")),
+        expected_request=expected,
+        response_headers=_pairs(raw.get("response_headers"), f"{where}.response_headers", problems),
+        response_absent_headers=_names(
+            raw.get("response_absent_headers"), f"{where}.response_absent_headers", problems
+        ),
+        redirect=redirect,
+        mirrored_to=tuple(mirrored),
+    )
+
+
+def parse_step(raw: Any, where: str, problems: list[str]) -> Step | None:
+    if not isinstance(raw, dict) or len(raw) != 1:
+        problems.append(f"{where}: a step is a mapping with one key, one of {sorted(STEP_KEYS)}")
+        return None
+    ((kind, spec),) = raw.items()
+    if kind not in STEP_KEYS:
+        problems.append(f"{where}: unknown step {kind!r} (one of {sorted(STEP_KEYS)})")
+        return None
+    if not isinstance(spec, dict):
+        problems.append(f"{where}.{kind}: must be a mapping")
+        return None
+    required, optional = STEP_KEYS[kind]
+    if missing := required - set(spec):
+        problems.append(f"{where}.{kind}: missing {sorted(missing)}")
+    if unknown := set(spec) - required - optional:
+        problems.append(f"{where}.{kind}: unknown keys {sorted(unknown)}")
+    if kind == "latest_conditions" and spec.get("kind") not in ("GatewayClass", "Gateway", *ROUTE_KINDS):
+        problems.append(f"{where}.latest_conditions.kind: one of GatewayClass, Gateway, {', '.join(ROUTE_KINDS)}")
+    if kind == "patch" and (
+        not isinstance(spec.get("object"), dict) or not {"apiVersion", "kind", "name"} <= set(spec["object"])
+    ):
+        problems.append(f"{where}.patch.object: {{apiVersion, kind, name, namespace?}}")
+    if kind == "requests" and spec.get("scheme", "http") not in ("http", "https"):
+        problems.append(f"{where}.requests.scheme: http or https")
+    if kind == "requests" and spec.get("scheme") == "https" and "ca_secret" not in spec:
+        problems.append(f"{where}.requests: https needs ca_secret, the Secret whose certificate to trust")
+    if kind == "patch" and not isinstance(spec.get("json_patch"), list):
+        problems.append(f"{where}.patch.json_patch: a list of JSON patch operations")
+    for key in ("gateway", "route"):
+        if key in spec:
+            _namespaced(spec[key], f"{where}.{kind}.{key}", problems)
+    for index, route in enumerate(spec.get("routes") or []):
+        _namespaced(route, f"{where}.{kind}.routes[{index}]", problems)
+    if kind != "latest_conditions" and spec.get("kind", "HTTPRoute") not in ROUTE_KINDS:
+        problems.append(f"{where}.{kind}.kind: one of {ROUTE_KINDS}")
+    if "condition" in spec:
+        _condition(spec["condition"], f"{where}.{kind}.condition", problems)
+    for index, condition in enumerate(spec.get("conditions") or []):
+        _condition(condition, f"{where}.{kind}.conditions[{index}]", problems)
+    for index, listener in enumerate(spec.get("listeners") or [] if kind == "listeners" else []):
+        if not isinstance(listener, dict) or "name" not in listener or set(listener) - LISTENER_KEYS:
+            problems.append(f"{where}.listeners[{index}]: {{name, attached_routes?, kinds?, conditions?}}")
+            continue
+        for number, condition in enumerate(listener.get("conditions") or []):
+            _condition(condition, f"{where}.listeners[{index}].conditions[{number}]", problems)
+    requests: list[RequestCase] = []
+    if kind == "requests":
+        cases = spec.get("cases")
+        if not isinstance(cases, list) or not cases:
+            problems.append(f"{where}.requests.cases: a non-empty list")
+        for index, request in enumerate(cases or []):
+            if (parsed := parse_request(request, f"{where}.requests.cases[{index}]", problems)) is not None:
+                requests.append(parsed)
+    if kind == "distribution" and (
+        parsed := parse_request(spec.get("request"), f"{where}.distribution.request", problems)
+    ):
+        requests.append(parsed)
+    return Step(kind, spec, tuple(requests))
+
+
+def load_case(path: Path) -> Case:
+    """The case in `path`; CaseError listing every problem (`path: where: reason`) otherwise."""
+    text = path.read_text()
+    if len(text) > MAX_CASE_BYTES:
+        raise CaseError(f"{path}: larger than {MAX_CASE_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise CaseError(f"{path}: not YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise CaseError(f"{path}: a case is a mapping")
+    problems: list[str] = []
+    if missing := {"test", "upstream", "profiles", "features", "manifests", "steps"} - set(raw):
+        problems.append(f"missing {sorted(missing)}")
+    if unknown := set(raw) - TOP_KEYS:
+        problems.append(f"unknown keys {sorted(unknown)}")
+    summary = text.splitlines()[0].removeprefix("#").strip() if text.startswith("#") else ""
+    if not summary:
+        problems.append("the first line must be a `# one-line summary`")
+    profiles = _names(raw.get("profiles"), "profiles", problems)
+    if bad := [p for p in profiles if p not in PROFILES]:
+        problems.append(f"profiles: {bad} not among {PROFILES}")
+    upstream = str(raw.get("upstream", ""))
+    if not (upstream.startswith("conformance/tests/") and upstream.endswith(".go")):
+        problems.append(f"upstream: {upstream!r} is not conformance/tests/<name>.go")
+    steps = []
+    for index, step in enumerate(raw.get("steps") or []):
+        if (parsed := parse_step(step, f"steps[{index}]", problems)) is not None:
+            steps.append(parsed)
+    if not steps:
+        problems.append("steps: a non-empty list")
+    if problems:
+        raise CaseError("\n".join(f"{path}: {problem}" for problem in problems))
+    return Case(
+        test=str(raw["test"]),
+        upstream=upstream,
+        summary=summary,
+        profiles=profiles,
+        features=_names(raw.get("features"), "features", problems),
+        manifests=_names(raw.get("manifests"), "manifests", problems),
+        steps=tuple(steps),
+        path=path,
+    )
+
+
+def load_cases(folder: Path = CASES) -> list[Case]:
+    """Every case in `folder`, by file name."""
+    return [load_case(path) for path in sorted(folder.glob("*.yaml"))]
