@@ -29,9 +29,10 @@ Figures:
   changed routes and, per route, between its two backends; `--gap` seconds apart;
 - `server_cpu_ms_per_change`: the meshplane process's CPU (user + system, /proc) over the changes,
   per change, and `net` of it: less its idle CPU over as long, measured just before;
-- `translate_whole_set_ms`: a component figure, in process: the objects as the API server holds
-  them parsed, resolved (`resolve`) and translated for every Gateway's group (`translate`), cold
-  (the first run) and the median of `--translate-runs`.
+- `translate_whole_set_cold` (the first run) and `translate_whole_set_ms` (the median of
+  `--translate-runs`): a component figure, in process: the objects as the API server holds them
+  parsed (`parse_ms`), resolved (`resolve_ms`) and translated for every Gateway's group
+  (`translate_ms`); each run parses anew, so no run reuses another's translation.
 
 Everything listens on 127.0.0.x; the API server, etcd, meshplane, the Envoys, the echo servers and
 this client share the machine's cores: report the load average (printed with the figures) and

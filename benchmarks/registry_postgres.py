@@ -15,8 +15,10 @@ following the database as three `meshplane serve` replicas would, callers spread
 5. PostgreSQL, paced heartbeats again on a new database with each replica's registry in a process
    of its own (its own event loop and garbage collector, as `meshplane serve` runs): each
    registers its third of the fleet, waits until it holds every device, collects its garbage
-   once (steady state, not the burst's aftermath), then renews its third at a third of the rate;
-   p50/p99 per replica, and each one's full garbage-collector passes in the window.
+   once (steady state, not the burst's aftermath) and freezes its heap as a replica does after
+   each full re-read (`registry/heap.py`; --no-gc-freeze: never, the before of that change),
+   then renews its third at a third of the rate; p50/p99 per replica, and each one's full
+   garbage-collector passes in the window. --only-processes runs this step alone (per --sizes).
 
 Part 2, through real processes: one PostgreSQL holding --path-devices devices over --sites sites,
 three `meshplane serve --registry-store …` replicas (default settings but ports), a real
@@ -65,6 +67,7 @@ from benchmarks.edge_registry import device as fleet_device
 from benchmarks.edge_registry import sites as fleet_sites
 from benchmarks.registration_path import load_average, quantile, write_tokens
 from meshplane.api.edge.v1 import registry_pb2_grpc
+from meshplane.discovery.registry import heap
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
 from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings, RegisterInput
 from meshplane.discovery.registry.store import RegistrationStore, SqliteStore
@@ -193,7 +196,7 @@ async def following(stores: Sequence[RegistrationStore]) -> AsyncIterator[list[E
 
 
 async def in_process(
-    server: PostgresServer, devices: int, heartbeats: int, concurrency: int, period: float
+    server: PostgresServer, devices: int, heartbeats: int, concurrency: int, period: float, freeze: bool
 ) -> dict[str, Any]:
     """Part 1 at one fleet size: SQLite, then three registries on a new PostgreSQL database."""
     figures: dict[str, Any] = {"devices": devices, "load_average_start": load_average()}
@@ -217,19 +220,23 @@ async def in_process(
         postgres["commits"] = sum(store.commits for store in stores)
     figures["postgresql_3_replicas"] = postgres
     figures["postgresql_3_processes_heartbeats_paced"] = await heartbeats_in_processes(
-        server.url(server.create_database()), devices, period
+        server.url(server.create_database()), devices, period, freeze
     )
     figures["load_average_end"] = load_average()
     return figures
 
 
-def heartbeat_replica(url: str, mine: int, devices: int, period: float, barrier: Any, answer: Any) -> None:
+def heartbeat_replica(
+    url: str, mine: int, devices: int, period: float, freeze: bool, barrier: Any, answer: Any
+) -> None:
     """One replica's registry in a process of its own, as `meshplane serve` runs it: registers the
     devices `index % REPLICAS == mine`, waits until it holds every device (the others' too, by
     notification) and every replica is there, then renews its devices once each over `period` s
     at the even rate (paced, open loop). Sends back its latencies (s) and its garbage collector's
-    full passes (count, longest s)."""
+    full passes (count, longest s). `freeze` False: the registry never freezes its heap."""
     os.environ["PGPASSWORD"] = PASSWORD
+    if not freeze:
+        heap.settle = lambda: None  # the before of the comparison: the collector scans everything
     pauses: list[float] = []
     started: list[float] = []
 
@@ -260,6 +267,7 @@ def heartbeat_replica(url: str, mine: int, devices: int, period: float, barrier:
             # Steady state, not the registration burst's aftermath: its garbage is collected now,
             # before the window, as a replica that has served for a while has long done.
             gc.collect()
+            heap.settle()  # where a replica that has served for a while stands: after a re-read
             await asyncio.to_thread(barrier.wait)
 
             async def heartbeat(call: int) -> None:
@@ -276,7 +284,7 @@ def heartbeat_replica(url: str, mine: int, devices: int, period: float, barrier:
     asyncio.run(run())
 
 
-async def heartbeats_in_processes(url: str, devices: int, period: float) -> dict[str, Any]:
+async def heartbeats_in_processes(url: str, devices: int, period: float, freeze: bool = True) -> dict[str, Any]:
     """Paced heartbeats on PostgreSQL with each of the three replicas' registries in its own
     process (its own event loop and garbage collector, as in production): each replica's latency
     percentiles, counted from each call's due time, and the worst replica's p99."""
@@ -284,7 +292,7 @@ async def heartbeats_in_processes(url: str, devices: int, period: float) -> dict
     barrier = context.Barrier(REPLICAS)
     pipes = [context.Pipe(duplex=False) for _ in range(REPLICAS)]
     processes = [
-        context.Process(target=heartbeat_replica, args=(url, mine, devices, period, barrier, pipes[mine][1]))
+        context.Process(target=heartbeat_replica, args=(url, mine, devices, period, freeze, barrier, pipes[mine][1]))
         for mine in range(REPLICAS)
     ]
     for process in processes:
@@ -299,6 +307,7 @@ async def heartbeats_in_processes(url: str, devices: int, period: float) -> dict
     replicas = [answer["figures"] for answer in answers]
     calls = sum(int(figures["calls"]) for figures in replicas)
     return {
+        "gc_freeze": freeze,
         "calls": calls,
         "target_per_second": round(devices / period),
         "per_second": round(calls / max(float(figures["seconds"]) for figures in replicas)),
@@ -550,10 +559,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"cores": os.cpu_count()}
     os.environ["PGPASSWORD"] = PASSWORD  # the in-process stores' password; the replicas read a file
     with running_postgres() as server:
+        if args.only_processes:
+            for size in (int(s) for s in args.sizes.split(",")):
+                figures[f"processes_{size}"] = {
+                    "load_average_start": load_average(),
+                    **await heartbeats_in_processes(
+                        server.url(server.create_database()), size, args.heartbeat_seconds, args.gc_freeze
+                    ),
+                    "load_average_end": load_average(),
+                }
+            return figures
         if not args.skip_in_process:
             for size in (int(s) for s in args.sizes.split(",")):
                 figures[f"in_process_{size}"] = await in_process(
-                    server, size, args.heartbeats, args.concurrency, args.heartbeat_seconds
+                    server, size, args.heartbeats, args.concurrency, args.heartbeat_seconds, args.gc_freeze
                 )
         if args.path_devices:
             device_host = await asyncio.to_thread(make_device_host)
@@ -578,6 +597,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between one run's end and the next")
     parser.add_argument("--failovers", type=int, default=5)
+    parser.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false", help="step 5's before")
+    parser.add_argument("--only-processes", action="store_true", help="step 5 alone, per --sizes")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     print(f"{'size':>7} {'store':<22} {'what':<17} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")

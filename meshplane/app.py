@@ -301,6 +301,7 @@ class ControlPlane:
             device_changes=device_changes,
             gateway_api=gateway_api.content() if gateway_api is not None else None,
             gateway_controller=self.settings.gateway_controller_name,
+            ca_certificates=gateway_api.ca_certificates() if gateway_api is not None else {},
         )
         devices = None if device_changes.everything else len(device_changes.ids)
         return contents, Cause(tuple(sources), devices)

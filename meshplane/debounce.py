@@ -78,8 +78,11 @@ class Debouncer:
                 # rounding) could otherwise wake early forever with a remainder it cannot sleep.
                 if remaining < _DUE:
                     break
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that arrives as the
+                # wait completes, and a loop meant to end by cancellation would run on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
             self._changed.clear()  # every change so far is in this rebuild
             self._first = None
             self.window_opened, self._first_clocks = self._first_clocks, None

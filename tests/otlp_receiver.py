@@ -80,6 +80,24 @@ class OtlpReceiver:
             self.server = None
 
 
+# OTLP renamed these fields keeping their numbers, so both generations read the same bytes.
+_OLDER_NAMES = {
+    "scope_logs": "instrumentation_library_logs",
+    "scope_spans": "instrumentation_library_spans",
+    "log_records": "logs",
+}
+
+
+def scoped(message: Any, field: str) -> Any:
+    """`message`'s field `field` (`scope_logs`, `scope_spans`, `log_records`), under either name
+    it has had. Which generated modules are installed depends on pip's install order:
+    `xds-protos` ships older `opentelemetry.proto` modules and `opentelemetry-proto` newer ones,
+    into the same files."""
+    if field in message.DESCRIPTOR.fields_by_name:
+        return getattr(message, field)
+    return getattr(message, _OLDER_NAMES[field])
+
+
 class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self.receiver = receiver
@@ -89,8 +107,8 @@ class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
     ) -> logs_service_pb2.ExportLogsServiceResponse:
         for resource_logs in request.resource_logs:
             resource = attributes(resource_logs.resource.attributes)
-            for scope in resource_logs.scope_logs:
-                for record in scope.log_records:
+            for scope in scoped(resource_logs, "scope_logs"):
+                for record in scoped(scope, "log_records"):
                     self.receiver.logs.append(LogEntry(resource, plain(record.body), attributes(record.attributes)))
         return logs_service_pb2.ExportLogsServiceResponse()
 
@@ -104,7 +122,7 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
             resource = attributes(resource_spans.resource.attributes)
-            for scope in resource_spans.scope_spans:
+            for scope in scoped(resource_spans, "scope_spans"):
                 for span in scope.spans:
                     self.receiver.spans.append(
                         SpanEntry(

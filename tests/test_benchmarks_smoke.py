@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import scale, translation
+from tests.netns import unavailable_reason
 from tests.preconditions import require, requires
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +115,24 @@ def test_the_topology_benchmark_runs_at_tiny_size() -> None:
     assert (figures["services"], figures["proxies"], figures["devices"]) == (3, 2, 10)
     assert figures["nodes"] > 0
     assert figures["bytes"] > 0
+
+
+@pytest.mark.envoy
+@pytest.mark.xdist_group("envoy")
+@requires(unavailable_reason())
+@pytest.mark.timeout(300)
+def test_the_registry_postgres_benchmark_runs_at_tiny_size() -> None:
+    """Both parts (in process and through three replicas, a gateway Envoy and a failover) complete."""
+    tiny = ["--sizes", "1000", "--heartbeats", "1000", "--heartbeat-seconds", "2", "--path-devices", "500"]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.registry_postgres", *tiny, "--runs", "2", "--failovers", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    figures = json.loads(run.stdout[run.stdout.index("{\n") :])
+    assert figures["in_process_1000"]["postgresql_3_processes_heartbeats_paced"]["calls"] == 1000
+    assert len(figures["replicas"]["registration_at_a_to_gateway_on_c_ms"]["runs"]) == 2

@@ -368,6 +368,13 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+async def _write_then_read(call: Any) -> None:
+    """One request, then the answer. The server may refuse the call before the request is written:
+    then the write fails, with the same error the read would have."""
+    await call.write(csds_pb2.ClientStatusRequest())
+    await call.read()
+
+
 async def test_with_an_admin_token_only_callers_sending_it_are_answered() -> None:
     async with running_plane(admin_token=ADMIN_TOKEN) as plane:
         stream, _ = await connect(plane, "guarded")
@@ -380,9 +387,8 @@ async def test_with_an_admin_token_only_callers_sending_it_are_answered() -> Non
                 await csds.FetchClientStatus(csds_pb2.ClientStatusRequest(), metadata=metadata)
             assert (refused.value.code(), reason in (refused.value.details() or "")) == (code, True)
             call = csds.StreamClientStatus(metadata=metadata)
-            await call.write(csds_pb2.ClientStatusRequest())
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await call.read()
+                await _write_then_read(call)
             assert refused.value.code() == code
 
         answer = await csds.FetchClientStatus(csds_pb2.ClientStatusRequest(), metadata=bearer(ADMIN_TOKEN))

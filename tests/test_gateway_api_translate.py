@@ -227,3 +227,25 @@ def test_envoy_accepts_the_translation(tmp_path: Path) -> None:
                 chain.transport_socket.typed_config.Pack(tls)
     result = envoy_validate(bootstrap, tmp_path / "gateway.json")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_gateway_api_change_reuses_the_unchanged_services_clusters_and_assignments() -> None:
+    from meshplane.xds.translate import translate_endpoints
+
+    first = resources()
+    # A route moved (the Gateway changed), the services kept: every cluster and assignment is the
+    # very message built before, so the snapshot keeps its serialised bytes.
+    moved = dataclasses.replace(MESH, gateways=(dataclasses.replace(GATEWAY, name="edge-2"),))
+    again = resources(moved, dataclasses.replace(GROUP, gateway="shop/edge-2"))
+    for type_url in (TypeUrl.CLUSTER, TypeUrl.ENDPOINT):
+        assert [id(message) for message in again[type_url]] == [id(message) for message in first[type_url]]
+    assert list(again[TypeUrl.ENDPOINT]) == list(translate_endpoints(moved, GROUP))
+    # A service whose endpoints changed gets new assignments; the other keeps its own.
+    web = next(s for s in MESH.services if s.ref == WEB)
+    changed_web = dataclasses.replace(web, endpoints=(Endpoint("127.0.0.3", 9000, "http"),))
+    changed = dataclasses.replace(MESH, services=tuple(changed_web if s is web else s for s in MESH.services))
+    after = {a.cluster_name: a for a in resources(changed)[TypeUrl.ENDPOINT]}
+    before = {a.cluster_name: a for a in first[TypeUrl.ENDPOINT]}
+    assert after == {a.cluster_name: a for a in translate_endpoints(changed, GROUP)}
+    for name, assignment in after.items():
+        assert (assignment is before[name]) == ("api" in name), name

@@ -5,7 +5,8 @@
 - kill -9 of one replica mid-burst loses no acknowledged registration; retries land on the others.
 - A lapsed lease is swept once, by the one replica holding the sweeper lock; killing it moves the role.
 - The database stopping makes replicas unready and refuse registrations (UNAVAILABLE, with the
-  reason); when it is back they are ready and accept them again.
+  reason, on /readyz and /status) while a gateway Envoy connected to one keeps routing real
+  requests to a device registered before; when it is back they are ready and accept them again.
 
 Every wait is on a condition (a log line, an answer) with a generous deadline.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
 import sys
@@ -63,6 +65,7 @@ class Replica:
     reader: asyncio.Task[None]
     xds_port: int
     registry_port: int = 0
+    http_port: int = 0  # the registry's JSON mirror (what `meshplane devices --registry` reads)
 
     @property
     def process(self) -> asyncio.subprocess.Process:
@@ -100,7 +103,8 @@ class Cluster:
     server: PostgresServer
     database: str
 
-    async def replica(self, name: str) -> Replica:
+    async def replica(self, name: str, url: str | None = None) -> Replica:
+        """A started `meshplane serve` replica; `url`: its own way to the database (default: direct)."""
         xds_port = free_port()
         status_port = free_port()
         process = await asyncio.create_subprocess_exec(
@@ -119,7 +123,7 @@ class Cluster:
             "--debounce-max",
             "0.2",
             "--registry-store",
-            self.url,
+            url or self.url,
             "--registry-store-password-file",
             str(self.workdir / "password"),
             "--registry-address",
@@ -142,9 +146,9 @@ class Cluster:
         served = ServeProcess(process, status_port)
         replica = Replica(name, served, asyncio.create_task(served.read_log()), xds_port)
         index = await asyncio.wait_for(served.wait_for_line(lambda line: "edge registry: gRPC on port" in line), 60)
-        found = re.search(r"gRPC on port (\d+)", served.lines[index])
-        assert found is not None
-        replica.registry_port = int(found.group(1))
+        found = re.search(r"gRPC on port (\d+), JSON on port (\d+)", served.lines[index])
+        assert found is not None, served.lines[index]
+        replica.registry_port, replica.http_port = int(found.group(1)), int(found.group(2))
         await asyncio.wait_for(served.wait_for_line(lambda line: " meshplane.app: xDS on port " in line), 60)
         return replica
 
@@ -152,7 +156,7 @@ class Cluster:
         return {str(row[0]) for row in self.server.execute(self.database, "SELECT device_id FROM registrations")}
 
 
-def write_workdir(workdir: Path, device_range: str, device_tokens: tuple[str, ...] = ()) -> None:
+def write_workdir(workdir: Path, device_range: str, device_tokens: tuple[tuple[str, str], ...] = ()) -> None:
     (workdir / "policy").mkdir(parents=True, exist_ok=True)
     (workdir / "policy" / "sites.yaml").write_text(
         f"sites:\n  - {{id: gym, region: eu-central, device_ranges: ['{device_range}']}}\n"
@@ -167,11 +171,19 @@ def write_workdir(workdir: Path, device_range: str, device_tokens: tuple[str, ..
 
 
 @contextlib.asynccontextmanager
-async def replicas(cluster: Cluster, count: int) -> AsyncIterator[list[Replica]]:
+async def replicas(cluster: Cluster, count: int, together: bool = False) -> AsyncIterator[list[Replica]]:
+    """`count` replicas, started one after another or (`together`) all at the same moment."""
     started: list[Replica] = []
     try:
-        for index in range(count):
-            started.append(await cluster.replica("abc"[index]))
+        if together:
+            outcomes = await asyncio.gather(*(cluster.replica("abc"[i]) for i in range(count)), return_exceptions=True)
+            started.extend(outcome for outcome in outcomes if isinstance(outcome, Replica))
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        else:
+            for index in range(count):
+                started.append(await cluster.replica("abc"[index]))
         yield started
         for replica in started:
             await replica.stop()
@@ -331,7 +343,7 @@ async def test_kill_9_of_a_replica_mid_burst_loses_no_acknowledged_registration(
             await asyncio.wait_for(asyncio.gather(*workers), DEADLINE)
         finally:
             for channel in channels:
-                await channel.close()
+                await channel.close(None)
         assert len(acknowledged) >= 900
         assert retried, "no registration was retried: the kill did not land mid-burst"
         assert any(acknowledged.get(device) not in (None, "a") for device in retried)
@@ -399,35 +411,85 @@ async def test_a_lapsed_lease_is_swept_once_and_the_sweeper_role_moves_when_its_
 # --- the database going away ---
 
 
-async def test_replicas_are_unready_and_refuse_registrations_while_the_database_is_down(tmp_path: Path) -> None:
-    write_workdir(tmp_path, "10.20.0.0/16")
-    with running_postgres() as server:
-        cluster = cluster_on(server, tmp_path)
-        async with replicas(cluster, 2) as group:
-            await register(group[0], registration(1))
-            last: list[object] = []
+@pytest.mark.envoy
+@pytest.mark.xdist_group("envoy")
+@requires(unavailable_reason())
+async def test_replicas_are_unready_and_refuse_registrations_but_keep_routing_while_the_database_is_down(
+    tmp_path: Path,
+) -> None:
+    host = await asyncio.to_thread(make_device_host)
+    gateway: Envoy | None = None
+    try:
+        write_workdir(tmp_path, f"{host.address}/32", (("bike-1", DEVICE_TOKEN),))
+        device_port = await asyncio.to_thread(host.serve, "bike-1")
+        with running_postgres() as server:
+            cluster = cluster_on(server, tmp_path)
+            async with replicas(cluster, 2) as group:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{group[0].registry_port}") as channel:
+                    await registry_pb2_grpc.RegistryStub(channel).Register(
+                        pb.RegisterRequest(
+                            device_id="bike-1",
+                            device_class="bike",
+                            site="gym",
+                            endpoints=[pb.Endpoint(address=host.address, port=device_port)],
+                            ttl_seconds=300,
+                        ),
+                        metadata=(("authorization", f"Bearer {DEVICE_TOKEN}"),),
+                    )
+                outbound_port = free_port()
+                gateway = await start_envoy(
+                    tmp_path / "envoy",
+                    group[1].xds_port,
+                    node_id="gateway-b",
+                    template="edge-gateway.yaml",
+                    metadata={"role": "edge-gateway", "site": "gym", "outbound_port": outbound_port},
+                )
+                routed = gateway
 
-            async def readiness(expected: int) -> bool:
-                answers = [await replica.served.get("/readyz") for replica in group]
-                last[:] = answers
-                return all(code == expected for code, _ in answers)
+                async def reaches_bike() -> bool:
+                    url = f"http://127.0.0.1:{outbound_port + 1}/workout"
+                    headers = {"host": "cloud-client", DEVICE_HEADER: "bike-1"}
+                    async with routed.session.get(url, headers=headers) as response:
+                        return (response.status, await response.text()) == (200, "bike-1 /workout\n")
 
-            await eventually(lambda: readiness(200), "both replicas ready", lambda: last)
-            await asyncio.to_thread(server.stop)
-            await eventually(lambda: readiness(503), "both replicas unready", lambda: last)
-            assert all("edge-registry" in body for _, body in last), last  # type: ignore[operator]
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await register(group[1], registration(2))
-            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-            assert "registration store is unavailable" in (refused.value.details() or "")
+                await gateway.eventually(reaches_bike, "the gateway on b routing to bike-1 (registered at a)")
+                second = registration(2)  # inside the site's one range: the stand-in device's address
+                del second.endpoints[:]
+                second.endpoints.add(address=host.address, port=device_port)
+                last: list[tuple[int, str]] = []
 
-            await asyncio.to_thread(server.start)
-            await eventually(lambda: readiness(200), "both replicas ready again", lambda: last)
-            await register(group[1], registration(2))
-            assert cluster.stored() == {"bike-00001", "bike-00002"}
+                async def readiness(expected: int) -> bool:
+                    answers = [await replica.served.get("/readyz") for replica in group]
+                    last[:] = answers
+                    return all(code == expected for code, _ in answers)
 
-            async def both_serve_both() -> bool:
-                listed = [await replica.list() for replica in group]
-                return all(devices == {"bike-00001", "bike-00002"} for devices in listed)
+                await eventually(lambda: readiness(200), "both replicas ready", lambda: last)
+                await asyncio.to_thread(server.stop)
+                await eventually(lambda: readiness(503), "both replicas unready", lambda: last)
+                assert all("edge-registry" in body for _, body in last), last
+                for replica in group:
+                    status = json.dumps(await replica.served.status())
+                    assert "is unreachable" in status, status[:3000]
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await register(group[1], second)
+                assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "registration store is unavailable" in (refused.value.details() or "")
+                # The proxies keep the last known devices: real requests still reach bike-1, each one.
+                for _ in range(20):
+                    assert await reaches_bike(), "the gateway stopped routing to bike-1 during the outage"
 
-            await eventually(both_serve_both, "both replicas serving both devices", lambda: cluster.stored())
+                await asyncio.to_thread(server.start)
+                await eventually(lambda: readiness(200), "both replicas ready again", lambda: last)
+                await register(group[1], second)
+                assert cluster.stored() == {"bike-1", "bike-00002"}
+
+                async def both_serve_both() -> bool:
+                    listed = [await replica.list() for replica in group]
+                    return all(devices == {"bike-1", "bike-00002"} for devices in listed)
+
+                await eventually(both_serve_both, "both replicas serving both devices", lambda: cluster.stored())
+                assert await reaches_bike(), "the gateway stopped routing to bike-1 after the outage"
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+        await asyncio.to_thread(host.close)

@@ -23,7 +23,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
 from tests.envoy_harness import Backend, Envoy
-from tests.otlp_receiver import LogEntry, OtlpReceiver, SpanEntry
+from tests.otlp_receiver import LogEntry, OtlpReceiver, SpanEntry, scoped
 from tests.test_envoy_integration import Mesh, mesh  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
@@ -262,7 +262,8 @@ async def test_an_edge_gateway_neither_logs_nor_traces_the_telemetry_devices_exp
 
     # What a device's Envoy sends: an OTLP export to the collector, through the gateway.
     export = logs_service_pb2.ExportLogsServiceRequest()
-    export.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "from-a-device"
+    scope = scoped(export.resource_logs.add(), "scope_logs").add()
+    scoped(scope, "log_records").add().body.string_value = "from-a-device"
     options = [("grpc.default_authority", "otel.observability:4317")]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.outbound_port}", options=options) as channel:
         # Even one a device's Envoy decided to trace: its x-request-id says so (Envoy writes the

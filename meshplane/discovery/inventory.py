@@ -63,7 +63,7 @@ import dataclasses
 import enum
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -71,7 +71,14 @@ from meshplane.discovery.device_admission import DeviceAdmission, LiveDevices
 from meshplane.discovery.gateway_api.conditions import GatewayApiStatus
 from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME
 from meshplane.discovery.gateway_api.objects import GatewayApiObjects
-from meshplane.discovery.gateway_api.resolve import MeshResolution, Resolution, joined_status, resolve, resolve_mesh
+from meshplane.discovery.gateway_api.resolve import (
+    MeshResolution,
+    Resolution,
+    joined_status,
+    resolve,
+    resolve_backend_tls,
+    resolve_mesh,
+)
 from meshplane.discovery.kubernetes import KubernetesContent
 from meshplane.model import (
     Gateway,
@@ -102,7 +109,8 @@ class Contents:
     registrations (None: the registry is off); `device_changes`: the devices changed there since
     the previous merge (`EdgeRegistry.take_changes()`). `gateway_api`: the Gateway API objects
     (None: that source is off), whose changes `changes.gateways` reports; `gateway_controller`:
-    the controller name whose GatewayClasses meshplane serves.
+    the controller name whose GatewayClasses meshplane serves; `ca_certificates`: the `ca.crt` of
+    each ConfigMap a BackendTLSPolicy names, by (namespace, name) (absent: not read, or missing).
     """
 
     files: Mesh | None = None
@@ -112,6 +120,7 @@ class Contents:
     device_changes: DeviceChanges = dataclasses.field(default_factory=lambda: DeviceChanges(everything=True))
     gateway_api: GatewayApiObjects | None = None
     gateway_controller: str = DEFAULT_CONTROLLER_NAME
+    ca_certificates: Mapping[tuple[str, str], str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,12 +325,15 @@ class Inventory:
             and not (substituted or self._substituted)
         ):
             return self._resolution
-        return resolve(
+        by_ref = {service.ref: service for service in services}
+        resolution = resolve(
             contents.gateway_api,
             contents.gateway_controller,
-            {service.ref: service for service in services},
+            by_ref,
             frozenset(certificate.name for certificate in certificates),
         )
+        # BackendTLSPolicies apply to the Gateways resolved (their CA ConfigMaps change `gateways`).
+        return resolve_backend_tls(resolution, contents.gateway_api, by_ref, contents.ca_certificates)
 
 
 def _merge_gateways(

@@ -247,8 +247,11 @@ class Reconnect:
 
     async def pause(self, seconds: float) -> None:
         """Sleep `seconds`, or less if `answered()` is called meanwhile."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that arrives as the
+        # wait completes, and a loop meant to end by cancellation would run on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._answered.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._answered.wait()
 
 
 class Watcher:

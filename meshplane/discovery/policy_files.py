@@ -590,8 +590,11 @@ class PolicyFileSource:
             group.create_task(self._watch(changed))
             while True:
                 await self.load()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that arrives as the
+                # wait completes, and a loop meant to end by cancellation would run on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):
+                        await changed.wait()
                 changed.clear()
 
     async def _watch(self, changed: asyncio.Event) -> None:

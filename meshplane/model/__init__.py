@@ -9,7 +9,15 @@ from meshplane.model.devices import (
     is_device_class,
     is_device_id,
 )
-from meshplane.model.gateways import Gateway, GatewayHost, GatewayListener, GatewayRule, ListenerProtocol
+from meshplane.model.gateways import (
+    BackendTls,
+    Gateway,
+    GatewayHost,
+    GatewayListener,
+    GatewayRule,
+    ListenerProtocol,
+    SanKind,
+)
 from meshplane.model.limits import ENVOY_REGEX_MAX_PROGRAM_SIZE, header_name_problem, regex_problem
 from meshplane.model.mesh import DEFAULT_CLUSTER_DOMAIN, Mesh
 from meshplane.model.policy import (
@@ -89,6 +97,7 @@ __all__ = [
     "TELEMETRY_ROLES",
     "AccessLog",
     "AddressRefusal",
+    "BackendTls",
     "CircuitBreakers",
     "Collector",
     "CorsPolicy",
@@ -134,6 +143,7 @@ __all__ = [
     "RouteRule",
     "RouteTable",
     "RouteTelemetry",
+    "SanKind",
     "Service",
     "ServicePort",
     "ServiceRef",

@@ -183,11 +183,15 @@ class Redirect:
 
 @dataclass(frozen=True, slots=True)
 class WeightedBackend:
-    """A share of a rule's traffic. `port` (name or number) may be omitted for single-port services."""
+    """A share of a rule's traffic. `port` (name or number) may be omitted for single-port services.
+    `request_headers`, when given, changes the headers of the requests sent to this backend only,
+    besides the rule's own changes (meant for other headers than those: which of two changes to
+    one header wins is the proxy's order, not the model's)."""
 
     service: ServiceRef
     port: str | int | None = None
     weight: int = 100
+    request_headers: HeaderModifier | None = None
 
 
 @dataclass(frozen=True, slots=True)

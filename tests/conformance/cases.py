@@ -18,6 +18,13 @@ the response it expects. Its `steps` run in order; each step is one of `STEP_KEY
   TLS with `scheme: https`, trusting the certificate of Secret `ca_secret`, the SNI being
   `server_name` or the request's host);
 - `distribution`: the request's answers spread over backends as `weights` say;
+- `mirror_percentages`: once the request's answer is consistent, `total` more answered (`concurrency`
+  at a time) make each of `mirrors` (`ns/name`: percent) receive that percent of copies, within
+  `tolerance` percent of it; up to `attempts` rounds;
+- `backend_header`: once the request's answer is consistent, each of `total` more answers says
+  the backend saw exactly one `header`, and the pod that answered is named after its value;
+- `pod_endpoint_slices`: the EndpointSlices `slices` (made by hand in the manifests) get the pods
+  of Deployment `deployment` as their endpoints (a test that fills them with pod addresses);
 - `latest_conditions`: every condition of the object (of each parent status, for a route) has
   the object's current generation as observedGeneration, and with `accepted` one is Accepted True;
 - `patch`: a JSON patch to an object, which must change its generation (a test that changes what
@@ -25,7 +32,10 @@ the response it expects. Its `steps` run in order; each step is one of `STEP_KEY
 
 A condition is `{type, status, reason?}`; a missing reason matches any. Requests default as
 upstream's ExpectedResponse does: method GET, status 200, and (without `expected_request`) the
-backend must see the request as sent. Must not: hold Go, or anything the Go test does not say.
+backend must see the request as sent. `statuses` lists more allowed status codes (upstream's
+StatusCodes); `response_header_values` gives each response header the values it may have (its
+ValidHeaderValues), compared without whitespace with `ignore_whitespace`.
+Must not: hold Go, or anything the Go test does not say.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ TOP_KEYS = {"test", "upstream", "profiles", "features", "manifests", "steps"}
 REQUEST_KEYS = {
     "host", "path", "method", "headers", "unfollow_redirect", "backend_set_response_headers", "status",
     "backend", "namespace", "expected_request", "response_headers", "response_absent_headers", "redirect",
-    "mirrored_to", "protocol",
+    "mirrored_to", "protocol", "statuses", "response_header_values", "ignore_whitespace",
 }  # fmt: skip
 EXPECTED_REQUEST_KEYS = {"host", "path", "method", "headers", "absent_headers"}
 REDIRECT_KEYS = {"scheme", "host", "port", "path"}
@@ -63,6 +73,9 @@ STEP_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "listener_condition": ({"gateway", "listener", "condition"}, set()),
     "requests": ({"gateway", "cases"}, {"listener_port", "scheme", "ca_secret", "server_name"}),
     "distribution": ({"gateway", "request", "total", "concurrency", "tolerance", "attempts", "weights"}, set()),
+    "backend_header": ({"gateway", "request", "total", "header"}, set()),
+    "pod_endpoint_slices": ({"deployment", "slices"}, set()),
+    "mirror_percentages": ({"gateway", "request", "total", "concurrency", "tolerance", "attempts", "mirrors"}, set()),
     "latest_conditions": ({"kind", "name"}, {"accepted"}),
     "patch": ({"object", "json_patch"}, set()),
 }
@@ -126,6 +139,13 @@ class RequestCase:
     response_absent_headers: tuple[str, ...] = ()
     redirect: Redirect | None = None
     mirrored_to: tuple[tuple[str, str], ...] = ()
+    statuses: tuple[int, ...] = ()
+    response_header_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    ignore_whitespace: bool = False
+
+    def allowed_statuses(self) -> tuple[int, ...]:
+        """Upstream's StatusCodes with StatusCode appended; 200 when neither is given."""
+        return (*self.statuses, self.status)
 
     def backend_sees(self) -> ExpectedRequest:
         """What the backend must see: `expected_request`, or the request as sent."""
@@ -179,6 +199,8 @@ def named_objects(case: Case) -> set[tuple[str, str]]:
             found.add((route_kind, str(route)))
         for request in step.requests:
             found.update(("Service", f"{namespace}/{name}") for namespace, name in request.mirrored_to)
+        if step.kind == "mirror_percentages":
+            found.update(("Service", str(target)) for target in step.spec["mirrors"])
     return found
 
 
@@ -250,10 +272,25 @@ def parse_request(raw: Any, where: str, problems: list[str]) -> RequestCase | No
         _namespaced(target, f"{where}.mirrored_to[{index}]", problems)
         if isinstance(target, str):
             mirrored.append(split_name(target))
-    status = raw.get("status", 200)
-    if not isinstance(status, int) or not 100 <= status <= 599:
-        problems.append(f"{where}: status {status!r} is not an HTTP status code")
+    statuses = raw.get("statuses", [])
+    status = raw.get("status", statuses[0] if isinstance(statuses, list) and statuses else 200)
+    if not isinstance(statuses, list):
+        problems.append(f"{where}: statuses must be a list of HTTP status codes")
+        statuses = []
+    for code in [status, *statuses]:
+        if not isinstance(code, int) or not 100 <= code <= 599:
+            problems.append(f"{where}: status {code!r} is not an HTTP status code")
+    if not isinstance(status, int):
         status = 200
+    valid_values: list[tuple[str, tuple[str, ...]]] = []
+    raw_values = raw.get("response_header_values") or {}
+    if not isinstance(raw_values, dict) or not all(
+        isinstance(values, list) and values and all(isinstance(v, str) for v in values)
+        for values in raw_values.values()
+    ):
+        problems.append(f"{where}.response_header_values: a mapping of names to non-empty lists of strings")
+    else:
+        valid_values = [(str(name), tuple(values)) for name, values in raw_values.items()]
     return RequestCase(
         path=raw["path"],
         host=str(raw.get("host", "")),
@@ -273,6 +310,9 @@ def parse_request(raw: Any, where: str, problems: list[str]) -> RequestCase | No
         ),
         redirect=redirect,
         mirrored_to=tuple(mirrored),
+        statuses=tuple(code for code in statuses if isinstance(code, int)),
+        response_header_values=tuple(valid_values),
+        ignore_whitespace=bool(raw.get("ignore_whitespace", False)),
     )
 
 
@@ -307,6 +347,10 @@ def parse_step(raw: Any, where: str, problems: list[str]) -> Step | None:
     for key in ("gateway", "route"):
         if key in spec:
             _namespaced(spec[key], f"{where}.{kind}.{key}", problems)
+    for index, target in enumerate(spec.get("slices") or [] if kind == "pod_endpoint_slices" else []):
+        _namespaced(target, f"{where}.{kind}.slices[{index}]", problems)
+    if kind == "pod_endpoint_slices" and "deployment" in spec:
+        _namespaced(spec["deployment"], f"{where}.{kind}.deployment", problems)
     for index, route in enumerate(spec.get("routes") or []):
         _namespaced(route, f"{where}.{kind}.routes[{index}]", problems)
     if kind != "latest_conditions" and spec.get("kind", "HTTPRoute") not in ROUTE_KINDS:
@@ -329,8 +373,16 @@ def parse_step(raw: Any, where: str, problems: list[str]) -> Step | None:
         for index, request in enumerate(cases or []):
             if (parsed := parse_request(request, f"{where}.requests.cases[{index}]", problems)) is not None:
                 requests.append(parsed)
-    if kind == "distribution" and (
-        parsed := parse_request(spec.get("request"), f"{where}.distribution.request", problems)
+    if kind == "mirror_percentages":
+        mirrors = spec.get("mirrors")
+        if not isinstance(mirrors, dict) or not mirrors:
+            problems.append(f"{where}.mirror_percentages.mirrors: a mapping of NAMESPACE/NAME to a percent")
+        for target, percent in (mirrors or {}).items() if isinstance(mirrors, dict) else ():
+            _namespaced(target, f"{where}.mirror_percentages.mirrors", problems)
+            if not isinstance(percent, int | float) or not 0 < percent <= 100:
+                problems.append(f"{where}.mirror_percentages.mirrors[{target}]: {percent!r} is not a percent above 0")
+    if kind in ("distribution", "backend_header", "mirror_percentages") and (
+        parsed := parse_request(spec.get("request"), f"{where}.{kind}.request", problems)
     ):
         requests.append(parsed)
     return Step(kind, spec, tuple(requests))

@@ -20,8 +20,11 @@ and `{GATEWAY_CONTROLLER_NAME}`), and making what a real cluster's controllers w
   manifests stay as they are.
 
 Deployments are stored but no Pod ever runs (no scheduler, no kubelet): the stand-ins are the pods.
-An object whose apiVersion the API server does not serve (1.20 has no `discovery.k8s.io/v1`) is
-skipped with that reason, never rewritten. Must not: edit a manifest beyond the placeholders, or
+An object whose apiVersion the API server does not serve is skipped with that reason, never
+rewritten, with one exception: an EndpointSlice of `discovery.k8s.io/v1`, which the 1.20 API server
+does not serve, is stored as `discovery.k8s.io/v1beta1` (`as_served_endpoint_slice`: the same
+object in the older version's shape, a zone moved into `topology`), as a newer API server would
+convert it for a v1beta1 reader. Must not: edit a manifest beyond the placeholders, or
 write status (that is meshplane's job).
 """
 
@@ -233,6 +236,24 @@ def gateway_class(name: str) -> Obj:
     }
 
 
+ENDPOINT_SLICE_V1 = "discovery.k8s.io/v1"
+ENDPOINT_SLICE_SERVED = "discovery.k8s.io/v1beta1"
+
+
+def as_served_endpoint_slice(obj: Obj) -> Obj:
+    """`obj` as the 1.20 API server can store it: an EndpointSlice of `discovery.k8s.io/v1` becomes
+    `v1beta1` (each endpoint's `zone` moved to `topology`, `hints` left out, which v1beta1 lacks);
+    any other object is returned as it is."""
+    if obj.get("kind") != "EndpointSlice" or obj.get("apiVersion") != ENDPOINT_SLICE_V1:
+        return obj
+    obj["apiVersion"] = ENDPOINT_SLICE_SERVED
+    for endpoint in obj.get("endpoints") or ():
+        endpoint.pop("hints", None)
+        if (zone := endpoint.pop("zone", None)) is not None:
+            endpoint.setdefault("topology", {})["topology.kubernetes.io/zone"] = zone
+    return obj
+
+
 @dataclass
 class Applied:
     """What `ClusterState.apply` did: objects created or updated, and objects skipped with why."""
@@ -285,7 +306,7 @@ class ClusterState:
         Namespaces get the `kubernetes.io/metadata.name` label. Skips what the server cannot store."""
         applied = Applied()
         for original in objects:
-            obj = copy.deepcopy(original)
+            obj = as_served_endpoint_slice(copy.deepcopy(original))
             if obj["kind"] == "Namespace":
                 labels = obj.setdefault("metadata", {}).setdefault("labels", {})
                 labels.setdefault("kubernetes.io/metadata.name", obj["metadata"]["name"])

@@ -60,6 +60,7 @@ class Received:
     path: str
     host: str
     headers: tuple[tuple[str, str], ...]
+    number: int = 0  # the backend's count of requests, this one included: orders and windows them
 
 
 @dataclass
@@ -70,6 +71,14 @@ class EchoBackend:
     address: str
     port: int
     received: deque[Received] = field(default_factory=lambda: deque(maxlen=KEPT_REQUESTS))
+    count: int = 0  # every request ever received, kept or not
+
+    def received_since(self, number: int, path: str) -> int | None:
+        """How many requests for `path` came after request `number`; None when some of those are
+        no longer kept (the window is wider than `KEPT_REQUESTS`)."""
+        if self.received and self.received[0].number > number + 1:
+            return None
+        return sum(1 for r in self.received if r.number > number and r.path == path)
 
 
 def canonical_header(name: str) -> str:
@@ -141,8 +150,9 @@ def make_app(backend: EchoBackend) -> web.Application:
     """The aiohttp application of one stand-in."""
 
     async def answer(request: web.Request) -> web.StreamResponse:
+        backend.count += 1
         backend.received.append(
-            Received(request.method, request.raw_path, request.host, tuple(request.headers.items()))
+            Received(request.method, request.raw_path, request.host, tuple(request.headers.items()), backend.count)
         )
         # echo-basic's mux sees the path with "//" folded to "/".
         path = request.path.replace("//", "/")

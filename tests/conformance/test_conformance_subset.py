@@ -3,8 +3,9 @@
 Runs `SUBSET` with the harness (tests/conformance/runner.py): a real kube-apiserver, the real
 `meshplane serve --gateway-api` and real gateway Envoys, one run for all of them. The cases are
 core ones and those of the fixes they guard: the Host header the backend sees (port included),
-redirect ports, `timeouts.backendRequest`, listener isolation, a Gateway's parametersRef, and one
-of our own Gateway-variant manifests. The whole suite is `python -m tests.conformance`.
+redirect ports, `timeouts.backendRequest`, listener isolation, a Gateway's parametersRef, one
+of our own Gateway-variant manifests, 421 for misdirected HTTPS requests, and a backendRef's own
+request header changes. The whole suite is `python -m tests.conformance`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ SUBSET = (
     "HTTPRouteTimeoutBackendRequest",
     "GatewayHTTPListenerIsolation",
     "GatewayInvalidParametersRef",
+    "HTTPRouteHTTPSListenerDetectMisdirectedRequests",
+    "HTTPRouteRequestHeaderModifierBackendWeights",
 )
 
 

@@ -17,7 +17,15 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conformance.cases import CaseError, Redirect, RequestCase, load_case, load_cases, named_objects
+from tests.conformance.cases import (
+    CaseError,
+    ExpectedRequest,
+    Redirect,
+    RequestCase,
+    load_case,
+    load_cases,
+    named_objects,
+)
 from tests.conformance.cluster import (
     BASE_MANIFESTS,
     CONFORMANCE,
@@ -35,7 +43,15 @@ from tests.conformance.cluster import (
     start_stand_ins,
     suite_secrets,
 )
-from tests.conformance.echo import EchoBackend, EchoFleet, Identity, canonical_header, parse_go_duration
+from tests.conformance.echo import (
+    KEPT_REQUESTS,
+    EchoBackend,
+    EchoFleet,
+    Identity,
+    Received,
+    canonical_header,
+    parse_go_duration,
+)
 from tests.conformance.runner import Captured, Result, compare, table
 from tests.k8s.gateway_api_crds import GATEWAY_API_MISSING, apply_standard_crds
 from tests.k8s.real_apiserver import KUBE_MISSING, Cluster, call_ok, module_cluster
@@ -336,6 +352,33 @@ def echoed(**changes: Any) -> dict[str, Any]:
             Captured(301, {}, None, "http://127.0.0.200/b"),
             "expected redirected path to be '/a', got '/b'",
         ),
+        (RequestCase("/", statuses=(200, 204), status=204), Captured(204, {}, None, ""), ""),
+        (
+            RequestCase("/", statuses=(200, 204), status=204),
+            Captured(403, {}, None, ""),
+            "expected status code to be one of [200, 204, 204], got 403",
+        ),
+        (
+            RequestCase(
+                "/",
+                method="OPTIONS",
+                expected_request=ExpectedRequest(method="OPTIONS"),
+                response_header_values=(("Access-Control-Allow-Methods", ("GET, OPTIONS", "OPTIONS, GET")),),
+                ignore_whitespace=True,
+            ),
+            Captured(200, {"access-control-allow-methods": ["OPTIONS,GET"]}, None, ""),
+            "",
+        ),
+        (
+            RequestCase("/", response_header_values=(("Allow", ("GET, OPTIONS",)),), namespace="ns"),
+            Captured(200, {"allow": ["GET,OPTIONS"]}, echoed(), ""),
+            "expected Allow response header to be one of ['GET, OPTIONS'], got GET,OPTIONS",
+        ),
+        (
+            RequestCase("/", namespace="ns"),
+            Captured(200, {}, None, ""),
+            "expected path to be /, got ",
+        ),
     ],
     ids=[
         "backend-answers",
@@ -349,11 +392,62 @@ def echoed(**changes: Any) -> dict[str, Any]:
         "redirect-host",
         "redirect-port-defaults",
         "redirect-path-defaults-to-the-request-path",
+        "one-of-several-statuses",
+        "none-of-several-statuses",
+        "preflight-without-echo-body-and-valid-values-ignoring-whitespace",
+        "valid-values-minding-whitespace",
+        "a-200-without-echo-body-where-a-backend-should-answer",
     ],
 )
 def test_responses_compare_as_upstream_compares_them(case: RequestCase, captured: Captured, difference: str) -> None:
     found = compare(case, captured, case.path)
     assert found.startswith(difference) if difference else found == "", found
+
+
+def test_a_stand_in_counts_the_requests_for_a_path_since_a_point() -> None:
+    backend = EchoBackend(Identity("ns", "v2"), "127.0.0.9", 3000)
+    for path in ["/a", "/b", "/a", "/a"]:
+        backend.count += 1
+        backend.received.append(Received("GET", path, "h", (), backend.count))
+    assert backend.received_since(0, "/a") == 3
+    assert backend.received_since(2, "/a") == 2
+    assert backend.received_since(4, "/a") == 0
+    for _ in range(KEPT_REQUESTS):  # the window's start is no longer kept: no count rather than a wrong one
+        backend.count += 1
+        backend.received.append(Received("GET", "/c", "h", (), backend.count))
+    assert backend.received_since(2, "/a") is None
+
+
+def test_new_step_kinds_are_validated(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    step = {"gateway": "ns/gw", "request": {"path": "/"}, "total": 10, "concurrency": 1, "tolerance": 5}
+    bad.write_text(
+        "# a bad case\n"
+        + yaml.safe_dump(
+            {
+                "test": "Bad",
+                "upstream": "conformance/tests/bad.go",
+                "profiles": ["GATEWAY-HTTP"],
+                "features": ["Gateway"],
+                "manifests": [],
+                "steps": [
+                    {"mirror_percentages": {**step, "attempts": 1, "mirrors": {"no-namespace": 150}}},
+                    {"backend_header": {"gateway": "ns/gw", "request": {"path": "/"}, "total": 3}},
+                    {"requests": {"gateway": "ns/gw", "cases": [{"path": "/", "statuses": [200, 999]}]}},
+                ],
+            }
+        )
+    )
+    with pytest.raises(CaseError) as refused:
+        load_case(bad)
+    message = str(refused.value)
+    for reason in (
+        "steps[0].mirror_percentages.mirrors: 'no-namespace' is not NAMESPACE/NAME",
+        "steps[0].mirror_percentages.mirrors[no-namespace]: 150 is not a percent above 0",
+        "steps[1].backend_header: missing ['header']",
+        "steps[2].requests.cases[0]: status 999 is not an HTTP status code",
+    ):
+        assert f"{bad}: {reason}" in message, message
 
 
 # ---- the cluster state, on a real API server ----------------------------------------------------

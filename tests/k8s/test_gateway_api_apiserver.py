@@ -347,7 +347,11 @@ async def test_the_source_runs_with_exactly_the_manifests_rbac(
         **{(GROUP, kind): {"list", "watch"} for kind in kinds},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("", "namespaces"): {"list", "watch"},
-        **{(GROUP, f"{kind}/status"): {"patch"} for kind in ("gatewayclasses", "gateways", "httproutes", "grpcroutes")},
+        ("", "configmaps"): {"list", "watch"},  # BackendTLSPolicies' CA certificates, each watched by name
+        **{
+            (GROUP, f"{kind}/status"): {"patch"}
+            for kind in ("gatewayclasses", "gateways", "httproutes", "grpcroutes", "backendtlspolicies")
+        },
     }
 
     # meshplane, as its ServiceAccount: everything the source does works with exactly this role.

@@ -19,6 +19,7 @@ from meshplane.discovery.gateway_api.fields import (
     SECTION_NAME,
     Fields,
     Parsed,
+    created_of,
     metadata,
     subject_of,
 )
@@ -55,6 +56,8 @@ class BackendTlsPolicy:
     well_known_ca_certificates: str | None = None
     subject_alt_names: tuple[SubjectAltName, ...] = ()
     options: tuple[tuple[str, str], ...] = ()
+    # metadata.creationTimestamp (RFC 3339, UTC: sorts as time): the oldest policy wins a conflict.
+    created: str = ""
 
 
 def _targets(fields: Fields, spec: Mapping[str, Any]) -> tuple[PolicyTarget, ...]:
@@ -133,6 +136,15 @@ def parse_backend_tls_policy(obj: Mapping[str, Any]) -> Parsed[BackendTlsPolicy]
         else:
             fields.invalid("spec.options", f"{key!r}: keys and values must be strings")
     value = BackendTlsPolicy(
-        namespace, name, generation, targets, hostname or "", tuple(refs), well_known, names, tuple(options)
+        namespace,
+        name,
+        generation,
+        targets,
+        hostname or "",
+        tuple(refs),
+        well_known,
+        names,
+        tuple(options),
+        created_of(obj),
     )
     return Parsed(value, tuple(fields.problems))

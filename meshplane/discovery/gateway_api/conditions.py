@@ -48,6 +48,12 @@ REASON_UNSUPPORTED_VALUE = "UnsupportedValue"
 REASON_BACKEND_NOT_FOUND = "BackendNotFound"
 REASON_INVALID_KIND = "InvalidKind"
 REASON_INVALID_PARAMETERS = "InvalidParameters"
+# BackendTLSPolicy reasons (apis/v1/backendtlspolicy_types.go, policy_types.go).
+REASON_CONFLICTED = "Conflicted"
+REASON_INVALID_CA_CERTIFICATE_REF = "InvalidCACertificateRef"
+REASON_NO_VALID_CA_CERTIFICATE = "NoValidCACertificate"
+# A policy's status lists at most this many ancestors (the CRD's maxItems).
+MAX_POLICY_ANCESTORS = 16
 MAX_MESSAGE = 1024
 
 
@@ -111,13 +117,30 @@ class RouteStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class AncestorStatus:
+    """A policy's status for one ancestor: a Gateway (namespace, name) whose proxies it affects."""
+
+    ancestor: Key
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStatus:
+    """A BackendTLSPolicy's status: per ancestor Gateway (sorted, at most MAX_POLICY_ANCESTORS)."""
+
+    generation: int
+    ancestors: tuple[AncestorStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayApiStatus:
-    """Every status meshplane owes, by (namespace, name): the Gateways it serves and the routes
-    naming one of them as a parent."""
+    """Every status meshplane owes, by (namespace, name): the Gateways it serves, the routes
+    naming one of them as a parent, and the BackendTLSPolicies affecting one of them."""
 
     gateways: Mapping[Key, GatewayStatus] = field(default_factory=lambda: MappingProxyType({}))
     http_routes: Mapping[Key, RouteStatus] = field(default_factory=lambda: MappingProxyType({}))
     grpc_routes: Mapping[Key, RouteStatus] = field(default_factory=lambda: MappingProxyType({}))
+    backend_tls_policies: Mapping[Key, PolicyStatus] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def programmed(status: GatewayStatus, serving: bool) -> tuple[Condition, tuple[Condition, ...]]:

@@ -4,7 +4,8 @@
 Owns the spec's shapes and the rules of writing them: a condition keeps its `lastTransitionTime`
 while its status stays; a route's `status.parents` entries of other controllers are kept as they
 are, ours (by `controllerName`) replaced; a Gateway's `addresses` are the listen addresses of the
-Envoys serving it. Each function returns the whole `status` to write, or None when the object holds
+Envoys serving it; a BackendTLSPolicy's `status.ancestors` entries are kept or replaced as a
+route's parents are. Each function returns the whole `status` to write, or None when the object holds
 it already (so nothing is written and writes never loop). Must not do I/O.
 """
 
@@ -15,7 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from meshplane.discovery.gateway_api.class_status import timestamp
-from meshplane.discovery.gateway_api.conditions import Condition, GatewayStatus, RouteStatus, programmed
+from meshplane.discovery.gateway_api.conditions import (
+    MAX_POLICY_ANCESTORS,
+    Condition,
+    GatewayStatus,
+    PolicyStatus,
+    RouteStatus,
+    programmed,
+)
 from meshplane.discovery.gateway_api.references import ParentRef
 
 MAX_PARENTS = 32  # the CRDs' maxItems for a route's status.parents
@@ -110,6 +118,32 @@ def route_status(
         )
     status = {"parents": (others + ours)[:MAX_PARENTS]}
     return None if _same(current, status, ("parents",)) else status
+
+
+def policy_status(
+    obj: Mapping[str, Any], wanted: PolicyStatus | None, controller_name: str, now: datetime
+) -> dict[str, Any] | None:
+    """The `status` of policy `obj` (a BackendTLSPolicy): its ancestors of other controllers as
+    they are, then ours, one per Gateway of `wanted` (None: we owe none, so ours go); None when
+    `obj` holds it already."""
+    current = _status_of(obj)
+    entries = [item for item in current.get("ancestors") or () if isinstance(item, Mapping)]
+    others = [dict(item) for item in entries if item.get("controllerName") != controller_name]
+    ours_before = [item for item in entries if item.get("controllerName") == controller_name]
+    ours = []
+    for ancestor in wanted.ancestors if wanted is not None else ():
+        namespace, name = ancestor.ancestor
+        ref = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": namespace, "name": name}
+        before = next((item for item in ours_before if _same_ref(item.get("ancestorRef"), ref)), {})
+        ours.append(
+            {
+                "ancestorRef": ref,
+                "controllerName": controller_name,
+                "conditions": _conditions(ancestor.conditions, before.get("conditions"), now),
+            }
+        )
+    status = {"ancestors": (others + ours)[:MAX_POLICY_ANCESTORS]}
+    return None if _same(current, status, ("ancestors",)) else status
 
 
 def _same_ref(found: Any, ref: Mapping[str, Any]) -> bool:

@@ -32,6 +32,9 @@ channel), applied in `resolve()`:
   503, which gRPC clients see as UNAVAILABLE, as the spec asks. On one hostname, HTTPRoute rules
   come before GRPCRoute ones.
 
+- BackendTLSPolicies (`resolve_backend_tls`, applied to `resolve`'s result): TLS from the served
+  Gateways' proxies to the Service ports their rules reach (see that function).
+
 Objects with problems (what the CRDs' validation would refuse) are never served: a Gateway is not
 accepted (`Invalid`), a route's parents not accepted (`UnsupportedValue`). Must not do I/O: the
 caller hands in the services, the certificates served and the Namespaces' labels.
@@ -46,13 +49,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshplane.discovery.gateway_api import conditions as c
+from meshplane.discovery.gateway_api.backend_tls_policies import BackendTlsPolicy
 from meshplane.discovery.gateway_api.class_status import accepted_condition
 from meshplane.discovery.gateway_api.conditions import (
+    MAX_POLICY_ANCESTORS,
+    AncestorStatus,
     Condition,
     GatewayApiStatus,
     GatewayStatus,
     ListenerStatus,
     ParentStatus,
+    PolicyStatus,
     RouteStatus,
 )
 from meshplane.discovery.gateway_api.fields import Parsed
@@ -99,6 +106,7 @@ from meshplane.model import (
     ServiceRef,
     WeightedBackend,
 )
+from meshplane.model.gateways import BackendTls, SanKind
 
 # The route kinds a listener of each served protocol takes.
 HTTP_ROUTE_KIND = RouteKind(GATEWAY_GROUP, HTTP_ROUTE)
@@ -538,7 +546,8 @@ def _http_rules(
         backends, unresolved = _backends(route, rule, grants, services, failures)
         mirrors = _mirrors(route, rule.filters, grants, services, failures)
         unsupported = [f for f in rule.filters if f.type == EXTENSION_REF]
-        unsupported += [f for backend in rule.backends for f in backend.filters]
+        # A backendRef's RequestHeaderModifier is served (on that backend's share); no other is.
+        unsupported += [f for backend in rule.backends for f in backend.filters if f.type != REQUEST_HEADER_MODIFIER]
         if unsupported:
             kinds = ", ".join(sorted({f.type for f in unsupported}))
             failures.append((c.REASON_INVALID_KIND, f"rule {rule_index + 1}: {kinds} filters are not supported"))
@@ -621,7 +630,9 @@ def _backends(
             failures.append(failure)
             unresolved += backend.ref.weight
         elif resolved is not None and resolved.weight > 0:
-            found.append(resolved)
+            by_type = {f.type: f for f in backend.filters}
+            headers = _modifier(by_type.get(REQUEST_HEADER_MODIFIER), response=False)
+            found.append(dataclasses.replace(resolved, request_headers=headers) if headers else resolved)
     if rule.backends and not found and not unresolved:
         unresolved = 1  # every weight is 0: nowhere to send a request (the spec's 500)
     return tuple(found), unresolved
@@ -1005,4 +1016,255 @@ def joined_status(gateways: GatewayApiStatus, mesh: GatewayApiStatus) -> Gateway
         gateways.gateways,
         join(gateways.http_routes, mesh.http_routes),
         join(gateways.grpc_routes, mesh.grpc_routes),
+        gateways.backend_tls_policies,
     )
+
+
+# --- BackendTLSPolicy -------------------------------------------------------------------------
+
+# The key of a ConfigMap's data holding the PEM CA certificates a BackendTLSPolicy names.
+CA_CERTIFICATE_KEY = "ca.crt"
+_PEM_CERT = "-----BEGIN CERTIFICATE-----"
+_SAN_KINDS = {"Hostname": SanKind.DNS, "URI": SanKind.URI}
+
+
+@dataclass(frozen=True, slots=True)
+class _TlsTrust:
+    """What a policy's validation resolved to: the PEM bundle (or the system store), and the
+    ResolvedRefs condition's reason and message."""
+
+    ca_certificates: str
+    system: bool
+    resolved: bool
+    reason: str
+    message: str
+
+    @property
+    def usable(self) -> bool:
+        return self.system or bool(self.ca_certificates)
+
+
+def resolve_backend_tls(
+    resolution: Resolution,
+    objects: GatewayApiObjects,
+    services: Mapping[ServiceRef, Service],
+    ca_certificates: Mapping[Key, str],
+) -> Resolution:
+    """`resolution` with the BackendTLSPolicies of `objects` applied: each served Gateway whose
+    rules (backends or mirrors) reach a port of a Service a policy targets holds that port's
+    `BackendTls`, and each such policy's status names that Gateway as an ancestor.
+
+    `ca_certificates`: the `ca.crt` of each ConfigMap read, by (namespace, name); a ConfigMap
+    absent from it is missing. The spec's rules: a target is a core Service (other kinds are
+    ignored), narrowed to one port by `sectionName` (the port's name). For one port, a policy
+    naming it by `sectionName` wins over one naming the whole Service; among policies naming the
+    same Service and section, the oldest wins (then namespace/name), the others are
+    `Accepted=False` `Conflicted` for the Gateways that reach it. A `caCertificateRefs` entry
+    not a core ConfigMap is `ResolvedRefs=False` `InvalidKind`; one missing, or without PEM
+    certificates under `ca.crt`, `InvalidCACertificateRef`, and with none valid the policy is
+    `Accepted=False` `NoValidCACertificate`. Either way the spec's "connections using an invalid
+    CACertificateRef MUST fail" with a 5xx holds: the Gateway's rules' share of traffic to that
+    port becomes unresolved (answered 500, mirrors to it dropped), never sent in plain text.
+    `wellKnownCACertificates: System` uses the proxy's system trust store. A policy with
+    problems is `Accepted=False` `Invalid`. Pure: ConfigMaps are handed in."""
+    policies = sorted(
+        objects.backend_tls_policies.items(),
+        key=lambda item: (item[1].value.created or "~", item[0]),
+    )
+    # (service, section or None) → the key of the policy applying there (the first, oldest).
+    winners: dict[tuple[ServiceRef, str | None], Key] = {}
+    conflicted: set[tuple[Key, ServiceRef, str | None]] = set()
+    # (service, section or None) → every policy naming it, oldest first (for their status).
+    naming: dict[tuple[ServiceRef, str | None], list[Key]] = {}
+    for key, parsed in policies:
+        for target in dict.fromkeys(_service_targets(parsed.value)):
+            naming.setdefault(target, []).append(key)
+            if not parsed.problems and winners.setdefault(target, key) != key:
+                conflicted.add((key, *target))
+    trust = {key: _trust(parsed.value, ca_certificates) for key, parsed in policies}
+    # Gateway key → (service, port name) → BackendTls; policy key → ancestor → conditions
+    applied: dict[Key, dict[tuple[ServiceRef, str], BackendTls]] = {}
+    refused: dict[Key, set[tuple[ServiceRef, str]]] = {}
+    ancestors: dict[Key, dict[Key, tuple[Condition, ...]]] = {}
+    for gateway in resolution.gateways:
+        gateway_key = (gateway.namespace, gateway.name)
+        for ref, port in sorted(_reached_ports(gateway, services), key=lambda item: (str(item[0]), item[1])):
+            policy_key, section = _applying(winners, ref, port)
+            contenders = dict.fromkeys([*naming.get((ref, port), ()), *naming.get((ref, None), ())])
+            for key in contenders:
+                parsed = objects.backend_tls_policies[key]
+                conditions = _policy_conditions(parsed, trust[key], key != policy_key, conflicted, ref, port)
+                before = ancestors.setdefault(key, {}).get(gateway_key)
+                ancestors[key][gateway_key] = _worse(before, conditions)
+            if policy_key is None or (policy_key, ref, section) in conflicted:
+                continue
+            policy = objects.backend_tls_policies[policy_key].value
+            found = trust[policy_key]
+            if not found.resolved:
+                refused.setdefault(gateway_key, set()).add((ref, port))
+                continue
+            applied.setdefault(gateway_key, {})[(ref, port)] = BackendTls(
+                ref,
+                port,
+                policy.hostname,
+                found.ca_certificates,
+                found.system,
+                tuple((_SAN_KINDS[san.type], san.value) for san in policy.subject_alt_names),
+            )
+    gateways = []
+    for gateway in resolution.gateways:
+        gateway_key = (gateway.namespace, gateway.name)
+        if gateway_key in refused:
+            gateway = _without_backends(gateway, refused[gateway_key], services)
+        if by_port := applied.get(gateway_key):
+            gateway = dataclasses.replace(
+                gateway, backend_tls=tuple(v for _, v in sorted(by_port.items(), key=_port_order))
+            )
+        gateways.append(gateway)
+    statuses = {
+        key: PolicyStatus(
+            objects.backend_tls_policies[key].value.generation,
+            tuple(AncestorStatus(ancestor, conds) for ancestor, conds in sorted(found.items()))[:MAX_POLICY_ANCESTORS],
+        )
+        for key, found in sorted(ancestors.items())
+    }
+    status = dataclasses.replace(resolution.status, backend_tls_policies=MappingProxyType(statuses))
+    return Resolution(tuple(gateways), status)
+
+
+def _without_backends(
+    gateway: Gateway, refused: set[tuple[ServiceRef, str]], services: Mapping[ServiceRef, Service]
+) -> Gateway:
+    """`gateway` with the backends on `refused` ports moved to each rule's unresolved share (and
+    mirrors to them dropped): a policy applies there whose CA references do not all resolve."""
+
+    def refuses(ref: ServiceRef, port: str | int | None) -> bool:
+        service = services.get(ref)
+        found = service.port(port) if service is not None else None
+        return found is not None and (ref, found.name) in refused
+
+    def without(gateway_rule: GatewayRule) -> GatewayRule:
+        rule = gateway_rule.rule
+        kept = tuple(b for b in rule.backends if not refuses(b.service, b.port))
+        mirrors = tuple(m for m in rule.mirrors if not refuses(m.service, m.port))
+        if len(kept) == len(rule.backends) and len(mirrors) == len(rule.mirrors):
+            return gateway_rule
+        lost = sum(b.weight for b in rule.backends if refuses(b.service, b.port))
+        return dataclasses.replace(
+            gateway_rule,
+            rule=dataclasses.replace(rule, backends=kept, mirrors=mirrors),
+            unresolved_weight=gateway_rule.unresolved_weight + lost,
+        )
+
+    listeners = tuple(
+        dataclasses.replace(
+            listener,
+            hosts=tuple(
+                dataclasses.replace(host, rules=tuple(without(rule) for rule in host.rules)) for host in listener.hosts
+            ),
+        )
+        for listener in gateway.listeners
+    )
+    return dataclasses.replace(gateway, listeners=listeners)
+
+
+def _port_order(item: tuple[tuple[ServiceRef, str], BackendTls]) -> tuple[str, str, str]:
+    (ref, port), _ = item
+    return (ref.namespace, ref.name, port)
+
+
+def _service_targets(policy: BackendTlsPolicy) -> list[tuple[ServiceRef, str | None]]:
+    """The (Service, sectionName) pairs `policy` targets: core Services in its namespace only."""
+    return [
+        (ServiceRef(policy.namespace, target.name), target.section_name)
+        for target in policy.target_refs
+        if target.group == CORE_GROUP and target.kind == "Service"
+    ]
+
+
+def _applying(
+    winners: Mapping[tuple[ServiceRef, str | None], Key], ref: ServiceRef, port: str
+) -> tuple[Key | None, str | None]:
+    """The policy applying to `port` of `ref` and the section it won: one naming the port first."""
+    for section in (port, None):
+        key = winners.get((ref, section))
+        if key is not None:
+            return key, section
+    return None, None
+
+
+def _reached_ports(gateway: Gateway, services: Mapping[ServiceRef, Service]) -> set[tuple[ServiceRef, str]]:
+    """Every (Service, port name) the rules of `gateway` send traffic (or mirrored copies) to."""
+    found: set[tuple[ServiceRef, str]] = set()
+    for listener in gateway.listeners:
+        for host in listener.hosts:
+            for gateway_rule in host.rules:
+                rule = gateway_rule.rule
+                targets = [(b.service, b.port) for b in rule.backends] + [(m.service, m.port) for m in rule.mirrors]
+                for ref, port in targets:
+                    service = services.get(ref)
+                    found_port = service.port(port) if service is not None else None
+                    if found_port is not None:  # the port the translators' route will use
+                        found.add((ref, found_port.name))
+    return found
+
+
+def _trust(policy: BackendTlsPolicy, ca_certificates: Mapping[Key, str]) -> _TlsTrust:
+    """What `policy`'s validation resolves to against the ConfigMaps' `ca.crt`s."""
+    if policy.well_known_ca_certificates == "System":
+        return _TlsTrust("", True, True, c.REASON_RESOLVED_REFS, "uses the system trust store")
+    bundles: list[str] = []
+    reason, message = c.REASON_RESOLVED_REFS, "all CA certificate references resolved"
+    for ref in policy.ca_certificate_refs:
+        if ref.group != CORE_GROUP or ref.kind != "ConfigMap":
+            reason, message = c.REASON_INVALID_KIND, f"{ref.group}/{ref.kind} {ref.name}: only core ConfigMaps hold CAs"
+            continue
+        text = ca_certificates.get((policy.namespace, ref.name))
+        if text is None:
+            if reason != c.REASON_INVALID_KIND:
+                reason = c.REASON_INVALID_CA_CERTIFICATE_REF
+                message = f"ConfigMap {policy.namespace}/{ref.name} does not exist or has no {CA_CERTIFICATE_KEY}"
+            continue
+        if _PEM_CERT not in text:
+            if reason != c.REASON_INVALID_KIND:
+                reason = c.REASON_INVALID_CA_CERTIFICATE_REF
+                message = f"ConfigMap {policy.namespace}/{ref.name}: {CA_CERTIFICATE_KEY} holds no PEM certificate"
+            continue
+        bundles.append(text if text.endswith("\n") else text + "\n")
+    resolved = reason == c.REASON_RESOLVED_REFS
+    return _TlsTrust("".join(bundles), False, resolved, reason, message)
+
+
+def _policy_conditions(
+    parsed: Parsed[BackendTlsPolicy],
+    trust: _TlsTrust,
+    loses: bool,
+    conflicted: set[tuple[Key, ServiceRef, str | None]],
+    ref: ServiceRef,
+    port: str,
+) -> tuple[Condition, ...]:
+    """Accepted and ResolvedRefs of a policy for one port of `ref` a Gateway reaches. `loses`: a
+    more specific or older policy applies there."""
+    policy = parsed.value
+    generation = policy.generation
+    key = (policy.namespace, policy.name)
+    resolved = c.condition(c.RESOLVED_REFS, trust.resolved, trust.reason, trust.message, generation)
+    if parsed.problems:
+        why = "; ".join(str(problem) for problem in parsed.problems)
+        accepted = c.condition(c.ACCEPTED, False, c.REASON_INVALID, why, generation)
+    elif not trust.usable:
+        accepted = c.condition(c.ACCEPTED, False, c.REASON_NO_VALID_CA_CERTIFICATE, trust.message, generation)
+    elif loses and any((key, ref, section) in conflicted for section in (port, None)):
+        message = f"another policy applies to Service {ref} port {port}: the oldest wins"
+        accepted = c.condition(c.ACCEPTED, False, c.REASON_CONFLICTED, message, generation)
+    else:
+        accepted = c.condition(c.ACCEPTED, True, c.REASON_ACCEPTED, "the policy is applied", generation)
+    return (accepted, resolved)
+
+
+def _worse(before: tuple[Condition, ...] | None, now: tuple[Condition, ...]) -> tuple[Condition, ...]:
+    """Of two condition sets for one ancestor, the one not accepted (a Gateway reaching several
+    targeted ports reports the policy's worst)."""
+    if before is None:
+        return now
+    return now if before[0].status == c.TRUE and now[0].status != c.TRUE else before

@@ -12,6 +12,15 @@ writing the status of Gateways and routes is `GatewayStatusWriter`'s (`gateway_w
 status the merge hands it (`gateway_writer.update`) and `serving`: the listen addresses of the
 connected gateway Envoys that took a Gateway's listeners (`namespace/name` → addresses).
 
+ConfigMaps are watched only for BackendTLSPolicies: one watch per ConfigMap a policy's
+`caCertificateRefs` names (in the policy's namespace, selected by `metadata.name`), at most
+`MAX_CA_CONFIG_MAPS`, started when `content()` reads a policy naming it and stopped when it
+reads that none does. So meshplane holds
+only those ConfigMaps (not every ConfigMap of the cluster, which may be large and many), at the cost
+of a watch each; RBAC must still grant list/watch on configmaps cluster-wide, as the names are not
+known in advance. `ca_certificates()` gives their `ca.crt`; a change of one is the change
+(`CONFIG_MAP`, key) in the change set. A ConfigMap whose watch has not listed yet is absent.
+
 Namespaces are watched only once a Gateway's listener selects routes' namespaces by label
 (`allowedRoutes.namespaces.from: Selector`); from then on their labels are in the content
 (`namespace_labels`) and a change of them is in the change set.
@@ -85,6 +94,12 @@ MAX_PROBLEM_NOTES = 50
 CRDS = Resource("CustomResourceDefinition", "/apis/apiextensions.k8s.io/v1", "customresourcedefinitions")
 NAMESPACES = Resource("Namespace", "/api/v1", "namespaces")
 MAX_LABELS = 64  # per Namespace, read for selectors (a selector names a few)
+CONFIG_MAPS = Resource("ConfigMap", "/api/v1", "configmaps")
+# The change-set kind of a CA ConfigMap's change (not a Gateway API kind: its content is
+# `ca_certificates()`).
+CONFIG_MAP = "ConfigMap"
+MAX_CA_CONFIG_MAPS = 256  # ConfigMaps watched for BackendTLSPolicies' CA certificates
+MAX_CA_CERTIFICATES = 256 * 1024  # bytes of one ConfigMap's ca.crt kept; a larger one is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +129,7 @@ KINDS = (
 )
 CLASSES = KINDS[0]
 # The kinds meshplane writes status on beside GatewayClass.
-_STATUS_KINDS = (GATEWAY, HTTP_ROUTE, GRPC_ROUTE)
+_STATUS_KINDS = (GATEWAY, HTTP_ROUTE, GRPC_ROUTE, BACKEND_TLS_POLICY)
 
 
 class GatewayApiSource:
@@ -175,6 +190,11 @@ class GatewayApiSource:
         self.namespaces: Watcher | None = None
         self._namespaces_wanted = asyncio.Event()
         self._namespaces_dirty = False
+        # The CA ConfigMaps' watches (one per ConfigMap named by a BackendTLSPolicy), by key.
+        self.config_maps: dict[Key, Watcher] = {}
+        self._config_map_tasks: dict[Key, asyncio.Task[None]] = {}
+        self._config_maps_wanted = asyncio.Event()
+        self._ca_certificates: Mapping[Key, str] | None = MappingProxyType({})
 
     @property
     def synced(self) -> bool:
@@ -237,6 +257,8 @@ class GatewayApiSource:
             self._namespaces_dirty = False
             self._content = dataclasses.replace(self._content, namespace_labels=self._namespace_labels())
             changed.add((NAMESPACE_LABELS, ("", "")))
+        if BACKEND_TLS_POLICY in replaced:
+            self._config_maps_wanted.set()
         if GATEWAY in replaced and any(
             listener.allowed_routes.namespaces == "Selector"
             for parsed in self._content.gateways.values()
@@ -278,6 +300,7 @@ class GatewayApiSource:
             if w.last_error and name not in missing_kinds  # the missing CRD is the reason
         ]
         errors += [w.last_error for w in self.crd_watchers.values() if w.last_error]
+        errors += [w.last_error for w in self.config_maps.values() if w.last_error]
         errors += [w.last_error for w in (self.writer, self.gateway_writer) if w.last_error]
         content = self.content()
         notes, with_problems = self._notes_of(content)
@@ -293,6 +316,7 @@ class GatewayApiSource:
             "grpc_routes": len(content.grpc_routes),
             "reference_grants": len(content.reference_grants),
             "backend_tls_policies": len(content.backend_tls_policies),
+            "ca_config_maps": len(self.config_maps),
             "objects_with_problems": with_problems,
             "relists": sum(w.relists for w in watchers),
         }
@@ -358,6 +382,7 @@ class GatewayApiSource:
                 group.create_task(self.writer.run(client))
                 group.create_task(self.gateway_writer.run(client))
                 group.create_task(self._watch_namespaces(client))
+                group.create_task(self._watch_config_maps(client))
         finally:
             if owned is not None:
                 self._client = None
@@ -378,6 +403,68 @@ class GatewayApiSource:
             rng=self._rng,
         )
         await self.namespaces.run()
+
+    def wanted_config_maps(self) -> list[Key]:
+        """The ConfigMaps the BackendTLSPolicies' `caCertificateRefs` name (sorted; at most
+        `MAX_CA_CONFIG_MAPS`)."""
+        wanted = {
+            (parsed.value.namespace, ref.name)
+            for parsed in self._content.backend_tls_policies.values()
+            for ref in parsed.value.ca_certificate_refs
+            if ref.group == "" and ref.kind == CONFIG_MAP
+        }
+        return sorted(wanted)[:MAX_CA_CONFIG_MAPS]
+
+    def ca_certificates(self) -> Mapping[Key, str]:
+        """The `ca.crt` of each CA ConfigMap watched and listed, by (namespace, name); one without
+        that key (or larger than `MAX_CA_CERTIFICATES`) is absent."""
+        if self._ca_certificates is None:
+            found: dict[Key, str] = {}
+            for key, watcher in sorted(self.config_maps.items()):
+                obj = watcher.objects.get(key)
+                data = obj.get("data") if obj is not None else None
+                text = data.get("ca.crt") if isinstance(data, Mapping) else None
+                if isinstance(text, str) and len(text) <= MAX_CA_CERTIFICATES:
+                    found[key] = text
+            self._ca_certificates = MappingProxyType(found)
+        return self._ca_certificates
+
+    async def _watch_config_maps(self, client: ApiClient) -> None:
+        """Keeps one watch per wanted CA ConfigMap; ends only by cancellation (stopping them)."""
+        try:
+            while True:
+                await self._config_maps_wanted.wait()
+                self._config_maps_wanted.clear()
+                wanted = set(self.wanted_config_maps())
+                for key in [key for key in self.config_maps if key not in wanted]:
+                    self._config_map_tasks.pop(key).cancel()
+                    del self.config_maps[key]
+                    self._on_config_map(key, [])
+                for key in sorted(wanted - set(self.config_maps)):
+                    watcher = Watcher(
+                        client,
+                        CONFIG_MAPS,
+                        namespace=key[0],
+                        field_selector=f"metadata.name={key[1]}",
+                        on_change=functools.partial(self._on_config_map, key),
+                        reconnect=self._reconnect,
+                        backoff=self._backoff,
+                        timeout_seconds=self._watch_timeout,
+                        page_size=self._page_size,
+                        rng=self._rng,
+                    )
+                    self.config_maps[key] = watcher
+                    self._config_map_tasks[key] = asyncio.create_task(watcher.run())
+        finally:
+            for task in self._config_map_tasks.values():
+                task.cancel()
+            self._config_map_tasks.clear()
+
+    def _on_config_map(self, key: Key, changes: list[Change]) -> None:
+        """A CA ConfigMap changed (or its watch listed, or it is no longer watched)."""
+        self._ca_certificates = None
+        self._changes |= GatewayApiChanges(frozenset({(CONFIG_MAP, key)}))
+        self._changed(True)
 
     def _on_namespaces(self, changes: list[Change]) -> None:
         if changes:

@@ -31,8 +31,8 @@ import aiohttp
 from meshplane.discovery.gateway_api.class_status import status_update
 from meshplane.discovery.gateway_api.conditions import GatewayApiStatus
 from meshplane.discovery.gateway_api.gateway_classes import parse_gateway_class
-from meshplane.discovery.gateway_api.object_status import gateway_status, route_status
-from meshplane.discovery.gateway_api.objects import GATEWAY, GRPC_ROUTE, HTTP_ROUTE
+from meshplane.discovery.gateway_api.object_status import gateway_status, policy_status, route_status
+from meshplane.discovery.gateway_api.objects import BACKEND_TLS_POLICY, GATEWAY, GRPC_ROUTE, HTTP_ROUTE
 from meshplane.discovery.kubernetes_watching import Backoff, Resource
 
 if TYPE_CHECKING:  # a type only (kubernetes.py says why)
@@ -148,7 +148,8 @@ class GatewayStatusWriter:
     """Writes `status` of the Gateways meshplane serves and of the HTTPRoutes and GRPCRoutes naming
     them, as `object_status` renders it from the last resolution (`update()`).
 
-    `resources` are the kinds' API resources (Gateway, HTTPRoute, GRPCRoute); `read(kind, key)` is
+    `resources` are the kinds' API resources (Gateway, HTTPRoute, GRPCRoute, and
+    BackendTLSPolicy, whose `status.ancestors` are written when it is given); `read(kind, key)` is
     the object as the watch holds it (None: gone); `serving(namespace/name)` the listen addresses
     of the connected gateway Envoys that took the Gateway's listeners (empty: none). As the class
     writer: merge patches on `/status` at the object's resourceVersion, only when something
@@ -202,6 +203,12 @@ class GatewayStatusWriter:
             (GRPC_ROUTE, previous.grpc_routes, status.grpc_routes),
         ):
             self.mark(kind, {key for key in (*before, *after) if before.get(key) != after.get(key)})
+        if BACKEND_TLS_POLICY in self.resources:
+            before_policies, after_policies = previous.backend_tls_policies, status.backend_tls_policies
+            self.mark(
+                BACKEND_TLS_POLICY,
+                {k for k in (*before_policies, *after_policies) if before_policies.get(k) != after_policies.get(k)},
+            )
 
     def mark(self, kind: str, keys: Iterable[tuple[str, str]]) -> None:
         """Look at these objects of `kind` again (a watch event, a change of what is owed)."""
@@ -229,6 +236,9 @@ class GatewayStatusWriter:
             if addresses is None:
                 addresses = self._addresses[key] = sorted(set(self._serving(f"{key[0]}/{key[1]}")))
             return gateway_status(obj, wanted, addresses, self._now())
+        if kind == BACKEND_TLS_POLICY:
+            policy = self._status.backend_tls_policies.get(key)
+            return policy_status(obj, policy, self.controller_name, self._now())
         routes = self._status.http_routes if kind == HTTP_ROUTE else self._status.grpc_routes
         return route_status(obj, routes.get(key), self.controller_name, self._now())
 
@@ -236,8 +246,11 @@ class GatewayStatusWriter:
         """Writes what is marked, forever; ends only by cancellation."""
         failures = 0
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that arrives as the
+            # wait completes, and a loop meant to end by cancellation would run on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._wanted.wait()
             self._wanted.clear()
             if not self._ready:
                 continue

@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from meshplane.discovery.registry import heap
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
 from meshplane.discovery.registry.identity import CaExpired, CertificateAuthority, CsrRefused, IssuedCertificate
 from meshplane.discovery.registry.store import (
@@ -228,6 +229,7 @@ class EdgeRegistry:
         self._loaded_at = self._confirmed_at = time.time()
         self._changed_all = True
         self._changed(())
+        heap.settle()  # the fleet just read lives as long as the process: no full GC pass rescans it
         log.info("edge registry: loaded %d registrations", len(self._live))
 
     async def run(self) -> None:
@@ -606,14 +608,21 @@ class EdgeRegistry:
         self, rows: Sequence[Registration], gone: Sequence[str] = (), *, expired: bool = False, everything: bool = False
     ) -> None:
         """Makes the live devices agree with what the shared store holds (see `StoreView`). Devices
-        whose fields did not change are replaced silently (a renewal elsewhere rebuilds nothing)."""
+        whose fields did not change are replaced silently (a renewal elsewhere rebuilds nothing),
+        keeping the `Device` object already held."""
         changed: list[str] = []
         for row in rows:
             previous = self._live.get(row.device.id)
+            if previous is not None and previous.device == row.device:
+                if previous == row:
+                    continue  # a re-read of what is held: nothing to replace
+                # The held Device may be frozen out of the collector's scans (heap.py); the copy
+                # just parsed is freed now by reference counting instead of joining the heap.
+                self._put(replace(row, device=previous.device))
+                continue
             self._put(row)
-            if previous is None or previous.device != row.device:
-                changed.append(row.device.id)
-                self._publish(Event(EventKind.ADDED if previous is None else EventKind.MODIFIED, row))
+            changed.append(row.device.id)
+            self._publish(Event(EventKind.ADDED if previous is None else EventKind.MODIFIED, row))
         removed = set(gone)
         if everything:
             removed |= self._live.keys() - {row.device.id for row in rows}

@@ -20,7 +20,9 @@ Contracts:
   everything every `resync_interval`, so a notification missed while disconnected costs at most
   that long. A re-read hands rows over `_RESYNC_CHUNK` at a time with the event loop free between
   chunks: parsing 100,000 rows at once holds it for over a second, and every call this replica
-  answers would wait that long. Renewals notify nobody: no replica decides expiry from its own copy.
+  answers would wait that long. After a re-read the heap is frozen (`heap.settle`): the fleet just
+  read leaves the garbage collector's full passes. Renewals notify nobody: no replica decides
+  expiry from its own copy.
 - A renewal of a lease whose row is gone (swept, or removed at another replica) raises
   `LeaseLost` for that caller only.
 - Migrations are versioned here (`_MIGRATIONS`, recorded in `schema_migrations`) and applied at
@@ -47,6 +49,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from meshplane.discovery.registry import heap
 from meshplane.discovery.registry.store import (
     Change,
     Delete,
@@ -306,6 +309,7 @@ class PostgresStore:
         gone = sorted(known_before - seen)
         self._known.difference_update(gone)
         view.apply_stored([], gone=gone)
+        heap.settle()  # the re-read fleet is long-lived: keep it out of the collector's full passes
 
     async def write(self, changes: Sequence[Change]) -> None:
         """Applies `changes` in one transaction shared with every concurrent caller's; returns after

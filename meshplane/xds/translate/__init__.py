@@ -26,7 +26,7 @@ from meshplane.model import Mesh, ProxyGroup, ProxyRole, Service
 from meshplane.xds.translate.clusters import build_clusters
 from meshplane.xds.translate.edge_device import build_device, build_mobile
 from meshplane.xds.translate.edge_gateway import build_gateway
-from meshplane.xds.translate.endpoints import build_endpoints, build_service_endpoints
+from meshplane.xds.translate.endpoints import EndpointsMemo, build_endpoints, build_service_endpoints
 from meshplane.xds.translate.gateway_api import build_gateway_api
 from meshplane.xds.translate.listeners import build_listeners
 from meshplane.xds.translate.routes import build_routes
@@ -167,8 +167,13 @@ def _translate_gateway_api(mesh: Mesh, group: ProxyGroup) -> Translation:
     resources[TypeUrl.LISTENER] = _by_name(built["lds"])
     resources[TypeUrl.ROUTE] = _by_name(built["rds"])
     resources[TypeUrl.SECRET] = _by_name(built["sds"])
-    resources[TypeUrl.ENDPOINT] = translate_endpoints(mesh, group)
+    # Equal to `translate_endpoints(mesh, group)`; a Gateway API change rebuilds every gateway
+    # group and changes no endpoint, so unchanged services' assignments are reused.
+    resources[TypeUrl.ENDPOINT] = _by_name(_GATEWAY_ENDPOINTS.build(mesh, group))
     return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
+
+
+_GATEWAY_ENDPOINTS = EndpointsMemo()
 
 
 # The role table. Edge roles read the sites (a site's gateways, its device ranges); only the

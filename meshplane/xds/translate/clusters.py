@@ -6,8 +6,9 @@ Kubernetes DNS alias would. LOGICAL_DNS, not STRICT_DNS: an external name is one
 (often a cloud load balancer behind many rotating addresses); gRPC also accepts only LOGICAL_DNS.
 
 Owns how a `TrafficPolicy` and an `UpstreamTls` become Cluster fields, for Envoy and for proxyless
-gRPC, which takes a subset (https://grpc.github.io/grpc/core/md_doc_grpc_xds_features.html). Must
-stay pure; cluster and EDS names come from `meshplane.xds.names`.
+gRPC, which takes a subset (https://grpc.github.io/grpc/core/md_doc_grpc_xds_features.html), and
+how a gateway proxy's `BackendTls` (a BackendTLSPolicy) becomes a copy of a cluster with TLS
+(`with_backend_tls`). Must stay pure; cluster and EDS names come from `meshplane.xds.names`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import http_pb2
 
 from meshplane.model import (
@@ -34,11 +36,20 @@ from meshplane.model import (
     TrafficPolicy,
     UpstreamTls,
 )
+from meshplane.model.gateways import BackendTls, SanKind
 from meshplane.xds import names
 from meshplane.xds.translate import core
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+# The system trust store a gateway Envoy reads for `wellKnownCACertificates: System`: the bundle
+# of Debian, Ubuntu and Alpine (ca-certificates), the images gateway Envoys run in. Envoy reads it
+# when the cluster is loaded; a missing file makes Envoy reject the cluster.
+SYSTEM_TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
+_SAN_TYPES = {
+    SanKind.DNS: common_pb2.SubjectAltNameMatcher.DNS,
+    SanKind.URI: common_pb2.SubjectAltNameMatcher.URI,
+}
 
 _Cluster = cluster_pb2.Cluster
 
@@ -216,3 +227,32 @@ def _grpc_upstream_tls(tls: UpstreamTls) -> Any:
     if tls.client_certificate:
         common.tls_certificate_provider_instance.instance_name = tls.client_certificate
     return tls_pb2.UpstreamTlsContext(sni=tls.sni, common_tls_context=common)
+
+
+def with_backend_tls(cluster: Any, tls: BackendTls, port: ServicePort) -> Any:
+    """A copy of `cluster` (one port's, as `build_clusters` made it; never changed, as clusters
+    are shared) speaking TLS as `tls` says: SNI `tls.sni`, the peer verified against the CA
+    bundle inline (it is the gateway's alone, from a ConfigMap: no SDS secret to share) or the
+    system trust store, and its certificate must carry one of the subject alternative names
+    (none given: the DNS name `tls.sni`, as the spec asks of `hostname`)."""
+    validation = common_pb2.CertificateValidationContext()
+    if tls.system_trust:
+        validation.trusted_ca.filename = SYSTEM_TRUST_STORE
+    else:
+        validation.trusted_ca.inline_string = tls.ca_certificates
+    for kind, value in tls.subject_alt_names or ((SanKind.DNS, tls.sni),):
+        validation.match_typed_subject_alt_names.append(
+            common_pb2.SubjectAltNameMatcher(san_type=_SAN_TYPES[kind], matcher=string_pb2.StringMatcher(exact=value))
+        )
+    common = tls_pb2.CommonTlsContext(validation_context=validation)
+    if port.protocol.needs_http2_upstream:
+        common.alpn_protocols.append("h2")
+    elif port.protocol is Protocol.HTTP1:
+        common.alpn_protocols.append("http/1.1")
+    copy = _Cluster()
+    copy.CopyFrom(cluster)
+    copy.transport_socket.name = TLS_TRANSPORT_SOCKET
+    copy.transport_socket.typed_config.CopyFrom(
+        core.pack(tls_pb2.UpstreamTlsContext(sni=tls.sni, common_tls_context=common))
+    )
+    return copy

@@ -136,3 +136,37 @@ def _add_lb_endpoint(lb_endpoint: Any, endpoint: Endpoint, spelling: str) -> Non
     socket_address.port_value = endpoint.port
     lb_endpoint.health_status = _HEALTH[endpoint.health]
     lb_endpoint.load_balancing_weight.value = core.clamp_uint32(endpoint.weight)
+
+
+class EndpointsMemo:
+    """Each service's assignments for a locality, kept while the `Service` object is the same.
+
+    For roles whose endpoints change only with the services (a Gateway API gateway's: a route
+    written to the API server changes no endpoint, yet rebuilds every gateway group), so each
+    rebuild reuses the assignments of every unchanged service, and `Snapshot.of` their serialised
+    form. The result is what `build_service_endpoints` gives for each service, in the mesh's
+    order; warnings are dropped, as `translate_endpoints` drops them. Keyed by object identity (an
+    entry holds its Service, so the id stays its own while the entry lives), an optimisation inside
+    the translators, never a promise to callers. Bounded: the services of the last mesh seen, for
+    at most `groups` localities. The messages are shared: callers must not change them.
+    """
+
+    def __init__(self, groups: int = 4) -> None:
+        self._groups = groups
+        self._by_locality: dict[Locality, dict[int, tuple[Service, tuple[Any, ...]]]] = {}
+
+    def build(self, mesh: Mesh, group: ProxyGroup) -> list[Any]:
+        """Every service's assignments for `group` (only its locality counts: `_assignment`)."""
+        known = self._by_locality.pop(group.locality, {})
+        current: dict[int, tuple[Service, tuple[Any, ...]]] = {}
+        assignments: list[Any] = []
+        for service in mesh.services:
+            found = known.get(id(service))
+            if found is None:
+                found = (service, tuple(build_service_endpoints(service, group, [])))
+            current[id(service)] = found
+            assignments += found[1]
+        self._by_locality[group.locality] = current  # the most recent last: evicted last
+        while len(self._by_locality) > self._groups:
+            del self._by_locality[next(iter(self._by_locality))]
+        return assignments

@@ -16,10 +16,15 @@ Owns what such a proxy gets for the Gateway its node names (`ProxyGroup.gateway`
   a listener without a hostname), and a listener's own hostname gets a virtual host, empty if
   need be, whenever a less specific listener on the port would otherwise answer its requests.
   A rule's PathPrefix matches whole path segments (`path_separated_prefix`).
+  HTTPS listeners sharing a port detect misdirected requests: each filter chain names its listener
+  in the connection's filter state (`LISTENER_STATE`), and every hostname's virtual host (`*` too)
+  answers 421 a request taken by another listener than the most specific one matching that hostname.
+  A CORS rule answers every preflight itself, refused origins' too (sidecars forward those).
   A rule without a resolved backend answers its failure status (500; 503 for gRPC); the share of a
   rule's traffic whose backends did not resolve goes to a cluster that does not exist, answered so too.
 - Every service's clusters and EDS, as a sidecar has them (the same names, the endpoint fast path
-  applies), and the secrets the listeners and clusters name.
+  applies), and the secrets the listeners and clusters name; a port the Gateway's `backend_tls`
+  names (a BackendTLSPolicy) gets its cluster with that TLS instead.
 A node naming a Gateway the mesh lacks gets no listeners, with a warning. Must stay pure; names
 come from `meshplane.xds.names`.
 """
@@ -33,8 +38,12 @@ from typing import Any
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import filter_state_pb2, regex_pb2, string_pb2
 
 from meshplane.model import (
     Gateway,
@@ -50,14 +59,20 @@ from meshplane.model import (
 )
 from meshplane.xds import names
 from meshplane.xds.translate import core
-from meshplane.xds.translate.clusters import build_clusters
+from meshplane.xds.translate.clusters import build_clusters, with_backend_tls
 from meshplane.xds.translate.listeners import HTTP_CONNECTION_MANAGER, http_connection_manager
-from meshplane.xds.translate.routes import rule_http_filters, rule_match, rule_route
+from meshplane.xds.translate.routes import CORS_FILTER, rule_http_filters, rule_match, rule_route
 from meshplane.xds.translate.secrets import build_secrets
 
 ANY_ADDRESS = "0.0.0.0"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 DOWNSTREAM_TLS = "envoy.transport_sockets.tls"
+SET_FILTER_STATE = "envoy.filters.network.set_filter_state"
+# The connection's filter state key naming the Gateway listener whose filter chain (chosen by SNI)
+# took the connection: routes read it; neither clients nor backends see it.
+LISTENER_STATE = "meshplane.gateway_listener"
+STRING_STATE = "envoy.string"  # Envoy's factory of plain string filter state objects
+MISDIRECTED = 421
 
 _rc = route_components_pb2
 
@@ -119,6 +134,7 @@ def build_gateway_api(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any
         certificates: set[str] = set()
     else:
         listeners, routes, certificates = _gateway(mesh, gateway, group, warnings)
+        clusters = _with_backend_tls(mesh, gateway, clusters, warnings)
     secrets = build_secrets(mesh, clusters)
     held = {certificate.name: certificate for certificate in mesh.certificates}
     for name in sorted(certificates):
@@ -127,6 +143,23 @@ def build_gateway_api(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any
         else:  # a validated mesh never names a certificate it lacks; the listener then warms forever
             warnings.append(f"gateway {group.gateway}: certificate {name!r} is not in the mesh")
     return {"cds": clusters, "lds": listeners, "rds": routes, "sds": secrets}, warnings
+
+
+def _with_backend_tls(mesh: Mesh, gateway: Gateway, clusters: list[Any], warnings: list[str]) -> list[Any]:
+    """`clusters` with those of the ports `gateway.backend_tls` names replaced by TLS copies (the
+    memo's messages are shared, so they are copied, never changed)."""
+    if not gateway.backend_tls:
+        return clusters
+    services = {service.ref: service for service in mesh.services}
+    replaced: dict[str, Any] = {}
+    for tls in gateway.backend_tls:
+        service = services.get(tls.service)
+        port = next((p for p in service.ports if p.name == tls.port), None) if service is not None else None
+        if service is None or port is None:
+            warnings.append(f"gateway {gateway.key}: backend TLS for {tls.service}:{tls.port}, which the mesh lacks")
+            continue
+        replaced[names.cluster_name(service.ref, port)] = (tls, port)
+    return [with_backend_tls(c, *replaced[c.name]) if c.name in replaced else c for c in clusters]
 
 
 def _gateway(
@@ -149,13 +182,14 @@ def _gateway(
             continue
         route_name = names.gateway_route_name(bound)
         https = ListenerProtocol.HTTPS in protocols
-        config, rules = _route_configuration(mesh, route_name, on_port, port, https, warnings)
+        # HTTPS listeners sharing a port: a request whose Host belongs to another listener than the
+        # one its SNI chose (a reused connection, HTTP/2 coalescing) is answered 421 Misdirected.
+        misdirect = https and len(on_port) > 1
+        config, rules = _route_configuration(mesh, route_name, on_port, port, https, warnings, misdirect=misdirect)
         routes.append(config)
+        filters = rule_http_filters([rule.rule for rule in rules], grpc=False)
         hcm = http_connection_manager(
-            route_name,
-            stat_prefix=names.gateway_listener_name(bound),
-            group=group,
-            filters=rule_http_filters([rule.rule for rule in rules], grpc=False),
+            route_name, stat_prefix=names.gateway_listener_name(bound), group=group, filters=filters
         )
         network_filter = listener_components_pb2.Filter(name=HTTP_CONNECTION_MANAGER, typed_config=core.pack(hcm))
         listener = listener_pb2.Listener(
@@ -172,7 +206,8 @@ def _gateway(
             # SNI names first by their own order; the listener without a hostname takes the rest.
             for gateway_listener in sorted(on_port, key=lambda item: (item.hostname is None, item.hostname or "")):
                 chain = listener_components_pb2.FilterChain(
-                    name=names.gateway_filter_chain_name(gateway_listener.name), filters=[network_filter]
+                    name=names.gateway_filter_chain_name(gateway_listener.name),
+                    filters=[_listener_state(gateway_listener.name), network_filter] if misdirect else [network_filter],
                 )
                 if gateway_listener.hostname is not None:
                     chain.filter_chain_match.server_names.append(gateway_listener.hostname)
@@ -187,10 +222,19 @@ def _gateway(
 
 
 def _route_configuration(
-    mesh: Mesh, name: str, listeners: list[GatewayListener], listener_port: int, https: bool, warnings: list[str]
+    mesh: Mesh,
+    name: str,
+    listeners: list[GatewayListener],
+    listener_port: int,
+    https: bool,
+    warnings: list[str],
+    *,
+    misdirect: bool = False,
 ) -> tuple[Any, list[GatewayRule]]:
     """The route configuration of one Gateway listener port (`listener_port`, before any offset),
-    and every rule in it (for the HTTP filters they need)."""
+    and every rule in it (for the HTTP filters they need). With `misdirect`, every hostname has a
+    virtual host (`*` too) whose first route answers 421 when `LISTENER_STATE` names another
+    listener than the one owning that hostname (the most specific one matching it; for none, any)."""
     rules_of: dict[str, list[GatewayRule]] = {}
     # Listeners with a hostname first: a hostname two listeners share gets the precise one's rules first.
     for listener in sorted(listeners, key=lambda item: (item.hostname is None, item.name)):
@@ -202,11 +246,15 @@ def _route_configuration(
         hostname = listener.hostname
         if hostname is not None and any(_less_specific_cover(other.hostname, hostname) for other in listeners):
             rules_of.setdefault(hostname, [])
+        if misdirect:
+            rules_of.setdefault(hostname if hostname is not None else "*", [])
+    if misdirect:
+        rules_of.setdefault("*", [])
     # Envoy matches domains on the whole Host header by default; clients name the listener's port.
     config = route_pb2.RouteConfiguration(name=name, ignore_port_in_host_matching=True)
     every_rule: list[GatewayRule] = []
     for hostname, rules in sorted(rules_of.items()):
-        routes = []
+        routes = [_misdirected_route(_owner(hostname, listeners), listeners)] if misdirect else []
         for index, rule in enumerate(rules):
             route = _route(mesh, rule, f"{name} host {hostname} rule {index + 1}", warnings)
             if route is not None and route.HasField("redirect"):
@@ -218,6 +266,29 @@ def _route_configuration(
             _rc.VirtualHost(name=names.gateway_virtual_host_name(hostname), domains=[hostname], routes=routes)
         )
     return config, every_rule
+
+
+def _owner(hostname: str, listeners: list[GatewayListener]) -> GatewayListener | None:
+    """The listener whose requests for `hostname` are: the most specific one matching it."""
+    covering = [listener for listener in listeners if _covers(listener.hostname, hostname)]
+    return max(covering, key=lambda listener: _specificity(listener.hostname), default=None)
+
+
+def _misdirected_route(owner: GatewayListener | None, listeners: list[GatewayListener]) -> Any:
+    """Answers 421 a request whose connection a filter chain of another listener than `owner` took."""
+    others = sorted(re.escape(listener.name) for listener in listeners if listener is not owner)
+    name_matcher = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=f"^(?:{'|'.join(others)})$"))
+    match = _rc.RouteMatch(prefix="/")
+    match.filter_state.append(filter_state_pb2.FilterStateMatcher(key=LISTENER_STATE, string_match=name_matcher))
+    return _rc.Route(match=match, direct_response=_rc.DirectResponseAction(status=MISDIRECTED))
+
+
+def _listener_state(listener_name: str) -> Any:
+    """A network filter naming, in the connection's filter state, the listener whose chain took it."""
+    value = value_pb2.FilterStateValue(object_key=LISTENER_STATE, factory_key=STRING_STATE)
+    value.format_string.text_format_source.inline_string = listener_name.replace("%", "%%")
+    config = set_filter_state_pb2.Config(on_new_connection=[value])
+    return listener_components_pb2.Filter(name=SET_FILTER_STATE, typed_config=core.pack(config))
 
 
 def _specificity(pattern: str | None) -> tuple[int, int]:
@@ -267,6 +338,7 @@ def _route(mesh: Mesh, rule: GatewayRule, where: str, warnings: list[str]) -> An
         if rule.unresolved_weight > 0 and route.HasField("route"):
             resolved = sum(backend.weight for backend in model.backends)
             _add_unresolved_share(route.route, resolved, rule.unresolved_weight, rule.failure_status)
+        _answer_every_preflight(route)
     path = model.match.path
     if path.kind is PathMatchKind.PREFIX and path.value != "/":
         # The Gateway API's PathPrefix matches whole segments: /foo takes /foo and /foo/bar, not /foobar.
@@ -275,6 +347,18 @@ def _route(mesh: Mesh, rule: GatewayRule, where: str, warnings: list[str]) -> An
     elif path.kind is PathMatchKind.PREFIX:
         _replace_root_prefix(route)
     return route
+
+
+def _answer_every_preflight(route: Any) -> None:
+    """A CORS rule's proxy answers every preflight itself, those of origins it does not allow too
+    (without CORS headers): the Gateway API's CORS filter owns preflights, and a backend answering
+    one would grant what the filter refused. Sidecars keep Envoy's default (forwarding those)."""
+    if CORS_FILTER not in route.typed_per_filter_config:
+        return
+    policy = cors_pb2.CorsPolicy()
+    route.typed_per_filter_config[CORS_FILTER].Unpack(policy)
+    policy.forward_not_matching_preflights.value = False
+    route.typed_per_filter_config[CORS_FILTER].CopyFrom(core.pack(policy))
 
 
 def _redirect_port(action: Any, rule: GatewayRule, port: int, https: bool) -> None:
@@ -292,15 +376,18 @@ def _redirect_port(action: Any, rule: GatewayRule, port: int, https: bool) -> No
 def _add_unresolved_share(action: Any, resolved_weight: int, weight: int, status: int) -> None:
     """Sends `weight` of the rule's traffic (against `resolved_weight` for its backends) to a
     cluster that does not exist, answered `status` (500 or 503)."""
-    entries = [(entry.name, entry.weight.value) for entry in action.weighted_clusters.clusters]
+    # The entries are copied whole: a backend's own request header changes ride on its entry.
+    entries = []
+    for entry in action.weighted_clusters.clusters:
+        kept = _rc.WeightedCluster.ClusterWeight()
+        kept.CopyFrom(entry)
+        entries.append(kept)
     if action.cluster:
-        entries = [(action.cluster, resolved_weight)]
+        entries = [_rc.WeightedCluster.ClusterWeight(name=action.cluster, weight=core.uint32(resolved_weight))]
+    entries.append(_rc.WeightedCluster.ClusterWeight(name=names.GATEWAY_UNRESOLVED_CLUSTER, weight=core.uint32(weight)))
     action.ClearField("cluster")
     action.ClearField("weighted_clusters")
-    for cluster, share in [*entries, (names.GATEWAY_UNRESOLVED_CLUSTER, weight)]:
-        action.weighted_clusters.clusters.append(
-            _rc.WeightedCluster.ClusterWeight(name=cluster, weight=core.uint32(share))
-        )
+    action.weighted_clusters.clusters.extend(entries)
     action.cluster_not_found_response_code = (
         _rc.RouteAction.SERVICE_UNAVAILABLE if status == 503 else _rc.RouteAction.INTERNAL_SERVER_ERROR
     )

@@ -132,11 +132,13 @@ def rule_http_filters(rules: Sequence[RouteRule], *, grpc: bool) -> list[Any]:
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    """One resolved backend: a port of a service and its share of the traffic."""
+    """One resolved backend: a port of a service, its share of the traffic and the request header
+    changes for it alone."""
 
     service: Service
     port: ServicePort
     weight: int
+    request_headers: HeaderModifier | None = None
 
 
 def _attached_tables(mesh: Mesh) -> dict[ServiceRef, RouteTable]:
@@ -364,7 +366,7 @@ def _resolve(mesh: Mesh, rule: RouteRule) -> list[_Target] | None:
         port = service.port(backend.port) if service is not None else None
         if service is None or port is None:
             return None
-        targets.append(_Target(service, port, backend.weight))
+        targets.append(_Target(service, port, backend.weight, backend.request_headers))
     return targets
 
 
@@ -508,7 +510,9 @@ def _set_action(route: Any, targets: Sequence[_Target], *, timeout: float | None
     for target in targets:  # two backends naming one port share one cluster entry
         cluster = names.cluster_name(target.service.ref, target.port)
         weights[cluster] = weights.get(cluster, 0) + target.weight
-    if len(weights) == 1:
+    if any(target.request_headers is not None for target in targets):
+        _set_backend_headers(action, targets)
+    elif len(weights) == 1:
         action.cluster = next(iter(weights))
     else:
         for cluster, weight in zip(weights, _fit_uint32(list(weights.values())), strict=True):
@@ -572,6 +576,20 @@ def _forward_timeout(rule: RouteRule) -> float | None:
     if not rule.timeout:
         return backend
     return min(rule.timeout, backend)
+
+
+def _set_backend_headers(action: Any, targets: Sequence[_Target]) -> None:
+    """One weighted cluster per target, each with its own request header changes (Envoy's
+    per-cluster-entry headers): targets sharing a cluster stay apart, their changes may differ.
+    One target is a weighted cluster of one, so its changes still apply."""
+    for target, weight in zip(targets, _fit_uint32([target.weight for target in targets]), strict=True):
+        entry = _rc.WeightedCluster.ClusterWeight(
+            name=names.cluster_name(target.service.ref, target.port), weight=core.uint32(weight)
+        )
+        if (modifier := target.request_headers) is not None:
+            entry.request_headers_to_add.extend(_header_options(modifier))
+            entry.request_headers_to_remove.extend(name.lower() for name in modifier.remove)
+        action.weighted_clusters.clusters.append(entry)
 
 
 def _fit_uint32(weights: list[int]) -> list[int]:
