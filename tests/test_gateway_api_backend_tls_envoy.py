@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -28,10 +27,6 @@ from types import MappingProxyType
 from typing import Any, cast
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshplane.discovery.gateway_api.backend_tls_policies import parse_backend_tls_policy
 from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME, parse_gateway_class
@@ -45,6 +40,8 @@ from meshplane.xds.server.service import XdsServices, create_server
 from meshplane.xds.server.tracking import StreamRegistry
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import translate
+from tests.k8s.gateway_api_fixtures import Issued as BackendCa
+from tests.k8s.gateway_api_fixtures import issue_backend_certificate
 from tests.k8s.test_gateway_api_serving import GatewayEnvoy, ports_and_offset, start_gateway_envoy
 from tests.test_gateway_api_backend_tls import policy
 from tests.test_gateway_api_resolve import gateway, gateway_class, http, keyed, route
@@ -55,49 +52,9 @@ NS = "shop"
 HOSTNAME = "web.example.com"
 
 
-@dataclass(frozen=True)
-class BackendCa:
-    ca_pem: str
-    certificate: Path
-    key: Path
-
-
 def make_ca(workdir: Path) -> BackendCa:
     """A CA and a server certificate it signs for the DNS name `HOSTNAME`."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "backend test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    certificate, key_path = workdir / "backend.crt", workdir / "backend.key"
-    certificate.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return BackendCa(ca.public_bytes(serialization.Encoding.PEM).decode(), certificate, key_path)
+    return issue_backend_certificate(workdir, HOSTNAME)
 
 
 @contextlib.asynccontextmanager

@@ -11,18 +11,17 @@ condition with a generous deadline and fails showing what it last saw.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.envoy_harness import REPO, Envoy, envoy_binary
+from tests.envoy_harness import REPO, Envoy
+from tests.k8s.gateway_api_fixtures import launch_envoy, until
 from tests.k8s.test_gateway_api_serving import Echo, ports_and_offset
 from tests.ports import free_port
 from tests.serve_process import serve
@@ -90,20 +89,6 @@ spec:
 """
 
 
-async def until(condition: Callable[[], Awaitable[Any]], what: str, deadline: float = DEADLINE) -> Any:
-    """Polls `condition` until it returns something true; fails after `deadline` seconds showing
-    what it last returned."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while True:
-        seen = await condition()
-        if seen:
-            return seen
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}; last seen: {seen!r}")
-        await asyncio.sleep(0.05)
-
-
 async def start_envoy(workdir: Path, xds_port: int, offset: int) -> Envoy:
     """An Envoy from the bootstrap `meshplane bootstrap gateway --gateway shop/edge` renders."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -121,26 +106,7 @@ async def start_envoy(workdir: Path, xds_port: int, offset: int) -> Envoy:
         check=False,
     )
     assert rendered.returncode == 0, rendered.stderr
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                *(envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "info"),
-                *("--admin-address-path", str(admin_path), "--drain-time-s", "1", "--parent-shutdown-time-s", "2"),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    envoy = Envoy(process, 0, 0, log_path, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)))
-
-    async def admin_port() -> int | None:
-        text = admin_path.read_text().strip() if admin_path.exists() else ""
-        return int(text.rsplit(":", 1)[1]) if text else None
-
-    try:
-        envoy.admin_port = await envoy.eventually(admin_port, "the admin address file")
-    except BaseException:
-        await envoy.stop()
-        raise
+    envoy = await launch_envoy(bootstrap, admin_path, log_path)
     return envoy
 
 

@@ -559,6 +559,27 @@ def _optional(
     return default if value is None else value
 
 
+def _section_reader(
+    section: str,
+) -> Callable[[Callable[[_Reader, Node, Mapping[str, Node], str], _T | None]], Callable[[_Reader, Node], _T | None]]:
+    """Makes a reader of one part, written as `read(reader, node, fields, section)`, into a reader
+    of the node: `read` is called with the node's mapping; a node that is no mapping reads as None
+    (the error is reported)."""
+
+    def wrap(
+        read: Callable[[_Reader, Node, Mapping[str, Node], str], _T | None],
+    ) -> Callable[[_Reader, Node], _T | None]:
+        def read_node(reader: _Reader, node: Node) -> _T | None:
+            fields = reader.mapping(node, section)
+            if fields is None:
+                return None
+            return read(reader, node, fields, section)
+
+        return read_node
+
+    return wrap
+
+
 def _mapping_needing(reader: _Reader, node: Node, section: str, key: str) -> Mapping[str, Node] | None:
     """The mapping at `node` when it has `key`; None when it is no mapping or lacks `key` (the
     error is reported: a part without what it cannot do without is left out whole)."""
@@ -916,11 +937,8 @@ def _rate_limit(reader: _Reader, node: Node) -> RateLimit | None:
     return RateLimit(**values) if "requests" in values else None
 
 
-def _fault(reader: _Reader, node: Node) -> FaultInjection | None:
-    section = "route.rules.fault"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("route.rules.fault")
+def _fault(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> FaultInjection | None:
     if "delay" not in fields and "abort" not in fields:
         reader.error(node, f"{section} needs `delay`, `abort` or both")
         return None
@@ -994,11 +1012,8 @@ def _modifiable_header(reader: _Reader, node: Node, name: str, what: str) -> boo
     return True
 
 
-def _redirect(reader: _Reader, node: Node) -> Redirect | None:
-    section = "route.rules.redirect"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("route.rules.redirect")
+def _redirect(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> Redirect | None:
     if "path" in fields and "prefix" in fields:
         reader.error(node, f"{section}: use either `path` or `prefix`, not both")
     scheme = _optional(fields, "scheme", reader.string, f"{section}.scheme", None)
@@ -1048,11 +1063,8 @@ def _match(reader: _Reader, node: Node) -> RouteMatch:
     return RouteMatch(path=path, headers=tuple(headers), method=method, query=tuple(query))
 
 
-def _query(reader: _Reader, node: Node) -> QueryMatch | None:
-    section = "route.rules.match.query"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("route.rules.match.query")
+def _query(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> QueryMatch | None:
     name = _required_string(reader, node, fields, "name", section)
     kinds = [kind for kind in QueryMatchKind if kind.value in fields]
     if len(kinds) != 1:
@@ -1069,11 +1081,8 @@ def _query(reader: _Reader, node: Node) -> QueryMatch | None:
     return QueryMatch(name=name, kind=kind, value=value)
 
 
-def _header(reader: _Reader, node: Node) -> HeaderMatch | None:
-    section = "route.rules.match.headers"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("route.rules.match.headers")
+def _header(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> HeaderMatch | None:
     name = _required_string(reader, node, fields, "name", section)
     invert = _optional(fields, "invert", reader.boolean, f"{section}.invert", False)
     kinds = [kind for kind in HeaderMatchKind if kind.value in fields]
@@ -1139,11 +1148,8 @@ def _mirror(reader: _Reader, node: Node) -> Mirror | None:
     return None if ref is None else Mirror(ref, port, percent)
 
 
-def _retries(reader: _Reader, node: Node) -> RetryPolicy | None:
-    section = "route.rules.retries"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("route.rules.retries")
+def _retries(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> RetryPolicy | None:
     defaults = RetryPolicy()
     on = defaults.on
     if "on" in fields:
@@ -1263,11 +1269,8 @@ def _telemetry(reader: _Reader, node: Node) -> Telemetry | None:
     return Telemetry(**parts)
 
 
-def _collector(reader: _Reader, node: Node) -> Collector | None:
-    section = "telemetry.collectors"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("telemetry.collectors")
+def _collector(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> Collector | None:
     name = _required_string(reader, node, fields, "name", section)
     if "service" not in fields:
         reader.error(node, f"{section} needs `service`")
@@ -1317,11 +1320,8 @@ def _access_log(reader: _Reader, node: Node) -> AccessLog | None:
     )
 
 
-def _tracing(reader: _Reader, node: Node) -> Tracing | None:
-    section = "telemetry.tracing"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("telemetry.tracing")
+def _tracing(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> Tracing | None:
     collector = _required_string(reader, node, fields, "collector", section)
     sampling = _sampling(reader, fields, section)
     if collector is None:
@@ -1335,11 +1335,8 @@ def _tracing(reader: _Reader, node: Node) -> Tracing | None:
     )
 
 
-def _route_telemetry(reader: _Reader, node: Node) -> RouteTelemetry | None:
-    section = "telemetry.routes"
-    fields = reader.mapping(node, section)
-    if fields is None:
-        return None
+@_section_reader("telemetry.routes")
+def _route_telemetry(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> RouteTelemetry | None:
     route = _required_string(reader, node, fields, "route", section)
     rule = _required_string(reader, node, fields, "rule", section)
     access_log = _optional(fields, "access_log", reader.boolean, f"{section}.access_log", None)

@@ -13,8 +13,9 @@ one is written, the other one has been looked at.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ from meshplane.discovery.gateway_api.source import GatewayApiSource
 from tests.edge_plane import running_control_plane
 from tests.k8s.conftest import FAST_BACKOFF
 from tests.k8s.gateway_api_crds import GATEWAY_API_MISSING, GROUP, apply_standard_crds, standard_crds
+from tests.k8s.gateway_api_fixtures import (
+    OURS,
+    V1,
+    admin_fixture,
+    cluster_fixtures,
+    ensure_crds,
+)
+from tests.k8s.gateway_api_fixtures import until as poll_until
 from tests.k8s.real_apiserver import (
     ADMIN_TOKEN,
     CRDS,
@@ -37,63 +46,27 @@ from tests.k8s.real_apiserver import (
     MERGE_PATCH,
     MESHPLANE_TOKEN,
     REPO,
-    Cluster,
     RealApiServer,
     call,
     call_ok,
-    module_cluster,
 )
 from tests.preconditions import require, requires
 
 pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(240), requires(KUBE_MISSING)]
-V1 = f"/apis/{GROUP}/v1"
 CLASSES = f"{V1}/gatewayclasses"
-OURS = "meshplane.io/gateway-controller"
 DEPLOY = REPO / "deploy" / "kubernetes"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("kube-gateway-api"), uncached=False)
+cluster, server = cluster_fixtures("kube-gateway-api")
+admin = admin_fixture(serving=False)
 
 
-@pytest.fixture
-def server(cluster: Cluster) -> RealApiServer:
-    assert cluster.cached is not None
-    return cluster.cached
-
-
-@pytest.fixture
-async def admin(server: RealApiServer) -> AsyncIterator[ApiClient]:
-    client = server.client()
-    yield client
-    await client.close()
-
-
-async def until(condition: Callable[[], Awaitable[Any]], what: str, deadline: float = 60.0) -> Any:
-    """Polls the async `condition` until it returns something true, and returns that; fails after
-    `deadline` seconds showing what it last returned."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while True:
-        seen = await condition()
-        if seen:
-            return seen
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}; last seen: {seen!r}")
-        await asyncio.sleep(0.02)
+# Polls more often than the serving tests: these wait on the API server alone.
+until = functools.partial(poll_until, interval=0.02)
 
 
 async def holds(check: Callable[[], Any]) -> Any:
     return check()
-
-
-async def ensure_crds(admin: ApiClient) -> None:
-    """The standard-channel CRDs, installed once per cluster (the first test installs them itself)."""
-    require(GATEWAY_API_MISSING)
-    status, _ = await call(admin, "GET", f"{CRDS}/gatewayclasses.{GROUP}")
-    if status == 404:
-        await apply_standard_crds(admin)
 
 
 async def start(source: GatewayApiSource, tasks: list[asyncio.Task[None]]) -> GatewayApiSource:

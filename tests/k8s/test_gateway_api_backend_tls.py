@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,39 +30,30 @@ from meshplane.discovery.gateway_api.source import CONFIG_MAP, GatewayApiSource
 from meshplane.model import Endpoint, Protocol, Service, ServicePort, ServiceRef
 from tests.k8s.conftest import FAST_BACKOFF
 from tests.k8s.gateway_api_crds import GROUP
+from tests.k8s.gateway_api_fixtures import (
+    OURS,
+    V1,
+    admin_fixture,
+    cluster_fixtures,
+    ensure_crds,
+)
 from tests.k8s.real_apiserver import (
     KUBE_MISSING,
     MESHPLANE_TOKEN,
     REPO,
-    Cluster,
     RealApiServer,
     call,
     call_ok,
-    module_cluster,
 )
-from tests.k8s.test_gateway_api_apiserver import OURS, V1, ensure_crds, gateway_class, holds, namespace, until
+from tests.k8s.test_gateway_api_apiserver import gateway_class, holds, namespace, until
 from tests.preconditions import requires
 
 pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(240), requires(KUBE_MISSING)]
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("kube-backend-tls"), uncached=False)
-
-
-@pytest.fixture
-def server(cluster: Cluster) -> RealApiServer:
-    assert cluster.cached is not None
-    return cluster.cached
-
-
-@pytest.fixture
-async def admin(server: RealApiServer) -> AsyncIterator[ApiClient]:
-    client = server.client()
-    yield client
-    await client.close()
+cluster, server = cluster_fixtures("kube-backend-tls")
+admin = admin_fixture(serving=False)
 
 
 @pytest.fixture

@@ -22,41 +22,37 @@ Every wait polls a condition with a generous deadline and fails showing what it 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes_asyncio.client import ApiClient
 
 from tests.k8s import objects as k
-from tests.k8s.gateway_api_crds import GATEWAY_API_MISSING, GROUP, apply_standard_crds
+from tests.k8s.gateway_api_crds import GROUP
+from tests.k8s.gateway_api_fixtures import (
+    OURS,
+    V1,
+    Issued,
+    admin_fixture,
+    cluster_fixtures,
+    issue_backend_certificate,
+)
 from tests.k8s.real_apiserver import (
-    CRDS,
     KUBE_MISSING,
     MERGE_PATCH,
-    Cluster,
     RealApiServer,
-    call,
     call_ok,
-    module_cluster,
 )
 from tests.k8s.test_gateway_api_serving import (
-    OURS,
     SLICES,
-    V1,
     GatewayEnvoy,
     by_type,
     gateway,
@@ -69,7 +65,7 @@ from tests.k8s.test_gateway_api_serving import (
     to,
     until_holds,
 )
-from tests.preconditions import require, requires
+from tests.preconditions import requires
 
 pytestmark = [
     pytest.mark.envoy,
@@ -80,82 +76,11 @@ pytestmark = [
 HOSTNAME = "backend.example"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("kube-backend-tls-serving"), uncached=False)
-
-
-@pytest.fixture
-def server(cluster: Cluster) -> RealApiServer:
-    assert cluster.cached is not None
-    return cluster.cached
-
-
-@pytest.fixture
-async def admin(server: RealApiServer) -> AsyncIterator[ApiClient]:
-    require(GATEWAY_API_MISSING)
-    client = server.client()
-    status, _ = await call(client, "GET", f"{CRDS}/gatewayclasses.{GROUP}")
-    if status == 404:
-        await apply_standard_crds(client)
-    status, answer = await call(
-        client,
-        "POST",
-        f"{V1}/gatewayclasses",
-        {"apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": "meshplane"},
-         "spec": {"controllerName": OURS}},
-    )  # fmt: skip
-    assert status in (201, 409), answer
-    yield client
-    await client.close()
+cluster, server = cluster_fixtures("kube-backend-tls-serving")
+admin = admin_fixture(serving=True)
 
 
 # --- the CA and the backend ---
-
-
-@dataclass(frozen=True)
-class Issued:
-    ca_pem: str
-    certificate: Path
-    key: Path
-
-
-def issue_backend_certificate(workdir: Path) -> Issued:
-    """A test CA and a server certificate it signs for the DNS name `HOSTNAME`."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "backend test CA")])
-
-    def builder(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    ca = (
-        builder(ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)]), key.public_key())
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    certificate, key_path = workdir / "backend.crt", workdir / "backend.key"
-    certificate.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return Issued(ca.public_bytes(serialization.Encoding.PEM).decode(), certificate, key_path)
 
 
 @dataclass
@@ -284,7 +209,7 @@ async def test_a_backend_tls_policy_is_served_end_to_end_and_follows_its_hostnam
     admin: ApiClient, server: RealApiServer, tmp_path: Path
 ) -> None:
     ns = await namespace(admin, "gw-backend-tls")
-    issued = issue_backend_certificate(tmp_path / "certs")
+    issued = issue_backend_certificate(tmp_path / "certs", HOSTNAME)
     backend = Backend(issued).start()
     try:
         await backend_service(admin, ns, backend.port)

@@ -21,10 +21,10 @@ from meshplane.demo.greeter import start_greeter
 from tests.envoy_harness import start_envoy
 from tests.k8s import objects as k
 from tests.k8s.gateway_api_crds import GROUP
+from tests.k8s.gateway_api_fixtures import OURS, V1
 from tests.k8s.real_apiserver import KUBE_MISSING, RealApiServer, call_ok
 from tests.k8s.test_gateway_api_serving import (  # noqa: F401  (fixtures)
     SLICES,
-    V1,
     Echo,
     admin,
     backend_service,
@@ -34,7 +34,6 @@ from tests.k8s.test_gateway_api_serving import (  # noqa: F401  (fixtures)
     read,
     server,
     serving_plane,
-    until,
     until_holds,
 )
 from tests.preconditions import requires
@@ -46,7 +45,6 @@ pytestmark = [
     pytest.mark.timeout(300),
     requires(KUBE_MISSING),
 ]
-OURS = "meshplane.io/gateway-controller"
 
 
 def service_parent(name: str, namespace: str | None = None) -> dict[str, Any]:

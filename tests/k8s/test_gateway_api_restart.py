@@ -17,8 +17,9 @@ from meshplane.discovery.gateway_api.objects import HTTP_ROUTE
 from meshplane.discovery.gateway_api.source import GatewayApiSource
 from tests.k8s.conftest import FAST_BACKOFF, wait_for
 from tests.k8s.gateway_api_crds import GATEWAY_API_MISSING, GROUP, apply_standard_crds
+from tests.k8s.gateway_api_fixtures import V1
 from tests.k8s.real_apiserver import KUBE_MISSING, Cluster, call_ok, module_cluster, wait_ready
-from tests.k8s.test_gateway_api_apiserver import CLASSES, V1, _condition, _route, gateway_class, namespace, until
+from tests.k8s.test_gateway_api_apiserver import CLASSES, _condition, _route, gateway_class, namespace, until
 from tests.k8s.test_kubernetes_apiserver_restart import restart
 from tests.preconditions import require, requires
 

@@ -19,12 +19,10 @@ deadline and fails showing what it last saw.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import ssl
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,21 +36,26 @@ from kubernetes_asyncio.client import ApiClient
 from meshplane.app import ControlPlane, Settings
 from meshplane.bootstrap.render import BootstrapOptions, render
 from tests.edge_plane import running_control_plane
-from tests.envoy_harness import Envoy, envoy_binary
+from tests.envoy_harness import Envoy
 from tests.k8s import objects as k
-from tests.k8s.gateway_api_crds import GATEWAY_API_MISSING, GROUP, apply_standard_crds
+from tests.k8s.gateway_api_crds import GROUP
+from tests.k8s.gateway_api_fixtures import (
+    OURS,
+    V1,
+    admin_fixture,
+    cluster_fixtures,
+    launch_envoy,
+    until,
+)
 from tests.k8s.real_apiserver import (
-    CRDS,
     KUBE_MISSING,
     MERGE_PATCH,
-    Cluster,
     RealApiServer,
     call,
     call_ok,
-    module_cluster,
 )
 from tests.ports import free_port
-from tests.preconditions import require, requires
+from tests.preconditions import requires
 from tests.tls_certs import issue, make_ca
 
 pytestmark = [
@@ -61,54 +64,12 @@ pytestmark = [
     pytest.mark.timeout(300),
     requires(KUBE_MISSING),
 ]
-V1 = f"/apis/{GROUP}/v1"
-OURS = "meshplane.io/gateway-controller"
 SLICES = "/apis/discovery.k8s.io/v1beta1"  # the 1.20 test API server serves v1beta1 EndpointSlices
 DEADLINE = 60.0
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from module_cluster(tmp_path_factory.mktemp("kube-gateway-serving"), uncached=False)
-
-
-@pytest.fixture
-def server(cluster: Cluster) -> RealApiServer:
-    assert cluster.cached is not None
-    return cluster.cached
-
-
-@pytest.fixture
-async def admin(server: RealApiServer) -> AsyncIterator[ApiClient]:
-    require(GATEWAY_API_MISSING)
-    client = server.client()
-    status, _ = await call(client, "GET", f"{CRDS}/gatewayclasses.{GROUP}")
-    if status == 404:
-        await apply_standard_crds(client)
-    status, answer = await call(
-        client,
-        "POST",
-        f"{V1}/gatewayclasses",
-        {"apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": "meshplane"},
-         "spec": {"controllerName": OURS}},
-    )  # fmt: skip
-    assert status in (201, 409), answer
-    yield client
-    await client.close()
-
-
-async def until(condition: Callable[[], Awaitable[Any]], what: str, deadline: float = DEADLINE) -> Any:
-    """Polls `condition` until it returns something true, and returns that; fails after `deadline`
-    seconds showing what it last returned."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while True:
-        seen = await condition()
-        if seen:
-            return seen
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}; last seen: {seen!r}")
-        await asyncio.sleep(0.05)
+cluster, server = cluster_fixtures("kube-gateway-serving")
+admin = admin_fixture(serving=True)
 
 
 async def until_holds(
@@ -308,26 +269,7 @@ async def start_gateway_envoy(workdir: Path, plane: ControlPlane, gateway: str, 
     workdir.mkdir(parents=True, exist_ok=True)
     bootstrap, admin_path, log_path = workdir / "gateway.yaml", workdir / "gateway.admin", workdir / "gateway.log"
     bootstrap.write_text(render(options))
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                *(envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "info"),
-                *("--admin-address-path", str(admin_path), "--drain-time-s", "1", "--parent-shutdown-time-s", "2"),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    envoy = Envoy(process, 0, 0, log_path, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)))
-
-    async def admin_port() -> int | None:
-        text = admin_path.read_text().strip() if admin_path.exists() else ""
-        return int(text.rsplit(":", 1)[1]) if text else None
-
-    try:
-        envoy.admin_port = await envoy.eventually(admin_port, "the admin address file")
-    except BaseException:
-        await envoy.stop()
-        raise
+    envoy = await launch_envoy(bootstrap, admin_path, log_path)
     return GatewayEnvoy(envoy, offset)
 
 

@@ -174,20 +174,8 @@ def resolve(
             continue
         entry = _gateway(gateway, [str(problem) for problem in parsed_gateway.problems], grants, certificates)
         served[key] = entry
-    http_status: dict[Key, RouteStatus] = {}
-    for key, parsed_route in objects.http_routes.items():
-        route = parsed_route.value
-        status = _attach_http(
-            route, [str(p) for p in parsed_route.problems], served, grants, services, namespace_labels
-        )
-        if status.parents:
-            http_status[key] = status
-    grpc_status: dict[Key, RouteStatus] = {}
-    for key, parsed_grpc in objects.grpc_routes.items():
-        grpc = parsed_grpc.value
-        status = _attach_grpc(grpc, [str(p) for p in parsed_grpc.problems], served, grants, services, namespace_labels)
-        if status.parents:
-            grpc_status[key] = status
+    http_status = _attach_all(objects.http_routes, served, grants, services, namespace_labels)
+    grpc_status = _attach_all(objects.grpc_routes, served, grants, services, namespace_labels)
     gateways = []
     for key, entry in sorted(served.items()):
         listeners = tuple(
@@ -367,30 +355,39 @@ def _parent_gateway(parent: ParentRef, route_namespace: str, served: Mapping[Key
     return served.get((parent.namespace or route_namespace, parent.name))
 
 
-def _attach_http(
-    route: HttpRoute,
+def _attach_all(
+    routes: Mapping[Key, Parsed[HttpRoute]] | Mapping[Key, Parsed[GrpcRoute]],
+    served: Mapping[Key, _Served],
+    grants: ReferenceGrants,
+    services: Mapping[ServiceRef, Service],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None,
+) -> dict[Key, RouteStatus]:
+    """Attaches each of `routes` (see `_attach_any`); the statuses of those that name a Gateway of ours."""
+    statuses: dict[Key, RouteStatus] = {}
+    for key, parsed in routes.items():
+        problems = [str(problem) for problem in parsed.problems]
+        status = _attach_any(parsed.value, problems, served, grants, services, namespace_labels)
+        if status.parents:
+            statuses[key] = status
+    return statuses
+
+
+def _attach_any(
+    route: HttpRoute | GrpcRoute,
     problems: list[str],
     served: Mapping[Key, _Served],
     grants: ReferenceGrants,
     services: Mapping[ServiceRef, Service],
     namespace_labels: Mapping[str, Mapping[str, str]] | None,
 ) -> RouteStatus:
-    """Attaches `route` to the listeners of its parents that take it, adding its rules to them; its status."""
-    rules, resolved = _http_rules(route, grants, services)
-    return _attach_route(route, HTTP_ROUTE_KIND, rules, resolved, problems, served, namespace_labels)
-
-
-def _attach_grpc(
-    route: GrpcRoute,
-    problems: list[str],
-    served: Mapping[Key, _Served],
-    grants: ReferenceGrants,
-    services: Mapping[ServiceRef, Service],
-    namespace_labels: Mapping[str, Mapping[str, str]] | None,
-) -> RouteStatus:
-    """As `_attach_http`, for a GRPCRoute."""
-    rules, resolved = _grpc_rules(route, grants, services)
-    return _attach_route(route, GRPC_ROUTE_KIND, rules, resolved, problems, served, namespace_labels)
+    """Attaches `route` (an HTTPRoute or a GRPCRoute) to the listeners of its parents that take it,
+    adding its rules to them; its status."""
+    kind: RouteKind
+    if isinstance(route, HttpRoute):
+        kind, (rules, resolved) = HTTP_ROUTE_KIND, _http_rules(route, grants, services)
+    else:
+        kind, (rules, resolved) = GRPC_ROUTE_KIND, _grpc_rules(route, grants, services)
+    return _attach_route(route, kind, rules, resolved, problems, served, namespace_labels)
 
 
 def _attach_route(
