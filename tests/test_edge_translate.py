@@ -325,3 +325,23 @@ def test_groups_differing_in_any_field_have_different_names() -> None:
         ProxyGroup(ProxyRole.SIDECAR, Locality("eu", "", "eu-1")),
     ]
     assert len({str(group) for group in groups}) == len(groups)
+
+
+@pytest.mark.parametrize(
+    ("role", "extra"),
+    [
+        pytest.param("sidecar", {"outbound_port": float("inf")}, id="port-infinite"),
+        pytest.param("sidecar", {"outbound_port": float("nan")}, id="port-nan"),
+        pytest.param("sidecar", {"outbound_port": 15001.5}, id="port-fraction"),
+        pytest.param("sidecar", {"outbound_port": "x" * 10_000}, id="port-long-text"),
+        pytest.param("gateway", {"gateway": "shop/edge", "port_offset": float("inf")}, id="offset-infinite"),
+        pytest.param("gateway", {"gateway": "shop/edge", "port_offset": "9" * 10_000}, id="offset-long-digits"),
+    ],
+)
+def test_a_number_in_node_metadata_that_is_no_whole_number_is_refused_with_a_short_reason(
+    role: str, extra: dict[str, object]
+) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        proxy_group(node(role, None, **extra))
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(str(refused.value)) < 200  # the client's value is quoted cut, never whole

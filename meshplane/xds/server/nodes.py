@@ -67,16 +67,13 @@ def proxy_group(node: Any) -> ProxyGroup:
         ) from None
     outbound_port = role.default_outbound_port
     if "outbound_port" in fields:
-        value = fields["outbound_port"]
-        raw = value.string_value if value.WhichOneof("kind") == "string_value" else value.number_value
-        try:
-            outbound_port = int(raw)
-        except (TypeError, ValueError):
-            outbound_port = 0
-        if not is_port(outbound_port) or str(raw).strip() not in (str(outbound_port), f"{outbound_port}.0"):
+        given = _whole_number(fields["outbound_port"])
+        if given is None or not is_port(given):
             raise ProtocolError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: metadata.outbound_port {raw!r} is not a port"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node {node.id}: metadata.outbound_port {_shown(fields['outbound_port'])} is not a port",
             )
+        outbound_port = given
     site = ""
     if role.is_edge:
         site = fields["site"].string_value if "site" in fields else ""
@@ -122,18 +119,36 @@ def _gateway_of(node: Any) -> tuple[str, int]:
         raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: a gateway needs metadata.{problem}")
     offset = 0
     if "port_offset" in fields:
-        raw_value = fields["port_offset"]
-        raw = raw_value.string_value if raw_value.WhichOneof("kind") == "string_value" else raw_value.number_value
-        try:
-            offset = int(raw)
-        except (TypeError, ValueError):
-            offset = -1
-        if not 0 <= offset <= MAX_PORT_OFFSET or str(raw).strip() not in (str(offset), f"{offset}.0"):
+        found = _whole_number(fields["port_offset"])
+        if found is None or not 0 <= found <= MAX_PORT_OFFSET:
             raise ProtocolError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"node {node.id}: metadata.port_offset {str(raw)[:20]!r} is not a number in 0-{MAX_PORT_OFFSET}",
+                f"node {node.id}: metadata.port_offset {_shown(fields['port_offset'])} is not a number in "
+                f"0-{MAX_PORT_OFFSET}",
             )
+        offset = found
     return key, offset
+
+
+def _raw(value: Any) -> str | float:
+    raw: str | float = value.string_value if value.WhichOneof("kind") == "string_value" else value.number_value
+    return raw
+
+
+def _whole_number(value: Any) -> int | None:
+    """A metadata value (a number, or a string of digits) as a whole number; None when it is not
+    one (a fraction, text, infinity, NaN)."""
+    raw = _raw(value)
+    try:
+        number = int(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if str(raw).strip() in (str(number), f"{number}.0") else None
+
+
+def _shown(value: Any) -> str:
+    """A metadata value as an error message quotes it: cut to 20 characters (it is the client's)."""
+    return repr(str(_raw(value))[:20])
 
 
 def _xds_source(node: Any, role: ProxyRole) -> tuple[XdsApiType, str]:
