@@ -55,7 +55,8 @@ services:
     endpoints: [{{address: 127.0.0.1, port: {api}}}]
 """
 
-ROUTE_BY_PATH = """\
+# The HTTPRoute shop/web up to its rules; the two versions below differ only in those.
+ROUTE_HEAD = """\
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
@@ -65,6 +66,11 @@ spec:
   parentRefs: [{name: edge}]
   hostnames: [web.example]
   rules:
+"""
+
+ROUTE_BY_PATH = (
+    ROUTE_HEAD
+    + """\
     - matches: [{path: {type: PathPrefix, value: /api}}]
       backendRefs: [{name: api, port: 8080}]
     - matches: [{headers: [{name: x-canary, value: "yes"}]}]
@@ -73,20 +79,10 @@ spec:
       backendRefs: [{name: web, port: 8080, weight: 1}, {name: api, port: 8080, weight: 1}]
     - backendRefs: [{name: web, port: 8080}]
 """
+)
 
 # The same route after an edit: everything to api.
-ROUTE_ALL_TO_API = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: web
-  namespace: shop
-spec:
-  parentRefs: [{name: edge}]
-  hostnames: [web.example]
-  rules:
-    - backendRefs: [{name: api, port: 8080}]
-"""
+ROUTE_ALL_TO_API = ROUTE_HEAD + "    - backendRefs: [{name: api, port: 8080}]\n"
 
 
 async def start_envoy(workdir: Path, xds_port: int, offset: int) -> Envoy:

@@ -48,6 +48,7 @@ OPERATOR_TOKEN = "replicas-ops"
 DEVICE_TOKEN = "replicas-bike-1"
 CLASS = (("authorization", f"Bearer {CLASS_TOKEN}"),)
 OPERATOR = (("authorization", f"Bearer {OPERATOR_TOKEN}"),)
+DEVICE = (("authorization", f"Bearer {DEVICE_TOKEN}"),)
 SWEEPER = "this replica sweeps lapsed leases"
 
 
@@ -213,10 +214,23 @@ def registration(index: int, ttl: int = 300) -> pb.RegisterRequest:
     )
 
 
-async def register(replica: Replica, request: pb.RegisterRequest) -> pb.RegisterResponse:
+def bike_1(address: str, port: int) -> pb.RegisterRequest:
+    """bike-1, the device the routing tests serve from this host (registered with DEVICE)."""
+    return pb.RegisterRequest(
+        device_id="bike-1",
+        device_class="bike",
+        site="gym",
+        endpoints=[pb.Endpoint(address=address, port=port)],
+        ttl_seconds=300,
+    )
+
+
+async def register(
+    replica: Replica, request: pb.RegisterRequest, metadata: tuple[tuple[str, str], ...] = CLASS
+) -> pb.RegisterResponse:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.registry_port}") as channel:
         answer: pb.RegisterResponse = await registry_pb2_grpc.RegistryStub(channel).Register(
-            request, metadata=CLASS, timeout=10
+            request, metadata=metadata, timeout=10
         )
         return answer
 
@@ -252,17 +266,7 @@ async def test_a_device_registered_at_one_replica_is_routed_by_a_gateway_on_anot
         device_port = await asyncio.to_thread(host.serve, "bike-1")
         cluster = cluster_on(postgres_server, tmp_path)
         async with replicas(cluster, 3) as (a, b, c):
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{a.registry_port}") as channel:
-                await registry_pb2_grpc.RegistryStub(channel).Register(
-                    pb.RegisterRequest(
-                        device_id="bike-1",
-                        device_class="bike",
-                        site="gym",
-                        endpoints=[pb.Endpoint(address=host.address, port=device_port)],
-                        ttl_seconds=300,
-                    ),
-                    metadata=(("authorization", f"Bearer {DEVICE_TOKEN}"),),
-                )
+            await register(a, bike_1(host.address, device_port), metadata=DEVICE)
             # One gateway (one outbound port: one proxy group) on b, then the same on c: each must
             # route to bike-1, and c must serve exactly the versions b served.
             outbound_port = free_port()
@@ -425,17 +429,7 @@ async def test_replicas_are_unready_and_refuse_registrations_but_keep_routing_wh
         with running_postgres() as server:
             cluster = cluster_on(server, tmp_path)
             async with replicas(cluster, 2) as group:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{group[0].registry_port}") as channel:
-                    await registry_pb2_grpc.RegistryStub(channel).Register(
-                        pb.RegisterRequest(
-                            device_id="bike-1",
-                            device_class="bike",
-                            site="gym",
-                            endpoints=[pb.Endpoint(address=host.address, port=device_port)],
-                            ttl_seconds=300,
-                        ),
-                        metadata=(("authorization", f"Bearer {DEVICE_TOKEN}"),),
-                    )
+                await register(group[0], bike_1(host.address, device_port), metadata=DEVICE)
                 outbound_port = free_port()
                 gateway = await start_envoy(
                     tmp_path / "envoy",

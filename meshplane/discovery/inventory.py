@@ -409,9 +409,7 @@ def _one_gateway_problems(
     gateway: Gateway, lookup: Callable[[ServiceRef], Service | None], certificates: tuple[TlsCertificate, ...]
 ) -> list[Problem]:
     """What the model refuses in `gateway` against the merged mesh (`Mesh` checks it so)."""
-    return Mesh(
-        services=tuple(s for s in _targets(gateway, lookup)), certificates=certificates, gateways=(gateway,)
-    ).problems()
+    return Mesh(services=tuple(_targets(gateway, lookup)), certificates=certificates, gateways=(gateway,)).problems()
 
 
 def _targets(gateway: Gateway, lookup: Callable[[ServiceRef], Service | None]) -> list[Service]:

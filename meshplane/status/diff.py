@@ -52,6 +52,7 @@ def _subscribed(
     type_url: TypeUrl,
     group: ProxyGroup,
     combined: NodeType,
+    held: Mapping[str, _Held],
     subscriptions: Mapping[TypeUrl, frozenset[str] | None] | None,
 ) -> frozenset[str] | None:
     """The names the proxy subscribes to for `type_url` (None: every one): the server's word when
@@ -60,7 +61,7 @@ def _subscribed(
         return subscriptions[type_url]
     if is_wildcard(type_url, group):
         return None
-    return frozenset(_held(combined)) | frozenset(combined.keys_withheld)
+    return frozenset(held) | frozenset(combined.keys_withheld)
 
 
 def is_wildcard(type_url: TypeUrl, group: ProxyGroup) -> bool:
@@ -76,11 +77,12 @@ def _held(combined: NodeType) -> dict[str, _Held]:
     return held
 
 
-def type_diff(combined: NodeType, current: TypeResources, subscribed: frozenset[str] | None) -> dict[str, Any]:
+def type_diff(
+    combined: NodeType, held: Mapping[str, _Held], current: TypeResources, subscribed: frozenset[str] | None
+) -> dict[str, Any]:
     """One type's comparison: the count of resources held at their current version and ACKed, and
-    every other resource the proxy holds or should have, by name. `subscribed`: the names the
-    proxy subscribes to, None for every resource of the type."""
-    held = _held(combined)
+    every other resource the proxy holds or should have, by name. `held`: `_held(combined)`;
+    `subscribed`: the names the proxy subscribes to, None for every resource of the type."""
     wildcard = subscribed is None
     if subscribed is None:
         wanted: Mapping[str, Resource] = current.by_name
@@ -132,15 +134,12 @@ def node_diff(
     lists anything."""
     group = max(streams, key=lambda track: track.stream_id).group
     combined = node_types(streams)
-    types = {
-        type_url.short: type_diff(
-            combined[type_url],
-            snapshot.of_type(type_url),
-            _subscribed(type_url, group, combined[type_url], subscriptions),
-        )
-        for type_url in TypeUrl
-        if type_url in combined
-    }
+    types = {}
+    for type_url in TypeUrl:
+        if type_url in combined:
+            held = _held(combined[type_url])  # once per type: both the comparison and the subscription use it
+            subscribed = _subscribed(type_url, group, combined[type_url], held, subscriptions)
+            types[type_url.short] = type_diff(combined[type_url], held, snapshot.of_type(type_url), subscribed)
     listed = any(entry["differing"] or entry["missing"] or entry["no_longer_current"] for entry in types.values())
     return {
         "node": node_id,

@@ -44,7 +44,6 @@ PROTOCOL = re.compile(
 )
 FROM_CHOICES = ("All", "Same", "Selector")
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-ADDRESS_TYPES_CORE = ("IPAddress", "Hostname")
 _LABEL_KEY = re.compile(
     r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 )
