@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck layers unit golden protos bootstraps clean chromium kube-apiserver postgresql screenshot
+.PHONY: install run test lint typecheck layers unit golden protos crds bootstraps clean chromium kube-apiserver postgresql screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test: lint typecheck layers chromium kube-apiserver postgresql
 # tests/test_edge_protos.py fails while the committed code is stale.
 protos: $(STAMP)
 	$(PY) protos/generate.py
+
+# Regenerate deploy/kubernetes/crds/ (meshplane.io CRDs) from the policy format's field table;
+# commit the result. tests/test_meshplane_api_crds.py fails while a committed CRD is stale.
+crds: $(STAMP)
+	$(PY) -m meshplane.discovery.meshplane_api.crds deploy/kubernetes/crds
 
 # Regenerate envoy-configs/ (each role's `meshplane bootstrap ROLE` output, defaults only); commit
 # the result. tests/test_bootstrap.py fails while a committed bootstrap is stale.

@@ -3,7 +3,7 @@ gateway Envoy serving it, through the real `meshplane serve --kubernetes --gatew
 watching a real kube-apiserver, and real gateway Envoys answering real requests.
 
 Run: .venv/bin/python -m benchmarks.gateway_api [--services 5000] [--gateways 10] [--routes 1000]
-     [--changes 30] [--gap 1] [--json FILE] [--server-root DIR]
+     [--changes 30] [--gap 1] [--json FILE] [--server-root DIR] [--py-spy FILE]
 
 The API server is the test suite's (tests/k8s/real_apiserver.py, watch cache on) with the Gateway
 API v1.6.1 standard CRDs (tests/k8s/gateway_api_crds.py). Through its REST API, one namespace gets
@@ -29,10 +29,24 @@ Figures:
   changed routes and, per route, between its two backends; `--gap` seconds apart;
 - `server_cpu_ms_per_change`: the meshplane process's CPU (user + system, /proc) over the changes,
   per change, and `net` of it: less its idle CPU over as long, measured just before;
+- `rebuilds_per_change` and `rebuild_ms`: the full rebuilds (publications) the server ran over the
+  changes, per change, and their mean duration (merge excluded: translate, serialise, check,
+  publish), read from its `/metrics` before and after; a change costs one rebuild when nothing
+  else (its own status writes coming back on the watch) causes another;
 - `translate_whole_set_cold` (the first run) and `translate_whole_set_ms` (the median of
   `--translate-runs`): a component figure, in process: the objects as the API server holds them
   parsed (`parse_ms`), resolved (`resolve_ms`) and translated for every Gateway's group
-  (`translate_ms`); each run parses anew, so no run reuses another's translation.
+  (`translate_ms`); each run parses anew, so no run reuses another's translation;
+- `publish_route_change`: a component figure, in process, of the server's work for one change
+  once the objects are parsed: a publisher holding every Gateway's group (at the locality the
+  Envoys' bootstraps give), then `--changes` backendRef moves (at most 20), each resolved into a
+  new mesh of the same Service objects (`resolve_ms`) and published (`publish_ms`: translate,
+  serialise, check, for every group): the medians. The in-process figures run this checkout's
+  code, whatever `--server-root` says.
+
+`--py-spy FILE` records the server with py-spy (`.venv/bin/py-spy`, sampling at 200 Hz) over the
+timed changes, as collapsed stacks (`--format raw`, one `stack count` line each) to sum by frame;
+the sampling costs the server a little CPU, so take the figures from a run without it.
 
 Everything listens on 127.0.0.x; the API server, etcd, meshplane, the Envoys, the echo servers and
 this client share the machine's cores: report the load average (printed with the figures) and
@@ -44,7 +58,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -62,6 +78,7 @@ from kubernetes_asyncio.client import ApiClient
 from benchmarks.policy_edit import load_average, serving_with
 from benchmarks.registration_path import quantile
 from benchmarks.scale import proc_cpu_seconds
+from meshplane.bootstrap.render import DEFAULT_REGION, DEFAULT_ZONE
 from meshplane.discovery.gateway_api.fields import Parsed
 from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME, parse_gateway_class
 from meshplane.discovery.gateway_api.gateways import parse_gateway
@@ -69,7 +86,10 @@ from meshplane.discovery.gateway_api.http_routes import parse_http_route
 from meshplane.discovery.gateway_api.objects import GatewayApiObjects
 from meshplane.discovery.gateway_api.resolve import resolve
 from meshplane.discovery.kubernetes_mapping import map_service
-from meshplane.model import Mesh, ProxyGroup, ProxyRole
+from meshplane.model import Locality, Mesh, ProxyGroup, ProxyRole
+from meshplane.model.changes import MeshChanges
+from meshplane.xds.cache import SnapshotCache
+from meshplane.xds.publisher import SnapshotPublisher
 from meshplane.xds.translate import translate
 from meshplane.xds.types import TypeUrl
 from tests.envoy_harness import envoy_binary
@@ -91,6 +111,10 @@ ECHOES = 4  # backends; service i answers as echo i mod ECHOES
 LISTENER_PORT = 80
 FIRST_ADDRESS = 101  # 127.0.0.101 on: the gateway Envoys (the conformance harness uses 200 on)
 POLL_S = 0.005  # between two requests to one Envoy while waiting for a change
+PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
+PY_SPY_RATE = 200  # samples a second
+# `meshplane_rebuilds_total{kind="full"} 12.0` and the like, in /metrics' text format.
+_METRIC_LINE = re.compile(r'^(meshplane_rebuild(?:s_total|_duration_seconds_sum))\{kind="full"\} (\S+)$', re.M)
 PATH = "/app"
 
 
@@ -251,6 +275,52 @@ def translate_whole_set(created: Created, groups: list[ProxyGroup]) -> dict[str,
         "translate_ms": round((translated - resolved) * 1000, 1),
         "total_ms": round((translated - started) * 1000, 1),
         "route_configurations": built,
+    }
+
+
+def publish_route_changes(
+    created: Created, groups: list[ProxyGroup], changes: int, changed_routes: int
+) -> dict[str, float]:
+    """The `publish_route_change` figure (see the module's docstring): the medians of
+    `resolve_ms` and `publish_ms` over `changes` route moves, and the groups each publication
+    translated again (`rebuilt`)."""
+    mapped = [map_service(obj, [slice_]).service for obj, slice_ in zip(created.services, created.slices, strict=True)]
+    services = {found.ref: found for found in mapped if found is not None}
+    ordered = list(services.values())
+    gateway_classes = _keyed([parse_gateway_class(created.gateway_class)], [created.gateway_class])
+    gateways = _keyed([parse_gateway(obj) for obj in created.gateways], created.gateways)
+    routes = _keyed([parse_http_route(obj) for obj in created.routes], created.routes)
+
+    def mesh_of() -> Mesh:
+        objects = GatewayApiObjects(gateway_classes=gateway_classes, gateways=gateways, http_routes=dict(routes))
+        resolution = resolve(objects, DEFAULT_CONTROLLER_NAME, services, frozenset())
+        return Mesh.of(ordered, gateways=resolution.gateways)
+
+    cache = SnapshotCache()
+    publisher = SnapshotPublisher(cache)
+    for group in groups:  # as the Envoys' streams subscribe, at the bootstraps' locality
+        cache.subscribe(dataclasses.replace(group, locality=Locality(DEFAULT_REGION, DEFAULT_ZONE)), asyncio.Event())
+    publisher.publish(mesh_of())
+    resolve_ms: list[float] = []
+    publish_ms: list[float] = []
+    moved = [False] * changed_routes
+    for change in range(changes):
+        route = change % changed_routes
+        moved[route] = not moved[route]
+        obj = json.loads(json.dumps(created.routes[route]))
+        obj["spec"]["rules"] = route_rules(backend_of(route, len(created.services), moved[route]))
+        obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + change + 1
+        routes[(NAMESPACE, route_name(route))] = parse_http_route(obj)
+        started = time.perf_counter()
+        mesh = mesh_of()
+        resolved = time.perf_counter()
+        publisher.publish(mesh, MeshChanges(gateways=True))
+        resolve_ms.append((resolved - started) * 1000)
+        publish_ms.append((time.perf_counter() - resolved) * 1000)
+    return {
+        "resolve_ms": round(statistics.median(resolve_ms), 1),
+        "publish_ms": round(statistics.median(publish_ms), 1),
+        "rebuilt": publisher.rebuilt,
     }
 
 
@@ -415,8 +485,41 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+async def rebuild_counts(session: aiohttp.ClientSession, status_port: int) -> tuple[float, float]:
+    """The server's full rebuilds so far and their summed duration (s), from its `/metrics`."""
+    async with session.get(f"http://127.0.0.1:{status_port}/metrics") as response:
+        text = await response.text()
+    found = dict(_METRIC_LINE.findall(text))
+    return float(found["meshplane_rebuilds_total"]), float(found["meshplane_rebuild_duration_seconds_sum"])
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, output: Path | None) -> Iterator[None]:
+    """py-spy recording process `pid` (collapsed stacks into `output`) while the block runs;
+    nothing when `output` is None."""
+    if output is None:
+        yield
+        return
+    command = [str(PY_SPY), "record", "--pid", str(pid), "--rate", str(PY_SPY_RATE), "--format", "raw"]
+    recorder = subprocess.Popen([*command, "--output", str(output), "--nonblocking"], stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        recorder.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+        _, error = recorder.communicate(timeout=60)
+        if not output.exists():
+            print(f"py-spy wrote nothing: {error.decode()[-1000:]}", file=sys.stderr)
+
+
 async def measure(
-    root: Path, services: int, gateways: int, routes: int, changes: int, gap: float, translate_runs: int
+    root: Path,
+    services: int,
+    gateways: int,
+    routes: int,
+    changes: int,
+    gap: float,
+    translate_runs: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     found = binaries()
     if found is None:
@@ -453,6 +556,8 @@ async def measure(
                         step: round(statistics.median(run[step] for run in runs), 1)
                         for step in ("parse_ms", "resolve_ms", "translate_ms", "total_ms")
                     }
+                    in_process = max(1, min(changes, 20))
+                    row["publish_route_change"] = publish_route_changes(created, groups, in_process, changed_routes)
                     kubeconfig = apiserver.kubeconfig(work / "kubeconfig", ADMIN_TOKEN)
                     sources = ["--kubernetes", "--kubeconfig", str(kubeconfig), "--gateway-api"]
                     row["load_average_start"] = load_average()
@@ -461,7 +566,9 @@ async def measure(
                         await until_programmed(client, envoys, 300)
                         row["start_to_programmed_ms"] = round((time.perf_counter() - started) * 1000, 1)
                         row.update(
-                            await measure_changes(client, server, envoys, services, changed_routes, changes, gap)
+                            await measure_changes(
+                                client, server, status_port, envoys, services, changed_routes, changes, gap, profile
+                            )
                         )
             finally:
                 await client.close()
@@ -473,14 +580,16 @@ async def measure(
 async def measure_changes(
     client: ApiClient,
     server: subprocess.Popen[bytes],
+    status_port: int,
     envoys: list[GatewayEnvoy],
     services: int,
     changed_routes: int,
     changes: int,
     gap: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """`changes` backendRef moves, each timed to the first and the last Envoy answering from the
-    new backend; with the server's CPU over them."""
+    new backend; with the server's CPU and rebuilds over them (and its py-spy samples into `profile`)."""
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for route in range(changed_routes):  # every changed route served everywhere before timing
@@ -490,26 +599,24 @@ async def measure_changes(
         await asyncio.sleep(idle_s)  # the idle CPU, to subtract: a window, not a wait on anything
         idle_cpu_s = (proc_cpu_seconds(server.pid) - before) / idle_s
         load = load_average()
-        moved = [False] * changed_routes
-        to_first: list[float] = []
-        to_last: list[float] = []
-        patch_ms: list[float] = []
+        timings: dict[str, list[float]] = {"first": [], "last": [], "patch": []}
+        rebuilds_before, rebuild_s_before = await rebuild_counts(session, status_port)
         loop_started = time.perf_counter()
         cpu_before = proc_cpu_seconds(server.pid)
-        for change in range(changes):
-            route = change % changed_routes
-            moved[route] = not moved[route]
-            backend = backend_of(route, services, moved[route])
-            body = {"spec": {"rules": route_rules(backend)}}
-            written = time.perf_counter()
-            await call_ok(client, "PATCH", f"{ROUTES}/{route_name(route)}", body, MERGE_PATCH)
-            patch_ms.append((time.perf_counter() - written) * 1000)
-            seen = await served_by_all(session, envoys, route, echo_of(backend), 60)
-            to_first.append((min(seen) - written) * 1000)
-            to_last.append((max(seen) - written) * 1000)
-            await asyncio.sleep(gap)  # the next change starts from a quiet server: a spacing, not a wait
+        with py_spy(server.pid, profile):
+            await _changes(client, session, envoys, services, changed_routes, changes, gap, timings)
         loop_s = time.perf_counter() - loop_started
         cpu_s = proc_cpu_seconds(server.pid) - cpu_before
+        # The last change's own status write may still be coming back: read until the count holds
+        # still for a change's spacing (at most 10 reads), so each change's rebuilds are all counted.
+        counts = await rebuild_counts(session, status_port)
+        for _ in range(10):
+            later = await _after(session, status_port, gap)
+            if later == counts:
+                break
+            counts = later
+        rebuilds, rebuild_s = counts[0] - rebuilds_before, counts[1] - rebuild_s_before
+    to_first, to_last, patch_ms = timings["first"], timings["last"], timings["patch"]
     per_change = cpu_s / max(1, changes) * 1000
     return {
         "load_average": load,
@@ -521,7 +628,40 @@ async def measure_changes(
         "server_cpu_ms_per_change": round(per_change, 1),
         "server_cpu_ms_per_change_net": round(per_change - idle_cpu_s * loop_s / max(1, changes) * 1000, 1),
         "server_idle_cpu_percent": round(idle_cpu_s * 100, 1),
+        "rebuilds_per_change": round(rebuilds / max(1, changes), 2),
+        "rebuild_ms": round(rebuild_s / rebuilds * 1000, 1) if rebuilds else 0.0,
     }
+
+
+async def _after(session: aiohttp.ClientSession, status_port: int, seconds: float) -> tuple[float, float]:
+    await asyncio.sleep(seconds)  # a spacing between two reads of a counter, not a wait on anything
+    return await rebuild_counts(session, status_port)
+
+
+async def _changes(
+    client: ApiClient,
+    session: aiohttp.ClientSession,
+    envoys: list[GatewayEnvoy],
+    services: int,
+    changed_routes: int,
+    changes: int,
+    gap: float,
+    timings: dict[str, list[float]],
+) -> None:
+    """The timed changes, their figures (ms) appended to `timings`' `first`, `last` and `patch`."""
+    moved = [False] * changed_routes
+    for change in range(changes):
+        route = change % changed_routes
+        moved[route] = not moved[route]
+        backend = backend_of(route, services, moved[route])
+        body = {"spec": {"rules": route_rules(backend)}}
+        written = time.perf_counter()
+        await call_ok(client, "PATCH", f"{ROUTES}/{route_name(route)}", body, MERGE_PATCH)
+        timings["patch"].append((time.perf_counter() - written) * 1000)
+        seen = await served_by_all(session, envoys, route, echo_of(backend), 60)
+        timings["first"].append((min(seen) - written) * 1000)
+        timings["last"].append((max(seen) - written) * 1000)
+        await asyncio.sleep(gap)  # the next change starts from a quiet server: a spacing, not a wait
 
 
 def table(row: dict[str, Any]) -> str:
@@ -535,10 +675,13 @@ def table(row: dict[str, Any]) -> str:
         "",
         f"server CPU per change: {row['server_cpu_ms_per_change']} ms "
         f"({row['server_cpu_ms_per_change_net']} ms less idle; idle {row['server_idle_cpu_percent']} %)",
+        f"full rebuilds per change: {row['rebuilds_per_change']}, {row['rebuild_ms']} ms each",
         f"whole set, {row['gateways']} Gateways, cold: parse {cold['parse_ms']} ms, resolve {cold['resolve_ms']} ms, "
         f"translate {cold['translate_ms']} ms "
         f"(resolve + translate {cold['resolve_ms'] + cold['translate_ms']:.1f} ms); "
         f"median of runs: total {warm['total_ms']} ms",
+        f"in process, a route change: resolve {row['publish_route_change']['resolve_ms']} ms, publish "
+        f"{row['publish_route_change']['publish_ms']} ms ({row['publish_route_change']['rebuilt']} groups)",
         f"process start → all {row['gateways']} Gateways Programmed: {row['start_to_programmed_ms']} ms",
         f"load average (1, 5, 15 min): at the changes {row['load_average']}, at the start {row['load_average_start']}",
     ]
@@ -555,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--translate-runs", type=int, default=3, help="runs of the in-process translation")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--server-root", type=Path, default=ROOT, help="run meshplane from this checkout")
+    parser.add_argument("--py-spy", type=Path, help="record the server over the changes into this file")
     args = parser.parse_args(argv)
     row = asyncio.run(
         measure(
@@ -565,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             args.changes,
             args.gap,
             args.translate_runs,
+            args.py_spy,
         )
     )
     print(json.dumps(row), flush=True)

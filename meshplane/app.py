@@ -29,10 +29,15 @@ from meshplane.discovery.gateway_api.source import GatewayApiSource
 from meshplane.discovery.inventory import Contents, Inventory
 from meshplane.discovery.kubernetes import KubernetesSource
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR, selector_problem
+from meshplane.discovery.meshplane_api.objects import MeshplaneObjects
+from meshplane.discovery.meshplane_api.source import MeshplaneApiSource, namespaces_problem
+from meshplane.discovery.meshplane_api.status_writer import ProxiesHolding
 from meshplane.discovery.policy_files import DEFAULT_MAX_FILE_SIZE, PolicyFileSource
 from meshplane.discovery.registry.auth import TokenFileError
-from meshplane.model import ProxyRole, Site, SourceStatus
+from meshplane.model import ProxyGroup, ProxyRole, Site, SourceStatus
 from meshplane.model.changes import DeviceChanges, MeshChanges
+from meshplane.model.sites import DeviceTrust
+from meshplane.status.devices import DeviceLookup
 from meshplane.status.document import StatusInputs
 from meshplane.status.grpc_stats import GrpcStats, InstrumentedXdsServices
 from meshplane.status.http import status_app
@@ -50,7 +55,7 @@ from meshplane.xds.server.service import (
     XdsServices,
     create_server,
 )
-from meshplane.xds.server.tracking import StreamRegistry, SyncState
+from meshplane.xds.server.tracking import StreamRegistry, StreamTrack, SyncState
 from meshplane.xds.types import TypeUrl
 
 if TYPE_CHECKING:
@@ -89,6 +94,12 @@ class Settings:
     # on the GatewayClasses of `gateway_controller_name`, their Gateways and the routes naming them.
     gateway_api: bool = False
     gateway_controller_name: str = DEFAULT_CONTROLLER_NAME
+    # meshplane's own kinds (group meshplane.io) watched, served and their status written
+    # (docs/kubernetes-api.md); `watch_namespaces`: the namespaces whose objects of them are served
+    # (empty: those of `namespaces`, else all: `meshplane_api_namespaces`; objects elsewhere are
+    # ignored and listed in /status).
+    meshplane_api: bool = False
+    watch_namespaces: tuple[str, ...] = ()
     # Unlocks config dumps that hold secrets (their Secret resources, redacted); None: never shown.
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     # The edge registry (docs/edge.md): on when set; its devices join every published mesh.
@@ -124,7 +135,20 @@ class Settings:
             found.append("--gateway-api needs --kubernetes (MESHPLANE_KUBERNETES=true)")
         if self.gateway_api and (problem := controller_name_problem(self.gateway_controller_name)) is not None:
             found.append(f"--gateway-controller-name: {problem}")
+        if self.meshplane_api and not self.kubernetes:
+            found.append("--meshplane-api needs --kubernetes (MESHPLANE_KUBERNETES=true)")
+        if self.watch_namespaces and not self.meshplane_api:
+            found.append("--watch-namespaces needs --meshplane-api (MESHPLANE_MESHPLANE_API=true)")
+        if self.watch_namespaces and (problem := namespaces_problem(self.watch_namespaces)) is not None:
+            found.append(f"--watch-namespaces: {problem}")
         return found
+
+    @property
+    def meshplane_api_namespaces(self) -> tuple[str, ...]:
+        """The namespaces whose objects of meshplane's kinds are served (empty: all): those of
+        `--watch-namespaces`, else those of `--namespace`, so one `--namespace` limits Services and
+        our kinds alike, as `meshplane analyze --namespace` does."""
+        return self.watch_namespaces or self.namespaces
 
 
 class ControlPlane:
@@ -180,7 +204,21 @@ class ControlPlane:
             else None
         )
         self._gateway_envoys_seen: tuple[int, dict[str, list[str]]] = (-1, {})  # see _gateway_envoys
+        # Merged into the mesh; it holds the first publication back until it has synced, unless its
+        # CRDs are known not to be installed (then it says so, and its content is empty).
+        self.meshplane_api = (
+            MeshplaneApiSource(
+                kubeconfig=settings.kubeconfig,
+                namespaces=settings.meshplane_api_namespaces,
+                on_change=self._on_source_change,
+                holding=self._proxies_holding,
+                revision=lambda: self.registry.revision,
+            )
+            if settings.meshplane_api and settings.kubernetes
+            else None
+        )
         self._keys_warned = False  # see _warn_if_keys_unauthenticated
+        self._device_trust: DeviceTrust | None = None  # the last given to the merge (see _contents)
         if self.kubernetes is not None and settings.kubernetes_secrets:
             self._warn_if_keys_unauthenticated(None)
         self.inventory = Inventory(kubernetes_secrets=settings.kubernetes_secrets)
@@ -206,6 +244,7 @@ class ControlPlane:
             # The server exists once started; until then no proxy is connected to ask about.
             subscriptions=lambda node_id: self._services.subscriptions_of(node_id) if self._services else {},
             mesh=lambda: self.inventory.mesh,
+            devices=DeviceLookup(self.edge.registry.get, self.edge.registry.first) if self.edge is not None else None,
         )
         self.source_watch = SourceWatch(self._sources)
         self.grpc_stats = GrpcStats()
@@ -250,6 +289,9 @@ class ControlPlane:
         # changes `devices` only: the edge gateways').
         self.publisher.publish(merged.mesh, merged.changes, cause, self._unpublished_since)
         self._unpublished_since = None
+        if self.meshplane_api is not None and contents.meshplane_api is not None:
+            # After the publication: its generation is the one that carries what the merge accepted.
+            self.meshplane_api.writer.update(merged.object_status, self.publisher.state.mesh_generation)
         self.metrics.observe_rebuild(self.publisher.state)
 
     def _gateway_envoys(self, gateway: str) -> list[str]:
@@ -273,6 +315,40 @@ class ControlPlane:
             self._gateway_envoys_seen = (self.registry.revision, serving)
         return list(serving.get(gateway, ()))
 
+    def _proxies_holding(self, number: int) -> ProxiesHolding:
+        """Of the connected proxies (by node id) that were sent configuration, how many hold mesh
+        generation `number` or a later one: every type they were sent is ACKed, and each whose
+        version the change log knows is that of a generation at or after the newest one up to
+        `number` that changed their group. One pass over the streams; the status writer asks per
+        generation waited on, after a merge and at most once a second while the registry moves."""
+        changes = self.publisher.changes
+        generations = changes.newest_first()
+        required: dict[ProxyGroup, int] = {}
+        nodes: dict[str, list[StreamTrack]] = {}
+        for track in self.registry.streams():
+            nodes.setdefault(track.node_id, []).append(track)
+        held = total = 0
+        for tracks in nodes.values():
+            sent = [
+                (track.group, url, entry) for track in tracks for url, entry in track.types.items() if entry.sent_seq
+            ]
+            if not sent:
+                continue
+            total += 1
+            if any(entry.state is not SyncState.SYNCED for _, _, entry in sent):
+                continue
+            reached = []
+            for group, url, entry in sent:
+                if group not in required:
+                    required[group] = next(
+                        (g.number for g in generations if g.number <= number and group in g.groups), 0
+                    )
+                known = changes.generation_of(group, str(url), entry.acked_version)
+                # A selection's version (EDS, RDS by name) is not a type's: its generation is the send's.
+                reached.append((known if known is not None else entry.converged_generation) >= required[group])
+            held += all(reached)
+        return ProxiesHolding(held, total)
+
     def _contents(self) -> tuple[Contents, Cause] | None:
         """What every enabled source serves and what changed in it since the last merge, with the
         sources that reported changes (the publication's cause, for `/changes`); None while a
@@ -280,6 +356,9 @@ class ControlPlane:
         policy, kubernetes, edge = self.policy, self.kubernetes, self.edge
         if (policy is not None and policy.mesh is None) or (kubernetes is not None and not kubernetes.synced):
             return None
+        own = self.meshplane_api
+        if own is not None and not own.synced and not own.crds_missing:
+            return None  # its objects may be the mesh's routes: never publish without them
         changes = MeshChanges()
         sources: list[str] = []
         for name, source in (("policy files", policy), ("kubernetes", kubernetes)):
@@ -290,9 +369,19 @@ class ControlPlane:
         if gateway_api is not None and not gateway_api.take_changes().none:
             changes |= MeshChanges(gateways=True)
             sources.append("gateway api")
+        if own is not None and own.synced and own.take_changes():
+            changes |= MeshChanges(policy_objects=True)
+            sources.append("meshplane api")
         device_changes = edge.registry.take_changes() if edge is not None else DeviceChanges()
         if not device_changes.none:
             sources.append("edge registry")
+        authority = edge.registry.authority if edge is not None else None
+        trusted = edge.registry.trusted_ca_pem() if edge is not None else None
+        device_trust = DeviceTrust(authority.trust_domain, trusted) if authority is not None and trusted else None
+        if device_trust != self._device_trust:  # the CA's files renewed (or first seen): gateways verify anew
+            self._device_trust = device_trust
+            changes |= MeshChanges(sites=True)
+            sources.append("registry ca")
         contents = Contents(
             files=policy.mesh if policy is not None else None,
             kubernetes=kubernetes.content() if kubernetes is not None else None,
@@ -302,6 +391,8 @@ class ControlPlane:
             gateway_api=gateway_api.content() if gateway_api is not None else None,
             gateway_controller=self.settings.gateway_controller_name,
             ca_certificates=gateway_api.ca_certificates() if gateway_api is not None else {},
+            meshplane_api=(own.content() if own.synced else MeshplaneObjects()) if own is not None else None,
+            device_trust=device_trust,
         )
         devices = None if device_changes.everything else len(device_changes.ids)
         return contents, Cause(tuple(sources), devices)
@@ -348,6 +439,8 @@ class ControlPlane:
         sources = [source.status for source in (self.policy, self.kubernetes, self.edge) if source is not None]
         if self.gateway_api is not None:
             sources.append(self.gateway_api.status)
+        if self.meshplane_api is not None:
+            sources.append(self.meshplane_api.status)
         if self.kubernetes is not None and (self.policy is not None or self.inventory.problems):
             sources.append(self.inventory.status)  # merge clashes, routes left out, missing secrets
         return sources
@@ -421,6 +514,8 @@ class ControlPlane:
                 loops += [group.create_task(source.run()) for source in (self.policy, self.kubernetes) if source]
                 if self.gateway_api is not None:
                     loops.append(group.create_task(self.gateway_api.run()))
+                if self.meshplane_api is not None:
+                    loops.append(group.create_task(self.meshplane_api.run()))
                 if self.edge is not None:
                     loops.append(group.create_task(self.edge.run()))
                 await stop.wait()

@@ -1,4 +1,4 @@
-"""`meshplane serve | validate | status | config | diff | changes | wait`: the command line.
+"""`meshplane serve | validate | analyze | status | config | diff | changes | wait`: the command line.
 
 Flags can also be set by `MESHPLANE_<FLAG>`.
 """
@@ -22,7 +22,8 @@ from meshplane import __version__
 from meshplane.bootstrap.cli import add_bootstrap_command, bootstrap_command
 from meshplane.discovery.gateway_api.gateway_classes import DEFAULT_CONTROLLER_NAME
 from meshplane.discovery.kubernetes_secrets import DEFAULT_SECRET_SELECTOR
-from meshplane.flags import env_flag, env_switch, gateway_api_flags
+from meshplane.discovery.meshplane_api.kinds import KINDS
+from meshplane.flags import env_flag, env_switch, gateway_api_flags, meshplane_api_flags
 from meshplane.registry_api.console import add_devices_command, devices_command
 from meshplane.registry_api.migrate import add_registry_command, registry_command
 from meshplane.registry_api.options import add_edge_arguments, edge_settings
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --kubernetes-secrets: label selector for the Secrets served",
     )
     gateway_api_flags(kubernetes, default_controller_name=DEFAULT_CONTROLLER_NAME)
+    meshplane_api_flags(kubernetes, kinds=[kind.name for kind in KINDS])
     env_flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC xDS listen address")
     env_flag(serve, "--status-address", default="0.0.0.0:9900", help="operator HTTP listen address")
     env_flag(serve, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
@@ -155,6 +157,18 @@ def _parser() -> argparse.ArgumentParser:
         "--output", "-o", default="text", choices=["text", "json"], help="Gateway API status as [%(default)s]"
     )
 
+    convert = commands.add_parser(
+        "convert", help="policy files -> documents of meshplane's Kubernetes API (meshplane.io) and Secrets"
+    )
+    env_flag(convert, "--config", type=Path, help="policy file or directory")
+    convert.add_argument(
+        "--namespace", default="default", help="the namespace of what the files leave in 'default' [%(default)s]"
+    )
+    convert.add_argument("-o", "--output", dest="output_file", type=Path, help="write here (else to stdout)")
+    convert.add_argument(
+        "--no-secrets", dest="secrets", action="store_false", help="leave the files' secrets out (with a warning)"
+    )
+
     server = argparse.ArgumentParser(add_help=False)
     env_flag(server, "--server", default="http://127.0.0.1:9900", help="the control plane's status endpoint")
     server.add_argument("--output", "-o", default="table", choices=["table", "json"], help="[%(default)s]")
@@ -212,6 +226,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     wait.add_argument("--generation", required=True, help="a generation number, or `latest` (the newest now)")
     wait.add_argument("--timeout", type=float, default=120.0, help="seconds [%(default)s]")
+
+    analyze = commands.add_parser(
+        "analyze", help="read a live cluster once and report every problem serving it would meet; exit 1 on errors"
+    )
+    analyze.add_argument("--kubernetes", action="store_true", required=True, help="analyze a Kubernetes cluster")
+    analyze.add_argument(
+        "--kubeconfig", type=Path, help="kubeconfig file (else $KUBECONFIG, ~/.kube/config, or in-cluster)"
+    )
+    analyze.add_argument("--context", help="the kubeconfig's context to use (else its current one)")
+    analyze.add_argument(
+        "--namespace", dest="namespaces", action="append", default=[], help="only this namespace; repeat for several"
+    )
+    analyze.add_argument("--output", "-o", default="text", choices=["text", "json"], help="[%(default)s]")
     return parser
 
 
@@ -410,8 +437,11 @@ def _validate(path: Path, *, open_world: bool, output: str) -> int:
     from meshplane.discovery.policy_files import check_policy
 
     check = asyncio.run(check_policy(path, open_world=open_world))
-    for error in check.errors:
-        print(error, file=sys.stderr)
+    for line in (*check.errors, *check.warnings):
+        print(line, file=sys.stderr)
+    for policy in check.mesh.device_policies:  # accepted, but not enforced as written
+        for warning in policy.unenforced():
+            print(f"warning: {warning}", file=sys.stderr)
     found = _gateway_api_report(check.gateway_api, check.gateway_status)
     if found.entries:
         if output == "json":
@@ -479,6 +509,12 @@ def _command(argv: Sequence[str] | None) -> int:
         return bootstrap_command(args)
     if args.command in ("status", "config", "diff", "changes", "wait"):
         return _operator_command(args)
+    if args.command == "analyze":
+        from meshplane.discovery.analyze import analyze_command
+
+        return asyncio.run(
+            analyze_command(args.kubeconfig, args.context, args.namespaces, args.output, sys.stdout, sys.stderr)
+        )
     if args.config is None and not (args.command == "serve" and args.kubernetes):
         print("meshplane: --config (or MESHPLANE_CONFIG) is required", file=sys.stderr)
         if args.command == "serve":
@@ -486,6 +522,10 @@ def _command(argv: Sequence[str] | None) -> int:
         return 2
     if args.command == "validate":
         return _validate(args.config, open_world=args.kubernetes, output=args.output)
+    if args.command == "convert":
+        from meshplane.discovery.meshplane_api.convert import convert_command
+
+        return convert_command(args.config, args.namespace, args.output_file, args.secrets, sys.stderr, sys.stdout)
 
     from meshplane.app import Settings, TokensFileError, serve
     from meshplane.discovery.registry.store import StoreError
@@ -508,6 +548,8 @@ def _command(argv: Sequence[str] | None) -> int:
         secret_selector=args.secret_selector,
         gateway_api=args.gateway_api,
         gateway_controller_name=args.gateway_controller_name,
+        meshplane_api=args.meshplane_api,
+        watch_namespaces=tuple(n.strip() for n in args.watch_namespaces.split(",") if n.strip()),
         admin_token=args.admin_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -87,4 +87,27 @@ def gateway_api_flags(
         "--gateway-controller-name",
         default=default_controller_name,
         help="with --gateway-api: the spec.controllerName of the GatewayClasses meshplane owns",
+    )
+
+
+def meshplane_api_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, kinds: Sequence[str]) -> None:
+    """Adds the flags of meshplane's own Kubernetes API to `meshplane serve`: `--meshplane-api`
+    (watch the meshplane.io kinds, serve them and write their status) and `--watch-namespaces`
+    (the namespaces whose objects of those kinds are served; comma-separated; empty: those of
+    `--namespace`, else all). `kinds`: the kinds' names, as `meshplane_api.kinds.KINDS` lists them
+    (given, not imported: this module imports nothing heavy)."""
+    named = ", ".join(kinds)
+    env_switch(
+        parser,
+        "--meshplane-api",
+        help=f"with --kubernetes: watch meshplane's own kinds ({named}), serve them and write their status"
+        " (docs/kubernetes-api.md; needs deploy/kubernetes/crds/ and deploy/kubernetes/meshplane-api/)",
+    )
+    env_flag(
+        parser,
+        "--watch-namespaces",
+        default="",
+        help="with --meshplane-api: the namespaces whose objects of meshplane's namespaced kinds are served,"
+        " comma-separated (objects elsewhere are ignored and listed in /status); when empty, those of"
+        " --namespace, else all",
     )

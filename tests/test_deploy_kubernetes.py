@@ -53,7 +53,15 @@ KUBERNETES = DEPLOY / "kubernetes"
 KUSTOMIZATION = "kustomization.yaml"
 APP_LABEL = {"app.kubernetes.io/name": "meshplane"}
 # Kinds without a namespace; every other kind in these manifests must name its namespace.
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass", "GatewayClass"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "GatewayClass",
+    "CustomResourceDefinition",
+}
 READ_VERBS = {"get", "list", "watch"}
 # The one write meshplane's roles grant: status conditions on the Gateway API objects it owns.
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
@@ -249,8 +257,10 @@ def test_rbac_grants_reads_only_and_no_wildcards() -> None:
         for rule in role.body["rules"]:
             assert "*" not in [*rule.get("apiGroups", []), *rule.get("resources", []), *rule["verbs"]], role.path
             if set(rule["verbs"]) - READ_VERBS:
-                # Only status subresources of the Gateway API, and only patched: never an object itself.
-                assert rule["apiGroups"] == [GATEWAY_API_GROUP], f"{role.path}: {role.name} writes {rule}"
+                # Only status subresources of the Gateway API or of meshplane's own API, and only
+                # patched: never an object itself.
+                writes = f"{role.path}: {role.name} writes {rule}"
+                assert rule["apiGroups"] in ([GATEWAY_API_GROUP], ["meshplane.io"]), writes
                 assert all(resource.endswith("/status") for resource in rule["resources"]), f"{role.path}: {rule}"
                 assert set(rule["verbs"]) <= STATUS_WRITE_VERBS, f"{role.path}: {role.name} grants {rule['verbs']}"
             assert "nonResourceURLs" not in rule, role.path

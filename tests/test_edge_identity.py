@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import io
 import ipaddress
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.discovery.registry import identity
-from meshplane.discovery.registry.auth import token_digest
-from meshplane.discovery.registry.registry import LeaseSettings
+from meshplane.discovery.registry.auth import Principal, PrincipalKind, token_digest
+from meshplane.discovery.registry.registry import EdgeRegistry, ErrorCode, LeaseSettings, RegisterInput, RegistryError
+from meshplane.discovery.registry.store import MemoryStore
 from meshplane.model import GatewayAddress, Site
 from meshplane.registry_api import options
 from meshplane.registry_api.console import devices_command
@@ -403,7 +405,8 @@ async def test_re_registering_with_a_new_csr_renews_and_heartbeats_do_not_issue(
     assert third.certificate == ""
     device = await stub.Get(pb.GetRequest(device_id="bike-1"), metadata=auth("bike-1"))
     assert device.certificate.serial == f"{second_certificate.serial_number:x}"
-    assert server.status.events["certificates_issued"] == 2
+    # The first certificate of a registration is an issuance, the next ones renewals.
+    assert (server.status.events["certificates_issued"], server.status.events["certificates_renewed"]) == (1, 1)
 
 
 def _json_bike() -> dict[str, object]:
@@ -634,3 +637,205 @@ def test_an_expired_ca_refuses_every_csr_as_a_precondition(ca: Ca) -> None:
     after_the_ca = ca.certificate.not_valid_after_utc.timestamp() + 1
     with pytest.raises(identity.CaExpired, match="CA certificate has expired"):
         authority.issue(_valid_csr(), site=SITE.id, device_id="bike-1", lease_ttl=30, now=after_the_ca)
+
+
+def _key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _mtls_stub(edge: EdgeRegistryServer, ca: Ca, key: PrivateKey, certificate_pem: str) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.certificate_path.read_bytes(),
+        private_key=_key_pem(key),
+        certificate_chain=certificate_pem.encode(),
+    )
+    return grpc.aio.secure_channel(f"127.0.0.1:{edge.port}", credentials)
+
+
+async def _code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call  # type: ignore[misc]
+    code: grpc.StatusCode = refused.value.code()
+    return code
+
+
+async def test_a_device_certificate_renews_only_the_live_registration_it_was_last_issued_for(
+    tmp_path: Path, ca: Ca
+) -> None:
+    """A stolen certificate cannot chain itself forever: once its registration is gone (removed or
+    lapsed) or a newer certificate was issued, presenting it registers nothing; a token must."""
+    tls_certificate, tls_key = server_certificate(ca, tmp_path)
+    edge = await running(
+        settings(tmp_path, ca, tls_certificate=tls_certificate, tls_key=tls_key, client_ca=ca.certificate_path)
+    )
+    try:
+        first_key, csr = make_csr()
+        async with aiohttp.ClientSession() as session:
+            answer = await session.post(
+                f"http://127.0.0.1:{edge.http_port}/v1/register",
+                json={**_json_bike(), "csr": csr},
+                headers={"Authorization": f"Bearer {TOKENS['bike-1']}"},
+            )
+            assert answer.status == 200, await answer.text()
+            first = await answer.json()
+        lease_id = first["lease_id"]
+        async with _mtls_stub(edge, ca, first_key, first["certificate"]) as channel:
+            by_first = registry_pb2_grpc.RegistryStub(channel)
+            second_key, second_csr = make_csr()
+            renewed = await by_first.Register(bike(second_csr, lease_id=lease_id))
+            assert renewed.lease_id == lease_id
+            # Superseded: the first certificate is no longer the device's, so it renews nothing.
+            _, third_csr = make_csr()
+            assert await _code_of(by_first.Register(bike(third_csr, lease_id=lease_id))) is (
+                grpc.StatusCode.PERMISSION_DENIED
+            )
+            assert await _code_of(by_first.Register(bike(lease_id=lease_id))) is grpc.StatusCode.PERMISSION_DENIED
+        async with _mtls_stub(edge, ca, second_key, renewed.certificate) as channel:
+            by_second = registry_pb2_grpc.RegistryStub(channel)
+            await by_second.Deregister(pb.DeregisterRequest(device_id="bike-1", lease_id=lease_id))
+            # Deregistered: its still valid certificate gets no new one, with or without the old lease id.
+            _, csr = make_csr()
+            assert await _code_of(by_second.Register(bike(csr))) is grpc.StatusCode.PERMISSION_DENIED
+            assert await _code_of(by_second.Register(bike(csr, lease_id=lease_id))) is (
+                grpc.StatusCode.PERMISSION_DENIED
+            )
+        events = edge.status.events
+        assert (events["certificates_issued"], events["certificates_renewed"], events["identity_revocations"]) == (
+            1,
+            1,
+            1,
+        )
+        assert "bike-1" not in {device.id for device in edge.registry.devices()}
+        # The device token still registers it, and may get a certificate.
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{edge.port}",
+            grpc.ssl_channel_credentials(
+                root_certificates=ca.certificate_path.read_bytes(),
+                private_key=_key_pem(second_key),
+                certificate_chain=renewed.certificate.encode(),
+            ),
+        ) as channel:
+            again = await registry_pb2_grpc.RegistryStub(channel).Register(bike(make_csr()[1]), metadata=auth("bike-1"))
+        assert again.certificate
+    finally:
+        await edge.shutdown(0.1)
+
+
+async def test_a_lapsed_registrations_certificate_renews_nothing(tmp_path: Path, ca: Ca) -> None:
+    clock = [datetime.datetime.now(datetime.UTC).timestamp()]
+    registry = EdgeRegistry(
+        MemoryStore(),
+        lambda: {SITE.id: SITE},
+        leases=LeaseSettings(default_ttl=30, min_ttl=1),
+        clock=lambda: clock[0],
+        authority=identity.CertificateAuthority(ca.certificate_path, ca.key_path),
+    )
+    token = Principal(PrincipalKind.DEVICE, "bike-1")
+    first = await registry.register_issuing(token, _input(make_csr()[1]))
+    assert first.issued is not None
+    by_certificate = Principal(PrincipalKind.DEVICE, "bike-1", first.issued.record.serial)
+    renewed = await registry.register_issuing(by_certificate, _input(make_csr()[1], first.registration.lease_id))
+    assert renewed.issued is not None
+    clock[0] += 31  # the lease lapses; the certificate (2 leases) is still valid
+    assert await registry.expire() == ["bike-1"]
+    assert registry.events["identity_revocations"] == 1
+    current = Principal(PrincipalKind.DEVICE, "bike-1", renewed.issued.record.serial)
+    with pytest.raises(RegistryError) as refused:
+        await registry.register_issuing(current, _input(make_csr()[1], first.registration.lease_id))
+    assert refused.value.code is ErrorCode.PERMISSION_DENIED
+    assert "register with a token" in refused.value.reason
+
+
+def _input(csr: str = "", lease_id: str = "", version: str = "3.2.1") -> RegisterInput:
+    return RegisterInput(
+        "bike-1", "bike", SITE.id, (("10.20.1.5", 8080),), version=version, ttl_seconds=TTL, csr=csr, lease_id=lease_id
+    )
+
+
+async def test_with_device_credentials_only_a_class_token_gets_no_certificate(tmp_path: Path, ca: Ca) -> None:
+    parser = argparse.ArgumentParser()
+    options.add_edge_arguments(parser)
+    parsed = options.edge_settings(
+        parser.parse_args(["--registry-db", ":memory:", "--registry-csr-device-credentials-only"])
+    )
+    assert parsed is not None
+    assert parsed.csr_from_class_tokens is False
+    edge = await running(settings(tmp_path, ca, csr_from_class_tokens=False))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            _, csr = make_csr()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Register(bike(csr), metadata=auth("bikes"))
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "not a class token" in (refused.value.details() or "")
+            assert "bike-1" not in {device.id for device in edge.registry.devices()}  # nothing registered
+            # Without a CSR the class token registers as before; the device's own token gets a certificate.
+            registered = await stub.Register(bike(), metadata=auth("bikes"))
+            issued = await stub.Register(bike(csr, lease_id=registered.lease_id), metadata=auth("bike-1"))
+            assert issued.certificate
+        assert edge.status.events["csr_refused"] == 1
+    finally:
+        await edge.shutdown(0.1)
+
+
+async def test_the_csr_is_signed_off_the_event_loop_and_a_devices_registrations_keep_their_order(
+    ca: Ca,
+) -> None:
+    authority = identity.CertificateAuthority(ca.certificate_path, ca.key_path)
+    registry = EdgeRegistry(MemoryStore(), lambda: {SITE.id: SITE}, authority=authority)
+    loop_thread = threading.get_ident()
+    signing = threading.Event()
+    release = threading.Event()
+    signed_on: list[int] = []
+    issue = authority.issue
+
+    def slow_issue(*args: object, **kwargs: object) -> identity.IssuedCertificate:
+        signed_on.append(threading.get_ident())
+        signing.set()
+        release.wait(30)  # a hang guard: the test releases it
+        return issue(*args, **kwargs)  # type: ignore[arg-type]
+
+    authority.issue = slow_issue  # type: ignore[method-assign]
+    token = Principal(PrincipalKind.DEVICE, "bike-1")
+    first = asyncio.create_task(registry.register_issuing(token, _input(make_csr()[1], version="1")))
+    await asyncio.to_thread(signing.wait, 30)
+    # The loop is free while the CA signs: a second registration of the device is taken, and waits
+    # for the first, so the later one's fields are what stays.
+    second = asyncio.create_task(registry.register_issuing(token, _input(version="2")))
+    await asyncio.sleep(0)
+    assert not second.done()
+    release.set()
+    await first
+    await second
+    assert signed_on
+    assert signed_on[0] != loop_thread
+    registration = registry.get("bike-1")
+    assert registration is not None
+    assert registration.device.version == "2"
+    assert registration.certificate is not None  # the first's certificate, kept by the second
+
+
+def test_a_replaced_ca_stays_in_the_trust_bundle_as_long_as_its_certificates_may_live(tmp_path: Path, ca: Ca) -> None:
+    clock = [datetime.datetime.now(datetime.UTC).timestamp()]
+    authority = identity.CertificateAuthority(ca.certificate_path, ca.key_path, clock=lambda: clock[0])
+    old = x509.load_pem_x509_certificate(
+        authority.issue(
+            _valid_csr(), site=SITE.id, device_id="bike-1", lease_ttl=30, now=clock[0]
+        ).certificate_pem.encode()
+    )
+    assert not authority.refresh()  # nothing changed: a few stats
+    (tmp_path / "renewed").mkdir()
+    renewed = make_ca(tmp_path / "renewed")
+    ca.key_path.write_bytes(renewed.key_path.read_bytes())
+    ca.certificate_path.write_bytes(renewed.certificate_path.read_bytes())
+    assert authority.refresh()
+    old_pem = ca.certificate.public_bytes(serialization.Encoding.PEM).decode()
+    keep = 60.0
+    assert authority.trust_bundle(keep) == renewed.certificate_path.read_text() + old_pem
+    assert authority.issued(old)
+    clock[0] += keep + 1  # every certificate the old CA issued has ended by now
+    assert authority.trust_bundle(keep) == renewed.certificate_path.read_text()
+    assert not authority.issued(old)

@@ -2,7 +2,7 @@
 configures every client's traffic to that Service.
 
 - Unit: producer routes become the Service's route table (precedence, whole-segment prefixes);
-  a consumer route (another namespace) is not accepted and says why; a parent Service that does
+  a consumer route (another namespace) makes a table for its namespace's clients; a parent Service that does
   not exist, or a port it lacks, is `NoMatchingParent`; a policy-file route for the same service
   is a conflict (files: an error; merged with Kubernetes: the files' route wins, a problem).
 - End to end: a real sidecar Envoy follows an HTTPRoute with a Service parent (header match,
@@ -110,14 +110,19 @@ spec:
     assert not re.fullmatch(path.value, "/meshplane.demo.GreeterTwo/SayHello")
 
 
-def test_a_consumer_route_is_not_accepted_and_says_why() -> None:
-    text = route("store", "{kind: Service, group: '', name: web, namespace: shop}", SPLIT)
+def test_a_consumer_route_is_accepted_for_its_own_namespaces_clients() -> None:
+    to_web = "    - backendRefs: [{name: web, namespace: shop, port: 8080}]\n"  # the parent itself: no grant needed
+    text = route("store", "{kind: Service, group: '', name: web, namespace: shop}", to_web)
     found = resolve_mesh(objects(text), services())
-    assert found.routes == ()
+    (table,) = found.routes
+    assert (table.name, table.service, table.consumer) == (
+        "gateway-api.shop.web@store",
+        ServiceRef("shop", "web"),
+        "store",
+    )
     (parent,) = found.status.http_routes[("store", "web")].parents
     accepted = parent.conditions[0]
-    assert (accepted.status, accepted.reason) == ("False", "UnsupportedValue")
-    assert "consumer route" in accepted.message
+    assert (accepted.status, accepted.reason) == ("True", "Accepted")
 
 
 def test_a_missing_parent_service_or_port_is_no_matching_parent() -> None:
@@ -147,7 +152,7 @@ def test_merged_with_kubernetes_the_files_route_wins_with_a_conflict() -> None:
     merged = Inventory().merge(Contents(files=mesh_of_files, gateway_api=kubernetes))
     assert [table.name for table in merged.mesh.routes] == ["mine"]
     (conflict,) = [problem for problem in merged.problems if problem.kind is ProblemKind.CONFLICT]
-    assert "serving the policy files' route" in conflict.message
+    assert "serving route mine (f.yaml:5)" in conflict.message
     # Without the files' route, the Gateway API's is served, and its status is owed.
     alone = Inventory().merge(Contents(files=ModelMesh.of(list(files.services)), gateway_api=kubernetes))
     assert [table.name for table in alone.mesh.routes] == ["gateway-api.shop.web"]

@@ -791,7 +791,8 @@ ERROR_CASES = [
     pytest.param("servces: []\n", "p.yaml:1: unknown key 'servces' in document (did you mean 'services'?)", id="typo"),
     pytest.param(
         "services: []\nkind: Mesh\n",
-        "p.yaml:2: unknown key 'kind' in document (expected one of: services, routes, secrets, sites, telemetry)",
+        "p.yaml:2: unknown key 'kind' in document "
+        "(expected one of: services, routes, secrets, sites, device_policies, telemetry)",
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -1160,7 +1161,8 @@ def test_every_error_is_collected_not_just_the_first() -> None:
         "p.yaml:6: unknown key 'load_balancer' in service.policy (did you mean 'load_balancing'?)",
         "p.yaml:8: route needs `name`",
         "p.yaml:10: secret needs `certificate_file` and `key_file`, or `ca_file`",
-        "p.yaml:11: unknown key 'extra' in document (expected one of: services, routes, secrets, sites, telemetry)",
+        "p.yaml:11: unknown key 'extra' in document "
+        "(expected one of: services, routes, secrets, sites, device_policies, telemetry)",
     )
 
 
@@ -1278,8 +1280,8 @@ MODEL_PROBLEM_CASES = [
         id="tls-unknown-trust-bundle",
     ),
     pytest.param(
-        [("a.yaml", "services:\n  - name: web\n    port: 80\n    endpoints: [{address: web-1, weight: 0}]\n")],
-        "service default/web (a.yaml:2): endpoint address 'web-1' is not an IP address",
+        [("a.yaml", "services:\n  - name: web\n    port: 80\n    endpoints: [{address: 10.0.0.256, weight: 0}]\n")],
+        "service default/web (a.yaml:2): endpoint address '10.0.0.256' is not an IP address",
         id="endpoint-not-an-ip",
     ),
     pytest.param(

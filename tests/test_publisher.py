@@ -120,9 +120,9 @@ async def test_inconsistent_snapshot_is_not_published_and_the_last_good_one_stay
     good = cache.snapshot(SIDECAR)
     real_of = Snapshot.of
 
-    def dropping_endpoints(messages: object, earlier: Snapshot | None = None) -> Snapshot:
+    def dropping_endpoints(messages: object, earlier: Snapshot | None = None, shared: object = ()) -> Snapshot:
         kept = {t: m for t, m in messages.items() if t is not TypeUrl.ENDPOINT}  # type: ignore[attr-defined]
-        return real_of(kept, earlier)
+        return real_of(kept, earlier, shared)  # type: ignore[arg-type]
 
     monkeypatch.setattr(publisher_module.Snapshot, "of", staticmethod(dropping_endpoints))
     publisher.publish(mesh(1, timeout=3.0))

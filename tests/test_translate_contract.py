@@ -41,6 +41,7 @@ from meshplane.model import (
     UpstreamTls,
     WeightedBackend,
 )
+from meshplane.xds.names import EDGE_DEVICE_CA_SECRET, edge_device_validation_secret_name
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import Translation, translate, translate_endpoints
 from meshplane.xds.types import TypeUrl
@@ -185,12 +186,17 @@ SECRET_MESHES = [*MESHES, *(pytest.param(case.mesh, id=case.name) for case in ED
 @pytest.mark.parametrize("group", EVERY_ROLE, ids=str)
 def test_every_role_gets_exactly_the_secrets_its_clusters_name(mesh: Mesh, group: ProxyGroup) -> None:
     """Sidecars and edge gateways reach services over their TLS and get those services' secrets
-    (no others: an unused certificate is never sent); gRPC (certificate providers), devices and
-    apps (no TLS on their clusters, see edge_device) get none. Always a publishable snapshot."""
+    (no others: an unused certificate is never sent); an edge gateway at a site with `tls` also
+    gets the site's certificate, the device CA and its site's live-device validation context; gRPC
+    (certificate providers), devices and apps (no TLS on their clusters, see edge_device) get none.
+    Always a publishable snapshot."""
     translation = translate(mesh, group)
     assert Snapshot.of(translation.resources).consistency_problems() == []
     used = {name for s in mesh.services if s.tls for name in (s.tls.trust, s.tls.client_certificate) if name}
     expected = used if group.role in (ProxyRole.SIDECAR, ProxyRole.EDGE_GATEWAY) else set()
+    site = next((site for site in mesh.sites if site.id == group.site), None)
+    if group.role is ProxyRole.EDGE_GATEWAY and site is not None and site.tls is not None:
+        expected |= {site.tls.certificate, EDGE_DEVICE_CA_SECRET, edge_device_validation_secret_name(site.id)}
     assert {secret.name for secret in translation.resources[TypeUrl.SECRET]} == expected
     if group.role in (ProxyRole.DEVICE, ProxyRole.MOBILE):
         # Envoy Mobile has no SDS, and devices are not given the mesh's keys: no TLS at all.

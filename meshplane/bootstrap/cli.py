@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from meshplane.bootstrap.render import (
     DEFAULT_GATEWAY,
+    DEFAULT_INBOUND_APP,
     DEFAULT_REGION,
     DEFAULT_XDS_SERVER,
     DEFAULT_ZONE,
@@ -29,9 +30,14 @@ from meshplane.bootstrap.render import (
     TRANSPORTS,
     BootstrapError,
     BootstrapOptions,
+    device_sds_file,
+    gateway_ca_sds_file,
     render,
+    render_device_sds,
+    render_gateway_ca_sds,
 )
 from meshplane.flags import env_flag, env_switch
+from meshplane.model.proxy import DEVICE_SDS_FILE, GATEWAY_CA_SDS_FILE
 
 
 def _port(text: str) -> int:
@@ -93,6 +99,13 @@ def add_bootstrap_command(commands: Any) -> None:
     )
     env_flag(
         bootstrap,
+        "--cloud-listen-address",
+        scope=SCOPE,
+        help="node.metadata.cloud_listen_address, edge-gateway only: the IP its cloud-facing listener "
+        "(edge_to_devices) binds, an address of the cloud side only (default: --listen-address's)",
+    )
+    env_flag(
+        bootstrap,
         "--gateway",
         scope=SCOPE,
         help=f"node.metadata.gateway, gateway only: the Kubernetes Gateway it serves, NAMESPACE/NAME "
@@ -105,6 +118,13 @@ def add_bootstrap_command(commands: Any) -> None:
         type=_port,
         help="node.metadata.port_offset, gateway only: added to each Gateway listener's port (default 0; "
         "8000 serves port 80 on 8080 without privileges)",
+    )
+    env_flag(
+        bootstrap,
+        "--namespace",
+        scope=SCOPE,
+        help="node.metadata.namespace, sidecar and grpc: the Kubernetes namespace of the proxy's workload, "
+        "which Gateway API consumer routes of that namespace need (default: not said)",
     )
     env_flag(
         bootstrap,
@@ -148,6 +168,39 @@ def add_bootstrap_command(commands: Any) -> None:
         secret=True,
         help="bearer token for `serve --xds-tokens` (prefer the variable: flags show in ps)",
     )
+    inbound = bootstrap.add_argument_group(
+        "device only: the inbound listener the site's gateway reaches this device on (mTLS; docs/edge.md)"
+    )
+    env_flag(
+        inbound,
+        "--inbound-address",
+        scope=SCOPE,
+        help="IP:PORT to listen on: the address and port the device registers",
+    )
+    env_flag(
+        inbound,
+        "--inbound-app",
+        scope=SCOPE,
+        help=f"IP:PORT of the app on this device the gateway's requests go to (default {DEFAULT_INBOUND_APP})",
+    )
+    identity = bootstrap.add_argument_group(
+        "device only: its certificate, for its gateways at a site with tls and for --inbound-address (docs/edge.md)"
+    )
+    env_flag(
+        identity,
+        "--certificate-dir",
+        scope=SCOPE,
+        help="absolute directory holding the device's cert.pem and key.pem (its registry-issued certificate); "
+        "renamed into it, renewed ones are used without a restart. Rendered as node.metadata.certificate_dir; "
+        f"the SDS files naming them and the CA ({DEVICE_SDS_FILE}, {GATEWAY_CA_SDS_FILE}) are written there, "
+        "even when the bootstrap goes to stdout",
+    )
+    env_flag(
+        identity,
+        "--gateway-ca",
+        scope=SCOPE,
+        help="absolute path of the CA (PEM) whose certificates the site's gateways present (with --certificate-dir)",
+    )
     bootstrap.add_argument("-o", "--output", type=Path, help="write to this file (atomically) instead of stdout")
 
 
@@ -171,20 +224,40 @@ def options_of(args: argparse.Namespace) -> BootstrapOptions:
         tls_server_name=args.tls_server_name,
         xds_token=args.xds_token,
         listen_address=args.listen_address,
+        cloud_listen_address=args.cloud_listen_address,
         stats_address=args.stats_address,
         gateway=args.gateway,
         port_offset=args.port_offset,
+        namespace=args.namespace,
+        inbound_address=args.inbound_address,
+        inbound_app=args.inbound_app,
+        certificate_dir=args.certificate_dir,
+        gateway_ca=args.gateway_ca,
     )
 
 
 def bootstrap_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Renders the bootstrap to `out` (stdout) or `args.output`; 2 with the problems on bad options."""
+    """Renders the bootstrap to `out` (stdout) or `args.output`; 2 with the problems on bad options.
+    With `--certificate-dir`, also writes the device's two SDS files there (whatever `-o` says:
+    Envoy reads them from that directory), and says so on stderr."""
+    options = options_of(args)
     try:
-        text = render(options_of(args))
+        text = render(options)
     except BootstrapError as error:
         for problem in error.problems:
             print(f"meshplane bootstrap: {problem}", file=sys.stderr)
         return 2
+    if options.certificate_dir is not None:
+        for path, content in (
+            (device_sds_file(options), render_device_sds(options)),
+            (gateway_ca_sds_file(options), render_gateway_ca_sds(options)),
+        ):
+            try:
+                write_atomically(Path(path), content)
+            except OSError as error:
+                print(f"meshplane bootstrap: cannot write {path}: {error}", file=sys.stderr)
+                return 1
+            print(f"meshplane bootstrap: wrote {path} (read by Envoy over file-based SDS)", file=sys.stderr)
     if args.output is None:
         (out or sys.stdout).write(text)
         return 0

@@ -25,7 +25,18 @@ import re
 from dataclasses import dataclass
 
 from meshplane.model import ProxyRole
-from meshplane.model.proxy import MAX_PORT_OFFSET, XdsApiType, gateway_key_problem, listen_address_of
+from meshplane.model.proxy import (
+    DEVICE_CERTIFICATE_SECRET,
+    GATEWAY_CA_SECRET,
+    MAX_PORT_OFFSET,
+    XdsApiType,
+    certificate_dir_problem,
+    device_sds_path,
+    gateway_ca_sds_path,
+    gateway_key_problem,
+    listen_address_of,
+    namespace_problem,
+)
 from meshplane.model.sites import is_site_id
 
 DEFAULT_XDS_SERVER = "127.0.0.1:18000"
@@ -48,6 +59,14 @@ STATS_LISTENER = "envoy_stats"
 STATS_ADMIN_CLUSTER = "envoy_admin"
 # What the stats listener forwards to the admin interface (GET only); any other path or method is 404.
 STATS_PATHS = ("/stats/prometheus", "/ready")
+# The device's inbound listener (`--inbound-address`), its app's cluster, its certificate's SDS
+# secret and files. Static names without a port or `/`: never one meshplane sends.
+INBOUND_LISTENER = "device_inbound"
+INBOUND_APP_CLUSTER = "device_app"
+INBOUND_SECRET = DEVICE_CERTIFICATE_SECRET
+INBOUND_CERTIFICATE_FILE = "cert.pem"
+INBOUND_KEY_FILE = "key.pem"
+DEFAULT_INBOUND_APP = "127.0.0.1:8080"
 
 # The file in envoy-configs/ holding each role's default bootstrap (`make bootstraps`).
 COMMITTED_FILES: dict[ProxyRole, str] = {
@@ -111,8 +130,13 @@ class BootstrapOptions:
     claim. `xds_token` is a bearer token sent on every xDS stream (`serve --xds-tokens`).
     `listen_address` (edge-gateway and gateway) is the IP the gateway's listeners bind, rendered as
     node.metadata.listen_address; None leaves it out, and meshplane binds them to 0.0.0.0.
+    `cloud_listen_address` (edge-gateway only) is the IP its cloud-facing listener binds instead,
+    node.metadata.cloud_listen_address (None: the same as the other).
     `gateway` (gateway only; None: `DEFAULT_GATEWAY`) is the Kubernetes Gateway, `namespace/name`,
     the proxy serves; `port_offset` (gateway only) is added to each of its listeners' ports.
+    `namespace` (sidecar and grpc; None leaves it out) is the Kubernetes namespace of the proxy's
+    workload, rendered as node.metadata.namespace: Gateway API consumer routes of that namespace
+    reach only a proxy that says it.
     `transport` is `ads` (one ADS stream for every type) or `per-type` (CDS, LDS, and RTDS for
     mobile, each on its own service; node.metadata.xds_api_type and xds_cluster then tell
     meshplane to point the EDS, RDS and SDS sources it sends there too); `sotw` chooses SotW or
@@ -121,6 +145,15 @@ class BootstrapOptions:
     404: Envoy's stats for a Prometheus that cannot reach the loopback admin (which serves
     /quitquitquit and config dumps to anyone who can). It needs the admin interface on a fixed
     port, so an Envoy role with a nonzero admin port.
+    `certificate_dir` and `gateway_ca` (device only, absolute, both or neither) are where the
+    device keeps its registry-issued certificate (`cert.pem`, `key.pem`) and the CA of its site's
+    gateways: rendered as node.metadata.certificate_dir, so at a site with `tls` meshplane's
+    clusters reach the gateways over mTLS with them, through the file-based SDS file
+    `device_sds_file` (whose text is `render_device_sds`; the bootstrap command writes it).
+    `inbound_address` (device only, IP:PORT: the address and port the device registers; needs the
+    two above) adds the device's inbound listener for its gateway: mTLS with the same certificate,
+    requiring a client certificate from the gateways' CA, forwarding to the app at `inbound_app`
+    (IP:PORT, default `DEFAULT_INBOUND_APP`).
     """
 
     role: str
@@ -141,9 +174,15 @@ class BootstrapOptions:
     tls_server_name: str | None = None
     xds_token: str | None = None
     listen_address: str | None = None
+    cloud_listen_address: str | None = None
     stats_address: str | None = None
     gateway: str | None = None
     port_offset: int | None = None
+    inbound_address: str | None = None
+    inbound_app: str | None = None
+    certificate_dir: str | None = None
+    gateway_ca: str | None = None
+    namespace: str | None = None
 
     def problems(self) -> list[str]:
         """Every reason these options make no bootstrap (empty when they do)."""
@@ -184,6 +223,11 @@ class BootstrapOptions:
             ):
                 if given:
                     found.append(f"{flag} is for the gateway role, not {role}")
+        if self.namespace is not None:
+            if role not in (ProxyRole.SIDECAR, ProxyRole.GRPC):
+                found.append(f"--namespace is for sidecar and grpc, not {role}")
+            elif (problem := namespace_problem(self.namespace)) is not None:
+                found.append(f"--{problem}")
         if self.listen_address is not None:
             if not role.has_listen_address:
                 found.append(
@@ -194,6 +238,14 @@ class BootstrapOptions:
                     f"--listen-address {self.listen_address!r} is not an IP address to listen on "
                     "(e.g. 127.0.0.1; no multicast, no IPv6 zone)"
                 )
+        if self.cloud_listen_address is not None:
+            if role is not ProxyRole.EDGE_GATEWAY:
+                found.append(f"--cloud-listen-address is for edge-gateway, not {role}")
+            elif listen_address_of(self.cloud_listen_address) is None:
+                found.append(
+                    f"--cloud-listen-address {self.cloud_listen_address!r} is not an IP address to listen on "
+                    "(e.g. 10.0.0.5; no multicast, no IPv6 zone)"
+                )
         if self.admin_address is not None:
             admin = split_host_port(self.admin_address, allow_zero=True)
             if defaults.admin_address is None:
@@ -201,6 +253,7 @@ class BootstrapOptions:
             elif admin is None or not _is_ip(admin[0]):
                 found.append(f"--admin-address {self.admin_address!r} is not IP:PORT (port 0-65535; 0: Envoy picks)")
         found += self._stats_problems(role)
+        found += self._inbound_problems(role)
         if (self.tls_cert is None) != (self.tls_key is None):
             found.append("--tls-cert and --tls-key go together (the client certificate and its key, for mTLS)")
         for flag, value in (("--tls-cert", self.tls_cert), ("--tls-server-name", self.tls_server_name)):
@@ -238,6 +291,42 @@ class BootstrapOptions:
                 found.append(
                     "--xds-token does not apply to grpc: a gRPC client proves its role with a certificate (--tls-cert)"
                 )
+        return found
+
+    def _inbound_problems(self, role: ProxyRole) -> list[str]:
+        given = {
+            "--inbound-address": self.inbound_address,
+            "--inbound-app": self.inbound_app,
+            "--certificate-dir": self.certificate_dir,
+            "--gateway-ca": self.gateway_ca,
+        }
+        if all(value is None for value in given.values()):
+            return []
+        if role is not ProxyRole.DEVICE:
+            return [f"{flag} is for the device role, not {role}" for flag, value in given.items() if value is not None]
+        found = []
+        if (self.certificate_dir is None) != (self.gateway_ca is None):
+            found.append("--certificate-dir and --gateway-ca go together (the device's certificate, its gateways' CA)")
+        if self.inbound_address is not None and self.certificate_dir is None:
+            found.append("--inbound-address needs --certificate-dir and --gateway-ca (the listener is mTLS)")
+        if self.inbound_app is not None and self.inbound_address is None:
+            found.append("--inbound-app needs --inbound-address")
+        if self.inbound_address is not None:
+            listen = split_host_port(self.inbound_address)
+            if listen is None or not _is_ip(listen[0]):
+                found.append(
+                    f"--inbound-address {self.inbound_address!r} is not IP:PORT (the device's registered address)"
+                )
+        if self.inbound_app is not None:
+            app = split_host_port(self.inbound_app)
+            if app is None or not _is_ip(app[0]):
+                found.append(f"--inbound-app {self.inbound_app!r} is not IP:PORT (the app on this device)")
+        if self.certificate_dir is not None and (problem := certificate_dir_problem(self.certificate_dir)):
+            found.append(f"--{problem.replace('_', '-', 1)}")
+        if self.gateway_ca is not None and not (_is_name(self.gateway_ca) and self.gateway_ca.startswith("/")):
+            found.append(
+                f"--gateway-ca {self.gateway_ca!r} must be an absolute path without spaces or control characters"
+            )
         return found
 
     def _stats_problems(self, role: ProxyRole) -> list[str]:
@@ -298,7 +387,7 @@ def render(options: BootstrapOptions) -> str:
             _mobile_runtime(options) if role is ProxyRole.MOBILE else "",
             _dynamic_resources(options, role),
             _static_resources(options),
-            _stats(options, role),
+            _extra_static(options, role),
             _admin(options, role),
         )
     )
@@ -339,7 +428,9 @@ _HEADERS: dict[ProxyRole, str] = {
 # canary rules. meshplane sends clusters whose endpoints are, in priority order, the gateways of
 # node.metadata.site, the gateways of the other sites of its region, then the cloud service
 # itself; consumer-network timeouts and retries move a request on to the next priority when a
-# gateway is gone.
+# gateway is gone. At a site with tls, only the site's gateways, over mTLS with the device's own
+# certificate (--certificate-dir, --gateway-ca). With --inbound-address too, the bootstrap adds the
+# listener the site's gateway reaches the device on, mTLS both ways.
 """,
     ProxyRole.MOBILE: """\
 # The xDS part of an Envoy Mobile app's configuration, as an Envoy bootstrap. Envoy Mobile builds
@@ -470,6 +561,15 @@ def _node(options: BootstrapOptions, role: ProxyRole) -> str:
         lines.append(f"    outbound_port: {outbound_port}")
     if options.listen_address is not None:
         lines.append(f"    listen_address: {_yaml_scalar(_listen_address(options))}")
+    if options.cloud_listen_address is not None:
+        # The cloud-facing listener binds here instead: an address of the cloud side only.
+        cloud = listen_address_of(options.cloud_listen_address) or options.cloud_listen_address
+        lines.append(f"    cloud_listen_address: {_yaml_scalar(cloud)}")
+    if options.namespace is not None:
+        lines.append(f"    namespace: {_yaml_scalar(options.namespace)}")
+    if options.certificate_dir is not None and role is ProxyRole.DEVICE:
+        # At a site with tls, meshplane's clusters reach the gateways with the certificate here.
+        lines.append(f"    certificate_dir: {_yaml_scalar(options.certificate_dir)}")
     if role is ProxyRole.GATEWAY:
         lines.append(f"    gateway: {_yaml_scalar(options.gateway or DEFAULT_GATEWAY)}")
         if options.port_offset:
@@ -620,11 +720,11 @@ _HTTP_CONNECTION_MANAGER = (
 )
 
 
-def _stats(options: BootstrapOptions, role: ProxyRole) -> str:
+def _stats(options: BootstrapOptions, role: ProxyRole) -> tuple[str, str] | None:
     """`--stats-address`: a cluster reaching the admin interface and a listener forwarding the
-    scrape to it; appended to `static_resources` (its `clusters` list comes last before it)."""
+    scrape to it."""
     if options.stats_address is None:
-        return ""
+        return None
     stats = split_host_port(options.stats_address)
     assert stats is not None  # checked by problems()
     host, port = _admin_host_port(options, role)
@@ -639,7 +739,7 @@ def _stats(options: BootstrapOptions, role: ProxyRole) -> str:
 """
         for path in STATS_PATHS
     )
-    return f"""    # --stats-address: the admin interface, for the stats listener below only.
+    cluster = f"""    # --stats-address: the admin interface, for the stats listener below only.
     - name: {STATS_ADMIN_CLUSTER}
       type: STATIC
       connect_timeout: 1s
@@ -652,8 +752,8 @@ def _stats(options: BootstrapOptions, role: ProxyRole) -> str:
                     socket_address:
                       address: {_yaml_scalar(host)}
                       port_value: {port}
-  listeners:
-    # --stats-address {options.stats_address}: Envoy's stats for Prometheus, as Istio's port 15090.
+"""
+    listener = f"""    # --stats-address {options.stats_address}: Envoy's stats for Prometheus, as Istio's port 15090.
     # Only GET /stats/prometheus (its query, e.g. ?usedonly, passes) and GET /ready (for probes)
     # reach the admin interface; every other path or method is 404 here, so /quitquitquit,
     # /config_dump and the rest stay on loopback. Paths are normalised first: no `..` or `//`
@@ -683,6 +783,145 @@ def _stats(options: BootstrapOptions, role: ProxyRole) -> str:
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+    return cluster, listener
+
+
+def _extra_static(options: BootstrapOptions, role: ProxyRole) -> str:
+    """The static clusters and listeners beyond the control plane's: `--stats-address`'s and the
+    device's inbound listener (`--inbound-address`); appended to `static_resources` (its
+    `clusters` list comes last before them)."""
+    parts = [part for part in (_stats(options, role), _inbound(options)) if part is not None]
+    if not parts:
+        return ""
+    return "".join(cluster for cluster, _ in parts) + "  listeners:\n" + "".join(listener for _, listener in parts)
+
+
+def _inbound(options: BootstrapOptions) -> tuple[str, str] | None:
+    """`--inbound-address`: the device's own listener for its gateway, terminating mTLS with the
+    device's certificate over file-based SDS (`device_sds_file`) and forwarding to the app."""
+    if options.inbound_address is None:
+        return None
+    listen = split_host_port(options.inbound_address)
+    app = split_host_port(options.inbound_app or DEFAULT_INBOUND_APP)
+    # All checked by problems().
+    assert listen is not None
+    assert app is not None
+    assert options.certificate_dir is not None
+    assert options.gateway_ca is not None
+    directory = options.certificate_dir.rstrip("/") or "/"
+    cluster = f"""    # --inbound-app: the app on this device that the gateway's requests are for.
+    - name: {INBOUND_APP_CLUSTER}
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: {INBOUND_APP_CLUSTER}
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address:
+                      address: {_yaml_scalar(app[0])}
+                      port_value: {app[1]}
+"""
+    listener = f"""    # --inbound-address {options.inbound_address}: where the site's gateway reaches this device
+    # for the cloud (the address and port the device registers). mTLS only: the device presents its own
+    # certificate (the registry issued it for its CSR) and requires a client certificate from the
+    # gateways' CA (--gateway-ca), so nothing else on the site network can call the app.
+    - name: {INBOUND_LISTENER}
+      address:
+        socket_address:
+          address: {_yaml_scalar(listen[0])}
+          port_value: {listen[1]}
+      filter_chains:
+        - transport_socket:
+            name: envoy.transport_sockets.tls
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+              require_client_certificate: true
+              common_tls_context:
+                # The device's certificate and key, from {directory}/{INBOUND_CERTIFICATE_FILE} and
+                # {INBOUND_KEY_FILE} over file-based SDS: renewing it (registering again with a new CSR) is
+                # writing both files elsewhere and renaming them into the directory, key first; the next
+                # handshake uses the new pair, no restart, no connection dropped.
+                tls_certificate_sds_secret_configs:
+                  - name: {INBOUND_SECRET}
+                    sds_config:
+                      resource_api_version: V3
+                      path_config_source:
+                        path: {_yaml_scalar(device_sds_file(options))}
+                        watched_directory: {{path: {_yaml_scalar(directory)}}}
+                # The gateways' CA, read at start: restart Envoy when it changes.
+                validation_context:
+                  trusted_ca: {{filename: {_yaml_scalar(options.gateway_ca)}}}
+          filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": {_HTTP_CONNECTION_MANAGER}
+                stat_prefix: {INBOUND_LISTENER}
+                codec_type: AUTO
+                route_config:
+                  name: {INBOUND_LISTENER}
+                  virtual_hosts:
+                    - name: {INBOUND_LISTENER}
+                      domains: ["*"]
+                      routes:
+                        - match: {{prefix: /}}
+                          route: {{cluster: {INBOUND_APP_CLUSTER}, timeout: 30s}}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+    return cluster, listener
+
+
+def device_sds_file(options: BootstrapOptions) -> str:
+    """The file-based SDS file of `certificate_dir` (`model.proxy.device_sds_path`), which the
+    inbound listener and meshplane's clusters at a site with tls read the device's certificate and
+    the gateways' CA from."""
+    assert options.certificate_dir is not None
+    return device_sds_path(options.certificate_dir)
+
+
+def gateway_ca_sds_file(options: BootstrapOptions) -> str:
+    """The file-based SDS file of the gateways' CA in `certificate_dir` (Envoy takes one secret a
+    file), which meshplane's clusters at a site with tls verify the gateways by."""
+    assert options.certificate_dir is not None
+    return gateway_ca_sds_path(options.certificate_dir)
+
+
+def render_device_sds(options: BootstrapOptions) -> str:
+    """The SDS file (`device_sds_file`) of a device's certificate (`DEVICE_CERTIFICATE_SECRET`):
+    the certificate and key files, re-read together when a file is moved into the directory (Envoy
+    checks they match and keeps the old pair otherwise). It never changes with the certificate."""
+    directory = (options.certificate_dir or "").rstrip("/") or "/"
+    return f"""\
+# The device's certificate, over file-based SDS (meshplane bootstrap device --certificate-dir): the
+# inbound listener presents it, and at a site with tls meshplane's clusters present it to the
+# gateways. Written once; the certificate and key files it names are replaced by renaming new ones
+# into {directory}.
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: {INBOUND_SECRET}
+    tls_certificate:
+      certificate_chain: {{filename: {_yaml_scalar(directory + "/" + INBOUND_CERTIFICATE_FILE)}}}
+      private_key: {{filename: {_yaml_scalar(directory + "/" + INBOUND_KEY_FILE)}}}
+      watched_directory: {{path: {_yaml_scalar(directory)}}}
+"""
+
+
+def render_gateway_ca_sds(options: BootstrapOptions) -> str:
+    """The SDS file (`gateway_ca_sds_file`) of the gateways' CA (`GATEWAY_CA_SECRET`, the file
+    `gateway_ca`), which meshplane's clusters at a site with tls verify the gateways by."""
+    return f"""\
+# The CA of this device's site gateways, over file-based SDS (meshplane bootstrap device --gateway-ca):
+# at a site with tls, meshplane's clusters verify the gateways by it. Written once.
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: {GATEWAY_CA_SECRET}
+    validation_context:
+      trusted_ca: {{filename: {_yaml_scalar(options.gateway_ca or "")}}}
 """
 
 
@@ -718,7 +957,10 @@ def _grpc_bootstrap(options: BootstrapOptions) -> str:
     locality = {key: value for key, value in _locality(options) if value}
     if locality:
         node["locality"] = locality
-    node["metadata"] = {"role": ProxyRole.GRPC.value}
+    metadata = {"role": ProxyRole.GRPC.value}
+    if options.namespace is not None:
+        metadata["namespace"] = options.namespace
+    node["metadata"] = metadata
     bootstrap = {
         # grpcio's xDS client speaks state-of-the-world ADS only, so --sotw changes nothing here.
         "xds_servers": [{"server_uri": options.xds_server, "channel_creds": [creds], "server_features": ["xds_v3"]}],

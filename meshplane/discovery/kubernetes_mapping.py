@@ -8,8 +8,13 @@ the same for `discovery.k8s.io/v1` and `v1beta1` slices. See docs/kubernetes.md 
   Service port, allowed on a single-port Service, matches the unnamed slice port and is called by
   its number in the model, e.g. `80`). UDP and SCTP ports are left out: Envoy's HTTP/TCP
   listeners cannot carry them.
-- protocol: `appProtocol` (http, http2, h2c, kubernetes.io/h2c, grpc, tcp), else the port name's
-  prefix (`grpc-…`, `http2-…`, `h2c-…`, `tcp-…`, `http-…`), else HTTP/1.
+- protocol: `appProtocol` (http, http2, h2c, kubernetes.io/h2c, grpc, tcp, kubernetes.io/ws,
+  kubernetes.io/wss), else the port name's prefix (`grpc-…`, `http2-…`, `h2c-…`, `tcp-…`,
+  `http-…`), else HTTP/1. `kubernetes.io/h2c` is HTTP/2 with prior knowledge (upstream clusters
+  speak HTTP/2 in clear text); `kubernetes.io/ws` is HTTP/1, whose WebSocket upgrades the Gateway
+  role lets through; `kubernetes.io/wss` (WebSocket inside TLS the app or a BackendTLSPolicy
+  originates) is TCP for sidecars, which cannot read HTTP inside TLS. Other values (`HTTPS`, any
+  domain-prefixed protocol) fall back to the name's prefix.
 - conditions: ready → READY; terminating and serving → TERMINATING (kept for draining, lowest
   priority); serving but not ready → SERVING; neither ready nor serving → left out. Not listed as
   UNHEALTHY: when most hosts of a cluster are unhealthy Envoy enters panic mode and balances over

@@ -56,6 +56,7 @@ from meshplane.discovery.gateway_api.objects import (
     Key,
 )
 from meshplane.discovery.gateway_api.resolve import joined_status, resolve, resolve_mesh
+from meshplane.discovery.meshplane_api.resolve import attach_in_files
 from meshplane.discovery.policy_schema import (
     CertificateFiles,
     FileRef,
@@ -77,12 +78,17 @@ from meshplane.model import (
     TrustBundle,
 )
 from meshplane.model.changes import MeshChanges
+from meshplane.model.device_policy import DevicePolicy
+from meshplane.model.policy import PolicyAttachment
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "policy-files"
 DEFAULT_MAX_FILE_SIZE = 1024 * 1024
 POLICY_SUFFIXES = (".yaml", ".yml")
+# Kustomize's own files (the names `kustomize build` looks for): a folder a cluster applies from
+# holds one; it is no policy, and is skipped when a directory is read.
+KUSTOMIZATION_FILES = frozenset({"kustomization.yaml", "kustomization.yml", "Kustomization"})
 
 # A file changed within this long before its signature was taken may change again without its
 # size or mtime showing it (coarse file-system clocks; git calls this "racily clean"), so it is
@@ -114,7 +120,8 @@ class FileState:
 
 
 def find_policy_files(root: Path) -> list[Path]:
-    """`root` itself when it is a file; else every *.yaml / *.yml below it, sorted.
+    """`root` itself when it is a file; else every *.yaml / *.yml below it but Kustomize's own
+    (`KUSTOMIZATION_FILES`), sorted.
 
     Names starting with "." are skipped at every level: a ConfigMap mount keeps its real files in
     `..2024_…` directories behind a `..data` symlink and shows them through top-level symlinks,
@@ -142,7 +149,7 @@ def find_policy_files(root: Path) -> list[Path]:
             path = Path(entry.path)
             if entry.is_dir():
                 walk(path)
-            elif path.suffix in POLICY_SUFFIXES:
+            elif path.suffix in POLICY_SUFFIXES and entry.name not in KUSTOMIZATION_FILES:
                 # Files, and broken symlinks too: reading one reports it rather than skipping it silently.
                 found.setdefault(os.path.realpath(path), path)
 
@@ -178,6 +185,8 @@ class _Attempt:
     # The Gateway API documents read, and the status `resolve` gives them (their Gateways are `mesh.gateways`).
     gateway_api: GatewayApiObjects = dataclasses.field(default_factory=GatewayApiObjects)
     gateway_status: GatewayApiStatus = dataclasses.field(default_factory=GatewayApiStatus)
+    # Documents ignored (objects of other API groups), each `file:line: reason`.
+    warnings: tuple[str, ...] = ()
 
     def is_racy(self) -> bool:
         return any(state.mtime_ns >= self.signed_at_ns - _RACY_WINDOW_NS for state in self.signature)
@@ -284,12 +293,15 @@ def _read_policy(
     parsed_files = 0
     contents: list[object] = []
     errors: list[str] = []
+    warnings: list[str] = []
     services: list[Service] = []
     routes: list[RouteTable] = []
     sites: list[Site] = []
     telemetry: list[Telemetry] = []
     secrets: list[tuple[Path, SecretFiles]] = []
     documents: list[GatewayApiDocument] = []
+    policies: list[PolicyAttachment] = []
+    device_policies: list[tuple[Path, DevicePolicy]] = []
     for path, state in zip(files, states, strict=True):
         try:
             data = _read_bytes(path, state.size, max_file_size)
@@ -310,16 +322,21 @@ def _read_policy(
                 continue
         parses[key] = parsed
         errors += parsed.errors
+        warnings += parsed.warnings
         services += parsed.services
         routes += parsed.routes
         sites += parsed.sites
         telemetry.append(parsed.telemetry)
         documents += parsed.gateway_api
+        policies += parsed.policies
+        device_policies += [(path.parent, policy) for policy in parsed.device_policies]
         secrets += [(path.parent, secret) for secret in parsed.secrets]
 
     # Secret files are relative to the directory of the policy file naming them, as found: beside a
     # ConfigMap's symlinked policy file, `certs/ca.pem` is that ConfigMap's own `certs/ca.pem`.
     secret_paths = list(dict.fromkeys(base / ref.path for base, secret in secrets for _, ref in _secret_files(secret)))
+    # JWKS files of device policies are read, watched and relative as secret files are.
+    secret_paths += [path for path in dict.fromkeys(_jwks_paths(device_policies)) if path not in secret_paths]
     secret_states = {path: FileState.of(path) for path in secret_paths}
     texts: dict[Path, str | None] = {}
     read_errors: dict[Path, str] = {}
@@ -348,6 +365,10 @@ def _read_policy(
         if any(texts[base / ref.path] is None for _, ref in _secret_files(secret)):
             unreadable.append(built)
 
+    read_policies = [
+        _with_jwks_files(base, policy, texts, secret_states, max_file_size, read_errors, errors)
+        for base, policy in device_policies
+    ]
     contents += [(str(path), texts[path], read_errors.get(path)) for path in secret_paths]
     signature = (*states, *(secret_states[path] for path in secret_paths))
     if previous is not None and previous.contents == tuple(contents):
@@ -365,8 +386,23 @@ def _read_policy(
             changes=MeshChanges() if previous.mesh is served else MeshChanges.between(served, previous.mesh),
             gateway_api=previous.gateway_api,
             gateway_status=previous.gateway_status,
+            warnings=previous.warnings,
         )
-    mesh = Mesh.of(services, routes, certificates, bundles, sites=sites, telemetry=Telemetry.joined(telemetry))
+    mesh = Mesh.of(
+        services,
+        routes,
+        certificates,
+        bundles,
+        sites=sites,
+        telemetry=Telemetry.joined(telemetry),
+        device_policies=read_policies,
+    )
+    if policies:
+        # TrafficPolicy documents apply to the files' own services (`attach_in_files`); with
+        # `open_world`, one naming another source's service is the merge's to attach.
+        applied, refused, left = attach_in_files(mesh.services, policies, open_world)
+        errors += refused
+        mesh = dataclasses.replace(mesh, services=applied, policy_attachments=left)
     gateway_api = _gateway_api_objects(documents, controller_name, errors)
     gateway_status = GatewayApiStatus()
     if documents:
@@ -409,6 +445,7 @@ def _read_policy(
         changes=changes,
         gateway_api=gateway_api,
         gateway_status=gateway_status,
+        warnings=tuple(warnings),
     )
 
 
@@ -447,6 +484,43 @@ def _gateway_api_objects(
         reference_grants=frozen[REFERENCE_GRANT],
         namespace_labels=MappingProxyType({}),
     )
+
+
+def _jwks_paths(policies: list[tuple[Path, DevicePolicy]]) -> list[Path]:
+    return [base / p.jwks_file for base, policy in policies for p in policy.jwt_providers if p.jwks_file]
+
+
+def _with_jwks_files(
+    base: Path,
+    policy: DevicePolicy,
+    texts: dict[Path, str | None],
+    states: dict[Path, FileState],
+    max_file_size: int,
+    read_errors: dict[Path, str],
+    errors: list[str],
+) -> DevicePolicy:
+    """`policy` with each `jwks_file` read into its provider's `jwks` (an unreadable one reported
+    at the policy's line, and left empty: the model then refuses the provider)."""
+    if not any(provider.jwks_file for provider in policy.jwt_providers):
+        return policy
+    providers = []
+    for provider in policy.jwt_providers:
+        if provider.jwks_file:
+            path = base / provider.jwks_file
+            if path not in texts:
+                try:
+                    texts[path] = _read_text(path, states[path].size, max_file_size)
+                except _ReadError as error:
+                    texts[path] = None
+                    read_errors[path] = str(error)
+            if texts[path] is None:
+                errors.append(
+                    f"{policy.origin}: device policy {policy.name}: jwt provider {provider.name}: "
+                    f"jwks_file {provider.jwks_file!r}: {read_errors[path]}"
+                )
+            provider = dataclasses.replace(provider, jwks=texts[path] or "")
+        providers.append(provider)
+    return dataclasses.replace(policy, jwt_providers=tuple(providers))
 
 
 def _secret_files(secret: SecretFiles) -> tuple[tuple[str, FileRef], ...]:
@@ -579,6 +653,9 @@ class PolicyFileSource:
             # The parse's garbage (YAML nodes, the previous model objects) sits freed in the worker
             # thread's heap arena; give it back, off the event loop.
             await asyncio.to_thread(release_free_memory)
+        if attempt.warnings != (self._attempt.warnings if self._attempt is not None else ()):
+            for warning in attempt.warnings:
+                log.warning("policy files: %s", warning)
         self._attempt = attempt
         return self._refuse(attempt.errors) if attempt.errors else self._adopt(attempt)
 
@@ -711,6 +788,7 @@ class PolicyCheck:
     gateway_api: GatewayApiObjects
     gateway_status: GatewayApiStatus
     mesh: Mesh
+    warnings: tuple[str, ...] = ()  # documents ignored, each `file:line: reason`
 
 
 async def check_policy(
@@ -730,4 +808,4 @@ async def check_policy(
         reason = f"{path}: cannot list: {error.strerror or error}"
         return PolicyCheck((reason,), GatewayApiObjects(), GatewayApiStatus(), Mesh())
     attempt = await asyncio.to_thread(_read_policy, files, max_file_size, open_world, None, None, gateway_controller)
-    return PolicyCheck(attempt.errors, attempt.gateway_api, attempt.gateway_status, attempt.mesh)
+    return PolicyCheck(attempt.errors, attempt.gateway_api, attempt.gateway_status, attempt.mesh, attempt.warnings)

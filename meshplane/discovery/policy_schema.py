@@ -6,6 +6,12 @@ clock. The caller passes the text and the name to report it under (the file's pa
 object's `origin` is `name:line` of its definition, so the model's own problems (ranges, names,
 duplicates across files, unknown references) point at the right file and line too.
 
+The keys of each section and their types are declared once, in `policy_fields.SECTIONS` (`KEYS`
+is derived from it; tests hold this reader to it). A document with `apiVersion: meshplane.io/…` is
+an object of meshplane's own kinds: its `spec` is one section, read by this module's readers with
+metadata standing for the section's identity (`read_kind_spec`); the API server's objects are read
+by the same function (`read_spec`, for `meshplane_api/parse.py`), so there is one reader of them.
+
 A document with `apiVersion` (or `kind` and no policy key) is a Gateway API object: read into the
 JSON the API server would send and parsed by the Gateway API source's own typed parsers (never a
 second parser), their problems reported at the line of the field they name (`GatewayApiDocument`).
@@ -50,6 +56,11 @@ from meshplane.discovery.gateway_api.objects import (
 )
 from meshplane.discovery.gateway_api.reference_grants import parse_reference_grant
 from meshplane.discovery.gateway_api.references import GATEWAY_GROUP
+from meshplane.discovery.meshplane_api.kinds import API_VERSION as MESHPLANE_API_VERSION
+from meshplane.discovery.meshplane_api.kinds import GROUP as MESHPLANE_GROUP
+from meshplane.discovery.meshplane_api.kinds import KINDS as MESHPLANE_KINDS
+from meshplane.discovery.meshplane_api.kinds import Kind, kind_named
+from meshplane.discovery.policy_fields import POLICY_KEYS, SECTIONS, keys_of
 from meshplane.discovery.policy_yaml import LibyamlPolicyLoader, PythonPolicyLoader
 from meshplane.model import (
     HTTP_METHODS,
@@ -79,6 +90,8 @@ from meshplane.model import (
     OutlierDetection,
     PathMatch,
     PathMatchKind,
+    PolicyAttachment,
+    PolicyTarget,
     Protocol,
     ProxyRole,
     QueryMatch,
@@ -94,6 +107,7 @@ from meshplane.model import (
     ServicePort,
     ServiceRef,
     Site,
+    TargetKind,
     Telemetry,
     Tracing,
     TrafficPolicy,
@@ -103,6 +117,23 @@ from meshplane.model import (
     header_name_problem,
     regex_problem,
 )
+from meshplane.model.device_policy import (
+    MAX_ACCESS,
+    MAX_AUDIENCES,
+    MAX_PROVIDERS,
+    MAX_SELECTED,
+    DefaultAccess,
+    DevicePolicy,
+    DeviceRateLimit,
+    JwksUri,
+    JwtProvider,
+    PathKind,
+    PathRule,
+    ServiceAccess,
+    jwks_problem,
+)
+from meshplane.model.services import DnsEndpoints, DnsResolution, DnsResolver, LookupFamily, is_meant_as_dns_name
+from meshplane.model.sites import ClientCertificates, SiteTls, ToDevices
 from meshplane.model.telemetry import NO_TELEMETRY
 
 DEFAULT_NAMESPACE = "default"
@@ -118,88 +149,10 @@ SHORTHAND_PORT_NAMES: Mapping[Protocol, str] = {
     Protocol.TCP: "tcp",
 }
 
-# Every key the format accepts, by section. Section names are what error messages and the headings of
-# docs/policy-files.md call them; tests check that the docs describe every key listed here.
-KEYS: Mapping[str, tuple[str, ...]] = {
-    "document": ("services", "routes", "secrets", "sites", "telemetry"),
-    "service": ("name", "namespace", "hosts", "port", "protocol", "ports", "endpoints", "policy", "tls"),
-    "service.ports": ("name", "port", "protocol"),
-    "service.endpoints": ("address", "port", "ports", "zone", "region", "sub_zone", "health", "weight"),
-    "service.policy": (
-        "connect_timeout",
-        "load_balancing",
-        "hash_key",
-        "circuit_breakers",
-        "outlier_detection",
-        "health_check",
-        "locality_failover",
-    ),
-    "service.policy.hash_key": ("header", "cookie", "source_ip"),
-    "service.policy.circuit_breakers": ("max_connections", "max_pending_requests", "max_requests", "max_retries"),
-    "service.policy.outlier_detection": (
-        "consecutive_5xx",
-        "consecutive_gateway_failure",
-        "interval",
-        "base_ejection_time",
-        "max_ejection_percent",
-    ),
-    "service.policy.health_check": (
-        "protocol",
-        "path",
-        "interval",
-        "timeout",
-        "unhealthy_threshold",
-        "healthy_threshold",
-    ),
-    "service.tls": ("trust", "sni", "client_certificate"),
-    "route": ("name", "service", "hosts", "rules"),
-    "route.rules": (
-        "name",
-        "match",
-        "backends",
-        "to",
-        "timeout",
-        "retries",
-        "rewrite",
-        "request_headers",
-        "response_headers",
-        "redirect",
-        "mirror",
-        "fault",
-        "rate_limit",
-        "cors",
-    ),
-    "route.rules.match": ("path", "method", "headers", "query"),
-    "route.rules.match.path": ("prefix", "exact", "regex"),
-    "route.rules.match.headers": ("name", "exact", "prefix", "regex", "present", "invert"),
-    "route.rules.match.query": ("name", "exact", "regex"),
-    "route.rules.backends": ("service", "port", "weight"),
-    "route.rules.mirror": ("service", "port", "percent"),
-    "route.rules.fault": ("delay", "abort"),
-    "route.rules.fault.delay": ("duration", "percent"),
-    "route.rules.fault.abort": ("status", "percent"),
-    "route.rules.rate_limit": ("requests", "interval", "burst", "per_header"),
-    "route.rules.cors": (
-        "allow_origins",
-        "allow_methods",
-        "allow_headers",
-        "expose_headers",
-        "max_age",
-        "allow_credentials",
-    ),
-    "route.rules.retries": ("on", "attempts", "per_try_timeout"),
-    "route.rules.rewrite": ("prefix", "path", "hostname"),
-    "route.rules.request_headers": ("set", "add", "remove"),
-    "route.rules.response_headers": ("set", "add", "remove"),
-    "route.rules.redirect": ("scheme", "hostname", "port", "path", "prefix", "status"),
-    "secret": ("name", "certificate_file", "key_file", "ca_file"),
-    "site": ("id", "region", "zone", "gateways", "device_ranges"),
-    "telemetry": ("collectors", "access_logs", "tracing", "routes"),
-    "telemetry.collectors": ("name", "service", "port"),
-    "telemetry.access_logs": ("to", "path", "collector", "format", "json", "roles"),
-    "telemetry.tracing": ("collector", "sampling", "service_name", "roles"),
-    "telemetry.routes": ("route", "rule", "access_log", "sampling"),
-}
+# Every key the format accepts, by section, from the one field table (`policy_fields.SECTIONS`).
+# Section names are what error messages and the headings of docs/policy-files.md call them; tests
+# check that the docs describe every key listed here, and that this reader agrees with the table.
+KEYS: Mapping[str, tuple[str, ...]] = keys_of(SECTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +198,10 @@ class ParsedPolicy:
     sites: tuple[Site, ...] = ()
     telemetry: Telemetry = NO_TELEMETRY
     gateway_api: tuple[GatewayApiDocument, ...] = ()
+    policies: tuple[PolicyAttachment, ...] = ()
+    device_policies: tuple[DevicePolicy, ...] = ()
+    # Documents ignored, each `source:line: reason`: objects of other API groups (`foreign_api`).
+    warnings: tuple[str, ...] = ()
 
 
 # libyaml's parser (PyYAML's C extension) reads a policy file about 10x faster than the pure-Python
@@ -264,12 +221,33 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
     sites: list[Site] = []
     telemetry: list[Telemetry] = []
     gateway_api: list[GatewayApiDocument] = []
+    policies: list[PolicyAttachment] = []
+    device_policies: list[DevicePolicy] = []
+    warnings: list[str] = []
     try:
         for document in yaml.compose_all(text, Loader=YAML_LOADER):
             if isinstance(document, ScalarNode) and document.tag == _NULL:
                 continue  # an empty document, e.g. between two `---`
             if not isinstance(document, MappingNode):
                 reader.error(document, "a policy document must be a mapping with services, routes and/or secrets")
+                continue
+            if _is_meshplane_api(document):
+                read = _meshplane_document(reader, document)
+                if isinstance(read, Service):
+                    services.append(read)
+                elif isinstance(read, RouteTable):
+                    routes.append(read)
+                elif isinstance(read, Site):
+                    sites.append(read)
+                elif isinstance(read, Telemetry):
+                    telemetry.append(read)
+                elif isinstance(read, PolicyAttachment):
+                    policies.append(read)
+                elif isinstance(read, DevicePolicy):
+                    device_policies.append(read)
+                continue
+            if (foreign := foreign_api(document)) is not None:
+                warnings.append(f"{source}:{document.start_mark.line + 1}: {foreign}")
                 continue
             if _is_gateway_api(document):
                 if (found_document := _gateway_api_document(reader, document)) is not None:
@@ -286,6 +264,8 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
                 secrets += _each(reader, fields["secrets"], "secrets", _secret)
             if "sites" in fields:
                 sites += _each(reader, fields["sites"], "sites", _site)
+            if "device_policies" in fields:
+                device_policies += _each(reader, fields["device_policies"], "device_policies", _device_policy)
             if "telemetry" in fields and (found := _telemetry(reader, fields["telemetry"])) is not None:
                 telemetry.append(found)
     except yaml.YAMLError as error:
@@ -300,8 +280,11 @@ def parse_policy(text: str, source: str) -> ParsedPolicy:
         sites=tuple(sites),
         telemetry=Telemetry.joined(telemetry) if telemetry else NO_TELEMETRY,
         gateway_api=tuple(gateway_api),
+        policies=tuple(policies),
+        device_policies=tuple(device_policies),
         # In file order; an aliased node is read once per use, but its problems are reported once.
         errors=tuple(dict.fromkeys(text for _, text in sorted(reader.errors, key=lambda error: error[0]))),
+        warnings=tuple(warnings),
     )
 
 
@@ -383,21 +366,36 @@ def _kind(node: Node) -> str:
 
 
 class _Reader:
-    """Reads typed values out of composed YAML nodes, collecting errors with their lines."""
+    """Reads typed values out of composed YAML nodes, collecting errors with their lines.
 
-    def __init__(self, source: str) -> None:
+    `default_namespace`: the namespace of a service or service reference that names none (a
+    meshplane.io object's own namespace; "default" in policy documents). `fixed_origin`, when set,
+    is every object's origin (an API object's "Kind namespace/name": no line means anything there).
+    """
+
+    def __init__(self, source: str, default_namespace: str = DEFAULT_NAMESPACE, fixed_origin: str = "") -> None:
         self.source = source
+        self.default_namespace = default_namespace
+        self.fixed_origin = fixed_origin
         self.errors: list[tuple[int, str]] = []  # (line, "source:line: reason")
+        # By index in `errors`: the field path (`service.policy.connect_timeout`) its reason begins
+        # with, where the reader's own checks know it, so an API object's reader can say the
+        # reason of the object's field path instead (`read_spec`) without reading the text back.
+        self.fields: dict[int, str] = {}
         self._constructor = SafeConstructor()
         self._nodes = 0
         # Mappings whose keys were checked, held (not their ids: a freed document's ids are reused).
         self._checked: set[Node] = set()
 
     def origin(self, node: Node) -> str:
-        return f"{self.source}:{node.start_mark.line + 1}"
+        return self.fixed_origin or f"{self.source}:{node.start_mark.line + 1}"
 
-    def error(self, node: Node, reason: str) -> None:
-        self.errors.append((node.start_mark.line + 1, f"{self.origin(node)}: {reason}"))
+    def error(self, node: Node, reason: str, field: str = "") -> None:
+        """An error at `node`'s line; `field`: the field path `reason` begins with, if it does."""
+        line = node.start_mark.line + 1
+        if field:
+            self.fields[len(self.errors)] = field
+        self.errors.append((line, f"{self.source}:{line}: {reason}"))
 
     def visited(self, nodes: int = 1) -> None:
         """Counts nodes read: each call of `mapping`, `items` and `scalar` (and the readers built on
@@ -411,7 +409,7 @@ class _Reader:
         out; an empty `keys` accepts any key (e.g. port names)."""
         self.visited()
         if not isinstance(node, MappingNode):
-            self.error(node, f"{section} must be a mapping, not {_kind(node)}")
+            self.error(node, f"{section} must be a mapping, not {_kind(node)}", section)
             return None
         allowed = KEYS[section] if keys is None else keys
         if node not in self._checked:  # an aliased mapping is checked once (merging changes it)
@@ -450,7 +448,7 @@ class _Reader:
         self.visited()
         if isinstance(node, SequenceNode):
             return list(node.value)
-        self.error(node, f"{what} must be a list, not {_kind(node)}")
+        self.error(node, f"{what} must be a list, not {_kind(node)}", what)
         return []
 
     def scalar(self, node: Node, what: str, expected: str) -> object:
@@ -464,10 +462,10 @@ class _Reader:
             if tag == _INT and _is_decimal(value := node.value):
                 return int(value)
         if not isinstance(node, ScalarNode) or node.tag == _NULL:
-            self.error(node, f"{what} must be {expected}, not {_kind(node)}")
+            self.error(node, f"{what} must be {expected}, not {_kind(node)}", what)
             return _BAD
         if not node.tag.startswith(_STANDARD_TAG):
-            self.error(node, f"{what}: YAML tag {node.tag} is not supported")
+            self.error(node, f"{what}: YAML tag {node.tag} is not supported", what)
             return _BAD
         try:
             return self._constructor.construct_object(node)
@@ -492,7 +490,7 @@ class _Reader:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        self.error(node, f"{what} must be a whole number, not {_kind(node)}")
+        self.error(node, f"{what} must be a whole number, not {_kind(node)}", what)
         return None
 
     def boolean(self, node: Node, what: str) -> bool | None:
@@ -501,7 +499,7 @@ class _Reader:
             return None
         if isinstance(value, bool):
             return value
-        self.error(node, f"{what} must be true or false, not {_kind(node)}")
+        self.error(node, f"{what} must be true or false, not {_kind(node)}", what)
         return None
 
     def duration(self, node: Node, what: str) -> float | None:
@@ -514,7 +512,7 @@ class _Reader:
         elif isinstance(value, str):
             seconds = parse_duration(value)
         if seconds is None or not math.isfinite(seconds) or seconds < 0:
-            self.error(node, f"{what}: {node.value!r} is not a duration ({_DURATION_HELP})")
+            self.error(node, f"{what}: {node.value!r} is not a duration ({_DURATION_HELP})", what)
             return None
         return seconds
 
@@ -526,7 +524,7 @@ class _Reader:
             if choice.value == text:
                 return choice
         names = [choice.value for choice in choices]
-        self.error(node, f"{what}: {text!r} is not one of {', '.join(names)}{_suggest(text, names)}")
+        self.error(node, f"{what}: {text!r} is not one of {', '.join(names)}{_suggest(text, names)}", what)
         return None
 
     def strings(self, node: Node, what: str) -> tuple[str, ...]:
@@ -660,7 +658,7 @@ def _service(reader: _Reader, node: Node) -> Service | None:
     if fields is None:
         return None
     name = _required_string(reader, node, fields, "name", "service")
-    namespace = _optional(fields, "namespace", reader.string, "service.namespace", DEFAULT_NAMESPACE)
+    namespace = _optional(fields, "namespace", reader.string, "service.namespace", reader.default_namespace)
     hosts = _optional(fields, "hosts", reader.strings, "service.hosts", _NO_STRINGS)
     ports = _ports(reader, node, fields)
     endpoints: list[Endpoint] = []
@@ -674,6 +672,7 @@ def _service(reader: _Reader, node: Node) -> Service | None:
                 endpoints.append(Endpoint(plain[0], plain[1], only_port, _UNKNOWN_LOCALITY, _READY, 1))
             else:
                 endpoints += _endpoint(reader, item, ports)
+    endpoints, dns = _dns_endpoints(reader, fields, endpoints)
     policy = _policy(reader, fields["policy"]) if "policy" in fields else TrafficPolicy()
     tls = _tls(reader, fields["tls"]) if "tls" in fields else None
     if name is None:
@@ -687,7 +686,65 @@ def _service(reader: _Reader, node: Node) -> Service | None:
         policy=policy,
         tls=tls,
         origin=reader.origin(node),
+        dns=dns,
     )
+
+
+def _dns_endpoints(
+    reader: _Reader, fields: Mapping[str, Node], endpoints: list[Endpoint]
+) -> tuple[list[Endpoint], DnsEndpoints | None]:
+    """The service's IP endpoints, and its endpoints named by DNS with the `dns` settings (None when
+    its endpoints are addresses). A service has one kind or the other: a mix is reported, and the
+    names left out. The names themselves are the model's to check (`Endpoint.problems`)."""
+    named = [endpoint for endpoint in endpoints if is_meant_as_dns_name(endpoint.address)]
+    if named and len(named) < len(endpoints):
+        address = next(e.address for e in endpoints if not is_meant_as_dns_name(e.address))
+        reader.error(
+            fields["endpoints"],
+            f"service.endpoints: mixes IP addresses ({address}) and DNS names ({named[0].address[:80]}); "
+            "a service's endpoints are all addresses or all names",
+        )
+        return [e for e in endpoints if not is_meant_as_dns_name(e.address)], None
+    if not named:
+        if "dns" in fields:
+            reader.error(fields["dns"], "service.dns: applies to endpoints named by DNS; this service has none")
+        return endpoints, None
+    settings: dict[str, Any] = {}
+    if "dns" in fields and (dns := reader.mapping(fields["dns"], "service.dns")) is not None:
+        if "resolution" in dns:
+            settings["resolution"] = reader.choice(dns["resolution"], "service.dns.resolution", DnsResolution)
+        if "refresh" in dns:
+            settings["refresh"] = reader.duration(dns["refresh"], "service.dns.refresh")
+        if "lookup_family" in dns:
+            settings["lookup_family"] = reader.choice(dns["lookup_family"], "service.dns.lookup_family", LookupFamily)
+        if "resolvers" in dns:
+            items = reader.items(dns["resolvers"], "service.dns.resolvers")
+            found = (_dns_resolver(reader, item) for item in items)
+            settings["resolvers"] = tuple(resolver for resolver in found if resolver is not None)
+    defaults = {key: value for key, value in settings.items() if value is not None}
+    return [], DnsEndpoints(tuple(named), **defaults)
+
+
+_RESOLVER = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*))(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def _dns_resolver(reader: _Reader, node: Node) -> DnsResolver | None:
+    """A resolver written `10.0.0.53`, `10.0.0.53:5353`, `fd00::53` or `[fd00::53]:5353` (port 53 by
+    default). Whether the address is an IP address is the model's to check."""
+    text = reader.string(node, "service.dns.resolvers")
+    if text is None:
+        return None
+    if text.count(":") > 1 and not text.startswith("["):
+        return DnsResolver(text)  # a bare IPv6 address
+    shape = _RESOLVER.match(text)
+    if shape is None or not (address := shape["v6"] if shape["v6"] is not None else shape["host"]):
+        reader.error(
+            node,
+            f"service.dns.resolvers: {text[:80]!r} is not an IP address with an optional port "
+            "(10.0.0.53, 10.0.0.53:5353, [fd00::53]:5353)",
+        )
+        return None
+    return DnsResolver(address, int(shape["port"]) if shape["port"] else 53)
 
 
 def _ports(reader: _Reader, node: Node, fields: Mapping[str, Node]) -> tuple[ServicePort, ...]:
@@ -851,7 +908,7 @@ def _service_ref(reader: _Reader, node: Node, what: str) -> ServiceRef | None:
         return None
     parts = text.split("/")
     if len(parts) == 1 and parts[0]:
-        return ServiceRef(DEFAULT_NAMESPACE, parts[0])
+        return ServiceRef(reader.default_namespace, parts[0])
     if len(parts) == 2 and all(parts):
         return ServiceRef(parts[0], parts[1])
     reader.error(node, f'{what}: {text!r} is not "name" or "namespace/name"')
@@ -1240,6 +1297,7 @@ def _site(reader: _Reader, node: Node) -> Site | None:
             continue
         gateways.append(GatewayAddress(host.removeprefix("[").removesuffix("]"), int(port)))
     ranges = _optional(fields, "device_ranges", reader.strings, "site.device_ranges", _NO_STRINGS)
+    tls = _site_tls(reader, fields["tls"]) if "tls" in fields else None
     if site_id is None or region is None:
         return None
     return Site(
@@ -1249,7 +1307,32 @@ def _site(reader: _Reader, node: Node) -> Site | None:
         gateways=tuple(gateways),
         device_ranges=ranges,
         origin=reader.origin(node),
+        tls=tls,
     )
+
+
+def _site_tls(reader: _Reader, node: Node) -> SiteTls | None:
+    """A site's gateway TLS: `certificate` (a certificate secret's name) is required; the two
+    choices default to the strict ones (client certificates required, mTLS to devices)."""
+    fields = _mapping_needing(reader, node, "site.tls", "certificate")
+    if fields is None:
+        return None
+    certificate = reader.string(fields["certificate"], "site.tls.certificate")
+    clients = _optional(
+        fields,
+        "client_certificates",
+        lambda value, what: reader.choice(value, what, ClientCertificates),
+        "site.tls.client_certificates",
+        ClientCertificates.REQUIRED,
+    )
+    to_devices = _optional(
+        fields,
+        "to_devices",
+        lambda value, what: reader.choice(value, what, ToDevices),
+        "site.tls.to_devices",
+        ToDevices.MTLS,
+    )
+    return None if certificate is None else SiteTls(certificate, clients, to_devices)
 
 
 # --- telemetry ---
@@ -1419,6 +1502,28 @@ class _TooDeep(Exception):
     pass
 
 
+def foreign_api(document: Node) -> str | None:
+    """Why `document` is ignored, when it is an object of an API group neither meshplane's nor the
+    Gateway API's (`apiVersion: v1` for a Namespace, `apps/v1`, `kustomize.config.k8s.io/…`): a
+    folder a cluster applies from holds such objects beside meshplane's, and they are the
+    cluster's, not meshplane's. None for any other document (read, or refused with a reason)."""
+    if not isinstance(document, MappingNode):
+        return None
+    fields = {key.value: value for key, value in document.value if isinstance(key, ScalarNode)}
+    version = fields.get("apiVersion")
+    if not isinstance(version, ScalarNode) or not isinstance(version.value, str):
+        return None
+    group = version.value.rpartition("/")[0]
+    if group in (GATEWAY_GROUP, MESHPLANE_GROUP):
+        return None
+    kind = fields.get("kind")
+    named = f" {str(kind.value)[:80]}" if isinstance(kind, ScalarNode) else ""
+    return (
+        f"ignored: {version.value[:80]!r}{named} is not an object of meshplane's API ({MESHPLANE_GROUP}) "
+        f"or of the Gateway API ({GATEWAY_GROUP})"
+    )
+
+
 def _is_gateway_api(document: Node) -> bool:
     """Whether `document` is read as a Gateway API object: it has `apiVersion`, or `kind` and none
     of a policy document's keys (`services: […]` beside a stray `kind:` stays a policy document,
@@ -1522,3 +1627,287 @@ def _line_of(path: str, lines: Mapping[str, int]) -> int:
         cut = max(path.rfind("."), path.rfind("["))
         path = path[:cut] if cut > 0 else ""
     return lines[path]
+
+
+# --- device policies ---
+
+
+@_section_reader("device_policy")
+def _device_policy(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> DevicePolicy | None:
+    """A device policy (`model/device_policy.py`); what it means as a whole (classes and a default
+    together, a provider without keys…) is the model's check, reported at this policy's line."""
+    name = _required_string(reader, node, fields, "name", section)
+    sites = _bounded_strings(reader, fields, "sites", section, MAX_SELECTED)
+    classes = _bounded_strings(reader, fields, "classes", section, MAX_SELECTED)
+    default = _optional(
+        fields, "default", lambda value, what: reader.choice(value, what, DefaultAccess), f"{section}.default", None
+    )
+    allow = _service_accesses(reader, fields["allow"], f"{section}.allow") if "allow" in fields else None
+    rate_limit = _device_rate_limit(reader, fields["rate_limit"]) if "rate_limit" in fields else None
+    providers: list[JwtProvider] = []
+    if "jwt_providers" in fields:
+        items = reader.items(fields["jwt_providers"], f"{section}.jwt_providers")
+        if len(items) > MAX_PROVIDERS:
+            reader.error(fields["jwt_providers"], f"{section}.jwt_providers: at most {MAX_PROVIDERS}")
+        providers = [provider for item in items if (provider := _jwt_provider(reader, item)) is not None]
+    require: tuple[ServiceAccess, ...] = ()
+    if "require_jwt" in fields:
+        require = _service_accesses(reader, fields["require_jwt"], f"{section}.require_jwt")
+    if name is None:
+        return None
+    return DevicePolicy(
+        name, sites, classes, default, allow, rate_limit, tuple(providers), require, origin=reader.origin(node)
+    )
+
+
+def _bounded_strings(reader: _Reader, fields: Mapping[str, Node], key: str, section: str, most: int) -> tuple[str, ...]:
+    if key not in fields:
+        return _NO_STRINGS
+    found = reader.strings(fields[key], f"{section}.{key}")
+    if len(found) > most:
+        reader.error(fields[key], f"{section}.{key}: at most {most}, not {len(found)}")
+    return found
+
+
+def _service_accesses(reader: _Reader, node: Node, what: str) -> tuple[ServiceAccess, ...]:
+    items = reader.items(node, what)
+    if len(items) > MAX_ACCESS:
+        reader.error(node, f"{what}: at most {MAX_ACCESS} entries, not {len(items)}")
+    return tuple(access for item in items if (access := _service_access(reader, item, what)) is not None)
+
+
+def _service_access(reader: _Reader, node: Node, what: str) -> ServiceAccess | None:
+    fields = _mapping_needing(reader, node, "device_policy.allow", "service")
+    if fields is None:
+        return None
+    service = _service_ref(reader, fields["service"], f"{what}.service")
+    paths: list[PathRule] = []
+    for item in reader.items(fields["paths"], f"{what}.paths") if "paths" in fields else ():
+        path = reader.mapping(item, "device_policy.allow.paths")
+        if path is None:
+            continue
+        if len(path) != 1:
+            reader.error(item, f"{what}.paths: each path is one of `exact: /p` or `prefix: /p`")
+            continue
+        [(kind, value)] = path.items()
+        text = reader.string(value, f"{what}.paths.{kind}")
+        if text is not None and not text.startswith("/"):
+            reader.error(value, f"{what}.paths.{kind}: {text[:80]!r} must start with /")
+        elif text is not None:
+            paths.append(PathRule(PathKind(kind), text))
+    methods = []
+    for item in reader.items(fields["methods"], f"{what}.methods") if "methods" in fields else ():
+        method = reader.string(item, f"{what}.methods")
+        if method is not None and method not in HTTP_METHODS:
+            reader.error(item, f"{what}.methods: {method[:20]!r} is not one of {', '.join(HTTP_METHODS)}")
+        elif method is not None:
+            methods.append(method)
+    if service is None:
+        return None
+    return ServiceAccess(service, tuple(paths), tuple(methods))
+
+
+def _device_rate_limit(reader: _Reader, node: Node) -> DeviceRateLimit | None:
+    section = "device_policy.rate_limit"
+    fields = _mapping_needing(reader, node, section, "requests")
+    if fields is None:
+        return None
+    requests = reader.integer(fields["requests"], f"{section}.requests")
+    interval = _optional(fields, "interval", reader.duration, f"{section}.interval", 1.0)
+    burst = _optional(fields, "burst", reader.integer, f"{section}.burst", None)
+    return None if requests is None else DeviceRateLimit(requests, interval, burst)
+
+
+@_section_reader("device_policy.jwt_providers")
+def _jwt_provider(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> JwtProvider | None:
+    name = _required_string(reader, node, fields, "name", section)
+    issuer = _required_string(reader, node, fields, "issuer", section)
+    audiences = _bounded_strings(reader, fields, "audiences", section, MAX_AUDIENCES)
+    jwks = _optional(fields, "jwks", reader.string, f"{section}.jwks", "")
+    if jwks and (problem := jwks_problem(jwks)) is not None:
+        reader.error(fields["jwks"], f"{section}.{problem}")
+        return None
+    jwks_file = _optional(fields, "jwks_file", reader.string, f"{section}.jwks_file", "")
+    if jwks and jwks_file:
+        reader.error(fields["jwks_file"], f"{section}: jwks and jwks_file are two sources of keys: give one")
+        return None
+    uri = None
+    if "jwks_uri" in fields and (text := reader.string(fields["jwks_uri"], f"{section}.jwks_uri")) is not None:
+        uri = JwksUri.parse(text)
+        if uri is None:
+            reader.error(fields["jwks_uri"], f"{section}.jwks_uri: {text[:200]!r} is not http://host[:port]/path")
+            return None
+    if name is None or issuer is None:
+        return None
+    return JwtProvider(name, issuer, audiences, jwks, uri, jwks_file)
+
+
+# --- meshplane.io documents ------------------------------------------------------------------
+#
+# A document with `apiVersion: meshplane.io/v1alpha1` is one of meshplane's own kinds
+# (`meshplane_api/kinds.py`): its `spec` holds a section's keys, spelled as in these files, and its
+# metadata stands for the section's identity keys (`Kind.metadata_keys`). The spec is read by this
+# module's own section readers, so a document means the same here and in a cluster; the API
+# server's objects are read the same way (`read_spec`, which `meshplane_api/parse.py` calls).
+
+_MESHPLANE_KEYS = ("apiVersion", "kind", "metadata", "spec")
+# Read into content by kind: the model value each kind's spec becomes.
+MeshplaneContent = Service | RouteTable | Site | Telemetry | PolicyAttachment | DevicePolicy
+
+
+def _is_meshplane_api(document: Node) -> bool:
+    """Whether `document` is an object of meshplane's own API: its `apiVersion` is in meshplane.io."""
+    for key, value in document.value if isinstance(document, MappingNode) else ():
+        if isinstance(key, ScalarNode) and key.value == "apiVersion" and isinstance(value, ScalarNode):
+            return str(value.value).startswith(f"{MESHPLANE_GROUP}/")
+    return False
+
+
+def _meshplane_document(reader: _Reader, node: Node) -> MeshplaneContent | None:
+    """The model value of a meshplane.io document, its problems reported at their lines; None when
+    it cannot be read (unknown kind, no name, a spec that is no mapping)."""
+    what = "a meshplane.io document"
+    fields = reader.mapping(node, what, keys=_MESHPLANE_KEYS)
+    if fields is None:
+        return None
+    version = _required_string(reader, node, fields, "apiVersion", what)
+    kind_name = _required_string(reader, node, fields, "kind", what)
+    if version is not None and version != MESHPLANE_API_VERSION:
+        reader.error(fields["apiVersion"], f"apiVersion must be {MESHPLANE_API_VERSION}, not {version!r}")
+        return None
+    if kind_name is None or version is None:
+        return None
+    kind = kind_named(kind_name)
+    if kind is None:
+        names = [known.name for known in MESHPLANE_KINDS]
+        reader.error(fields["kind"], f"unknown {MESHPLANE_GROUP} kind {kind_name!r}{_suggest(kind_name, names)}")
+        return None
+    metadata = (
+        reader.mapping(fields["metadata"], f"{kind.name} metadata", keys=_METADATA_KEYS) if "metadata" in fields else {}
+    )
+    if metadata is None or "name" not in metadata:
+        if metadata is not None:
+            reader.error(fields.get("metadata", node), f"{kind.name} needs `metadata.name`")
+        return None
+    name = reader.string(metadata["name"], f"{kind.name} metadata.name")
+    namespace = DEFAULT_NAMESPACE if kind.namespaced else ""
+    if "namespace" in metadata:
+        if not kind.namespaced:
+            reader.error(metadata["namespace"], f"{kind.name} is cluster-scoped: it has no namespace")
+        elif (given := reader.string(metadata["namespace"], f"{kind.name} metadata.namespace")) is not None:
+            if len(given) > 63 or not DNS_LABEL.fullmatch(given):
+                reader.error(metadata["namespace"], f"{kind.name} metadata.namespace {given!r} is not a DNS label")
+                return None
+            namespace = given
+    if name is None:
+        return None
+    if len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
+        reader.error(metadata["name"], f"{kind.name} metadata.name {name!r} is not a DNS subdomain name")
+        return None
+    spec = fields.get("spec")
+    if spec is None:
+        spec = MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
+    saved = reader.default_namespace
+    reader.default_namespace = namespace or DEFAULT_NAMESPACE
+    try:
+        return read_kind_spec(reader, kind, spec, node, name, namespace)
+    finally:
+        reader.default_namespace = saved
+
+
+def read_spec(
+    kind: Kind, spec: Node, name: str, namespace: str, created: str, origin: str
+) -> tuple[MeshplaneContent | None, list[tuple[int, str, str]]]:
+    """An API object's spec (composed into nodes, each at its own line) read as a policy document
+    of `kind` named `name` in `namespace` is: the model value and the errors as (line, reason,
+    field), reasons without a `source:line:` prefix (the caller names the object and the field of
+    the line), `field` the section's field path the reason begins with ("" when the reason names
+    none). Every model value's origin is `origin`. `created` orders TrafficPolicies."""
+    reader = _Reader("", default_namespace=namespace or DEFAULT_NAMESPACE, fixed_origin=origin)
+    value: MeshplaneContent | None = None
+    try:
+        value = read_kind_spec(reader, kind, spec, spec, name, namespace, created)
+    except _TooManyNodes:
+        reader.errors.append((0, f"more than {MAX_NODES} values"))
+    return value, [
+        (line, text.split(": ", 1)[1] if ": " in text else text, reader.fields.get(index, ""))
+        for index, (line, text) in enumerate(reader.errors)
+    ]
+
+
+def read_kind_spec(
+    reader: _Reader, kind: Kind, spec: Node, at: Node, name: str, namespace: str, created: str = ""
+) -> MeshplaneContent | None:
+    """`spec` read as `kind`'s section, with the identity keys taken from metadata (`name`,
+    `namespace`); `at` is the node problems about the object as a whole are reported at."""
+    if not isinstance(spec, MappingNode):
+        reader.error(spec, f"{kind.name} spec must be a mapping, not {_kind(spec)}")
+        return None
+    for key, _ in spec.value:
+        if isinstance(key, ScalarNode) and key.value in kind.metadata_keys:
+            source = "metadata.namespace" if key.value == "namespace" else "metadata.name"
+            field = f"spec.{key.value}"
+            reader.error(key, f"{field}: a {kind.name} takes it from {source}, not from its spec", field)
+            return None
+    identity = {"name": name, "namespace": namespace, "id": name}
+    mark = at.start_mark
+    pairs = [
+        (ScalarNode(_STR, key, mark, mark), ScalarNode(_STR, identity[key], mark, mark)) for key in kind.metadata_keys
+    ]
+    node = MappingNode("tag:yaml.org,2002:map", [*pairs, *spec.value], mark, at.end_mark)
+    if kind.section == "traffic_policy":
+        return _traffic_policy(reader, node, f"{namespace}/{name}", created)
+    return _SPEC_READERS[kind.section](reader, node)
+
+
+def _traffic_policy(reader: _Reader, node: Node, name: str, created: str) -> PolicyAttachment | None:
+    """A TrafficPolicy's spec: `target_refs`, and a service's `policy` keys and `tls`."""
+    section = "traffic_policy"
+    fields = _mapping_needing(reader, node, section, "target_refs")
+    if fields is None:
+        return None
+    items = reader.items(fields["target_refs"], f"{section}.target_refs")
+    if not 1 <= len(items) <= _MAX_TARGETS:
+        reader.error(fields["target_refs"], f"{section}.target_refs must list 1 to {_MAX_TARGETS} targets")
+    targets = [target for item in items if (target := _target_ref(reader, item)) is not None]
+    # The policy keys are read by the reader of a service's `policy`, as one mapping.
+    assert isinstance(node, MappingNode)  # `_mapping_needing` read it as one
+    policy_node = MappingNode(
+        "tag:yaml.org,2002:map",
+        [(key, value) for key, value in node.value if isinstance(key, ScalarNode) and key.value in POLICY_KEYS],
+        node.start_mark,
+        node.end_mark,
+    )
+    policy = _policy(reader, policy_node)
+    tls = _tls(reader, fields["tls"]) if "tls" in fields else None
+    if len(targets) != len(items) or not targets:
+        return None
+    return PolicyAttachment(name, tuple(targets), policy, tls, created, reader.origin(node))
+
+
+_MAX_TARGETS = 16
+
+
+@_section_reader("traffic_policy.target_refs")
+def _target_ref(reader: _Reader, node: Node, fields: Mapping[str, Node], section: str) -> PolicyTarget | None:
+    group = _optional(fields, "group", reader.string, f"{section}.group", "")
+    kind = _optional(fields, "kind", lambda n, w: reader.choice(n, w, TargetKind), f"{section}.kind", None)
+    name = _required_string(reader, node, fields, "name", section)
+    if "kind" not in fields:
+        reader.error(node, f"{section} needs `kind`")
+    wanted = "" if kind is TargetKind.SERVICE else MESHPLANE_GROUP
+    if kind is not None and group != wanted:
+        reader.error(fields.get("group", node), f"{section}.group: {kind} is in group {wanted!r}, not {group!r}")
+        return None
+    if kind is None or name is None:
+        return None
+    return PolicyTarget(kind, reader.default_namespace, name)
+
+
+_SPEC_READERS: Mapping[str, Callable[[_Reader, Node], MeshplaneContent | None]] = {
+    "service": _service,
+    "route": _route,
+    "site": _site,
+    "telemetry": _telemetry,
+    "device_policy": _device_policy,
+}

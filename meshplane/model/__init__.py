@@ -27,6 +27,9 @@ from meshplane.model.policy import (
     HealthCheckProtocol,
     LoadBalancing,
     OutlierDetection,
+    PolicyAttachment,
+    PolicyTarget,
+    TargetKind,
     TrafficPolicy,
 )
 from meshplane.model.problems import Problem, ProblemKind
@@ -129,6 +132,8 @@ __all__ = [
     "OutlierDetection",
     "PathMatch",
     "PathMatchKind",
+    "PolicyAttachment",
+    "PolicyTarget",
     "Problem",
     "ProblemKind",
     "Protocol",
@@ -149,6 +154,7 @@ __all__ = [
     "ServiceRef",
     "Site",
     "SourceStatus",
+    "TargetKind",
     "Telemetry",
     "TlsCertificate",
     "Tracing",

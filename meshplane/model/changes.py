@@ -25,9 +25,14 @@ class MeshChanges:
     `services`: a service added, removed or changed beyond its endpoints, or the cluster domain;
     `endpoints`: the services whose endpoints changed (when `services` is False, nothing else of
     them did); `routes`: the route tables; `secrets`: certificates or trust bundles; `sites`: the
-    edge sites; `devices`: the admitted devices; `telemetry`: access logs, tracing, collectors and
-    their per-rule overrides (the listeners and routes of every role that takes telemetry);
+    edge sites, the device trust and the device policies (all read by edge gateways only);
+    `devices`: the admitted devices; `telemetry`: access logs, tracing, collectors and their
+    per-rule overrides (the listeners and routes of every role that takes telemetry);
     `gateways`: the Kubernetes Gateways and the routes resolved onto them.
+    `policy_objects`: a source's flag for the merge: some object of meshplane's own Kubernetes API
+    (meshplane.io) changed, so the merge resolves them again and reports what that did to the mesh
+    by part. It is not one of `PARTS`: no proxy reads objects, only the mesh (a merged change set
+    carries it only as part of `everything()`).
     `MeshChanges()` is no change at all.
 
     A change set may say more than changed (a part marked that turns out equal costs a rebuild),
@@ -42,12 +47,20 @@ class MeshChanges:
     devices: bool = False
     telemetry: bool = False
     gateways: bool = False
+    policy_objects: bool = False
 
     @staticmethod
     def everything() -> MeshChanges:
         """A first mesh, or one whose differences are not known: everything is rebuilt."""
         return MeshChanges(
-            services=True, routes=True, secrets=True, sites=True, devices=True, telemetry=True, gateways=True
+            services=True,
+            routes=True,
+            secrets=True,
+            sites=True,
+            devices=True,
+            telemetry=True,
+            gateways=True,
+            policy_objects=True,
         )
 
     @property
@@ -57,7 +70,7 @@ class MeshChanges:
     @property
     def endpoints_only(self) -> bool:
         """Only some services' endpoints changed (the publisher's fast path)."""
-        return bool(self.endpoints) and not any(getattr(self, part) for part in PARTS)
+        return bool(self.endpoints) and not self.policy_objects and not any(getattr(self, part) for part in PARTS)
 
     def __or__(self, other: MeshChanges) -> MeshChanges:
         """Everything either says changed (two updates folded into one)."""
@@ -70,12 +83,15 @@ class MeshChanges:
             devices=self.devices or other.devices,
             telemetry=self.telemetry or other.telemetry,
             gateways=self.gateways or other.gateways,
+            policy_objects=self.policy_objects or other.policy_objects,
         )
 
     def covers(self, other: MeshChanges) -> bool:
         """Whether this set says at least what `other` says (a part marked in `other` is marked
         here; an endpoint change is covered by its ref or by `services`)."""
         if any(getattr(other, part) and not getattr(self, part) for part in PARTS):
+            return False
+        if other.policy_objects and not self.policy_objects:
             return False
         return self.services or other.endpoints <= self.endpoints
 
@@ -129,6 +145,8 @@ _PART_OF_FIELD = {
     "devices": "devices",
     "telemetry": "telemetry",
     "gateways": "gateways",
+    "device_trust": "sites",  # read, like the sites, by the edge gateways only
+    "device_policies": "sites",  # the same
 }
 _MESH_FIELDS = tuple(f.name for f in dataclasses.fields(Mesh) if f.name != "services")
 _SERVICE_FIELDS = tuple(f.name for f in dataclasses.fields(Service) if f.name != "endpoints")

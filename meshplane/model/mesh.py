@@ -9,13 +9,15 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from meshplane.model.device_policy import DevicePolicy, device_policy_problems
 from meshplane.model.devices import Device
 from meshplane.model.gateways import Gateway
+from meshplane.model.policy import PolicyAttachment
 from meshplane.model.problems import Problem, ProblemKind, Subject
 from meshplane.model.routes import RouteTable, WeightedBackend
 from meshplane.model.secrets import TlsCertificate, TrustBundle
 from meshplane.model.services import Service, ServiceRef
-from meshplane.model.sites import Site
+from meshplane.model.sites import DeviceTrust, Site
 from meshplane.model.telemetry import NO_TELEMETRY, Telemetry
 
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
@@ -42,6 +44,11 @@ class Mesh:
     site, then id: `device_order`) matter only to the edge roles' translators. `telemetry` (access
     logs and tracing, from the policy files) matters to the Envoy roles' listeners and routes.
     `gateways` (Kubernetes Gateways, sorted by namespace/name) matter only to the `gateway` role.
+    `device_trust` (the registry CA, when it signs device CSRs) is what edge gateways verify device
+    certificates against (sites with `tls`). `device_policies` (sorted by name) say what the devices
+    behind edge gateways may reach (`model/device_policy.py`): read by the edge gateways only.
+    `policy_attachments`: the policy files' TrafficPolicy documents that target services of other
+    sources, for the inventory's merge to attach (never in a merged mesh; no translator reads it).
     """
 
     services: tuple[Service, ...] = ()
@@ -53,6 +60,9 @@ class Mesh:
     devices: tuple[Device, ...] = ()
     telemetry: Telemetry = NO_TELEMETRY
     gateways: tuple[Gateway, ...] = ()
+    device_trust: DeviceTrust | None = None
+    device_policies: tuple[DevicePolicy, ...] = ()
+    policy_attachments: tuple[PolicyAttachment, ...] = ()
 
     @staticmethod
     def of(
@@ -65,6 +75,8 @@ class Mesh:
         devices: list[Device] | tuple[Device, ...] = (),
         telemetry: Telemetry = NO_TELEMETRY,
         gateways: list[Gateway] | tuple[Gateway, ...] = (),
+        device_trust: DeviceTrust | None = None,
+        device_policies: list[DevicePolicy] | tuple[DevicePolicy, ...] = (),
     ) -> Mesh:
         """A mesh with its parts in canonical order (services by namespace/name, others by name or id)."""
         return Mesh(
@@ -77,6 +89,8 @@ class Mesh:
             devices=tuple(sorted(devices, key=device_order)),
             telemetry=telemetry,
             gateways=tuple(sorted(gateways, key=lambda g: (g.namespace, g.name))),
+            device_trust=device_trust,
+            device_policies=tuple(sorted(device_policies, key=lambda p: p.name)),
         )
 
     def devices_at(self, site_id: str) -> tuple[Device, ...]:
@@ -132,10 +146,11 @@ class Mesh:
             by_ref[service.ref] = service
         found += self._secret_problems()
         found += self._edge_problems()
+        found += device_policy_problems(self.device_policies, frozenset(site.id for site in self.sites))
         found += self.telemetry.problems(by_ref, self.routes)
         found += self._gateway_problems(by_ref)
         route_names: dict[str, RouteTable] = {}
-        attached: dict[ServiceRef, RouteTable] = {}
+        attached: dict[tuple[ServiceRef, int | None, str], RouteTable] = {}
         for table in self.routes:
             found += table.problems()
             subject = f"route {table.name}"
@@ -147,17 +162,21 @@ class Mesh:
             if table.service is not None:
                 if table.service not in by_ref:
                     found.append(about.problem(ProblemKind.UNKNOWN_SERVICE, f"unknown service {table.service}"))
-                elif (other := attached.get(table.service)) is not None:
+                elif table.attachment is not None and (other := attached.get(table.attachment)) is not None:
+                    on = f"service {table.service}" + ("" if table.port is None else f" port {table.port}")
+                    on += f" for the clients of namespace {table.consumer}" if table.consumer else ""
                     found.append(
                         Problem(
                             ProblemKind.CONFLICT,
                             subject,
                             table.origin,
-                            f"{about.heading} and route {other.name} ({other.origin}) "
-                            f"both attach to service {table.service}",
+                            f"{about.heading} and route {other.name} ({other.origin}) both attach to {on}",
                         )
                     )
-                attached[table.service] = table
+                elif table.port is not None and by_ref[table.service].port(table.port) is None:
+                    found.append(about.invalid(f"service {table.service} has no port {table.port}"))
+                if table.attachment is not None:
+                    attached[table.attachment] = table
             for index, rule in enumerate(table.rules):
                 for backend in rule.targets():
                     found += backend_problems(about.within(f"rule {index + 1}"), backend, by_ref.get(backend.service))
@@ -216,6 +235,15 @@ class Mesh:
             origins[secret.name] = secret.origin
         certificates = {c.name for c in self.certificates}
         bundles = {b.name for b in self.trust_bundles}
+        for site in self.sites:
+            if site.tls is not None and site.tls.certificate and site.tls.certificate not in certificates:
+                about = Subject(f"site {site.id}", site.origin)
+                found.append(
+                    about.problem(
+                        _unknown_secret(site.tls.certificate),
+                        f"tls.certificate names unknown certificate {site.tls.certificate!r}",
+                    )
+                )
         for service in self.services:
             if (tls := service.tls) is None:
                 continue

@@ -1,7 +1,8 @@
 """Per-service traffic policy: how a proxy connects to, balances over and protects a service.
 
-Owns the policy's shape and its validation. Durations are float seconds. Must not know Envoy's
-field names; the translators map these onto clusters.
+Owns the policy's shape and its validation, and `PolicyAttachment` (a policy set apart from the
+services it applies to, by reference: a TrafficPolicy object, which the merge applies). Durations
+are float seconds. Must not know Envoy's field names; the translators map these onto clusters.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from enum import StrEnum
 
 from meshplane.model.limits import MIN_TIMEOUT, has_control_characters, header_name_problem
 from meshplane.model.problems import Problem, Subject
+from meshplane.model.secrets import UpstreamTls
 
 
 class LoadBalancing(StrEnum):
@@ -131,6 +133,41 @@ class TrafficPolicy:
             if has_control_characters(hc.path):
                 found.append(about.invalid(f"health_check.path {hc.path!r} must not contain control characters"))
         return found
+
+
+class TargetKind(StrEnum):
+    """What a policy attachment targets: a Kubernetes Service (core group), or a service that
+    meshplane's own API defines (an ExternalService, or a service of the policy files)."""
+
+    SERVICE = "Service"
+    EXTERNAL_SERVICE = "ExternalService"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PolicyTarget:
+    """One service a policy attachment applies to, by kind, namespace and name."""
+
+    kind: TargetKind
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAttachment:
+    """A traffic policy, and optionally TLS settings, for the services in `targets`: it replaces
+    each target's whole `policy` (and its `tls` when `tls` is set). `created` orders two
+    attachments to one target (the older wins; then `name`); `name` is "namespace/name" of the
+    object that declared it, `origin` where it was said."""
+
+    name: str
+    targets: tuple[PolicyTarget, ...]
+    policy: TrafficPolicy = TrafficPolicy()
+    tls: UpstreamTls | None = None
+    created: str = ""
+    origin: str = ""
 
 
 def _non_finite(about: Subject, policy: TrafficPolicy) -> list[Problem]:

@@ -25,6 +25,7 @@ _XDS_CLUSTER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 # A gateway proxy's listeners are the Gateway's ports plus its offset, which keeps them ports.
 MAX_PORT_OFFSET = 64511
 # `namespace/name` of a Gateway: a DNS label, then a DNS subdomain (Kubernetes' own limits).
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _GATEWAY_KEY = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
@@ -97,7 +98,16 @@ class ProxyGroup:
     bytes, so they are two groups; proxyless gRPC speaks ADS only. A `gateway` proxy serves the
     Gateway `gateway` (`namespace/name`) on `listen_address` too, each listener on its port plus
     `port_offset` (0-64511; a test or a laptop moves port 80 to 8080 so); both are empty (0) for
-    the other roles.
+    the other roles. `namespace`: the Kubernetes namespace of the workload a `sidecar` or `grpc`
+    client stands for, when its node says it (empty otherwise, and for the other roles): the mesh
+    routes of that namespace's consumers apply to it (a Gateway API route in the client's namespace
+    for a Service of another). Each namespace said is a group of its own. `certificate_dir`
+    (device only; empty: none): the absolute directory where the device's Envoy keeps its
+    registry-issued certificate and the gateways' CA, named by the file-based SDS file its
+    bootstrap writes there; at a site with `tls` the device reaches its gateways over mTLS with
+    them. Each directory said is a group of its own (a fleet shares one layout).
+    `cloud_listen_address` (edge-gateway only; empty: `listen_address`): the IP its cloud-facing
+    listener (`edge_to_devices_*`) binds, so that listener can stay off the site network.
     """
 
     role: ProxyRole = ProxyRole.SIDECAR
@@ -109,6 +119,9 @@ class ProxyGroup:
     xds_cluster: str = ""
     gateway: str = ""
     port_offset: int = 0
+    namespace: str = ""
+    certificate_dir: str = ""
+    cloud_listen_address: str = ""
 
     def __post_init__(self) -> None:
         # One spelling per address, and none for roles it does not apply to: otherwise equal
@@ -129,6 +142,24 @@ class ProxyGroup:
                 raise ValueError(f"port_offset {self.port_offset} is out of range 0-{MAX_PORT_OFFSET}")
         elif self.gateway or self.port_offset:
             raise ValueError("gateway and port_offset are for a gateway proxy only")
+        if self.cloud_listen_address and (
+            self.role is not ProxyRole.EDGE_GATEWAY
+            or listen_address_of(self.cloud_listen_address) != self.cloud_listen_address
+        ):
+            raise ValueError(
+                f"cloud_listen_address {self.cloud_listen_address!r}: only an edge-gateway has one, an IP address"
+                " in canonical form"
+            )
+        if self.certificate_dir:
+            if self.role is not ProxyRole.DEVICE:
+                raise ValueError(f"certificate_dir: only a device has one, not a {self.role}")
+            if (problem := certificate_dir_problem(self.certificate_dir)) is not None:
+                raise ValueError(problem)
+        if self.namespace:
+            if self.role not in (ProxyRole.SIDECAR, ProxyRole.GRPC):
+                raise ValueError(f"namespace: only a sidecar or a grpc client has one, not a {self.role}")
+            if (problem := namespace_problem(self.namespace)) is not None:
+                raise ValueError(problem)
         if self.xds_api_type is XdsApiType.ADS:
             if self.xds_cluster:
                 raise ValueError(f"xds_cluster {self.xds_cluster!r}: only a per-type proxy names its xDS cluster")
@@ -160,7 +191,55 @@ class ProxyGroup:
             text += f" +{self.port_offset}"
         if self.xds_api_type is not XdsApiType.ADS:
             text += f" per-type {self.xds_api_type} via {self.xds_cluster}"
+        if self.namespace:
+            text += f" in {self.namespace}"
+        if self.certificate_dir:
+            text += f" certificates {self.certificate_dir}"
+        if self.cloud_listen_address:
+            text += f" cloud on {self.cloud_listen_address}"
         return text
+
+
+MAX_CERTIFICATE_DIR_LENGTH = 512
+# The contract between a device's bootstrap (which writes the files) and its translation (whose
+# clusters name them): in `certificate_dir`, one file-based SDS file per secret (Envoy takes one
+# resource a file): the device's certificate (`DEVICE_CERTIFICATE_SECRET`, its cert.pem and
+# key.pem) and the gateways' CA (`GATEWAY_CA_SECRET`).
+DEVICE_SDS_FILE = "certificate.sds.yaml"
+GATEWAY_CA_SDS_FILE = "gateway-ca.sds.yaml"
+DEVICE_CERTIFICATE_SECRET = "device_certificate"
+GATEWAY_CA_SECRET = "gateway_ca"
+
+
+def device_sds_path(certificate_dir: str) -> str:
+    """The file-based SDS file of the device's certificate in its certificate directory."""
+    return certificate_dir.rstrip("/") + "/" + DEVICE_SDS_FILE
+
+
+def gateway_ca_sds_path(certificate_dir: str) -> str:
+    """The file-based SDS file of the gateways' CA in a device's certificate directory."""
+    return certificate_dir.rstrip("/") + "/" + GATEWAY_CA_SDS_FILE
+
+
+def certificate_dir_problem(directory: str) -> str | None:
+    """Why `directory` cannot be a device's certificate directory (an absolute path of printable
+    characters without spaces, at most `MAX_CERTIFICATE_DIR_LENGTH`), or None."""
+    if (
+        0 < len(directory) <= MAX_CERTIFICATE_DIR_LENGTH
+        and directory.startswith("/")
+        and directory.isprintable()
+        and not any(c.isspace() for c in directory)
+    ):
+        return None
+    limit = MAX_CERTIFICATE_DIR_LENGTH
+    return f"certificate_dir {directory[:80]!r} is not an absolute path without spaces (at most {limit})"
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why `namespace` cannot be a proxy's Kubernetes namespace (a lowercase DNS label), or None."""
+    if _NAMESPACE.fullmatch(namespace):
+        return None
+    return f"namespace {namespace[:80]!r} is not a Kubernetes namespace (a lowercase DNS label)"
 
 
 def gateway_key_problem(key: str) -> str | None:

@@ -270,7 +270,11 @@ class RouteTable:
     """Routing for a set of host names, replacing the default route of the services it names.
 
     `service`, when set, attaches the table to that service's own host names (its virtual host);
-    `hosts` adds further names. Rules are tried in order; the first match wins.
+    `hosts` adds further names. `port`, with `service` only, narrows the attachment to that one port
+    of the service (its number): for that port such a table replaces the service-wide one (a
+    Gateway API parentRef's `port`). `consumer`, with `service` only, narrows it to the clients of
+    that namespace (proxies whose group says it): for them it replaces the tables without one (a
+    Gateway API consumer route). Rules are tried in order; the first match wins.
     """
 
     name: str
@@ -278,6 +282,14 @@ class RouteTable:
     service: ServiceRef | None = None
     hosts: tuple[str, ...] = ()
     origin: str = ""
+    port: int | None = None
+    consumer: str = ""
+
+    @property
+    def attachment(self) -> tuple[ServiceRef, int | None, str] | None:
+        """What the table attaches to, unique in a mesh: (service, port or None, consumer
+        namespace or ""), or None."""
+        return None if self.service is None else (self.service, self.port, self.consumer)
 
     def problems(self) -> list[Problem]:
         """Why this table cannot be served on its own, each naming it; the mesh checks what it refers to."""
@@ -287,6 +299,10 @@ class RouteTable:
             found.append(about.invalid("has no rules"))
         if self.service is None and not self.hosts:
             found.append(about.invalid("names neither a service nor hosts"))
+        if self.port is not None and (self.service is None or not 1 <= self.port <= 65535):
+            found.append(about.invalid(f"port {self.port} needs a service, and is a number 1-65535"))
+        if self.consumer and (self.service is None or not _NAMESPACE.fullmatch(self.consumer)):
+            found.append(about.invalid(f"consumer {self.consumer[:80]!r} needs a service, and is a namespace"))
         for host in self.hosts:
             if not is_host_name(host):
                 found.append(about.invalid(f"host {host!r} is not a valid host name"))
@@ -390,6 +406,7 @@ MAX_CORS_MAX_AGE = 86400
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?")
 
 _RULE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_NAMESPACE = _RULE_NAME  # a Kubernetes namespace is the same lowercase RFC 1123 label
 # Envoy refuses a header value holding NUL, CR or LF (its HTTP_HEADER_VALUE rule).
 _BAD_HEADER_VALUE = re.compile(r"[\x00\r\n]")
 # Headers a modifier may not touch: Envoy refuses to change pseudo-headers and `host` this way

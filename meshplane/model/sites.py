@@ -2,15 +2,18 @@
 cloud through the site's edge gateways.
 
 Owns the shape of a site (id, locality, gateway addresses, the address ranges its devices may
-register) and its validation. Sites come from the policy files: only an operator declares where
-devices may live and which addresses a proxy may be sent to. Must not do I/O or know Envoy.
+register, the TLS its gateways speak with devices: `SiteTls`) and its validation, and the device
+trust (`DeviceTrust`: the registry CA's certificate and trust domain, which decide what a device
+certificate must be). Sites come from the policy files: only an operator declares where devices may
+live and which addresses a proxy may be sent to. Must not do I/O or know Envoy.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from meshplane.model.problems import Problem, ProblemKind, Subject
 from meshplane.model.services import Locality
@@ -35,6 +38,52 @@ class GatewayAddress:
         return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
 
+class ClientCertificates(StrEnum):
+    """Whether a site's gateways ask devices for a certificate on the device listener."""
+
+    REQUIRED = "required"  # no certificate of a live device of the site: no connection, no request
+    OPTIONAL = "optional"  # a device without one is served (a fleet moving over); one with one must be live
+
+
+class ToDevices(StrEnum):
+    """How a site's gateways reach its devices for the cloud."""
+
+    MTLS = "mtls"  # present the site certificate, require the exact device's certificate
+    PLAINTEXT = "plaintext"  # plain HTTP, as before certificates
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTls:
+    """The TLS of a site's gateways. `certificate` names a TlsCertificate (a policy-file secret or a
+    `namespace/name` Kubernetes Secret): the gateways' server certificate towards devices, and their
+    client certificate towards devices with `to_devices: mtls`. Devices are verified against the
+    mesh's `DeviceTrust`."""
+
+    certificate: str
+    client_certificates: ClientCertificates = ClientCertificates.REQUIRED
+    to_devices: ToDevices = ToDevices.MTLS
+
+
+def device_spiffe_id(trust_domain: str, site: str, device_id: str) -> str:
+    """The one URI a device's certificate names, `spiffe://<trust-domain>/site/<site>/device/<id>`:
+    what the registry's CA issues and what gateways require. Site ids (RFC 1123 labels) and device
+    ids (`[A-Za-z0-9][A-Za-z0-9._-]*`) are valid SPIFFE path segments as they are. Never build such
+    a URI anywhere else."""
+    return f"spiffe://{trust_domain}/site/{site}/device/{device_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTrust:
+    """What makes a device certificate: the registry CA's certificate(s) (PEM) and the SPIFFE trust
+    domain of the identities it issues. Present only when the registry signs CSRs."""
+
+    trust_domain: str
+    ca_certificates: str = field(repr=False)
+
+    def spiffe_id(self, site: str, device_id: str) -> str:
+        return device_spiffe_id(self.trust_domain, site, device_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Site:
     """One edge site. `device_ranges` are CIDRs; a device registering here must have every address
@@ -46,6 +95,7 @@ class Site:
     gateways: tuple[GatewayAddress, ...] = ()
     device_ranges: tuple[str, ...] = ()
     origin: str = ""
+    tls: SiteTls | None = None
 
     @property
     def locality(self) -> Locality:
@@ -89,6 +139,8 @@ class Site:
                 continue
             networks.append(network)
         found += [about.invalid(problem) for problem in union_problems(networks)]
+        if self.tls is not None and not self.tls.certificate:
+            found.append(about.invalid("tls.certificate must name a certificate secret"))
         return found
 
 

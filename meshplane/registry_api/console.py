@@ -11,11 +11,13 @@ The token comes from `--token` or `MESHPLANE_REGISTRY_TOKEN`; the registry from 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -106,13 +108,28 @@ def devices_table(devices: list[dict[str, Any]]) -> str:
 
 def certificate_line(device: dict[str, Any]) -> str:
     """`devices get`'s line on the certificate last issued to the device, empty when none was:
-    `CERTIFICATE  serial <hex>  not after <UTC>  SAN <uri>`."""
+    `CERTIFICATE  serial <hex>  not after <UTC>  expires in <time>|EXPIRED  SAN <uri>` (the time
+    left by this machine's clock; left out when the not-after cannot be read)."""
     certificate = device.get("certificate")
     if not isinstance(certificate, dict):
         return ""
     not_after = _to_the_second(str(certificate.get("not_after", "")))
     serial, san = certificate.get("serial", ""), certificate.get("uri_san", "")
-    return f"CERTIFICATE  serial {serial}  not after {not_after}  SAN {san}"
+    return f"CERTIFICATE  serial {serial}  not after {not_after}{_time_left(not_after)}  SAN {san}"
+
+
+def _time_left(not_after: str, now: float | None = None) -> str:
+    try:
+        end = datetime.datetime.fromisoformat(not_after).timestamp()
+    except ValueError:
+        return ""
+    left = end - (time.time() if now is None else now)
+    if left <= 0:
+        return "  EXPIRED"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+        if left >= 2 * seconds:
+            return f"  expires in {round(left / seconds)} {unit}"
+    return f"  expires in {round(left)} s"
 
 
 def _to_the_second(timestamp: str) -> str:

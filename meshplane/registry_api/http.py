@@ -181,7 +181,7 @@ def registry_http_app(
     """The JSON mirror's routes; `read_timeout` bounds the time a request's body may take to arrive."""
 
     def principal_of(request: web.Request) -> Principal:
-        principal = authenticate(request.headers.get("Authorization"), [], [])
+        principal = authenticate(request.headers.get("Authorization"), [], [], None)
         if principal is None:
             raise RegistryError(ErrorCode.UNAUTHENTICATED, "missing or unknown credentials (Authorization: Bearer …)")
         return principal

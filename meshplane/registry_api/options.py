@@ -10,7 +10,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshplane.flags import env_flag
+from meshplane.flags import env_flag, env_switch
 
 # Repeated from meshplane.registry_api.service (which imports grpc: too heavy for the CLI's start);
 # a test keeps them equal.
@@ -149,6 +149,12 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TRUST_DOMAIN,
         help="SPIFFE trust domain of issued device certificates (spiffe://<domain>/site/<site>/device/<id>)",
     )
+    env_switch(
+        group,
+        "--registry-csr-device-credentials-only",
+        help="sign a CSR only for the device's own token or its current certificate, never for a class token"
+        " (which could otherwise get the certificate of any device of its class that is not live)",
+    )
     env_flag(group, "--lease-ttl", type=float, default=30.0, help="lease seconds when a device asks for none")
     env_flag(group, "--lease-min-ttl", type=float, default=5.0, help="shortest lease granted, seconds")
     env_flag(group, "--lease-max-ttl", type=float, default=3600.0, help="longest lease granted, seconds")
@@ -239,6 +245,7 @@ def edge_settings(args: argparse.Namespace) -> EdgeSettings | None:
         ca_certificate=args.registry_ca_cert,
         ca_key=args.registry_ca_key,
         trust_domain=args.registry_trust_domain,
+        csr_from_class_tokens=not args.registry_csr_device_credentials_only,
         leases=LeaseSettings(
             default_ttl=args.lease_ttl,
             min_ttl=args.lease_min_ttl,

@@ -87,6 +87,8 @@ class EdgeSettings:
     ca_certificate: Path | None = None
     ca_key: Path | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    # Off: a class token's CSR is refused; only a device token or certificate gets one signed.
+    csr_from_class_tokens: bool = True
     leases: LeaseSettings = dataclasses.field(default_factory=LeaseSettings)
     # Register calls per principal (token bucket; rate 0: unlimited). Heartbeats are not limited.
     # `meshplane serve` passes DEFAULT_REGISTER_RATE/BURST (100/s, bursts of 1,000); built in code (benchmarks,
@@ -107,7 +109,14 @@ class EdgeRegistryServer:
         self.settings = settings
         authority = _authority(settings)
         store = _store(settings)
-        self.registry = EdgeRegistry(store, sites, leases=settings.leases, on_change=on_change, authority=authority)
+        self.registry = EdgeRegistry(
+            store,
+            sites,
+            leases=settings.leases,
+            on_change=on_change,
+            authority=authority,
+            csr_from_class_tokens=settings.csr_from_class_tokens,
+        )
         self.tokens = TokenAuthenticator.from_file(settings.tokens) if settings.tokens else TokenAuthenticator()
         # Shared by the gRPC and JSON APIs: one bucket per principal, whichever API it calls.
         self.register_limit = RateLimiter(settings.register_rate, settings.register_burst)

@@ -209,18 +209,21 @@ def _class_may_read(principal: Principal, row: Registration | None) -> None:
     raise RegistryError(ErrorCode.PERMISSION_DENIED, f"{principal} cannot read other devices")
 
 
-Authenticate = Callable[[str | None, list[str], list[str]], Principal | None]
+# (authorization value, certificate common names, certificate URIs, the certificate's PEM or None)
+Authenticate = Callable[[str | None, list[str], list[str], bytes | None], Principal | None]
 
 
 def authenticator(tokens: TokenAuthenticator, *, certificates: bool) -> Authenticate:
     """Principal from (authorization value, certificate common names, certificate URIs): a bearer
     token wins; a verified client certificate is the alternative when `certificates`."""
 
-    def authenticate(authorization: str | None, common_names: list[str], uris: list[str]) -> Principal | None:
+    def authenticate(
+        authorization: str | None, common_names: list[str], uris: list[str], certificate_pem: bytes | None
+    ) -> Principal | None:
         if authorization:
             return tokens.principal_for(authorization)
         if certificates:
-            return principal_for_certificate(common_names, uris)
+            return principal_for_certificate(common_names, uris, certificate_pem)
         return None
 
     return authenticate
@@ -240,7 +243,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         common_names = [v.decode() for v in auth.get("x509_common_name", [])]
         names = [*auth.get("x509_subject_alternative_name", []), *auth.get("peer_uri", [])]
         uris = [v.decode() for v in names if b"://" in v]
-        principal = self._authenticate(authorization if isinstance(authorization, str) else None, common_names, uris)
+        pem = next(iter(auth.get("x509_pem_cert", ())), None)
+        principal = self._authenticate(
+            authorization if isinstance(authorization, str) else None, common_names, uris, pem
+        )
         if principal is None:
             raise RegistryError(ErrorCode.UNAUTHENTICATED, "missing or unknown credentials (authorization: Bearer …)")
         return principal

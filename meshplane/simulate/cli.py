@@ -2,10 +2,13 @@
 
     meshplane simulate devices --count 500 --site gym-berlin --registry meshplane:18001 \\
         [--address IP] [--backends] [--traffic http://gateway:15080/ --host web --rate 20] [--duration 60]
+        [--certificates [--traffic-ca gateways-ca.pem]]   (a site whose gateway requires client certificates)
 
 Registers the devices, renews their leases, optionally serves a stand-in backend per device and
 sends traffic through the site's gateway, until Ctrl-C, SIGTERM or `--duration` (or at once when
-every device was refused); then deregisters them all and prints a summary. Progress goes to stderr:
+every device was refused); then deregisters them all and prints a summary. With `--certificates`
+each device registers with a CSR of its own key, sends its traffic (https) with the certificate
+the registry issued, and renews it by registering again before half its lifetime. Progress goes to stderr:
 a bar redrawn in place on a terminal, a plain line every few seconds otherwise. Exit status: 0 when
 every device registered, 1 when any was refused (or the run stopped before all registered), 2 for
 bad arguments.
@@ -102,6 +105,20 @@ def add_simulate_command(commands: Any) -> None:
         secret=True,
         help="bearer token, e.g. a class token (else MESHPLANE_REGISTRY_TOKEN, as `meshplane devices`)",
     )
+    env_switch(
+        devices,
+        "--certificates",
+        scope=SCOPE,
+        help="each device sends a CSR of its own key, uses the certificate issued for its traffic (https) and"
+        " renews it before half its lifetime: for a site whose gateway requires client certificates",
+    )
+    env_flag(
+        devices,
+        "--traffic-ca",
+        scope=SCOPE,
+        type=Path,
+        help="with --certificates: the CA of the gateway's certificate (default: the system's roots)",
+    )
     env_flag(devices, "--tls-ca", scope=SCOPE, type=Path, help="the registry serves TLS: trust this CA")
     env_flag(devices, "--tls-cert", scope=SCOPE, type=Path, help="client certificate (mTLS), with --tls-key")
     env_flag(devices, "--tls-key", scope=SCOPE, type=Path, help="its private key")
@@ -192,6 +209,8 @@ def fleet_options(args: argparse.Namespace) -> tuple[FleetOptions, float | None]
         tls_ca=_readable(args.tls_ca, "--tls-ca"),
         tls_cert=_readable(args.tls_cert, "--tls-cert"),
         tls_key=_readable(args.tls_key, "--tls-key"),
+        certificates=args.certificates,
+        traffic_ca=_readable(args.traffic_ca, "--traffic-ca"),
     )
     problems = options.problems()
     if problems:
@@ -333,6 +352,17 @@ def summary_table(stats: FleetStats) -> str:
         ("retried", f"{sum(stats.retried.values())} (transient refusals)"),
         ("heartbeats", f"{stats.heartbeats_ok} ok, {stats.heartbeats_failed_total} failed"),
         ("requests", f"{stats.requests_ok} ok, {stats.requests_failed_total} failed"),
+        *(
+            [
+                (
+                    "certificates",
+                    f"{stats.certificates_issued} issued, {stats.certificates_renewed} renewed,"
+                    f" {sum(stats.renewals_failed.values())} renewals failed",
+                )
+            ]
+            if stats.certificates_issued
+            else []
+        ),
         ("deregistered", f"{stats.deregistered} ({sum(stats.deregister_failed.values())} failed)"),
         *([("abandoned", f"{stats.abandoned} (leases left to expire)")] if stats.abandoned else []),
         ("elapsed", f"{stats.elapsed:.1f} s"),
@@ -344,6 +374,7 @@ def summary_table(stats: FleetStats) -> str:
         ("heartbeats failed", stats.heartbeats_failed),
         ("requests failed", stats.requests_failed),
         ("deregister failed", stats.deregister_failed),
+        ("renewals failed", stats.renewals_failed),
     ):
         if counter:
             lines.append(f"{title}:")

@@ -31,6 +31,12 @@ What scales, and why:
   limit (`ulimit -n`) above the fleet size plus the connections in flight.
 - Traffic (`traffic_url`): a fleet-wide rate (`traffic_rate` requests a second, spread over the
   registered devices in turn), not a rate per device, so a large fleet does not multiply it.
+- Certificates (`certificates=True`, for a site whose gateway requires client certificates): each
+  device makes its own key and registers with a CSR (`identity.py`); its traffic goes over TLS
+  (`traffic_url` https, the gateway verified by `traffic_ca`) presenting the certificate issued,
+  and it registers again with a new key's CSR before half the certificate's lifetime (one renewal
+  loop scans the fleet twice a second: a comparison a device). A lapsed lease registers anew with
+  a new key too. Keys stay in this process and a private directory removed at the end.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
+import ssl
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -49,12 +58,14 @@ from typing import Any
 import aiohttp
 import grpc
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshplane.addresses import split_address
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.model.devices import forbidden_address_reason, is_device_class, is_device_id
 from meshplane.sample_backend import start_http_backend
+from meshplane.simulate.identity import DeviceIdentity, new_key_and_csr, take_certificate
 
 DEFAULT_REGISTRY_PORT = 18001
 # Refusals the registry documents as "retry" (docs/edge.md, Refusals), and a call that timed out.
@@ -64,6 +75,8 @@ RETRYABLE = frozenset(
 CALL_TIMEOUT = 10.0  # seconds for one unary call
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds
 MAX_REASON = 300  # characters of a status message kept as a reason
+RENEW_SCAN = 0.5  # seconds between the renewal loop's looks at the fleet
+RENEW_RETRY = 1.0  # seconds before a failed renewal is tried again
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class FleetOptions:
     tls_ca: Path | None = None  # registry over TLS: trust this CA (None with a cert: system roots)
     tls_cert: Path | None = None  # with tls_key: a client certificate (mTLS)
     tls_key: Path | None = None
+    certificates: bool = False  # register with a CSR, send traffic with the certificate, renew it
+    traffic_ca: Path | None = None  # with certificates: the CA of the gateway's certificate
 
     def device_id(self, index: int) -> str:
         return f"{self.id_prefix}-{self.site}-{index:05d}"
@@ -124,6 +139,10 @@ class FleetOptions:
             found.append("traffic_rate must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             found.append("tls_cert and tls_key go together")
+        if self.certificates and self.traffic_url is not None and not self.traffic_url.startswith("https://"):
+            found.append("with certificates, traffic_url must be https:// (the gateway's TLS device listener)")
+        if self.traffic_ca is not None and not self.certificates:
+            found.append("traffic_ca goes with certificates")
         return found
 
 
@@ -149,13 +168,23 @@ class FleetStats:
     deregistered: int = 0
     abandoned: int = 0  # leases left to expire: deregistration was abandoned (`Fleet.abandon`)
     deregister_failed: Counter[str] = field(default_factory=_counter)
+    certificates_issued: int = 0  # certificates received with registrations (renewals counted apart)
+    certificates_renewed: int = 0
+    renewals_failed: Counter[str] = field(default_factory=_counter)
     registration_seconds: float | None = None  # from the start until every device registered or was given up
     started: float = field(default_factory=time.monotonic)
     elapsed: float = 0.0  # seconds since `started`, as of the last snapshot
 
     def snapshot(self) -> FleetStats:
         copy = FleetStats(**{f.name: getattr(self, f.name) for f in fields(self)})
-        for name in ("refused", "retried", "heartbeats_failed", "requests_failed", "deregister_failed"):
+        for name in (
+            "refused",
+            "retried",
+            "heartbeats_failed",
+            "requests_failed",
+            "deregister_failed",
+            "renewals_failed",
+        ):
             setattr(copy, name, Counter(getattr(self, name)))
         copy.elapsed = time.monotonic() - self.started
         return copy
@@ -209,6 +238,7 @@ class _Device:
     port: int
     lease_id: str = ""  # "" while not registered
     backend: web.AppRunner | None = None
+    identity: DeviceIdentity | None = None  # with certificates: the one it holds now
 
 
 class Fleet:
@@ -236,6 +266,7 @@ class Fleet:
         self._slots = asyncio.Semaphore(options.concurrency)  # re-registrations, deregistrations
         self._abandoned = asyncio.Event()
         self._traffic_slots = asyncio.Semaphore(options.concurrency)  # requests in flight
+        self._keys: Path  # with certificates: the private directory of the devices' key files, made by `run`
         host, port = registry_target(options.registry)
         self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         token = options.token
@@ -250,6 +281,8 @@ class Fleet:
         device it registered and stops its backends (also when cancelled). Returns the final
         stats. An unexpected error (a bug, not a refusal) ends the run and is raised."""
         self.stats.started = time.monotonic()
+        if self.options.certificates:
+            self._keys = Path(tempfile.mkdtemp(prefix="meshplane-simulate-"))  # owner-only (0700)
         async with self._channel() as channel:
             self._stub = registry_pb2_grpc.RegistryStub(channel)
             session = aiohttp.ClientSession(
@@ -266,6 +299,8 @@ class Fleet:
                     ]
                     if self.options.traffic_url is not None:
                         loops.append(group.create_task(self._run_traffic(session)))
+                    if self.options.certificates:
+                        loops.append(group.create_task(self._run_renewals()))
                     if self._on_progress is not None:
                         loops.append(group.create_task(self._run_progress()))
                     await stop.wait()
@@ -319,15 +354,7 @@ class Fleet:
                 ] += 1
                 return False
             self.stats.backends += 1
-        request = pb.RegisterRequest(
-            device_id=device.id,
-            device_class=options.device_class,
-            site=options.site,
-            endpoints=[pb.Endpoint(address=options.address, port=device.port)],
-            version=options.version,
-            labels=dict(options.labels),
-            ttl_seconds=max(1, round(options.ttl_seconds)),
-        )
+        key, request = self._registration(device)
         delay = BACKOFF_FIRST
         while True:
             try:
@@ -340,6 +367,14 @@ class Fleet:
                 self.stats.refused[reason_of(error)] += 1
                 await self._stop_backend(device)
                 return False
+            if key is not None:
+                try:
+                    self._take(device, key, answer)
+                except ValueError as error:
+                    self.stats.refused[f"certificate not taken: {error}"] += 1
+                    await self._stop_backend(device)
+                    return False
+                self.stats.certificates_issued += 1
             device.lease_id = answer.lease_id
             if self._granted_ttl is None or answer.ttl_seconds < self._granted_ttl:
                 self._granted_ttl = float(answer.ttl_seconds)
@@ -348,6 +383,68 @@ class Fleet:
             else:
                 self.stats.registered += 1
             return True
+
+    def _registration(self, device: _Device) -> tuple[ec.EllipticCurvePrivateKey | None, pb.RegisterRequest]:
+        """The request registering `device` (again, with its lease id, while it holds one); with
+        certificates, a new key and its CSR in the request."""
+        options = self.options
+        key, csr = new_key_and_csr() if options.certificates else (None, "")
+        request = pb.RegisterRequest(
+            device_id=device.id,
+            device_class=options.device_class,
+            site=options.site,
+            endpoints=[pb.Endpoint(address=options.address, port=device.port)],
+            version=options.version,
+            labels=dict(options.labels),
+            ttl_seconds=max(1, round(options.ttl_seconds)),
+            lease_id=device.lease_id,
+            csr=csr,
+        )
+        return key, request
+
+    def _take(self, device: _Device, key: ec.EllipticCurvePrivateKey, answer: pb.RegisterResponse) -> None:
+        if not answer.certificate:
+            raise ValueError("the registry answered no certificate for the CSR")
+        device.identity = take_certificate(
+            key,
+            answer.certificate,
+            answer.certificate_chain,
+            directory=self._keys,
+            name=device.id,
+            trust=self.options.traffic_ca,
+        )
+
+    async def _run_renewals(self) -> None:
+        """Renews each registered device's certificate when due (`DeviceIdentity.renew_at`) by
+        registering it again with a new key's CSR. Ends only when cancelled."""
+        async with asyncio.TaskGroup() as group:
+            renewing: set[_Device] = set()
+            while True:
+                now = time.monotonic()
+                for device in self._devices:
+                    identity = device.identity
+                    due = device.lease_id and identity is not None and identity.renew_at <= now
+                    if due and device not in renewing:
+                        renewing.add(device)
+                        task = group.create_task(self._renew(device))
+                        task.add_done_callback(lambda _, device=device: renewing.discard(device))  # type: ignore[misc]
+                await asyncio.sleep(RENEW_SCAN)
+
+    async def _renew(self, device: _Device) -> None:
+        key, request = self._registration(device)
+        assert key is not None
+        async with self._slots:
+            try:
+                answer = await self._stub.Register(request, metadata=self._metadata, timeout=CALL_TIMEOUT)
+                self._take(device, key, answer)
+            except (grpc.aio.AioRpcError, ValueError) as error:
+                reason = reason_of(error) if isinstance(error, grpc.aio.AioRpcError) else str(error)
+                self.stats.renewals_failed[reason] += 1
+                if device.identity is not None:
+                    device.identity.renew_at = time.monotonic() + RENEW_RETRY
+                return
+        device.lease_id = answer.lease_id
+        self.stats.certificates_renewed += 1
 
     async def _run_reregistrations(self) -> None:
         while True:
@@ -467,8 +564,18 @@ class Fleet:
             "x-device-class": options.device_class,
             "x-firmware-version": options.version,
         }
+        # With certificates, the device's own: aiohttp pools connections per context, so each
+        # device's requests go over its own TLS connections.
+        context: ssl.SSLContext | bool = True
+        if options.certificates:
+            if device.identity is None:
+                self._traffic_slots.release()
+                return
+            context = device.identity.context
         try:
-            async with session.get(options.traffic_url, headers=headers, allow_redirects=False) as response:
+            async with session.get(
+                options.traffic_url, headers=headers, allow_redirects=False, ssl=context
+            ) as response:
                 await response.read()
                 if response.status < 400:
                     self.stats.requests_ok += 1
@@ -535,3 +642,5 @@ class Fleet:
             for device in self._devices:
                 await self._stop_backend(device)
             await session.close()
+            if self.options.certificates:
+                shutil.rmtree(self._keys, ignore_errors=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from meshplane.logs import redact_secrets
 from meshplane.model import Mesh, ProxyGroup, SourceStatus
+from meshplane.status.devices import DeviceLookup
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import Nack, StreamKind, StreamRegistry, StreamTrack, SyncState, TypeTrack
@@ -37,7 +38,8 @@ class StatusInputs:
     None means they stay locked. `subscriptions(node_id)`: what that proxy's open streams subscribe
     to, per type (None: wildcard), as the xDS server knows it; None when no server is at hand
     (`/diff` then takes the subscriptions from the protocol's rules). `mesh`: the current merged
-    mesh, None before the first merge (`/topology` draws it).
+    mesh, None before the first merge (`/topology` draws it). `devices`: the edge registry's live
+    devices (`/status/devices`), None when this control plane runs no registry.
     """
 
     sources: Callable[[], Sequence[SourceStatus]]
@@ -48,6 +50,7 @@ class StatusInputs:
     admin_token: str | None = None
     subscriptions: Callable[[str], Mapping[TypeUrl, frozenset[str] | None]] | None = None
     mesh: Callable[[], Mesh | None] = lambda: None
+    devices: DeviceLookup | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,9 @@
 - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 once every source has synced
   and a configuration is published, 503 with the reasons otherwise.
 - `GET /status[?role=…&site=…&out_of_sync=true]`: JSON (docs/status-api.md).
+- `GET /status/devices[?site=S&limit=N]`, `GET /status/devices/ID`: edge devices as the registry
+  holds them, with their certificates' serial, validity and SAN (`devices`); 404 without a
+  registry or for a device not registered, 400 with the reason for a malformed id or query.
 - `GET /config?node=ID` / `GET /config?role=…&site=…&…`: config dumps (`config_dump`). A group's
   dump is a preview built for the request: the group is checked by the rules a node's metadata
   is (`nodes.group_problem`), built off the event loop one at a time, and stored nowhere, so queries
@@ -29,6 +32,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +40,7 @@ from aiohttp import web
 from meshplane.status.changes import changes_document, one_generation, parse_generation, parse_limit
 from meshplane.status.config_dump import DumpError, group_dump, group_from_query, node_dump
 from meshplane.status.dashboard import dashboard_html
+from meshplane.status.devices import DeviceQueryError, checked_device_id, device_document, devices_document, list_query
 from meshplane.status.diff import MAX_NODE_ID_LENGTH, node_diff
 from meshplane.status.document import ProxyFilter, StatusInputs, proxies_by_node, readiness, status_document
 from meshplane.status.metrics import ControlPlaneMetrics
@@ -121,6 +126,29 @@ def status_app(
         except DumpError as error:
             return _error(400, str(error))
         return _json(status_document(inputs, selected))
+
+    async def device_list(request: web.Request) -> web.Response:
+        if inputs.devices is None:
+            return _error(404, "no edge registry: this control plane serves no devices")
+        try:
+            site, limit = list_query(request.query)
+        except DeviceQueryError as error:
+            return _error(400, str(error))
+        return _json(devices_document(inputs.devices, site, limit, time.time()))
+
+    async def device(request: web.Request) -> web.Response:
+        if inputs.devices is None:
+            return _error(404, "no edge registry: this control plane serves no devices")
+        if request.query:
+            return _error(400, "/status/devices/ID takes no parameters")
+        try:
+            device_id = checked_device_id(request.match_info["device_id"])
+        except DeviceQueryError as error:
+            return _error(400, str(error))
+        row = inputs.devices.get(device_id)
+        if row is None:
+            return _error(404, f"device {device_id} is not registered (no live lease)")
+        return _json(device_document(row, time.time()))
 
     async def config(request: web.Request) -> web.Response:
         try:
@@ -219,6 +247,9 @@ def status_app(
         ("/healthz", healthz),
         ("/readyz", readyz),
         ("/status", status),
+        ("/status/devices", device_list),
+        # Any rest of the path ("/" and newlines too): a malformed id is a 400 with the reason, not a 404.
+        (r"/status/devices/{device_id:[\s\S]*}", device),
         ("/config", config),
         ("/diff", diff),
         ("/changes", change_list),

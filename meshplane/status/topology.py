@@ -294,7 +294,8 @@ def _service_node(service: Service) -> dict[str, Any]:
         "label": f"{service.namespace}/{service.name}",
         "namespace": service.namespace,
         "name": service.name,
-        "endpoints": len(service.endpoints),
+        # Endpoints named by DNS count as endpoints too (the names, not what they resolve to).
+        "endpoints": len(service.endpoints) + (len(service.dns.endpoints) if service.dns is not None else 0),
         "ports": [
             {"name": port.name, "port": port.port, "protocol": str(port.protocol)}
             for port in service.ports[:MAX_LISTED]

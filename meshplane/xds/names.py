@@ -87,6 +87,18 @@ def device_virtual_host_name(device_id: str) -> str:
     return f"device/{device_id}"
 
 
+# The SDS secrets of the edge gateway's device TLS. Their names hold two `/`, so they never meet a
+# policy-file secret's (no `/`) nor a Kubernetes Secret's (`namespace/name`, `namespace/name#ca`).
+# The device CA alone (trusted CAs): what the gateway verifies a device it calls with.
+EDGE_DEVICE_CA_SECRET = "meshplane/edge/device-ca"
+
+
+def edge_device_validation_secret_name(site: str) -> str:
+    """The validation context the gateways of `site` verify connecting devices with: the device CA
+    and the SPIFFE ids of the site's live devices (changed by SDS alone, so no listener drains)."""
+    return f"meshplane/edge/devices/{site}"
+
+
 # The RTDS layer Envoy Mobile asks for; its bootstrap names it (`rtds_layer.name`).
 MOBILE_RUNTIME_NAME = "meshplane"
 

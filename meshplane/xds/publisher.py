@@ -12,7 +12,9 @@ translated again only when a change reaches a part its role reads. A change of e
 for a role that gets them over EDS, replaces the assignments of the services that changed and
 nothing else (the fast path that keeps endpoint churn cheap, as Contour and Istio found they
 must); a device registration rebuilds the groups of roles that read devices (edge gateways) and
-leaves every sidecar's snapshot as it was.
+leaves every sidecar's snapshot as it was. A change that reaches a role but neither the services
+nor their endpoints (a Gateway's routes) translates its groups again and keeps each locality's
+endpoints, which are a function of the services alone.
 
 Builds happen in two places only, both outside any stream: `publish` (called by the debounced
 rebuild) and `run` (a loop building the groups streams asked for and the cache did not have, which
@@ -25,7 +27,13 @@ observed (as the caller says), and the snapshot version of every group it rebuil
 endpoints it replaced.
 
 Never publishes a snapshot that fails `consistency_problems()`; the problems are kept for the
-status endpoint and the last good snapshot keeps serving.
+status endpoint and the last good snapshot keeps serving. The check skips the parts a snapshot
+shares, as the very same sets, with one already published (the group's last, or the last of any
+group): a route change looks at the listeners, not again at every cluster.
+
+Groups translated from the same mesh share whole sets where their translators hand back the same
+messages (every Gateway's proxy gets the same clusters, endpoints and secrets): `Snapshot.of` takes
+them from the bases already built, so such a set is serialised and versioned once, not per group.
 """
 
 from __future__ import annotations
@@ -124,6 +132,10 @@ class SnapshotPublisher:
         self._warnings: dict[ProxyGroup, tuple[str, ...]] = {}
         # Per group: why its last build was not published (kept until the group is built again).
         self._problems: dict[ProxyGroup, list[str]] = {}
+        # Per group: the snapshot this publisher last published for it, and the last it published
+        # for any group: both consistent, so what a new snapshot shares with them is not checked again.
+        self._published: dict[ProxyGroup, Snapshot] = {}
+        self._last_published: Snapshot | None = None
         # Groups a stream wants that the cache has no snapshot for: built by `run`.
         self._wanted: set[ProxyGroup] = set()
         self._wanted_event = asyncio.Event()
@@ -277,6 +289,8 @@ class SnapshotPublisher:
         kept = set(groups)
         for group in [group for group in self._problems if group not in kept]:
             del self._problems[group]
+        for group in [group for group in self._published if group not in kept]:
+            del self._published[group]
 
     def _apply(self, changes: MeshChanges, reaches: dict[ProxyGroup, Reach], mesh: Mesh) -> set[_EndpointKey]:
         """Brings the memo to `mesh`: forgets what a change reaches whole, replaces the assignments
@@ -288,14 +302,20 @@ class SnapshotPublisher:
             for shares in self._by_service.values():
                 for ref in [ref for ref in shares if ref not in refs]:
                     del shares[ref]
+        # A locality's endpoints are its services' shares (`translate_service_endpoints`), a function
+        # of the services alone: a change of anything else (a route of a Gateway) leaves them good.
+        endpoints_stand = not changes.services and not changes.endpoints
         for key, found in reaches.items():
             if found is Reach.ALL:
                 if (old_base := self._bases.pop(key, None)) is not None:
                     self._replaced[key] = old_base
                 self._warnings.pop(key, None)
-                for endpoint_key in [k for k in self._endpoints if k[0] == key]:
+                for endpoint_key in [k for k in self._endpoints if k[0] == key and not endpoints_stand]:
                     del self._endpoints[endpoint_key]
-        services = [service for service in mesh.services if service.ref in changes.endpoints]
+        # (Not a walk of every service for a change that names none: `ref` builds a value each time.)
+        services = (
+            [service for service in mesh.services if service.ref in changes.endpoints] if changes.endpoints else []
+        )
         fast: set[_EndpointKey] = set()
         for endpoint_key, current in list(self._endpoints.items()):
             if reaches.get(endpoint_key[0]) is not Reach.ENDPOINTS:
@@ -331,7 +351,8 @@ class SnapshotPublisher:
             log.exception("translation failed for group %s", group)
             self._problems[group] = [f"group {group}: translation failed: {error}"]
             return
-        problems = snapshot.consistency_problems() if check else []
+        passed = [found for found in (self._published.get(group), self._last_published) if found is not None]
+        problems = snapshot.consistency_problems(passed) if check else []
         if problems:
             log.error("not publishing an inconsistent snapshot for group %s: %s", group, problems)
             # The endpoint fast path skips the check; it must not take this base as good: forget
@@ -342,6 +363,7 @@ class SnapshotPublisher:
             self._problems[group] = [f"group {group}: {problem}" for problem in problems]
             return
         self._cache.set_snapshot(group, snapshot)
+        self._published[group] = self._last_published = snapshot
 
     def _build(self, group: ProxyGroup) -> Snapshot:
         """`build_snapshot(self._mesh, group)`, from the memo where it has the parts."""
@@ -350,7 +372,9 @@ class SnapshotPublisher:
         base = self._bases.get(key)
         if base is None:
             translation = translate(self._mesh, key)
-            base = self._bases[key] = Snapshot.of(translation.resources, self._replaced.pop(key, None))
+            # The other bases: what this one shares with them (as the very messages) is not made again.
+            shared = list(self._bases.values())
+            base = self._bases[key] = Snapshot.of(translation.resources, self._replaced.pop(key, None), shared)
             self._warnings[key] = translation.warnings
             self._endpoints[(key, Locality())] = base.of_type(TypeUrl.ENDPOINT)
         endpoints = self._endpoints.get((key, group.locality))

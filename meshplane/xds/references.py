@@ -20,8 +20,9 @@ _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connectio
 
 
 def sds_secret_names(clusters: Iterable[Any]) -> frozenset[str]:
-    """Every Secret name the clusters' upstream TLS asks for over SDS (certificates and validation
-    contexts), from `transport_socket` and `transport_socket_matches` alike."""
+    """Every Secret name the clusters' upstream TLS asks meshplane for over SDS (certificates and
+    validation contexts), from `transport_socket` and `transport_socket_matches` alike. A secret
+    read from a file on the proxy (`path_config_source`: a device's own certificate) is not one."""
     names: set[str] = set()
     for cluster in clusters:
         sockets = [cluster.transport_socket] if cluster.HasField("transport_socket") else []
@@ -32,10 +33,16 @@ def sds_secret_names(clusters: Iterable[Any]) -> frozenset[str]:
             context = tls_pb2.UpstreamTlsContext()
             socket.typed_config.Unpack(context)
             common = context.common_tls_context
-            names.update(config.name for config in common.tls_certificate_sds_secret_configs)
-            if common.HasField("validation_context_sds_secret_config"):
+            names.update(config.name for config in common.tls_certificate_sds_secret_configs if not _from_file(config))
+            if common.HasField("validation_context_sds_secret_config") and not _from_file(
+                common.validation_context_sds_secret_config
+            ):
                 names.add(common.validation_context_sds_secret_config.name)
     return frozenset(names)
+
+
+def _from_file(config: Any) -> bool:
+    return bool(config.sds_config.HasField("path_config_source"))
 
 
 def rds_names(listener: listener_pb2.Listener) -> list[str]:

@@ -10,9 +10,11 @@ Must not know streams, nodes, sources or translators.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import operator
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -99,7 +101,8 @@ class TypeResources:
 
     A set made by `replacing` knows the set it was made from (`parent`, weakly: old sets must not
     pile up) and the names whose resource it replaced (`changed`), so a stream that holds exactly
-    the parent can find what to send by looking at `changed` only.
+    the parent can find what to send by looking at `changed` only. A set `Snapshot.of` made keeps
+    the tuple of messages it was made from (`messages`), so `holds` knows that tuple at once.
     """
 
     type_url: TypeUrl
@@ -108,6 +111,7 @@ class TypeResources:
     digest_sum: int = field(default=0, compare=False)
     parent: weakref.ref[TypeResources] | None = field(default=None, compare=False, repr=False)
     changed: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    messages: tuple[Message, ...] | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def of(type_url: TypeUrl, resources: Iterable[Resource]) -> TypeResources:
@@ -148,6 +152,15 @@ class TypeResources:
             return self.changed
         return None
 
+    def holds(self, messages: Sequence[Message]) -> bool:
+        """Whether this set is of the very objects `messages`, in the same order (by name, as
+        translators give them): then it is what `of` would make of them, already made."""
+        if messages is self.messages:
+            return True  # the very tuple it was made from (a translator's memo hands it back)
+        if len(messages) != len(self.by_name):
+            return False
+        return all(map(operator.is_, messages, (resource.message for resource in self.by_name.values())))
+
     @staticmethod
     def empty(type_url: TypeUrl) -> TypeResources:
         return TypeResources.of(type_url, ())
@@ -167,26 +180,29 @@ class Snapshot:
     types: Mapping[TypeUrl, TypeResources] = field(default_factory=dict)
 
     @staticmethod
-    def of(messages: Mapping[TypeUrl, Iterable[Message]], earlier: Snapshot | None = None) -> Snapshot:
+    def of(
+        messages: Mapping[TypeUrl, Iterable[Message]], earlier: Snapshot | None = None, shared: Iterable[Snapshot] = ()
+    ) -> Snapshot:
         """Serialises and versions `messages`; every type meshplane serves is present, maybe empty.
 
-        A message that is the very object `earlier` holds (a translator hands back what it built
-        before for the same input) keeps its `Resource`: serialised once, not once per snapshot.
+        A type whose messages are the very objects, in the same order, that `earlier` or one of
+        `shared` holds for it (translators hand back what they built before for the same input,
+        and the same parts to groups that get the same) takes that snapshot's set whole: nothing
+        is serialised, sorted or summed again. In another type, a message that is the very object
+        `earlier` holds keeps its `Resource`: serialised once, not once per snapshot.
         """
-        known: dict[int, Resource] = {}
-        if earlier is not None:
-            known = {id(r.message): r for t in earlier.types.values() for r in t.by_name.values()}
-
-        def resource(type_url: TypeUrl, message: Message) -> Resource:
-            found = known.get(id(message))
-            if found is not None and found.message is message and found.type_url is type_url:
-                return found
-            return Resource.of(type_url, _name_of(message), message)
-
-        types = {
-            type_url: TypeResources.of(type_url, (resource(type_url, m) for m in messages.get(type_url, ())))
-            for type_url in TypeUrl
-        }
+        candidates = [earlier, *shared] if earlier is not None else list(shared)
+        types: dict[TypeUrl, TypeResources] = {}
+        for type_url in TypeUrl:
+            given = tuple(messages.get(type_url, ()))
+            found = next((t for c in candidates if (t := c.of_type(type_url)).holds(given)), None)
+            if found is None:
+                known = {}
+                if earlier is not None:
+                    known = {id(r.message): r for r in earlier.of_type(type_url).by_name.values()}
+                made = TypeResources.of(type_url, (_resource(type_url, m, known) for m in given))
+                found = dataclasses.replace(made, messages=given)
+            types[type_url] = found
         return Snapshot(MappingProxyType(types))
 
     def with_type(self, resources: TypeResources) -> Snapshot:
@@ -207,13 +223,33 @@ class Snapshot:
             digest.update(self.of_type(type_url).version.encode())
         return digest.hexdigest()
 
-    def consistency_problems(self) -> list[str]:
+    def consistency_problems(self, passed: Iterable[Snapshot] = ()) -> list[str]:
         """What a proxy would find missing: every EDS cluster's endpoints and SDS secrets, every
         listener's routes. (A cluster whose SDS secret never comes warms until the initial fetch timeout, and its TLS
         handshakes fail: Envoy's last good configuration is better than that.)
 
+        `passed`: snapshots known to have no problems (the caller checked them, or built them so
+        that they cannot have any). A part whose sets are the very sets of one of them is not
+        looked at again: the clusters when this snapshot's clusters, endpoints and secrets are
+        those of one snapshot passed, the listeners when its listeners and routes are. Equal
+        objects give equal answers, so the result is the same; a change of routes alone then
+        costs a look at the listeners only, not at thousands of clusters.
+
         A snapshot with problems must not be published (go-control-plane's `Snapshot.Consistent`).
         """
+        found = []
+        passed = tuple(passed)
+        if not any(self._shares(other, _CLUSTER_PART) for other in passed):
+            found += self._cluster_problems()
+        if not any(self._shares(other, _LISTENER_PART) for other in passed):
+            found += self._listener_problems()
+        return found
+
+    def _shares(self, other: Snapshot, type_urls: tuple[TypeUrl, ...]) -> bool:
+        """Whether `other` holds the very sets this snapshot holds for every one of `type_urls`."""
+        return all(self.types.get(type_url) is other.types.get(type_url) is not None for type_url in type_urls)
+
+    def _cluster_problems(self) -> list[str]:
         found = []
         endpoints = self.of_type(TypeUrl.ENDPOINT).by_name
         secrets = self.of_type(TypeUrl.SECRET).by_name
@@ -227,6 +263,10 @@ class Snapshot:
             for secret_name in sorted(sds_secret_names((cluster,))):
                 if secret_name not in secrets:
                     found.append(f"cluster {cluster.name} wants secret {secret_name!r}, which is missing")
+        return found
+
+    def _listener_problems(self) -> list[str]:
+        found = []
         routes = self.of_type(TypeUrl.ROUTE).by_name
         for resource in self.of_type(TypeUrl.LISTENER).by_name.values():
             listener = resource.message
@@ -235,6 +275,19 @@ class Snapshot:
                 if route_name not in routes:
                     found.append(f"listener {resource.name} wants routes {route_name!r}, which are missing")
         return found
+
+
+# The types each part of the consistency check reads.
+_CLUSTER_PART = (TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.SECRET)
+_LISTENER_PART = (TypeUrl.LISTENER, TypeUrl.ROUTE)
+
+
+def _resource(type_url: TypeUrl, message: Message, known: Mapping[int, Resource]) -> Resource:
+    """`message`'s Resource: the one in `known` (by the message's id) when it is that very message."""
+    found = known.get(id(message))
+    if found is not None and found.message is message and found.type_url is type_url:
+        return found
+    return Resource.of(type_url, _name_of(message), message)
 
 
 def _name_of(message: Message) -> str:

@@ -18,6 +18,19 @@ the response it expects. Its `steps` run in order; each step is one of `STEP_KEY
   TLS with `scheme: https`, trusting the certificate of Secret `ca_secret`, the SNI being
   `server_name` or the request's host);
 - `distribution`: the request's answers spread over backends as `weights` say;
+- `grpc_requests`: each unary gRPC call (`method` of upstream's GrpcEcho: Echo, EchoTwo or
+  EchoThree; `metadata`; `authority`, else the Gateway's address and listener port), sent to the
+  Gateway in plaintext HTTP/2, gets its expected answer consistently: status `code` (a gRPC status
+  name, OK by default) and, when OK, the echo's fully qualified method, `namespace` (when given)
+  and a pod named after `backend` (upstream's grpc ExpectedResponse and compareResponse);
+- `grpc_distribution`: the gRPC call's answers spread over backends as `weights` say (as
+  `distribution`, with `request` a gRPC call);
+- `mesh_requests`: each request, sent from the mesh client pod of namespace `client` (a sidecar
+  Envoy, tests/conformance/mesh_client.py) to the request's `host` (default `echo`) or, with `pod`
+  (`ns/deployment`), to that pod's address and `pod_port`, gets its expected response
+  consistently, compared as upstream's mesh client compares (status, the request headers the
+  backend saw, response headers, the answering pod);
+- `mesh_distribution`: as `distribution`, the request sent from the mesh client of `client`;
 - `mirror_percentages`: once the request's answer is consistent, `total` more answered (`concurrency`
   at a time) make each of `mirrors` (`ns/name`: percent) receive that percent of copies, within
   `tolerance` percent of it; up to `attempts` rounds;
@@ -28,18 +41,28 @@ the response it expects. Its `steps` run in order; each step is one of `STEP_KEY
 - `latest_conditions`: every condition of the object (of each parent status, for a route) has
   the object's current generation as observedGeneration, and with `accepted` one is Accepted True;
 - `patch`: a JSON patch to an object, which must change its generation (a test that changes what
-  it applied: `object` is {apiVersion, kind, name, namespace?}).
+  it applied: `object` is {apiVersion, kind, name, namespace?});
+- `policy_condition`: the BackendTLSPolicy `policy` has, in its ancestor status for the Gateway,
+  `condition` (upstream's BackendTLSPolicyMustHaveCondition);
+- `websocket`: a WebSocket to the Gateway's `path` (upstream's golang.org/x/net/websocket Dial,
+  origin `ws://gateway/…`) echoes the `text` message, then the `binary` one (a list of byte
+  values), each time on a new connection until that holds consistently.
 
 A condition is `{type, status, reason?}`; a missing reason matches any. Requests default as
 upstream's ExpectedResponse does: method GET, status 200, and (without `expected_request`) the
 backend must see the request as sent. `statuses` lists more allowed status codes (upstream's
 StatusCodes); `response_header_values` gives each response header the values it may have (its
-ValidHeaderValues), compared without whitespace with `ignore_whitespace`.
+ValidHeaderValues), compared without whitespace with `ignore_whitespace`. `sni` (upstream's
+Request.SNI, in `expected_request` too) is the TLS server name the backend must have been sent (a
+BackendTLSPolicy's hostname); `fails: true` expects what upstream's MakeRequestAndExpectFailure
+does: no answer, or a status outside 2xx, consistently; `protocol: h2c` sends the request over
+HTTP/2 with prior knowledge (upstream's H2CPriorKnowledgeProtocol).
 Must not: hold Go, or anything the Go test does not say.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +77,11 @@ TOP_KEYS = {"test", "upstream", "profiles", "features", "manifests", "steps"}
 REQUEST_KEYS = {
     "host", "path", "method", "headers", "unfollow_redirect", "backend_set_response_headers", "status",
     "backend", "namespace", "expected_request", "response_headers", "response_absent_headers", "redirect",
-    "mirrored_to", "protocol", "statuses", "response_header_values", "ignore_whitespace",
+    "mirrored_to", "protocol", "statuses", "response_header_values", "ignore_whitespace", "pod", "pod_port",
+    "sni", "fails",
 }  # fmt: skip
-EXPECTED_REQUEST_KEYS = {"host", "path", "method", "headers", "absent_headers"}
+EXPECTED_REQUEST_KEYS = {"host", "path", "method", "headers", "absent_headers", "sni"}
+REQUEST_PROTOCOLS = ("", "h2c")  # HTTP/1.1 (or TLS with `scheme: https`), or HTTP/2 with prior knowledge
 REDIRECT_KEYS = {"scheme", "host", "port", "path"}
 CONDITION_KEYS = {"type", "status", "reason"}
 LISTENER_KEYS = {"name", "attached_routes", "kinds", "conditions"}
@@ -73,13 +98,30 @@ STEP_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "listener_condition": ({"gateway", "listener", "condition"}, set()),
     "requests": ({"gateway", "cases"}, {"listener_port", "scheme", "ca_secret", "server_name"}),
     "distribution": ({"gateway", "request", "total", "concurrency", "tolerance", "attempts", "weights"}, set()),
+    "mesh_requests": ({"client", "cases"}, set()),
+    "mesh_distribution": ({"client", "request", "total", "concurrency", "tolerance", "attempts", "weights"}, set()),
+    "grpc_requests": ({"gateway", "cases"}, {"listener_port"}),
+    "grpc_distribution": ({"gateway", "request", "total", "concurrency", "tolerance", "attempts", "weights"}, set()),
     "backend_header": ({"gateway", "request", "total", "header"}, set()),
     "pod_endpoint_slices": ({"deployment", "slices"}, set()),
     "mirror_percentages": ({"gateway", "request", "total", "concurrency", "tolerance", "attempts", "mirrors"}, set()),
     "latest_conditions": ({"kind", "name"}, {"accepted"}),
     "patch": ({"object", "json_patch"}, set()),
+    "policy_condition": ({"policy", "gateway", "condition"}, set()),
+    "websocket": ({"gateway", "path", "text", "binary"}, {"listener_port"}),
 }
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+POLICY_KIND = "BackendTLSPolicy"  # a policy whose status is per ancestor (`status.ancestors`)
+MESH_STEPS = ("mesh_requests", "mesh_distribution")  # steps whose requests come from a mesh client
+GRPC_REQUEST_KEYS = {"method", "metadata", "authority", "code", "backend", "namespace"}
+GRPC_SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"  # upstream's echo service
+GRPC_METHODS = ("Echo", "EchoTwo", "EchoThree")
+# grpc.StatusCode's names (the case format does not import grpc).
+GRPC_CODES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
 
 
 class CaseError(ValueError):
@@ -109,6 +151,7 @@ class ExpectedRequest:
     method: str = "GET"
     headers: tuple[tuple[str, str], ...] = ()
     absent_headers: tuple[str, ...] = ()
+    sni: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +185,11 @@ class RequestCase:
     statuses: tuple[int, ...] = ()
     response_header_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
     ignore_whitespace: bool = False
+    pod: str = ""  # mesh requests: `ns/deployment`, whose pod's address the request goes to
+    pod_port: int = 0
+    sni: str = ""
+    fails: bool = False
+    protocol: str = ""
 
     def allowed_statuses(self) -> tuple[int, ...]:
         """Upstream's StatusCodes with StatusCode appended; 200 when neither is given."""
@@ -151,7 +199,7 @@ class RequestCase:
         """What the backend must see: `expected_request`, or the request as sent."""
         if self.expected_request is not None:
             return self.expected_request
-        return ExpectedRequest(self.host, self.path, self.method, self.headers)
+        return ExpectedRequest(self.host, self.path, self.method, self.headers, sni=self.sni)
 
     def describe(self) -> str:
         with_headers = " with headers" if self.headers else ""
@@ -159,10 +207,36 @@ class RequestCase:
 
 
 @dataclass(frozen=True)
+class GrpcRequest:
+    """One unary call to upstream's gRPC echo and its expected answer (upstream's grpc
+    ExpectedResponse: one of EchoRequest, EchoTwoRequest, EchoThreeRequest; RequestMetadata;
+    Response.Code; Backend; Namespace)."""
+
+    method: str
+    metadata: tuple[tuple[str, str], ...] = ()
+    authority: str = ""
+    code: str = "OK"
+    backend: str = ""
+    namespace: str = ""
+
+    @property
+    def full_method(self) -> str:
+        return f"/{GRPC_SERVICE}/{self.method}"
+
+    def describe(self) -> str:
+        """As upstream names the subtest: the authority, the method and the metadata, sorted."""
+        with_metadata = ""
+        if self.metadata:
+            with_metadata = " with headers '{" + ",".join(f"{k}:{v}" for k, v in sorted(self.metadata)) + "}'"
+        return f"request to '{self.authority}{self.full_method}'{with_metadata}"
+
+
+@dataclass(frozen=True)
 class Step:
     kind: str
     spec: Mapping[str, Any]
     requests: tuple[RequestCase, ...] = ()
+    grpc_requests: tuple[GrpcRequest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,7 +261,8 @@ class Case:
 
 
 def named_objects(case: Case) -> set[tuple[str, str]]:
-    """Every (kind, `ns/name`) a case's steps name: Gateways, routes and mirror target Services."""
+    """Every (kind, `ns/name`) a case's steps name: Gateways, routes, mirror target Services and
+    BackendTLSPolicies."""
     found: set[tuple[str, str]] = set()
     for step in case.steps:
         route_kind = str(step.spec.get("kind", "HTTPRoute"))
@@ -201,6 +276,8 @@ def named_objects(case: Case) -> set[tuple[str, str]]:
             found.update(("Service", f"{namespace}/{name}") for namespace, name in request.mirrored_to)
         if step.kind == "mirror_percentages":
             found.update(("Service", str(target)) for target in step.spec["mirrors"])
+        if step.kind == "policy_condition":
+            found.add((POLICY_KIND, str(step.spec["policy"])))
     return found
 
 
@@ -232,6 +309,11 @@ def _namespaced(value: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}: {value!r} is not NAMESPACE/NAME")
 
 
+def _is_label(value: Any) -> bool:
+    """A Kubernetes namespace name: an RFC 1123 label."""
+    return isinstance(value, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value) is not None
+
+
 def _condition(value: Any, where: str, problems: list[str]) -> None:
     if not isinstance(value, dict) or not {"type", "status"} <= set(value) or set(value) - CONDITION_KEYS:
         problems.append(f"{where}: a condition is {{type, status, reason?}}, not {value!r}")
@@ -246,6 +328,15 @@ def parse_request(raw: Any, where: str, problems: list[str]) -> RequestCase | No
     unknown = set(raw) - REQUEST_KEYS
     if unknown:
         problems.append(f"{where}: unknown keys {sorted(unknown)}")
+    pod_port = raw.get("pod_port", 0)
+    if "pod" in raw:
+        _namespaced(raw["pod"], f"{where}.pod", problems)
+        if not isinstance(pod_port, int) or not 0 < pod_port < 65536:
+            problems.append(f"{where}.pod_port: the pod's port the request names, not {pod_port!r}")
+    elif "pod_port" in raw:
+        problems.append(f"{where}.pod_port: only with `pod`")
+    if raw.get("protocol", "") not in REQUEST_PROTOCOLS:
+        problems.append(f"{where}.protocol: {raw['protocol']!r} is not one of {list(REQUEST_PROTOCOLS)}")
     if not isinstance(raw.get("path"), str) or not raw["path"].startswith("/"):
         problems.append(f"{where}: path must start with /")
         return None
@@ -260,6 +351,7 @@ def parse_request(raw: Any, where: str, problems: list[str]) -> RequestCase | No
                 str(er.get("method", "GET")),
                 _pairs(er.get("headers"), f"{where}.expected_request.headers", problems),
                 _names(er.get("absent_headers"), f"{where}.expected_request.absent_headers", problems),
+                str(er.get("sni", "")),
             )
     redirect = None
     if (rd := raw.get("redirect")) is not None:
@@ -313,6 +405,33 @@ def parse_request(raw: Any, where: str, problems: list[str]) -> RequestCase | No
         statuses=tuple(code for code in statuses if isinstance(code, int)),
         response_header_values=tuple(valid_values),
         ignore_whitespace=bool(raw.get("ignore_whitespace", False)),
+        pod=str(raw.get("pod", "")),
+        pod_port=pod_port if isinstance(pod_port, int) else 0,
+        sni=str(raw.get("sni", "")),
+        fails=bool(raw.get("fails", False)),
+        protocol=str(raw.get("protocol", "")),
+    )
+
+
+def parse_grpc_request(raw: Any, where: str, problems: list[str]) -> GrpcRequest | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: a gRPC request is a mapping")
+        return None
+    if unknown := set(raw) - GRPC_REQUEST_KEYS:
+        problems.append(f"{where}: unknown keys {sorted(unknown)}")
+    method, code = raw.get("method"), raw.get("code", "OK")
+    if method not in GRPC_METHODS:
+        problems.append(f"{where}: method must be one of {list(GRPC_METHODS)}, not {method!r}")
+        return None
+    if code not in GRPC_CODES:
+        problems.append(f"{where}: code {code!r} is not a gRPC status name (one of {', '.join(GRPC_CODES)})")
+    return GrpcRequest(
+        method=str(method),
+        metadata=_pairs(raw.get("metadata"), f"{where}.metadata", problems),
+        authority=str(raw.get("authority", "")),
+        code=str(code),
+        backend=str(raw.get("backend", "")),
+        namespace=str(raw.get("namespace", "")),
     )
 
 
@@ -332,8 +451,19 @@ def parse_step(raw: Any, where: str, problems: list[str]) -> Step | None:
         problems.append(f"{where}.{kind}: missing {sorted(missing)}")
     if unknown := set(spec) - required - optional:
         problems.append(f"{where}.{kind}: unknown keys {sorted(unknown)}")
-    if kind == "latest_conditions" and spec.get("kind") not in ("GatewayClass", "Gateway", *ROUTE_KINDS):
-        problems.append(f"{where}.latest_conditions.kind: one of GatewayClass, Gateway, {', '.join(ROUTE_KINDS)}")
+    if kind == "latest_conditions" and spec.get("kind") not in ("GatewayClass", "Gateway", *ROUTE_KINDS, POLICY_KIND):
+        problems.append(
+            f"{where}.latest_conditions.kind: one of GatewayClass, Gateway, {', '.join(ROUTE_KINDS)}, {POLICY_KIND}"
+        )
+    if kind == "policy_condition":
+        _namespaced(spec.get("policy"), f"{where}.policy_condition.policy", problems)
+    if kind == "websocket" and (
+        not isinstance(spec.get("binary"), list)
+        or not all(isinstance(b, int) and 0 <= b <= 255 for b in spec["binary"])
+        or not isinstance(spec.get("text"), str)
+        or not str(spec.get("path", "")).startswith("/")
+    ):
+        problems.append(f"{where}.websocket: `path` starts with /, `text` is a string, `binary` a list of byte values")
     if kind == "patch" and (
         not isinstance(spec.get("object"), dict) or not {"apiVersion", "kind", "name"} <= set(spec["object"])
     ):
@@ -366,12 +496,16 @@ def parse_step(raw: Any, where: str, problems: list[str]) -> Step | None:
         for number, condition in enumerate(listener.get("conditions") or []):
             _condition(condition, f"{where}.listeners[{index}].conditions[{number}]", problems)
     requests: list[RequestCase] = []
-    if kind == "requests":
+    if kind in ("mesh_requests", "mesh_distribution") and not _is_label(spec.get("client")):
+        problems.append(f"{where}.{kind}.client: the client pod's namespace, not {spec.get('client')!r}")
+    if kind in MESH_STEPS and spec.get("kind", "HTTPRoute") != "HTTPRoute":
+        problems.append(f"{where}.{kind}.kind: mesh requests are HTTP")
+    if kind in ("requests", "mesh_requests"):
         cases = spec.get("cases")
         if not isinstance(cases, list) or not cases:
-            problems.append(f"{where}.requests.cases: a non-empty list")
+            problems.append(f"{where}.{kind}.cases: a non-empty list")
         for index, request in enumerate(cases or []):
-            if (parsed := parse_request(request, f"{where}.requests.cases[{index}]", problems)) is not None:
+            if (parsed := parse_request(request, f"{where}.{kind}.cases[{index}]", problems)) is not None:
                 requests.append(parsed)
     if kind == "mirror_percentages":
         mirrors = spec.get("mirrors")
@@ -381,11 +515,27 @@ def parse_step(raw: Any, where: str, problems: list[str]) -> Step | None:
             _namespaced(target, f"{where}.mirror_percentages.mirrors", problems)
             if not isinstance(percent, int | float) or not 0 < percent <= 100:
                 problems.append(f"{where}.mirror_percentages.mirrors[{target}]: {percent!r} is not a percent above 0")
-    if kind in ("distribution", "backend_header", "mirror_percentages") and (
+    if kind in ("distribution", "backend_header", "mirror_percentages", "mesh_distribution") and (
         parsed := parse_request(spec.get("request"), f"{where}.{kind}.request", problems)
     ):
         requests.append(parsed)
-    return Step(kind, spec, tuple(requests))
+    if kind not in MESH_STEPS and any(request.pod for request in requests):
+        problems.append(f"{where}.{kind}: `pod` is for mesh requests only")
+    if kind != "requests" and any(request.fails or request.protocol for request in requests):
+        problems.append(f"{where}.{kind}: `fails` and `protocol` are for `requests` steps only")
+    calls: list[GrpcRequest] = []
+    if kind == "grpc_requests":
+        cases = spec.get("cases")
+        if not isinstance(cases, list) or not cases:
+            problems.append(f"{where}.grpc_requests.cases: a non-empty list")
+        for index, call in enumerate(cases or [] if isinstance(cases, list) else []):
+            if (parsed_call := parse_grpc_request(call, f"{where}.grpc_requests.cases[{index}]", problems)) is not None:
+                calls.append(parsed_call)
+    if kind == "grpc_distribution" and (
+        parsed_call := parse_grpc_request(spec.get("request"), f"{where}.grpc_distribution.request", problems)
+    ):
+        calls.append(parsed_call)
+    return Step(kind, spec, tuple(requests), tuple(calls))
 
 
 def load_case(path: Path) -> Case:

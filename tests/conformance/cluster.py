@@ -7,17 +7,20 @@ upstream's suite applies them (unchanged but for the suite's own placeholders `{
 and `{GATEWAY_CONTROLLER_NAME}`), and making what a real cluster's controllers would add:
 
 - an **EndpointSlice** for every Service with a selector that picks a stood-in Deployment's pods
-  (tests/conformance/echo.py), pointing at the stand-in's address and port, as
+  (tests/conformance/echo.py, or grpc_echo.py for a Deployment in echo-basic's gRPC mode, which
+  serves gRPC on that same HTTP port), pointing at the stand-in's address and port, as
   kube-controller-manager's EndpointSlice controller would; only the ports the stand-in serves are
-  listed (echo-basic's HTTP port), so a Service whose backends nobody stands in for gets an
-  EndpointSlice with no endpoints: there is nothing ready behind it;
+  listed (echo-basic's HTTP port; its h2c port, h2c_echo.py; its TLS port in TLS mode,
+  tls_echo.py), so a Service whose backends nobody stands in for gets an EndpointSlice with no
+  endpoints: there is nothing ready behind it;
 - the `kubernetes.io/metadata.name` label on every Namespace, which API servers from 1.21 on add
   themselves and which the suite's namespace selectors rely on;
 - a GatewayClass of the name the run uses, with controllerName `meshplane.io/gateway-controller`;
 - the Secrets upstream's suite creates in its setup (`SUITE_SECRETS`): self-signed certificates
   for the names it gives, made here with openssl, labelled `SDS_LABEL` since meshplane serves
-  only the Secrets an operator labels for it (docs/gateway-api.md); Secrets of upstream's
-  manifests stay as they are.
+  only the Secrets an operator labels for it (docs/gateway-api.md); and the CA ConfigMaps and the
+  CA-signed Secret its BackendTLSPolicy tests use (tls_echo.py). Secrets of upstream's manifests
+  stay as they are.
 
 Deployments are stored but no Pod ever runs (no scheduler, no kubelet): the stand-ins are the pods.
 An object whose apiVersion the API server does not serve is skipped with that reason, never
@@ -44,6 +47,9 @@ import yaml
 from kubernetes_asyncio.client import ApiClient
 
 from tests.conformance.echo import HTTP_PORT, EchoFleet, Identity
+from tests.conformance.grpc_echo import start_grpc_echo
+from tests.conformance.h2c_echo import H2C_PORT, serve_h2c
+from tests.conformance.tls_echo import TLS_PORT, KeyPair, backend_tls_objects, key_pairs, serve_tls, tls_secret_name
 from tests.k8s.real_apiserver import MERGE_PATCH, REPO, call
 from tests.ports import free_port
 
@@ -57,8 +63,11 @@ SDS_LABEL = ("meshplane.io/sds", "true")  # `meshplane serve --kubernetes-secret
 DEFAULT_CLASS = "meshplane"
 ECHO_IMAGE = "registry.k8s.io/gateway-api/echo-basic:"
 SLICE_MANAGER = "meshplane-conformance-harness"
-# Environment variables that switch echo-basic into a mode the stand-ins do not serve.
-UNSERVED_MODES = ("GRPC_ECHO_SERVER", "TCP_ECHO_SERVER")
+# Environment variables that switch echo-basic into a mode the stand-ins do not serve (the TLS
+# port asking for client certificates: the backend client certificate tests, not served).
+UNSERVED_MODES = ("TCP_ECHO_SERVER", "TLS_CLIENT_CACERTS")
+# The variable that switches echo-basic to its gRPC echo on the HTTP port (grpc_echo.py stands in).
+GRPC_MODE = "GRPC_ECHO_SERVER"
 MAX_MANIFEST_BYTES = 4 << 20
 # Our own Gateway-variant manifests: for 16 tests the shared copy's file of that name is upstream's
 # mesh variant (every object in gateway-conformance-mesh), which a Gateway case cannot apply. Each
@@ -133,7 +142,7 @@ def key_of(obj: Obj) -> tuple[str, str, str]:
 
 
 def stand_in_identity(deployment: Obj) -> Identity | None:
-    """Who stands in for `deployment`, or None when it is not an echo-basic serving HTTP."""
+    """Who stands in for `deployment`, or None when it is not an echo-basic serving HTTP or gRPC."""
     containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
     if len(containers) != 1 or not str(containers[0].get("image", "")).startswith(ECHO_IMAGE):
         return None
@@ -141,6 +150,12 @@ def stand_in_identity(deployment: Obj) -> Identity | None:
         return None
     meta = deployment["metadata"]
     return Identity(meta.get("namespace", "default"), meta["name"], meta["name"])
+
+
+def serves_grpc(deployment: Obj) -> bool:
+    """Whether `deployment`'s echo-basic runs its gRPC echo (on its HTTP port) instead of HTTP."""
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+    return any(variable.get("name") == GRPC_MODE for c in containers for variable in c.get("env") or [])
 
 
 def pod_labels(deployment: Obj) -> dict[str, str]:
@@ -155,13 +170,25 @@ class StandIn:
     labels: dict[str, str]
     address: str
     port: int
+    # The pod ports it answers on (a Service port targeting one reaches `port`): echo-basic's HTTP
+    # port, or echo-advanced's two HTTP ports for the mesh's pods (tests/conformance/mesh_client.py).
+    target_ports: frozenset[int] = frozenset({HTTP_PORT})
+    # (pod port, real port) of the other ports it answers on: echo-basic's h2c port (h2c_echo.py)
+    # and, in its TLS mode, its TLS port (tls_echo.py).
+    more_ports: tuple[tuple[int, int], ...] = ()
+
+    def real_port(self, target: object) -> int | None:
+        """Where it answers what its pods answer on port `target`; None when they do not."""
+        if target in self.target_ports:
+            return self.port
+        return next((real for pod_port, real in self.more_ports if pod_port == target), None)
 
 
 def endpoint_slice(service: Obj, stand_ins: Iterable[StandIn]) -> Obj | None:
     """The `discovery.k8s.io/v1beta1` EndpointSlice the EndpointSlice controller would keep for
     `service` (None for a Service without a selector: its slices are made by hand, as upstream's
     manifests do). Endpoints: the stand-ins whose pod labels the selector picks; ports: the
-    Service's ports that target echo-basic's HTTP port, at the stand-ins' real port."""
+    Service's ports that target a port every chosen stand-in answers on, at the stand-ins' real port."""
     meta, spec = service["metadata"], service.get("spec") or {}
     selector = spec.get("selector") or {}
     if not selector:
@@ -170,17 +197,19 @@ def endpoint_slice(service: Obj, stand_ins: Iterable[StandIn]) -> Obj | None:
     chosen = [
         s for s in stand_ins if s.namespace == namespace and all(s.labels.get(k) == v for k, v in selector.items())
     ]
-    # A stand-in serves one port; every Service port that targets echo-basic's HTTP port reaches it.
-    served_ports = {s.port for s in chosen}
     ports: list[Obj] = []
-    if len(served_ports) == 1:
-        (real_port,) = served_ports
-        for port in spec.get("ports") or []:
-            if port.get("targetPort", port.get("port")) == HTTP_PORT and port.get("protocol", "TCP") == "TCP":
-                entry: Obj = {"name": port.get("name", ""), "port": real_port, "protocol": "TCP"}
-                if port.get("appProtocol"):
-                    entry["appProtocol"] = port["appProtocol"]
-                ports.append(entry)
+    for port in spec.get("ports") or []:
+        target = port.get("targetPort", port.get("port"))
+        # A slice gives each port one number for all its endpoints: every chosen stand-in must
+        # answer the target port on the same real port (a port none answers is left out).
+        real_ports = {s.real_port(target) for s in chosen}
+        if len(real_ports) != 1 or None in real_ports or port.get("protocol", "TCP") != "TCP":
+            continue
+        (real_port,) = real_ports
+        entry: Obj = {"name": port.get("name", ""), "port": real_port, "protocol": "TCP"}
+        if port.get("appProtocol"):
+            entry["appProtocol"] = port["appProtocol"]
+        ports.append(entry)
     return {
         "apiVersion": "discovery.k8s.io/v1beta1",
         "kind": "EndpointSlice",
@@ -223,8 +252,10 @@ def self_signed_secret(namespace: str, name: str, hosts: tuple[str, ...]) -> Obj
 
 
 def suite_secrets() -> list[Obj]:
-    """The Secrets of `SUITE_SECRETS`, each with a new certificate."""
-    return [self_signed_secret(namespace, name, hosts) for namespace, name, hosts in SUITE_SECRETS]
+    """The Secrets of `SUITE_SECRETS`, then the BackendTLSPolicy tests' CA ConfigMaps and server
+    certificate (tls_echo.py), each with a new certificate."""
+    made = [self_signed_secret(namespace, name, hosts) for namespace, name, hosts in SUITE_SECRETS]
+    return [*made, *backend_tls_objects()]
 
 
 def gateway_class(name: str) -> Obj:
@@ -360,15 +391,33 @@ def loopback_addresses(first: int) -> Iterator[str]:
         yield f"127.0.0.{last}"
 
 
-async def start_stand_ins(fleet: EchoFleet, objects: Iterable[Obj], addresses: Iterator[str]) -> list[StandIn]:
+async def start_stand_ins(
+    fleet: EchoFleet, objects: Iterable[Obj], addresses: Iterator[str], secrets: Iterable[Obj] = ()
+) -> list[StandIn]:
     """Starts a stand-in (each on the next of `addresses`, on a free port) for every echo
-    Deployment among `objects` that `fleet` does not serve yet; returns the new ones."""
+    Deployment among `objects` that `fleet` does not serve yet, a gRPC echo for one in gRPC mode;
+    returns the new ones. An HTTP one also answers h2c on another free port (echo-basic's 3001)
+    and, when its Deployment mounts a TLS Secret for echo-basic's TLS mode, TLS on a third
+    (8443), presenting that Secret's certificate: found among `secrets`, else not served."""
+    pairs: dict[tuple[str, str], KeyPair] = key_pairs([*secrets, *objects])
     started = []
     for obj in objects:
         if obj["kind"] != "Deployment" or (identity := stand_in_identity(obj)) is None:
             continue
         if (identity.namespace, identity.deployment) in fleet.backends:
             continue
-        backend = await fleet.start(identity, next(addresses), free_port())
-        started.append(StandIn(identity.namespace, pod_labels(obj), backend.address, backend.port))
+        more: list[tuple[int, int]] = []
+        if serves_grpc(obj):
+            backend = await start_grpc_echo(fleet, identity, next(addresses), free_port())
+        else:
+            backend = await fleet.start(identity, next(addresses), free_port())
+            more.append((H2C_PORT, free_port()))
+            await serve_h2c(fleet, backend, more[-1][1])
+            secret = tls_secret_name(obj)
+            if secret is not None and (pair := pairs.get((identity.namespace, secret))) is not None:
+                more.append((TLS_PORT, free_port()))
+                await serve_tls(fleet, backend, more[-1][1], pair)
+        started.append(
+            StandIn(identity.namespace, pod_labels(obj), backend.address, backend.port, more_ports=tuple(more))
+        )
     return started

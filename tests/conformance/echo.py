@@ -11,9 +11,11 @@ The special requests the conformance tests make are honoured as echo-basic honou
 answer (bounded by `MAX_DELAY`); `/status/NNN` answers with that status; `/health` answers `OK`;
 `/ws` echoes WebSocket messages. A bad delay answers 500 with `{"message": reason}`, as upstream.
 
-Not served (and so left out of the EndpointSlices, tests/conformance/cluster.py): echo-basic's
-h2c port (3001), its TLS port (8443), and the gRPC and TCP echo modes. Every request a backend
-receives is kept (the last `KEPT_REQUESTS`), so a runner can see where mirrored requests went.
+Served beside this port by other modules, for the same backend: echo-basic's h2c port (3001,
+h2c_echo.py) and its TLS port (8443, tls_echo.py). Not served (and so left out of the
+EndpointSlices, tests/conformance/cluster.py): its TCP echo mode and its TLS client-certificate
+check (its gRPC mode: grpc_echo.py). Every request a backend receives is kept (the last
+`KEPT_REQUESTS`), so a runner can see where mirrored requests went.
 
 Must not: bind anything but its own loopback address, or answer anything upstream's would not.
 """
@@ -24,6 +26,7 @@ import asyncio
 import json
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,8 +109,9 @@ def parse_go_duration(text: str) -> float:
     return -seconds if text.startswith("-") else seconds
 
 
-def echo_document(request: web.Request, identity: Identity) -> dict[str, Any]:
-    """The JSON echo-basic answers with, for `request` (Go's field names and order)."""
+def echo_document(request: web.Request, identity: Identity, sni: str = "") -> dict[str, Any]:
+    """The JSON echo-basic answers with, for `request` (Go's field names and order); `sni`: the
+    server name a TLS client sent (tls_echo.py)."""
     headers: dict[str, list[str]] = {}
     for name, value in request.headers.items():
         if name.lower() == "host":
@@ -123,7 +127,7 @@ def echo_document(request: web.Request, identity: Identity) -> dict[str, Any]:
         "ingress": "",
         "service": identity.service,
         "pod": identity.pod,
-        "sni": "",
+        "sni": sni,
     }
 
 
@@ -146,8 +150,8 @@ def _json(document: dict[str, Any], status: int = 200) -> web.Response:
     return response
 
 
-def make_app(backend: EchoBackend) -> web.Application:
-    """The aiohttp application of one stand-in."""
+def make_app(backend: EchoBackend, sni_of: Callable[[web.Request], str] | None = None) -> web.Application:
+    """The aiohttp application of one stand-in; `sni_of` tells a request's TLS server name."""
 
     async def answer(request: web.Request) -> web.StreamResponse:
         backend.count += 1
@@ -172,7 +176,7 @@ def make_app(backend: EchoBackend) -> web.Application:
             if seconds > MAX_DELAY:
                 return _json({"message": f"delay {delay} is above this echo server's limit of {MAX_DELAY:g}s"}, 500)
             await asyncio.sleep(max(seconds, 0.0))
-        response = _json(echo_document(request, backend.identity))
+        response = _json(echo_document(request, backend.identity, sni_of(request) if sni_of is not None else ""))
         for name, value in echo_set_headers(request.headers.getall("X-Echo-Set-Header", [])):
             response.headers[name] = value
         return response
@@ -199,6 +203,7 @@ class EchoFleet:
     def __init__(self) -> None:
         self.backends: dict[tuple[str, str], EchoBackend] = {}
         self._runners: list[web.AppRunner] = []
+        self._stops: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self, identity: Identity, address: str, port: int) -> EchoBackend:
         """Serves `identity` on `address`:`port` (a free port: tests/ports.py)."""
@@ -210,7 +215,15 @@ class EchoFleet:
         self.backends[(identity.namespace, identity.deployment)] = backend
         return backend
 
+    def adopt(self, backend: EchoBackend, stop: Callable[[], Awaitable[None]]) -> None:
+        """Keeps a stand-in served elsewhere (tests/conformance/grpc_echo.py); `stop` ends it."""
+        self._stops.append(stop)
+        self.backends[(backend.identity.namespace, backend.identity.deployment)] = backend
+
     async def stop(self) -> None:
+        for stop in reversed(self._stops):
+            await stop()
+        self._stops.clear()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

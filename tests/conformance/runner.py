@@ -2,21 +2,27 @@
 
 Owns one run: a real kube-apiserver and etcd (tests/k8s/real_apiserver.py) with the Gateway API
 standard CRDs, the suite's base manifests and a GatewayClass; echo stand-ins for the backends
-(echo.py) with their EndpointSlices (cluster.py); `meshplane serve --kubernetes --gateway-api
+(echo.py, grpc_echo.py) with their EndpointSlices (cluster.py); `meshplane serve --kubernetes --gateway-api
 --kubernetes-secrets` once per run (tests/serve_process.py); and a real Envoy per Gateway a case
 names (started on first use, kept for the run), bootstrapped by
-`meshplane bootstrap gateway --gateway NS/NAME --listen-address 127.0.0.x --port-offset N`.
+`meshplane bootstrap gateway --gateway NS/NAME --listen-address 127.0.0.x --port-offset N`;
+for the mesh cases, upstream's mesh base manifests and a sidecar Envoy per client namespace
+(mesh_client.py, which says how mesh requests go and compare).
 
 For each case: apply its manifests, wait for the status it expects, send its requests until the
 expected response holds `CONSECUTIVE` times in a row (upstream's eventual consistency) within a
 deadline, then delete what it applied. Every wait polls a condition and, at its deadline, fails
 showing what it last saw. A case needing a feature the run does not claim is "not supported"
-with the reason, as upstream skips it. Results: a table on stdout and a JSON file.
+with the reason, as upstream skips it; so is one needing a feature meshplane does not implement
+(`UNCLAIMED_FEATURES`), claimed or not. Results: a table on stdout and a JSON file.
 
 A Gateway's Envoy listens on its own loopback address with every listener port shifted by the
 offset (ports below 1024 need root); requests keep upstream's Host header (the Gateway's address,
 with the listener port unless the scheme implies it). Redirects are never followed (traffic stays
-on 127.0.0.x).
+on 127.0.0.x). gRPC calls (grpcio, plaintext HTTP/2, a new connection per call) carry upstream's
+:authority: the case's, else the Gateway's address with the listener port, as grpc-go dials it.
+An h2c request (`protocol: h2c`) goes on a new HTTP/2 connection with prior knowledge
+(h2c_echo.py), its Host as :authority; a WebSocket step dials with aiohttp's client.
 
 Must not: change meshplane, or send traffic anywhere but 127.0.0.x.
 """
@@ -38,12 +44,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import grpc
 from yarl import URL
 
 from tests.conformance.cases import (
+    MESH_STEPS,
+    POLICY_KIND,
     ROUTE_KINDS,
     Case,
     Condition,
+    GrpcRequest,
     RequestCase,
     Step,
     load_cases,
@@ -70,6 +80,16 @@ from tests.conformance.cluster import (
     suite_secrets,
 )
 from tests.conformance.echo import HTTP_PORT, KEPT_REQUESTS, EchoBackend, EchoFleet
+from tests.conformance.grpcecho.grpcecho_pb2 import EchoRequest, EchoResponse
+from tests.conformance.h2c_echo import h2c_request
+from tests.conformance.mesh_client import (
+    MESH_MANIFESTS,
+    MeshClient,
+    compare_mesh,
+    mesh_target,
+    start_mesh_client,
+    start_mesh_stand_ins,
+)
 from tests.envoy_harness import REPO, envoy_binary
 from tests.k8s.gateway_api_crds import apply_standard_crds
 from tests.k8s.real_apiserver import ADMIN_TOKEN, KUBE_MISSING, Cluster, binaries, call, start_cluster
@@ -81,10 +101,21 @@ JSON_PATCH = "application/json-patch+json"
 CONSECUTIVE = 3  # upstream's RequiredConsecutiveSuccesses
 POLL = 0.25  # seconds between two looks at a condition that does not hold yet
 TIMEOUT_STATUSES = (408, 504)  # upstream counts either as "a timeout" when a timeout is expected
-# What the run claims unless told otherwise: the Core features of the GATEWAY-HTTP profile.
-CORE_FEATURES = frozenset({"Gateway", "HTTPRoute", "ReferenceGrant"})
+GRPC_CALL_TIMEOUT = 15.0  # seconds for one gRPC call, as the HTTP session's total timeout
+H2C_TIMEOUT = 15.0  # seconds for one h2c request, as the HTTP session's total timeout
+WEBSOCKET_TIMEOUT = 15.0  # seconds for a WebSocket's handshake, and for each echo to come back
+# What the run claims unless told otherwise: the Core features of the GATEWAY-HTTP and GATEWAY-GRPC
+# profiles, and of MESH-HTTP (Mesh, HTTPRoute).
+CORE_FEATURES = frozenset({"Gateway", "HTTPRoute", "ReferenceGrant", "GRPCRoute", "Mesh"})
 FIRST_ECHO_ADDRESS = 10  # 127.0.0.10 on: stand-ins (127.0.0.1 is everyone else's)
 FIRST_GATEWAY_ADDRESS = 200  # 127.0.0.200 on: Gateways' Envoys
+# Features meshplane does not implement, with why: a case needing one is "not supported", claimed or not.
+UNCLAIMED_FEATURES = {
+    "MeshClusterIPMatching": (
+        "meshplane's sidecar routes a service's traffic by the Host header the app sends to its "
+        "outbound listener (docs/deploy.md), not by the destination's cluster IP"
+    ),
+}
 
 
 class Mismatch(AssertionError):
@@ -204,6 +235,8 @@ def compare(case: RequestCase, captured: Captured, sent_path: str, sent_scheme: 
             return f"expected method to be {expected.method}, got {echo.get('method')}"
         if case.namespace != echo.get("namespace"):
             return f"expected namespace to be {case.namespace}, got {echo.get('namespace')}"
+        if expected.sni and expected.sni != echo.get("sni"):
+            return f"expected SNI to be {expected.sni}, got {echo.get('sni')}"
         seen = {name.lower(): values for name, values in (echo.get("headers") or {}).items()}
         for name, value in expected.headers:
             if name.lower() not in seen:
@@ -250,6 +283,70 @@ def compare(case: RequestCase, captured: Captured, sent_path: str, sent_scheme: 
         if path != location.path:
             return f"expected redirected path to be {path!r}, got {location.path!r}"
     return ""
+
+
+@dataclass(frozen=True)
+class GrpcAnswer:
+    """A unary call's outcome: the status name and, when OK, the echo's response."""
+
+    code: str
+    response: EchoResponse | None = None
+    details: str = ""
+
+
+def compare_grpc(rpc: GrpcRequest, answer: GrpcAnswer) -> str:
+    """The first difference between `answer` and what `call` expects ("" when none), in the order
+    of upstream's grpc compareResponse: the status code, then (when OK) the fully qualified method,
+    the namespace (when expected) and the pod's name prefix."""
+    if answer.code != rpc.code:
+        return f"expected status code to be {rpc.code}, but got {answer.code} ({answer.details})"
+    if answer.code != "OK":
+        return ""
+    assertions = answer.response.assertions if answer.response is not None else None
+    method = assertions.fully_qualified_method if assertions is not None else ""
+    namespace = assertions.context.namespace if assertions is not None else ""
+    pod = assertions.context.pod if assertions is not None else ""
+    if method != rpc.full_method:
+        return f"expected path to be {rpc.full_method}, got {method}"
+    if rpc.namespace and rpc.namespace != namespace:
+        return f"expected namespace to be {rpc.namespace}, got {namespace}"
+    if not pod.startswith(rpc.backend):
+        return f"expected pod name to start with {rpc.backend}, got {pod}"
+    return ""
+
+
+async def send_grpc(target: str, authority: str, rpc: GrpcRequest) -> GrpcAnswer:
+    """Makes `call` on a new plaintext HTTP/2 connection to `target` with `authority` as its
+    :authority (as upstream's DefaultClient dials once per expected response). Metadata names go
+    lower-case, as Go's metadata.New makes them."""
+    options = [("grpc.default_authority", authority)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        unary = channel.unary_unary(
+            rpc.full_method,
+            request_serializer=EchoRequest.SerializeToString,
+            response_deserializer=EchoResponse.FromString,
+        )
+        metadata = tuple((name.lower(), value) for name, value in rpc.metadata)
+        try:
+            response = await unary(EchoRequest(), metadata=metadata, timeout=GRPC_CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            return GrpcAnswer(error.code().name, None, error.details() or "")
+        return GrpcAnswer("OK", response)
+
+
+def weight_problems(seen: Mapping[str, int], weights: Mapping[str, float], total: int, tolerance: float) -> list[str]:
+    """Why the answers counted in `seen` (by backend) do not spread as `weights` say, as upstream's
+    TestWeightedDistribution judges: only the backends of non-zero weight answered, and each one's
+    share is within `tolerance` of its weight."""
+    problems = []
+    expected_backends = [b for b, w in weights.items() if w > 0]
+    if len(seen) != len(expected_backends):
+        problems.append(f"expected only {len(expected_backends)} backends to receive traffic, saw {dict(seen)}")
+    for backend, want in weights.items():
+        got = seen.get(backend, 0) / float(total)
+        if abs(got - want) > tolerance:
+            problems.append(f"backend {backend!r} got {got:.3f} of the traffic, want {want} ± {tolerance}")
+    return problems
 
 
 @dataclass
@@ -307,6 +404,8 @@ async def send(
     headers.append(("Host", host))
     echo_set = ",".join(f"{name}:{value}" for name, value in case.backend_set_response_headers)
     headers.append(("X-Echo-Set-Header", echo_set))
+    if case.protocol == "h2c":
+        return await send_h2c(authority, host, case, headers)
     url = URL(f"{transport.scheme}://{authority}{case.path}", encoded=True)
     tls: dict[str, Any] = {}
     if transport.scheme == "https":
@@ -326,6 +425,20 @@ async def send(
         return Captured(response.status, found, echo, response.headers.get("Location", ""))
 
 
+async def send_h2c(authority: str, host: str, case: RequestCase, headers: list[tuple[str, str]]) -> Captured:
+    """`case` over HTTP/2 with prior knowledge (a new connection, as upstream's h2c round tripper
+    dials), `host` as its :authority; TimeoutError after `H2C_TIMEOUT` seconds."""
+    address, _, port = authority.rpartition(":")
+    async with asyncio.timeout(H2C_TIMEOUT):
+        answer = await h2c_request(address, int(port), case.method, host, case.path, headers)
+    echo = None
+    if answer.status == 200:
+        with contextlib.suppress(ValueError):
+            decoded = json.loads(answer.body)
+            echo = decoded if isinstance(decoded, dict) else None
+    return Captured(answer.status, answer.headers, echo, (answer.headers.get("location") or [""])[0])
+
+
 # ---- the run -------------------------------------------------------------------------------------
 
 
@@ -343,11 +456,15 @@ class Run:
     bootstrap_problem: str = ""
     echo_addresses: Iterator[str] = field(default_factory=lambda: loopback_addresses(FIRST_ECHO_ADDRESS))
     next_gateway: int = FIRST_GATEWAY_ADDRESS
+    mesh_clients: dict[str, MeshClient] = field(default_factory=dict)
+    # What the suite's setup made (cluster.suite_secrets): the TLS stand-ins present these certificates.
+    secrets: list[dict[str, Any]] = field(default_factory=list)
+    mesh_applied: bool = False
 
     async def start_stand_ins(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Stand-ins for the echo Deployments among `objects`, and the EndpointSlices of the
         Services among them (applied); returns those slices."""
-        self.stand_ins += await start_stand_ins(self.fleet, objects, self.echo_addresses)
+        self.stand_ins += await start_stand_ins(self.fleet, objects, self.echo_addresses, self.secrets)
         slices = endpoint_slices(objects, self.stand_ins)
         await self.state.apply(slices)
         return slices
@@ -409,6 +526,105 @@ class Run:
                 except subprocess.TimeoutExpired:
                     proxy.process.kill()
                     await asyncio.to_thread(proxy.process.wait)
+        for client in self.mesh_clients.values():
+            await client.stop()
+
+    # ---- the mesh (tests/conformance/mesh_client.py) ----
+
+    async def apply_mesh(self) -> None:
+        """Upstream's mesh base manifests, their pods stood in and their EndpointSlices, once a
+        run: kept, as the suite's base is."""
+        if self.mesh_applied:
+            return
+        objects = load_manifests(MESH_MANIFESTS, self.options.gateway_class)
+        await self.state.apply(objects)
+        self.stand_ins += await start_mesh_stand_ins(self.fleet, objects, self.echo_addresses)
+        await self.state.apply(endpoint_slices(objects, self.stand_ins))
+        self.base += objects
+        self.mesh_applied = True
+
+    async def mesh_client(self, namespace: str) -> MeshClient:
+        """The sidecar standing in for `namespace`'s mesh client pod, started on first use."""
+        if namespace not in self.mesh_clients:
+            try:
+                client = await start_mesh_client(namespace, self.options.workdir, self.xds_port)
+            except RuntimeError as error:
+                raise NotSupported(str(error)) from None
+            self.mesh_clients[namespace] = client
+        return self.mesh_clients[namespace]
+
+    async def send_mesh(self, client: MeshClient, case: RequestCase) -> str:
+        """One request of `case` from `client`: the first difference from what it expects, or ""."""
+        try:
+            authority, host, request = mesh_target(case, client, self.fleet.backends)
+        except LookupError as missing:
+            raise Mismatch(str(missing)) from None
+        try:
+            captured = await send(self.session, authority, host, request)
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            return f"request failed: {error!r}"
+        return compare_mesh(case, captured.status, captured.headers, captured.echo)
+
+    async def step_mesh_requests(self, step: Step) -> None:
+        client = await self.mesh_client(str(step.spec["client"]))
+        for case in step.requests:
+            await self.mesh_consistently(client, case)
+
+    async def mesh_consistently(self, client: MeshClient, case: RequestCase) -> None:
+        """Sends `case` from `client` until its expected response comes `CONSECUTIVE` times in a row."""
+        successes, last = 0, "no answer yet"
+        end = time.monotonic() + self.options.consistency_deadline
+        while successes < CONSECUTIVE:
+            if exited := client.exited():
+                raise Mismatch(exited)
+            if not (last := await self.send_mesh(client, case)):
+                successes += 1
+                continue
+            successes = 0
+            if time.monotonic() > end:
+                where = f" (pod {case.pod})" if case.pod else ""
+                raise Mismatch(
+                    f"from {client.namespace}: {case.describe()}{where}: {last} "
+                    f"(after {self.options.consistency_deadline:g}s)"
+                )
+            await asyncio.sleep(POLL)
+
+    async def step_mesh_distribution(self, step: Step) -> None:
+        """Upstream's mesh testDistribution: once the request's answer is consistent, `total`
+        requests (`concurrency` at a time) spread over the backends as `weights` say; up to
+        `attempts` rounds. (Upstream adds a random delay or header to each request against
+        connection reuse; Envoy picks a weighted cluster per request, so none is needed here.)"""
+        spec = step.spec
+        client = await self.mesh_client(str(spec["client"]))
+        (case,) = step.requests
+        await self.mesh_consistently(client, case)
+        weights: dict[str, float] = {k: float(v) for k, v in spec["weights"].items()}
+        total, problems = int(spec["total"]), ["no round ran"]
+        authority, host, request = mesh_target(case, client, self.fleet.backends)
+        for _ in range(int(spec["attempts"])):
+            seen: dict[str, int] = {}
+            gate = asyncio.Semaphore(int(spec["concurrency"]))
+
+            async def one(gate: asyncio.Semaphore = gate, seen: dict[str, int] = seen) -> str:
+                async with gate:
+                    try:
+                        captured = await send(self.session, authority, host, request)
+                    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                        return f"request failed: {error!r}"
+                if difference := compare_mesh(case, captured.status, captured.headers, captured.echo):
+                    return difference
+                pod = str((captured.echo or {}).get("pod", ""))
+                backend = next((b for b in weights if pod.startswith(b)), None)
+                if backend is None:
+                    return f"request was handled by an unexpected pod {pod!r}"
+                seen[backend] = seen.get(backend, 0) + 1
+                return ""
+
+            failures = [f for f in await asyncio.gather(*(one() for _ in range(total))) if f]
+            problems = failures[:1] + weight_problems(seen, weights, total, float(spec["tolerance"]))
+            if not problems:
+                return
+        raise Mismatch(f"weighted distribution failed {spec['attempts']} times; last: {'; '.join(problems)}")
 
     # ---- steps ----
 
@@ -562,6 +778,78 @@ class Run:
             self.options.status_deadline,
         )
 
+    async def step_policy_condition(self, step: Step) -> None:
+        """Upstream's BackendTLSPolicyMustHaveCondition: the policy's status has an ancestor entry
+        for the Gateway, written by us, holding the condition."""
+        wanted = Condition(**step.spec["condition"])
+        namespace, name = split_name(str(step.spec["policy"]))
+        gateway_namespace, gateway = split_name(str(step.spec["gateway"]))
+        path = f"/apis/{GROUP}/v1/namespaces/{namespace}/backendtlspolicies/{name}"
+
+        async def check() -> tuple[bool, Any]:
+            status, found = await call(self.state.client, "GET", path)
+            if status != 200:
+                return False, f"{status}: {found}"
+            ancestors = (found.get("status") or {}).get("ancestors") or []
+            for ancestor in ancestors:
+                ref = ancestor.get("ancestorRef") or {}
+                if (
+                    ref.get("name") == gateway
+                    and ref.get("namespace", namespace) == gateway_namespace
+                    and ref.get("kind", "Gateway") == "Gateway"
+                    and ancestor.get("controllerName") == CONTROLLER_NAME
+                    and has_condition(conditions_of(ancestor), wanted)
+                ):
+                    return True, ancestors
+            return False, ancestors
+
+        await until(
+            check, f"BackendTLSPolicy {step.spec['policy']} to have {wanted} for {step.spec['gateway']}",
+            self.options.status_deadline,
+        )  # fmt: skip
+
+    async def step_websocket(self, step: Step) -> None:
+        """Upstream's HTTPRouteBackendProtocolWebSocket: a WebSocket to the Gateway (Host its
+        address and listener port, as Go's websocket.Dial sends) echoes a text message, then a
+        binary one; each try on a new connection, until that holds `CONSECUTIVE` times in a row."""
+        proxy = await self.proxy(step.spec["gateway"])
+        port = await self.listener_port(step, proxy)
+        authority = proxy.target(port)[0]
+        text, binary = str(step.spec["text"]), bytes(step.spec["binary"])
+        url = URL(f"http://{authority}{step.spec['path']}", encoded=True)
+        headers = {"Host": f"{proxy.address}:{port}", "Origin": "ws://gateway/HTTPRouteBackendProtocolWebSocket"}
+
+        async def once() -> str:
+            try:
+                async with self.session.ws_connect(
+                    url, headers=headers, timeout=aiohttp.ClientWSTimeout(ws_receive=WEBSOCKET_TIMEOUT)
+                ) as socket:
+                    await socket.send_str(text)
+                    reply = await socket.receive(timeout=WEBSOCKET_TIMEOUT)
+                    if reply.type is not aiohttp.WSMsgType.TEXT or reply.data != text:
+                        return f"unexpected reply - want: {text!r} got: {reply.type.name} {reply.data!r}"
+                    await socket.send_bytes(binary)
+                    reply = await socket.receive(timeout=WEBSOCKET_TIMEOUT)
+                    if reply.type is not aiohttp.WSMsgType.BINARY or reply.data != binary:
+                        return f"unexpected reply - want: {binary!r} got: {reply.type.name} {reply.data!r}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                return f"failed to dial: {error!r}"
+            return ""
+
+        successes, end = 0, time.monotonic() + self.options.consistency_deadline
+        while successes < CONSECUTIVE:
+            if proxy.process is not None and proxy.process.poll() is not None:
+                raise Mismatch(f"the Envoy of {proxy.name} exited ({proxy.process.returncode}); see {proxy.log}")
+            if not (last := await once()):
+                successes += 1
+                continue
+            successes = 0
+            if time.monotonic() > end:
+                raise Mismatch(
+                    f"WebSocket to {step.spec['path']}: {last} (after {self.options.consistency_deadline:g}s)"
+                )
+            await asyncio.sleep(POLL)
+
     async def step_patch(self, step: Step) -> None:
         target = step.spec["object"]
         obj = {
@@ -585,7 +873,8 @@ class Run:
             path = f"/apis/{GROUP}/v1/gatewayclasses/{name}"
         else:
             namespace, short = split_name(name)
-            path = f"/apis/{GROUP}/v1/namespaces/{namespace}/{kind.lower()}s/{short}"
+            plural = "backendtlspolicies" if kind == POLICY_KIND else f"{kind.lower()}s"
+            path = f"/apis/{GROUP}/v1/namespaces/{namespace}/{plural}/{short}"
 
         async def check() -> tuple[bool, Any]:
             status, found = await call(self.state.client, "GET", path)
@@ -595,6 +884,8 @@ class Run:
             groups = (
                 [conditions_of(p) for p in held.get("parents") or []] if kind in ROUTE_KINDS else [conditions_of(held)]
             )
+            if kind == POLICY_KIND:  # one set of conditions per ancestor
+                groups = [conditions_of(a) for a in held.get("ancestors") or []]
             holds = bool(groups) and all(latest_generation(found, conditions) for conditions in groups)
             if step.spec.get("accepted"):
                 holds = holds and all(has_condition(c, Condition("Accepted", "True")) for c in groups)
@@ -639,8 +930,10 @@ class Run:
             try:
                 captured = await send(self.session, authority, host, case, transport)
                 last = compare(case, captured, case.path, transport.scheme)
+                if case.fails:
+                    last = f"expected a failure, got status {captured.status}" if captured.status < 300 else ""
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                last = f"request failed: {error!r}"
+                last = "" if case.fails else f"request failed: {error!r}"
             if not last:
                 successes += 1
                 continue
@@ -659,6 +952,67 @@ class Run:
             return case.path in paths, paths[-5:]
 
         await until(check, f"{case.path} mirrored to {namespace}/{name}", self.options.consistency_deadline)
+
+    async def grpc_target(self, step: Step) -> tuple[GatewayProxy, str, str]:
+        """(the Gateway's Envoy, where to connect, the default :authority): upstream dials the
+        Gateway's address with the listener port, which becomes the authority."""
+        proxy = await self.proxy(step.spec["gateway"])
+        port = await self.listener_port(step, proxy)
+        return proxy, proxy.target(port)[0], f"{proxy.address}:{port}"
+
+    async def step_grpc_requests(self, step: Step) -> None:
+        proxy, target, authority = await self.grpc_target(step)
+        for rpc in step.grpc_requests:
+            await self.grpc_consistently(proxy, target, rpc.authority or authority, rpc)
+
+    async def grpc_consistently(self, proxy: GatewayProxy, target: str, authority: str, rpc: GrpcRequest) -> None:
+        """Makes `rpc` until its expected answer comes `CONSECUTIVE` times in a row."""
+        successes, last = 0, "no answer yet"
+        end = time.monotonic() + self.options.consistency_deadline
+        while successes < CONSECUTIVE:
+            if proxy.process is not None and proxy.process.poll() is not None:
+                raise Mismatch(f"the Envoy of {proxy.name} exited ({proxy.process.returncode}); see {proxy.log}")
+            last = compare_grpc(rpc, await send_grpc(target, authority, rpc))
+            if not last:
+                successes += 1
+                continue
+            successes = 0
+            if time.monotonic() > end:
+                raise Mismatch(f"{rpc.describe()}: {last} (after {self.options.consistency_deadline:g}s)")
+            await asyncio.sleep(POLL)
+
+    async def step_grpc_distribution(self, step: Step) -> None:
+        """Upstream's GRPCRouteWeight: once the call's answer is consistent, `total` calls
+        (`concurrency` at a time, each on its own connection) spread over the backends as `weights`
+        say, within `tolerance`; up to `attempts` rounds."""
+        spec = step.spec
+        proxy, target, authority = await self.grpc_target(step)
+        (rpc,) = step.grpc_requests
+        authority = rpc.authority or authority
+        await self.grpc_consistently(proxy, target, authority, rpc)
+        weights: dict[str, float] = {k: float(v) for k, v in spec["weights"].items()}
+        total, problems = int(spec["total"]), ["no round yet"]
+        for _ in range(int(spec["attempts"])):
+            seen: dict[str, int] = {}
+            gate = asyncio.Semaphore(int(spec["concurrency"]))
+
+            async def one(gate: asyncio.Semaphore = gate, seen: dict[str, int] = seen) -> str:
+                async with gate:
+                    answer = await send_grpc(target, authority, rpc)
+                if answer.code != "OK":
+                    return f"expected OK response, got {answer.code} ({answer.details})"
+                pod = answer.response.assertions.context.pod if answer.response is not None else ""
+                backend = next((b for b in weights if pod.startswith(b)), None)
+                if backend is None:
+                    return f"request was handled by an unexpected pod {pod!r}"
+                seen[backend] = seen.get(backend, 0) + 1
+                return ""
+
+            failures = [f for f in await asyncio.gather(*(one() for _ in range(total))) if f]
+            problems = failures[:1] + weight_problems(seen, weights, total, float(spec["tolerance"]))
+            if not problems:
+                return
+        raise Mismatch(f"weighted distribution failed {spec['attempts']} times; last: {'; '.join(problems)}")
 
     async def step_distribution(self, step: Step) -> None:
         spec = step.spec
@@ -835,6 +1189,10 @@ class Run:
         started = time.monotonic()
         result = Result(case.test, list(case.profiles), list(case.features), "passed")
         result.own_manifests = [manifest for manifest in case.manifests if is_own_manifest(manifest)]
+        if unclaimed := sorted(set(case.features) & set(UNCLAIMED_FEATURES)):
+            result.result = "not supported"
+            result.detail = "; ".join(f"{feature}: {UNCLAIMED_FEATURES[feature]}" for feature in unclaimed)
+            return result
         missing = sorted(set(case.features) - self.options.features)
         if missing:
             result.result, result.detail = "not supported", f"needs features {missing}"
@@ -843,6 +1201,8 @@ class Run:
         applied = Applied()
         slices: list[dict[str, Any]] = []
         try:
+            if any(step.kind in MESH_STEPS for step in case.steps):
+                await self.apply_mesh()
             for manifest in case.manifests:
                 objects.extend(load_manifests(manifest_path(manifest), self.options.gateway_class))
             if absent := absent_objects(named_objects(case), [*self.base, *objects]):
@@ -915,7 +1275,8 @@ async def run(options: Options) -> list[Result]:
             await state.apply([gateway_class(options.gateway_class)])
             base = load_manifests(BASE_MANIFESTS, options.gateway_class)
             await state.apply(base)
-            await state.apply(await asyncio.to_thread(suite_secrets))
+            secrets = await asyncio.to_thread(suite_secrets)
+            await state.apply(secrets)
             xds_port = free_port()
             config = kubeconfig(cluster.cached.url, options.workdir / "kubeconfig")
             async with (
@@ -930,7 +1291,7 @@ async def run(options: Options) -> list[Result]:
                     xds_address=f"127.0.0.1:{xds_port}",
                 ) as serving,
             ):  # fmt: skip
-                runner = Run(options, state, fleet, serving, xds_port, session, base=base)
+                runner = Run(options, state, fleet, serving, xds_port, session, base=base, secrets=secrets)
                 await runner.start_stand_ins(base)
                 results = []
                 try:

@@ -4,8 +4,12 @@ Runs `SUBSET` with the harness (tests/conformance/runner.py): a real kube-apiser
 `meshplane serve --gateway-api` and real gateway Envoys, one run for all of them. The cases are
 core ones and those of the fixes they guard: the Host header the backend sees (port included),
 redirect ports, `timeouts.backendRequest`, listener isolation, a Gateway's parametersRef, one
-of our own Gateway-variant manifests, 421 for misdirected HTTPS requests, and a backendRef's own
-request header changes. The whole suite is `python -m tests.conformance`.
+of our own Gateway-variant manifests, 421 for misdirected HTTPS requests, a backendRef's own
+request header changes, two mesh cases from real sidecars (a parentRef's port narrowing a mesh
+route to it; a consumer route reaching its own namespace's clients only), and two GRPCRoute cases
+sending real gRPC calls to the gRPC echo stand-ins (method and header matches, UNIMPLEMENTED where
+none matches), a WebSocket upgrade through a gateway (gateway Envoys once answered 403), and a
+BackendTLSPolicy's upstream TLS to a stand-in that checks SNI. The whole suite is `python -m tests.conformance`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ SUBSET = (
     "GatewayInvalidParametersRef",
     "HTTPRouteHTTPSListenerDetectMisdirectedRequests",
     "HTTPRouteRequestHeaderModifierBackendWeights",
+    "MeshPorts",
+    "MeshConsumerRoute",
+    "GRPCExactMethodMatching",
+    "GRPCRouteHeaderMatching",
+    "HTTPRouteBackendProtocolWebSocket",
+    "BackendTLSPolicy",
 )
 
 

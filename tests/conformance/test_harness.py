@@ -20,6 +20,7 @@ import yaml
 from tests.conformance.cases import (
     CaseError,
     ExpectedRequest,
+    GrpcRequest,
     Redirect,
     RequestCase,
     load_case,
@@ -40,6 +41,7 @@ from tests.conformance.cluster import (
     loopback_addresses,
     manifest_path,
     namespaces_of,
+    serves_grpc,
     start_stand_ins,
     suite_secrets,
 )
@@ -52,7 +54,7 @@ from tests.conformance.echo import (
     canonical_header,
     parse_go_duration,
 )
-from tests.conformance.runner import Captured, Result, compare, table
+from tests.conformance.runner import Captured, Result, compare, compare_grpc, send_grpc, table
 from tests.k8s.gateway_api_crds import GATEWAY_API_MISSING, apply_standard_crds
 from tests.k8s.real_apiserver import KUBE_MISSING, Cluster, call_ok, module_cluster
 from tests.ports import free_port
@@ -174,6 +176,11 @@ def key(obj: dict[str, Any]) -> tuple[str, str]:
     return obj["kind"], f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
 
 
+def is_mesh_test(upstream: str) -> bool:
+    """A test of upstream's mesh suite (conformance/tests/mesh/*.go)."""
+    return upstream.startswith("conformance/tests/mesh/")
+
+
 def is_mesh_variant(manifest: Path) -> bool:
     """The shared copy keeps one file per name: for some tests that is upstream's mesh variant
     (tests/mesh/<name>.yaml, every object in the mesh namespace) rather than the Gateway one."""
@@ -187,8 +194,11 @@ def test_every_case_loads_names_its_upstream_test_and_refers_to_manifests_and_ob
     assert len({c.test for c in cases}) == len(cases), "two cases for one upstream test"
     base = load_manifests(BASE_MANIFESTS, "meshplane")
     for case in cases:
-        # Named after its Go file, or (when one Go file holds several tests) after its manifest.
+        # Named after its Go file, or (when one Go file holds several tests) after its manifest;
+        # a mesh test's (conformance/tests/mesh/) with `mesh-` before, unless the name has it.
         names = {Path(case.upstream).stem, *(Path(m).stem for m in case.manifests)}
+        if is_mesh_test(case.upstream):
+            names = {name if name.startswith("mesh-") else f"mesh-{name}" for name in names}
         assert case.path.stem in names, f"{case.path}: not named after {case.upstream} or its manifests"
         objects = list(base)
         for manifest in case.manifests:
@@ -277,7 +287,13 @@ def test_the_list_names_every_upstream_test_file_of_the_profiles_and_which_have_
     require(GATEWAY_API_MISSING)
     listed = yaml.safe_load(UPSTREAM_LIST.read_text())["tests"]
     upstream = {p.name for p in (CONFORMANCE / "tests").glob("*.yaml") if not p.name.startswith(OTHER_PROFILES)}
-    by_manifest = {manifest: entry for entry in listed for manifest in entry["manifests"]}
+    # A mesh test's manifest has its Gateway namesake's name in the shared copy: the Gateway test's
+    # entry is the one checked against it (mesh tests' entries come first, so they are overwritten).
+    by_manifest = {
+        manifest: entry
+        for entry in sorted(listed, key=lambda entry: is_mesh_test(entry["upstream"]), reverse=True)
+        for manifest in entry["manifests"]
+    }
     assert set(by_manifest) == upstream, (sorted(upstream - set(by_manifest)), sorted(set(by_manifest) - upstream))
     for manifest, entry in by_manifest.items():
         mesh_only = is_mesh_variant(CONFORMANCE / "tests" / manifest) and not manifest.startswith("mesh-")
@@ -285,6 +301,12 @@ def test_the_list_names_every_upstream_test_file_of_the_profiles_and_which_have_
     cases = {case.test: case for case in load_cases()}
     for entry in listed:
         assert set(entry["profiles"]) <= {"GATEWAY-HTTP", "GATEWAY-GRPC", "MESH-HTTP"}, entry
+        # Upstream's mesh tests, and they only, are MESH-HTTP's; each applies the mesh variant.
+        assert ("MESH-HTTP" in entry["profiles"]) == is_mesh_test(entry["upstream"]), entry["test"]
+        if is_mesh_test(entry["upstream"]):
+            mesh = {MESH_NAMESPACE, f"{MESH_NAMESPACE}-consumer"}
+            for manifest in entry["manifests"]:
+                assert namespaces_of(load_manifests(CONFORMANCE / "tests" / manifest, "meshplane")) <= mesh, manifest
         assert entry["features"], entry
         assert entry["case"] == (entry["test"] in cases), f"{entry['test']}: `case` says {entry['case']}"
         if entry["case"]:
@@ -472,13 +494,14 @@ async def test_the_cluster_state_gives_every_base_service_an_endpoint_slice_to_i
         base = load_manifests(BASE_MANIFESTS, "meshplane")
         applied = await state.apply(base)
         assert applied.skipped == []
-        await state.apply(suite_secrets())
+        secrets = suite_secrets()
+        await state.apply(secrets)
         for namespace, name, _ in SUITE_SECRETS:
             secret = await call_ok(client, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
             assert secret["type"] == "kubernetes.io/tls"
             assert base64.b64decode(secret["data"]["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
         async with EchoFleet() as fleet:
-            stand_ins = await start_stand_ins(fleet, base, loopback_addresses(10))
+            stand_ins = await start_stand_ins(fleet, base, loopback_addresses(10), secrets)
             await state.apply(endpoint_slices(base, stand_ins))
             namespaces = (await call_ok(client, "GET", "/api/v1/namespaces"))["items"]
             for namespace in namespaces:
@@ -501,17 +524,30 @@ async def test_the_cluster_state_gives_every_base_service_an_endpoint_slice_to_i
                         p.get("targetPort") == 3000 and p.get("protocol", "TCP") == "TCP"
                         for p in service["spec"]["ports"]
                     )
-                    if backend is None or not targets_http:
+                    stand_in = next((s for s in stand_ins if backend and s.address == backend.address), None)
+                    if backend is None or stand_in is None or not targets_http:
+                        # The tls-backend Services target only echo-basic's TLS port (tls_echo.py).
+                        tls_port = stand_in.real_port(8443) if stand_in is not None else None
+                        if tls_port is not None and [p["port"] for p in slice_["ports"]] == [tls_port]:
+                            continue
                         assert slice_["endpoints"] in ([], None), (namespace, name, slice_)
                         continue
                     assert [e["addresses"] for e in slice_["endpoints"]] == [[backend.address]]
-                    assert {p["port"] for p in slice_["ports"]} == {backend.port}
-                    # The slice leads to a live stand-in of the right Deployment.
+                    assert backend.port in {p["port"] for p in slice_["ports"]}
+                    # The slice leads to a live stand-in of the right Deployment (gRPC for one in gRPC mode).
+                    deployment = next(o for o in base if key(o) == ("Deployment", f"{namespace}/{name}"))
+                    if serves_grpc(deployment):
+                        answer = await send_grpc(f"{backend.address}:{backend.port}", name, GrpcRequest("Echo"))
+                        assert compare_grpc(GrpcRequest("Echo", backend=name, namespace=namespace), answer) == ""
+                        continue
                     async with session.get(f"http://{backend.address}:{backend.port}/") as response:
                         document = json.loads(await response.read())
                     assert (document["namespace"], document["pod"].startswith(name)) == (namespace, True)
             first = by_service[("gateway-conformance-infra", "infra-backend-v1")]
-            # first-port and third-port target echo-basic's HTTP port; second-port (h2c, 3001) is not served.
-            assert sorted(p["name"] for p in first["ports"]) == ["first-port", "third-port"]
+            # first-port and third-port target echo-basic's HTTP port; second-port its h2c port
+            # (3001), served on another port (h2c_echo.py).
+            ports = {p["name"]: p["port"] for p in first["ports"]}
+            assert sorted(ports) == ["first-port", "second-port", "third-port"]
+            assert ports["first-port"] == ports["third-port"] != ports["second-port"]
     finally:
         await client.close()

@@ -52,6 +52,7 @@ from meshplane.model import (
     WeightedBackend,
 )
 from meshplane.model.proxy import XdsApiType
+from meshplane.model.services import DnsEndpoints, DnsResolution, DnsResolver, LookupFamily
 
 DATA = Path(__file__).parent.parent / "data"  # TEST-ONLY certificates, see tests/data/README.md
 
@@ -396,6 +397,41 @@ def external_name() -> Mesh:
     )
 
 
+def dns_endpoints() -> Mesh:
+    """Services whose endpoints are DNS names: strict (two names in two localities, weighted, one
+    draining; a fixed refresh and the service's own resolver), logical on two ports (following the
+    answers' TTL, IPv6 only), and one the gRPC role gets a single name of; all routable."""
+    return Mesh.of(
+        [
+            Service(
+                "payments",
+                "shop",
+                (http(port=443),),
+                dns=DnsEndpoints(
+                    (
+                        ready("pay-a.example.com", 443, locality=EU_WEST_A, weight=2),
+                        ready("pay-b.example.com", 443, locality=US_EAST_C),
+                        ready("pay-old.example.com", 443, health=EndpointHealth.TERMINATING),
+                    ),
+                    refresh=30.0,
+                    resolvers=(DnsResolver("10.0.0.53"), DnsResolver("fd00::53", 5353)),
+                ),
+                policy=TrafficPolicy(connect_timeout=2.0),
+            ),
+            Service(
+                "ledger",
+                "shop",
+                (http(), ServicePort("grpc", 9090, Protocol.GRPC)),
+                dns=DnsEndpoints(
+                    (ready("ledger.example.com", 8080), ready("ledger-rpc.example.com", 9090, "grpc")),
+                    resolution=DnsResolution.LOGICAL,
+                    lookup_family=LookupFamily.V6,
+                ),
+            ),
+        ]
+    )
+
+
 def route_features() -> Mesh:
     """The Gateway API's route features: named rules, a redirect, method and query matches, path and
     host rewrites, request and response header modifiers, mirrors, faults, rate limits and CORS (and
@@ -471,4 +507,5 @@ CASES: tuple[GoldenCase, ...] = (
     GoldenCase("tls", tls(), (SIDECAR, GRPC, PER_TYPE)),
     GoldenCase("external_name", external_name(), (SIDECAR, GRPC)),
     GoldenCase("route_features", route_features(), (SIDECAR, GRPC)),
+    GoldenCase("dns_endpoints", dns_endpoints(), (SIDECAR, GRPC)),
 )

@@ -35,6 +35,17 @@ from meshplane.model import (
     UpstreamTls,
     WeightedBackend,
 )
+from meshplane.model.device_policy import (
+    DefaultAccess,
+    DevicePolicy,
+    DeviceRateLimit,
+    JwtProvider,
+    PathKind,
+    PathRule,
+    ServiceAccess,
+)
+from meshplane.model.services import DnsEndpoints, DnsResolver
+from meshplane.model.sites import DeviceTrust, SiteTls
 
 DATA = Path(__file__).parent.parent / "data"  # TEST-ONLY certificates, see tests/data/README.md
 
@@ -141,7 +152,118 @@ def fleet_with_tls() -> Mesh:
     )
 
 
+def fleet_with_dns() -> Mesh:
+    """The fleet with a cloud service named by DNS (strict, asked of the cloud's own resolver): the
+    gateway gets a DNS cluster for it, resolving the names itself; devices and apps reach it through
+    gateways only (no direct tier: a STATIC cluster holds no names), and not at all from a site
+    whose region has no gateway."""
+    mesh = fleet()
+    weather = Service(
+        "weather",
+        "fitness",
+        (ServicePort("http", 8080, Protocol.HTTP1),),
+        dns=DnsEndpoints(
+            (
+                Endpoint("weather-a.cloud.internal", 8080, "http", CLOUD),
+                Endpoint("weather-b.cloud.internal", 8080, "http"),
+            ),
+            refresh=10.0,
+            resolvers=(DnsResolver("10.0.0.53"),),
+        ),
+    )
+    return replace(mesh, services=(*mesh.services, weather))
+
+
+def fleet_zero_trust() -> Mesh:
+    """The fleet with zero trust at Berlin (`tls`: devices' certificates required, mTLS to devices)
+    and the registry's CA as the device trust (test-only PEM stand-ins): the gateway's device
+    listener terminates TLS with the site's certificate over SDS and checks each request's
+    certificate against the live devices; its cloud-facing listener refuses Berlin's device ranges;
+    each device cluster presents the site's certificate and requires the device's own. A Berlin
+    device reaches the cloud only through Berlin's gateways over mTLS with the certificate its
+    bootstrap names; one naming none, and an app, reach nothing there (fail closed)."""
+    mesh = fleet()
+    client = (DATA / "test-client.pem").read_text(), (DATA / "test-client.key.pem").read_text()
+    sites = tuple(
+        replace(site, tls=SiteTls("gym-berlin-gateway")) if site.id == BERLIN.id else site for site in mesh.sites
+    )
+    return replace(
+        mesh,
+        sites=sites,
+        certificates=(TlsCertificate("gym-berlin-gateway", *client, origin="tests/data/test-client.pem"),),
+        device_trust=DeviceTrust("meshplane.local", (DATA / "test-ca.pem").read_text()),
+    )
+
+
+# A test-only public key (P-256), fixed so that the golden files are.
+POLICY_JWKS = (
+    '{"keys": [{"kty": "EC", "crv": "P-256", "x": "ofT9AD5TPRkzmpbXV9z3HMWXqj7CnXM1JzVFyUxGiLk", '
+    '"y": "qv8VGejosCDSzMjUjuWwWQ260Coa6KhW_4_i5xTmf-U"}]}'
+)
+
+
+def fleet_device_policy() -> Mesh:
+    """The fleet under device policy: bikes may GET the catalog's /rides and nothing else, at 20
+    requests a second each (Munich: their allow-list and limit; other classes everything); Berlin
+    is zero trust (`default: deny`: treadmills, named by no policy, reach nothing) and its apps need
+    a JWT for the catalog canary. A route table reached by its own host (`rides.example.com`)
+    sends to the catalog, so it carries the catalog's allow-list; the catalog's canary table sends
+    some requests to the canary, so those routes carry the canary's checks (nobody's allowance, a
+    token), whichever host named them."""
+    mesh = fleet()
+    catalog, canary = ServiceRef("fitness", "catalog"), ServiceRef("fitness", "catalog-canary")
+    rides = RouteTable(
+        name="rides-web",
+        hosts=("rides.example.com",),
+        rules=(RouteRule(match=RouteMatch(), backends=(WeightedBackend(catalog),)),),
+    )
+    policies = [
+        DevicePolicy(
+            "bikes",
+            classes=("bike",),
+            allow=(ServiceAccess(catalog, (PathRule(PathKind.PREFIX, "/rides"),), ("GET",)),),
+            rate_limit=DeviceRateLimit(20, 1.0, 40),
+        ),
+        DevicePolicy("berlin-zero-trust", sites=(BERLIN.id,), default=DefaultAccess.DENY),
+        DevicePolicy(
+            "berlin-apps",
+            sites=(BERLIN.id,),
+            jwt_providers=(JwtProvider("accounts", "https://accounts.example.com", ("fitness-app",), POLICY_JWKS),),
+            require_jwt=(ServiceAccess(canary),),
+        ),
+    ]
+    routes = tuple(sorted((*mesh.routes, rides), key=lambda table: table.name))
+    return replace(mesh, routes=routes, device_policies=tuple(policies))
+
+
 EDGE_CASES: tuple[EdgeCase, ...] = (
+    EdgeCase(
+        "fleet_device_policy",
+        fleet_device_policy(),
+        (
+            ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin"),
+            ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-munich"),
+        ),
+    ),
+    EdgeCase(
+        "fleet_zero_trust",
+        fleet_zero_trust(),
+        (
+            ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin"),
+            ProxyGroup(ProxyRole.DEVICE, site="gym-berlin"),
+            ProxyGroup(ProxyRole.MOBILE, site="gym-berlin"),
+        ),
+    ),
+    EdgeCase(
+        "fleet_dns",
+        fleet_with_dns(),
+        (
+            ProxyGroup(ProxyRole.EDGE_GATEWAY, outbound_port=15080, site="gym-berlin"),
+            ProxyGroup(ProxyRole.DEVICE, site="gym-berlin"),
+            ProxyGroup(ProxyRole.DEVICE, site="homes-nyc"),
+            ProxyGroup(ProxyRole.MOBILE, site="gym-munich"),
+        ),
+    ),
     EdgeCase(
         "fleet_tls",
         fleet_with_tls(),

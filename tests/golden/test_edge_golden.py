@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from meshplane.model import ProxyGroup
 from meshplane.xds.snapshot import Snapshot
@@ -83,11 +84,13 @@ def edge_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
             cluster.type = cluster_pb2.Cluster.STATIC
         assert cluster.type == cluster_pb2.Cluster.STATIC
         static_sds(cluster)
+        combined_static_sds(cluster)
         bootstrap.static_resources.clusters.append(cluster)
     for original in resources[TypeUrl.LISTENER]:
         listener = listener_pb2.Listener()
         listener.CopyFrom(original)
         for chain in listener.filter_chains:
+            listener_static_sds(chain)
             for network_filter in chain.filters:
                 if network_filter.typed_config.Is(HCM.DESCRIPTOR):
                     hcm = HCM()
@@ -100,6 +103,34 @@ def edge_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
         layer = bootstrap.layered_runtime.layers.add(name=runtime.name)
         layer.static_layer.CopyFrom(runtime.layer)
     return bootstrap
+
+
+def combined_static_sds(cluster: cluster_pb2.Cluster) -> None:
+    """A combined validation context's SDS reference (an edge gateway's device clusters) made to
+    name `static_resources.secrets` too."""
+    if not cluster.HasField("transport_socket"):
+        return
+    tls = tls_pb2.UpstreamTlsContext()
+    assert cluster.transport_socket.typed_config.Unpack(tls)
+    combined = tls.common_tls_context.combined_validation_context
+    if combined.HasField("validation_context_sds_secret_config"):
+        combined.validation_context_sds_secret_config.ClearField("sds_config")
+        cluster.transport_socket.typed_config.Pack(tls)
+
+
+def listener_static_sds(chain: listener_components_pb2.FilterChain) -> None:
+    """Makes a filter chain's TLS (an edge gateway's device listener) name `static_resources.secrets`,
+    as `static_sds` does for clusters."""
+    if not chain.HasField("transport_socket"):
+        return
+    tls = tls_pb2.DownstreamTlsContext()
+    assert chain.transport_socket.typed_config.Unpack(tls)
+    common = tls.common_tls_context
+    if common.HasField("validation_context_sds_secret_config"):
+        common.validation_context_sds_secret_config.ClearField("sds_config")
+    for config in common.tls_certificate_sds_secret_configs:
+        config.ClearField("sds_config")
+    chain.transport_socket.typed_config.Pack(tls)
 
 
 @pytest.mark.parametrize(("case", "group"), PARAMS)

@@ -51,8 +51,8 @@ def validation_bootstrap(translation: Translation) -> bootstrap_pb2.Bootstrap:
             cluster.load_assignment.CopyFrom(endpoints[cluster.eds_cluster_config.service_name])
             cluster.ClearField("eds_cluster_config")
             cluster.type = cluster_pb2.Cluster.STATIC
-        else:  # a DNS cluster (ExternalName) carries its own load assignment; validation resolves nothing
-            assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
+        else:  # a DNS cluster (ExternalName, DNS endpoints) carries its own assignment; nothing is resolved
+            assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS or cluster.cluster_type.name == "envoy.clusters.dns"
         static_sds(cluster)
         bootstrap.static_resources.clusters.append(cluster)
     next_port = FIRST_API_LISTENER_PORT

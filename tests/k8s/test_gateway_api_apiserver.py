@@ -286,6 +286,53 @@ async def test_objects_created_updated_and_deleted_show_in_content_and_change_se
     assert not any("hostname must not be specified" in note for note in source.status.notes)
 
 
+async def test_a_status_write_coming_back_on_the_watch_is_no_change(
+    admin: ApiClient, running: Callable[..., Awaitable[GatewayApiSource]]
+) -> None:
+    await ensure_crds(admin)
+    calls: list[None] = []
+    source = await running(on_change=lambda: calls.append(None))
+    await until(lambda: holds(lambda: source.synced), "the first lists")
+    ns = await namespace(admin, "status-echo")
+    routes = f"{V1}/namespaces/{ns}/httproutes"
+    await call_ok(admin, "POST", routes, _route(ns, "web"))
+    await call_ok(admin, "POST", routes, _route(ns, "barrier"))
+    changes = GatewayApiChanges()
+
+    async def collected(expected: set[tuple[str, tuple[str, str]]]) -> bool:
+        nonlocal changes
+        changes |= source.take_changes()
+        return expected <= changes.changed
+
+    await until(lambda: collected({(HTTP_ROUTE, (ns, "web")), (HTTP_ROUTE, (ns, "barrier"))}), "the routes")
+    held = source.content().http_routes[(ns, "web")]
+    called = len(calls)
+
+    condition = {
+        "type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+        "lastTransitionTime": "2026-12-07T05:00:00Z", "observedGeneration": 1,
+    }  # fmt: skip
+    parents = [{"parentRef": {"name": "edge"}, "controllerName": "example.com/other", "conditions": [condition]}]
+    await call_ok(admin, "PATCH", f"{routes}/web/status", {"status": {"parents": parents}}, MERGE_PATCH)
+    # The barrier: one watch brings one kind's events in order, so once this spec change is in,
+    # the status write before it has come back too.
+    await call_ok(admin, "PATCH", f"{routes}/barrier", {"spec": {"hostnames": ["b.example"]}}, MERGE_PATCH)
+    changes = GatewayApiChanges()
+    await until(lambda: collected({(HTTP_ROUTE, (ns, "barrier"))}), "the barrier's change")
+    watched = source.watchers[HTTP_ROUTE].objects[(ns, "web")]
+    # The status write did come back (the API server defaulting the parentRef's group and kind)…
+    assert [parent["controllerName"] for parent in watched["status"]["parents"]] == ["example.com/other"]
+    assert changes.changed == {(HTTP_ROUTE, (ns, "barrier"))}  # …and is no change
+    assert source.content().http_routes[(ns, "web")] is held  # not even read again
+    assert len(calls) == called + 1  # the barrier's call only
+
+    # A change of the spec after it is one, as before.
+    await call_ok(admin, "PATCH", f"{routes}/web", {"spec": {"hostnames": ["web.example"]}}, MERGE_PATCH)
+    changes = GatewayApiChanges()
+    await until(lambda: collected({(HTTP_ROUTE, (ns, "web"))}), "the spec change")
+    assert source.content().http_routes[(ns, "web")].value.hostnames == ("web.example",)
+
+
 def _manifests(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from meshplane.discovery.gateway_api.fields import Parsed
 from meshplane.discovery.gateway_api.gateway_classes import GatewayClass
+from meshplane.discovery.status_conditions import render_condition
 
 BUNDLE_VERSION_ANNOTATION = "gateway.networking.k8s.io/bundle-version"
 SUPPORTED_VERSIONS = re.compile(r"v1\.6\.\d+")
@@ -80,11 +81,6 @@ def accepted_condition(parsed: Parsed[GatewayClass]) -> Condition:
     return Condition(ACCEPTED, "True", "Accepted", "meshplane accepts this class")
 
 
-def timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC to the second, as Kubernetes writes a condition's time."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def status_update(
     obj: Mapping[str, Any], parsed: Parsed[GatewayClass], bundles: Mapping[str, str | None], now: datetime
 ) -> list[dict[str, Any]] | None:
@@ -96,18 +92,6 @@ def status_update(
     wanted = {c.type: c for c in (accepted_condition(parsed), version_condition(bundles))}
     generation = parsed.value.generation
 
-    def render(condition: Condition, previous: Mapping[str, Any] | None) -> dict[str, Any]:
-        kept = previous.get("lastTransitionTime") if previous is not None else None
-        same = previous is not None and previous.get("status") == condition.status and isinstance(kept, str)
-        return {
-            "type": condition.type,
-            "status": condition.status,
-            "reason": condition.reason,
-            "message": condition.message,
-            "observedGeneration": generation,
-            "lastTransitionTime": kept if same else timestamp(now),
-        }
-
     result: list[dict[str, Any]] = []
     rendered: set[str] = set()
     room_for_others = MAX_CONDITIONS - len(wanted)  # ours are written whatever else is there
@@ -115,10 +99,12 @@ def status_update(
         kind = condition.get("type")
         if isinstance(kind, str) and kind in wanted:
             if kind not in rendered:  # a type is listed once (listType=map)
-                result.append(render(wanted[kind], condition))
+                result.append(render_condition(wanted[kind], generation, condition, now))
                 rendered.add(kind)
         elif room_for_others > 0:
             result.append(dict(condition))
             room_for_others -= 1
-    result += [render(condition, None) for kind, condition in wanted.items() if kind not in rendered]
+    result += [
+        render_condition(condition, generation, None, now) for kind, condition in wanted.items() if kind not in rendered
+    ]
     return None if result == [dict(c) for c in current] else result

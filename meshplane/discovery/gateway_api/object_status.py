@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from meshplane.discovery.gateway_api.class_status import timestamp
 from meshplane.discovery.gateway_api.conditions import (
     MAX_POLICY_ANCESTORS,
     Condition,
@@ -25,31 +24,15 @@ from meshplane.discovery.gateway_api.conditions import (
     programmed,
 )
 from meshplane.discovery.gateway_api.references import ParentRef
+from meshplane.discovery.status_conditions import render_conditions
 
 MAX_PARENTS = 32  # the CRDs' maxItems for a route's status.parents
 MAX_ADDRESSES = 16
 
 
 def _conditions(wanted: Sequence[Condition], current: Any, now: datetime) -> list[dict[str, Any]]:
-    """`wanted` as condition objects, each keeping the time of the one of its type in `current`
-    whose status it shares."""
-    previous = {c.get("type"): c for c in current if isinstance(c, Mapping)} if isinstance(current, list) else {}
-    rendered = []
-    for condition in wanted:
-        before = previous.get(condition.type)
-        kept = before.get("lastTransitionTime") if before is not None else None
-        same = before is not None and before.get("status") == condition.status and isinstance(kept, str)
-        rendered.append(
-            {
-                "type": condition.type,
-                "status": condition.status,
-                "reason": condition.reason,
-                "message": condition.message,
-                "observedGeneration": condition.observed_generation,
-                "lastTransitionTime": kept if same else timestamp(now),
-            }
-        )
-    return rendered
+    """`wanted` as condition objects, each observed at its own generation (`status_writing`)."""
+    return render_conditions(((c, c.observed_generation) for c in wanted), current, now)
 
 
 def _status_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:

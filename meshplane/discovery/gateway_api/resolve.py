@@ -196,14 +196,24 @@ def resolve(
 class ReferenceGrants:
     """Which cross-namespace references the ReferenceGrants allow."""
 
-    def __init__(self, grants: Iterable[ReferenceGrant]) -> None:
+    def __init__(self, grants: Iterable[ReferenceGrant], parents: frozenset[Key] = frozenset()) -> None:
         self._grants = tuple(grants)
+        self._parents = parents
+
+    def with_parents(self, parents: frozenset[Key]) -> ReferenceGrants:
+        """These grants, and a mesh route's own parent Services (namespace, name) as backends: a
+        consumer route sends its namespace's requests on to the Service they were addressed to,
+        which crosses no boundary those requests had not crossed already (upstream's
+        MeshConsumerRoute does so with no ReferenceGrant)."""
+        return ReferenceGrants(self._grants, parents)
 
     def allow(self, from_kind: str, from_namespace: str, to_group: str, to_kind: str, to: Key) -> bool:
         """Whether a `from_kind` (of the Gateway API group, or core for none) of `from_namespace` may
         refer to the `to_group`/`to_kind` object `to` (namespace, name). Same namespace: always."""
         namespace, name = to
         if namespace == from_namespace:
+            return True
+        if to_group == CORE_GROUP and to_kind == "Service" and to in self._parents:
             return True
         for grant in self._grants:
             if grant.namespace != namespace:
@@ -870,13 +880,15 @@ def _model_gateway(entry: _Served, status: GatewayStatus) -> Gateway:
 # An HTTPRoute or GRPCRoute whose parentRef is a core Service configures the traffic every client
 # in the mesh (sidecars, proxyless gRPC) sends to that Service: its rules become one route table
 # attached to the Service (`RouteTable.service`), the rules of every such route of the Service in
-# the precedence order of a Gateway's. Only producer routes are served: those in the Service's
-# namespace. A consumer route (another namespace) would apply to that namespace's clients only,
-# which the model's one table per service cannot say: it is not accepted. Hostnames are ignored
-# (GAMMA's rule). A rule whose backends did not all resolve sends to those that did; one with none
-# is left out (sidecar routes have no share answered 500).
+# the precedence order of a Gateway's. A parentRef's `port` narrows the table to that port
+# (`RouteTable.port`). A producer route (in the Service's namespace) applies to every client; a
+# consumer route (in another namespace) to that namespace's clients only (`RouteTable.consumer`),
+# before the producer routes. Hostnames are ignored (GAMMA's rule). A rule whose backends did not
+# all resolve sends to those that did; one with none is left out (sidecar routes have no share
+# answered 500).
 
-# The name of the route table of a Service's mesh routes: `gateway-api.<namespace>.<name>`.
+# The name of the route table of a Service's mesh routes: `gateway-api.<namespace>.<name>` (see
+# `mesh_route_name` for a port's and a consumer's).
 MESH_ROUTE_PREFIX = "gateway-api"
 
 
@@ -894,8 +906,14 @@ def is_service_parent(parent: ParentRef) -> bool:
     return parent.group == CORE_GROUP and parent.kind == "Service"
 
 
-def mesh_route_name(service: ServiceRef) -> str:
-    return f"{MESH_ROUTE_PREFIX}.{service.namespace}.{service.name}"
+def mesh_route_name(service: ServiceRef, port: int | None = None, consumer: str = "") -> str:
+    """The name of the route table the mesh routes of `service` make (of its `port` alone; for the
+    clients of namespace `consumer` alone): `gateway-api.<ns>.<name>[.<port>][@<consumer>]`.
+    Names and namespaces are DNS labels, so neither a port after a dot nor `@` can be read as
+    part of them."""
+    name = f"{MESH_ROUTE_PREFIX}.{service.namespace}.{service.name}"
+    name = name if port is None else f"{name}.{port}"
+    return f"{name}@{consumer}" if consumer else name
 
 
 def resolve_mesh(
@@ -905,10 +923,17 @@ def resolve_mesh(
 ) -> MeshResolution:
     """The route tables the HTTPRoutes and GRPCRoutes of `objects` with a Service parent make, and
     their status for those parents. `origins` names where an object was said (`file:line`), for the
-    tables' origins; else `Kind namespace/name`."""
+    tables' origins; else `Kind namespace/name`.
+
+    A parentRef without a port makes the Service's table, for all its ports; one with a port makes
+    that port's table, which holds the Service-wide routes' rules too (a port's traffic follows
+    both, by the one precedence order), so a port with a table of its own loses none of them.
+    A route in another namespace than its parent Service's is a consumer route (GAMMA): its tables
+    are for its own namespace's clients (`RouteTable.consumer`), which follow them instead of the
+    producer routes; it is Accepted as a producer route is."""
     grants = ReferenceGrants(tuple(parsed.value for parsed in objects.reference_grants.values() if not parsed.problems))
-    rules_of: dict[ServiceRef, list[tuple[tuple[object, ...], RouteRule]]] = {}
-    said: dict[ServiceRef, set[str]] = {}
+    rules_of: dict[tuple[ServiceRef, int | None, str], list[tuple[tuple[object, ...], RouteRule]]] = {}
+    said: dict[tuple[ServiceRef, int | None, str], set[str]] = {}
     statuses: dict[str, dict[Key, RouteStatus]] = {HTTP_ROUTE: {}, GRPC_ROUTE: {}}
     kinds: tuple[tuple[str, Mapping[Key, Parsed[HttpRoute]] | Mapping[Key, Parsed[GrpcRoute]]], ...] = (
         (HTTP_ROUTE, objects.http_routes),
@@ -920,10 +945,11 @@ def resolve_mesh(
             mesh_parents = [parent for parent in route.parent_refs if is_service_parent(parent)]
             if not mesh_parents:
                 continue
+            own = grants.with_parents(frozenset((p.namespace or route.namespace, p.name) for p in mesh_parents))
             if isinstance(route, GrpcRoute):
-                rules, resolved = _grpc_rules(route, grants, services)
+                rules, resolved = _grpc_rules(route, own, services)
             else:
-                rules, resolved = _http_rules(route, grants, services)
+                rules, resolved = _http_rules(route, own, services)
             problems = [str(problem) for problem in parsed.problems]
             parents = []
             for parent in mesh_parents:
@@ -938,10 +964,15 @@ def resolve_mesh(
                 parents.append(ParentStatus(_written(parent, route.namespace), (accepted, resolved)))
             statuses[kind][key] = RouteStatus(route.generation, tuple(parents))
     tables = []
-    for ref, found in sorted(rules_of.items(), key=lambda item: (item[0].namespace, item[0].name)):
+    for (ref, port, consumer), found in rules_of.items():
+        if port is not None:  # the Service-wide rules (of the same clients) apply to this port too
+            found = found + rules_of.get((ref, None, consumer), [])
+            said[(ref, port, consumer)] |= said.get((ref, None, consumer), set())
         ordered = tuple(rule for _, rule in sorted(found, key=lambda item: item[0]))
         if ordered:
-            tables.append(RouteTable(mesh_route_name(ref), ordered, service=ref, origin=", ".join(sorted(said[ref]))))
+            origin = ", ".join(sorted(said[(ref, port, consumer)]))
+            name = mesh_route_name(ref, port, consumer)
+            tables.append(RouteTable(name, ordered, service=ref, origin=origin, port=port, consumer=consumer))
     status = GatewayApiStatus(
         MappingProxyType({}), MappingProxyType(statuses[HTTP_ROUTE]), MappingProxyType(statuses[GRPC_ROUTE])
     )
@@ -950,19 +981,14 @@ def resolve_mesh(
 
 def _mesh_parent(
     route: HttpRoute | GrpcRoute, parent: ParentRef, problems: list[str], services: Mapping[ServiceRef, Service]
-) -> tuple[Condition, ServiceRef | None]:
-    """The route's Accepted for the Service `parent`, and that Service when it is accepted."""
+) -> tuple[Condition, tuple[ServiceRef, int | None, str] | None]:
+    """The route's Accepted for the Service `parent`, and (that Service, the parentRef's port or
+    None, the consumer namespace or "" for a producer route) when it is accepted."""
     generation = route.generation
     namespace = parent.namespace or route.namespace
     named = f"Service {namespace}/{parent.name}"
     if problems:
         return c.condition(c.ACCEPTED, False, c.REASON_UNSUPPORTED_VALUE, "; ".join(problems), generation), None
-    if namespace != route.namespace:
-        message = (
-            f"a consumer route (the route in namespace {route.namespace}, {named}) is not supported: meshplane "
-            "serves producer routes only, in the Service's namespace, which apply to every client"
-        )
-        return c.condition(c.ACCEPTED, False, c.REASON_UNSUPPORTED_VALUE, message, generation), None
     if parent.section_name is not None:
         message = f"{named}: sectionName on a Service parent is not supported"
         return c.condition(c.ACCEPTED, False, c.REASON_UNSUPPORTED_VALUE, message, generation), None
@@ -970,14 +996,12 @@ def _mesh_parent(
     service = services.get(ref)
     if service is None:
         return c.condition(c.ACCEPTED, False, c.REASON_NO_MATCHING_PARENT, f"{named} is not found", generation), None
-    if parent.port is not None:
-        if service.port(parent.port) is None:
-            message = f"{named} has no port {parent.port}"
-            return c.condition(c.ACCEPTED, False, c.REASON_NO_MATCHING_PARENT, message, generation), None
-        if len(service.ports) > 1:
-            message = f"{named} has several ports and a route applies to all of them: leave the parentRef's port out"
-            return c.condition(c.ACCEPTED, False, c.REASON_UNSUPPORTED_VALUE, message, generation), None
-    return c.condition(c.ACCEPTED, True, c.REASON_ACCEPTED, "", generation), ref
+    if parent.port is not None and service.port(parent.port) is None:
+        message = f"{named} has no port {parent.port}"
+        return c.condition(c.ACCEPTED, False, c.REASON_NO_MATCHING_PARENT, message, generation), None
+    # A route in another namespace than its Service's is a consumer route: its own namespace's clients only.
+    consumer = route.namespace if namespace != route.namespace else ""
+    return c.condition(c.ACCEPTED, True, c.REASON_ACCEPTED, "", generation), (ref, parent.port, consumer)
 
 
 def _mesh_rule(gateway_rule: GatewayRule) -> RouteRule | None:
@@ -994,6 +1018,31 @@ def _mesh_rule(gateway_rule: GatewayRule) -> RouteRule | None:
         segments = PathMatch(PathMatchKind.REGEX, f"{re.escape(path.value)}(/.*)?")
         rule = dataclasses.replace(rule, match=dataclasses.replace(rule.match, path=segments))
     return rule
+
+
+def conflicted_mesh_parents(status: GatewayApiStatus, lost: Mapping[ServiceRef, str]) -> GatewayApiStatus:
+    """`status` with each Service parent in `lost` that was Accepted made Accepted=False, reason
+    Conflicted, saying why (`lost`'s message): the route tables the Gateway API routes make for
+    that Service lost to a route of higher precedence (the merge's rule), so none of them serves."""
+
+    def mark(routes: Mapping[Key, RouteStatus]) -> Mapping[Key, RouteStatus]:
+        found = dict(routes)
+        for key, route in routes.items():
+            parents = []
+            for parent in route.parents:
+                ref = parent.parent
+                why = lost.get(ServiceRef(ref.namespace or key[0], ref.name)) if is_service_parent(ref) else None
+                accepted = next((one for one in parent.conditions if one.type == c.ACCEPTED), None)
+                if why is None or accepted is None or accepted.status != c.TRUE:
+                    parents.append(parent)
+                    continue
+                refused = c.condition(c.ACCEPTED, False, c.REASON_CONFLICTED, why, accepted.observed_generation)
+                others = tuple(one for one in parent.conditions if one.type != c.ACCEPTED)
+                parents.append(ParentStatus(ref, (refused, *others)))
+            found[key] = RouteStatus(route.generation, tuple(parents))
+        return MappingProxyType(found)
+
+    return dataclasses.replace(status, http_routes=mark(status.http_routes), grpc_routes=mark(status.grpc_routes))
 
 
 def joined_status(gateways: GatewayApiStatus, mesh: GatewayApiStatus) -> GatewayApiStatus:

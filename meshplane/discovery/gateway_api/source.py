@@ -2,15 +2,15 @@
 BackendTLSPolicies watched live (all namespaces), read into typed values; and the status of the
 GatewayClasses meshplane owns.
 
-Owns the source's life, on the list/watch machinery of `kubernetes_watching.py`: loading the client
-configuration (`kubernetes.load_configuration`, the Kubernetes source's own), one `Watcher` per
-kind, and one per kind's CustomResourceDefinition (selected by name) to tell a kind that is not
-installed from a failing one and to read the CRDs' bundle versions for `SupportedVersion`. A CRD
-installed or changed wakes every watcher from its backoff, so the source recovers as soon as the
-CRDs are installed. Writing GatewayClass status is `ClassStatusWriter`'s, off the watch callbacks;
-writing the status of Gateways and routes is `GatewayStatusWriter`'s (`gateway_writer`), from the
-status the merge hands it (`gateway_writer.update`) and `serving`: the listen addresses of the
-connected gateway Envoys that took a Gateway's listeners (`namespace/name` → addresses).
+Owns the source's life, on the watches every source of a CRD-defined API shares
+(`crd_watching.py`): the client configuration, one `Watcher` per kind, and one per kind's
+CustomResourceDefinition to tell a kind that is not installed from a failing one and to read the
+CRDs' bundle versions for `SupportedVersion`. A CRD installed or changed wakes every watcher from
+its backoff, so the source recovers as soon as the CRDs are installed. Writing GatewayClass status
+is `ClassStatusWriter`'s, off the watch callbacks; writing the status of Gateways and routes is
+`GatewayStatusWriter`'s (`gateway_writer`), from the status the merge hands it
+(`gateway_writer.update`) and `serving`: the listen addresses of the connected gateway Envoys
+that took a Gateway's listeners (`namespace/name` → addresses).
 
 ConfigMaps are watched only for BackendTLSPolicies: one watch per ConfigMap a policy's
 `caCertificateRefs` names (in the policy's namespace, selected by `metadata.name`), at most
@@ -30,7 +30,15 @@ CRD is missing). `content()` returns the objects as an immutable `GatewayApiObje
 again only the objects that changed since the last call (the mappings of unchanged kinds are the
 very ones returned before). `take_changes()` names what changed in that content since its
 previous call (the first call: everything). `on_change()` is called synchronously after each
-batch once synced; keep it cheap. `run()` ends only by cancellation.
+batch that changes the content once synced (and once at the sync); keep it cheap. `run()` ends
+only by cancellation.
+
+An update that changes only what no parser reads (`same_content`: `status`, and the metadata the
+API server writes on every write) is no change of the content: it is not read again, not in the
+change set and calls no `on_change()`. Every status write, meshplane's own included, comes back
+on the watch as such an update; counted as a change, each would cost a merge and a translation of
+every gateway group for nothing. The status writers still look at the object again (another
+writer may have changed what meshplane owns there).
 
 The content feeds the mesh: `Inventory.merge` resolves it (`resolve.py`) into the Gateways that
 gateway proxies serve. Until the source has synced (the CRDs installed, every kind listed) its
@@ -45,12 +53,10 @@ when the API server answers again; `notes` say which objects break the CRDs' rul
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +64,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from meshplane.discovery.crd_watching import CrdWatching, WatchedKind, WatchingCrds
 from meshplane.discovery.gateway_api.backend_tls_policies import parse_backend_tls_policy
 from meshplane.discovery.gateway_api.class_status import bundle_version_of
 from meshplane.discovery.gateway_api.fields import Parsed
@@ -80,8 +87,8 @@ from meshplane.discovery.gateway_api.objects import (
 from meshplane.discovery.gateway_api.reference_grants import parse_reference_grant
 from meshplane.discovery.gateway_api.references import GATEWAY_GROUP
 from meshplane.discovery.gateway_api.status_writer import ClassStatusWriter, GatewayStatusWriter
-from meshplane.discovery.kubernetes import SERVICE_ACCOUNT, load_configuration
-from meshplane.discovery.kubernetes_watching import Backoff, Change, Object, Reconnect, Resource, Watcher, key_of
+from meshplane.discovery.kubernetes import SERVICE_ACCOUNT
+from meshplane.discovery.kubernetes_watching import Backoff, Change, Object, Resource, Watcher, key_of
 from meshplane.model import SourceStatus
 
 if TYPE_CHECKING:  # a type only (kubernetes.py says why)
@@ -91,7 +98,6 @@ log = logging.getLogger(__name__)
 
 SOURCE_NAME = "gateway-api"
 MAX_PROBLEM_NOTES = 50
-CRDS = Resource("CustomResourceDefinition", "/apis/apiextensions.k8s.io/v1", "customresourcedefinitions")
 NAMESPACES = Resource("Namespace", "/api/v1", "namespaces")
 MAX_LABELS = 64  # per Namespace, read for selectors (a selector names a few)
 CONFIG_MAPS = Resource("ConfigMap", "/api/v1", "configmaps")
@@ -100,6 +106,9 @@ CONFIG_MAPS = Resource("ConfigMap", "/api/v1", "configmaps")
 CONFIG_MAP = "ConfigMap"
 MAX_CA_CONFIG_MAPS = 256  # ConfigMaps watched for BackendTLSPolicies' CA certificates
 MAX_CA_CERTIFICATES = 256 * 1024  # bytes of one ConfigMap's ca.crt kept; a larger one is refused
+# Metadata the API server writes on every write, status writes included; no parser reads it.
+# (`generation` is not among them: it moves with the spec, and the parsers read it.)
+SERVER_WRITTEN_METADATA = frozenset({"resourceVersion", "managedFields", "selfLink"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +141,29 @@ CLASSES = KINDS[0]
 _STATUS_KINDS = (GATEWAY, HTTP_ROUTE, GRPC_ROUTE, BACKEND_TLS_POLICY)
 
 
-class GatewayApiSource:
+def same_content(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether `new` is `old` but for `status` and `SERVER_WRITTEN_METADATA`: what the parsers
+    read (the spec, the name, namespace, generation and creation time, and so that nothing a
+    parser may come to read is missed, every other field and all other metadata: labels,
+    annotations, uid, finalizers) is equal, so its parsed value is too. Compares values, never
+    raises on a malformed object (a non-mapping `metadata` compares as a whole)."""
+    if old.keys() - {"status"} != new.keys() - {"status"}:
+        return False
+    for key, value in new.items():
+        if key == "status":
+            continue
+        before = old[key]
+        if key == "metadata" and isinstance(value, Mapping) and isinstance(before, Mapping):
+            if before.keys() - SERVER_WRITTEN_METADATA != value.keys() - SERVER_WRITTEN_METADATA:
+                return False
+            if any(before[name] != field for name, field in value.items() if name not in SERVER_WRITTEN_METADATA):
+                return False
+        elif before != value:
+            return False
+    return True
+
+
+class GatewayApiSource(WatchingCrds):
     """The Gateway API objects of the cluster, and status for the GatewayClasses whose controller
     is `controller_name`. `client` is for tests and embedding; without it the configuration is
     loaded in `run()` (from `kubeconfig`, else as the Kubernetes source loads it). `now` gives the
@@ -153,33 +184,35 @@ class GatewayApiSource:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         serving: Callable[[str], list[str]] = lambda gateway: [],
     ) -> None:
-        self._client = client
-        self._kubeconfig = kubeconfig
-        self._service_account = service_account
         self.controller_name = controller_name
         self._on_change = on_change
-        self._backoff = backoff or Backoff()
-        self._watch_timeout = watch_timeout_seconds
-        self._page_size = page_size
-        self._rng = rng or random.Random()
-        self._reconnect = Reconnect()
-        self.watchers: dict[str, Watcher] = {}  # by kind name
-        self.crd_watchers: dict[str, Watcher] = {}  # by kind name
+        self._watching = CrdWatching(
+            tuple(WatchedKind(kind.name, kind.resource, kind.crd) for kind in KINDS),
+            what="the Gateway API",
+            on_objects=self._on_objects,
+            on_crds=self._on_crds,
+            client=client,
+            kubeconfig=kubeconfig,
+            service_account=service_account,
+            backoff=backoff,
+            watch_timeout_seconds=watch_timeout_seconds,
+            page_size=page_size,
+            rng=rng,
+        )
+        backoff, rng = self._watching.backoff, self._watching.rng
         self.writer = ClassStatusWriter(
             CLASSES.resource, controller_name, self._class_object, self.bundle_versions,
-            backoff=self._backoff, rng=self._rng, now=now,
+            backoff=backoff, rng=rng, now=now,
         )  # fmt: skip
         self.gateway_writer = GatewayStatusWriter(
             {kind.name: kind.resource for kind in KINDS if kind.name in _STATUS_KINDS},
             controller_name,
             self._object,
             serving,
-            backoff=self._backoff,
-            rng=self._rng,
+            backoff=backoff,
+            rng=rng,
             now=now,
         )
-        self._setup_error = ""
-        self._last_attempt: float | None = None
         self._synced = False
         self._parsed: dict[str, dict[Key, Parsed[Any]]] = {kind.name: {} for kind in KINDS}
         self._dirty: dict[str, set[Key]] = {kind.name: set() for kind in KINDS}
@@ -203,17 +236,10 @@ class GatewayApiSource:
     def bundle_versions(self) -> dict[str, str | None] | None:
         """The installed Gateway API CRDs watched, each with its bundle version (None: it has none);
         None until every CRD watch has listed."""
-        if len(self.crd_watchers) < len(KINDS) or not all(w.synced for w in self.crd_watchers.values()):
+        installed = self._watching.installed()
+        if installed is None:
             return None
-        return {
-            kind.crd: bundle_version_of(crd) for kind in KINDS for crd in self.crd_watchers[kind.name].objects.values()
-        }
-
-    def missing_crds(self) -> list[str]:
-        """The CRDs of the kinds watched that are not installed; none until every CRD watch has
-        listed (one picture, not one CRD at a time)."""
-        installed = self.bundle_versions()
-        return [] if installed is None else [kind.crd for kind in KINDS if kind.crd not in installed]
+        return {kind.crd: bundle_version_of(crd) for kind in KINDS for crd in installed[kind.name].values()}
 
     def take_changes(self) -> GatewayApiChanges:
         """What changed in `content()` since the previous call (the first call: everything), and
@@ -285,27 +311,16 @@ class GatewayApiSource:
     @property
     def status(self) -> SourceStatus:
         missing = self.missing_crds()
-        errors = [self._setup_error] if self._setup_error else []
-        if missing:
-            errors.append(
-                f"the Gateway API CRDs are not installed: {', '.join(missing)} not found (install the standard"
-                " channel, v1.6.x: kubectl apply --server-side -f"
-                " https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml)"
-            )
-        missing_kinds = {kind.name for kind in KINDS if kind.crd in missing}
-        watchers = [*self.crd_watchers.values(), *self.watchers.values()]
-        errors += [
-            w.last_error
-            for name, w in self.watchers.items()
-            if w.last_error and name not in missing_kinds  # the missing CRD is the reason
-        ]
-        errors += [w.last_error for w in self.crd_watchers.values() if w.last_error]
+        errors = self._watching.errors(
+            missing,
+            f"the Gateway API CRDs are not installed: {', '.join(missing)} not found (install the standard"
+            " channel, v1.6.x: kubectl apply --server-side -f"
+            " https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml)",
+        )
         errors += [w.last_error for w in self.config_maps.values() if w.last_error]
         errors += [w.last_error for w in (self.writer, self.gateway_writer) if w.last_error]
         content = self.content()
         notes, with_problems = self._notes_of(content)
-        confirmed = [w.confirmed_at for w in watchers]
-        attempts = [t for t in (self._last_attempt, *(w.attempted_at for w in watchers)) if t is not None]
         counts = {
             "gateway_classes": len(content.gateway_classes),
             "owned_gateway_classes": sum(
@@ -318,23 +333,18 @@ class GatewayApiSource:
             "backend_tls_policies": len(content.backend_tls_policies),
             "ca_config_maps": len(self.config_maps),
             "objects_with_problems": with_problems,
-            "relists": sum(w.relists for w in watchers),
         }
-        return SourceStatus(
-            name=SOURCE_NAME,
-            synced=self._synced,
-            last_success=(
-                min(c for c in confirmed if c is not None) if self._synced and None not in confirmed else None
-            ),
-            last_attempt=max(attempts, default=None),
-            errors=tuple(errors),
-            counts=counts,
-            events={
+        return self._watching.source_status(
+            SOURCE_NAME,
+            self._synced,
+            errors,
+            counts,
+            {
                 "status_writes": self.writer.writes + self.gateway_writer.writes,
                 "status_conflicts": self.writer.conflicts + self.gateway_writer.conflicts,
                 "status_unchanged": self.writer.skipped + self.gateway_writer.skipped,
             },
-            notes=notes,
+            notes,
         )
 
     def _notes_of(self, content: GatewayApiObjects) -> tuple[tuple[str, ...], int]:
@@ -356,52 +366,17 @@ class GatewayApiSource:
 
     async def run(self) -> None:
         """Load the configuration (retrying with backoff), then watch and write status forever."""
-        attempt = 0
-        owned: ApiClient | None = None
-        while self._client is None:
-            self._last_attempt = time.time()
-            try:
-                from kubernetes_asyncio.client import ApiClient  # see TYPE_CHECKING above
-
-                self._client = owned = ApiClient(await load_configuration(self._kubeconfig, self._service_account))
-                self._setup_error = ""
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # no configuration: say so, retry
-                self._setup_error = f"cannot start watching the Gateway API: {type(error).__name__}: {error}"
-                attempt += 1
-                delay = self._backoff.delay(attempt, self._rng)
-                log.warning("%s; retrying in %.2f s", self._setup_error, delay)
-                await asyncio.sleep(delay)
-        client = self._client
-        self._make_watchers(client)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for watcher in (*self.crd_watchers.values(), *self.watchers.values()):
-                    group.create_task(watcher.run())
-                group.create_task(self.writer.run(client))
-                group.create_task(self.gateway_writer.run(client))
-                group.create_task(self._watch_namespaces(client))
-                group.create_task(self._watch_config_maps(client))
-        finally:
-            if owned is not None:
-                self._client = None
-                with contextlib.suppress(Exception):
-                    await owned.close()
+        async with self._watching.connected() as client, asyncio.TaskGroup() as group:
+            self._watching.start(group)
+            group.create_task(self.writer.run(client))
+            group.create_task(self.gateway_writer.run(client))
+            group.create_task(self._watch_namespaces(client))
+            group.create_task(self._watch_config_maps(client))
 
     async def _watch_namespaces(self, client: ApiClient) -> None:
         """Watches Namespaces once a listener selects by them; ends only by cancellation."""
         await self._namespaces_wanted.wait()
-        self.namespaces = Watcher(
-            client,
-            NAMESPACES,
-            on_change=self._on_namespaces,
-            reconnect=self._reconnect,
-            backoff=self._backoff,
-            timeout_seconds=self._watch_timeout,
-            page_size=self._page_size,
-            rng=self._rng,
-        )
+        self.namespaces = Watcher(client, NAMESPACES, on_change=self._on_namespaces, **self._watching.options)
         await self.namespaces.run()
 
     def wanted_config_maps(self) -> list[Key]:
@@ -447,11 +422,7 @@ class GatewayApiSource:
                         namespace=key[0],
                         field_selector=f"metadata.name={key[1]}",
                         on_change=functools.partial(self._on_config_map, key),
-                        reconnect=self._reconnect,
-                        backoff=self._backoff,
-                        timeout_seconds=self._watch_timeout,
-                        page_size=self._page_size,
-                        rng=self._rng,
+                        **self._watching.options,
                     )
                     self.config_maps[key] = watcher
                     self._config_map_tasks[key] = asyncio.create_task(watcher.run())
@@ -471,22 +442,6 @@ class GatewayApiSource:
             self._namespaces_dirty = True
             self._changed(True)
 
-    def _make_watchers(self, client: ApiClient) -> None:
-        common: dict[str, Any] = {
-            "reconnect": self._reconnect,
-            "backoff": self._backoff,
-            "timeout_seconds": self._watch_timeout,
-            "page_size": self._page_size,
-            "rng": self._rng,
-        }
-        for kind in KINDS:
-            self.crd_watchers[kind.name] = Watcher(
-                client, CRDS, field_selector=f"metadata.name={kind.crd}", on_change=self._on_crds, **common
-            )
-            self.watchers[kind.name] = Watcher(
-                client, kind.resource, on_change=functools.partial(self._on_objects, kind.name), **common
-            )
-
     def _object(self, kind: str, key: Key) -> Object | None:
         watcher = self.watchers.get(kind)
         return watcher.objects.get(key) if watcher is not None else None
@@ -497,9 +452,8 @@ class GatewayApiSource:
 
     def _on_crds(self, changes: list[Change]) -> None:
         if changes:
-            # A CRD installed (or Established, or upgraded): the watches failing for want of it go
-            # again now, and the classes' SupportedVersion is looked at again.
-            self._reconnect.answered()
+            # A CRD installed (or Established, or upgraded): the classes' SupportedVersion is looked
+            # at again (the watches failing for want of it were woken by `CrdWatching`).
             self._mark_all_classes()
         elif self.bundle_versions() is not None:
             self._mark_all_classes()  # the first lists are in: versions are known
@@ -512,18 +466,23 @@ class GatewayApiSource:
 
     def _on_objects(self, kind: str, changes: list[Change]) -> None:
         keys = [key_of(new if new is not None else old or {}) for old, new in changes]
-        self._dirty[kind].update(keys)
+        # A status write (ours coming back, or someone's) leaves the parsed value as it is.
+        dirty = [
+            key
+            for key, (old, new) in zip(keys, changes, strict=True)
+            if old is None or new is None or not same_content(old, new)
+        ]
+        self._dirty[kind].update(dirty)
         if kind == GATEWAY_CLASS:
             self.writer.mark(name for _, name in keys)
         elif kind in _STATUS_KINDS:
             self.gateway_writer.mark(kind, keys)  # our write, or someone's, coming back
-        self._changed(bool(changes))
+        self._changed(bool(dirty))
 
     def _changed(self, anything: bool) -> None:
         """After a batch: tell the owner, unless nothing changed or some watcher has not listed yet."""
         if not self._synced:
-            watchers = [*self.crd_watchers.values(), *self.watchers.values()]
-            if not watchers or not all(w.synced for w in watchers):
+            if not self._watching.listed:
                 return
             self._synced = True
             log.info("Gateway API synced: %s", ", ".join(f"{len(w.objects)} {k}" for k, w in self.watchers.items()))

@@ -2,31 +2,23 @@
 owns (`ClassStatusWriter`), and the status of its Gateways and of the routes naming them
 (`GatewayStatusWriter`, the same loop over `object_status`'s rendering).
 
-Owns the write loop: the watch callbacks only `mark()` a class (cheap, synchronous); `run()` takes
-the marked ones one at a time, reads the class as the watch holds it now, asks `class_status` what
-to write, and writes only when that differs from what the object holds, as a JSON merge patch on
-`/status` carrying the object's resourceVersion (so a write based on an old copy is refused with
-409 instead of undoing someone's newer one). Its write comes back on the watch, which marks the
-class again; then nothing differs and nothing is written, so writes never loop.
-
-After a 409 the class waits for the watch to bring its newer version (which marks it again); a 404
-means it is gone. Any other failure (the API server unreachable, 5xx, 403) keeps it marked and
-retries after a jittered exponential backoff, started over by the next success. Must not decide
-which classes are owned nor what their conditions are beyond asking `ownership` and `class_status`.
+Owns the write loops: the watch callbacks only `mark()` an object (cheap, synchronous); `run()`
+takes the marked ones in one sorted pass, reads each as the watch holds it now, asks
+`class_status` / `object_status` what to write, and writes only when that differs from what the
+object holds (`status_writing`: the merge patch at the object's resourceVersion, 409, 404 and
+backoff, a turn for the event loop every few objects). Its write comes back on the watch, which
+marks the object again; then nothing differs and nothing is written, so writes never loop. Must
+not decide which classes are owned nor what their conditions are beyond asking `ownership` and
+`class_status`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
+import functools
 import random
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-import aiohttp
 
 from meshplane.discovery.gateway_api.class_status import status_update
 from meshplane.discovery.gateway_api.conditions import GatewayApiStatus
@@ -34,17 +26,14 @@ from meshplane.discovery.gateway_api.gateway_classes import parse_gateway_class
 from meshplane.discovery.gateway_api.object_status import gateway_status, policy_status, route_status
 from meshplane.discovery.gateway_api.objects import BACKEND_TLS_POLICY, GATEWAY, GRPC_ROUTE, HTTP_ROUTE
 from meshplane.discovery.kubernetes_watching import Backoff, Resource
+from meshplane.discovery.status_writing import MERGE_PATCH as MERGE_PATCH  # the tests name it here
+from meshplane.discovery.status_writing import CountedWrites, Marked, StatusWrites, pass_over, wait_marked
 
 if TYPE_CHECKING:  # a type only (kubernetes.py says why)
     from kubernetes_asyncio.client import ApiClient
 
-log = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
-WRITE_SECONDS = 30.0
-
-
-class ClassStatusWriter:
+class ClassStatusWriter(CountedWrites):
     """Writes `status.conditions` of the GatewayClasses (`resource`) whose controller is
     `controller_name`. `read(name)` is the class as the watch holds it (None when gone);
     `bundles()` the installed CRDs' bundle versions, None while not yet known (nothing is written
@@ -69,22 +58,13 @@ class ClassStatusWriter:
         self.controller_name = controller_name
         self._read = read
         self._bundles = bundles
-        self._backoff = backoff or Backoff()
-        self._rng = rng or random.Random()
         self._now = now
-        self._pending: set[str] = set()
-        self._wanted = asyncio.Event()
-        self.writes = 0
-        self.conflicts = 0
-        self.skipped = 0
-        self.last_error = ""
+        self._marked: Marked[str] = Marked()
+        self._outcomes = StatusWrites(backoff, rng)
 
     def mark(self, names: Iterable[str]) -> None:
         """Look at classes `names` again (any class: those not owned are skipped)."""
-        marked = list(names)
-        if marked:
-            self._pending.update(marked)
-            self._wanted.set()  # also when all were marked already: what is known may have changed
+        self._marked.mark(names)
 
     def owns(self, obj: Mapping[str, Any]) -> bool:
         spec = obj.get("spec")
@@ -92,50 +72,23 @@ class ClassStatusWriter:
 
     async def run(self, client: ApiClient) -> None:
         """Writes what is marked, forever; ends only by cancellation."""
-        failures = 0
         while True:
-            await self._wanted.wait()
-            self._wanted.clear()
-            while self._pending and (bundles := self._bundles()) is not None:
-                name = min(self._pending)
-                self._pending.discard(name)
-                obj = self._read(name)
-                if obj is None or not self.owns(obj):
-                    continue
-                conditions = status_update(obj, parse_gateway_class(obj), bundles, self._now())
-                if conditions is None:
-                    self.skipped += 1
-                    continue
-                try:
-                    status, reason = await self._write(client, name, obj, conditions)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:  # unreachable, timed out: keep it marked, back off
-                    status, reason = 0, f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-                if status in (200, 201):
-                    self.writes += 1
-                    failures, self.last_error = 0, ""
-                    log.info("GatewayClass %s: status written", name)
-                elif status == 409:
-                    self.conflicts += 1  # the watch brings the newer version, which marks it again
-                elif status == 404:
-                    pass  # deleted meanwhile
-                else:
-                    self._pending.add(name)
-                    failures += 1
-                    self.last_error = f"cannot write the status of GatewayClass {name}: {reason}"
-                    delay = self._backoff.delay(failures, self._rng)
-                    log.warning("%s; retrying in %.2f s", self.last_error, delay)
-                    await asyncio.sleep(delay)
+            await self._marked.wanted.wait()
+            self._marked.wanted.clear()
+            while self._marked and (bundles := self._bundles()) is not None:
+                await pass_over(self._marked.take(), functools.partial(self._look, client, bundles))
 
-    async def _write(
-        self, client: ApiClient, name: str, obj: Mapping[str, Any], conditions: list[dict[str, Any]]
-    ) -> tuple[int, str]:
-        """PATCHes `conditions` onto `/status` of class `name` at `obj`'s resourceVersion: the HTTP
-        status, and what the server said when it refused."""
-        version = (obj.get("metadata") or {}).get("resourceVersion")
-        body = {"metadata": {"resourceVersion": version}, "status": {"conditions": conditions}}
-        return await patch_status(client, f"{self.resource.path(None)}/{name}/status", body)
+    async def _look(self, client: ApiClient, bundles: Mapping[str, str | None], name: str) -> None:
+        obj = self._read(name)
+        if obj is None or not self.owns(obj):
+            return
+        conditions = status_update(obj, parse_gateway_class(obj), bundles, self._now())
+        if conditions is None:
+            self._outcomes.skip()
+            return
+        path = f"{self.resource.path(None)}/{name}/status"
+        if await self._outcomes.write(client, path, obj, {"conditions": conditions}, f"GatewayClass {name}"):
+            self._marked.mark([name])
 
 
 # A gateway Envoy taking (ACKing) its listeners is known to the xDS server only; nothing calls us
@@ -144,7 +97,7 @@ class ClassStatusWriter:
 PROGRAMMED_POLL_SECONDS = 1.0
 
 
-class GatewayStatusWriter:
+class GatewayStatusWriter(CountedWrites):
     """Writes `status` of the Gateways meshplane serves and of the HTTPRoutes and GRPCRoutes naming
     them, as `object_status` renders it from the last resolution (`update()`).
 
@@ -173,28 +126,22 @@ class GatewayStatusWriter:
         self.controller_name = controller_name
         self._read = read
         self._serving = serving
-        self._backoff = backoff or Backoff()
-        self._rng = rng or random.Random()
         self._now = now
         self._poll = poll_seconds
         self._status = GatewayApiStatus()
-        self._pending: set[tuple[str, tuple[str, str]]] = set()
-        self._wanted = asyncio.Event()
+        self._marked: Marked[tuple[str, tuple[str, str]]] = Marked()
+        self._outcomes = StatusWrites(backoff, rng)
         self._addresses: dict[tuple[str, str], list[str]] = {}
         # Nothing is written before the first status of a merge that read the Gateway API: until
         # then every route would seem to be owed nothing, and our entries would be wiped.
         self._ready = False
-        self.writes = 0
-        self.conflicts = 0
-        self.skipped = 0
-        self.last_error = ""
 
     def update(self, status: GatewayApiStatus) -> None:
         """The status owed now (the merge's); every object it or the previous one names is looked at."""
         previous, self._status = self._status, status
         if not self._ready:
             self._ready = True
-            self._wanted.set()
+            self._marked.wanted.set()
         if previous is status:
             return
         for kind, before, after in (
@@ -212,10 +159,7 @@ class GatewayStatusWriter:
 
     def mark(self, kind: str, keys: Iterable[tuple[str, str]]) -> None:
         """Look at these objects of `kind` again (a watch event, a change of what is owed)."""
-        marked = [(kind, key) for key in keys]
-        if marked:
-            self._pending.update(marked)
-            self._wanted.set()
+        self._marked.mark((kind, key) for key in keys)
 
     def _check_programmed(self) -> None:
         """Marks the Gateways whose serving Envoys changed since last looked at."""
@@ -244,76 +188,23 @@ class GatewayStatusWriter:
 
     async def run(self, client: ApiClient) -> None:
         """Writes what is marked, forever; ends only by cancellation."""
-        failures = 0
         while True:
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that arrives as the
-            # wait completes, and a loop meant to end by cancellation would run on.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll):
-                    await self._wanted.wait()
-            self._wanted.clear()
+            await wait_marked(self._marked, self._poll)
             if not self._ready:
                 continue
             self._check_programmed()
-            while self._pending:
-                kind, key = min(self._pending)
-                self._pending.discard((kind, key))
-                obj = self._read(kind, key)
-                if obj is None:
-                    continue
-                status = self._rendered(kind, key, obj)
-                if status is None:
-                    self.skipped += 1
-                    continue
-                try:
-                    code, reason = await self._write(client, kind, key, obj, status)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:  # unreachable, timed out: keep it marked, back off
-                    code, reason = 0, f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-                named = f"{kind} {key[0]}/{key[1]}"
-                if code in (200, 201):
-                    self.writes += 1
-                    failures, self.last_error = 0, ""
-                    log.info("%s: status written", named)
-                elif code == 409:
-                    self.conflicts += 1
-                elif code == 404:
-                    pass
-                else:
-                    self._pending.add((kind, key))
-                    failures += 1
-                    self.last_error = f"cannot write the status of {named}: {reason}"
-                    delay = self._backoff.delay(failures, self._rng)
-                    log.warning("%s; retrying in %.2f s", self.last_error, delay)
-                    await asyncio.sleep(delay)
+            while self._marked:
+                await pass_over(self._marked.take(), functools.partial(self._look, client))
 
-    async def _write(
-        self, client: ApiClient, kind: str, key: tuple[str, str], obj: Mapping[str, Any], status: dict[str, Any]
-    ) -> tuple[int, str]:
-        version = (obj.get("metadata") or {}).get("resourceVersion")
-        body = {"metadata": {"resourceVersion": version}, "status": status}
-        return await patch_status(client, f"{self.resources[kind].path(key[0])}/{key[1]}/status", body)
-
-
-async def patch_status(client: ApiClient, path: str, body: Mapping[str, Any]) -> tuple[int, str]:
-    """PATCHes `body` (a JSON merge patch) onto the status subresource at `path`: the HTTP status,
-    and what the server said when it refused."""
-    response: aiohttp.ClientResponse = await client.call_api(
-        path,
-        "PATCH",
-        body=body,
-        header_params={"Content-Type": MERGE_PATCH, "Accept": "application/json"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _request_timeout=aiohttp.ClientTimeout(total=WRITE_SECONDS),
-    )
-    try:
-        text = ""
-        if response.status not in (200, 201, 404, 409):
-            text = await response.text()
-            with contextlib.suppress(ValueError, AttributeError):
-                text = json.loads(text).get("message", text)
-        return int(response.status), f"HTTP {response.status}: {str(text)[:300]}"
-    finally:
-        response.release()
+    async def _look(self, client: ApiClient, marked: tuple[str, tuple[str, str]]) -> None:
+        kind, key = marked
+        obj = self._read(kind, key)
+        if obj is None:
+            return
+        status = self._rendered(kind, key, obj)
+        if status is None:
+            self._outcomes.skip()
+            return
+        path = f"{self.resources[kind].path(key[0])}/{key[1]}/status"
+        if await self._outcomes.write(client, path, obj, status, f"{kind} {key[0]}/{key[1]}"):
+            self._marked.mark([marked])

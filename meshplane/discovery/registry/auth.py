@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import yaml
+from cryptography import x509
 
 from meshplane.model import is_device_class, is_device_id
 
@@ -44,8 +45,22 @@ class PrincipalKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who calls. `certificate_serial` (lowercase hex) is set for a device known by its client
+    certificate rather than a token, and `certificate` is that certificate (None when it could not
+    be read). A certificate the registry's own CA issued only renews its device's live registration
+    while it is the one last issued to it (`EdgeRegistry`), so it never outlives its lease by being
+    exchanged for the next one; one of another PKI (`--registry-client-ca`) counts as a token."""
+
     kind: PrincipalKind
     name: str
+    # Not part of equality: the principal is the device, whichever credential it shows (rate
+    # limits and "a device reads itself" compare principals).
+    certificate_serial: str = field(default="", compare=False)
+    certificate: x509.Certificate | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def by_certificate(self) -> bool:
+        return bool(self.certificate_serial)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
@@ -127,14 +142,34 @@ class TokenAuthenticator:
         return self._by_digest.get(token_digest(token.strip()))
 
 
-def principal_for_certificate(common_names: list[str], uris: list[str]) -> Principal | None:
+# A certificate principal whose certificate could not be read: a serial no issued one has (issued
+# serials are lowercase hex), so it renews nothing.
+UNREADABLE_SERIAL = "unreadable"
+
+
+def principal_for_certificate(
+    common_names: list[str], uris: list[str], certificate_pem: bytes | None = None
+) -> Principal | None:
     """A device principal from a verified client certificate: a URI SAN ending in `/device/<id>`
-    (SPIFFE-style), else the subject's common name when it is a device id."""
+    (SPIFFE-style), else the subject's common name when it is a device id. Its
+    `certificate_serial` is the certificate's (`certificate_pem`, as the TLS layer verified it)."""
+    certificate = _certificate(certificate_pem)
+    # Serials as the registry records issued ones (lowercase hex).
+    serial = f"{certificate.serial_number:x}" if certificate is not None else UNREADABLE_SERIAL
     for uri in uris:
         _, marker, device_id = uri.rpartition("/device/")
         if marker and is_device_id(device_id):
-            return Principal(PrincipalKind.DEVICE, device_id)
+            return Principal(PrincipalKind.DEVICE, device_id, serial, certificate)
     for name in common_names:
         if is_device_id(name):
-            return Principal(PrincipalKind.DEVICE, name)
+            return Principal(PrincipalKind.DEVICE, name, serial, certificate)
     return None
+
+
+def _certificate(certificate_pem: bytes | None) -> x509.Certificate | None:
+    if not certificate_pem:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError:
+        return None

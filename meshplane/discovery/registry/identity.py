@@ -4,9 +4,10 @@ Owns the rules of what is issued and what is refused:
 - the registry never makes keys: a device sends a PEM certificate signing request (at most
   `MAX_CSR_BYTES`) signed by its own key, and gets back a certificate for that key;
 - the certificate's only SAN is the device's SPIFFE id, `spiffe://<trust-domain>/site/<site>/device/<id>`
-  (`spiffe_id` builds it; no other place may), its subject is empty, it is no CA, its key usage is
-  digitalSignature (and keyEncipherment for an RSA key), its extended key usage clientAuth and
-  serverAuth, its serial a random 128-bit number;
+  (`spiffe_id` builds it, with the model's `device_spiffe_id`, which gateways require; no other
+  place may), its subject is empty, it is no CA, its key usage is digitalSignature (and
+  keyEncipherment for an RSA key), its extended key usage clientAuth and serverAuth, its serial a
+  random 128-bit number;
 - it is short-lived: valid from `NOT_BEFORE_SKEW` before issuance until the lease TTL times
   `LIFETIME_LEASES` later, never more than `MAX_LIFETIME` and never past the CA's own not-after;
 - refused, with a reason, is a CSR that is not one PEM block, is oversized, carries a bad
@@ -16,7 +17,10 @@ Owns the rules of what is issued and what is refused:
 
 `CertificateAuthority` re-reads its certificate and key files when they change (as the TLS files
 of the gRPC ports are: `meshplane/tls.py`), keeping the current pair when a renewal is caught
-half-written. Knows no wire format and no registry; raises `CsrRefused` for the registry to map.
+half-written. A replaced CA certificate stays in the trust bundle (`trust_bundle`) for as long as
+a certificate it issued may still be valid, so renewing the CA never locks out the fleet: devices
+move to the new CA as they renew. Retired certificates are kept in memory only (a restart
+forgets them). Knows no wire format and no registry; raises `CsrRefused` for the registry to map.
 Never logs key material.
 """
 
@@ -26,6 +30,8 @@ import datetime
 import logging
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshplane.discovery.registry.store import CertificateRecord
 from meshplane.file_signature import files_signature
+from meshplane.model.sites import device_spiffe_id
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +77,9 @@ def is_trust_domain(value: str) -> bool:
 
 
 def spiffe_id(trust_domain: str, site: str, device_id: str) -> str:
-    """The one URI a device's certificate names. Site ids (RFC 1123 labels) and device ids
-    (`[A-Za-z0-9][A-Za-z0-9._-]*`) are valid SPIFFE path segments as they are."""
-    return f"spiffe://{trust_domain}/site/{site}/device/{device_id}"
+    """The one URI a device's certificate names (`model.sites.device_spiffe_id`, which gateways
+    require too)."""
+    return device_spiffe_id(trust_domain, site, device_id)
 
 
 class CsrRefused(Exception):
@@ -142,7 +149,14 @@ class CertificateAuthority:
     cannot be read (half-written, key and certificate not matching) is logged and the current pair
     keeps signing. Counts `reloads` and `failed_reloads`."""
 
-    def __init__(self, certificate_path: Path, key_path: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
+    def __init__(
+        self,
+        certificate_path: Path,
+        key_path: Path,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not is_trust_domain(trust_domain):
             raise CertificateAuthorityError(
                 f"trust domain {trust_domain[:64]!r}: lowercase letters, digits, '.', '-', '_' (at most 255)"
@@ -156,17 +170,57 @@ class CertificateAuthority:
             raise CertificateAuthorityError(f"{error.filename or certificate_path}: {error.strerror}") from None
         self.reloads = 0
         self.failed_reloads = 0
+        self._clock = clock
+        # Replaced CA certificates, newest first, with when they were replaced (see `trust_bundle`).
+        self._retired: list[tuple[_Pair, float]] = []
 
     @property
     def certificate_pem(self) -> str:
         return self._pair.certificate_pem
 
+    def current_certificate_pem(self) -> str:
+        """The CA's certificate as its files hold it now (re-read when they changed, as before an
+        issuance)."""
+        return self._current().certificate_pem
+
+    def refresh(self) -> bool:
+        """Re-reads the files when they changed; whether the CA certificate changed (a few `stat`
+        calls when they did not)."""
+        before = self._pair
+        return self._current() is not before
+
+    def trust_bundle(self, keep: float) -> str:
+        """What gateways verify device certificates by (PEM): the current CA certificate, then each
+        replaced one for `keep` seconds after it was replaced (the longest a certificate it issued
+        may live) and never past its own not-after."""
+        current = self._current()
+        now = self._clock()
+        self._retired = [
+            (pair, retired_at)
+            for pair, retired_at in self._retired
+            if retired_at + keep > now and pair.certificate.not_valid_after_utc.timestamp() > now
+        ]
+        return "".join([current.certificate_pem, *(pair.certificate_pem for pair, _ in self._retired)])
+
+    def issued(self, certificate: x509.Certificate) -> bool:
+        """Whether the current CA, or one still in the trust bundle, signed `certificate`."""
+        for pair in (self._pair, *(pair for pair, _ in self._retired)):
+            try:
+                certificate.verify_directly_issued_by(pair.certificate)
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+                continue
+            return True
+        return False
+
     def _current(self) -> _Pair:
         try:
             signature = files_signature(self._paths)
             if signature != self._signature:
-                self._pair = _load_pair(*self._paths)
+                pair = _load_pair(*self._paths)
                 self._signature = signature
+                if pair.certificate_pem != self._pair.certificate_pem:
+                    self._retired.insert(0, (self._pair, self._clock()))
+                    self._pair = pair
                 self.reloads += 1
                 log.info("registry CA reloaded from %s", self._paths[0])
         except (OSError, ValueError) as error:
@@ -230,7 +284,12 @@ class CertificateAuthority:
         return IssuedCertificate(
             certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
             chain_pem=pair.certificate_pem,
-            record=CertificateRecord(f"{serial:x}", certificate.not_valid_after_utc.timestamp(), uri),
+            record=CertificateRecord(
+                f"{serial:x}",
+                certificate.not_valid_after_utc.timestamp(),
+                uri,
+                certificate.not_valid_before_utc.timestamp(),
+            ),
         )
 
 

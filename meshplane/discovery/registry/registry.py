@@ -9,11 +9,23 @@ Owns the registry's rules:
 - addresses must lie inside the site's ranges and never in loopback, link-local, metadata or
   similar ranges; malformed or oversized fields are refused; every refusal says why;
 - a principal acts only on itself: a device token on its own id, a class token on devices of its
-  class (renewals and removals need the lease id too), an operator token reads and removes;
+  class (renewals and removals need the lease id too), an operator token reads and removes; a
+  device's client certificate issued by the registry's CA only renews (registers again) its live
+  registration, and only while it is the certificate last issued to it (its serial), so a
+  deregistered, lapsed or superseded certificate cannot be exchanged for a new one: that needs a
+  token (a certificate of another PKI, trusted by `--registry-client-ca`, acts as a device token);
 - a registration carrying a CSR gets a certificate for the device's SPIFFE id from the CA
   (`identity.py`) when one is configured, or is refused (FAILED_PRECONDITION) when none is; a
-  refused CSR refuses the registration (INVALID_ARGUMENT). Only registrations issue: heartbeats
-  renew the lease, never the certificate. The registry never makes a private key.
+  refused CSR refuses the registration (INVALID_ARGUMENT); with `csr_from_class_tokens` off, a
+  class token's CSR is refused (PERMISSION_DENIED): only a device token or the device's current
+  certificate gets one. Only registrations issue: heartbeats renew the lease, never the
+  certificate; a device's first certificate counts as `certificates_issued`, a later one while its
+  registration is live as `certificates_renewed`. The CSR is checked and signed in a worker thread
+  (an RSA signature check costs milliseconds); registrations and removals of one device still
+  take effect in the order they arrived (`_Turns`). The registry never makes a private key. A
+  lease that ends, or a deregistration, while its device's certificate is still valid is an
+  identity revoked (edge gateways of sites with TLS stop accepting it), counted as
+  `identity_revocations`.
 
 Sites come from the policy files (a callable, read at each registration; None until they have
 loaded, when registrations are refused with UNAVAILABLE, which devices retry). `on_change` is called
@@ -46,7 +58,14 @@ from enum import StrEnum
 
 from meshplane.discovery.registry import heap
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
-from meshplane.discovery.registry.identity import CaExpired, CertificateAuthority, CsrRefused, IssuedCertificate
+from meshplane.discovery.registry.identity import (
+    LIFETIME_LEASES,
+    MAX_LIFETIME,
+    CaExpired,
+    CertificateAuthority,
+    CsrRefused,
+    IssuedCertificate,
+)
 from meshplane.discovery.registry.store import (
     Delete,
     LeaseLost,
@@ -178,13 +197,17 @@ class EdgeRegistry:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
         authority: CertificateAuthority | None = None,
+        csr_from_class_tokens: bool = True,
     ) -> None:
-        """`authority`: the CA that signs devices' CSRs; None: a registration with a CSR is refused."""
+        """`authority`: the CA that signs devices' CSRs; None: a registration with a CSR is refused.
+        `csr_from_class_tokens` off: a CSR is signed only for a device token or certificate."""
         self._store = store
         self._shared = store if isinstance(store, SharedStore) else None
         # Why the shared store cannot be reached now ("" while it can): not ready meanwhile.
         self._store_down = ""
         self.authority = authority
+        self.csr_from_class_tokens = csr_from_class_tokens
+        self._turns = _Turns()
         # Counted for /status and /metrics (meshplane_source_events_total{source="edge-registry"}).
         self.events: Counter[str] = Counter()
         self._sites = sites
@@ -194,6 +217,8 @@ class EdgeRegistry:
         self._live: dict[str, Registration] = {}
         # Live devices per site, kept by `_put` and `_drop` (status counts it without a scan).
         self._devices_per_site: Counter[str] = Counter()
+        # Live devices whose registration holds an issued certificate (kept by `_put` and `_drop`).
+        self._certified = 0
         # When the sweep next looks at each device: one (time, device id) entry a device, earliest
         # first, and the time of each device's entry. A renewal does not touch them: when its entry
         # comes due, the sweep finds the lease renewed and looks again at its new end. So a sweep
@@ -234,7 +259,30 @@ class EdgeRegistry:
 
     async def run(self) -> None:
         """Expires lapsed leases every check interval, until cancelled; on a shared store, follows
-        the store instead (which expires them)."""
+        the store instead (which expires them). With a CA, also watches its files (`_watch_authority`)."""
+        async with asyncio.TaskGroup() as group:
+            if self.authority is not None:
+                group.create_task(self._watch_authority(self.authority))
+            group.create_task(self._run_leases())
+
+    async def _watch_authority(self, authority: CertificateAuthority) -> None:
+        """Looks at the CA's files every check interval (a few `stat` calls); a renewed CA calls
+        `on_change`, so the gateways' device trust is rebuilt at once, not at the next registration."""
+        while True:
+            await asyncio.sleep(self.leases.check_interval)
+            if authority.refresh():
+                log.info("edge registry: the CA certificate changed; the gateways' device trust follows")
+                self.on_change()
+
+    def trusted_ca_pem(self) -> str | None:
+        """The CA certificates edge gateways verify devices by (`CertificateAuthority.trust_bundle`):
+        a replaced one is kept as long as a certificate it issued may be valid, twice the longest
+        lease (at most a day). None without a CA."""
+        if self.authority is None:
+            return None
+        return self.authority.trust_bundle(min(MAX_LIFETIME, LIFETIME_LEASES * self.leases.max_ttl))
+
+    async def _run_leases(self) -> None:
         if self._shared is not None:
             await self._shared.follow(self)
             return
@@ -308,9 +356,10 @@ class EdgeRegistry:
         per-site counts stay right."""
         previous = self._live.get(registration.device.id)
         if previous is not None:
-            self._uncount(previous.device.site)
+            self._uncount(previous)
         self._live[registration.device.id] = registration
         self._devices_per_site[registration.device.site] += 1
+        self._certified += registration.certificate is not None
         if self._shared is not None:
             return  # the store sweeps lapsed leases: nothing to schedule here
         scheduled = self._looks_at.get(registration.device.id)
@@ -323,12 +372,14 @@ class EdgeRegistry:
         self._looks_at[device_id] = when
 
     def _drop(self, device_id: str) -> None:
-        self._uncount(self._live.pop(device_id).device.site)
+        self._uncount(self._live.pop(device_id))
 
-    def _uncount(self, site: str) -> None:
+    def _uncount(self, registration: Registration) -> None:
+        site = registration.device.site
         self._devices_per_site[site] -= 1
         if self._devices_per_site[site] <= 0:
             del self._devices_per_site[site]
+        self._certified -= registration.certificate is not None
 
     def get(self, device_id: str) -> Registration | None:
         return self._live.get(device_id)
@@ -340,6 +391,14 @@ class EdgeRegistry:
 
     def matching(self, selector: Filter) -> list[Registration]:
         return [self._live[key] for key in sorted(self._live) if selector.matches(self._live[key].device)]
+
+    def first(self, site: str | None, limit: int) -> tuple[list[Registration], int]:
+        """The first `limit` live registrations by device id (of `site` only, when given) and how
+        many there are in all. One pass over the live devices, no sort of them all: at 100,000
+        devices a lookup costs a scan, never a sorted copy."""
+        total = len(self._live) if site is None else self._devices_per_site.get(site, 0)
+        ids = (key for key, row in self._live.items() if site is None or row.device.site == site)
+        return [self._live[key] for key in heapq.nsmallest(limit, ids)], total
 
     def __len__(self) -> int:
         return len(self._live)
@@ -353,8 +412,9 @@ class EdgeRegistry:
 
     async def register_issuing(self, principal: Principal, request: RegisterInput) -> Registered:
         """Registers (or re-registers) a device and, when `request` carries a CSR, issues its
-        certificate (counted as `certificates_issued`; a CSR refused, or sent while no CA is
-        configured, as `csr_refused` and refuses the registration, which is then left as it was).
+        certificate (counted as `certificates_issued`, or `certificates_renewed` when the device was
+        live; a CSR refused, or sent while no CA is configured, as `csr_refused` and refuses the
+        registration, which is then left as it was).
         A refusal is counted and logged once, with its reason."""
         try:
             registered = await self._register(principal, request)
@@ -370,31 +430,82 @@ class EdgeRegistry:
             )
             raise
         self.events["registrations"] += 1
-        if registered.issued is not None:
-            self.events["certificates_issued"] += 1
         return registered
 
     async def _register(self, principal: Principal, request: RegisterInput) -> Registered:
         device = self._validate(request)
         self._authorize(principal, device.id, device.device_class)
-        now = self._clock()
-        current = self._live_registration(device.id, now)
-        if current is not None and not self._may_take_over(principal, current, request.lease_id):
+        if request.csr and principal.kind is PrincipalKind.CLASS and not self.csr_from_class_tokens:
+            self.events["csr_refused"] += 1
             raise RegistryError(
                 ErrorCode.PERMISSION_DENIED,
-                f"device {device.id} is registered by another holder; re-register with its lease_id",
+                "this registry signs a csr only for the device's own token or certificate, not a class token"
+                " (--registry-csr-device-credentials-only)",
             )
-        ttl = self.leases.ttl(request.ttl_seconds)
-        issued = self._issue(request.csr, device, ttl, now) if request.csr else None
+        async with self._turns.of(device.id):  # one device's changes land in the order they came
+            self._admit(principal, device.id, request.lease_id, self._clock())
+            ttl = self.leases.ttl(request.ttl_seconds)
+            issued = None
+            if request.csr:
+                # Off the event loop: parsing and verifying the CSR, and signing, cost milliseconds.
+                try:
+                    issued = await asyncio.to_thread(self._issue, request.csr, device, ttl, self._clock())
+                except RegistryError:
+                    self.events["csr_refused"] += 1
+                    raise
+            # Checked again: the device's registration may have changed while the CA signed.
+            now = self._clock()
+            current = self._admit(principal, device.id, request.lease_id, now)
+            return await self._commit(device, str(principal), current, ttl, now, issued)
+
+    def _issued_here(self, principal: Principal) -> bool:
+        """Whether a certificate principal's certificate is one this registry's CA issued (one that
+        could not be read counts as such: the stricter rule)."""
+        if principal.certificate is None:
+            return True
+        return self.authority is not None and self.authority.issued(principal.certificate)
+
+    def _admit(self, principal: Principal, device_id: str, lease_id: str, now: float) -> Registration | None:
+        """The device's live registration (None: none), when `principal` may register the device
+        now; else RegistryError saying why."""
+        current = self._live_registration(device_id, now)
+        if (
+            principal.by_certificate
+            and self._issued_here(principal)
+            and not _holds_current_certificate(principal, current)
+        ):
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                f"a device certificate only renews the live registration of device {device_id} it was last issued"
+                " for; this one is not (deregistered, lapsed or superseded): register with a token",
+            )
+        if current is not None and not self._may_take_over(principal, current, lease_id):
+            raise RegistryError(
+                ErrorCode.PERMISSION_DENIED,
+                f"device {device_id} is registered by another holder; re-register with its lease_id",
+            )
+        return current
+
+    async def _commit(
+        self,
+        device: Device,
+        holder: str,
+        current: Registration | None,
+        ttl: float,
+        now: float,
+        issued: IssuedCertificate | None,
+    ) -> Registered:
         lease_id = current.lease_id if current is not None else secrets.token_hex(16)
         registered_at = current.registered_at if current is not None else now
         # Without a new certificate, the last one issued to this device id is still the one it holds.
         kept = self._live.get(device.id)
         certificate = issued.record if issued is not None else kept.certificate if kept is not None else None
-        registration = Registration(device, lease_id, str(principal), ttl, now + ttl, registered_at, certificate)
+        registration = Registration(device, lease_id, holder, ttl, now + ttl, registered_at, certificate)
         await self._write([Put(registration)])
         previous = self._live.get(device.id)
         self._put(registration)
+        if issued is not None:
+            self.events["certificates_renewed" if current is not None else "certificates_issued"] += 1
         if previous is None or previous.device != device:
             kind = EventKind.ADDED if previous is None else EventKind.MODIFIED
             self._changed((device.id,))
@@ -402,9 +513,9 @@ class EdgeRegistry:
         return Registered(registration, issued)
 
     def _issue(self, csr: str, device: Device, ttl: float, now: float) -> IssuedCertificate:
-        """The certificate for `csr`, or RegistryError saying why none is issued."""
+        """The certificate for `csr`, or RegistryError saying why none is issued. Runs in a worker
+        thread: it touches nothing of the registry but the CA (the caller counts refusals)."""
         if self.authority is None:
-            self.events["csr_refused"] += 1
             raise RegistryError(
                 ErrorCode.FAILED_PRECONDITION,
                 "this registry issues no certificates (it has no CA configured): register without a csr",
@@ -412,10 +523,8 @@ class EdgeRegistry:
         try:
             return self.authority.issue(csr, site=device.site, device_id=device.id, lease_ttl=ttl, now=now)
         except CaExpired as expired:  # not the device's doing: its CSR may be fine
-            self.events["csr_refused"] += 1
             raise RegistryError(ErrorCode.FAILED_PRECONDITION, expired.reason) from None
         except CsrRefused as refused:
-            self.events["csr_refused"] += 1
             raise RegistryError(ErrorCode.INVALID_ARGUMENT, refused.reason) from None
 
     async def heartbeat(self, principal: Principal, device_id: str, lease_id: str) -> Registration:
@@ -428,18 +537,22 @@ class EdgeRegistry:
         return renewed
 
     async def deregister(self, principal: Principal, device_id: str, lease_id: str) -> None:
-        if principal.kind is PrincipalKind.OPERATOR:
-            current = self._live.get(device_id)
-            if current is None:
-                raise RegistryError(ErrorCode.NOT_FOUND, f"device {device_id!r} is not registered")
-        else:
-            current = self._leased(principal, device_id, lease_id)
-        await self._write([Delete(device_id)])
-        self.events["deregistrations"] += 1
-        if self._live.get(device_id) is not None:
-            self._drop(device_id)
-            self._changed((device_id,))
-            self._publish(Event(EventKind.REMOVED, current))
+        """Removes the registration at once; a certificate it held that is still valid is an
+        identity revoked (`identity_revocations`): gateways stop accepting it with this change."""
+        async with self._turns.of(device_id):
+            if principal.kind is PrincipalKind.OPERATOR:
+                current = self._live.get(device_id)
+                if current is None:
+                    raise RegistryError(ErrorCode.NOT_FOUND, f"device {device_id!r} is not registered")
+            else:
+                current = self._leased(principal, device_id, lease_id)
+            await self._write([Delete(device_id)])
+            self.events["deregistrations"] += 1
+            if self._live.get(device_id) is not None:
+                self._drop(device_id)
+                self._count_revocations((current,), self._clock())
+                self._changed((device_id,))
+                self._publish(Event(EventKind.REMOVED, current))
 
     async def expire(self) -> list[str]:
         """Drops every registration whose lease has lapsed; returns their ids (sorted). Costs what
@@ -464,6 +577,7 @@ class EdgeRegistry:
         for device_id in lapsed:
             self._drop(device_id)
         self.events["lease_expiries"] += len(lapsed)
+        self._count_revocations(lapsed.values(), now)
         self._changed(lapsed)
         for row in lapsed.values():
             self._publish(Event(EventKind.EXPIRED, row))
@@ -627,15 +741,18 @@ class EdgeRegistry:
         if everything:
             removed |= self._live.keys() - {row.device.id for row in rows}
         dropped: list[str] = []
+        revoked: list[Registration] = []
         for device_id in sorted(removed):
             current = self._live.get(device_id)
             if current is None:
                 continue
             self._drop(device_id)
             dropped.append(device_id)
+            revoked.append(current)
             self._publish(Event(EventKind.EXPIRED if expired else EventKind.REMOVED, current))
         if expired and dropped:
             self.events["lease_expiries"] += len(dropped)
+            self._count_revocations(revoked, self._clock())
         self._store_answered()
         if changed or dropped:
             self._changed([*changed, *dropped])
@@ -651,6 +768,14 @@ class EdgeRegistry:
         self._store_down = ""
         self._store_answered()
         return was_down
+
+    def _count_revocations(self, lapsed: Iterable[Registration], now: float) -> None:
+        """Counts `identity_revocations`: lapsed leases whose device still held an unexpired
+        certificate, which edge gateways stop accepting with the lease (the certificate itself
+        would have been valid until its not-after)."""
+        revoked = sum(1 for row in lapsed if row.certificate is not None and row.certificate.not_after > now)
+        if revoked:
+            self.events["identity_revocations"] += revoked
 
     def count(self, event: str, n: int) -> None:
         self.events[event] += n
@@ -683,7 +808,7 @@ class EdgeRegistry:
         """In sync as of the store's last answer (its load, a lease sweep, a write): a healthy
         registry confirms it every check interval, so its sync age stays within one. `sites` counts
         the sites configured (the policy files' last good load), `sites_with_devices` those with a
-        live device."""
+        live device, `devices_with_certificates` the live devices holding an issued certificate."""
         configured = self._sites() or {}
         return SourceStatus(
             name="edge-registry",
@@ -695,9 +820,45 @@ class EdgeRegistry:
                 "devices": len(self._live),
                 "sites": len(configured),
                 "sites_with_devices": len(self._devices_per_site),
+                "devices_with_certificates": self._certified,
             },
             events=dict(self.events),
         )
+
+
+def _holds_current_certificate(principal: Principal, current: Registration | None) -> bool:
+    """Whether a certificate principal presents the certificate last issued to its device's live
+    registration."""
+    return (
+        current is not None
+        and current.certificate is not None
+        and secrets.compare_digest(current.certificate.serial, principal.certificate_serial)
+    )
+
+
+class _Turns:
+    """One FIFO lock per device id while anyone holds or waits for it (dropped after), so changes
+    of one device that wait (a CSR signed in a thread, a store write) keep their arrival order,
+    while other devices' go on."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, device_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(device_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[device_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[device_id]
+            if users == 1:
+                del self._locks[device_id]
+            else:
+                self._locks[device_id] = (lock, users - 1)
 
 
 def _inside(address: str, site: Site) -> bool:

@@ -37,11 +37,13 @@ from meshplane.model import Device, DeviceEndpoint
 class CertificateRecord:
     """What is kept of the certificate last issued to a device (`identity.py`): its serial
     (lowercase hex), its not-after (seconds since the epoch) and its one SAN. The certificate itself
-    goes only to the device."""
+    goes only to the device. `not_before`: its not-before, None for a record stored before it was
+    kept (status then shows no lifetime)."""
 
     serial: str
     not_after: float
     uri_san: str
+    not_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +496,8 @@ def _json(row: Registration) -> str:
     if row.certificate is not None:
         certificate = row.certificate
         value["certificate"] = [certificate.serial, certificate.not_after, certificate.uri_san]
+        if certificate.not_before is not None:  # a key of its own: older readers unpack three values
+            value["certificate_not_before"] = certificate.not_before
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -519,4 +523,7 @@ def _certificate(data: dict[str, Any]) -> CertificateRecord | None:
     if stored is None:
         return None
     serial, not_after, uri_san = stored
-    return CertificateRecord(str(serial), float(not_after), str(uri_san))
+    not_before = data.get("certificate_not_before")
+    return CertificateRecord(
+        str(serial), float(not_after), str(uri_san), float(not_before) if not_before is not None else None
+    )

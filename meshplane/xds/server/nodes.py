@@ -20,6 +20,17 @@
   cluster of its bootstrap reaches meshplane; every config source it is sent (EDS, RDS, SDS, RTDS)
   then names them instead of `ads: {}`. Both or neither (`ads`, the default); never for `grpc`
   (proxyless gRPC speaks ADS only). A bad value ends the stream with INVALID_ARGUMENT.
+- `node.metadata.namespace`: the Kubernetes namespace of a `sidecar`'s or `grpc` client's workload,
+  so that consumer routes (a Gateway API mesh route in the client's namespace) reach it; absent,
+  none do. A bad value (not a lowercase DNS label, not a string) ends the stream with
+  INVALID_ARGUMENT. Ignored for the other roles.
+- `node.metadata.cloud_listen_address`: the IP an `edge-gateway`'s cloud-facing listener binds
+  (default: its `listen_address`), so that listener can stay off the site network. A bad value
+  ends the stream with INVALID_ARGUMENT. Ignored for the other roles.
+- `node.metadata.certificate_dir`: a `device`'s directory holding its certificate and the file-based
+  SDS file naming it and the gateways' CA (`meshplane bootstrap device --certificate-dir`); at a
+  site with `tls` its gateway clusters use them. A bad value ends the stream with
+  INVALID_ARGUMENT. Ignored for the other roles.
 - `node.cluster`: the service the proxy fronts; shown on the status endpoint.
 Any other field is ignored, so proxies differing only there share one group and one snapshot.
 """
@@ -35,9 +46,11 @@ from meshplane.model.proxy import (
     MAX_PORT_OFFSET,
     MAX_XDS_CLUSTER_LENGTH,
     XdsApiType,
+    certificate_dir_problem,
     gateway_key_problem,
     is_xds_cluster_name,
     listen_address_of,
+    namespace_problem,
 )
 
 MAX_NAME_LENGTH = 1024
@@ -96,6 +109,9 @@ def proxy_group(node: Any) -> ProxyGroup:
         listen_address = parsed
     gateway, port_offset = _gateway_of(node) if role is ProxyRole.GATEWAY else ("", 0)
     api_type, xds_cluster = _xds_source(node, role)
+    namespace = _namespace_of(node) if role in (ProxyRole.SIDECAR, ProxyRole.GRPC) else ""
+    certificate_dir = _certificate_dir_of(node) if role is ProxyRole.DEVICE else ""
+    cloud_listen_address = _cloud_listen_address_of(node) if role is ProxyRole.EDGE_GATEWAY else ""
     locality = Locality(node.locality.region, node.locality.zone, node.locality.sub_zone)
     return ProxyGroup(
         role=role,
@@ -107,7 +123,52 @@ def proxy_group(node: Any) -> ProxyGroup:
         xds_cluster=xds_cluster,
         gateway=gateway,
         port_offset=port_offset,
+        namespace=namespace,
+        certificate_dir=certificate_dir,
+        cloud_listen_address=cloud_listen_address,
     )
+
+
+def _cloud_listen_address_of(node: Any) -> str:
+    """`metadata.cloud_listen_address` of an edge gateway ("" when absent; see the module docstring)."""
+    value = node.metadata.fields.get("cloud_listen_address")
+    if value is None:
+        return ""
+    raw = value.string_value if value.WhichOneof("kind") == "string_value" else None
+    parsed = listen_address_of(raw) if raw is not None else None
+    if parsed is None:
+        shown = repr(raw) if raw is not None else f"of kind {value.WhichOneof('kind')}"
+        raise ProtocolError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"node {node.id}: metadata.cloud_listen_address {shown[:80]} is not an IP address to listen on",
+        )
+    return parsed
+
+
+def _certificate_dir_of(node: Any) -> str:
+    """`metadata.certificate_dir` of a device ("" when absent; see the module docstring)."""
+    value = node.metadata.fields.get("certificate_dir")
+    if value is None:
+        return ""
+    text = value.string_value if value.WhichOneof("kind") == "string_value" else None
+    problem = (
+        certificate_dir_problem(text) if text is not None else f"certificate_dir of kind {value.WhichOneof('kind')}"
+    )
+    if problem is not None:
+        raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: metadata.{problem}")
+    return str(text)
+
+
+def _namespace_of(node: Any) -> str:
+    """`metadata.namespace` of a sidecar or grpc client ("" when absent; see the module docstring)."""
+    value = node.metadata.fields.get("namespace")
+    if value is None:
+        return ""
+    text = value.string_value if value.WhichOneof("kind") == "string_value" else None
+    problem = namespace_problem(text) if text is not None else f"namespace of kind {value.WhichOneof('kind')}"
+    if problem is not None:
+        raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"node {node.id}: metadata.{problem}")
+    return str(text)
 
 
 def _gateway_of(node: Any) -> tuple[str, int]:

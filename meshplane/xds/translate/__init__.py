@@ -152,9 +152,13 @@ def _translate_edge(mesh: Mesh, group: ProxyGroup) -> Translation:
     built, warnings = _EDGE_BUILDERS[group.role](mesh, group)
     resources: dict[TypeUrl, tuple[Message, ...]] = {type_url: () for type_url in TypeUrl}
     for kind, messages in built.items():
-        resources[_KINDS[kind]] = _by_name(messages)
+        if kind != "sds":
+            resources[_KINDS[kind]] = _by_name(messages)
     resources[TypeUrl.ENDPOINT] = translate_endpoints(mesh, group)
-    resources[TypeUrl.SECRET] = _by_name(build_secrets(mesh, resources[TypeUrl.CLUSTER]))
+    # The edge gateway names its secrets itself (`sds`: its cloud clusters' and its device TLS),
+    # sparing a read of every device cluster's TLS context; the other roles' follow their clusters.
+    sds = built.get("sds")
+    resources[TypeUrl.SECRET] = _by_name(sds if sds is not None else build_secrets(mesh, resources[TypeUrl.CLUSTER]))
     return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
 
 
@@ -163,13 +167,15 @@ def _translate_gateway_api(mesh: Mesh, group: ProxyGroup) -> Translation:
     clusters over EDS, and the secrets its listeners and clusters name."""
     built, warnings = build_gateway_api(mesh, group)
     resources: dict[TypeUrl, tuple[Message, ...]] = {type_url: () for type_url in TypeUrl}
-    resources[TypeUrl.CLUSTER] = _by_name(built["cds"])
-    resources[TypeUrl.LISTENER] = _by_name(built["lds"])
-    resources[TypeUrl.ROUTE] = _by_name(built["rds"])
-    resources[TypeUrl.SECRET] = _by_name(built["sds"])
+    # Each sorted by name already: the clusters, their secrets and the endpoints are the very
+    # tuples every gateway group of a locality shares, which `Snapshot.of` then takes whole.
+    resources[TypeUrl.CLUSTER] = built["cds"]
+    resources[TypeUrl.LISTENER] = built["lds"]
+    resources[TypeUrl.ROUTE] = built["rds"]
+    resources[TypeUrl.SECRET] = built["sds"]
     # Equal to `translate_endpoints(mesh, group)`; a Gateway API change rebuilds every gateway
     # group and changes no endpoint, so unchanged services' assignments are reused.
-    resources[TypeUrl.ENDPOINT] = _by_name(_GATEWAY_ENDPOINTS.build(mesh, group))
+    resources[TypeUrl.ENDPOINT] = _GATEWAY_ENDPOINTS.build(mesh, group)
     return Translation(MappingProxyType(resources), tuple(dict.fromkeys(warnings)))
 
 

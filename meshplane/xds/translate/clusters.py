@@ -5,6 +5,14 @@ instead: the proxy resolves the name itself and connects to it on the port, as a
 Kubernetes DNS alias would. LOGICAL_DNS, not STRICT_DNS: an external name is one logical host
 (often a cloud load balancer behind many rotating addresses); gRPC also accepts only LOGICAL_DNS.
 
+A service with DNS endpoints (`Service.dns`) gets, for Envoy, a DNS cluster of the `envoy.clusters.dns`
+extension (its `DnsCluster` config: Envoy 1.40 deprecates the Cluster's own DNS fields): strict or
+logical as `dns.resolution` says, the refresh interval or the answers' TTL, the lookup family and
+the service's own resolvers, the names inline in `load_assignment` (`endpoints.dns_assignment`),
+no EDS. Proxyless gRPC supports LOGICAL_DNS clusters only, spelled with the `type` enum and one
+name (gRFC A37, https://github.com/grpc/proposal/blob/master/A37-xds-aggregate-and-logical-dns-clusters.md),
+and resolves with its own resolver: it gets the port's first name, whatever the mode.
+
 Owns how a `TrafficPolicy` and an `UpstreamTls` become Cluster fields, for Envoy and for proxyless
 gRPC, which takes a subset (https://grpc.github.io/grpc/core/md_doc_grpc_xds_features.html), and
 how a gateway proxy's `BackendTls` (a BackendTLSPolicy) becomes a copy of a cluster with TLS
@@ -16,8 +24,11 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, extension_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.clusters.common.dns.v3 import dns_pb2
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
+from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
@@ -37,8 +48,10 @@ from meshplane.model import (
     UpstreamTls,
 )
 from meshplane.model.gateways import BackendTls, SanKind
+from meshplane.model.services import DnsEndpoints, DnsResolution, LookupFamily
 from meshplane.xds import names
 from meshplane.xds.translate import core
+from meshplane.xds.translate.endpoints import dns_assignment
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -49,6 +62,14 @@ SYSTEM_TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
 _SAN_TYPES = {
     SanKind.DNS: common_pb2.SubjectAltNameMatcher.DNS,
     SanKind.URI: common_pb2.SubjectAltNameMatcher.URI,
+}
+
+DNS_CLUSTER = "envoy.clusters.dns"
+CARES_RESOLVER = "envoy.network.dns_resolver.cares"
+_LOOKUP_FAMILY = {
+    LookupFamily.V4: dns_pb2.V4_ONLY,
+    LookupFamily.V6: dns_pb2.V6_ONLY,
+    LookupFamily.AUTO: dns_pb2.V4_PREFERRED,
 }
 
 _Cluster = cluster_pb2.Cluster
@@ -96,6 +117,12 @@ def _cluster(service: Service, port: ServicePort, group: ProxyGroup, warnings: l
     if service.external_name:
         cluster.type = _Cluster.LOGICAL_DNS
         cluster.load_assignment.CopyFrom(_dns_assignment(cluster.name, service.external_name, port.port))
+    elif service.dns is not None and grpc:
+        cluster.type = _Cluster.LOGICAL_DNS
+        cluster.load_assignment.CopyFrom(_grpc_dns_assignment(cluster.name, service, port, warnings))
+    elif service.dns is not None:
+        cluster.cluster_type.CopyFrom(_dns_cluster_type(service.dns))
+        cluster.load_assignment.CopyFrom(dns_assignment(service, port, warnings))
     else:
         cluster.type = _Cluster.EDS
         cluster.eds_cluster_config.service_name = names.endpoints_name(service.ref, port)
@@ -142,6 +169,48 @@ def _dns_assignment(cluster_name: str, host: str, port: int) -> Any:
             )
         ],
     )
+
+
+def _dns_cluster_type(dns: DnsEndpoints) -> Any:
+    """The `cluster_type` of a DNS service's Envoy cluster: how and how often its names are resolved."""
+    config = dns_cluster_pb2.DnsCluster(
+        dns_lookup_family=_LOOKUP_FAMILY[dns.lookup_family],
+        all_addresses_in_single_endpoint=dns.resolution is DnsResolution.LOGICAL,
+    )
+    if dns.refresh is None:
+        config.respect_dns_ttl = True
+    else:
+        config.dns_refresh_rate.CopyFrom(core.duration(dns.refresh))
+    if dns.resolvers:
+        resolvers = cares_dns_resolver_pb2.CaresDnsResolverConfig(
+            resolvers=[
+                address_pb2.Address(socket_address=address_pb2.SocketAddress(address=r.address, port_value=r.port))
+                for r in dns.resolvers
+            ],
+        )
+        config.typed_dns_resolver_config.CopyFrom(
+            extension_pb2.TypedExtensionConfig(name=CARES_RESOLVER, typed_config=core.pack(resolvers))
+        )
+    return _Cluster.CustomClusterType(name=DNS_CLUSTER, typed_config=core.pack(config))
+
+
+def _grpc_dns_assignment(cluster_name: str, service: Service, port: ServicePort, warnings: list[str]) -> Any:
+    """A proxyless gRPC LOGICAL_DNS cluster's one endpoint: the first name of `port` as Envoy's
+    assignment orders them (its best priority first); the others are left out, with a warning."""
+    laid_out = dns_assignment(service, port, [])
+    named = [
+        (lb.endpoint.address.socket_address.address, lb.endpoint.address.socket_address.port_value)
+        for locality in laid_out.endpoints
+        for lb in locality.lb_endpoints
+    ]
+    host, number = named[0]  # a valid DNS service has a name for every port
+    if len(named) > 1:
+        left_out = ", ".join(f"{name}:{value}" for name, value in named[1:])
+        warnings.append(
+            f"cluster {cluster_name}: proxyless gRPC resolves one DNS name per port (LOGICAL_DNS); "
+            f"it uses {host}:{number}, not {left_out}"
+        )
+    return _dns_assignment(cluster_name, host, number)
 
 
 def _circuit_breakers(policy: TrafficPolicy) -> Any:

@@ -8,7 +8,8 @@ named like a sidecar's (`names.cluster_name`), whose endpoints come in locality 
 Empty tiers are skipped, so priorities stay contiguous. A service with upstream TLS has no
 direct tier and no TLS on the device's cluster: its certificates come over SDS, which Envoy Mobile
 cannot take and devices are not given (the gateway adds the TLS); at a site whose region has no
-gateway such a service is unreachable (with a warning).
+gateway such a service is unreachable (with a warning). A service with DNS endpoints has no direct
+tier either: its names are resolved by the gateways' DNS clusters, in the cloud's view of DNS.
 The clusters are STATIC with the assignment inline because Envoy Mobile speaks CDS and RTDS only
 (no EDS).
 
@@ -17,6 +18,15 @@ keepalives and passive outlier detection (a gateway that refuses connections is 
 traffic spills to the next priority; no active health checks, which a fleet would multiply into
 a flood on the cloud); routes retry on connect failures and resets with back-off, every retry on
 a priority not tried yet (`previous_priorities`), so one request survives a dead gateway.
+
+At a site with `tls` (zero trust) a device reaches the cloud only through its own site's gateways,
+over mTLS: other sites' gateways would not accept its certificate (it names its site) and the cloud
+directly would skip the gateway's identity checks, so neither tier is served. Its certificate and
+the gateways' CA are files on the device (`ProxyGroup.certificate_dir`, from its bootstrap's
+`--certificate-dir`), named through the file-based SDS files there, so a renewal (new files renamed
+in) reaches new connections without a restart. A device at such a site whose bootstrap names no
+directory, and a mobile app (Envoy Mobile takes no SDS), get clusters without endpoints, with a
+warning: fail closed, never plaintext to a TLS listener and then the cloud directly.
 
 The device's routes are a sidecar's outbound routes (same virtual hosts and route tables), so
 canary rules of the policy files apply: a rule matching the `x-device-class` or
@@ -30,11 +40,12 @@ import dataclasses
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.service.runtime.v3 import rtds_pb2
 from google.protobuf import struct_pb2
 
@@ -47,6 +58,12 @@ from meshplane.model import (
     Service,
     ServicePort,
     Site,
+)
+from meshplane.model.proxy import (
+    DEVICE_CERTIFICATE_SECRET,
+    GATEWAY_CA_SECRET,
+    device_sds_path,
+    gateway_ca_sds_path,
 )
 from meshplane.xds import names
 from meshplane.xds.translate import core
@@ -83,8 +100,8 @@ def build_device(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], l
     site = mesh.site(group.site)
     if site is None:
         warnings.append(f"{group.role} at site {group.site!r}: no such site; cloud services are reached directly")
-    clusters = _clusters(mesh, site, warnings)
-    sidecar = dataclasses.replace(group, role=ProxyRole.SIDECAR, site="")
+    clusters = _clusters(mesh, site, warnings, group)
+    sidecar = dataclasses.replace(group, role=ProxyRole.SIDECAR, site="", certificate_dir="")
     # The outbound HTTP listener only, logging and tracing as the policy says for devices (a
     # collector's cluster is one of the STATIC clusters above: through the gateways first).
     listeners, listener_warnings = build_listeners(Mesh(), sidecar, proxy_telemetry(mesh, ProxyRole.DEVICE))
@@ -102,7 +119,7 @@ def build_mobile(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], l
     site = mesh.site(group.site)
     if site is None:
         warnings.append(f"{group.role} at site {group.site!r}: no such site; cloud services are reached directly")
-    clusters = _clusters(mesh, site, warnings)
+    clusters = _clusters(mesh, site, warnings, group)
     return {"cds": clusters, "rtds": [_runtime(mesh, site, group, clusters)]}, warnings
 
 
@@ -116,8 +133,30 @@ def _http_only(mesh: Mesh) -> Mesh:
     return dataclasses.replace(mesh, services=tuple(services))
 
 
-def _clusters(mesh: Mesh, site: Site | None, warnings: list[str]) -> list[Any]:
+def _clusters(mesh: Mesh, site: Site | None, warnings: list[str], group: ProxyGroup) -> list[Any]:
     tiers = _gateway_tiers(mesh, site)
+    gateway_tls = None
+    zero_trust = site is not None and site.tls is not None
+    if site is not None and site.tls is not None:
+        # Own site's gateways only, over mTLS; no other site's, no cloud directly (module docstring).
+        tiers = tiers[:1] if site.gateways else []
+        if group.role is ProxyRole.DEVICE and group.certificate_dir:
+            gateway_tls = _gateway_tls(group.certificate_dir)
+        else:
+            why = (
+                "Envoy Mobile cannot present a device certificate"
+                if group.role is ProxyRole.MOBILE
+                else "its bootstrap names no certificate directory (meshplane bootstrap device --certificate-dir)"
+            )
+            warnings.append(
+                f"{group.role} at site {site.id}: the site's gateways speak TLS with devices and {why}; "
+                "cloud services are unreachable"
+            )
+            tiers = []
+        if not tiers and gateway_tls is not None:
+            warnings.append(
+                f"{group.role} at site {site.id}: the site has tls but no gateways; cloud services are unreachable"
+            )
     # Start from the sidecar's clusters, so protocol options (HTTP/2 for gRPC; the gateway's listener
     # speaks it too) and circuit breakers carry over, then make each one STATIC with the tiers inline.
     sidecar_clusters, _ = build_clusters(_http_only(mesh), ProxyGroup())
@@ -130,19 +169,30 @@ def _clusters(mesh: Mesh, site: Site | None, warnings: list[str]) -> list[Any]:
             cluster.CopyFrom(by_name[name])
             cluster.ClearField("eds_cluster_config")
             cluster.ClearField("health_checks")  # no active checks from a fleet (see the module docstring)
-            direct = True
-            if service.tls is not None:
+            direct = not zero_trust
+            if gateway_tls is not None:
+                cluster.transport_socket.CopyFrom(gateway_tls)
+            elif service.tls is not None:
                 # The service's TLS takes certificates over SDS, which Envoy Mobile lacks (CDS and
                 # RTDS only) and devices are not given (the mesh's client key on every device in
                 # the field): devices reach it only through their gateways (plain HTTP on the site
                 # network; the gateway's cluster adds the TLS), never directly. So no cluster of
-                # these roles names an SDS secret, and they get no secrets.
+                # these roles names an SDS secret served by meshplane, and they get no secrets.
                 cluster.ClearField("transport_socket")
                 direct = False
                 reach = (
                     "through gateways only" if tiers else "through gateways only, and its region has none: unreachable"
                 )
                 warnings.append(f"cluster {name}: upstream TLS service; edge devices reach it {reach}")
+            elif service.dns is not None:
+                # Its names are the cloud's to resolve (the service's own resolvers, split-horizon
+                # DNS) and a STATIC cluster holds no names: devices reach it through their gateways,
+                # whose cluster for it resolves them.
+                direct = False
+                reach = (
+                    "through gateways only" if tiers else "through gateways only, and its region has none: unreachable"
+                )
+                warnings.append(f"cluster {name}: DNS endpoints; edge devices reach it {reach}")
             cluster.type = _Cluster.STATIC
             cluster.connect_timeout.CopyFrom(core.duration(max(CONNECT_TIMEOUT, service.policy.connect_timeout)))
             cluster.load_assignment.CopyFrom(_assignment(name, service, port, tiers, direct=direct))
@@ -161,6 +211,40 @@ def _clusters(mesh: Mesh, site: Site | None, warnings: list[str]) -> list[Any]:
                 )
             clusters.append(cluster)
     return clusters
+
+
+def _gateway_tls(certificate_dir: str) -> Any:
+    """The device's TLS to its gateways: its own certificate presented and the gateway verified
+    against the gateways' CA, from the two file-based SDS files in `certificate_dir` (the
+    certificate's is the same subscription as the bootstrap's inbound listener: one certificate,
+    renewed once)."""
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[
+                secret_pb2.SdsSecretConfig(
+                    name=DEVICE_CERTIFICATE_SECRET,
+                    sds_config=_file_source(device_sds_path(certificate_dir), certificate_dir),
+                )
+            ],
+            validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(
+                name=GATEWAY_CA_SECRET, sds_config=_file_source(gateway_ca_sds_path(certificate_dir), certificate_dir)
+            ),
+        )
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=core.pack(context))
+
+
+def _file_source(path: str, directory: str) -> Any:
+    """A file-based SDS source watched through its directory, as the device's bootstrap names it
+    (the same source: one subscription per file in Envoy)."""
+    return config_source_pb2.ConfigSource(
+        resource_api_version=config_source_pb2.V3,
+        path_config_source=config_source_pb2.PathConfigSource(
+            path=path,
+            # Renewals rename files into the directory: watch it, not the file (a moved-in file is new).
+            watched_directory=base_pb2.WatchedDirectory(path=directory.rstrip("/") or "/"),
+        ),
+    )
 
 
 def _gateway_tiers(mesh: Mesh, site: Site | None) -> list[list[tuple[Locality, list[tuple[str, int]]]]]:

@@ -3,7 +3,9 @@
 Owns what such a proxy gets for the Gateway its node names (`ProxyGroup.gateway`,
 `namespace/name`), all on the group's `listen_address` (default 0.0.0.0):
 - One listener `gateway_<port>` per port of the Gateway's listeners, each on that port plus the
-  group's `port_offset`. HTTP: one HTTP connection manager. HTTPS: one filter chain per Gateway
+  group's `port_offset`. HTTP: one HTTP connection manager, WebSocket upgrades allowed (a backend
+  port of appProtocol `kubernetes.io/ws` takes them; `kubernetes.io/h2c`: HTTP/2 upstream, as the
+  Service port's protocol says for every role). HTTPS: one filter chain per Gateway
   listener, chosen by SNI (its hostname; none: the chain for every other name), terminating TLS
   with the listener's certificates over SDS. Every connection manager asks over RDS for the
   port's one route configuration. The Host header reaches backends as the client sent it, port
@@ -24,7 +26,8 @@ Owns what such a proxy gets for the Gateway its node names (`ProxyGroup.gateway`
   rule's traffic whose backends did not resolve goes to a cluster that does not exist, answered so too.
 - Every service's clusters and EDS, as a sidecar has them (the same names, the endpoint fast path
   applies), and the secrets the listeners and clusters name; a port the Gateway's `backend_tls`
-  names (a BackendTLSPolicy) gets its cluster with that TLS instead.
+  names (a BackendTLSPolicy) gets its cluster with that TLS instead. These are the same for every
+  Gateway's proxy of a locality, and are built once for all of them (`_ClusterMemo`).
 A node naming a Gateway the mesh lacks gets no listeners, with a warning. Must stay pure; names
 come from `meshplane.xds.names`.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -46,6 +50,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import filter_state_pb2, regex_pb2, string_pb2
 
 from meshplane.model import (
+    BackendTls,
     Gateway,
     GatewayListener,
     GatewayRule,
@@ -56,10 +61,13 @@ from meshplane.model import (
     ProxyRole,
     Service,
     TlsCertificate,
+    TrustBundle,
 )
 from meshplane.xds import names
+from meshplane.xds.references import sds_secret_names
 from meshplane.xds.translate import core
 from meshplane.xds.translate.clusters import build_clusters, with_backend_tls
+from meshplane.xds.translate.endpoints import same_services
 from meshplane.xds.translate.listeners import HTTP_CONNECTION_MANAGER, http_connection_manager
 from meshplane.xds.translate.routes import CORS_FILTER, rule_http_filters, rule_match, rule_route
 from meshplane.xds.translate.secrets import build_secrets
@@ -73,58 +81,117 @@ SET_FILTER_STATE = "envoy.filters.network.set_filter_state"
 LISTENER_STATE = "meshplane.gateway_listener"
 STRING_STATE = "envoy.string"  # Envoy's factory of plain string filter state objects
 MISDIRECTED = 421
+WEBSOCKET_UPGRADE = "websocket"  # the HTTP/1.1 Upgrade token of RFC 6455
 
 _rc = route_components_pb2
 
 
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What every gateway proxy of one sidecar group gets alike from the mesh: each service's
+    clusters (sorted by name) and their warnings (in mesh order), the clusters among them that
+    name SDS secrets, and the Secrets those name (sorted by name), with the services,
+    certificates and trust bundles they were built from."""
+
+    services: tuple[Service, ...]
+    clusters: tuple[Any, ...]
+    warnings: tuple[str, ...]
+    tls_clusters: tuple[Any, ...]
+    certificates: tuple[TlsCertificate, ...]
+    trust_bundles: tuple[TrustBundle, ...]
+    secrets: tuple[Any, ...]
+
+
+# One service's entry in the memo: the Service, its clusters, their warnings, those naming secrets.
+_ServiceClusters = tuple[Service, tuple[Any, ...], tuple[str, ...], tuple[Any, ...]]
+
+
 class _ClusterMemo:
-    """Each service's clusters for a gateway proxy, kept while the `Service` object is the same.
+    """The clusters and their secrets that every Gateway's proxy gets, built once for all of them.
 
     Every Gateway's proxy gets the same sidecar clusters of every service, and a change of the
     Gateway API (a route moved) leaves the services alone: without this, each such change built
-    every service's clusters again for every Gateway (at 5,000 services and 10 Gateways, most of
-    the time from an HTTPRoute write to the Envoys). Handing back the very messages built before
-    also lets `Snapshot.of` keep their serialised form. The result is what `build_clusters` gives:
-    the memo is an optimisation inside this module, keyed by object identity, never a promise to
-    callers. Bounded: the services of the last mesh seen, for at most `_MEMO_GROUPS` groups.
-    The messages are shared, so callers must not change them (no translator does).
+    every service's clusters again for every Gateway, and the secrets by a scan of all of them
+    (at 5,000 services and 10 Gateways, most of the time from an HTTPRoute write to the Envoys).
+    While the mesh's services are the very objects of the last build (`same_services`), the
+    result is the very `_Shared` of that build, so every gateway group of the sidecar group is
+    handed the same tuples of the same messages, and `Snapshot.of` takes their serialised set whole;
+    when some services changed, each unchanged one keeps its clusters (by object identity). The
+    secrets are built again only when the clusters or the certificates and trust bundles change,
+    from the clusters that name some. The result is what `build_clusters` and `build_secrets`
+    give (sorted): the memo is an optimisation inside this module, never a promise to callers.
+    Bounded: the services of the last mesh seen, for at most `_MEMO_GROUPS` groups. The messages
+    are shared, so callers must not change them (no translator does).
     """
 
     def __init__(self) -> None:
-        # sidecar group → id of the Service → (the Service, its clusters, their warnings); by id,
-        # as `Service.ref` builds a new value on every call; an entry holds its Service, so the id
+        # sidecar group → (id of the Service → its entry, the last result); by id, as
+        # `Service.ref` builds a new value on every call; an entry holds its Service, so the id
         # stays its own while the entry lives.
-        self._by_group: dict[ProxyGroup, dict[int, tuple[Service, tuple[Any, ...], tuple[str, ...]]]] = {}
+        self._by_group: dict[ProxyGroup, tuple[dict[int, _ServiceClusters], _Shared]] = {}
 
-    def build(self, mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
-        known = self._by_group.pop(group, {})
-        current: dict[int, tuple[Service, tuple[Any, ...], tuple[str, ...]]] = {}
-        clusters: list[Any] = []
-        warnings: list[str] = []
+    def build(self, mesh: Mesh, group: ProxyGroup) -> _Shared:
+        known, last = self._by_group.pop(group, ({}, None))
+        if last is not None and same_services(last.services, mesh.services):
+            shared = last
+        else:
+            known = self._per_service(mesh, group, known)
+            ordered = [known[id(service)] for service in mesh.services]
+            shared = _Shared(
+                services=mesh.services,
+                clusters=tuple(sorted((c for entry in ordered for c in entry[1]), key=_name)),
+                warnings=tuple(w for entry in ordered for w in entry[2]),
+                tls_clusters=tuple(c for entry in ordered for c in entry[3]),
+                certificates=(),
+                trust_bundles=(),
+                secrets=(),
+            )
+        if shared is not last or not (
+            same_services(shared.certificates, mesh.certificates)
+            and same_services(shared.trust_bundles, mesh.trust_bundles)
+        ):
+            secrets = tuple(sorted(build_secrets(mesh, shared.tls_clusters), key=_name))
+            shared = dataclasses.replace(
+                shared, certificates=mesh.certificates, trust_bundles=mesh.trust_bundles, secrets=secrets
+            )
+        self._by_group[group] = (known, shared)  # the most recent group last: evicted last
+        while len(self._by_group) > _MEMO_GROUPS:
+            del self._by_group[next(iter(self._by_group))]
+        return shared
+
+    @staticmethod
+    def _per_service(mesh: Mesh, group: ProxyGroup, known: dict[int, _ServiceClusters]) -> dict[int, _ServiceClusters]:
+        """Every service's entry: `known`'s while its Service is the same object, else built."""
+        current: dict[int, _ServiceClusters] = {}
         for service in mesh.services:
             found = known.get(id(service))
             if found is None:
                 built, built_warnings = build_clusters(Mesh(services=(service,)), group)
-                found = (service, tuple(built), tuple(built_warnings))
+                naming = tuple(cluster for cluster in built if sds_secret_names((cluster,)))
+                found = (service, tuple(built), tuple(built_warnings), naming)
             current[id(service)] = found
-            clusters += found[1]
-            warnings += found[2]
-        self._by_group[group] = current  # the most recent group last: evicted last
-        while len(self._by_group) > _MEMO_GROUPS:
-            del self._by_group[next(iter(self._by_group))]
-        return clusters, warnings
+        return current
 
 
 _MEMO_GROUPS = 4  # distinct sidecar groups (the gateway groups differ only in what is reset)
 _CLUSTERS = _ClusterMemo()
 
 
-def build_gateway_api(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any]], list[str]]:
-    """Clusters, listeners, routes and secrets of a gateway proxy (by kind: cds, lds, rds, sds)."""
+def _name(message: Any) -> str:
+    name: str = message.name
+    return name
+
+
+def build_gateway_api(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, tuple[Any, ...]], list[str]]:
+    """Clusters, listeners, routes and secrets of a gateway proxy (by kind: cds, lds, rds, sds),
+    each sorted by name. While the services are the same objects, the clusters, and the secrets
+    when the Gateway adds none of its own (no certificates, no backend TLS), are the very tuples
+    handed to every Gateway's proxy of the same locality (`_ClusterMemo`)."""
     warnings: list[str] = []
     sidecar = dataclasses.replace(group, role=ProxyRole.SIDECAR, listen_address="", gateway="", port_offset=0)
-    clusters, cluster_warnings = _CLUSTERS.build(mesh, sidecar)
-    warnings += cluster_warnings
+    shared = _CLUSTERS.build(mesh, sidecar)
+    warnings += shared.warnings
+    clusters, secrets = shared.clusters, shared.secrets
     gateway = mesh.gateway(group.gateway) if group.gateway else None
     if gateway is None:
         named = repr(group.gateway) if group.gateway else "no Gateway"
@@ -134,24 +201,36 @@ def build_gateway_api(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, list[Any
         certificates: set[str] = set()
     else:
         listeners, routes, certificates = _gateway(mesh, gateway, group, warnings)
-        clusters = _with_backend_tls(mesh, gateway, clusters, warnings)
-    secrets = build_secrets(mesh, clusters)
+        replaced = _backend_tls_clusters(mesh, gateway, warnings)
+        if replaced:
+            # The TLS copies keep their names, so the order holds; the secrets follow the clusters.
+            clusters = tuple(with_backend_tls(c, *replaced[c.name]) if c.name in replaced else c for c in clusters)
+            naming = [c for c in shared.tls_clusters if c.name not in replaced]
+            naming += [c for c in clusters if c.name in replaced]
+            secrets = tuple(build_secrets(mesh, naming))
     held = {certificate.name: certificate for certificate in mesh.certificates}
+    own = []
     for name in sorted(certificates):
         if name in held:
-            secrets.append(_certificate(held[name]))
+            own.append(_certificate(held[name]))
         else:  # a validated mesh never names a certificate it lacks; the listener then warms forever
             warnings.append(f"gateway {group.gateway}: certificate {name!r} is not in the mesh")
-    return {"cds": clusters, "lds": listeners, "rds": routes, "sds": secrets}, warnings
+    if own or secrets is not shared.secrets:
+        secrets = tuple(sorted([*secrets, *own], key=_name))
+    built = {
+        "cds": clusters,
+        "lds": tuple(sorted(listeners, key=_name)),
+        "rds": tuple(sorted(routes, key=_name)),
+        "sds": secrets,
+    }
+    return built, warnings
 
 
-def _with_backend_tls(mesh: Mesh, gateway: Gateway, clusters: list[Any], warnings: list[str]) -> list[Any]:
-    """`clusters` with those of the ports `gateway.backend_tls` names replaced by TLS copies (the
-    memo's messages are shared, so they are copied, never changed)."""
-    if not gateway.backend_tls:
-        return clusters
-    services = {service.ref: service for service in mesh.services}
-    replaced: dict[str, Any] = {}
+def _backend_tls_clusters(mesh: Mesh, gateway: Gateway, warnings: list[str]) -> dict[str, tuple[BackendTls, Any]]:
+    """The clusters `gateway.backend_tls` gives TLS, by name, each with its `BackendTls` and port
+    (for `with_backend_tls`, which copies the shared message, never changes it)."""
+    replaced: dict[str, tuple[BackendTls, Any]] = {}
+    services = mesh.services_by_ref() if gateway.backend_tls else {}
     for tls in gateway.backend_tls:
         service = services.get(tls.service)
         port = next((p for p in service.ports if p.name == tls.port), None) if service is not None else None
@@ -159,7 +238,7 @@ def _with_backend_tls(mesh: Mesh, gateway: Gateway, clusters: list[Any], warning
             warnings.append(f"gateway {gateway.key}: backend TLS for {tls.service}:{tls.port}, which the mesh lacks")
             continue
         replaced[names.cluster_name(service.ref, port)] = (tls, port)
-    return [with_backend_tls(c, *replaced[c.name]) if c.name in replaced else c for c in clusters]
+    return replaced
 
 
 def _gateway(
@@ -191,6 +270,10 @@ def _gateway(
         hcm = http_connection_manager(
             route_name, stat_prefix=names.gateway_listener_name(bound), group=group, filters=filters
         )
+        # WebSocket upgrades pass through to whichever backend a rule picks (a Service port of
+        # appProtocol `kubernetes.io/ws` expects them; any other backend declines with its own
+        # answer): Envoy otherwise strips the Upgrade header and the handshake never reaches it.
+        hcm.upgrade_configs.add(upgrade_type=WEBSOCKET_UPGRADE)
         network_filter = listener_components_pb2.Filter(name=HTTP_CONNECTION_MANAGER, typed_config=core.pack(hcm))
         listener = listener_pb2.Listener(
             name=names.gateway_listener_name(bound),

@@ -95,8 +95,8 @@ _WHOLE_PATH = "^/.*$"
 def build_routes(mesh: Mesh, group: ProxyGroup) -> tuple[list[Any], list[str]]:
     """Every RouteConfiguration `group` needs, and warnings for what was left out."""
     if group.role is ProxyRole.GRPC:
-        return _grpc_route_configs(mesh)
-    return _outbound_route_config(mesh, group.outbound_port)
+        return _grpc_route_configs(mesh, group.namespace)
+    return _outbound_route_config(mesh, group.outbound_port, group.namespace)
 
 
 def http_filters(mesh: Mesh, *, grpc: bool) -> list[Any]:
@@ -141,14 +141,39 @@ class _Target:
     request_headers: HeaderModifier | None = None
 
 
-def _attached_tables(mesh: Mesh) -> dict[ServiceRef, RouteTable]:
-    """Route tables by the service they attach to (a validated mesh attaches at most one per service)."""
-    return {table.service: table for table in mesh.routes if table.service is not None}
+_Attachment = tuple[ServiceRef, int | None, str]
 
 
-def _outbound_route_config(mesh: Mesh, outbound_port: int) -> tuple[list[Any], list[str]]:
+def _attached_tables(mesh: Mesh, namespace: str) -> dict[_Attachment, RouteTable]:
+    """The route tables that apply to clients of `namespace` ("": not said), by what they attach to
+    (service, port or None for every port, consumer namespace or ""): a validated mesh attaches at
+    most one to each. Another namespace's consumer tables are not theirs."""
+    return {
+        table.attachment: table
+        for table in mesh.routes
+        if table.attachment is not None and table.consumer in ("", namespace)
+    }
+
+
+def _table_of(
+    tables: dict[_Attachment, RouteTable], service: Service, port: ServicePort, namespace: str
+) -> RouteTable | None:
+    """The table for one port of `service` as clients of `namespace` see it: their own consumer
+    table before the Service's producer one (GAMMA: a consumer route takes precedence), and within
+    each the port's table before the Service-wide one."""
+    for consumer in (namespace, "") if namespace else ("",):
+        for number in (port.port, None):
+            if (table := tables.get((service.ref, number, consumer))) is not None:
+                return table
+    return None
+
+
+def _outbound_route_config(mesh: Mesh, outbound_port: int, namespace: str) -> tuple[list[Any], list[str]]:
     warnings: list[str] = []
-    tables = _attached_tables(mesh)
+    tables = _attached_tables(mesh, namespace)
+    attached_to: dict[ServiceRef, list[tuple[int | None, RouteTable]]] = {}
+    for (ref, number, _), table in tables.items():
+        attached_to.setdefault(ref, []).append((number, table))
     requests: list[tuple[str, list[HostClaim]]] = []
     routes_of: dict[str, list[Any]] = {}  # by virtual host name, in the order of `requests`
     host_names = HostNames(mesh)
@@ -156,17 +181,23 @@ def _outbound_route_config(mesh: Mesh, outbound_port: int) -> tuple[list[Any], l
         derived = host_names.derived(service)
         hosts = host_names.of(service)
         http_ports = [port for port in service.ports if port.protocol.is_http]
-        table = tables.get(service.ref)
-        if table is not None and not http_ports:
-            warnings.append(f"route {table.name}: service {service.ref} has no HTTP port to attach to")
-        table_routes = _table_routes(mesh, table, grpc=False, warnings=warnings) if table and http_ports else None
+        for number, attached in attached_to.get(service.ref, ()):
+            if not any(number in (None, port.port) for port in http_ports):
+                on = "no HTTP port" if number is None else f"no HTTP port {number}"
+                warnings.append(f"route {attached.name}: service {service.ref} has {on} to attach to")
+        built: dict[str, list[Any]] = {}  # a table's routes, built once for all the ports it serves
         for index, port in enumerate(http_ports):
             claims = [HostClaim(f"{host}:{port.port}", host in derived) for host in hosts]
             if index == 0:  # a Host header without a port means the service's first HTTP port
                 claims += [HostClaim(host, host in derived) for host in hosts]
             name = names.virtual_host_name(service.ref, port)
             requests.append((name, claims))
-            routes_of[name] = table_routes if table_routes is not None else [_default_route(service, port, grpc=False)]
+            if (chosen := _table_of(tables, service, port, namespace)) is None:
+                routes_of[name] = [_default_route(service, port, grpc=False)]
+                continue
+            if chosen.name not in built:
+                built[chosen.name] = _table_routes(mesh, chosen, grpc=False, warnings=warnings)
+            routes_of[name] = built[chosen.name]
     for table in mesh.routes:
         if table.hosts:
             name = names.route_table_virtual_host_name(table.name)
@@ -184,7 +215,7 @@ def _outbound_route_config(mesh: Mesh, outbound_port: int) -> tuple[list[Any], l
     return [config], warnings
 
 
-def _grpc_route_configs(mesh: Mesh) -> tuple[list[Any], list[str]]:
+def _grpc_route_configs(mesh: Mesh, namespace: str) -> tuple[list[Any], list[str]]:
     """One RouteConfiguration per gRPC port, shared by every listener name of that port.
 
     A gRPC client looks up the listener named after its target, so the virtual host needs no
@@ -192,13 +223,13 @@ def _grpc_route_configs(mesh: Mesh) -> tuple[list[Any], list[str]]:
     so no target a gRPC client could dial; they apply to sidecars only.
     """
     warnings: list[str] = []
-    tables = _attached_tables(mesh)
+    tables = _attached_tables(mesh, namespace)
     configs = []
     for service in mesh.services:
         for port in service.ports:
             if port.protocol is not Protocol.GRPC:
                 continue
-            table = tables.get(service.ref)
+            table = _table_of(tables, service, port, namespace)
             if table is not None:
                 routes = _table_routes(mesh, table, grpc=True, warnings=warnings)
             else:
@@ -401,12 +432,17 @@ def _cors(cors: CorsPolicy) -> Any:
     return policy
 
 
-def _rate_limit(limit: RateLimit) -> Any:
-    bucket = token_bucket_pb2.TokenBucket(
+def rate_limit_bucket(limit: RateLimit) -> Any:
+    """The token bucket of `limit` (its `per_header` aside): also each device's at edge gateways."""
+    return token_bucket_pb2.TokenBucket(
         max_tokens=limit.requests if limit.burst is None else limit.burst,
         tokens_per_fill=core.uint32(limit.requests),
         fill_interval=core.duration(limit.interval),
     )
+
+
+def _rate_limit(limit: RateLimit) -> Any:
+    bucket = rate_limit_bucket(limit)
     everything = base_pb2.RuntimeFractionalPercent(default_value=_per_million(100))
     config = local_rate_limit_pb2.LocalRateLimit(
         stat_prefix=_RATE_LIMIT_STATS, token_bucket=bucket, filter_enabled=everything, filter_enforced=everything

@@ -9,7 +9,9 @@ never lacks a secret its clusters wait for (which would leave them warming, and 
 refused), and never gets one it has no use for, so a proxy cannot fetch a private key by asking
 for its name. Roles whose clusters name no SDS secret get none: the grpc role (gRPC cannot take
 SDS; its clusters name certificate providers) and the device and mobile roles (their clusters
-carry no upstream TLS, see `edge_device`). Must stay pure and never log PEM text.
+carry no upstream TLS, see `edge_device`). The edge gateway's device TLS secrets (its site's
+certificate, the devices' validation context, the device CA) are built by `edge_gateway` with the
+one-secret builders here (`certificate_secret`, `trust_secret`). Must stay pure and never log PEM text.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
-from meshplane.model import Mesh
+from meshplane.model import Mesh, TlsCertificate
 from meshplane.xds.references import sds_secret_names
 
 
@@ -51,3 +53,24 @@ def build_secrets(mesh: Mesh, clusters: Iterable[Any]) -> list[Any]:
         if bundle.name in used
     ]
     return secrets
+
+
+def certificate_secret(certificate: TlsCertificate) -> Any:
+    """`certificate` as a Secret: its chain and key, inline."""
+    return secret_pb2.Secret(
+        name=certificate.name,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_string=certificate.certificate_chain),
+            private_key=base_pb2.DataSource(inline_string=certificate.private_key),
+        ),
+    )
+
+
+def trust_secret(name: str, ca_certificates: str) -> Any:
+    """A Secret `name` holding the validation context that trusts `ca_certificates` (PEM)."""
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_string=ca_certificates),
+        ),
+    )
