@@ -38,7 +38,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
-from tests.test_edge_zero_trust import METADATA, Connection, Edge, csr_for, once, reaches_cloud, running_zero_trust
+from tests.certificates import csr_for
+from tests.test_edge_zero_trust import METADATA, Connection, Edge, once, reaches_cloud, running_zero_trust
 
 DEVICE_ADDRESS = "198.19.0.2"  # registered only: nothing contacts it
 

@@ -95,7 +95,16 @@ from meshplane.xds.types import TypeUrl
 from tests.envoy_harness import envoy_binary
 from tests.k8s import objects as k
 from tests.k8s.gateway_api_crds import GATEWAY_API_MISSING, GROUP, apply_standard_crds
-from tests.k8s.real_apiserver import ADMIN_TOKEN, KUBE_MISSING, MERGE_PATCH, binaries, call, call_ok, start_cluster
+from tests.k8s.real_apiserver import (
+    ADMIN_TOKEN,
+    KUBE_MISSING,
+    MERGE_PATCH,
+    RealApiServer,
+    binaries,
+    call,
+    call_ok,
+    start_cluster,
+)
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,6 +337,23 @@ def publish_route_changes(
 
 
 @contextlib.asynccontextmanager
+async def cached_apiserver(work: Path, found: tuple[Path, Path]) -> AsyncIterator[tuple[RealApiServer, ApiClient]]:
+    """etcd and one API server with its watch cache under `work`, and a client of it: both
+    closed and stopped on the way out."""
+    cluster = await asyncio.to_thread(start_cluster, work, *found, uncached=False)
+    try:
+        apiserver = cluster.cached
+        assert apiserver is not None
+        client = apiserver.client()
+        try:
+            yield apiserver, client
+        finally:
+            await client.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+@contextlib.asynccontextmanager
 async def echo_servers() -> AsyncIterator[list[int]]:
     """`ECHOES` HTTP servers on 127.0.0.1 answering every request with their name; their ports."""
     runners = []
@@ -478,6 +504,9 @@ async def until_programmed(client: ApiClient, envoys: list[GatewayEnvoy], deadli
 
 
 def summary(values: list[float]) -> dict[str, float]:
+    """Median, p99 and max of `values` in one decimal ({} for none)."""
+    if not values:
+        return {}
     return {
         "median": round(statistics.median(values), 1),
         "p99": round(quantile(values, 0.99), 1),
@@ -532,48 +561,38 @@ async def measure(
     row: dict[str, Any] = {"services": services, "gateways": gateways, "routes": routes, "changes": changes}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-api-") as work_name:
         work = Path(work_name)
-        cluster = await asyncio.to_thread(start_cluster, work / "kube", *found, uncached=False)
-        try:
-            apiserver = cluster.cached
-            assert apiserver is not None
-            client = apiserver.client()
-            try:
-                async with echo_servers() as echo_ports:
-                    started = time.perf_counter()
-                    created = await populate(client, services, gateways, routes, echo_ports)
-                    row["populate_s"] = round(time.perf_counter() - started, 1)
-                    # Chosen now, not before the set-up: a port found free is taken by nobody else
-                    # only for a while on a machine shared with other work.
-                    xds_port, status_port = free_port(), free_port()
-                    envoys = await asyncio.to_thread(bootstrap_envoys, root, work, gateways, xds_port)
-                    groups = [
-                        ProxyGroup(ProxyRole.GATEWAY, gateway=e.gateway, listen_address=e.address, port_offset=e.offset)
-                        for e in envoys
-                    ]
-                    runs = [translate_whole_set(created, groups) for _ in range(max(1, translate_runs))]
-                    row["translate_whole_set_cold"] = runs[0]
-                    row["translate_whole_set_ms"] = {
-                        step: round(statistics.median(run[step] for run in runs), 1)
-                        for step in ("parse_ms", "resolve_ms", "translate_ms", "total_ms")
-                    }
-                    in_process = max(1, min(changes, 20))
-                    row["publish_route_change"] = publish_route_changes(created, groups, in_process, changed_routes)
-                    kubeconfig = apiserver.kubeconfig(work / "kubeconfig", ADMIN_TOKEN)
-                    sources = ["--kubernetes", "--kubeconfig", str(kubeconfig), "--gateway-api"]
-                    row["load_average_start"] = load_average()
-                    started = time.perf_counter()
-                    with serving_with(root, sources, xds_port, status_port) as server, running_envoys(envoys):
-                        await until_programmed(client, envoys, 300)
-                        row["start_to_programmed_ms"] = round((time.perf_counter() - started) * 1000, 1)
-                        row.update(
-                            await measure_changes(
-                                client, server, status_port, envoys, services, changed_routes, changes, gap, profile
-                            )
-                        )
-            finally:
-                await client.close()
-        finally:
-            await asyncio.to_thread(cluster.stop)
+        async with cached_apiserver(work / "kube", found) as (apiserver, client), echo_servers() as echo_ports:
+            started = time.perf_counter()
+            created = await populate(client, services, gateways, routes, echo_ports)
+            row["populate_s"] = round(time.perf_counter() - started, 1)
+            # Chosen now, not before the set-up: a port found free is taken by nobody else
+            # only for a while on a machine shared with other work.
+            xds_port, status_port = free_port(), free_port()
+            envoys = await asyncio.to_thread(bootstrap_envoys, root, work, gateways, xds_port)
+            groups = [
+                ProxyGroup(ProxyRole.GATEWAY, gateway=e.gateway, listen_address=e.address, port_offset=e.offset)
+                for e in envoys
+            ]
+            runs = [translate_whole_set(created, groups) for _ in range(max(1, translate_runs))]
+            row["translate_whole_set_cold"] = runs[0]
+            row["translate_whole_set_ms"] = {
+                step: round(statistics.median(run[step] for run in runs), 1)
+                for step in ("parse_ms", "resolve_ms", "translate_ms", "total_ms")
+            }
+            in_process = max(1, min(changes, 20))
+            row["publish_route_change"] = publish_route_changes(created, groups, in_process, changed_routes)
+            kubeconfig = apiserver.kubeconfig(work / "kubeconfig", ADMIN_TOKEN)
+            sources = ["--kubernetes", "--kubeconfig", str(kubeconfig), "--gateway-api"]
+            row["load_average_start"] = load_average()
+            started = time.perf_counter()
+            with serving_with(root, sources, xds_port, status_port) as server, running_envoys(envoys):
+                await until_programmed(client, envoys, 300)
+                row["start_to_programmed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+                row.update(
+                    await measure_changes(
+                        client, server, status_port, envoys, services, changed_routes, changes, gap, profile
+                    )
+                )
     return row
 
 

@@ -47,7 +47,6 @@ import argparse
 import asyncio
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,9 +58,8 @@ from typing import Any
 import yaml
 from kubernetes_asyncio.client import ApiClient
 
-from benchmarks.gateway_api import echo_servers, py_spy
+from benchmarks.gateway_api import cached_apiserver, echo_servers, py_spy, summary
 from benchmarks.policy_edit import load_average, serving_with
-from benchmarks.registration_path import quantile
 from benchmarks.scale import proc_cpu_seconds
 from meshplane.discovery.kubernetes_watching import Resource, watch_events
 from meshplane.discovery.meshplane_api.kinds import API_VERSION, GROUP, KINDS, VERSION, kind_named
@@ -74,7 +72,6 @@ from tests.k8s.real_apiserver import (
     MERGE_PATCH,
     binaries,
     call_ok,
-    start_cluster,
     wait_established,
 )
 from tests.ports import free_port
@@ -317,16 +314,6 @@ async def _writes(
         await asyncio.sleep(gap)  # the next write starts from a quiet server: a spacing, not a wait
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {
-        "median": round(statistics.median(values), 1),
-        "p99": round(quantile(values, 0.99), 1),
-        "max": round(max(values), 1),
-    }
-
-
 async def measure(
     root: Path, services: int, objects: int, writes: int, gap: float, profile: Path | None = None
 ) -> dict[str, Any]:
@@ -339,50 +326,40 @@ async def measure(
     row: dict[str, Any] = {"services": services, "objects": objects, "mix": counts, "writes": writes}
     with tempfile.TemporaryDirectory(prefix="bench-meshplane-api-") as work_name:
         work = Path(work_name)
-        cluster = await asyncio.to_thread(start_cluster, work / "kube", *found, uncached=False)
-        try:
-            apiserver = cluster.cached
-            assert apiserver is not None
-            client = apiserver.client()
-            try:
-                async with echo_servers() as echo_ports:
-                    started = time.perf_counter()
-                    await populate(client, services, counts, echo_ports[0])
-                    row["populate_s"] = round(time.perf_counter() - started, 1)
-                    kubeconfig = apiserver.kubeconfig(work / "kubeconfig", ADMIN_TOKEN)
-                    row.update(await asyncio.to_thread(analyze_once, root, kubeconfig))
-                    xds_port, status_port = free_port(), free_port()
-                    sources = ["--kubernetes", "--kubeconfig", str(kubeconfig), "--meshplane-api"]
-                    row["load_average_start"] = load_average()
-                    started = time.perf_counter()
-                    with serving_with(root, sources, xds_port, status_port) as server:
-                        # The Envoy connects once the server listens: else gRPC's reconnect backoff
-                        # (a second and more) would be in the figure.
-                        await _listening(server, xds_port)
-                        envoy = await start_envoy(work / "envoy", xds_port, node_id="bench-sidecar")
-                        try:
-                            wanted = services + counts["ExternalService"] + _static_clusters(work / "envoy")
-                            await envoy.eventually(lambda: _at_least(envoy, wanted), f"{wanted} clusters", deadline=600)
-                            row["start_to_full_config_ms"] = round((time.perf_counter() - started) * 1000, 1)
-                            row["load_average"] = load_average()
-                            row.update(
-                                await timed_writes(
-                                    client,
-                                    envoy,
-                                    server.pid,
-                                    services,
-                                    counts["TrafficPolicy"],
-                                    writes,
-                                    gap,
-                                    profile,
-                                )
-                            )
-                        finally:
-                            await envoy.stop()
-            finally:
-                await client.close()
-        finally:
-            await asyncio.to_thread(cluster.stop)
+        async with cached_apiserver(work / "kube", found) as (apiserver, client), echo_servers() as echo_ports:
+            started = time.perf_counter()
+            await populate(client, services, counts, echo_ports[0])
+            row["populate_s"] = round(time.perf_counter() - started, 1)
+            kubeconfig = apiserver.kubeconfig(work / "kubeconfig", ADMIN_TOKEN)
+            row.update(await asyncio.to_thread(analyze_once, root, kubeconfig))
+            xds_port, status_port = free_port(), free_port()
+            sources = ["--kubernetes", "--kubeconfig", str(kubeconfig), "--meshplane-api"]
+            row["load_average_start"] = load_average()
+            started = time.perf_counter()
+            with serving_with(root, sources, xds_port, status_port) as server:
+                # The Envoy connects once the server listens: else gRPC's reconnect backoff
+                # (a second and more) would be in the figure.
+                await _listening(server, xds_port)
+                envoy = await start_envoy(work / "envoy", xds_port, node_id="bench-sidecar")
+                try:
+                    wanted = services + counts["ExternalService"] + _static_clusters(work / "envoy")
+                    await envoy.eventually(lambda: _at_least(envoy, wanted), f"{wanted} clusters", deadline=600)
+                    row["start_to_full_config_ms"] = round((time.perf_counter() - started) * 1000, 1)
+                    row["load_average"] = load_average()
+                    row.update(
+                        await timed_writes(
+                            client,
+                            envoy,
+                            server.pid,
+                            services,
+                            counts["TrafficPolicy"],
+                            writes,
+                            gap,
+                            profile,
+                        )
+                    )
+                finally:
+                    await envoy.stop()
     return row
 
 

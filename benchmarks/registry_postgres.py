@@ -18,7 +18,12 @@ following the database as three `meshplane serve` replicas would, callers spread
    once (steady state, not the burst's aftermath) and freezes its heap as a replica does after
    each full re-read (`registry/heap.py`; --no-gc-freeze: never, the before of that change),
    then renews its third at a third of the rate; p50/p99 per replica, and each one's full
-   garbage-collector passes in the window. --only-processes runs this step alone (per --sizes).
+   garbage-collector passes in the window; each one's event-loop lag (a probe: how late
+   `asyncio.sleep(0.01)` wakes, stalls over 50 ms with when), each group commit's time and size,
+   each full re-read's start and length, and the notifications it applied. The load generator
+   runs on each replica's own loop (no wire), so the lag is the replica's and the caller's alike.
+   --resync-interval sets the replicas' re-read interval (30 s, the default, lands 0-1 re-reads
+   in the window). --only-processes runs this step alone (per --sizes).
 
 Part 2, through real processes: one PostgreSQL holding --path-devices devices over --sites sites,
 three `meshplane serve --registry-store …` replicas (default settings but ports), a real
@@ -31,6 +36,17 @@ and `ip` needed):
    the replica it is connected to (Envoy's own connection count says which), a new device
    registered at a survivor right after, timed from the kill until the gateway, reconnected to a
    survivor, routes to it; the killed replica is started again on its ports before the next run.
+8. (run first, on the fleet as filled) heartbeats through the replicas' gRPC API, the user's path:
+   every device renews once over --heartbeat-seconds at the even rate that takes, device i at
+   replica i % 3 over one of --heartbeat-streams HeartbeatStreams there, authenticated with the
+   fleet's class token; each stream carries one renewal at a time, so a renewal due while its
+   stream is busy waits, and the wait counts: latency is from each due time to the answer. p50,
+   p99 per replica, the calls over 50 ms by second of the window, and this client's own
+   event-loop lag (the client shares the cores). --heartbeat-streams 0 makes each renewal a unary
+   call of its own, open loop, as devices on their own connections would; one Python client
+   cannot start 3,333 of them a second on 2 cores (its loop falls seconds behind), so the streams
+   are the default. --only-path-heartbeats runs part 2 up to this step alone (no root, no Envoy);
+   --skip-path-heartbeats leaves it out.
 
 PostgreSQL is a private server (tests/postgres.py) on this machine, fsync on: every acknowledged
 call is durable. Every process (PostgreSQL, the replicas, Envoy, this client) shares the
@@ -41,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import json
@@ -62,10 +79,11 @@ from typing import Any
 import aiohttp
 import grpc
 
-from benchmarks.edge_registry import BIKES, listening, registration_to_routing, write_sites
+from benchmarks.edge_registry import BIKES, CLASS_TOKEN, listening, registration_to_routing, write_sites
 from benchmarks.edge_registry import device as fleet_device
 from benchmarks.edge_registry import sites as fleet_sites
 from benchmarks.registration_path import load_average, quantile, write_tokens
+from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.discovery.registry import heap
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
@@ -226,8 +244,95 @@ async def in_process(
     return figures
 
 
+class LoopProbe:
+    """How late `asyncio.sleep(0.01)` wakes on this process's loop, all through a window: the lag
+    distribution and every stall over `STALL` s, with when it began (s into the window)."""
+
+    STALL = 0.05
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.stalls: list[tuple[float, float]] = []
+        self.start = time.perf_counter()
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lag = time.perf_counter() - before - 0.01
+            self.lags.append(lag)
+            if lag > self.STALL:
+                self.stalls.append((round(before - self.start, 2), round(lag * 1000, 1)))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        self.start = time.perf_counter()
+        task = asyncio.create_task(self._run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def figures(self) -> dict[str, Any]:
+        cuts = statistics.quantiles(self.lags, n=100) if len(self.lags) > 1 else [0.0] * 99
+        return {
+            "lag_p99_ms": round(cuts[98] * 1000, 1),
+            "lag_max_ms": round(max(self.lags, default=0.0) * 1000, 1),
+            "stalls_over_50ms": self.stalls[:20],
+        }
+
+
+class StoreTimings:
+    """Times each group commit and each full re-read of one `PostgresStore` (wraps its methods on
+    the instance), and counts the notifications it applies."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.commits: list[tuple[float, int]] = []
+        self.resyncs: list[tuple[float, float]] = []
+        self.notices = 0
+        self.start = time.perf_counter()
+        commit, resync, notice = store._commit, store._resync, store._apply_notice
+
+        async def timed_commit(jobs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await commit(jobs)
+            finally:
+                self.commits.append((time.perf_counter() - began, sum(len(job.changes) for job in jobs)))
+
+        async def timed_resync(view: Any) -> None:
+            began = time.perf_counter()
+            try:
+                await resync(view)
+            finally:
+                self.resyncs.append((round(began - self.start, 2), round((time.perf_counter() - began) * 1000, 1)))
+
+        async def counted_notice(view: Any, payload: str) -> None:
+            self.notices += 1
+            await notice(view, payload)
+
+        store._commit = timed_commit  # type: ignore[method-assign]
+        store._resync = timed_resync  # type: ignore[method-assign]
+        store._apply_notice = counted_notice  # type: ignore[method-assign]
+
+    def figures(self) -> dict[str, Any]:
+        seconds = sorted(s for s, _ in self.commits)
+        cuts = statistics.quantiles(seconds, n=100) if len(seconds) > 1 else [0.0] * 99
+        return {
+            "commits": len(seconds),
+            "changes_per_commit_mean": round(sum(n for _, n in self.commits) / max(len(self.commits), 1), 1),
+            "commit_p50_ms": round(cuts[49] * 1000, 1),
+            "commit_p99_ms": round(cuts[98] * 1000, 1),
+            "commit_max_ms": round(max(seconds, default=0.0) * 1000, 1),
+            "resyncs_at_s_ms": self.resyncs,
+            "notifications": self.notices,
+        }
+
+
 def heartbeat_replica(
-    url: str, mine: int, devices: int, period: float, freeze: bool, barrier: Any, answer: Any
+    url: str, mine: int, devices: int, period: float, freeze: bool, barrier: Any, answer: Any, resync: float = 30.0
 ) -> None:
     """One replica's registry in a process of its own, as `meshplane serve` runs it: registers the
     devices `index % REPLICAS == mine`, waits until it holds every device (the others' too, by
@@ -249,7 +354,7 @@ def heartbeat_replica(
             pauses.append(time.perf_counter() - started[0])
 
     async def run() -> None:
-        store = PostgresStore(PostgresSettings(url, pool_size=4))
+        store = PostgresStore(PostgresSettings(url, pool_size=4, resync_interval=resync))
         async with following([store]) as (registry,):
             own = list(range(mine, devices, REPLICAS))
             leases: dict[int, str] = {}
@@ -277,14 +382,27 @@ def heartbeat_replica(
                 )
 
             pauses.clear()
-            figures = await paced(len(own), len(own) / period, heartbeat)
-            answer.send({"figures": figures, "gc_full_passes": len(pauses), "gc_longest_s": max(pauses, default=0.0)})
+            probe = LoopProbe()
+            timings = StoreTimings(store)
+            async with probe.running():
+                figures = await paced(len(own), len(own) / period, heartbeat)
+            answer.send(
+                {
+                    "figures": figures,
+                    "gc_full_passes": len(pauses),
+                    "gc_longest_s": max(pauses, default=0.0),
+                    "loop": probe.figures(),
+                    "store": timings.figures(),
+                }
+            )
 
     gc.callbacks.append(collected)
     asyncio.run(run())
 
 
-async def heartbeats_in_processes(url: str, devices: int, period: float, freeze: bool = True) -> dict[str, Any]:
+async def heartbeats_in_processes(
+    url: str, devices: int, period: float, freeze: bool = True, resync: float = 30.0
+) -> dict[str, Any]:
     """Paced heartbeats on PostgreSQL with each of the three replicas' registries in its own
     process (its own event loop and garbage collector, as in production): each replica's latency
     percentiles, counted from each call's due time, and the worst replica's p99."""
@@ -292,7 +410,9 @@ async def heartbeats_in_processes(url: str, devices: int, period: float, freeze:
     barrier = context.Barrier(REPLICAS)
     pipes = [context.Pipe(duplex=False) for _ in range(REPLICAS)]
     processes = [
-        context.Process(target=heartbeat_replica, args=(url, mine, devices, period, freeze, barrier, pipes[mine][1]))
+        context.Process(
+            target=heartbeat_replica, args=(url, mine, devices, period, freeze, barrier, pipes[mine][1], resync)
+        )
         for mine in range(REPLICAS)
     ]
     for process in processes:
@@ -316,6 +436,8 @@ async def heartbeats_in_processes(url: str, devices: int, period: float, freeze:
         "p99_ms_worst_replica": max(float(figures["p99_ms"]) for figures in replicas),
         "gc_full_passes_per_replica": [answer["gc_full_passes"] for answer in answers],
         "gc_longest_ms": round(max(answer["gc_longest_s"] for answer in answers) * 1000, 1),
+        "loop_per_replica": [answer["loop"] for answer in answers],
+        "store_per_replica": [answer["store"] for answer in answers],
     }
 
 
@@ -388,20 +510,25 @@ def replica(name: str, work: Path, url: str, policy: Path, tokens: Path, passwor
     return Replica(name, command, xds, status, registry, work / f"replica-{name}.log")
 
 
-async def fill(url: str, size: int, site_count: int, extra: str) -> float:
+async def fill(url: str, size: int, site_count: int, extra: str) -> tuple[float, list[str]]:
     """Registers `size` fleet devices (`benchmarks.edge_registry.device`, leases of an hour) into the
-    database at `url` through one registry; returns the seconds it took."""
+    database at `url` through one registry; returns the seconds it took and each device's lease id."""
     site_map = fleet_sites(site_count, extra)
     registry = EdgeRegistry(
         PostgresStore(PostgresSettings(url, pool_size=4)), lambda: site_map, leases=LeaseSettings(max_ttl=3600)
     )
     await registry.load()
+    leases = [""] * size
+
+    async def register(index: int) -> None:
+        leases[index] = (await registry.register(BIKES, fleet_device(index, site_count))).lease_id
+
     started = time.perf_counter()
     try:
-        await timed(size, 64, lambda index: registry.register(BIKES, fleet_device(index, site_count)))
+        await timed(size, 64, register)
     finally:
         await registry.close()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, leases
 
 
 async def connected_to(gateway: Envoy, replicas: Sequence[Replica], deadline: float = 60) -> Replica:
@@ -451,23 +578,141 @@ def distribution(seconds: list[float]) -> dict[str, Any]:
     }
 
 
-async def through_replicas(
-    server: PostgresServer, device_host: DeviceHost, size: int, site_count: int, runs: int, gap: float, failovers: int
+# Step 8's connections to each replica for unary calls.
+CONNECTIONS = 8
+
+
+async def heartbeats_through_replicas(
+    group: Sequence[Replica], leases: Sequence[str], period: float, streams: int
 ) -> dict[str, Any]:
-    """Part 2 (see the module docstring)."""
+    """Step 8 (see the module docstring): every device renews once over `period` s through the
+    replicas' gRPC API, device i at replica i % 3; latency from the due time to the answer. With
+    `streams` 0, each renewal is a unary Heartbeat call of its own started at its due time, as
+    devices each renewing on their own connection make them (open loop); otherwise on one of
+    `streams` HeartbeatStreams per replica, each carrying one renewal at a time, as a gateway
+    relaying its devices' renewals would (a renewal due while its stream is busy waits, counted)."""
+    devices = len(leases)
+    latencies: list[list[float]] = [[] for _ in group]
+    slow: list[list[tuple[float, float]]] = [[] for _ in group]  # (due s into the window, ms) over 50 ms
+    start = time.perf_counter()
+    metadata = (("authorization", f"Bearer {CLASS_TOKEN}"),)
+    # Unary calls: CONNECTIONS connections a replica (each its own, not grpc's shared one), calls
+    # spread over them, so no one connection's concurrent-stream limit stands for a replica's.
+    local = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{member.registry_port}", options=local)
+        for member in group
+        for _ in range(1 if streams else CONNECTIONS)
+    ]
+    stubs = [registry_pb2_grpc.RegistryStub(channel) for channel in channels]
+    failed: collections.Counter[str] = collections.Counter()
+    queues: list[list[asyncio.Queue[tuple[int, float] | None]]] = [
+        [asyncio.Queue() for _ in range(streams)] for _ in group
+    ]
+
+    def answered(replica: int, due: float) -> None:
+        latencies[replica].append(time.perf_counter() - due)
+        if latencies[replica][-1] > 0.05:
+            slow[replica].append((round(due - start, 2), round(latencies[replica][-1] * 1000, 1)))
+
+    def request(index: int) -> Any:
+        return pb.HeartbeatRequest(device_id=f"bike-{index:06d}", lease_id=leases[index])
+
+    async def relay(replica: int, queue: asyncio.Queue[tuple[int, float] | None]) -> None:
+        call = stubs[replica].HeartbeatStream(metadata=metadata)  # one channel a replica
+        while (item := await queue.get()) is not None:
+            index, due = item
+            await call.write(request(index))
+            if await call.read() is grpc.aio.EOF:
+                raise RuntimeError(f"replica {group[replica].name} ended a heartbeat stream: {await call.code()}")
+            answered(replica, due)
+        await call.done_writing()
+
+    async def renew(index: int, due: float) -> None:
+        replica = index % len(group)
+        try:
+            await stubs[replica * CONNECTIONS + index // len(group) % CONNECTIONS].Heartbeat(
+                request(index), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            failed[f"{group[replica].name}: {error.code().name}: {error.details()}"] += 1
+            return
+        answered(replica, due)
+
+    workers = [asyncio.create_task(relay(r, queue)) for r, row in enumerate(queues) for queue in row]
+    calls: set[asyncio.Task[None]] = set()
+    try:
+        for channel in channels:
+            await channel.channel_ready()
+        probe = LoopProbe()
+        async with probe.running():
+            start = time.perf_counter()
+            for index in range(devices):
+                due = start + index * period / devices
+                if (delay := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(delay)
+                if streams:
+                    queues[index % len(group)][index // len(group) % streams].put_nowait((index, due))
+                else:
+                    task = asyncio.create_task(renew(index, due))
+                    calls.add(task)
+                    task.add_done_callback(calls.discard)
+            started_for = time.perf_counter() - start
+            for row in queues:
+                for queue in row:
+                    queue.put_nowait(None)
+            await asyncio.gather(*workers, *calls)
+            elapsed = time.perf_counter() - start
+    finally:
+        for channel in channels:
+            await channel.close()
+    replicas = {
+        member.name: {
+            **percentiles(latencies[r], len(latencies[r]), elapsed),
+            "over_50ms": len(slow[r]),
+            "slowest_over_50ms_at_s_ms": sorted(slow[r], key=lambda call: -call[1])[:10],
+            "over_50ms_per_second_of_window": {
+                second: sum(1 for due, _ in slow[r] if int(due) == second)
+                for second in sorted({int(due) for due, _ in slow[r]})
+            },
+        }
+        for r, member in enumerate(group)
+    }
+    return {
+        "devices": devices,
+        "calls": f"{streams} HeartbeatStreams a replica" if streams else "a unary Heartbeat call each",
+        "target_per_second": round(devices / period),
+        "started_per_second": round(devices / started_for),
+        "per_replica": replicas,
+        "p50_ms": percentiles([s for row in latencies for s in row], devices, elapsed)["p50_ms"],
+        "p99_ms_worst_replica": max(float(figures["p99_ms"]) for figures in replicas.values()),
+        "failed": dict(failed),
+        "client_loop": probe.figures(),
+    }
+
+
+async def through_replicas(
+    server: PostgresServer,
+    device_host: DeviceHost | None,
+    size: int,
+    site_count: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Part 2 (see the module docstring); steps 6 and 7 only with a `device_host`."""
     work = Path(tempfile.mkdtemp(prefix="meshplane-bench-replicas-"))
-    address = device_host.address
+    # Without a stand-in device, an address no fleet device has stands in its site range.
+    address = device_host.address if device_host else "10.255.255.1"
     url = server.url(server.create_database())
     group: list[Replica] = []
     envoys: list[Envoy] = []
     figures: dict[str, Any] = {"devices": size, "sites": site_count}
     try:
-        figures["fill_seconds"] = round(await fill(url, size, site_count, address), 1)
+        filled, leases = await fill(url, size, site_count, address)
+        figures["fill_seconds"] = round(filled, 1)
         policy = write_sites(work / "policy", site_count, address)
         tokens = write_tokens(work / "tokens.yaml")
         password = work / "password"
         password.write_text(PASSWORD + "\n")
-        backend_port = await asyncio.to_thread(device_host.serve, "replicas-device")
         group = [replica(name, work, url, policy, tokens, password) for name in "abc"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             started = time.perf_counter()
@@ -477,6 +722,18 @@ async def through_replicas(
                 await member.ready(session, 600)
             figures["three_replicas_start_to_ready_ms"] = round((time.perf_counter() - started) * 1000, 1)
             a, _, c = group
+
+            # 8 (first: the fleet's steady state, before the other steps add devices and restarts).
+            if not args.skip_path_heartbeats:
+                figures["load_average_heartbeats"] = load_average()
+                figures["heartbeats_through_replicas"] = await heartbeats_through_replicas(
+                    group, leases, args.heartbeat_seconds, args.heartbeat_streams
+                )
+                figures["load_average_heartbeats_end"] = load_average()
+            if device_host is None:
+                return figures
+            runs, gap, failovers = args.runs, args.gap, args.failovers
+            backend_port = await asyncio.to_thread(device_host.serve, "replicas-device")
 
             # 6. registration at A → the gateway on C routing to it.
             gateway = await start_envoy(
@@ -564,22 +821,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 figures[f"processes_{size}"] = {
                     "load_average_start": load_average(),
                     **await heartbeats_in_processes(
-                        server.url(server.create_database()), size, args.heartbeat_seconds, args.gc_freeze
+                        server.url(server.create_database()),
+                        size,
+                        args.heartbeat_seconds,
+                        args.gc_freeze,
+                        args.resync_interval,
                     ),
+                    "resync_interval_s": args.resync_interval,
                     "load_average_end": load_average(),
                 }
             return figures
-        if not args.skip_in_process:
+        if not (args.skip_in_process or args.only_path_heartbeats):
             for size in (int(s) for s in args.sizes.split(",")):
                 figures[f"in_process_{size}"] = await in_process(
                     server, size, args.heartbeats, args.concurrency, args.heartbeat_seconds, args.gc_freeze
                 )
-        if args.path_devices:
+        if args.only_path_heartbeats:
+            figures["replicas"] = await through_replicas(server, None, args.path_devices, args.sites, args)
+        elif args.path_devices:
             device_host = await asyncio.to_thread(make_device_host)
             try:
-                figures["replicas"] = await through_replicas(
-                    server, device_host, args.path_devices, args.sites, args.runs, args.gap, args.failovers
-                )
+                figures["replicas"] = await through_replicas(server, device_host, args.path_devices, args.sites, args)
             finally:
                 await asyncio.to_thread(device_host.close)
     return figures
@@ -599,6 +861,22 @@ def main() -> None:
     parser.add_argument("--failovers", type=int, default=5)
     parser.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false", help="step 5's before")
     parser.add_argument("--only-processes", action="store_true", help="step 5 alone, per --sizes")
+    parser.add_argument(
+        "--heartbeat-streams",
+        type=int,
+        default=16,
+        help="step 8: HeartbeatStreams a replica (0: a unary call each; one Python client cannot pace 3,333/s)",
+    )
+    parser.add_argument("--skip-path-heartbeats", action="store_true", help="part 2 without step 8")
+    parser.add_argument(
+        "--only-path-heartbeats", action="store_true", help="part 2 up to step 8 alone (no root, no Envoy)"
+    )
+    parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=30.0,
+        help="step 5's replicas' full re-read interval (s; 10: about three re-reads a replica in the window)",
+    )
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     print(f"{'size':>7} {'store':<22} {'what':<17} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
@@ -617,7 +895,13 @@ def main() -> None:
             f"{sized['devices']:>7} {'postgresql_3_processes':<22} {'heartbeats_paced':<17} {spread['per_second']:>9}"
             f" {max(spread['p50_ms_per_replica']):>8} {spread['p99_ms_worst_replica']:>8}"
         )
-    if "replicas" in figures:
+    if "heartbeats_through_replicas" in figures.get("replicas", {}):
+        beats = figures["replicas"]["heartbeats_through_replicas"]
+        print(
+            f"heartbeats through 3 replicas' gRPC API ({beats['devices']} devices, {beats['started_per_second']}/s):"
+            f" p50 {beats['p50_ms']} ms, worst replica's p99 {beats['p99_ms_worst_replica']} ms"
+        )
+    if "failover_kill_to_routing_ms" in figures.get("replicas", {}):
         path, failover = figures["replicas"], figures["replicas"]["failover_kill_to_routing_ms"]
         across = path["registration_at_a_to_gateway_on_c_ms"]
         print(

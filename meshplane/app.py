@@ -428,8 +428,13 @@ class ControlPlane:
         log.warning("%s", message, extra={"event": "keys_unauthenticated"})
 
     def _sites(self) -> dict[str, Site] | None:
-        """The edge sites of the policy files' last good load (sites come from nowhere else); None
-        before one (the registry then asks devices to retry)."""
+        """The edge sites devices may register at. With meshplane's own API on, the last merged
+        mesh's (the policy files' sites and the EdgeSite objects, files winning an id), so a site
+        defined by an EdgeSite alone admits registrations; else the policy files' last good load.
+        None before there is one (the registry then asks devices to retry)."""
+        if self.meshplane_api is not None:
+            merged = self.inventory.mesh
+            return {site.id: site for site in merged.sites} if merged is not None else None
         if self.policy is None:
             return {}
         mesh = self.policy.mesh

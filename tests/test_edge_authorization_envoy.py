@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ipaddress
 import json
 import ssl
 import time
@@ -37,16 +36,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
-from meshplane.app import Settings
 from meshplane.discovery.registry.auth import token_digest
 from meshplane.discovery.registry.registry import LeaseSettings
-from meshplane.registry_api.server import EdgeSettings
 from meshplane.xds.translate.edge_authorization import CALLER_HEADER
 from meshplane.xds.translate.edge_gateway import IDENTITY_HEADER
-from tests.edge_plane import QUICK, running_control_plane
+from tests.certificates import Pair, csr_for
+from tests.edge_plane import running_control_plane
 from tests.envoy_harness import Envoy, start_envoy
 from tests.ports import free_port
-from tests.test_edge_zero_trust import Connection, Pair, client_context, csr_for, issue, make_ca
+from tests.test_edge_zero_trust import Connection, client_context, edge_plane_settings, write_authorities
 
 pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
 
@@ -185,16 +183,8 @@ async def running_plane(directory: Path) -> AsyncIterator[Plane]:
     cloud_port = free_port()
     await web.TCPSite(cloud, "127.0.0.1", cloud_port).start()
     try:
-        site_ca, registry_ca = make_ca("gateways-ca"), make_ca("devices-ca")
-        gateway_pair = issue(site_ca, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        site_ca_path = write_authorities(directory).site_ca_path
         policy = directory / "policy"
-        policy.mkdir()
-        gateway_pair.write(policy / "gateway.pem", policy / "gateway.key")
-        site_ca_path = directory / "gateways-ca.pem"
-        site_ca_path.write_bytes(site_ca.certificate_pem)
-        ca_path, ca_key_path = directory / "devices-ca.pem", directory / "devices-ca.key"
-        ca_path.write_bytes(registry_ca.certificate_pem)
-        ca_key_path.write_bytes(registry_ca.key_pem)
         signing_key = ec.generate_private_key(ec.SECP256R1())
         tls = "{certificate: gym-gateway, client_certificates: optional, to_devices: plaintext}"
         (policy / "edge.yaml").write_text(
@@ -213,25 +203,7 @@ services:
         tokens.write_text(
             "tokens:\n" + "".join(f"  - {{sha256: {token_digest(t)}, class: {c}}}\n" for c, t in TOKENS.items())
         )
-        registry = EdgeSettings(
-            db=str(directory / "registry.db"),
-            address="127.0.0.1:0",
-            http_address="127.0.0.1:0",
-            tokens=tokens,
-            ca_certificate=ca_path,
-            ca_key=ca_key_path,
-            leases=LeaseSettings(default_ttl=600, min_ttl=1, check_interval=0.5),
-        )
-        settings = Settings(
-            config=policy,
-            xds_address="127.0.0.1:0",
-            status_address="127.0.0.1:0",
-            edge=registry,
-            # The gateway fetches the site's private key over xDS on loopback, without a client
-            # certificate: served only because this test says so.
-            insecure_serve_keys_without_client_auth=True,
-            **QUICK,  # type: ignore[arg-type]
-        )
+        settings = edge_plane_settings(directory, tokens, LeaseSettings(default_ttl=600, min_ttl=1, check_interval=0.5))
         async with (
             running_control_plane(settings) as plane,
             grpc.aio.insecure_channel(f"127.0.0.1:{plane.edge.port}") as channel,  # type: ignore[union-attr]

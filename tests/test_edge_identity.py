@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -33,6 +34,7 @@ from meshplane.registry_api import options
 from meshplane.registry_api.console import devices_command
 from meshplane.registry_api.server import EdgeRegistryServer, EdgeSettings
 from meshplane.tls import TlsFilesError
+from tests import certificates
 
 SITE = Site("gym-berlin", "eu-central", "a", (GatewayAddress("10.20.0.2", 15080),), ("10.20.0.0/16",))
 TOKENS = {"bike-1": "token-bike-1", "bikes": "token-bikes", "ops": "token-ops"}
@@ -50,26 +52,11 @@ class Ca:
 
 
 def make_ca(directory: Path) -> Ca:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devices-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    pair = certificates.make_ca("devices-ca")
     certificate_path, key_path = directory / "ca.pem", directory / "ca.key"
-    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return Ca(certificate, certificate_path, key_path)
+    certificate_path.write_bytes(pair.certificate_pem)
+    key_path.write_bytes(pair.key_pem)
+    return Ca(pair.certificate, certificate_path, key_path)
 
 
 def make_csr(
@@ -610,22 +597,8 @@ async def test_an_issued_certificate_authenticates_the_device_on_the_registrys_m
     )
     try:
         key, csr = make_csr()
-        async with aiohttp.ClientSession() as session:
-            answer = await session.post(
-                f"http://127.0.0.1:{edge.http_port}/v1/register",
-                json={**_json_bike(), "csr": csr},
-                headers={"Authorization": f"Bearer {TOKENS['bike-1']}"},
-            )
-            assert answer.status == 200, await answer.text()
-            issued = (await answer.json())["certificate"]
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca.certificate_path.read_bytes(),
-            private_key=key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-            certificate_chain=issued.encode(),
-        )
-        async with grpc.aio.secure_channel(f"127.0.0.1:{edge.port}", credentials) as channel:
+        issued = (await _registered_over_json(edge, csr))["certificate"]
+        async with _mtls_stub(edge, ca, key, issued) as channel:
             device = await registry_pb2_grpc.RegistryStub(channel).Get(pb.GetRequest(device_id="bike-1"))
         assert device.certificate.uri_san == SPIFFE_ID
     finally:
@@ -643,6 +616,18 @@ def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+async def _registered_over_json(edge: EdgeRegistryServer, csr: str) -> Any:
+    """bike-1 registered with `csr` on the JSON port, by its class token: the answer (200 asserted)."""
+    async with aiohttp.ClientSession() as session:
+        answer = await session.post(
+            f"http://127.0.0.1:{edge.http_port}/v1/register",
+            json={**_json_bike(), "csr": csr},
+            headers={"Authorization": f"Bearer {TOKENS['bike-1']}"},
+        )
+        assert answer.status == 200, await answer.text()
+        return await answer.json()
 
 
 def _mtls_stub(edge: EdgeRegistryServer, ca: Ca, key: PrivateKey, certificate_pem: str) -> grpc.aio.Channel:
@@ -672,14 +657,7 @@ async def test_a_device_certificate_renews_only_the_live_registration_it_was_las
     )
     try:
         first_key, csr = make_csr()
-        async with aiohttp.ClientSession() as session:
-            answer = await session.post(
-                f"http://127.0.0.1:{edge.http_port}/v1/register",
-                json={**_json_bike(), "csr": csr},
-                headers={"Authorization": f"Bearer {TOKENS['bike-1']}"},
-            )
-            assert answer.status == 200, await answer.text()
-            first = await answer.json()
+        first = await _registered_over_json(edge, csr)
         lease_id = first["lease_id"]
         async with _mtls_stub(edge, ca, first_key, first["certificate"]) as channel:
             by_first = registry_pb2_grpc.RegistryStub(channel)

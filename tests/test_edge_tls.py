@@ -15,7 +15,6 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.core.v3 import base_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
@@ -58,6 +57,7 @@ from meshplane.xds.server.nodes import ProtocolError, proxy_group
 from meshplane.xds.translate import translate
 from meshplane.xds.translate.edge_gateway import DEVICE_IDENTITY_FILTER, IDENTITY_HEADER
 from meshplane.xds.types import TypeUrl
+from tests.certificates import make_ca
 from tests.envoy_harness import validate_bootstrap
 
 PEM = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"
@@ -258,24 +258,7 @@ def test_a_site_without_tls_is_served_as_before() -> None:
 
 
 def _certificate(directory: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    make_ca("ca", lifetime=datetime.timedelta(days=1)).write(directory / "cert.pem", directory / "key.pem")
     return directory / "cert.pem"
 
 
@@ -415,24 +398,7 @@ _NOW = datetime.datetime.now(datetime.UTC).timestamp()
 @pytest.fixture(scope="module")
 def authority(tmp_path_factory: pytest.TempPathFactory) -> identity.CertificateAuthority:
     directory = tmp_path_factory.mktemp("fuzz-ca")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devices-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(2)
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "ca.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "ca.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    make_ca("devices-ca", lifetime=datetime.timedelta(days=1)).write(directory / "ca.pem", directory / "ca.key")
     return identity.CertificateAuthority(directory / "ca.pem", directory / "ca.key")
 
 

@@ -25,7 +25,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,7 @@ import pytest
 import yaml
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
@@ -56,9 +54,11 @@ from meshplane.discovery.registry.auth import token_digest
 from meshplane.discovery.registry.registry import LeaseSettings
 from meshplane.registry_api.server import EdgeSettings
 from meshplane.xds.translate.edge_gateway import DEVICE_HEADER, IDENTITY_HEADER
+from tests.certificates import Pair, csr_for, issue, make_ca, now
 from tests.edge_plane import QUICK, running_control_plane
-from tests.envoy_harness import DEADLINE, Envoy, envoy_binary, start_envoy
+from tests.envoy_harness import Envoy, envoy_binary, start_envoy
 from tests.netns import DeviceHost, make_device_host, unavailable_reason
+from tests.polling import eventually
 from tests.ports import free_port
 from tests.preconditions import require, requires
 
@@ -114,83 +114,6 @@ TRUST_DOMAIN = "meshplane.local"
 
 def spiffe(site: str, device: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/site/{site}/device/{device}"
-
-
-# --- certificates ---
-
-
-@dataclass(frozen=True)
-class Pair:
-    certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def certificate_pem(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    def write(self, certificate: Path, key: Path) -> None:
-        """Writes both files as a renewal would: each to a temporary name, then renamed over (the
-        key first, so a reader never pairs a new certificate with the old key for long)."""
-        for path, data in ((key, self.key_pem), (certificate, self.certificate_pem)):
-            temporary = path.with_name(f".{path.name}.tmp")
-            temporary.write_bytes(data)
-            temporary.rename(path)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def make_ca(name: str) -> Pair:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - datetime.timedelta(hours=1))
-        .not_valid_after(_now() + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return Pair(certificate, key)
-
-
-def issue(ca: Pair, sans: list[x509.GeneralName], *, hours: float = 24, ended: bool = False) -> Pair:
-    """A leaf for `sans` signed by `ca`, for client and server use; `ended`: valid until an hour ago."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    start, end = _now() - datetime.timedelta(hours=2), _now() + datetime.timedelta(hours=hours)
-    if ended:
-        end = _now() - datetime.timedelta(hours=1)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    return Pair(certificate, key)
-
-
-def csr_for(key: ec.EllipticCurvePrivateKey) -> str:
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 # --- HTTP over one TLS connection ---
@@ -268,18 +191,6 @@ def client_context(trust: Path, pair: Pair | None, directory: Path) -> ssl.SSLCo
         pair.write(certificate, key)
         context.load_cert_chain(certificate, key)
     return context
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, deadline: float = DEADLINE) -> Any:
-    """Polls `check` until it returns something truthy; fails with `what` and the last value."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 # --- the plane ---
@@ -367,6 +278,57 @@ def gateway_sans(address: str) -> list[x509.GeneralName]:
     return [x509.IPAddress(ipaddress.ip_address(value)) for value in sorted({"127.0.0.1", address})]
 
 
+@dataclass(frozen=True)
+class EdgeAuthorities:
+    """The two CAs of a zero-trust site, new, and the gateway's certificate from the first."""
+
+    site_ca: Pair  # the gateways' CA: devices verify their gateway by it
+    site_ca_path: Path
+    registry_ca: Pair  # the registry's: it signs the devices' certificates
+    gateway_pair: Pair
+
+
+def write_authorities(directory: Path, gateway_address: str = "127.0.0.1") -> EdgeAuthorities:
+    """New CAs and a gateway certificate for `gateway_address` (and loopback), written where the
+    policy files (`policy/gateway.pem`, `policy/gateway.key`, the folder made here) and
+    `edge_plane_settings` (`devices-ca.pem`, `devices-ca.key`) read them, plus `gateways-ca.pem`."""
+    site_ca, registry_ca = make_ca("gateways-ca"), make_ca("devices-ca")
+    gateway_pair = issue(site_ca, gateway_sans(gateway_address))
+    policy = directory / "policy"
+    policy.mkdir()
+    gateway_pair.write(policy / "gateway.pem", policy / "gateway.key")
+    site_ca_path = directory / "gateways-ca.pem"
+    site_ca_path.write_bytes(site_ca.certificate_pem)
+    (directory / "devices-ca.pem").write_bytes(registry_ca.certificate_pem)
+    (directory / "devices-ca.key").write_bytes(registry_ca.key_pem)
+    return EdgeAuthorities(site_ca, site_ca_path, registry_ca, gateway_pair)
+
+
+def edge_plane_settings(directory: Path, tokens: Path, leases: LeaseSettings) -> Settings:
+    """A control plane (`QUICK`) of the policy files in `directory/policy` with the registry on
+    loopback: its store and CA (`devices-ca.pem`, `devices-ca.key`) in `directory`, class tokens
+    from `tokens`. The site's private key is served over xDS without a client certificate."""
+    registry = EdgeSettings(
+        db=str(directory / "registry.db"),
+        address="127.0.0.1:0",
+        http_address="127.0.0.1:0",
+        tokens=tokens,
+        ca_certificate=directory / "devices-ca.pem",
+        ca_key=directory / "devices-ca.key",
+        leases=leases,
+    )
+    return Settings(
+        config=directory / "policy",
+        xds_address="127.0.0.1:0",
+        status_address="127.0.0.1:0",
+        edge=registry,
+        # The gateway fetches the site's private key over xDS on loopback, without a client
+        # certificate: served only because these tests say so.
+        insecure_serve_keys_without_client_auth=True,
+        **QUICK,  # type: ignore[arg-type]
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_zero_trust(
     directory: Path,
@@ -387,18 +349,10 @@ async def running_zero_trust(
     cloud_port = free_port()
     await web.TCPSite(cloud, "127.0.0.1", cloud_port).start()
     try:
-        site_ca, registry_ca = make_ca("gateways-ca"), make_ca("devices-ca")
-        gateway_pair = issue(site_ca, gateway_sans(gateway_address))
+        authorities = write_authorities(directory, gateway_address)
         gateway_port = free_port()
         listed = f", gateways: ['{gateway_address}:{gateway_port}']" if gateway_address != "127.0.0.1" else ""
         policy = directory / "policy"
-        policy.mkdir()
-        gateway_pair.write(policy / "gateway.pem", policy / "gateway.key")
-        site_ca_path = directory / "gateways-ca.pem"
-        site_ca_path.write_bytes(site_ca.certificate_pem)
-        registry_ca_path, registry_key_path = directory / "devices-ca.pem", directory / "devices-ca.key"
-        registry_ca_path.write_bytes(registry_ca.certificate_pem)
-        registry_key_path.write_bytes(registry_ca.key_pem)
         ranges = f"['{device_address}/32']"
         (policy / "edge.yaml").write_text(
             f"""secrets:
@@ -414,24 +368,8 @@ services:
         )
         tokens = directory / "tokens.yaml"
         tokens.write_text(f"tokens:\n  - {{sha256: {token_digest(BIKES)}, class: bike}}\n")
-        registry = EdgeSettings(
-            db=str(directory / "registry.db"),
-            address="127.0.0.1:0",
-            http_address="127.0.0.1:0",
-            tokens=tokens,
-            ca_certificate=registry_ca_path,
-            ca_key=registry_key_path,
-            leases=LeaseSettings(default_ttl=30, min_ttl=1, check_interval=lease_check_interval),
-        )
-        settings = Settings(
-            config=policy,
-            xds_address="127.0.0.1:0",
-            status_address="127.0.0.1:0",
-            edge=registry,
-            # The gateway fetches the site's private key over xDS on loopback, without a client
-            # certificate: served only because this test says so.
-            insecure_serve_keys_without_client_auth=True,
-            **QUICK,  # type: ignore[arg-type]
+        settings = edge_plane_settings(
+            directory, tokens, LeaseSettings(default_ttl=30, min_ttl=1, check_interval=lease_check_interval)
         )
         async with (
             running_control_plane(settings) as plane,
@@ -464,10 +402,10 @@ services:
                     plane,
                     device_address,
                     envoys[0],
-                    site_ca,
-                    site_ca_path,
-                    registry_ca,
-                    gateway_pair,
+                    authorities.site_ca,
+                    authorities.site_ca_path,
+                    authorities.registry_ca,
+                    authorities.gateway_pair,
                     registry_pb2_grpc.RegistryStub(channel),
                     plain_gateway=envoys[1] if plain_site else None,
                     gateway_address=gateway_address,
@@ -583,7 +521,7 @@ async def test_a_lease_that_ends_stops_the_devices_requests_on_an_open_connectio
         # The certificate stays valid for 20 minutes; only the lease is shortened, and not renewed.
         await edge.register("bike-1", ttl=1, csr=False)
         lease_end = edge.expiries["bike-1"]
-        assert bike.certificate.not_valid_after_utc > _now() + datetime.timedelta(minutes=10)
+        assert bike.certificate.not_valid_after_utc > now() + datetime.timedelta(minutes=10)
 
         async def refused() -> tuple[Answer, float] | None:
             answer = await connection.get("/rides")
@@ -810,107 +748,133 @@ async def device_envoy(
     )
 
 
-async def test_the_cloud_reaches_a_device_only_with_its_certificate_and_a_rogue_gets_no_request(
-    edge: Edge, device_host: DeviceHost
-) -> None:
+@dataclass(frozen=True)
+class RunningBike:
+    """bike-1, registered at its inbound listener with the certificate its Envoy's files hold."""
+
+    pair: Pair
+    inbound_port: int
+    certificates: Path  # the device Envoy's certificate directory
+
+
+@contextlib.asynccontextmanager
+async def running_bike(
+    edge: Edge, device_host: DeviceHost, outbound_port: int | None = None
+) -> AsyncIterator[RunningBike]:
+    """bike-1's app and Envoy in the device namespace (reaching the plane through `xds_relay`),
+    registered with a CSR and its certificate written to the Envoy's files; the Envoy is stopped
+    on the way out."""
     app_port = await asyncio.to_thread(device_host.serve, "bike-1")
     inbound_port = free_port()
     certificates = edge.directory / "device-certificate"
     async with xds_relay(device_host.host_address, edge.plane.xds_port) as relay_port:
-        envoy = await device_envoy(edge, device_host, relay_port, inbound_port, app_port)
+        envoy = await device_envoy(edge, device_host, relay_port, inbound_port, app_port, outbound_port)
         try:
             bike = await edge.register("bike-1", port=inbound_port)
             assert bike is not None
             bike.write(certificates / "cert.pem", certificates / "key.pem")
-
-            async def reaches_bike() -> Answer | None:
-                answer = await _to_device(edge, "bike-1", "/workout")
-                return answer if answer[0] == 200 else None
-
-            _, body, _ = await edge.gateway.eventually(reaches_bike, "the cloud reaching bike-1 over mTLS")
-            assert body == "bike-1 /workout\n"
-
-            # A rogue process at a registered device's address and port, presenting a valid
-            # certificate of another device (bike-1's), is not the device the route names.
-            rogue_log = edge.directory / "rogue.log"
-            rogue_log.touch()
-            rogue_files = (edge.directory / "rogue.pem", edge.directory / "rogue.key")
-            bike.write(*rogue_files)
-            rogue = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    device_host.namespace,
-                    sys.executable,
-                    "-c",
-                    _ROGUE,
-                    device_host.address,
-                    *map(str, rogue_files),
-                    str(rogue_log),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            device_host.processes.append(rogue)
-            assert rogue.stdout is not None
-            rogue_port = int(await asyncio.to_thread(rogue.stdout.readline))
-            await edge.register("bike-2", port=rogue_port)
-
-            async def refused_by_gateway() -> Answer | None:
-                answer = await _to_device(edge, "bike-2", "/secret")
-                return answer if answer[0] == 503 and rogue_log.read_text() else None
-
-            _status, _, _ = await edge.gateway.eventually(refused_by_gateway, "the rogue refused by the gateway")
-            attempts = rogue_log.read_text().splitlines()
-            assert attempts, "the gateway tried the rogue"
-            assert all(line.startswith("handshake failed") for line in attempts), attempts
-
-            # Rotation on the device side: bike-1 registers again with a new CSR and renames the new
-            # files in; the cloud's requests keep succeeding, and the device presents the new one.
-            failures: list[object] = []
-            served = 0
-            stop = asyncio.Event()
-
-            async def stream() -> None:
-                nonlocal served
-                while not stop.is_set():
-                    try:
-                        answer = await _to_device(edge, "bike-1", "/workout")
-                    except (ConnectionError, asyncio.IncompleteReadError) as error:
-                        failures.append(error)
-                        continue
-                    if answer[0] == 200:
-                        served += 1
-                    else:
-                        failures.append(answer)
-
-            flowing = asyncio.create_task(stream())
-            try:
-                await eventually(lambda: _true(served > 5), "cloud requests to bike-1 flowing")
-                renewed = await edge.register("bike-1", port=inbound_port)
-                assert renewed is not None
-                renewed.write(certificates / "cert.pem", certificates / "key.pem")
-
-                async def presents_renewed() -> bool:
-                    context = client_context(edge.directory / "devices-ca.pem", edge.gateway_pair, edge.directory)
-                    context.check_hostname = False
-                    connection = await Connection.open(inbound_port, context, device_host.address)
-                    try:
-                        return connection.peer_certificate().serial_number == renewed.certificate.serial_number
-                    finally:
-                        await connection.close()
-
-                await eventually(presents_renewed, "the device Envoy presenting its renewed certificate")
-                before = served
-                await eventually(lambda: _true(served > before + 5), "cloud requests flowing after the renewal")
-            finally:
-                stop.set()
-                await flowing
-            assert failures == []
+            yield RunningBike(bike, inbound_port, certificates)
         finally:
             envoy.terminate()
             await asyncio.to_thread(envoy.wait, 10)
+
+
+async def cloud_reaches_bike(edge: Edge) -> str:
+    """Waits until a cloud request through the gateway is answered 200 by bike-1; its body."""
+
+    async def reaches_bike() -> Answer | None:
+        answer = await _to_device(edge, "bike-1", "/workout")
+        return answer if answer[0] == 200 else None
+
+    _, body, _ = await edge.gateway.eventually(reaches_bike, "the cloud reaching bike-1 over mTLS")
+    return str(body)
+
+
+async def test_the_cloud_reaches_a_device_only_with_its_certificate_and_a_rogue_gets_no_request(
+    edge: Edge, device_host: DeviceHost
+) -> None:
+    async with running_bike(edge, device_host) as bike:
+        inbound_port, certificates = bike.inbound_port, bike.certificates
+        assert await cloud_reaches_bike(edge) == "bike-1 /workout\n"
+
+        # A rogue process at a registered device's address and port, presenting a valid
+        # certificate of another device (bike-1's), is not the device the route names.
+        rogue_log = edge.directory / "rogue.log"
+        rogue_log.touch()
+        rogue_files = (edge.directory / "rogue.pem", edge.directory / "rogue.key")
+        bike.pair.write(*rogue_files)
+        rogue = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                device_host.namespace,
+                sys.executable,
+                "-c",
+                _ROGUE,
+                device_host.address,
+                *map(str, rogue_files),
+                str(rogue_log),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        device_host.processes.append(rogue)
+        assert rogue.stdout is not None
+        rogue_port = int(await asyncio.to_thread(rogue.stdout.readline))
+        await edge.register("bike-2", port=rogue_port)
+
+        async def refused_by_gateway() -> Answer | None:
+            answer = await _to_device(edge, "bike-2", "/secret")
+            return answer if answer[0] == 503 and rogue_log.read_text() else None
+
+        _status, _, _ = await edge.gateway.eventually(refused_by_gateway, "the rogue refused by the gateway")
+        attempts = rogue_log.read_text().splitlines()
+        assert attempts, "the gateway tried the rogue"
+        assert all(line.startswith("handshake failed") for line in attempts), attempts
+
+        # Rotation on the device side: bike-1 registers again with a new CSR and renames the new
+        # files in; the cloud's requests keep succeeding, and the device presents the new one.
+        failures: list[object] = []
+        served = 0
+        stop = asyncio.Event()
+
+        async def stream() -> None:
+            nonlocal served
+            while not stop.is_set():
+                try:
+                    answer = await _to_device(edge, "bike-1", "/workout")
+                except (ConnectionError, asyncio.IncompleteReadError) as error:
+                    failures.append(error)
+                    continue
+                if answer[0] == 200:
+                    served += 1
+                else:
+                    failures.append(answer)
+
+        flowing = asyncio.create_task(stream())
+        try:
+            await eventually(lambda: _true(served > 5), "cloud requests to bike-1 flowing")
+            renewed = await edge.register("bike-1", port=inbound_port)
+            assert renewed is not None
+            renewed.write(certificates / "cert.pem", certificates / "key.pem")
+
+            async def presents_renewed() -> bool:
+                context = client_context(edge.directory / "devices-ca.pem", edge.gateway_pair, edge.directory)
+                context.check_hostname = False
+                connection = await Connection.open(inbound_port, context, device_host.address)
+                try:
+                    return connection.peer_certificate().serial_number == renewed.certificate.serial_number
+                finally:
+                    await connection.close()
+
+            await eventually(presents_renewed, "the device Envoy presenting its renewed certificate")
+            before = served
+            await eventually(lambda: _true(served > before + 5), "cloud requests flowing after the renewal")
+        finally:
+            stop.set()
+            await flowing
+        assert failures == []
 
 
 async def _to_device(edge: Edge, device: str, path: str) -> Answer:
@@ -983,35 +947,18 @@ async def test_the_cloud_facing_listener_refuses_the_sites_devices_and_serves_th
     """With `to_devices: mtls` the gateway reaches a device with the site's authority: a device on
     the gym network must not be able to borrow it through the cloud-facing listener."""
     edge = veth_edge
-    app_port = await asyncio.to_thread(device_host.serve, "bike-1")
-    inbound_port = free_port()
-    certificates = edge.directory / "device-certificate"
-    async with xds_relay(device_host.host_address, edge.plane.xds_port) as relay_port:
-        envoy = await device_envoy(edge, device_host, relay_port, inbound_port, app_port)
-        try:
-            bike = await edge.register("bike-1", port=inbound_port)
-            assert bike is not None
-            bike.write(certificates / "cert.pem", certificates / "key.pem")
-
-            async def reaches_bike() -> Answer | None:
-                answer = await _to_device(edge, "bike-1", "/workout")
-                return answer if answer[0] == 200 else None
-
-            # The cloud side (this host, not in the site's ranges) reaches the device.
-            _, body, _ = await edge.gateway.eventually(reaches_bike, "the cloud reaching bike-1 over mTLS")
-            assert body == "bike-1 /workout\n"
-            before = await denied_by_guard(edge.gateway)
-            # The device's own network: the connection is closed before any HTTP is read.
-            answer = await get_in_namespace(
-                device_host, edge.gateway_address, edge.to_devices, "cloud-client", f"{DEVICE_HEADER}: bike-1"
-            )
-            assert answer in ("CLOSED", "RESET"), answer
-            assert await denied_by_guard(edge.gateway) == before + 1
-            # And the cloud still reaches the device afterwards.
-            assert (await _to_device(edge, "bike-1", "/workout"))[0] == 200
-        finally:
-            envoy.terminate()
-            await asyncio.to_thread(envoy.wait, 10)
+    async with running_bike(edge, device_host):
+        # The cloud side (this host, not in the site's ranges) reaches the device.
+        assert await cloud_reaches_bike(edge) == "bike-1 /workout\n"
+        before = await denied_by_guard(edge.gateway)
+        # The device's own network: the connection is closed before any HTTP is read.
+        answer = await get_in_namespace(
+            device_host, edge.gateway_address, edge.to_devices, "cloud-client", f"{DEVICE_HEADER}: bike-1"
+        )
+        assert answer in ("CLOSED", "RESET"), answer
+        assert await denied_by_guard(edge.gateway) == before + 1
+        # And the cloud still reaches the device afterwards.
+        assert (await _to_device(edge, "bike-1", "/workout"))[0] == 200
 
 
 async def test_a_device_envoy_at_a_tls_site_reaches_the_cloud_through_its_gateway_with_its_certificate(
@@ -1021,29 +968,19 @@ async def test_a_device_envoy_at_a_tls_site_reaches_the_cloud_through_its_gatewa
     gateway and verifies the gateway by the gateways' CA: the cloud sees the identity the gateway
     read from that certificate. No tier goes around the gateway."""
     edge = veth_edge
-    app_port = await asyncio.to_thread(device_host.serve, "bike-1")
-    inbound_port, outbound_port = free_port(), free_port()
-    certificates = edge.directory / "device-certificate"
-    async with xds_relay(device_host.host_address, edge.plane.xds_port) as relay_port:
-        envoy = await device_envoy(edge, device_host, relay_port, inbound_port, app_port, outbound_port)
-        try:
-            bike = await edge.register("bike-1", port=inbound_port)
-            assert bike is not None
-            bike.write(certificates / "cert.pem", certificates / "key.pem")
+    outbound_port = free_port()
+    async with running_bike(edge, device_host, outbound_port) as bike:
 
-            async def through_gateway() -> str | None:
-                answer = await get_in_namespace(device_host, "127.0.0.1", outbound_port, "api")
-                return answer if answer.startswith("HTTP/1.1 200") else None
+        async def through_gateway() -> str | None:
+            answer = await get_in_namespace(device_host, "127.0.0.1", outbound_port, "api")
+            return answer if answer.startswith("HTTP/1.1 200") else None
 
-            answer = await edge.gateway.eventually(through_gateway, "the device reaching the cloud through its gateway")
-            body = answer.replace("\r\n", "\n").split("\n\n", 1)[1]
-            assert body.startswith(f"identity={spiffe('gym', 'bike-1')} device= xfcc=")
-            # What the device was sent: its site's gateway only, over TLS with the files' certificate.
-            group = next(g for g in edge.plane.cache.groups() if g.role.value == "device")
-            assert group.certificate_dir == str(certificates)
-        finally:
-            envoy.terminate()
-            await asyncio.to_thread(envoy.wait, 10)
+        answer = await edge.gateway.eventually(through_gateway, "the device reaching the cloud through its gateway")
+        body = answer.replace("\r\n", "\n").split("\n\n", 1)[1]
+        assert body.startswith(f"identity={spiffe('gym', 'bike-1')} device= xfcc=")
+        # What the device was sent: its site's gateway only, over TLS with the files' certificate.
+        group = next(g for g in edge.plane.cache.groups() if g.role.value == "device")
+        assert group.certificate_dir == str(bike.certificates)
 
 
 async def test_a_renewed_registry_ca_reaches_the_gateway_at_once_and_keeps_the_old_ones_certificates(

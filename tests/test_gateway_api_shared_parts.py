@@ -16,13 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import datetime
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshplane.model import (
     BackendTls,
@@ -52,36 +46,14 @@ from meshplane.xds.publisher import SnapshotPublisher, build_snapshot
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import translate
 from meshplane.xds.types import TypeUrl
+from tests.certificates import fixed_self_signed_pem
 
 SHARED_TYPES = (TypeUrl.CLUSTER, TypeUrl.ENDPOINT, TypeUrl.SECRET)
 
 
-def pem_certificate(name: str) -> tuple[str, str]:
-    """A self-signed certificate for `name` and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        certificate.public_bytes(serialization.Encoding.PEM).decode(),
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    )
-
-
-CHAIN, KEY = pem_certificate("secure.example")
-CA, _ = pem_certificate("mesh-ca")
-OTHER_CA, _ = pem_certificate("other-ca")
+CHAIN, KEY = fixed_self_signed_pem("secure.example")
+CA, _ = fixed_self_signed_pem("mesh-ca")
+OTHER_CA, _ = fixed_self_signed_pem("other-ca")
 
 
 def service(index: int, tls: UpstreamTls | None = None) -> Service:

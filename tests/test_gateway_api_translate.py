@@ -11,15 +11,10 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
@@ -52,6 +47,7 @@ from meshplane.xds import names
 from meshplane.xds.snapshot import Snapshot
 from meshplane.xds.translate import ROLES, translate
 from meshplane.xds.types import TypeUrl
+from tests.certificates import fixed_self_signed_pem
 from tests.golden.test_envoy_validation import envoy_validate, validation_bootstrap
 
 WEB = ServiceRef("shop", "web")
@@ -59,31 +55,7 @@ API = ServiceRef("shop", "api")
 GROUP = ProxyGroup(ProxyRole.GATEWAY, gateway="shop/edge", listen_address="127.0.0.1", port_offset=8000)
 
 
-def pem_pair() -> tuple[str, str]:
-    """A self-signed certificate for secure.example and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secure.example")])
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("secure.example")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        certificate.public_bytes(serialization.Encoding.PEM).decode(),
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    )
-
-
-CHAIN, KEY = pem_pair()
+CHAIN, KEY = fixed_self_signed_pem("secure.example")
 
 
 def service(ref: ServiceRef) -> Service:

@@ -7,20 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import meshplane.app
 from meshplane.app import ControlPlane, Settings
 from meshplane.cli import main
+from tests.serve_settings import served
 
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    seen: list[Settings] = []
-
-    async def serve(settings: Settings) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(meshplane.app, "serve", serve)
-    return seen
+__all__ = ["served"]  # a fixture, found by pytest under this name
 
 
 def test_defaults(served: list[Settings]) -> None:

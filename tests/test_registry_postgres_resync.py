@@ -1,25 +1,29 @@
 """The PostgreSQL store's full re-read (`follow`, every `resync_interval`): what no notification
 told a replica reaches it anyway, in chunks of rows (`_RESYNC_CHUNK`), and it drops exactly the
-devices stored no more, never one its registry registered meanwhile. A real server
-(tests/postgres.py); notifications are switched off to stand for the ones a replica missed."""
+devices stored no more, never one its registry registered meanwhile. A row renewed elsewhere
+(its lease end alone changed) is handed over as that lease end: nothing parsed, nothing rebuilt,
+counted. A real server (tests/postgres.py); notifications are switched off to stand for the ones
+a replica missed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import psycopg
 import pytest
 
+from meshplane.discovery.registry import store as registry_store
 from meshplane.discovery.registry import store_postgres
 from meshplane.discovery.registry.auth import Principal, PrincipalKind
 from meshplane.discovery.registry.registry import EdgeRegistry, LeaseSettings, RegisterInput
-from meshplane.discovery.registry.store import Delete, Put, Registration
+from meshplane.discovery.registry.store import Delete, Put, Registration, Renew, StoreView
 from meshplane.discovery.registry.store_postgres import PostgresSettings, PostgresStore
 from meshplane.model import Device, DeviceEndpoint, GatewayAddress, Site
+from meshplane.model.changes import DeviceChanges
 from tests.postgres import postgres_server, postgres_url
 
 __all__ = ["postgres_server", "postgres_url"]  # fixtures
@@ -45,10 +49,10 @@ async def eventually(condition: Callable[[], bool], what: Callable[[], object]) 
 
 
 @contextlib.asynccontextmanager
-async def following(url: str) -> AsyncIterator[EdgeRegistry]:
+async def following(url: str, on_change: Callable[[], None] = lambda: None) -> AsyncIterator[EdgeRegistry]:
     """A registry on its own store, re-reading the database every 0.2 s."""
     store = PostgresStore(PostgresSettings(url, pool_size=4, resync_interval=0.2, sweep_interval=0.05))
-    registry = EdgeRegistry(store, lambda: SITES, leases=LEASES)
+    registry = EdgeRegistry(store, lambda: SITES, leases=LEASES, on_change=on_change)
     await registry.load()
     task = asyncio.create_task(registry.run())
     try:
@@ -94,3 +98,130 @@ async def test_a_resync_brings_what_no_notification_told_and_drops_only_what_is_
             await eventually(lambda: held() == expected, lambda: sorted(held() ^ expected)[:10])
     finally:
         await writer.close()
+
+
+async def stored_lease_ends(url: str) -> dict[str, float]:
+    async with await psycopg.AsyncConnection.connect(url) as connection:
+        cursor = await connection.execute("SELECT device_id, expires_at FROM registrations")
+        return {str(device_id): float(expires_at) for device_id, expires_at in await cursor.fetchall()}
+
+
+async def test_a_resync_hands_over_renewals_made_elsewhere_as_lease_ends_alone(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = PostgresStore(PostgresSettings(postgres_url, pool_size=4))
+    await writer.load()
+    changes = 0
+
+    def changed() -> None:
+        nonlocal changes
+        changes += 1
+
+    parsed = 0
+    parse = registry_store._registration
+
+    def counted(row: Any) -> Registration:
+        nonlocal parsed
+        parsed += 1
+        return parse(row)
+
+    try:
+        ids = [registration(index).device.id for index in range(UNNOTIFIED)]
+        await writer.write([Put(registration(index)) for index in range(UNNOTIFIED)])
+        async with following(postgres_url, on_change=changed) as registry:
+            assert len(registry) == UNNOTIFIED
+            registry.take_changes()
+            changes = 0
+            monkeypatch.setattr(store_postgres, "_registration", counted)
+
+            # Every lease renewed at another replica: renewals notify nobody, the re-read brings them.
+            await writer.write([Renew(device_id, 0.0) for device_id in ids])
+            ends = await stored_lease_ends(postgres_url)
+
+            def stale() -> list[str]:
+                held = {device_id: registry.get(device_id) for device_id in ids}
+                return [i for i, row in held.items() if row is None or row.expires_at != ends[i]]
+
+            await eventually(lambda: not stale(), lambda: stale()[:10])
+            assert parsed == 0, "a renewed row was parsed whole"
+            assert changes == 0, "a renewal elsewhere called for a rebuild"
+            assert registry.take_changes() == DeviceChanges(ids=frozenset())
+    finally:
+        await writer.close()
+
+
+class RecordingView:
+    """A `StoreView` that records what it is handed; `holds`: whether it holds what it was handed."""
+
+    def __init__(self, holds: bool) -> None:
+        self.holds = holds
+        self.whole: list[Registration] = []
+        self.ends: list[tuple[str, str, float]] = []
+
+    def apply_stored(
+        self, rows: Sequence[Registration], gone: Sequence[str] = (), *, expired: bool = False, everything: bool = False
+    ) -> None:
+        self.whole.extend(rows)
+
+    def apply_lease_ends(self, ends: Sequence[tuple[str, str, float]]) -> list[str]:
+        self.ends.extend(ends)
+        return [] if self.holds else [device_id for device_id, _, _ in ends]
+
+    def store_unreachable(self, reason: str) -> bool:
+        return False
+
+    def store_reachable(self) -> bool:
+        return False
+
+    def count(self, event: str, n: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("holds", [True, False], ids=["view-holds-what-was-handed", "view-lost-it"])
+async def test_a_resync_hands_over_whole_a_changed_row_and_one_the_view_does_not_hold(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, holds: bool
+) -> None:
+    reader = PostgresStore(PostgresSettings(postgres_url, pool_size=4))
+    writer = PostgresStore(PostgresSettings(postgres_url, pool_size=4))
+    await reader.load()
+    await writer.load()
+    try:
+        monkeypatch.setattr(store_postgres, "_notify", silent)
+        count = store_postgres._RESYNC_CHUNK + 10
+        await writer.write([Put(registration(index)) for index in range(count)])
+        await reader._resync(RecordingView(holds=True))  # the reader has handed over every row
+
+        # One device changed elsewhere (same lease), every lease renewed.
+        moved = registration(3)
+        moved_device = Device(moved.device.id, "bike", "gym", moved.device.endpoints, "2", moved.device.labels)
+        await writer.write([Put(Registration(moved_device, moved.lease_id, moved.principal, 600.0, 0.0, 1_000.0))])
+        await writer.write([Renew(registration(index).device.id, 0.0) for index in range(count)])
+        ends = await stored_lease_ends(postgres_url)
+
+        view = RecordingView(holds=holds)
+        seen: StoreView = view  # it is one (mypy checks the protocol)
+        await reader._resync(seen)
+        whole = {row.device.id: row for row in view.whole}
+        if holds:
+            assert sorted(whole) == [moved.device.id]
+            assert whole[moved.device.id].device.version == "2"
+            assert len(view.ends) == count - 1
+        else:  # every lease end it was given comes back whole
+            assert len(whole) == count
+        assert {device_id: end for device_id, _, end in view.ends} == {i: ends[i] for i, _, _ in view.ends}
+        assert {row.device.id: row.expires_at for row in view.whole} == {i: ends[i] for i in whole}
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+def test_replicas_draw_their_re_reads_apart_within_the_interval() -> None:
+    """Replicas started together must not re-read together for ever, and no re-read may come later
+    than `resync_interval` (a missed notification's bound)."""
+    stores = [
+        PostgresStore(PostgresSettings("postgresql://nobody@127.0.0.1:1/none", resync_interval=20.0)) for _ in range(3)
+    ]
+    delays = [store._resync_delay() for store in stores for _ in range(50)]
+    assert all(15.0 <= delay <= 20.0 for delay in delays), [d for d in delays if not 15.0 <= d <= 20.0]
+    firsts = {round(store._resync_delay(), 6) for store in stores}
+    assert len(firsts) == 3, "three replicas drew the same delay"

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshplane.cli import _parser as parser
 from meshplane.simulate.cli import BadArguments, fleet_options, summary_table
 from meshplane.simulate.fleet import Fleet, FleetOptions, FleetStats
 from meshplane.simulate.identity import RENEW_AT, new_key_and_csr, take_certificate
-from tests.test_edge_zero_trust import BIKES, Edge, eventually, running_zero_trust
+from tests.certificates import make_ca
+from tests.polling import eventually
+from tests.test_edge_zero_trust import BIKES, Edge, running_zero_trust
 
 # Inside the zero-trust plane's device range (`address`/32); traffic leaves from 127.0.0.1, which
 # the gateway's device listener accepts: it checks the certificate, not the source address.
@@ -136,20 +134,7 @@ async def test_a_renewed_certificate_replaces_the_last_one_in_the_registry(tmp_p
 
 def test_a_certificate_for_another_key_is_not_taken(tmp_path: Path) -> None:
     key, _ = new_key_and_csr()
-    other = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(other.public_key())
-        .serial_number(7)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(other, hashes.SHA256())
-    )
-    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    pem = make_ca("ca", lifetime=datetime.timedelta(hours=1)).certificate_pem.decode()
     with pytest.raises(ValueError, match="not for the key"):
         take_certificate(key, pem, "", directory=tmp_path, name="d", trust=None)
     assert list(tmp_path.iterdir()) == []  # nothing written for it

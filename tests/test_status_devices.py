@@ -6,12 +6,10 @@ certificate counters are read from `/metrics`."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,7 @@ import jsonschema
 import pytest
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
@@ -40,13 +36,14 @@ from meshplane.status.http import status_app
 from meshplane.xds.cache import SnapshotCache
 from meshplane.xds.publication import PublishState
 from meshplane.xds.server.tracking import StreamRegistry
+from tests.certificates import csr_for, key_pem, make_ca
 from tests.edge_plane import QUICK, running_control_plane
+from tests.polling import eventually
 
 REPO = Path(__file__).parent.parent
 SCHEMA = json.loads((REPO / "docs" / "status-api.schema.json").read_text())
 BIKES = "status-devices-bikes"
 METADATA = (("authorization", f"Bearer {BIKES}"),)
-DEADLINE = 30.0
 
 
 def valid(document: Any, definition: str) -> Any:
@@ -63,21 +60,9 @@ class RegistryCa:
     key_path: Path
 
     def write(self, seconds_left: float) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devices-ca")])
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(seconds=seconds_left))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
+        ca = make_ca("devices-ca", lifetime=datetime.timedelta(seconds=seconds_left), key=self.key)
         temporary = self.certificate_path.with_name(".ca.pem.tmp")
-        temporary.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        temporary.write_bytes(ca.certificate_pem)
         temporary.rename(self.certificate_path)
 
 
@@ -94,7 +79,6 @@ class Plane:
         """Registers `device` of class bike at 198.18.0.5 (with a new key's CSR when `csr`); the
         certificate issued, None without a CSR."""
         key = ec.generate_private_key(ec.SECP256R1())
-        request = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
         answer = await self.stub.Register(
             pb.RegisterRequest(
                 device_id=device,
@@ -104,7 +88,7 @@ class Plane:
                 version="2.0.1",
                 labels={"fleet": "north"},
                 ttl_seconds=ttl,
-                csr=request.public_bytes(serialization.Encoding.PEM).decode() if csr else "",
+                csr=csr_for(key) if csr else "",
             ),
             metadata=METADATA,
         )
@@ -127,9 +111,7 @@ async def devices_plane(directory: Path) -> AsyncIterator[Plane]:
     key = ec.generate_private_key(ec.SECP256R1())
     ca = RegistryCa(key, directory / "ca.pem", directory / "ca.key")
     ca.write(2 * 24 * 3600)
-    ca.key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    ca.key_path.write_bytes(key_pem(key))
     edge = EdgeSettings(
         db=str(directory / "registry.db"),
         address="127.0.0.1:0",
@@ -163,18 +145,6 @@ async def get(url: str) -> tuple[int, Any, str]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         text = await response.text()
         return response.status, json.loads(text), text
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Polls `check` until it returns something truthy; fails with `what` and the last value seen."""
-    end = time.monotonic() + DEADLINE
-    last: Any = None
-    while time.monotonic() < end:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 async def test_a_device_shows_its_registration_and_certificate_but_never_the_certificate_itself(

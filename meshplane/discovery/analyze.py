@@ -225,8 +225,7 @@ async def _api_objects(
             if error.status == 404:
                 missing.append(resource.kind)
                 continue
-            why = f"{resource.kind} cannot be listed ({_describe(error)}): {resource.kind} objects were not checked"
-            refused.append(Finding(Severity.WARNING, "", "", "", why))
+            refused.append(_not_listed(resource.kind, error, f"{resource.kind} objects were not checked"))
     if missing and len(missing) == len(resources):
         notes.append(
             Finding(Severity.WARNING, "", "", "", f"the CRDs of {api} are not installed: its objects were not checked")
@@ -258,17 +257,14 @@ async def _secret_names(
                 if not token:
                     break
     except ApiError as error:
-        notes.append(
-            Finding(
-                Severity.WARNING,
-                "",
-                "",
-                "",
-                f"Secrets cannot be listed ({_describe(error)}): TLS references to Kubernetes Secrets were not checked",
-            )
-        )
+        notes.append(_not_listed("Secrets", error, "TLS references to Kubernetes Secrets were not checked"))
         return None
     return frozenset(found)
+
+
+def _not_listed(what: str, error: ApiError, consequence: str) -> Finding:
+    """The note that `what` could not be listed (the server's reason), and what went unchecked."""
+    return Finding(Severity.WARNING, "", "", "", f"{what} cannot be listed ({_describe(error)}): {consequence}")
 
 
 async def _get_metadata(client: ApiClient, path: str, query: list[tuple[str, str]]) -> dict[str, Any]:
@@ -333,15 +329,7 @@ async def _namespace_labels(
     try:
         items = await _list_all(client, NAMESPACES, (None,))
     except ApiError as error:
-        notes.append(
-            Finding(
-                Severity.WARNING,
-                "",
-                "",
-                "",
-                f"Namespaces cannot be listed ({_describe(error)}): listeners selecting namespaces by label see none",
-            )
-        )
+        notes.append(_not_listed("Namespaces", error, "listeners selecting namespaces by label see none"))
         return None
     labels: dict[str, Mapping[str, str]] = {}
     for item in items:

@@ -897,22 +897,14 @@ def _object_routes(
     return (*files, *kept)
 
 
+_Keyed = TypeVar("_Keyed", Site, DevicePolicy)
+
+
 def _object_sites(
     files: tuple[Site, ...], served: Served, status: StatusBuilder, problems: list[Problem]
 ) -> tuple[Site, ...]:
     """The files' sites and the EdgeSites' of other ids, by id (the files' tuple itself without any)."""
-    if not served.sites:
-        return files
-    ids = {site.id: site for site in files}
-    kept = list(files)
-    for key, site in served.sites:
-        if (twin := ids.get(site.id)) is not None:
-            message = f"site {site.id} is defined by policy files ({twin.origin}) and by {key}; serving the files'"
-            problems.append(Problem(ProblemKind.CONFLICT, f"site {site.id}", str(key), message))
-            status.conflicted(key, message)
-            continue
-        kept.append(site)
-    return tuple(sorted(kept, key=lambda site: site.id))
+    return _files_first(files, served.sites, lambda site: site.id, "site", status, problems)
 
 
 def _object_device_policies(
@@ -920,19 +912,33 @@ def _object_device_policies(
 ) -> tuple[DevicePolicy, ...]:
     """The files' device policies and the DevicePolicies' of other names, by name (the files'
     tuple itself without any): of one name in both, the files' is served, as for sites."""
-    if not served.device_policies:
+    return _files_first(files, served.device_policies, lambda policy: policy.name, "device policy", status, problems)
+
+
+def _files_first(
+    files: tuple[_Keyed, ...],
+    objects: tuple[tuple[ObjectKey, _Keyed], ...],
+    key_of: Callable[[_Keyed], str],
+    what: str,
+    status: StatusBuilder,
+    problems: list[Problem],
+) -> tuple[_Keyed, ...]:
+    """`files` and the `objects` whose `key_of` none of the files has, sorted by it (`files`
+    itself when there are no objects); an object whose key a file has is a conflict, said in
+    `problems` and on the object's status as `{what} {key}`, and the file's is served."""
+    if not objects:
         return files
-    names = {policy.name: policy for policy in files}
+    keys = {key_of(one): one for one in files}
     kept = list(files)
-    for key, policy in served.device_policies:
-        if (twin := names.get(policy.name)) is not None:
-            message = f"device policy {policy.name} is defined by policy files ({twin.origin}) and by {key}"
-            message += "; serving the files'"
-            problems.append(Problem(ProblemKind.CONFLICT, f"device policy {policy.name}", str(key), message))
+    for key, one in objects:
+        if (twin := keys.get(key_of(one))) is not None:
+            subject = f"{what} {key_of(one)}"
+            message = f"{subject} is defined by policy files ({twin.origin}) and by {key}; serving the files'"
+            problems.append(Problem(ProblemKind.CONFLICT, subject, str(key), message))
             status.conflicted(key, message)
             continue
-        kept.append(policy)
-    return tuple(sorted(kept, key=lambda policy: policy.name))
+        kept.append(one)
+    return tuple(sorted(kept, key=key_of))
 
 
 # Telemetry problems another source may resolve (a collector's Kubernetes service not there yet):

@@ -349,6 +349,35 @@ def weight_problems(seen: Mapping[str, int], weights: Mapping[str, float], total
     return problems
 
 
+async def weighted_rounds(spec: Mapping[str, Any], ask: Callable[[], Awaitable[tuple[str, str]]]) -> None:
+    """Upstream's distribution check, for requests or calls alike: up to `spec["attempts"]` rounds
+    of `spec["total"]` asks, `spec["concurrency"]` at a time, until a round spreads over the
+    backends as `spec["weights"]` say (see `weight_problems`). `ask` sends one and returns the
+    answering pod, or a problem with its answer. Raises Mismatch with the last round's problems."""
+    weights = {k: float(v) for k, v in spec["weights"].items()}
+    total, problems = int(spec["total"]), ["no round ran"]
+    for _ in range(int(spec["attempts"])):
+        seen: dict[str, int] = {}
+        gate = asyncio.Semaphore(int(spec["concurrency"]))
+
+        async def one(gate: asyncio.Semaphore = gate, seen: dict[str, int] = seen) -> str:
+            async with gate:
+                pod, problem = await ask()
+            if problem:
+                return problem
+            backend = next((b for b in weights if pod.startswith(b)), None)
+            if backend is None:
+                return f"request was handled by an unexpected pod {pod!r}"
+            seen[backend] = seen.get(backend, 0) + 1
+            return ""
+
+        failures = [f for f in await asyncio.gather(*(one() for _ in range(total))) if f]
+        problems = failures[:1] + weight_problems(seen, weights, total, float(spec["tolerance"]))
+        if not problems:
+            return
+    raise Mismatch(f"weighted distribution failed {spec['attempts']} times; last: {'; '.join(problems)}")
+
+
 @dataclass
 class GatewayProxy:
     """A Gateway's Envoy: where to send requests, and the Host upstream would send."""
@@ -598,33 +627,18 @@ class Run:
         client = await self.mesh_client(str(spec["client"]))
         (case,) = step.requests
         await self.mesh_consistently(client, case)
-        weights: dict[str, float] = {k: float(v) for k, v in spec["weights"].items()}
-        total, problems = int(spec["total"]), ["no round ran"]
         authority, host, request = mesh_target(case, client, self.fleet.backends)
-        for _ in range(int(spec["attempts"])):
-            seen: dict[str, int] = {}
-            gate = asyncio.Semaphore(int(spec["concurrency"]))
 
-            async def one(gate: asyncio.Semaphore = gate, seen: dict[str, int] = seen) -> str:
-                async with gate:
-                    try:
-                        captured = await send(self.session, authority, host, request)
-                    except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                        return f"request failed: {error!r}"
-                if difference := compare_mesh(case, captured.status, captured.headers, captured.echo):
-                    return difference
-                pod = str((captured.echo or {}).get("pod", ""))
-                backend = next((b for b in weights if pod.startswith(b)), None)
-                if backend is None:
-                    return f"request was handled by an unexpected pod {pod!r}"
-                seen[backend] = seen.get(backend, 0) + 1
-                return ""
+        async def ask() -> tuple[str, str]:
+            try:
+                captured = await send(self.session, authority, host, request)
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                return "", f"request failed: {error!r}"
+            if difference := compare_mesh(case, captured.status, captured.headers, captured.echo):
+                return "", difference
+            return str((captured.echo or {}).get("pod", "")), ""
 
-            failures = [f for f in await asyncio.gather(*(one() for _ in range(total))) if f]
-            problems = failures[:1] + weight_problems(seen, weights, total, float(spec["tolerance"]))
-            if not problems:
-                return
-        raise Mismatch(f"weighted distribution failed {spec['attempts']} times; last: {'; '.join(problems)}")
+        await weighted_rounds(spec, ask)
 
     # ---- steps ----
 
@@ -990,70 +1004,31 @@ class Run:
         (rpc,) = step.grpc_requests
         authority = rpc.authority or authority
         await self.grpc_consistently(proxy, target, authority, rpc)
-        weights: dict[str, float] = {k: float(v) for k, v in spec["weights"].items()}
-        total, problems = int(spec["total"]), ["no round yet"]
-        for _ in range(int(spec["attempts"])):
-            seen: dict[str, int] = {}
-            gate = asyncio.Semaphore(int(spec["concurrency"]))
 
-            async def one(gate: asyncio.Semaphore = gate, seen: dict[str, int] = seen) -> str:
-                async with gate:
-                    answer = await send_grpc(target, authority, rpc)
-                if answer.code != "OK":
-                    return f"expected OK response, got {answer.code} ({answer.details})"
-                pod = answer.response.assertions.context.pod if answer.response is not None else ""
-                backend = next((b for b in weights if pod.startswith(b)), None)
-                if backend is None:
-                    return f"request was handled by an unexpected pod {pod!r}"
-                seen[backend] = seen.get(backend, 0) + 1
-                return ""
+        async def ask() -> tuple[str, str]:
+            answer = await send_grpc(target, authority, rpc)
+            if answer.code != "OK":
+                return "", f"expected OK response, got {answer.code} ({answer.details})"
+            return answer.response.assertions.context.pod if answer.response is not None else "", ""
 
-            failures = [f for f in await asyncio.gather(*(one() for _ in range(total))) if f]
-            problems = failures[:1] + weight_problems(seen, weights, total, float(spec["tolerance"]))
-            if not problems:
-                return
-        raise Mismatch(f"weighted distribution failed {spec['attempts']} times; last: {'; '.join(problems)}")
+        await weighted_rounds(spec, ask)
 
     async def step_distribution(self, step: Step) -> None:
         spec = step.spec
         proxy = await self.proxy(spec["gateway"])
         authority, host = proxy.target(await self.listener_port(step, proxy))
         (case,) = step.requests
-        weights: dict[str, float] = {k: float(v) for k, v in spec["weights"].items()}
-        problems: list[str] = []
-        for _ in range(int(spec["attempts"])):
-            seen: dict[str, int] = {}
-            gate = asyncio.Semaphore(int(spec["concurrency"]))
 
-            async def one(gate: asyncio.Semaphore = gate, seen: dict[str, int] = seen) -> str:
-                async with gate:
-                    try:
-                        captured = await send(self.session, authority, host, case)
-                    except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                        return f"request failed: {error!r}"
-                if difference := compare(case, captured, case.path):
-                    return difference
-                pod = str((captured.echo or {}).get("pod", ""))
-                backend = next((b for b in weights if pod.startswith(b)), None)
-                if backend is None:
-                    return f"request was handled by an unexpected pod {pod!r}"
-                seen[backend] = seen.get(backend, 0) + 1
-                return ""
+        async def ask() -> tuple[str, str]:
+            try:
+                captured = await send(self.session, authority, host, case)
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                return "", f"request failed: {error!r}"
+            if difference := compare(case, captured, case.path):
+                return "", difference
+            return str((captured.echo or {}).get("pod", "")), ""
 
-            failures = [f for f in await asyncio.gather(*(one() for _ in range(int(spec["total"])))) if f]
-            problems = failures[:1]
-            expected_backends = [b for b, w in weights.items() if w > 0]
-            if len(seen) != len(expected_backends):
-                problems.append(f"expected only {len(expected_backends)} backends to receive traffic, saw {seen}")
-            for backend, want in weights.items():
-                got = seen.get(backend, 0) / float(spec["total"])
-                if abs(got - want) > float(spec["tolerance"]):
-                    problems.append(
-                        f"backend {backend!r} got {got:.3f} of the traffic, want {want} ± {spec['tolerance']}"
-                    )
-            if not problems:
-                return
-        raise Mismatch(f"weighted distribution failed {spec['attempts']} times; last: {'; '.join(problems)}")
+        await weighted_rounds(spec, ask)
 
     def stand_in(self, namespace: str, name: str) -> EchoBackend:
         backend = next(

@@ -24,6 +24,7 @@ from meshplane.app import Settings
 from meshplane.discovery.meshplane_api.kinds import API_VERSION, GROUP, KINDS, VERSION, Kind, kind_named
 from meshplane.discovery.meshplane_api.source import MeshplaneApiSource, crd_name
 from tests.k8s.conftest import FAST_BACKOFF
+from tests.k8s.gateway_api_fixtures import ensure_crds, ensure_meshplane_class
 from tests.k8s.real_apiserver import CRDS, MERGE_PATCH, REPO, RealApiServer, call, call_ok, wait_established
 
 CRD_FOLDER = REPO / "deploy" / "kubernetes" / "crds"
@@ -133,6 +134,18 @@ def manifests(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 async def admin(server: RealApiServer) -> AsyncIterator[ApiClient]:
     client = server.client()
+    yield client
+    await client.close()
+
+
+@pytest.fixture(name="admin")
+async def admin_of_both_apis(server: RealApiServer) -> AsyncIterator[ApiClient]:
+    """An admin client of a server holding both APIs' CRDs and the GatewayClass `meshplane`
+    (import it as the `admin` of a module that needs both)."""
+    client = server.client()
+    await ensure_crds(client)
+    await ensure_meshplane_class(client)
+    await install_crds(client)
     yield client
     await client.close()
 

@@ -16,7 +16,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from kubernetes_asyncio.client import ApiClient
 from meshplane.discovery.analyze import analyze_command
 from tests.k8s import objects as k
 from tests.k8s.gateway_api_crds import GROUP
-from tests.k8s.gateway_api_fixtures import V1, cluster_fixtures, ensure_crds, ensure_meshplane_class
-from tests.k8s.meshplane_api_fixtures import create, delete, install_crds, namespace
+from tests.k8s.gateway_api_fixtures import V1, cluster_fixtures
+from tests.k8s.meshplane_api_fixtures import admin_of_both_apis, create, delete, namespace
 from tests.k8s.real_apiserver import ADMIN_TOKEN, KUBE_MISSING, MESHPLANE_TOKEN, REPO, Cluster, RealApiServer, call_ok
 from tests.meshplane_env import without_meshplane_variables
 from tests.ports import free_port
@@ -36,17 +35,7 @@ from tests.preconditions import requires
 pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(240), requires(KUBE_MISSING)]
 
 cluster, server = cluster_fixtures("kube-analyze")
-
-
-@pytest.fixture
-async def admin(server: RealApiServer) -> AsyncIterator[ApiClient]:
-    """An admin client of a server holding both APIs' CRDs and the GatewayClass `meshplane`."""
-    client = server.client()
-    await ensure_crds(client)
-    await ensure_meshplane_class(client)
-    await install_crds(client)
-    yield client
-    await client.close()
+__all__ = ["admin_of_both_apis"]  # the `admin` fixture, found by pytest under that name
 
 
 @pytest.fixture

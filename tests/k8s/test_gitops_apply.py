@@ -21,7 +21,6 @@ import io
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from kubernetes_asyncio.client import ApiClient
 from meshplane.discovery.analyze import analyze_command
 from tests.envoy_harness import Envoy, start_backend, start_envoy
 from tests.k8s.gateway_api_crds import GROUP
-from tests.k8s.gateway_api_fixtures import cluster_fixtures, ensure_crds, ensure_meshplane_class, until
-from tests.k8s.meshplane_api_fixtures import conditions_of, install_crds, read
+from tests.k8s.gateway_api_fixtures import cluster_fixtures, until
+from tests.k8s.meshplane_api_fixtures import admin_of_both_apis, conditions_of, read
 from tests.k8s.real_apiserver import ADMIN_TOKEN, KUBE_MISSING, REPO, RealApiServer, call_ok
 from tests.preconditions import require, requires
 from tests.serve_process import serve
@@ -41,6 +40,7 @@ from tests.serve_process import serve
 pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(240), requires(KUBE_MISSING)]
 
 cluster, server = cluster_fixtures("kube-gitops")
+__all__ = ["admin_of_both_apis"]  # the `admin` fixture, found by pytest under that name
 
 CONFIG = REPO / "deploy" / "gitops" / "config"
 NAMESPACE = "shop"
@@ -56,16 +56,6 @@ KUBECTL_MISSING = None if shutil.which("kubectl") else "kubectl is not installed
 # The Envoy's own counts of the cluster (CDS) updates it took and refused.
 CDS_UPDATES = "cluster_manager.cds.update_success"
 CDS_REJECTED = "cluster_manager.cds.update_rejected"
-
-
-@pytest.fixture
-async def admin(server: RealApiServer) -> AsyncIterator[ApiClient]:
-    client = server.client()
-    await ensure_crds(client)
-    await ensure_meshplane_class(client)
-    await install_crds(client)
-    yield client
-    await client.close()
 
 
 class Checkout:

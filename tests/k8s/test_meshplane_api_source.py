@@ -50,9 +50,10 @@ from tests.k8s.meshplane_api_fixtures import (
 )
 from tests.k8s.real_apiserver import ADMIN_TOKEN, CRDS, KUBE_MISSING, MERGE_PATCH, RealApiServer, call, call_ok
 from tests.preconditions import requires
+from tests.serve_settings import served
 
 pytestmark = [pytest.mark.xdist_group("kube-apiserver"), pytest.mark.timeout(240), requires(KUBE_MISSING)]
-__all__ = ["admin", "running"]  # fixtures, found by pytest under these names
+__all__ = ["admin", "running", "served"]  # fixtures, found by pytest under these names
 
 cluster, server = cluster_fixtures("kube-meshplane-api-source")
 until = functools.partial(poll_until, interval=0.02)
@@ -220,18 +221,6 @@ async def test_objects_outside_the_watched_namespaces_are_ignored_and_listed(
     await delete(admin, EXTERNAL_SERVICE, "stray-00", other)
     gone = ObjectKey(EXTERNAL_SERVICE, other, "stray-00")
     await until(lambda: holds(gone not in source.ignored), "a deleted ignored object forgotten")
-
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    """`meshplane serve` stopped where it would serve: the settings it would serve with."""
-    seen: list[Settings] = []
-
-    async def serve(settings: Settings) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(meshplane.app, "serve", serve)
-    return seen
 
 
 def test_the_flags_reach_the_settings(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:

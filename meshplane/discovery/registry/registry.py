@@ -250,7 +250,7 @@ class EdgeRegistry:
                 self._put(row)
                 continue
             expires_at = max(row.expires_at, now + row.ttl)
-            self._put(replace(row, expires_at=expires_at))
+            self._put(row.renewed(expires_at))
         self._loaded_at = self._confirmed_at = time.time()
         self._changed_all = True
         self._changed(())
@@ -531,7 +531,7 @@ class EdgeRegistry:
         current = self._leased(principal, device_id, lease_id)
         expires_at = self._clock() + current.ttl
         await self._write([Renew(device_id, expires_at)])
-        renewed = replace(current, expires_at=expires_at)
+        renewed = current.renewed(expires_at)
         if self._live.get(device_id) is current:
             self._live[device_id] = renewed
         return renewed
@@ -756,6 +756,21 @@ class EdgeRegistry:
         self._store_answered()
         if changed or dropped:
             self._changed([*changed, *dropped])
+
+    def apply_lease_ends(self, ends: Sequence[tuple[str, str, float]]) -> list[str]:
+        """Sets the lease ends of devices whose stored rows changed in nothing else (see
+        `StoreView`): a renewal at another replica, seen by a re-read, rebuilds nothing and
+        notifies no watcher. Returns the ids not held under the lease id given."""
+        missing: list[str] = []
+        live = self._live
+        for device_id, lease_id, expires_at in ends:
+            current = live.get(device_id)
+            if current is None or current.lease_id != lease_id:
+                missing.append(device_id)
+            elif current.expires_at != expires_at:
+                live[device_id] = current.renewed(expires_at)
+        self._store_answered()
+        return missing
 
     def store_unreachable(self, reason: str) -> bool:
         was_up = not self._store_down

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import json
@@ -59,6 +58,14 @@ class Registration:
     expires_at: float
     registered_at: float
     certificate: CertificateRecord | None = None
+
+    def renewed(self, expires_at: float) -> Registration:
+        """This registration with its lease ending at `expires_at`. Built directly, not with
+        `dataclasses.replace`, which is generic and six times slower: a full re-read of a shared
+        store renews 100,000 registrations at once."""
+        return Registration(
+            self.device, self.lease_id, self.principal, self.ttl, expires_at, self.registered_at, self.certificate
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,13 @@ class StoreView(Protocol):
         are all there are, and every other live device is gone."""
         ...
 
+    def apply_lease_ends(self, ends: Sequence[tuple[str, str, float]]) -> list[str]:
+        """`ends`: (device id, lease id, lease end) of stored rows equal but for their lease end to
+        what the store last handed over or wrote. Sets those lease ends, changing nothing else (no
+        rebuild, no event); returns the ids not held under that lease id, which the store then
+        hands over whole with `apply_stored`."""
+        ...
+
     def store_unreachable(self, reason: str) -> bool:
         """The store cannot be reached, for `reason`; True when it could until now."""
         ...
@@ -155,16 +169,12 @@ class MemoryStore:
                 self.rows[change.registration.device.id] = change.registration
             elif isinstance(change, Renew):
                 if (row := self.rows.get(change.device_id)) is not None:
-                    self.rows[change.device_id] = _renewed(row, change.expires_at)
+                    self.rows[change.device_id] = row.renewed(change.expires_at)
             else:
                 self.rows.pop(change.device_id, None)
 
     async def close(self) -> None:
         pass
-
-
-def _renewed(row: Registration, expires_at: float) -> Registration:
-    return dataclasses.replace(row, expires_at=expires_at)
 
 
 _SCHEMA = """

@@ -17,12 +17,16 @@ Contracts:
 - Every committed `Put` and `Delete` NOTIFYs `_CHANNEL` with the device ids (never documents: a
   payload is limited to 8000 bytes, so ids are sent in chunks under `_PAYLOAD_LIMIT`). `follow`
   LISTENs, reads the rows named and hands them to the registry (`StoreView`), and re-reads
-  everything every `resync_interval`, so a notification missed while disconnected costs at most
-  that long. A re-read hands rows over `_RESYNC_CHUNK` at a time with the event loop free between
-  chunks: parsing 100,000 rows at once holds it for over a second, and every call this replica
-  answers would wait that long. After a re-read the heap is frozen (`heap.settle`): the fleet just
-  read leaves the garbage collector's full passes. Renewals notify nobody: no replica decides
-  expiry from its own copy.
+  everything every `resync_interval` at most (less a random quarter, so replicas started together
+  draw apart), so a notification missed while disconnected costs at most that long. A re-read
+  hands rows over `_RESYNC_CHUNK` at a time with the event loop free between chunks, and parses
+  only the rows that differ from what this store last handed over or wrote (`_held`) in more than
+  their lease end: a row renewed elsewhere, which after 30 s of heartbeats is nearly every row, is
+  handed over as its lease end alone (`StoreView.apply_lease_ends`). Parsing and replacing
+  100,000 rows took 1.8-2.2 s of a replica's loop in every re-read, and the heartbeats this
+  replica answered waited behind it. After a re-read the heap is frozen (`heap.settle`): the
+  fleet just read leaves the garbage collector's full passes. Renewals notify nobody: no replica
+  decides expiry from its own copy.
 - A renewal of a lease whose row is gone (swept, or removed at another replica) raises
   `LeaseLost` for that caller only.
 - Migrations are versioned here (`_MIGRATIONS`, recorded in `schema_migrations`) and applied at
@@ -41,6 +45,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -74,9 +79,10 @@ _SWEEPER_LOCK = 0x6D657368_00000002
 _PAYLOAD_LIMIT = 7000
 # The most changes one transaction takes (more wait for the next), and the most leases one sweep deletes.
 _BATCH = 2048
-# Rows parsed and handed to the registry between two yields to the event loop in a full re-read
-# (~20 ms of work each on a 2-core machine).
-_RESYNC_CHUNK = 2000
+# Rows compared (and the changed ones parsed) between two yields to the event loop in a full
+# re-read: a few milliseconds of work on a loaded 2-core machine, so a heartbeat waiting on this
+# loop waits that long, not a whole chunk of parsing (2,000 rows held it for 60-170 ms).
+_RESYNC_CHUNK = 500
 # Pause between attempts to reach the database again after it was lost.
 _RETRY_DELAY = 1.0
 # Bounds of `--registry-store-pool`.
@@ -106,6 +112,8 @@ _MIGRATIONS: tuple[tuple[int, str], ...] = (
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 _COLUMNS = "lease_id, principal, ttl, expires_at, registered_at, device"
+# A row of `_COLUMNS` but its lease end, as stored: what `_held` remembers and compares unparsed.
+_Content = tuple[str, str, float, float, str]
 _PUT = f"""
 INSERT INTO registrations (device_id, lease_id, principal, ttl, expires_at, registered_at, device)
 VALUES (%s, %s, %s, %s, {_NOW} + %s, %s, %s)
@@ -189,10 +197,14 @@ class PostgresStore:
         self._opened = False
         self._pending: collections.deque[_Job] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
-        # Every device id the registry may hold from this store: read, or written and committed. A
-        # superset is harmless (a full re-read tells the registry those not stored are gone, and
-        # it skips ids it does not hold); a missing id would keep a removed device live.
-        self._known: set[str] = set()
+        # Every device id the registry may hold from this store (read, or written and committed),
+        # with the row's content but its lease end as last handed over or written, or None when
+        # that is not known. The keys may be a superset (a full re-read tells the registry those
+        # not stored are gone, and it skips ids it does not hold); a missing id would keep a
+        # removed device live. A content here that the registry does not hold under that lease
+        # is reported back by `apply_lease_ends` and handed over in full.
+        self._held: dict[str, _Content | None] = {}
+        self._jitter = random.Random()  # seeded from the system: replicas draw apart
         self.commits = 0  # transactions committed, for the benchmark
         self.swept = 0  # leases this replica deleted as lapsed
 
@@ -283,31 +295,46 @@ class PostgresStore:
         return self._parsed(rows)
 
     def _parsed(self, rows: Sequence[Any]) -> list[Registration]:
+        """Rows of `_COLUMNS` parsed, and remembered as handed over (the caller hands them over)."""
         try:
             registrations = [_registration(row) for row in rows]
         except (ValueError, KeyError, TypeError) as error:
             raise StoreError(f"registry store {self.where}: unreadable registration: {error!r}") from None
-        self._known.update(registration.device.id for registration in registrations)
+        for registration, row in zip(registrations, rows, strict=True):
+            self._held[registration.device.id] = (row[0], row[1], row[2], row[4], row[5])
         return registrations
 
     async def _resync(self, view: StoreView) -> None:
         """Hands `view` every stored row, `_RESYNC_CHUNK` rows at a time with the event loop free
-        between, then tells it which devices it may hold are stored no more. What commits
-        meanwhile is notified and applied after this returns, so a row handed over stale (or a
-        device called gone that was stored again) is made right by its notification."""
-        known_before = set(self._known)
+        between, then tells it which devices it may hold are stored no more. A row equal to what
+        was last handed over or written but for its lease end goes over as that lease end alone;
+        the rest, and those the view says it does not hold so, are parsed and handed over whole.
+        What commits meanwhile is notified and applied after this returns, so a row handed over
+        stale (or a device called gone that was stored again) is made right by its notification."""
+        known_before = set(self._held)
         seen: set[str] = set()
+        held = self._held
         async with self._pool.connection() as connection:
             cursor = connection.cursor()
             # Client-side: the result arrives whole, and each fetchmany converts only its rows.
-            await cursor.execute(f"SELECT {_COLUMNS} FROM registrations ORDER BY device_id", prepare=False)
+            await cursor.execute(f"SELECT device_id, {_COLUMNS} FROM registrations ORDER BY device_id", prepare=False)
             while rows := await cursor.fetchmany(_RESYNC_CHUNK):
-                registrations = self._parsed(rows)
-                view.apply_stored(registrations)
-                seen.update(registration.device.id for registration in registrations)
+                whole: list[Any] = []
+                ends: list[tuple[str, str, float]] = []
+                for row in rows:
+                    seen.add(row[0])
+                    if held.get(row[0]) == (row[1], row[2], row[3], row[5], row[6]):
+                        ends.append((row[0], row[1], row[4]))
+                    else:
+                        whole.append(row)
+                if ends and (missing := set(view.apply_lease_ends(ends))):
+                    whole.extend(row for row in rows if row[0] in missing)
+                if whole:
+                    view.apply_stored(self._parsed([row[1:] for row in whole]))
                 await asyncio.sleep(0)  # let calls waiting on this replica's loop run
         gone = sorted(known_before - seen)
-        self._known.difference_update(gone)
+        for device_id in gone:
+            del held[device_id]
         view.apply_stored([], gone=gone)
         heap.settle()  # the re-read fleet is long-lived: keep it out of the collector's full passes
 
@@ -325,8 +352,13 @@ class PostgresStore:
             self._committer = asyncio.create_task(self._commit_pending(), name="registry-store-commit")
         await future
         # Known once committed, not before: a re-read that began before this commit did not see it,
-        # and must not call it gone.
-        self._known.update(change.registration.device.id for change in changes if isinstance(change, Put))
+        # and must not call it gone. The registry applies what it wrote as soon as this returns.
+        for change in changes:
+            if isinstance(change, Put):
+                row = change.registration
+                self._held[row.device.id] = (row.lease_id, row.principal, row.ttl, row.registered_at, _json(row))
+            elif isinstance(change, Delete) and change.device_id in self._held:
+                self._held[change.device_id] = None
 
     async def _commit_pending(self) -> None:
         while self._pending:
@@ -416,7 +448,7 @@ class PostgresStore:
             if view.store_reachable():
                 log.info("edge registry: the registry database %s is reachable", self.where)
             sweeper = False
-            resync_at = time.monotonic() + self.settings.resync_interval
+            resync_at = time.monotonic() + self._resync_delay()
             while True:
                 if not sweeper:
                     cursor = await listener.execute("SELECT pg_try_advisory_lock(%s)", (_SWEEPER_LOCK,))
@@ -429,9 +461,16 @@ class PostgresStore:
                 view.store_reachable()  # it answered just now: the registry's sync age stays within one interval
                 if time.monotonic() >= resync_at:
                     await self._resync(view)
-                    resync_at = time.monotonic() + self.settings.resync_interval
+                    resync_at = time.monotonic() + self._resync_delay()
                 async for notice in listener.notifies(timeout=self.settings.sweep_interval):
                     await self._apply_notice(view, notice.payload)
+
+    def _resync_delay(self) -> float:
+        """Seconds until the next full re-read: `resync_interval` less a random quarter at most.
+        Replicas started together would otherwise re-read together for ever, and three full
+        re-reads at once (and PostgreSQL serving them) saturated a 2-core machine for 2-3 s, every
+        renewal answered in that spell waiting up to 1 s."""
+        return self.settings.resync_interval * self._jitter.uniform(0.75, 1.0)
 
     async def _apply_notice(self, view: StoreView, payload: str) -> None:
         kind, _, text = payload.partition("\n")
@@ -441,7 +480,11 @@ class PostgresStore:
             return
         rows = await self._read(ids)
         found = {row.device.id for row in rows}
-        view.apply_stored(rows, gone=[i for i in ids if i not in found], expired=kind == "e")
+        gone = [i for i in ids if i not in found]
+        for device_id in gone:
+            if device_id in self._held:
+                self._held[device_id] = None
+        view.apply_stored(rows, gone=gone, expired=kind == "e")
 
     async def _sweep(self, view: StoreView) -> None:
         """Deletes lapsed leases by the database's clock, in batches, notifying every replica."""

@@ -46,7 +46,7 @@ from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import filter_state_pb2, regex_pb2, string_pb2
 
 from meshplane.model import (
@@ -70,7 +70,7 @@ from meshplane.xds.translate.clusters import build_clusters, with_backend_tls
 from meshplane.xds.translate.endpoints import same_services
 from meshplane.xds.translate.listeners import HTTP_CONNECTION_MANAGER, http_connection_manager
 from meshplane.xds.translate.routes import CORS_FILTER, rule_http_filters, rule_match, rule_route
-from meshplane.xds.translate.secrets import build_secrets
+from meshplane.xds.translate.secrets import build_secrets, certificate_secret
 
 ANY_ADDRESS = "0.0.0.0"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -212,7 +212,7 @@ def build_gateway_api(mesh: Mesh, group: ProxyGroup) -> tuple[dict[str, tuple[An
     own = []
     for name in sorted(certificates):
         if name in held:
-            own.append(_certificate(held[name]))
+            own.append(certificate_secret(held[name]))
         else:  # a validated mesh never names a certificate it lacks; the listener then warms forever
             warnings.append(f"gateway {group.gateway}: certificate {name!r} is not in the mesh")
     if own or secrets is not shared.secrets:
@@ -508,14 +508,3 @@ def _downstream_tls(listener: GatewayListener, group: ProxyGroup) -> Any:
         alpn_protocols=["h2", "http/1.1"],
     )
     return tls_pb2.DownstreamTlsContext(common_tls_context=common)
-
-
-def _certificate(certificate: TlsCertificate) -> Any:
-    """The Secret of a listener's certificate, PEM inlined, as `secrets.build_secrets` shapes it."""
-    return secret_pb2.Secret(
-        name=certificate.name,
-        tls_certificate=common_pb2.TlsCertificate(
-            certificate_chain=base_pb2.DataSource(inline_string=certificate.certificate_chain),
-            private_key=base_pb2.DataSource(inline_string=certificate.private_key),
-        ),
-    )

@@ -31,26 +31,9 @@ def build_secrets(mesh: Mesh, clusters: Iterable[Any]) -> list[Any]:
     name over SDS; nothing else. (`Mesh.problems()` has checked that every name a service's TLS
     uses exists, as one kind or the other: the two share one namespace.)"""
     used = sds_secret_names(clusters)
-    secrets = [
-        secret_pb2.Secret(
-            name=certificate.name,
-            tls_certificate=common_pb2.TlsCertificate(
-                certificate_chain=base_pb2.DataSource(inline_string=certificate.certificate_chain),
-                private_key=base_pb2.DataSource(inline_string=certificate.private_key),
-            ),
-        )
-        for certificate in mesh.certificates
-        if certificate.name in used
-    ]
+    secrets = [certificate_secret(certificate) for certificate in mesh.certificates if certificate.name in used]
     secrets += [
-        secret_pb2.Secret(
-            name=bundle.name,
-            validation_context=common_pb2.CertificateValidationContext(
-                trusted_ca=base_pb2.DataSource(inline_string=bundle.ca_certificates),
-            ),
-        )
-        for bundle in mesh.trust_bundles
-        if bundle.name in used
+        trust_secret(bundle.name, bundle.ca_certificates) for bundle in mesh.trust_bundles if bundle.name in used
     ]
     return secrets
 
