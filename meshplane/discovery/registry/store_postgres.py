@@ -351,14 +351,6 @@ class PostgresStore:
             # One committer at a time, held here and awaited by `close`: it ends once nothing waits.
             self._committer = asyncio.create_task(self._commit_pending(), name="registry-store-commit")
         await future
-        # Known once committed, not before: a re-read that began before this commit did not see it,
-        # and must not call it gone. The registry applies what it wrote as soon as this returns.
-        for change in changes:
-            if isinstance(change, Put):
-                row = change.registration
-                self._held[row.device.id] = (row.lease_id, row.principal, row.ttl, row.registered_at, _json(row))
-            elif isinstance(change, Delete) and change.device_id in self._held:
-                self._held[change.device_id] = None
 
     async def _commit_pending(self) -> None:
         while self._pending:
@@ -386,7 +378,8 @@ class PostgresStore:
     async def _commit(self, jobs: Sequence[_Job]) -> list[set[str]]:
         """Applies the jobs in order in one transaction; per job, the renewed ids that had no row."""
         lost: list[set[str]] = [set() for _ in jobs]
-        changed: list[str] = []
+        put: list[tuple[str, str, str, float, float, float, str]] = []
+        deleted: list[str] = []
         async with self._pool.connection() as connection, connection.transaction():
             for runs in _runs([(index, change) for index, job in enumerate(jobs) for change in job.changes]):
                 kind = type(runs[0][1])
@@ -394,7 +387,7 @@ class PostgresStore:
                     rows = [_put_row(change.registration) for _, change in runs if isinstance(change, Put)]
                     async with connection.cursor() as cursor:
                         await cursor.executemany(_PUT, rows)
-                    changed.extend(row[0] for row in rows)
+                    put += rows
                 elif kind is Renew:
                     ids = [change.device_id for _, change in runs if isinstance(change, Renew)]
                     cursor = await connection.execute(_RENEW, (ids,))
@@ -405,9 +398,18 @@ class PostgresStore:
                 else:
                     ids = [change.device_id for _, change in runs if isinstance(change, Delete)]
                     await connection.execute(_DELETE, (ids,))
-                    changed.extend(ids)
-            await _notify(connection, "c", changed)
+                    deleted += ids
+            await _notify(connection, "c", [*(row[0] for row in put), *deleted])
         self.commits += 1
+        # Held once committed, not before: a re-read that began before this commit did not see
+        # these rows, and must not call them gone. The registry applies what it wrote as soon as
+        # its write returns. The rows' documents are the ones just stored, serialised once.
+        held = self._held
+        for device_id, lease_id, principal, ttl, _, registered_at, document in put:
+            held[device_id] = (lease_id, principal, ttl, registered_at, document)
+        for device_id in deleted:
+            if device_id in held:
+                held[device_id] = None
         return lost
 
     async def close(self) -> None:
