@@ -37,16 +37,19 @@ and `ip` needed):
    registered at a survivor right after, timed from the kill until the gateway, reconnected to a
    survivor, routes to it; the killed replica is started again on its ports before the next run.
 8. (run first, on the fleet as filled) heartbeats through the replicas' gRPC API, the user's path:
-   every device renews once over --heartbeat-seconds at the even rate that takes, device i at
-   replica i % 3 over one of --heartbeat-streams HeartbeatStreams there, authenticated with the
-   fleet's class token; each stream carries one renewal at a time, so a renewal due while its
-   stream is busy waits, and the wait counts: latency is from each due time to the answer. p50,
-   p99 per replica, the calls over 50 ms by second of the window, and this client's own
-   event-loop lag (the client shares the cores). --heartbeat-streams 0 makes each renewal a unary
-   call of its own, open loop, as devices on their own connections would; one Python client
-   cannot start 3,333 of them a second on 2 cores (its loop falls seconds behind), so the streams
-   are the default. --only-path-heartbeats runs part 2 up to this step alone (no root, no Envoy);
-   --skip-path-heartbeats leaves it out.
+   every device renews once per --heartbeat-seconds, --heartbeat-rounds times (2: a minute, two
+   or more full re-reads at every replica), at the even rate that takes, device i at replica
+   i % 3, authenticated with the fleet's class token; latency is from each due time to the
+   answer. By default over --heartbeat-streams (16) HeartbeatStreams a replica from this client,
+   each carrying one renewal at a time, as a gateway or the device simulator relaying a fleet's
+   renewals sends them (a renewal due while its stream is busy waits, and the wait counts), with
+   this client's own event-loop lag. --heartbeat-streams 0 makes each renewal a unary call of its
+   own, started at its due time whatever is in flight (open loop), as devices renewing each on
+   their own make them, from `benchmarks/heartbeatload` (Go: one Python client cannot start
+   3,333 unary calls a second on 2 cores), over 8 connections a replica, with its own schedule
+   lag and CPU. p50, p99 per replica, the calls over 50 ms by second of the window, and each
+   replica's CPU milliseconds per renewal it answered, PostgreSQL's per renewal (/proc). --only-path-heartbeats runs
+   part 2 up to this step alone (no root, no Envoy); --skip-path-heartbeats leaves it out.
 
 PostgreSQL is a private server (tests/postgres.py) on this machine, fsync on: every acknowledged
 call is durable. Every process (PostgreSQL, the replicas, Envoy, this client) shares the
@@ -57,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import gc
 import json
@@ -82,7 +84,9 @@ import grpc
 from benchmarks.edge_registry import BIKES, CLASS_TOKEN, listening, registration_to_routing, write_sites
 from benchmarks.edge_registry import device as fleet_device
 from benchmarks.edge_registry import sites as fleet_sites
+from benchmarks.heartbeat_load import build_heartbeat_load, run_heartbeat_load
 from benchmarks.registration_path import load_average, quantile, write_tokens
+from benchmarks.scale import proc_cpu_seconds
 from meshplane.api.edge.v1 import registry_pb2 as pb
 from meshplane.api.edge.v1 import registry_pb2_grpc
 from meshplane.discovery.registry import heap
@@ -500,10 +504,11 @@ def replica_environment() -> dict[str, str]:
     return {key: value for key, value in without_meshplane_variables().items() if key != "PGPASSWORD"}
 
 
-def replica(name: str, work: Path, url: str, policy: Path, tokens: Path, password: Path) -> Replica:
+def replica(name: str, work: Path, url: str, policy: Path, tokens: Path, password: Path, resync: float) -> Replica:
     xds, status, registry, http = (free_port() for _ in range(4))
     command = [sys.executable, "-m", "meshplane", "serve", "--config", str(policy)]
     command += ["--registry-store", url, "--registry-store-password-file", str(password)]
+    command += ["--registry-store-resync", str(resync)]
     command += ["--registry-tokens", str(tokens), "--xds-address", f"127.0.0.1:{xds}"]
     command += ["--status-address", f"127.0.0.1:{status}", "--registry-address", f"127.0.0.1:{registry}"]
     command += ["--registry-http-address", f"127.0.0.1:{http}"]
@@ -578,90 +583,93 @@ def distribution(seconds: list[float]) -> dict[str, Any]:
     }
 
 
-# Step 8's connections to each replica for unary calls.
+# Step 8's gRPC connections to each replica for the devices' unary calls.
 CONNECTIONS = 8
 
 
 async def heartbeats_through_replicas(
-    group: Sequence[Replica], leases: Sequence[str], period: float, streams: int
+    group: Sequence[Replica], leases: Sequence[str], period: float, rounds: int, streams: int
 ) -> dict[str, Any]:
-    """Step 8 (see the module docstring): every device renews once over `period` s through the
-    replicas' gRPC API, device i at replica i % 3; latency from the due time to the answer. With
-    `streams` 0, each renewal is a unary Heartbeat call of its own started at its due time, as
-    devices each renewing on their own connection make them (open loop); otherwise on one of
-    `streams` HeartbeatStreams per replica, each carrying one renewal at a time, as a gateway
-    relaying its devices' renewals would (a renewal due while its stream is busy waits, counted)."""
+    """Step 8 (see the module docstring): every device renews once per `period` s, `rounds` times,
+    through the replicas' gRPC API, device i at replica i % 3; latency from the due time to the
+    answer. With `streams` 0, each renewal is a unary Heartbeat call of its own started at its due
+    time, as devices each renewing on their own make them (open loop, `benchmarks/heartbeatload`,
+    Go: one Python client cannot start 3,333 a second on two cores); otherwise on one of `streams`
+    HeartbeatStreams per replica from this client, each carrying one renewal at a time, as a
+    gateway relaying its devices' renewals would (a renewal due while its stream is busy waits,
+    counted). Each replica's CPU seconds, and PostgreSQL's, per renewal answered, from /proc."""
+    before = cpu_seconds(group)
+    if streams:
+        figures = await streamed_heartbeats(group, leases, period, rounds, streams)
+    else:
+        figures = await unary_heartbeats(group, leases, period, rounds)
+    after = cpu_seconds(group)
+    # Renewals answered: "calls" in this client's figures, "count" in heartbeatload's.
+    answered = {name: int(row.get("count", row.get("calls", 0))) for name, row in figures["per_replica"].items()}
+    answered["postgresql"] = sum(answered.values())  # the database serves every replica's
+    figures["cpu_ms_per_renewal"] = {  # each replica's per renewal it answered
+        name: round((after[name] - before[name]) / max(answered[name], 1) * 1000, 3) for name in before
+    }
+    return figures
+
+
+def cpu_seconds(group: Sequence[Replica]) -> dict[str, float]:
+    """CPU seconds so far (user + system) of each replica's process and of every PostgreSQL process
+    on this machine (the benchmark's own server is the only one)."""
+    seconds = {member.name: proc_cpu_seconds(member.process.pid) for member in group if member.process}
+    postgres = 0.0
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                postgres += proc_cpu_seconds(int(entry.name))
+    return {**seconds, "postgresql": postgres}
+
+
+async def streamed_heartbeats(
+    group: Sequence[Replica], leases: Sequence[str], period: float, rounds: int, streams: int
+) -> dict[str, Any]:
+    """Step 8 over `streams` HeartbeatStreams a replica from this client (see `heartbeats_through_replicas`)."""
     devices = len(leases)
     latencies: list[list[float]] = [[] for _ in group]
     slow: list[list[tuple[float, float]]] = [[] for _ in group]  # (due s into the window, ms) over 50 ms
     start = time.perf_counter()
     metadata = (("authorization", f"Bearer {CLASS_TOKEN}"),)
-    # Unary calls: CONNECTIONS connections a replica (each its own, not grpc's shared one), calls
-    # spread over them, so no one connection's concurrent-stream limit stands for a replica's.
-    local = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{member.registry_port}", options=local)
-        for member in group
-        for _ in range(1 if streams else CONNECTIONS)
-    ]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{member.registry_port}") for member in group]
     stubs = [registry_pb2_grpc.RegistryStub(channel) for channel in channels]
-    failed: collections.Counter[str] = collections.Counter()
     queues: list[list[asyncio.Queue[tuple[int, float] | None]]] = [
         [asyncio.Queue() for _ in range(streams)] for _ in group
     ]
-
-    def answered(replica: int, due: float) -> None:
-        latencies[replica].append(time.perf_counter() - due)
-        if latencies[replica][-1] > 0.05:
-            slow[replica].append((round(due - start, 2), round(latencies[replica][-1] * 1000, 1)))
-
-    def request(index: int) -> Any:
-        return pb.HeartbeatRequest(device_id=f"bike-{index:06d}", lease_id=leases[index])
 
     async def relay(replica: int, queue: asyncio.Queue[tuple[int, float] | None]) -> None:
         call = stubs[replica].HeartbeatStream(metadata=metadata)  # one channel a replica
         while (item := await queue.get()) is not None:
             index, due = item
-            await call.write(request(index))
+            await call.write(pb.HeartbeatRequest(device_id=fleet_device_id(index), lease_id=leases[index]))
             if await call.read() is grpc.aio.EOF:
                 raise RuntimeError(f"replica {group[replica].name} ended a heartbeat stream: {await call.code()}")
-            answered(replica, due)
+            latencies[replica].append(time.perf_counter() - due)
+            if latencies[replica][-1] > 0.05:
+                slow[replica].append((round(due - start, 2), round(latencies[replica][-1] * 1000, 1)))
         await call.done_writing()
 
-    async def renew(index: int, due: float) -> None:
-        replica = index % len(group)
-        try:
-            await stubs[replica * CONNECTIONS + index // len(group) % CONNECTIONS].Heartbeat(
-                request(index), metadata=metadata
-            )
-        except grpc.aio.AioRpcError as error:
-            failed[f"{group[replica].name}: {error.code().name}: {error.details()}"] += 1
-            return
-        answered(replica, due)
-
     workers = [asyncio.create_task(relay(r, queue)) for r, row in enumerate(queues) for queue in row]
-    calls: set[asyncio.Task[None]] = set()
     try:
         for channel in channels:
             await channel.channel_ready()
         probe = LoopProbe()
         async with probe.running():
             start = time.perf_counter()
-            for index in range(devices):
-                due = start + index * period / devices
+            for call in range(devices * rounds):
+                index = call % devices
+                due = start + call * period / devices
                 if (delay := due - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
-                if streams:
-                    queues[index % len(group)][index // len(group) % streams].put_nowait((index, due))
-                else:
-                    task = asyncio.create_task(renew(index, due))
-                    calls.add(task)
-                    task.add_done_callback(calls.discard)
+                queues[index % len(group)][index // len(group) % streams].put_nowait((index, due))
             started_for = time.perf_counter() - start
             for row in queues:
                 for queue in row:
                     queue.put_nowait(None)
-            await asyncio.gather(*workers, *calls)
+            await asyncio.gather(*workers)
             elapsed = time.perf_counter() - start
     finally:
         for channel in channels:
@@ -680,14 +688,43 @@ async def heartbeats_through_replicas(
     }
     return {
         "devices": devices,
-        "calls": f"{streams} HeartbeatStreams a replica" if streams else "a unary Heartbeat call each",
+        "rounds": rounds,
+        "calls": f"{streams} HeartbeatStreams a replica, from one Python client",
         "target_per_second": round(devices / period),
-        "started_per_second": round(devices / started_for),
+        "started_per_second": round(devices * rounds / started_for),
         "per_replica": replicas,
         "p50_ms": percentiles([s for row in latencies for s in row], devices, elapsed)["p50_ms"],
         "p99_ms_worst_replica": max(float(figures["p99_ms"]) for figures in replicas.values()),
-        "failed": dict(failed),
         "client_loop": probe.figures(),
+    }
+
+
+def fleet_device_id(index: int) -> str:
+    return f"bike-{index:06d}"
+
+
+async def unary_heartbeats(
+    group: Sequence[Replica], leases: Sequence[str], period: float, rounds: int
+) -> dict[str, Any]:
+    """Step 8 with a unary call per renewal, from `benchmarks/heartbeatload` (its figures, per replica)."""
+    targets = [f"127.0.0.1:{member.registry_port}" for member in group]
+    report = await run_heartbeat_load(
+        await asyncio.to_thread(build_heartbeat_load),
+        targets,
+        [(fleet_device_id(index), lease) for index, lease in enumerate(leases)],
+        period=period,
+        rounds=rounds,
+        connections=CONNECTIONS,
+        token=CLASS_TOKEN,
+    )
+    per_target = report.pop("per_target")
+    replicas = {member.name: per_target[target] for member, target in zip(group, targets, strict=True)}
+    return {
+        **report,
+        "calls": f"a unary Heartbeat call each, {CONNECTIONS} connections a replica (heartbeatload, Go)",
+        "per_replica": replicas,
+        "p50_ms": report["all"]["p50_ms"],
+        "p99_ms_worst_replica": max(float(figures["p99_ms"]) for figures in replicas.values()),
     }
 
 
@@ -713,7 +750,7 @@ async def through_replicas(
         tokens = write_tokens(work / "tokens.yaml")
         password = work / "password"
         password.write_text(PASSWORD + "\n")
-        group = [replica(name, work, url, policy, tokens, password) for name in "abc"]
+        group = [replica(name, work, url, policy, tokens, password, args.resync_interval) for name in "abc"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             started = time.perf_counter()
             for member in group:
@@ -727,7 +764,7 @@ async def through_replicas(
             if not args.skip_path_heartbeats:
                 figures["load_average_heartbeats"] = load_average()
                 figures["heartbeats_through_replicas"] = await heartbeats_through_replicas(
-                    group, leases, args.heartbeat_seconds, args.heartbeat_streams
+                    group, leases, args.heartbeat_seconds, args.heartbeat_rounds, args.heartbeat_streams
                 )
                 figures["load_average_heartbeats_end"] = load_average()
             if device_host is None:
@@ -865,8 +902,10 @@ def main() -> None:
         "--heartbeat-streams",
         type=int,
         default=16,
-        help="step 8: HeartbeatStreams a replica (0: a unary call each; one Python client cannot pace 3,333/s)",
+        help="step 8: HeartbeatStreams a replica from this client, one renewal at a time on each; 0: a unary"
+        " call per renewal instead (heartbeatload, Go)",
     )
+    parser.add_argument("--heartbeat-rounds", type=int, default=2, help="step 8: renewals per device")
     parser.add_argument("--skip-path-heartbeats", action="store_true", help="part 2 without step 8")
     parser.add_argument(
         "--only-path-heartbeats", action="store_true", help="part 2 up to step 8 alone (no root, no Envoy)"
@@ -875,7 +914,8 @@ def main() -> None:
         "--resync-interval",
         type=float,
         default=30.0,
-        help="step 5's replicas' full re-read interval (s; 10: about three re-reads a replica in the window)",
+        help="steps 5 and 8: the replicas' full re-read interval (s; 10: about three re-reads a replica in"
+        " step 5's window)",
     )
     args = parser.parse_args()
     figures = asyncio.run(run(args))

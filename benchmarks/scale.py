@@ -5,7 +5,7 @@ Run: .venv/bin/python -m benchmarks.scale [--only NAME ...] [--quick] [--json FI
 Servers: `benchmarks.meshplane_server` and go-control-plane's `gcpbench` (built by
 the baseline's build.sh: `BASELINE` below), each serving N EDS clusters x M endpoints to every
 node. Clients: `gcpload` (SotW ADS, from the baseline) and `deltaload` (Delta ADS, its twin,
-built by benchmarks/build_deltaload.sh); both are Go and serve both servers alike. Every scenario
+built by benchmarks/build_go_client.sh); both are Go and serve both servers alike. Every scenario
 starts a fresh server, so peak RSS (VmHWM) is that scenario's; CPU seconds are the server's
 (utime + stime from /proc) during the measured part only.
 
@@ -54,7 +54,7 @@ def build_tools() -> dict[str, Path]:
     """The baseline's binaries and deltaload (built on first use; instant afterwards)."""
     built = subprocess.run([str(BASELINE / "build.sh")], check=True, capture_output=True, text=True)
     cache = Path(built.stdout.strip())
-    built = subprocess.run([str(HERE / "build_deltaload.sh")], check=True, capture_output=True, text=True)
+    built = subprocess.run([str(HERE / "build_go_client.sh"), "deltaload"], check=True, capture_output=True, text=True)
     deltaload = built.stdout.strip()
     return {
         "gcpbench": cache / "bin" / "gcpbench",

@@ -191,8 +191,13 @@ async def test_two_replicas_started_together_on_an_empty_database_migrate_once_a
     cluster = cluster_on(postgres_server, tmp_path)
     assert postgres_server.execute(cluster.database, "SELECT to_regclass('schema_migrations')") == [(None,)]
     async with replicas(cluster, 2, together=True) as (a, b):
-        answers = [await readiness(a), await readiness(b)]
-        assert all(code == 200 for code, _ in answers), answers
+        answers: list[tuple[int, str]] = []
+
+        async def both_ready() -> bool:
+            answers[:] = [await readiness(a), await readiness(b)]
+            return all(code == 200 for code, _ in answers)
+
+        await eventually(both_ready, "both replicas ready", lambda: answers)
         versions = postgres_server.execute(cluster.database, "SELECT version FROM schema_migrations ORDER BY version")
         assert [int(str(row[0])) for row in versions] == list(range(1, SCHEMA_VERSION + 1))
         applied = [replica.name for replica in (a, b) if replica.logged("applied schema migrations")]

@@ -16,7 +16,7 @@ OUTSIDE = ("..", "/shared")
 OUTSIDE_PROTOCOL_NOTES = ("shared", "/XDS")
 # The benchmarks' go-control-plane baseline is built by a script that is not part of the
 # repository; these two files say where it is found by default (`GCP_BASELINE_DIR` overrides it).
-MAY_NAME_THE_BASELINE = {"benchmarks/README.md", "benchmarks/build_deltaload.sh"}
+MAY_NAME_THE_BASELINE = {"benchmarks/README.md", "benchmarks/build_go_client.sh"}
 
 
 def repository_files() -> list[str]:

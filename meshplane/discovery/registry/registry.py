@@ -205,6 +205,10 @@ class EdgeRegistry:
         self._shared = store if isinstance(store, SharedStore) else None
         # Why the shared store cannot be reached now ("" while it can): not ready meanwhile.
         self._store_down = ""
+        # A shared store's follower has caught up with the database since the load (its first
+        # full re-read, after it began listening, is done): not ready before. A replica that took
+        # calls meanwhile answered them behind that re-read.
+        self._in_step = self._shared is None
         self.authority = authority
         self.csr_from_class_tokens = csr_from_class_tokens
         self._turns = _Turns()
@@ -781,6 +785,7 @@ class EdgeRegistry:
     def store_reachable(self) -> bool:
         was_down = bool(self._store_down)
         self._store_down = ""
+        self._in_step = True
         self._store_answered()
         return was_down
 
@@ -827,7 +832,7 @@ class EdgeRegistry:
         configured = self._sites() or {}
         return SourceStatus(
             name="edge-registry",
-            synced=self._loaded_at is not None and not self._store_down,
+            synced=self._loaded_at is not None and self._in_step and not self._store_down,
             last_success=self._confirmed_at,
             last_attempt=self._attempted_at,
             errors=(self._store_error,) if self._store_error else (),

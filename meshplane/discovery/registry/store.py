@@ -135,7 +135,9 @@ class StoreView(Protocol):
         ...
 
     def store_reachable(self) -> bool:
-        """The store answers again; True when it could not until now."""
+        """The store answers again; True when it could not until now. The first call after the
+        load also says the view has caught up (the store's first full read after it began
+        following): the view is not in sync before it."""
         ...
 
     def count(self, event: str, n: int) -> None:

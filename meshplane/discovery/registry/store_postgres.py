@@ -8,7 +8,9 @@ the fleet's truth in memory: every replica's view is a cache of the database, ke
 
 Contracts:
 - `write` returns only after COMMIT (acknowledged means durable, as `RegistrationStore` says).
-  Concurrent callers' changes share one transaction (group commit), heartbeats included.
+  Concurrent callers' changes share one transaction (group commit), heartbeats included; while
+  commits follow each other (load), the next waits `_COMMIT_WINDOW` for more to share it. A batch
+  of renewals alone is one statement in autocommit: one round trip, no BEGIN and COMMIT.
 - Lease ends are decided by the database's clock: a `Put` or `Renew` sets `expires_at` to
   `clock_timestamp() + ttl` in SQL (the replica's `expires_at` is ignored), and one replica at a
   time (the holder of a session-level advisory lock, `_SWEEPER_LOCK`) deletes lapsed rows. When
@@ -19,14 +21,20 @@ Contracts:
   LISTENs, reads the rows named and hands them to the registry (`StoreView`), and re-reads
   everything every `resync_interval` at most (less a random quarter, so replicas started together
   draw apart), so a notification missed while disconnected costs at most that long. A re-read
-  hands rows over `_RESYNC_CHUNK` at a time with the event loop free between chunks, and parses
-  only the rows that differ from what this store last handed over or wrote (`_held`) in more than
-  their lease end: a row renewed elsewhere, which after 30 s of heartbeats is nearly every row, is
-  handed over as its lease end alone (`StoreView.apply_lease_ends`). Parsing and replacing
-  100,000 rows took 1.8-2.2 s of a replica's loop in every re-read, and the heartbeats this
-  replica answered waited behind it. After a re-read the heap is frozen (`heap.settle`): the
-  fleet just read leaves the garbage collector's full passes. Renewals notify nobody: no replica
-  decides expiry from its own copy.
+  reads each row's id, revision, lease id and lease end only, `_RESYNC_CHUNK` rows at a time with
+  the event loop free between chunks. Every row carries a revision that PostgreSQL changes
+  whenever anything but the lease end changes (migration 2's trigger); a row whose revision is
+  the one this store last handed over or wrote (`_held`), which after 30 s of heartbeats elsewhere
+  is nearly every row, goes to the registry as its lease end alone (`StoreView.apply_lease_ends`);
+  only the others are read whole and parsed. Parsing and replacing 100,000 rows took 1.8-2.2 s of
+  a replica's loop in every re-read, and the heartbeats this replica answered waited behind it;
+  transferring every row's document to compare it took the database and the replica 40 MB a
+  re-read. A re-read is paced to a third of the loop at most (`_RESYNC_PACE`), and applies the
+  notifications waiting between its chunks, so registrations elsewhere are not held up by it.
+  A replica is ready only once its first re-read after the load is done (`StoreView.store_reachable`).
+  After a re-read the heap is frozen (`heap.settle`): the fleet just read leaves the
+  garbage collector's full passes. Renewals notify nobody: no replica decides expiry from its
+  own copy.
 - A renewal of a lease whose row is gone (swept, or removed at another replica) raises
   `LeaseLost` for that caller only.
 - Migrations are versioned here (`_MIGRATIONS`, recorded in `schema_migrations`) and applied at
@@ -45,8 +53,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +93,18 @@ _BATCH = 2048
 # re-read: a few milliseconds of work on a loaded 2-core machine, so a heartbeat waiting on this
 # loop waits that long, not a whole chunk of parsing (2,000 rows held it for 60-170 ms).
 _RESYNC_CHUNK = 500
+# After each chunk of a re-read, the loop is left to other work this many times as long as the chunk
+# took (at most `_RESYNC_MAX_PAUSE` s): a re-read takes at most a third of the loop. Yielding only
+# once between chunks left a replica whose loop was 70 % busy with renewals too little of it: they
+# queued for the re-read's second or so, and 500-1,100 waited over 50 ms each time.
+_RESYNC_PACE = 2.0
+_RESYNC_MAX_PAUSE = 0.05
+# After a commit, changes arriving within this many seconds wait to share the next one (group
+# commit under load); an idle store commits a change at once.
+_COMMIT_WINDOW = 0.003
+# A pooled connection handed back this recently is handed out again unchecked (`_checked`): it
+# answered a moment ago (the bypass window of pools such as HikariCP).
+_CHECK_AFTER_IDLE = 1.0
 # Pause between attempts to reach the database again after it was lost.
 _RETRY_DELAY = 1.0
 # Bounds of `--registry-store-pool`.
@@ -108,18 +130,39 @@ _MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX registrations_expires_at ON registrations (expires_at);
         """,
     ),
+    (
+        # A row's revision changes whenever anything but its lease end does, so a full re-read
+        # compares one integer a row (and transfers no documents) to find what changed. A trigger
+        # rather than the upsert sets it: a replica of before this migration, still running through
+        # a rolling upgrade, writes rows the others must still see change.
+        2,
+        """
+        CREATE SEQUENCE registrations_revision;
+        ALTER TABLE registrations ADD COLUMN revision bigint NOT NULL DEFAULT nextval('registrations_revision');
+        CREATE FUNCTION registrations_next_revision() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.revision := nextval('registrations_revision');
+            RETURN NEW;
+        END
+        $$;
+        CREATE TRIGGER registrations_revision BEFORE UPDATE ON registrations FOR EACH ROW
+            WHEN ((OLD.lease_id, OLD.principal, OLD.ttl, OLD.registered_at, OLD.device)
+                IS DISTINCT FROM (NEW.lease_id, NEW.principal, NEW.ttl, NEW.registered_at, NEW.device))
+            EXECUTE FUNCTION registrations_next_revision();
+        """,
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
-_COLUMNS = "lease_id, principal, ttl, expires_at, registered_at, device"
-# A row of `_COLUMNS` but its lease end, as stored: what `_held` remembers and compares unparsed.
-_Content = tuple[str, str, float, float, str]
+# `_registration` reads the first six; the revision is what `_held` remembers.
+_COLUMNS = "lease_id, principal, ttl, expires_at, registered_at, device, revision"
 _PUT = f"""
 INSERT INTO registrations (device_id, lease_id, principal, ttl, expires_at, registered_at, device)
 VALUES (%s, %s, %s, %s, {_NOW} + %s, %s, %s)
 ON CONFLICT (device_id) DO UPDATE SET lease_id = excluded.lease_id, principal = excluded.principal,
     ttl = excluded.ttl, expires_at = excluded.expires_at, registered_at = excluded.registered_at,
     device = excluded.device
+RETURNING device_id, revision
 """
 _RENEW = f"UPDATE registrations SET expires_at = {_NOW} + ttl WHERE device_id = ANY(%s) RETURNING device_id"
 _DELETE = "DELETE FROM registrations WHERE device_id = ANY(%s)"
@@ -193,32 +236,51 @@ class PostgresStore:
         # Dead peers are noticed within seconds, not at the kernel's default two hours.
         keywords.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
         self._keywords = keywords
+        # When each pooled connection was last handed back (`_checked`).
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
         self._pool = self._new_pool()
         self._opened = False
         self._pending: collections.deque[_Job] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
+        self._committed_at = -math.inf  # when the last commit ended (`_commit_pending`)
         # Every device id the registry may hold from this store (read, or written and committed),
-        # with the row's content but its lease end as last handed over or written, or None when
-        # that is not known. The keys may be a superset (a full re-read tells the registry those
-        # not stored are gone, and it skips ids it does not hold); a missing id would keep a
-        # removed device live. A content here that the registry does not hold under that lease
-        # is reported back by `apply_lease_ends` and handed over in full.
-        self._held: dict[str, _Content | None] = {}
+        # with the row's revision as last handed over or written, or None when that is not known.
+        # The keys may be a superset (a full re-read tells the registry those not stored are
+        # gone, and it skips ids it does not hold); a missing id would keep a removed device live.
+        # A row the registry does not hold under the lease of that revision is reported back by
+        # `apply_lease_ends` and handed over in full.
+        self._held: dict[str, int | None] = {}
+        # While a full re-read runs: the ids its notifications applied meanwhile (`_resync`).
+        self._touched: set[str] | None = None
         self._jitter = random.Random()  # seeded from the system: replicas draw apart
         self.commits = 0  # transactions committed, for the benchmark
         self.swept = 0  # leases this replica deleted as lapsed
 
     def _new_pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        # Autocommit: a statement outside `connection.transaction()` is a transaction of its own,
+        # so a batch of renewals alone costs one round trip (`_commit`).
         return AsyncConnectionPool(
             self.settings.conninfo,
-            kwargs=self._keywords,
+            kwargs={**self._keywords, "autocommit": True},
             min_size=1,
             max_size=min(max(self.settings.pool_size, MIN_POOL), MAX_POOL),
             open=False,
             timeout=self.settings.connect_timeout,
-            check=AsyncConnectionPool.check_connection,  # after a server restart, drop dead connections
+            check=self._checked,
+            reset=self._returned,
             name="meshplane-registry",
         )
+
+    async def _checked(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        """Before a pooled connection is handed out: checks it answers (after a server restart,
+        dead connections are dropped here, not by a failed write), unless it was handed back less
+        than `_CHECK_AFTER_IDLE` ago. Checking every time cost a round trip per group commit."""
+        returned = self._returned_at.get(connection)
+        if returned is None or time.monotonic() - returned >= _CHECK_AFTER_IDLE:
+            await AsyncConnectionPool.check_connection(connection)
+
+    async def _returned(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._returned_at[connection] = time.monotonic()
 
     async def _renew_pool(self) -> None:
         """Replaces the pool by a new one, connected now. A pool that lost its server retries with
@@ -282,17 +344,19 @@ class PostgresStore:
     async def _read(self, device_ids: Sequence[str] | None) -> list[Registration]:
         """The rows of `device_ids` (every row when None), sorted by device id."""
         async with self._pool.connection() as connection:
-            if device_ids is None:
-                cursor = await connection.execute(
-                    f"SELECT {_COLUMNS} FROM registrations ORDER BY device_id", prepare=False
-                )
-            else:
-                cursor = await connection.execute(
-                    f"SELECT {_COLUMNS} FROM registrations WHERE device_id = ANY(%s) ORDER BY device_id",
-                    (list(device_ids),),
-                )
-            rows = await cursor.fetchall()
-        return self._parsed(rows)
+            return await self._read_on(connection, device_ids)
+
+    async def _read_on(
+        self, connection: psycopg.AsyncConnection[Any], device_ids: Sequence[str] | None
+    ) -> list[Registration]:
+        if device_ids is None:
+            cursor = await connection.execute(f"SELECT {_COLUMNS} FROM registrations ORDER BY device_id", prepare=False)
+        else:
+            cursor = await connection.execute(
+                f"SELECT {_COLUMNS} FROM registrations WHERE device_id = ANY(%s) ORDER BY device_id",
+                (list(device_ids),),
+            )
+        return self._parsed(await cursor.fetchall())
 
     def _parsed(self, rows: Sequence[Any]) -> list[Registration]:
         """Rows of `_COLUMNS` parsed, and remembered as handed over (the caller hands them over)."""
@@ -301,42 +365,70 @@ class PostgresStore:
         except (ValueError, KeyError, TypeError) as error:
             raise StoreError(f"registry store {self.where}: unreadable registration: {error!r}") from None
         for registration, row in zip(registrations, rows, strict=True):
-            self._held[registration.device.id] = (row[0], row[1], row[2], row[4], row[5])
+            self._held[registration.device.id] = row[6]
         return registrations
 
-    async def _resync(self, view: StoreView) -> None:
-        """Hands `view` every stored row, `_RESYNC_CHUNK` rows at a time with the event loop free
-        between, then tells it which devices it may hold are stored no more. A row equal to what
-        was last handed over or written but for its lease end goes over as that lease end alone;
-        the rest, and those the view says it does not hold so, are parsed and handed over whole.
-        What commits meanwhile is notified and applied after this returns, so a row handed over
-        stale (or a device called gone that was stored again) is made right by its notification."""
+    async def _resync(self, view: StoreView, listener: psycopg.AsyncConnection[Any] | None = None) -> None:
+        """Hands `view` every stored row, `_RESYNC_CHUNK` rows at a time, then tells it which
+        devices it may hold are stored no more. Reads each row's id, revision, lease id and lease
+        end only: a row of the revision last handed over or written goes over as its lease end
+        alone; the rest, and those the view says it does not hold under that lease, are read again
+        whole (as they are now), parsed and handed over.
+
+        Paced: after each chunk the loop is left to other work for `_RESYNC_PACE` times as long as
+        the chunk took, so a re-read takes at most a third of the replica's loop, and the
+        heartbeats it answers meanwhile do not queue behind it. Between chunks, the notifications
+        already on `listener` are applied, so a registration elsewhere is not held up by a re-read;
+        a device they touched is never called gone by this re-read (its snapshot may predate it).
+        What commits after the snapshot and is not yet applied is notified and applied after this
+        returns, so a row handed over stale is made right by its notification."""
         known_before = set(self._held)
         seen: set[str] = set()
         held = self._held
-        async with self._pool.connection() as connection:
-            cursor = connection.cursor()
-            # Client-side: the result arrives whole, and each fetchmany converts only its rows.
-            await cursor.execute(f"SELECT device_id, {_COLUMNS} FROM registrations ORDER BY device_id", prepare=False)
-            while rows := await cursor.fetchmany(_RESYNC_CHUNK):
-                whole: list[Any] = []
-                ends: list[tuple[str, str, float]] = []
-                for row in rows:
-                    seen.add(row[0])
-                    if held.get(row[0]) == (row[1], row[2], row[3], row[5], row[6]):
-                        ends.append((row[0], row[1], row[4]))
-                    else:
-                        whole.append(row)
-                if ends and (missing := set(view.apply_lease_ends(ends))):
-                    whole.extend(row for row in rows if row[0] in missing)
-                if whole:
-                    view.apply_stored(self._parsed([row[1:] for row in whole]))
-                await asyncio.sleep(0)  # let calls waiting on this replica's loop run
-        gone = sorted(known_before - seen)
+        touched = self._touched = set()
+        try:
+            await self._resync_rows(view, listener, seen)
+        finally:
+            self._touched = None
+        gone = sorted(known_before - seen - touched)
         for device_id in gone:
             del held[device_id]
         view.apply_stored([], gone=gone)
         heap.settle()  # the re-read fleet is long-lived: keep it out of the collector's full passes
+
+    async def _resync_rows(
+        self, view: StoreView, listener: psycopg.AsyncConnection[Any] | None, seen: set[str]
+    ) -> None:
+        held = self._held
+        async with self._pool.connection() as connection:
+            cursor = connection.cursor()
+            # Client-side: the result arrives whole, and each fetchmany converts only its rows.
+            await cursor.execute(
+                "SELECT device_id, revision, lease_id, expires_at FROM registrations ORDER BY device_id", prepare=False
+            )
+            while True:
+                started = time.perf_counter()
+                rows = await cursor.fetchmany(_RESYNC_CHUNK)
+                if not rows:
+                    break
+                whole: list[str] = []
+                ends: list[tuple[str, str, float]] = []
+                for device_id, revision, lease_id, expires_at in rows:
+                    seen.add(device_id)
+                    if held.get(device_id) == revision:
+                        ends.append((device_id, lease_id, expires_at))
+                    else:
+                        whole.append(device_id)
+                if ends:
+                    whole += view.apply_lease_ends(ends)
+                if whole:
+                    # On the re-read's own connection: its result is already here, the connection idle.
+                    view.apply_stored(await self._read_on(connection, whole))
+                if listener is not None:
+                    async for notice in listener.notifies(timeout=0):
+                        await self._apply_notice(view, notice.payload)
+                spent = time.perf_counter() - started
+                await asyncio.sleep(min(spent * _RESYNC_PACE, _RESYNC_MAX_PAUSE))
 
     async def write(self, changes: Sequence[Change]) -> None:
         """Applies `changes` in one transaction shared with every concurrent caller's; returns after
@@ -354,6 +446,11 @@ class PostgresStore:
 
     async def _commit_pending(self) -> None:
         while self._pending:
+            if time.monotonic() - self._committed_at < _COMMIT_WINDOW:
+                # Busy (a commit ended just now): let more changes gather for this one. Each commit
+                # costs the replica and the database a round trip and a WAL flush whatever its
+                # size; at 1,000 renewals a second a replica committed every 3 ms, 3 at a time.
+                await asyncio.sleep(_COMMIT_WINDOW)
             jobs: list[_Job] = []
             size = 0
             while self._pending and size < _BATCH:
@@ -367,6 +464,8 @@ class PostgresStore:
                     if not job.future.done():
                         job.future.set_exception(error)
                 continue
+            finally:
+                self._committed_at = time.monotonic()
             for job, missing in zip(jobs, lost, strict=True):
                 if job.future.done():
                     continue
@@ -378,35 +477,26 @@ class PostgresStore:
     async def _commit(self, jobs: Sequence[_Job]) -> list[set[str]]:
         """Applies the jobs in order in one transaction; per job, the renewed ids that had no row."""
         lost: list[set[str]] = [set() for _ in jobs]
-        put: list[tuple[str, str, str, float, float, float, str]] = []
+        put: dict[str, int] = {}  # device id: the revision its last Put stored
         deleted: list[str] = []
-        async with self._pool.connection() as connection, connection.transaction():
-            for runs in _runs([(index, change) for index, job in enumerate(jobs) for change in job.changes]):
-                kind = type(runs[0][1])
-                if kind is Put:
-                    rows = [_put_row(change.registration) for _, change in runs if isinstance(change, Put)]
-                    async with connection.cursor() as cursor:
-                        await cursor.executemany(_PUT, rows)
-                    put += rows
-                elif kind is Renew:
-                    ids = [change.device_id for _, change in runs if isinstance(change, Renew)]
-                    cursor = await connection.execute(_RENEW, (ids,))
-                    found = {str(row[0]) for row in await cursor.fetchall()}
-                    for index, change in runs:
-                        if isinstance(change, Renew) and change.device_id not in found:
-                            lost[index].add(change.device_id)
-                else:
-                    ids = [change.device_id for _, change in runs if isinstance(change, Delete)]
-                    await connection.execute(_DELETE, (ids,))
-                    deleted += ids
-            await _notify(connection, "c", [*(row[0] for row in put), *deleted])
+        runs = _runs([(index, change) for index, job in enumerate(jobs) for change in job.changes])
+        async with self._pool.connection() as connection:
+            if len(runs) == 1 and isinstance(runs[0][0][1], Renew):
+                # Renewals alone (nearly every batch: heartbeats) are one statement, atomic and
+                # durable by itself in autocommit, with nothing to notify: one round trip, not
+                # BEGIN, UPDATE and COMMIT.
+                await _apply(connection, runs[0], lost, put, deleted)
+            else:
+                async with connection.transaction():
+                    for run in runs:
+                        await _apply(connection, run, lost, put, deleted)
+                    await _notify(connection, "c", [*put, *deleted])
         self.commits += 1
         # Held once committed, not before: a re-read that began before this commit did not see
         # these rows, and must not call them gone. The registry applies what it wrote as soon as
-        # its write returns. The rows' documents are the ones just stored, serialised once.
+        # its write returns.
         held = self._held
-        for device_id, lease_id, principal, ttl, _, registered_at, document in put:
-            held[device_id] = (lease_id, principal, ttl, registered_at, document)
+        held.update(put)
         for device_id in deleted:
             if device_id in held:
                 held[device_id] = None
@@ -446,7 +536,7 @@ class PostgresStore:
                 await self._renew_pool()
             await listener.execute(f"LISTEN {_CHANNEL}")
             # After LISTEN: whatever commits from now on is notified, whatever committed before is read here.
-            await self._resync(view)
+            await self._resync(view, listener)
             if view.store_reachable():
                 log.info("edge registry: the registry database %s is reachable", self.where)
             sweeper = False
@@ -462,7 +552,7 @@ class PostgresStore:
                     await self._sweep(view)
                 view.store_reachable()  # it answered just now: the registry's sync age stays within one interval
                 if time.monotonic() >= resync_at:
-                    await self._resync(view)
+                    await self._resync(view, listener)
                     resync_at = time.monotonic() + self._resync_delay()
                 async for notice in listener.notifies(timeout=self.settings.sweep_interval):
                     await self._apply_notice(view, notice.payload)
@@ -480,6 +570,8 @@ class PostgresStore:
         if kind not in ("c", "e") or not ids:
             log.warning("edge registry: ignored a malformed notification on %s", _CHANNEL)
             return
+        if self._touched is not None:
+            self._touched.update(ids)
         rows = await self._read(ids)
         found = {row.device.id for row in rows}
         gone = [i for i in ids if i not in found]
@@ -502,6 +594,38 @@ class PostgresStore:
             log.info("edge registry: %d leases lapsed (by the database's clock)", len(lapsed))
             if len(lapsed) < _BATCH:
                 return
+
+
+async def _apply(
+    connection: psycopg.AsyncConnection[Any],
+    run: Sequence[tuple[int, Change]],
+    lost: list[set[str]],
+    put: dict[str, int],
+    deleted: list[str],
+) -> None:
+    """Runs one run of changes of one kind (`_runs`) as one statement, noting per job index the
+    renewals that found no row (`lost`), the revision each Put stored (`put`) and the ids deleted."""
+    kind = type(run[0][1])
+    if kind is Put:
+        rows = [_put_row(change.registration) for _, change in run if isinstance(change, Put)]
+        async with connection.cursor() as cursor:
+            await cursor.executemany(_PUT, rows, returning=True)
+            while True:  # one result a row, in order
+                for device_id, revision in await cursor.fetchall():
+                    put[device_id] = revision
+                if not cursor.nextset():
+                    break
+    elif kind is Renew:
+        ids = [change.device_id for _, change in run if isinstance(change, Renew)]
+        cursor = await connection.execute(_RENEW, (ids,))
+        found = {str(row[0]) for row in await cursor.fetchall()}
+        for index, change in run:
+            if isinstance(change, Renew) and change.device_id not in found:
+                lost[index].add(change.device_id)
+    else:
+        ids = [change.device_id for _, change in run if isinstance(change, Delete)]
+        await connection.execute(_DELETE, (ids,))
+        deleted += ids
 
 
 def _runs(changes: Sequence[tuple[int, Change]]) -> list[list[tuple[int, Change]]]:
