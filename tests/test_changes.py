@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -324,7 +325,11 @@ async def test_the_cause_of_a_policy_edit_and_of_a_registration(tmp_path: Path) 
         first = await _generation(plane, lambda generation: generation["generation"] >= 1)
 
         services = policy / "services.yaml"
-        services.write_text(services.read_text().replace("port: 9102", "port: 19102", 1))
+        # Written whole and renamed over, as editors save: a file the watcher reads half-written
+        # would be a change of its own (a service missing, then back) before the port's.
+        edit = policy / ".services.yaml.tmp"
+        edit.write_text(services.read_text().replace("port: 9102", "port: 19102", 1))
+        os.replace(edit, services)
         edited = await _generation(plane, lambda generation: generation["generation"] > first["generation"])
         assert edited["cause"]["sources"] == ["policy files"]
         assert edited["cause"]["parts"] == ["endpoints"]

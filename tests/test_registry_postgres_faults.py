@@ -212,8 +212,15 @@ async def test_two_replicas_started_together_on_an_empty_database_migrate_once_a
 
         await eventually(both_serve_both, "both replicas serving both devices", lambda: cluster.stored())
 
-        listed = [await devices_cli(replica, "list") for replica in (a, b)]
-        assert listed[0] == listed[1], listed
+        listed: list[Any] = []
+
+        async def both_list_the_same() -> bool:
+            listed[:] = [await devices_cli(replica, "list") for replica in (a, b)]
+            return bool(listed[0] == listed[1])
+
+        # Lease ends included: each replica shows them as stored (by the database's clock) once it
+        # has applied both registrations' notifications, its own among them.
+        await eventually(both_list_the_same, "both replicas listing the same", lambda: listed)
         assert {device["device_id"] for device in listed[0]["devices"]} == both, listed[0]
         for device_id in sorted(both):
             got = [await devices_cli(replica, "get", device_id) for replica in (a, b)]

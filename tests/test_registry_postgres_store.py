@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,10 @@ from meshplane.discovery.registry.auth import Principal, PrincipalKind
 from meshplane.discovery.registry.registry import EdgeRegistry, ErrorCode, LeaseSettings, RegisterInput, RegistryError
 from meshplane.discovery.registry.store import (
     CertificateRecord,
+    Change,
     Delete,
     LeaseLost,
+    MemoryStore,
     Put,
     Registration,
     RegistrationStore,
@@ -337,3 +339,37 @@ async def test_an_unreachable_database_makes_the_registry_unready_and_refuses_re
             await wait_until(lambda: _true(registry.status.synced), lambda: registry.status)
             await registry.register(Principal(PrincipalKind.DEVICE, "bike-2"), bike("bike-2"))
             assert [d.id for d in registry.devices()] == ["bike-1", "bike-2"]
+
+
+class NotifiedWhileWriting(MemoryStore):
+    """A store that, as a shared store's notification can, hands the registry the row as stored
+    (its lease end by the database's clock, here half a second later) before `write` returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.view: EdgeRegistry | None = None
+
+    async def write(self, changes: Sequence[Change]) -> None:
+        await super().write(changes)
+        assert self.view is not None
+        stored = [change.registration for change in changes if isinstance(change, Put)]
+        self.view.apply_stored([row.renewed(row.expires_at + 0.5) for row in stored])
+
+
+async def test_a_registration_keeps_the_stored_row_its_notification_brought_during_the_write() -> None:
+    """Every replica shows a device's lease end by the database's clock: the registering one too,
+    whichever of its write's return and its own notification comes first."""
+    store = NotifiedWhileWriting()
+    registry = EdgeRegistry(store, lambda: SITES, leases=LEASES)
+    store.view = registry
+    await registry.load()
+    registered = await registry.register(Principal(PrincipalKind.DEVICE, "bike-1"), bike("bike-1"))
+    held = registry.get("bike-1")
+    assert held is not None
+    assert held.expires_at == store.rows["bike-1"].expires_at + 0.5
+    assert registered == held
+    # The same again, content unchanged: the row the store handed over is kept, not the estimate.
+    again = await registry.register(Principal(PrincipalKind.DEVICE, "bike-1"), bike("bike-1"))
+    assert registry.get("bike-1") == again
+    assert again.expires_at == store.rows["bike-1"].expires_at + 0.5
+    await registry.close()

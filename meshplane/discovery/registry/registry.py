@@ -507,7 +507,13 @@ class EdgeRegistry:
         registration = Registration(device, lease_id, holder, ttl, now + ttl, registered_at, certificate)
         await self._write([Put(registration)])
         previous = self._live.get(device.id)
-        self._put(registration)
+        if previous is not kept and previous is not None and previous.renewed(registration.expires_at) == registration:
+            # A shared store's notification of this very commit was applied while the write
+            # returned: it holds the row as stored, its lease end by the database's clock, which
+            # every other replica shows too. Keep it rather than this replica's estimate.
+            registration = previous
+        else:
+            self._put(registration)
         if issued is not None:
             self.events["certificates_renewed" if current is not None else "certificates_issued"] += 1
         if previous is None or previous.device != device:
