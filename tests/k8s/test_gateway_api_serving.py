@@ -462,7 +462,13 @@ async def test_an_https_listener_terminates_tls_with_its_certificate_ref(
             )
             assert body["backend"] == "web"
             assert body["host"] == "secure.example"
-            edge = await read(admin, f"{V1}/namespaces/{ns}/gateways/edge")
+
+            async def listener_status() -> dict[str, Any] | str:
+                # Written by meshplane once it serves the Gateway: it may trail the first answer.
+                edge = await read(admin, f"{V1}/namespaces/{ns}/gateways/edge")
+                return edge if edge.get("status", {}).get("listeners") else f"no listener status: {edge.get('status')}"
+
+            edge = await until_holds(listener_status, lambda found: isinstance(found, dict), "the listener's status")
             (status,) = edge["status"]["listeners"]
             assert by_type(status["conditions"])["ResolvedRefs"]["status"] == "True"
             assert status["attachedRoutes"] == 1
