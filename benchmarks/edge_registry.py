@@ -251,6 +251,7 @@ async def registration_to_routing(
             ttl_seconds=3600,
         ),
         metadata=(("authorization", f"Bearer {CLASS_TOKEN}"),),
+        timeout=deadline,
     )
     answered = time.perf_counter() - started
     while not await routes_to(session, port, device_id):

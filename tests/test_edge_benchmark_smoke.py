@@ -17,12 +17,23 @@ pytestmark = [pytest.mark.envoy, pytest.mark.xdist_group("envoy")]
 
 def figures_of(module: str, *arguments: str) -> dict[str, Any]:
     """Runs benchmark `module`; the JSON figures it prints after its table, by fleet size."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, *arguments], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
-    )
+    try:
+        # Under pytest's own timeout (120 s; these runs take 1-3 s), so a run that hangs fails here
+        # with what it printed so far instead of being killed silently.
+        command = [sys.executable, "-m", module, *arguments]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=90, check=False)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"{module} still running after 90 s; it printed:\n{_text(hung.stdout)}\n{_text(hung.stderr)}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures: dict[str, Any] = json.loads(result.stdout[result.stdout.index("{\n") :])
     return figures
+
+
+def _text(output: str | bytes | None) -> str:
+    if output is None:
+        return ""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    return text[-3000:]
 
 
 def test_edge_registry_benchmark_runs_at_tiny_size() -> None:
