@@ -1035,9 +1035,14 @@ async def test_a_cloud_listen_address_keeps_the_cloud_facing_listener_off_the_si
             return answer if answer[0] == 404 else None  # the listener is there: no such device
 
         await edge.gateway.eventually(cloud_side_served, "the cloud-facing listener on 127.0.0.1")
-        answer = await get_in_namespace(
-            device_host, edge.gateway_address, edge.to_devices, "cloud-client", f"{DEVICE_HEADER}: bike-1"
-        )
+        # Refused: the host answered, with no listener there. A connection attempt that times out
+        # (once in a CI run, on the loaded machine) shows neither, so it is tried again.
+        for _ in range(3):
+            answer = await get_in_namespace(
+                device_host, edge.gateway_address, edge.to_devices, "cloud-client", f"{DEVICE_HEADER}: bike-1"
+            )
+            if answer != "CONNECT TimeoutError":
+                break
         assert answer == "CONNECT ConnectionRefusedError", answer
         # The device listener stays on the site's address.
         bike = await edge.register("bike-1")
